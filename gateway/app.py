@@ -1,0 +1,103 @@
+"""The gateway process: ingest, charging worker and HIS sender around one store.
+
+Threads and what each owns:
+
+* ``paho`` network thread (:class:`IngestService`) — the MQTT socket; stores
+  batches and publishes acks;
+* ``charging`` (:class:`ChargingWorker`) — the charging cursor; writes the outbox;
+* ``his-sender`` (:class:`HisSender`) — the HIS connection; drains the outbox;
+* the main thread — start-up, signals, shutdown.
+
+The store is shared; SQLite serialises the writers.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from device.sync import TlsSettings
+from gateway import bridge
+from gateway.charging import ChargingWorker
+from gateway.his.adapter import HisAdapter
+from gateway.his.mllp_adapter import MllpAdapter
+from gateway.his.sender import HisSender
+from gateway.ingest import IngestService
+from gateway.store import GatewayStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    db_path: Path
+    broker_host: str = "127.0.0.1"
+    broker_port: int = 1883
+    client_id: str = "spd-gateway"
+    share_group: str | None = None
+    his_host: str = "127.0.0.1"
+    his_port: int = 2575
+    his_timeout_s: float = 5.0
+    his_backoff_max_s: float = 30.0
+    facility: str = "HOSP"
+    sending_facility: str = "SPD"
+    tls: TlsSettings | None = None
+
+
+class Gateway:
+    """Assembles and runs the gateway's services."""
+
+    def __init__(self, config: GatewayConfig, *, adapter: HisAdapter | None = None) -> None:
+        self.config = config
+        self.store = GatewayStore(config.db_path)
+        bridge_config = bridge.BridgeConfig(
+            sending_facility=config.sending_facility, receiving_facility=config.facility
+        )
+        self.charging = ChargingWorker(self.store, bridge_config)
+        self.sender = HisSender(
+            self.store,
+            adapter or MllpAdapter(config.his_host, config.his_port, timeout_s=config.his_timeout_s),
+            backoff_max_s=config.his_backoff_max_s,
+        )
+        self.ingest = IngestService(
+            self.store,
+            host=config.broker_host,
+            port=config.broker_port,
+            client_id=config.client_id,
+            share_group=config.share_group,
+            tls=config.tls,
+            on_stored=lambda n: self.charging.notify(),
+        )
+        self._stopped = threading.Event()
+
+    def start(self) -> Gateway:
+        self.charging.start()
+        self.sender.start()
+        self.ingest.start()
+        return self
+
+    def stop(self) -> None:
+        self.ingest.stop()
+        self.charging.stop()
+        self.sender.stop()
+        self.store.close()
+        self._stopped.set()
+
+    def run_forever(self) -> None:
+        """Run until SIGTERM or SIGINT, then shut down cleanly."""
+
+        def _stop(signum: int, frame: FrameType | None) -> None:
+            log.info("gateway: signal %d, stopping", signum)
+            self._stopped.set()
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        self.start()
+        log.info("gateway: running (bridge: %s)", bridge.IMPLEMENTATION)
+        while not self._stopped.wait(1.0):
+            pass
+        self.stop()

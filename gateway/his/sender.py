@@ -1,0 +1,136 @@
+"""The HIS sender: drains the durable charge outbox through a HIS adapter.
+
+Order: charges go out in outbox order, and a patient's later charge never
+overtakes an earlier one still waiting for a retry. Outcomes:
+
+* accepted (HL7 AA, HTTP 2xx) → charge accepted and the consumption record
+  written, in one transaction;
+* rejected (AE/AR) → parked with the HIS's reason, for a person to look at
+  and re-send (``spd-gateway charges resend``);
+* retry (timeout, connection refused, an ACK for another message) → the
+  charge waits with exponential backoff, and the sender pauses as a whole,
+  because a HIS that does not answer one charge will not answer the next.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass
+
+from gateway.his.adapter import HisAdapter, HisOutcome
+from gateway.store import GatewayStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class SenderStats:
+    sent: int = 0
+    accepted: int = 0
+    parked: int = 0
+    retries: int = 0
+
+
+class HisSender:
+    """One thread sending the outbox, one charge at a time."""
+
+    def __init__(
+        self,
+        store: GatewayStore,
+        adapter: HisAdapter,
+        *,
+        backoff_base_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        idle_wait_s: float = 0.2,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.adapter = adapter
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.idle_wait_s = idle_wait_s
+        self.stats = SenderStats()
+        self._rng = rng or random.Random()
+        self._pause_until = 0.0
+        self._failures = 0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    def _backoff(self, attempts: int) -> float:
+        delay = min(self.backoff_max_s, self.backoff_base_s * (2 ** min(attempts, 16)))
+        return delay * (0.5 + self._rng.random() / 2)
+
+    def run_once(self, now: float | None = None) -> int:
+        """Send what is due; returns the number of charges sent (any outcome)."""
+        t = time.time() if now is None else now
+        if t < self._pause_until:
+            return 0
+        sent = 0
+        blocked: set[str] = set()
+        for charge in self.store.pending_charges(limit=500):
+            if self._stop.is_set():
+                break
+            if charge.admission in blocked:
+                continue
+            if charge.next_attempt_at > t:
+                blocked.add(charge.admission)
+                continue
+            result = self.adapter.send(charge.charge_id, charge.message)
+            sent += 1
+            self.stats.sent += 1
+            if result.outcome is HisOutcome.ACCEPTED:
+                self.store.mark_accepted(charge.charge_id, result.code, result.his_ref)
+                self.stats.accepted += 1
+                self._failures = 0
+            elif result.outcome is HisOutcome.REJECTED:
+                log.warning("charge %s parked: HIS answered %s: %s", charge.charge_id, result.code, result.detail)
+                self.store.mark_parked(charge.charge_id, result.code, result.detail)
+                self.stats.parked += 1
+                self._failures = 0
+            else:
+                self.stats.retries += 1
+                self._failures += 1
+                delay = self._backoff(charge.attempts)
+                log.info("charge %s: will retry in %.1fs (%s)", charge.charge_id, delay, result.detail)
+                self.store.mark_retry(charge.charge_id, result.detail, time.time() + delay)
+                blocked.add(charge.admission)
+                self._pause_until = time.time() + self._backoff(self._failures - 1)
+                break
+            t = time.time()
+        return sent
+
+    # ------------------------------------------------------------ thread
+
+    def start(self) -> HisSender:
+        self._thread = threading.Thread(target=self._run, name="his-sender", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=15)
+        self.adapter.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                n = self.run_once()
+            except Exception:
+                log.exception("HIS sender pass failed; retrying")
+                n = 0
+                self._stop.wait(1.0)
+            if n == 0:
+                wait = self.idle_wait_s
+                if self._pause_until > time.time():
+                    wait = min(max(self._pause_until - time.time(), 0.01), 5.0)
+                self._wake.wait(wait)
+                self._wake.clear()

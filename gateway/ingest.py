@@ -1,0 +1,143 @@
+"""Gateway ingest: MQTT events in, stored once, then a cumulative ack out.
+
+Runs on paho's network thread: decode → :meth:`GatewayStore.ingest` (one
+committed transaction) → publish the ack with the highest contiguous sequence
+stored for that device. A malformed payload is stored in ``bad_payloads``
+with its reason, logged and counted; ingestion goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from device.sync import TlsSettings
+from device.wire import Ack, Channel, WireError, decode_batch, decode_state, encode_ack, parse_topic, subscription, topic
+from gateway.store import GatewayStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class IngestStats:
+    batches: int = 0
+    events_new: int = 0
+    events_duplicate: int = 0
+    quarantined: int = 0
+    bad_payloads: int = 0
+    acks_sent: int = 0
+    chain_breaks: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+class IngestService:
+    """Subscribes to every device's events and state, stores, acks."""
+
+    def __init__(
+        self,
+        store: GatewayStore,
+        *,
+        host: str,
+        port: int,
+        client_id: str = "spd-gateway",
+        share_group: str | None = None,
+        tls: TlsSettings | None = None,
+        on_stored: Callable[[int], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.stats = IngestStats()
+        self.share_group = share_group
+        self._on_stored = on_stored
+        self._connected = threading.Event()
+        self.host, self.port = host, port
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        client.reconnect_delay_set(min_delay=0.5, max_delay=10)  # type: ignore[arg-type]
+        client.max_inflight_messages_set(100)
+        if tls is not None:
+            client.tls_set(
+                ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file, tls_version=ssl.PROTOCOL_TLS_CLIENT
+            )
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self._client = client
+
+    def start(self) -> IngestService:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600  # the broker queues events while the gateway restarts
+        self._client.connect_async(self.host, self.port, keepalive=15, clean_start=False, properties=props)
+        self._client.loop_start()
+        return self
+
+    def wait_connected(self, timeout_s: float = 10.0) -> bool:
+        return self._connected.wait(timeout_s)
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
+        if rc.is_failure:
+            log.error("gateway: broker refused connection: %s", rc)
+            return
+        client.subscribe(
+            [
+                (subscription(Channel.EVENTS, share_group=self.share_group), 1),
+                (subscription(Channel.STATE), 1),
+            ]
+        )
+        self._connected.set()
+        log.info("gateway: connected to %s:%d", self.host, self.port)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
+        self._connected.clear()
+        log.info("gateway: disconnected from broker (%s)", rc)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            addr = parse_topic(msg.topic)
+            if addr.channel is Channel.EVENTS:
+                self._handle_events(msg.topic, msg.payload)
+            elif addr.channel is Channel.STATE:
+                if msg.payload:  # an empty retained message clears state
+                    self.store.update_device_state(addr.site, decode_state(msg.topic, msg.payload))
+        except WireError as err:
+            self._bad(msg.topic, err.reason, err.detail, msg.payload)
+        except Exception:
+            # storage failed: no ack goes out, the device resends, nothing is lost
+            log.exception("gateway: failed to handle message on %s", msg.topic)
+
+    def _handle_events(self, topic_text: str, payload: bytes) -> None:
+        batch = decode_batch(topic_text, payload)
+        res = self.store.ingest(batch)
+        self.stats.batches += 1
+        self.stats.events_new += res.new
+        self.stats.events_duplicate += res.duplicates
+        self.stats.quarantined += res.quarantined
+        self.stats.chain_breaks += len(res.chain_breaks)
+        for r in res.rejected:
+            self.stats.reasons[r.reason] = self.stats.reasons.get(r.reason, 0) + 1
+        ack = Ack(batch.device, res.contiguous, tuple(res.rejected))
+        self._client.publish(topic(batch.site, batch.device, Channel.ACK), encode_ack(ack), qos=1)
+        self.stats.acks_sent += 1
+        if res.new and self._on_stored is not None:
+            self._on_stored(res.new)
+
+    def _bad(self, topic_text: str, reason: str, detail: str, payload: bytes) -> None:
+        self.stats.bad_payloads += 1
+        self.stats.reasons[reason] = self.stats.reasons.get(reason, 0) + 1
+        log.warning("gateway: rejected payload on %s: %s: %s", topic_text, reason, detail)
+        try:
+            self.store.record_bad_payload(topic_text, reason, detail, payload)
+        except Exception:
+            log.exception("gateway: could not record bad payload")

@@ -1,0 +1,452 @@
+"""The gateway's durable store (SQLite): events, quarantine, HIS outbox, consumption list.
+
+Every write that someone else is told about is committed first: an event
+batch is committed before the device is acked; a charge is in the outbox
+before it is sent; an accepted charge and its consumption record are written
+in one transaction. Identities are unique keys, so every write is idempotent:
+``events(device, seq)``, ``charges(charge_id)`` and ``charges(device, seq)``,
+``consumption(device, seq)``.
+
+One :class:`GatewayStore` owns one connection guarded by a lock; the gateway's
+threads share it (SQLite serialises writers anyway).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from device.wire import GENESIS_HASH, Batch, DeviceState, Event, EventKind, InvalidEvent, Rejection
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    device TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    site TEXT NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    body TEXT NOT NULL,
+    prev TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    stored_at REAL NOT NULL,
+    UNIQUE (device, seq)
+);
+CREATE INDEX IF NOT EXISTS events_kind ON events (kind, id);
+CREATE TABLE IF NOT EXISTS quarantine (
+    device TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    raw TEXT NOT NULL,
+    stored_at REAL NOT NULL,
+    PRIMARY KEY (device, seq)
+);
+CREATE TABLE IF NOT EXISTS bad_payloads (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    received_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS devices (
+    device TEXT PRIMARY KEY,
+    site TEXT NOT NULL,
+    contiguous_seq INTEGER NOT NULL DEFAULT 0,
+    last_seen REAL,
+    status TEXT NOT NULL DEFAULT 'unknown',
+    backlog INTEGER NOT NULL DEFAULT 0,
+    version TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS chain_breaks (
+    device TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    detail TEXT NOT NULL,
+    detected_at REAL NOT NULL,
+    PRIMARY KEY (device, seq, detail)
+);
+CREATE TABLE IF NOT EXISTS cursors (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS catalog (
+    gtin TEXT PRIMARY KEY,
+    item_code TEXT NOT NULL,
+    charge_code TEXT NOT NULL,
+    name TEXT NOT NULL,
+    spec TEXT NOT NULL DEFAULT '',
+    manufacturer TEXT NOT NULL DEFAULT '',
+    price_fen INTEGER NOT NULL CHECK (price_fen >= 0),
+    chargeable INTEGER NOT NULL DEFAULT 1,
+    high_value INTEGER NOT NULL DEFAULT 1
+);
+CREATE TABLE IF NOT EXISTS charges (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    charge_id TEXT NOT NULL UNIQUE,
+    device TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    admission TEXT NOT NULL,
+    item_key TEXT NOT NULL,
+    line TEXT NOT NULL,
+    message TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    last_error TEXT NOT NULL DEFAULT '',
+    ack_code TEXT,
+    his_ref TEXT,
+    created_at REAL NOT NULL,
+    finished_at REAL,
+    UNIQUE (device, seq)
+);
+CREATE INDEX IF NOT EXISTS charges_status ON charges (status, id);
+CREATE UNIQUE INDEX IF NOT EXISTS charges_item_once ON charges (item_key) WHERE status != 'parked';
+CREATE TABLE IF NOT EXISTS charge_rejects (
+    device TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (device, seq)
+);
+CREATE TABLE IF NOT EXISTS consumption (
+    device TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    charge_id TEXT,
+    admission TEXT NOT NULL,
+    gtin TEXT NOT NULL,
+    item_code TEXT NOT NULL,
+    name TEXT NOT NULL,
+    lot TEXT NOT NULL,
+    serial TEXT NOT NULL,
+    expiry TEXT NOT NULL,
+    price_fen INTEGER NOT NULL,
+    operator TEXT NOT NULL,
+    dept TEXT NOT NULL,
+    used_at_ms INTEGER NOT NULL,
+    his_ref TEXT,
+    recorded_at REAL NOT NULL,
+    PRIMARY KEY (device, seq)
+);
+"""
+
+
+class StoreError(RuntimeError):
+    """The gateway store refused an operation."""
+
+
+@dataclass(slots=True)
+class IngestResult:
+    new: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    conflicts: int = 0
+    contiguous: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+    chain_breaks: list[tuple[int, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxCharge:
+    """One charge waiting in the HIS outbox."""
+
+    id: int
+    charge_id: str
+    device: str
+    seq: int
+    admission: str
+    message: str
+    attempts: int
+    next_attempt_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    id: int
+    event: Event
+
+
+class GatewayStore:
+    """SQLite store shared by the gateway's threads."""
+
+    def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={synchronous}")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # ------------------------------------------------------------ ingest
+
+    def ingest(self, batch: Batch, *, now: float | None = None) -> IngestResult:
+        """Store a batch once per ``(device, seq)``, verify links, and advance the device's contiguous seq."""
+        at = time.time() if now is None else now
+        res = IngestResult()
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO devices (device, site, last_seen) VALUES (?, ?, ?) "
+                "ON CONFLICT (device) DO UPDATE SET last_seen = excluded.last_seen",
+                (batch.device, batch.site, at),
+            )
+            for ev in batch.events:
+                self._insert_event(db, batch.site, ev, at, res)
+            for bad in batch.invalid:
+                self._quarantine(db, batch.device, bad, at, res)
+            res.contiguous = self._advance(db, batch.device)
+        return res
+
+    def _insert_event(self, db: sqlite3.Connection, site: str, ev: Event, at: float, res: IngestResult) -> None:
+        cur = db.execute(
+            "INSERT OR IGNORE INTO events (device, seq, site, ts_ms, kind, body, prev, hash, stored_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (ev.device, ev.seq, site, ev.ts_ms, ev.kind, json.dumps(ev.body, ensure_ascii=False), ev.prev, ev.hash, at),
+        )
+        if cur.rowcount == 0:
+            row = db.execute("SELECT hash FROM events WHERE device = ? AND seq = ?", (ev.device, ev.seq)).fetchone()
+            if row is not None and row[0] != ev.hash:
+                res.conflicts += 1
+                self._chain_break(db, ev.device, ev.seq, "same seq received with different content", at, res)
+            else:
+                res.duplicates += 1
+            return
+        res.new += 1
+        # verify the link backwards, and forwards if the successor arrived first
+        if ev.seq == 1:
+            if ev.prev != GENESIS_HASH:
+                self._chain_break(db, ev.device, ev.seq, "first event does not start from the genesis hash", at, res)
+        else:
+            before = db.execute("SELECT hash FROM events WHERE device = ? AND seq = ?", (ev.device, ev.seq - 1))
+            row = before.fetchone()
+            if row is not None and row[0] != ev.prev:
+                self._chain_break(db, ev.device, ev.seq, "prev does not match the stored predecessor", at, res)
+        after = db.execute("SELECT prev FROM events WHERE device = ? AND seq = ?", (ev.device, ev.seq + 1)).fetchone()
+        if after is not None and after[0] != ev.hash:
+            self._chain_break(db, ev.device, ev.seq + 1, "prev does not match the stored predecessor", at, res)
+
+    def _quarantine(self, db: sqlite3.Connection, device: str, bad: InvalidEvent, at: float, res: IngestResult) -> None:
+        log.warning("device %s: event seq=%s quarantined: %s (%s)", device, bad.seq, bad.reason, bad.detail)
+        if bad.seq is None:
+            db.execute(
+                "INSERT INTO bad_payloads (topic, reason, detail, payload, received_at) VALUES (?, ?, ?, ?, ?)",
+                (f"device:{device}", bad.reason, bad.detail, json.dumps(bad.raw, default=repr).encode(), at),
+            )
+            return
+        exists = db.execute("SELECT 1 FROM events WHERE device = ? AND seq = ?", (device, bad.seq)).fetchone()
+        if exists:  # a valid copy is already stored; the bad copy adds nothing
+            res.duplicates += 1
+            return
+        cur = db.execute(
+            "INSERT OR IGNORE INTO quarantine (device, seq, reason, detail, raw, stored_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (device, bad.seq, bad.reason, bad.detail, json.dumps(bad.raw, default=repr, ensure_ascii=False), at),
+        )
+        res.quarantined += cur.rowcount
+        res.rejected.append(Rejection(bad.seq, bad.reason))
+
+    def _chain_break(
+        self, db: sqlite3.Connection, device: str, seq: int, detail: str, at: float, res: IngestResult
+    ) -> None:
+        log.error("device %s: hash chain break at seq %d: %s", device, seq, detail)
+        db.execute(
+            "INSERT OR IGNORE INTO chain_breaks (device, seq, detail, detected_at) VALUES (?, ?, ?, ?)",
+            (device, seq, detail, at),
+        )
+        res.chain_breaks.append((seq, detail))
+
+    def _advance(self, db: sqlite3.Connection, device: str) -> int:
+        (contiguous,) = db.execute("SELECT contiguous_seq FROM devices WHERE device = ?", (device,)).fetchone()
+        start = contiguous
+        while True:
+            nxt = contiguous + 1
+            if db.execute("SELECT 1 FROM events WHERE device = ? AND seq = ?", (device, nxt)).fetchone() is None \
+                    and db.execute("SELECT 1 FROM quarantine WHERE device = ? AND seq = ?", (device, nxt)).fetchone() \
+                    is None:
+                break
+            contiguous = nxt
+        if contiguous != start:
+            db.execute("UPDATE devices SET contiguous_seq = ? WHERE device = ?", (contiguous, device))
+        return int(contiguous)
+
+    def record_bad_payload(self, topic_text: str, reason: str, detail: str, payload: bytes) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO bad_payloads (topic, reason, detail, payload, received_at) VALUES (?, ?, ?, ?, ?)",
+                (topic_text, reason, detail, payload[:65536], time.time()),
+            )
+
+    def update_device_state(self, site: str, state: DeviceState) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO devices (device, site, last_seen, status, backlog, version) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (device) DO UPDATE SET last_seen = excluded.last_seen, status = excluded.status, "
+                "backlog = excluded.backlog, version = excluded.version",
+                (state.device, site, time.time(), state.status.value, state.backlog, state.version),
+            )
+
+    def contiguous_seq(self, device: str) -> int:
+        rows = self.query("SELECT contiguous_seq FROM devices WHERE device = ?", (device,))
+        return int(rows[0][0]) if rows else 0
+
+    # ------------------------------------------------------------ catalog
+
+    def load_catalog_rows(self) -> list[tuple[Any, ...]]:
+        return self.query(
+            "SELECT gtin, item_code, charge_code, name, spec, manufacturer, price_fen, chargeable, high_value "
+            "FROM catalog ORDER BY gtin"
+        )
+
+    def upsert_catalog(self, rows: Sequence[tuple[Any, ...]]) -> int:
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT INTO catalog (gtin, item_code, charge_code, name, spec, manufacturer, price_fen, chargeable, "
+                "high_value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (gtin) DO UPDATE SET "
+                "item_code = excluded.item_code, charge_code = excluded.charge_code, name = excluded.name, "
+                "spec = excluded.spec, manufacturer = excluded.manufacturer, price_fen = excluded.price_fen, "
+                "chargeable = excluded.chargeable, high_value = excluded.high_value",
+                rows,
+            )
+        return len(rows)
+
+    # ------------------------------------------------------------ charging input
+
+    def cursor(self, name: str) -> int:
+        rows = self.query("SELECT value FROM cursors WHERE name = ?", (name,))
+        return int(rows[0][0]) if rows else 0
+
+    def consumption_events(self, *, after_id: int, limit: int) -> list[StoredEvent]:
+        rows = self.query(
+            "SELECT id, device, seq, ts_ms, kind, body, prev, hash FROM events "
+            "WHERE id > ? AND kind = ? ORDER BY id LIMIT ?",
+            (after_id, EventKind.CONSUME.value, limit),
+        )
+        return [StoredEvent(r[0], Event(r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7])) for r in rows]
+
+    def last_event_id(self) -> int:
+        return int(self.query("SELECT COALESCE(MAX(id), 0) FROM events")[0][0])
+
+    def charged_item_keys(self) -> set[str]:
+        return {r[0] for r in self.query("SELECT item_key FROM charges WHERE status != 'parked'")}
+
+    # ------------------------------------------------------------ outbox
+
+    def pending_charges(self, *, limit: int = 500) -> list[OutboxCharge]:
+        rows = self.query(
+            "SELECT id, charge_id, device, seq, admission, message, attempts, next_attempt_at FROM charges "
+            "WHERE status = 'pending' ORDER BY id LIMIT ?",
+            (limit,),
+        )
+        return [OutboxCharge(*r) for r in rows]
+
+    def mark_retry(self, charge_id: str, detail: str, next_attempt_at: float) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE charges SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? "
+                "WHERE charge_id = ? AND status = 'pending'",
+                (next_attempt_at, detail[:1000], charge_id),
+            )
+
+    def mark_parked(self, charge_id: str, code: str | None, detail: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE charges SET attempts = attempts + 1, status = 'parked', ack_code = ?, last_error = ?, "
+                "finished_at = ? WHERE charge_id = ? AND status = 'pending'",
+                (code, detail[:1000], time.time(), charge_id),
+            )
+
+    def mark_accepted(self, charge_id: str, code: str | None, his_ref: str | None) -> bool:
+        """Record the HIS's acceptance and write the consumption record, in one transaction."""
+        now = time.time()
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT device, seq, line, status FROM charges WHERE charge_id = ?", (charge_id,)
+            ).fetchone()
+            if row is None:
+                raise StoreError(f"no charge {charge_id}")
+            device, seq, line_text, status = row
+            if status == "accepted":
+                return False
+            db.execute(
+                "UPDATE charges SET attempts = attempts + 1, status = 'accepted', ack_code = ?, his_ref = ?, "
+                "finished_at = ?, last_error = '' WHERE charge_id = ?",
+                (code, his_ref, now, charge_id),
+            )
+            line = json.loads(line_text)
+            self._insert_consumption(db, device, seq, charge_id, line, his_ref, now)
+        return True
+
+    def _insert_consumption(
+        self, db: sqlite3.Connection, device: str, seq: int, charge_id: str | None,
+        line: dict[str, Any], his_ref: str | None, now: float,
+    ) -> None:
+        db.execute(
+            "INSERT OR IGNORE INTO consumption (device, seq, charge_id, admission, gtin, item_code, name, lot, serial, "
+            "expiry, price_fen, operator, dept, used_at_ms, his_ref, recorded_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                device, seq, charge_id, line["admission"], line["gtin"], line["item_code"], line["name"],
+                line["lot"], line["serial"], line["expiry"], line["price_fen"], line["operator"], line["dept"],
+                line["ts_ms"], his_ref, now,
+            ),
+        )
+
+    def requeue_parked(self, charge_id: str) -> bool:
+        with self.transaction() as db:
+            cur = db.execute(
+                "UPDATE charges SET status = 'pending', next_attempt_at = 0, finished_at = NULL "
+                "WHERE charge_id = ? AND status = 'parked'",
+                (charge_id,),
+            )
+            return cur.rowcount == 1
+
+    # ------------------------------------------------------------ reporting
+
+    def counts(self) -> dict[str, int]:
+        q = {
+            "events": "SELECT COUNT(*) FROM events",
+            "consume_events": "SELECT COUNT(*) FROM events WHERE kind = 'consume'",
+            "quarantined": "SELECT COUNT(*) FROM quarantine",
+            "bad_payloads": "SELECT COUNT(*) FROM bad_payloads",
+            "chain_breaks": "SELECT COUNT(*) FROM chain_breaks",
+            "charges": "SELECT COUNT(*) FROM charges",
+            "charges_pending": "SELECT COUNT(*) FROM charges WHERE status = 'pending'",
+            "charges_accepted": "SELECT COUNT(*) FROM charges WHERE status = 'accepted'",
+            "charges_parked": "SELECT COUNT(*) FROM charges WHERE status = 'parked'",
+            "charge_rejects": "SELECT COUNT(*) FROM charge_rejects",
+            "consumption": "SELECT COUNT(*) FROM consumption",
+        }
+        return {k: int(self.query(sql)[0][0]) for k, sql in q.items()}
+
+    def integrity_check(self) -> str:
+        return str(self.query("PRAGMA integrity_check")[0][0])

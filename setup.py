@@ -33,8 +33,11 @@ def extensions() -> list:
         from Cython.Build import cythonize
     except ImportError:
         return []
+    sources = [p for p in ["gateway/bridge/_cbridge.pyx"] if os.path.exists(p)]
+    if not sources:
+        return []
     return cythonize(
-        ["gateway/bridge/_cbridge.pyx"],
+        sources,
         compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
         quiet=True,
     )

@@ -1,0 +1,116 @@
+"""``spd-gateway``: run the gateway, import the catalog, inspect and re-send charges."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from gateway.catalog import read_catalog_file
+from gateway.store import GatewayStore
+
+
+def _run(a: argparse.Namespace) -> int:
+    from gateway.app import Gateway, GatewayConfig
+
+    cfg = GatewayConfig(
+        db_path=a.db,
+        broker_host=a.broker_host,
+        broker_port=a.broker_port,
+        client_id=a.client_id,
+        share_group=a.share_group,
+        his_host=a.his_host,
+        his_port=a.his_port,
+        his_timeout_s=a.his_timeout,
+        his_backoff_max_s=a.his_backoff_max,
+        facility=a.facility,
+    )
+    Gateway(cfg).run_forever()
+    return 0
+
+
+def _catalog_import(a: argparse.Namespace) -> int:
+    rows, errors = read_catalog_file(a.file)
+    for e in errors:
+        print(f"{a.file}:{e.line}: {e.column}: {e.reason}", file=sys.stderr)
+    store = GatewayStore(a.db)
+    n = store.upsert_catalog(rows)
+    store.close()
+    print(f"imported {n} items, {len(errors)} rows refused")
+    return 1 if errors else 0
+
+
+def _counts(a: argparse.Namespace) -> int:
+    store = GatewayStore(a.db)
+    print(json.dumps(store.counts(), indent=2))
+    store.close()
+    return 0
+
+
+def _charges(a: argparse.Namespace) -> int:
+    store = GatewayStore(a.db)
+    try:
+        if a.action == "list":
+            rows = store.query(
+                "SELECT charge_id, device, seq, status, attempts, ack_code, last_error FROM charges "
+                "WHERE (? = 'all' OR status = ?) ORDER BY id LIMIT ?",
+                (a.status, a.status, a.limit),
+            )
+            for r in rows:
+                print("\t".join("" if v is None else str(v) for v in r))
+            return 0
+        ok = all(store.requeue_parked(cid) for cid in a.charge_ids)
+        print("re-queued" if ok else "some charges were not parked")
+        return 0 if ok else 1
+    finally:
+        store.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="spd-gateway", description="spd-edge gateway")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    run = sub.add_parser("run", help="run ingest, charging and the HIS sender")
+    run.add_argument("--db", type=Path, required=True)
+    run.add_argument("--broker-host", default="127.0.0.1")
+    run.add_argument("--broker-port", type=int, default=1883)
+    run.add_argument("--client-id", default="spd-gateway")
+    run.add_argument("--share-group", default=None, help="MQTT 5 shared subscription group (several gateways)")
+    run.add_argument("--his-host", default="127.0.0.1")
+    run.add_argument("--his-port", type=int, default=2575)
+    run.add_argument("--his-timeout", type=float, default=5.0)
+    run.add_argument("--his-backoff-max", type=float, default=30.0)
+    run.add_argument("--facility", default="HOSP")
+    run.set_defaults(func=_run)
+
+    cat = sub.add_parser("catalog-import", help="import the item dictionary from CSV")
+    cat.add_argument("--db", type=Path, required=True)
+    cat.add_argument("file", type=Path)
+    cat.set_defaults(func=_catalog_import)
+
+    cnt = sub.add_parser("counts", help="print the store's counters as JSON")
+    cnt.add_argument("--db", type=Path, required=True)
+    cnt.set_defaults(func=_counts)
+
+    ch = sub.add_parser("charges", help="list charges, or re-send parked ones")
+    ch.add_argument("--db", type=Path, required=True)
+    ch.add_argument("action", choices=["list", "resend"])
+    ch.add_argument("charge_ids", nargs="*")
+    ch.add_argument("--status", default="parked", choices=["all", "pending", "accepted", "parked"])
+    ch.add_argument("--limit", type=int, default=100)
+    ch.set_defaults(func=_charges)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    level = logging.DEBUG if a.verbose > 1 else logging.INFO if a.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return int(a.func(a))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

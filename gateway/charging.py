@@ -86,7 +86,7 @@ class ChargingWorker:
                     "INSERT OR IGNORE INTO charges (charge_id, device, seq, admission, item_key, line, message, "
                     "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
-                        line.charge_id, line.device, line.seq, line.admission, bridge.item_key(line.gtin, line.serial),
+                        line.charge_id, line.device, line.seq, line.admission, item_key(line),
                         json.dumps(_line_record(line), ensure_ascii=False), line.message, now,
                     ),
                 )
@@ -148,6 +148,15 @@ class ChargingWorker:
             if n < self.batch_size:
                 self._wake.wait(self.idle_wait_s)
                 self._wake.clear()
+
+
+def item_key(line: bridge.ChargeLine) -> str:
+    """One item, one code: ``gtin/serial``, the key the bridge keeps in its consumed set.
+
+    An item without a serial (low-value chargeable) cannot be identified, so
+    its key is the charge itself and never collides.
+    """
+    return f"{line.gtin}/{line.serial}" if line.serial else f"charge:{line.charge_id}"
 
 
 def _event_tuple(ev: object) -> bridge.EventTuple:

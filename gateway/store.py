@@ -357,7 +357,8 @@ class GatewayStore:
         return int(self.query("SELECT COALESCE(MAX(id), 0) FROM events")[0][0])
 
     def charged_item_keys(self) -> set[str]:
-        return {r[0] for r in self.query("SELECT item_key FROM charges WHERE status != 'parked'")}
+        rows = self.query("SELECT item_key FROM charges WHERE status != 'parked' AND item_key NOT LIKE 'charge:%'")
+        return {r[0] for r in rows}
 
     # ------------------------------------------------------------ outbox
 

@@ -1,0 +1,287 @@
+"""The spine harness: broker, simulated HIS, gateway and handhelds as real processes, plus the tally.
+
+Used by the demo, the integration tests and the chaos runs. The tally counts
+only from the records each party keeps — the device logs (what the nurse was
+told), the gateway store and the HIS's own database — never from what the
+scenario meant to do.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from gateway.catalog import write_catalog_csv
+from hw_sim.broker import MosquittoBroker
+from hw_sim.catalog import sim_catalog
+from hw_sim.his import SimulatedHis
+
+log = logging.getLogger(__name__)
+
+
+class HarnessError(RuntimeError):
+    """A part of the scenario could not be started or did not settle."""
+
+
+@dataclass(slots=True)
+class Tally:
+    """Exact counts from each party's own records."""
+
+    scans: int = 0  # consume events committed on devices (the nurse heard the beep)
+    refused_at_scan: int = 0  # scans refused at the device with a reason
+    stored: int = 0  # of the scans, how many the gateway holds
+    charged: int = 0  # of the scans, how many the HIS booked as a charge
+    refused_by_bridge: int = 0  # stored scans the bridge refused (unknown item, expired, re-use ...)
+    parked: int = 0  # charges the HIS refused (AE/AR), waiting for a person
+    consumption_records: int = 0
+    lost: int = 0  # scans missing at the gateway, or stored and chargeable but never charged
+    duplicates: int = 0  # extra charges at the HIS for one scan or one item serial, or extra rows
+    invented: int = 0  # anything at the gateway or the HIS that no device produced
+    his_messages_received: int = 0
+    his_resends_recognised: int = 0
+    chain_breaks: int = 0
+    lost_keys: list[tuple[str, int]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["lost_keys"] = d["lost_keys"][:20]
+        return d
+
+
+def _ro(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+
+
+def tally(device_dbs: list[Path], gateway_db: Path, his_db: Path) -> Tally:
+    t = Tally()
+    scans: set[tuple[str, int]] = set()
+    produced: set[tuple[str, int]] = set()
+    for path in device_dbs:
+        db = _ro(path)
+        (device,) = db.execute("SELECT device FROM head").fetchone()
+        for seq, kind in db.execute("SELECT seq, kind FROM events"):
+            produced.add((device, seq))
+            if kind == "consume":
+                scans.add((device, seq))
+            elif kind == "refused_scan":
+                t.refused_at_scan += 1
+        db.close()
+    t.scans = len(scans)
+
+    gw = _ro(gateway_db)
+    stored = {(d, s) for d, s in gw.execute("SELECT device, seq FROM events WHERE kind = 'consume'")}
+    all_stored = {(d, s) for d, s in gw.execute("SELECT device, seq FROM events")}
+    t.stored = len(scans & stored)
+    t.invented += len(all_stored - produced)
+    rejected = {(d, s) for d, s in gw.execute("SELECT device, seq FROM charge_rejects")}
+    t.refused_by_bridge = len(scans & rejected)
+    charge_of = {cid: (d, s) for cid, d, s in gw.execute("SELECT charge_id, device, seq FROM charges")}
+    t.parked = gw.execute("SELECT COUNT(*) FROM charges WHERE status = 'parked'").fetchone()[0]
+    t.consumption_records = gw.execute("SELECT COUNT(*) FROM consumption").fetchone()[0]
+    t.chain_breaks = gw.execute("SELECT COUNT(*) FROM chain_breaks").fetchone()[0]
+    gw.close()
+
+    his = _ro(his_db)
+    his_rows = his.execute("SELECT txn_id FROM charges").fetchall()
+    t.his_messages_received = his.execute("SELECT COUNT(*) FROM received").fetchone()[0]
+    t.his_resends_recognised = his.execute(
+        "SELECT COALESCE(SUM(times_received - 1), 0) FROM charges"
+    ).fetchone()[0]
+    his.close()
+    per_event: Counter[tuple[str, int]] = Counter()
+    for (txn,) in his_rows:
+        key = charge_of.get(txn)
+        if key is None:
+            t.invented += 1
+        else:
+            per_event[key] += 1
+    charged = set(per_event)
+    t.charged = len(scans & charged)
+    t.duplicates = sum(n - 1 for n in per_event.values())
+    # one item, one code: the same item serial charged twice under different events
+    gw = _ro(gateway_db)
+    item_of = {(d, s): k for d, s, k in gw.execute("SELECT device, seq, item_key FROM charges")}
+    parked_keys = {(d, s) for d, s in gw.execute("SELECT device, seq FROM charges WHERE status = 'parked'")}
+    gw.close()
+    items = Counter(item_of[k] for k in charged if k in item_of)
+    t.duplicates += sum(n - 1 for n in items.values())
+    missing = (scans - stored) | (scans & stored) - charged - rejected - parked_keys
+    t.lost = len(missing)
+    t.lost_keys = sorted(missing)
+    return t
+
+
+class ManagedProcess:
+    """A child process with its output in a log file; can be killed hard and started again."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> ManagedProcess:
+        logf = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(
+            self.argv, stdout=logf, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
+        logf.close()
+        self.starts += 1
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=30)
+
+    def wait(self, timeout: float | None = None) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class SpineHarness:
+    """Runs the whole spine on this machine: Mosquitto, the simulated HIS, the gateway, handhelds."""
+
+    def __init__(self, workdir: Path, *, site: str = "H1", seed: int = 1, his_backoff_max_s: float = 2.0) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.site = site
+        self.seed = seed
+        self.his_backoff_max_s = his_backoff_max_s
+        self.broker = MosquittoBroker(workdir=self.workdir / "broker")
+        self.his_db = self.workdir / "his.db"
+        self.his = SimulatedHis(self.his_db)
+        self.gateway_db = self.workdir / "gateway.db"
+        self.device_dir = self.workdir / "devices"
+        self.device_dir.mkdir(exist_ok=True)
+        self.gateway: ManagedProcess | None = None
+        self.handhelds: dict[str, ManagedProcess] = {}
+        self.env = dict(os.environ)
+
+    # ------------------------------------------------------------ parts
+
+    def start(self) -> SpineHarness:
+        self.broker.start()
+        self.his.start()
+        catalog_csv = self.workdir / "catalog.csv"
+        catalog_csv.write_text(write_catalog_csv([i.row() for i in sim_catalog()]), encoding="utf-8")
+        subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "catalog-import", "--db", str(self.gateway_db), str(catalog_csv)],
+            check=True, capture_output=True, env=self.env,
+        )
+        self.start_gateway()
+        return self
+
+    def start_gateway(self) -> ManagedProcess:
+        if self.gateway is None:
+            argv = [
+                sys.executable, "-m", "gateway.cli", "-v", "run", "--db", str(self.gateway_db),
+                "--broker-port", str(self.broker.port), "--his-port", str(self.his.port),
+                "--his-timeout", "2", "--his-backoff-max", str(self.his_backoff_max_s),
+            ]
+            self.gateway = ManagedProcess("gateway", argv, self.workdir / "gateway.log", self.env)
+        return self.gateway.start()
+
+    def kill_gateway(self) -> None:
+        assert self.gateway is not None
+        self.gateway.kill()
+
+    def start_handheld(
+        self, device: str, *, scans: int, rate: float, garbage_rate: float = 0.0, linger_s: float = 0.0
+    ) -> ManagedProcess:
+        hh = self.handhelds.get(device)
+        if hh is None:
+            argv = [
+                sys.executable, "-m", "hw_sim.handheld", "--device", device, "--site", self.site,
+                "--data-dir", str(self.device_dir), "--broker-port", str(self.broker.port), "--scans", str(scans),
+                "--rate", str(rate), "--seed", str(self.seed), "--garbage-rate", str(garbage_rate),
+                "--resend-after", "2", "--linger", str(linger_s),
+            ]
+            hh = ManagedProcess(device, argv, self.workdir / f"{device}.log", self.env)
+            self.handhelds[device] = hh
+        return hh.start()
+
+    def device_dbs(self) -> list[Path]:
+        return sorted(self.device_dir.glob("*.db"))
+
+    # ------------------------------------------------------------ settling and counting
+
+    def tally(self) -> Tally:
+        return tally(self.device_dbs(), self.gateway_db, self.his_db)
+
+    def wait_handhelds(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        for hh in self.handhelds.values():
+            left = max(1.0, deadline - time.monotonic())
+            try:
+                rc = hh.wait(timeout=left)
+            except subprocess.TimeoutExpired as err:
+                raise HarnessError(f"handheld {hh.name} did not finish: {hh.output()[-2000:]}") from err
+            if rc != 0:
+                raise HarnessError(f"handheld {hh.name} exited {rc}: {hh.output()[-2000:]}")
+
+    def wait_settled(self, timeout_s: float = 120.0, *, quiet_s: float = 1.5) -> Tally:
+        """Wait until every scan is stored and nothing waits in the outbox."""
+        deadline = time.monotonic() + timeout_s
+        last: Tally | None = None
+        stable_since = time.monotonic()
+        while time.monotonic() < deadline:
+            t = self.tally()
+            pending = self._pending_charges()
+            key = (t.stored, t.charged, t.refused_by_bridge, t.parked, pending)
+            if last is None or key != (last.stored, last.charged, last.refused_by_bridge, last.parked,
+                                       getattr(self, "_last_pending", -1)):
+                stable_since = time.monotonic()
+            self._last_pending = pending
+            last = t
+            if t.stored == t.scans and pending == 0 and t.lost == 0 and time.monotonic() - stable_since >= quiet_s:
+                return t
+            time.sleep(0.25)
+        assert last is not None
+        return last
+
+    def _pending_charges(self) -> int:
+        if not self.gateway_db.exists():
+            return 0
+        db = _ro(self.gateway_db)
+        try:
+            return int(db.execute("SELECT COUNT(*) FROM charges WHERE status = 'pending'").fetchone()[0])
+        except sqlite3.OperationalError:
+            return 0
+        finally:
+            db.close()
+
+    def close(self) -> None:
+        for hh in self.handhelds.values():
+            hh.kill()
+        if self.gateway is not None:
+            self.gateway.kill(signal.SIGTERM)
+        self.his.stop()
+        self.broker.close()
+
+
+def summary_json(t: Tally) -> str:
+    return json.dumps(
+        {"scans": t.scans, "stored": t.stored, "charged": t.charged, "lost": t.lost, "duplicates": t.duplicates,
+         "invented": t.invented, "refused_at_scan": t.refused_at_scan, "refused_by_bridge": t.refused_by_bridge,
+         "parked": t.parked, "his_resends_recognised": t.his_resends_recognised, "chain_breaks": t.chain_breaks},
+        sort_keys=False,
+    )

@@ -1,0 +1,80 @@
+"""The gateway store: idempotent ingest, cumulative acks, quarantine and chain checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from device.eventlog import EventLog
+from device.wire import Event, decode_batch, encode_batch
+from gateway.store import GatewayStore
+
+
+def _events(tmp_path: Path, n: int, device: str = "HH01") -> list[Event]:
+    log = EventLog(tmp_path / f"{device}.db", device=device)
+    return [log.append("consume", {"admission": "ZY1", "udi": f"u{i}", "operator": "N", "dept": "D"})
+            for i in range(n)]
+
+
+def _batch(events: list[Event], device: str = "HH01") -> object:
+    return decode_batch(f"spd/v1/H1/{device}/events", encode_batch("H1", device, events))
+
+
+def test_each_event_is_stored_once_whatever_the_resends(tmp_path: Path) -> None:
+    store = GatewayStore(tmp_path / "gw.db")
+    ev = _events(tmp_path, 5)
+    r1 = store.ingest(_batch(ev[:3]))  # type: ignore[arg-type]
+    r2 = store.ingest(_batch(ev))  # type: ignore[arg-type]
+    assert (r1.new, r1.duplicates, r1.contiguous) == (3, 0, 3)
+    assert (r2.new, r2.duplicates, r2.contiguous) == (2, 3, 5)
+    assert store.counts()["events"] == 5
+
+
+def test_ack_covers_only_the_contiguous_prefix(tmp_path: Path) -> None:
+    store = GatewayStore(tmp_path / "gw.db")
+    ev = _events(tmp_path, 6)
+    assert store.ingest(_batch([ev[0], ev[1], ev[4]])).contiguous == 2  # type: ignore[arg-type]
+    assert store.ingest(_batch([ev[2]])).contiguous == 3  # type: ignore[arg-type]
+    assert store.ingest(_batch([ev[3]])).contiguous == 5  # type: ignore[arg-type]
+    assert store.contiguous_seq("HH01") == 5
+
+
+def test_invalid_event_is_quarantined_and_does_not_block_the_ack(tmp_path: Path) -> None:
+    store = GatewayStore(tmp_path / "gw.db")
+    ev = _events(tmp_path, 3)
+    doc = json.loads(encode_batch("H1", "HH01", ev))
+    doc["events"][1]["body"]["udi"] = "altered"
+    batch = decode_batch("spd/v1/H1/HH01/events", json.dumps(doc).encode())
+    res = store.ingest(batch)
+    assert (res.new, res.quarantined, res.contiguous) == (2, 1, 3)
+    assert [(r.seq, r.reason) for r in res.rejected] == [(2, "bad_hash")]
+    assert store.query("SELECT seq, reason FROM quarantine") == [(2, "bad_hash")]
+
+
+def test_chain_break_is_flagged_with_device_and_seq(tmp_path: Path) -> None:
+    store = GatewayStore(tmp_path / "gw.db")
+    a = _events(tmp_path / "a", 3)
+    b = _events(tmp_path / "b", 3)  # a second log with the same device id: different history
+    store.ingest(_batch(a[:2]))  # type: ignore[arg-type]
+    bogus = Event(b[2].device, 3, b[2].ts_ms, b[2].kind, b[2].body, "f" * 64, "")
+    from device.wire import event_hash
+    bogus = Event(bogus.device, 3, bogus.ts_ms, bogus.kind, bogus.body, bogus.prev,
+                  event_hash(bogus.device, 3, bogus.ts_ms, bogus.kind, bogus.body, bogus.prev))
+    res = store.ingest(_batch([bogus]))  # type: ignore[arg-type]
+    assert res.chain_breaks == [(3, "prev does not match the stored predecessor")]
+    assert store.query("SELECT device, seq FROM chain_breaks") == [("HH01", 3)]
+
+
+def test_same_seq_with_different_content_is_a_conflict_not_an_overwrite(tmp_path: Path) -> None:
+    store = GatewayStore(tmp_path / "gw.db")
+    a = _events(tmp_path / "a", 1)
+    b = _events(tmp_path / "b", 1)
+    b0 = Event("HH01", 1, a[0].ts_ms + 1, "consume", {"x": 1}, a[0].prev, "")
+    from device.wire import event_hash
+    b0 = Event(b0.device, 1, b0.ts_ms, b0.kind, b0.body, b0.prev, event_hash("HH01", 1, b0.ts_ms, "consume", b0.body,
+                                                                               b0.prev))
+    store.ingest(_batch(a))  # type: ignore[arg-type]
+    res = store.ingest(_batch([b0]))  # type: ignore[arg-type]
+    assert res.conflicts == 1 and res.new == 0
+    assert store.query("SELECT hash FROM events") == [(a[0].hash,)]
+    del b

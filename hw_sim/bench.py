@@ -1,0 +1,167 @@
+"""Spine benchmarks: scan → commit, scan → stored / HIS ACK for a fleet, and draining a large backlog.
+
+``python -m hw_sim.bench {commit,fleet,backlog,all}`` prints one JSON object per
+figure; docs/benchmarks.md records the results with the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from device.eventlog import EventLog
+from device.sync import DeviceSync
+from gateway.ingest import IngestService
+from gateway.store import GatewayStore
+from hw_sim.broker import MosquittoBroker
+from hw_sim.handheld import SimHandheld, scan_for
+from hw_sim.harness import SpineHarness
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(p / 100 * (len(s) - 1))))]
+
+
+def _ms(values: list[float]) -> dict[str, float]:
+    return {
+        "n": len(values),
+        "p50_ms": round(pct(values, 50) * 1000, 2),
+        "p99_ms": round(pct(values, 99) * 1000, 2),
+        "max_ms": round(max(values) * 1000, 2) if values else float("nan"),
+    }
+
+
+def bench_commit(n: int) -> dict[str, object]:
+    """Scan → event committed on the device (WAL, synchronous=FULL), on this machine's disk."""
+    with tempfile.TemporaryDirectory() as d:
+        hh = SimHandheld(device="BENCH1", site="H1", data_dir=Path(d), broker_host="127.0.0.1", broker_port=1)
+        for i in range(1, n + 1):
+            hh.scan(i)
+        lat = hh.commit_latencies_s
+        hh.log.close()
+    return {"figure": "scan_to_commit", **_ms(lat)}
+
+
+def bench_fleet(devices: int, rate: float, duration_s: float) -> dict[str, object]:
+    """Scan → stored at gateway and scan → HIS ACK, with ``devices`` handhelds scanning at ``rate``/s each."""
+    with tempfile.TemporaryDirectory() as d:
+        h = SpineHarness(Path(d))
+        h.start()
+        fleet = [
+            SimHandheld(device=f"F{i:03d}", site=h.site, data_dir=h.device_dir, broker_host=h.broker.host,
+                        broker_port=h.broker.port, seed=i, batch_size=50).start()
+            for i in range(devices)
+        ]
+        stop = threading.Event()
+
+        def scanner(hh: SimHandheld) -> None:
+            rng = random.Random(hh.device)
+            time.sleep(rng.random() / rate)  # spread the phases
+            n = 0
+            next_t = time.monotonic()
+            while not stop.is_set():
+                n += 1
+                hh.scan(n)
+                next_t += 1.0 / rate
+                stop.wait(max(0.0, next_t - time.monotonic()))
+
+        threads = [threading.Thread(target=scanner, args=(hh,), daemon=True) for hh in fleet]
+        t0 = time.time()
+        for t in threads:
+            t.start()
+        time.sleep(duration_s)
+        stop.set()
+        for t in threads:
+            t.join()
+        settled = h.wait_settled(timeout_s=120)
+        db = sqlite3.connect(h.gateway_db)
+        stored = [r[0] for r in db.execute(
+            "SELECT stored_at - ts_ms / 1000.0 FROM events WHERE kind = 'consume' AND ts_ms >= ?", (t0 * 1000,))]
+        acked = [r[0] for r in db.execute(
+            "SELECT c.finished_at - e.ts_ms / 1000.0 FROM charges c JOIN events e ON e.device = c.device "
+            "AND e.seq = c.seq WHERE c.status = 'accepted'")]
+        db.close()
+        commit = [x for hh in fleet for x in hh.commit_latencies_s]
+        for hh in fleet:
+            hh.stop()
+        h.close()
+    return {
+        "figure": "fleet",
+        "devices": devices,
+        "rate_per_device": rate,
+        "duration_s": duration_s,
+        "scans": settled.scans,
+        "lost": settled.lost,
+        "duplicates": settled.duplicates,
+        "scan_to_commit": _ms(commit),
+        "scan_to_stored": _ms(stored),
+        "scan_to_his_ack": _ms(acked),
+    }
+
+
+def bench_backlog(events: int) -> dict[str, object]:
+    """``events`` queued on one offline device: time from the broker's return until all are acknowledged."""
+    with tempfile.TemporaryDirectory() as d:
+        broker = MosquittoBroker(workdir=Path(d) / "broker")
+        log = EventLog(Path(d) / "BIG.db", device="BIG")
+        catalog = SimHandheld(device="X", site="H1", data_dir=Path(d), broker_host="127.0.0.1", broker_port=1).catalog
+        t_fill = time.monotonic()
+        for n in range(1, events + 1):
+            pair = scan_for(1, "BIG", n, catalog)
+            log.append("consume", {"admission": pair.wristband, "udi": pair.udi, "operator": "N1", "dept": "OR"})
+        fill_s = time.monotonic() - t_fill
+        store = GatewayStore(Path(d) / "gw.db")
+        sync = DeviceSync(log, site="H1", host=broker.host, port=broker.port, batch_size=500, window=8,
+                          reconnect_min_s=0.2, reconnect_max_s=0.5, resend_after_s=10)
+        sync.start()
+        time.sleep(1.0)  # the device is trying to connect; the broker is down
+        t0 = time.monotonic()
+        broker.start()
+        gw = IngestService(store, host=broker.host, port=broker.port).start()
+        while log.backlog() > 0:
+            time.sleep(0.05)
+        drain_s = time.monotonic() - t0
+        stored = store.counts()["events"]
+        sync.stop()
+        gw.stop()
+        broker.close()
+        store.close()
+        log.close()
+    return {"figure": "backlog_drain", "events": events, "fill_s": round(fill_s, 1), "drain_s": round(drain_s, 2),
+            "events_per_s": round(events / drain_s), "stored": stored}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m hw_sim.bench", description=__doc__.splitlines()[0] if __doc__ else "")
+    p.add_argument("which", choices=["commit", "fleet", "backlog", "all"])
+    p.add_argument("--commits", type=int, default=2000)
+    p.add_argument("--devices", type=int, default=100)
+    p.add_argument("--rate", type=float, default=1.0)
+    p.add_argument("--duration", type=float, default=60.0)
+    p.add_argument("--events", type=int, default=100_000)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR)
+    if a.which in ("commit", "all"):
+        print(json.dumps(bench_commit(a.commits)), flush=True)
+    if a.which in ("fleet", "all"):
+        print(json.dumps(bench_fleet(a.devices, a.rate, a.duration)), flush=True)
+    if a.which in ("backlog", "all"):
+        print(json.dumps(bench_backlog(a.events)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+

@@ -1,0 +1,97 @@
+"""The whole spine as processes: handheld → Mosquitto → gateway → HIS, with faults; exact counts."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from hw_sim.harness import SpineHarness, Tally
+
+pytestmark = pytest.mark.slow
+
+
+def assert_exact(t: Tally, scans: int) -> None:
+    assert t.scans == scans, t.as_dict()
+    assert (t.stored, t.charged, t.consumption_records) == (scans, scans, scans), t.as_dict()
+    assert (t.lost, t.duplicates, t.invented, t.chain_breaks) == (0, 0, 0, 0), t.as_dict()
+
+
+def test_scans_become_exactly_one_charge_each(spine: SpineHarness) -> None:
+    spine.start_handheld("HH01", scans=60, rate=50)
+    spine.start_handheld("HH02", scans=60, rate=50)
+    spine.wait_handhelds(60)
+    assert_exact(spine.wait_settled(60), 120)
+
+
+def test_device_killed_between_commit_and_publish_delivers_after_restart(spine: SpineHarness) -> None:
+    spine.broker.kill()  # nothing can be published: every committed scan waits in the log
+    hh = spine.start_handheld("HH01", scans=40, rate=200)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "events" not in hh.output():
+        db_files = spine.device_dbs()
+        if db_files and _last_seq(db_files[0]) >= 40:
+            break
+        time.sleep(0.05)
+    hh.kill(signal.SIGKILL)
+    assert _last_seq(spine.device_dbs()[0]) == 40
+    spine.broker.start()
+    spine.start_handheld("HH01", scans=40, rate=200)  # restarts, scans nothing more, drains its log
+    spine.wait_handhelds(60)
+    assert_exact(spine.wait_settled(60), 40)
+
+
+def test_device_killed_repeatedly_mid_stream_loses_and_doubles_nothing(spine: SpineHarness) -> None:
+    for _ in range(4):
+        hh = spine.start_handheld("HH01", scans=200, rate=100)
+        time.sleep(0.4)
+        hh.kill(signal.SIGKILL)
+    spine.start_handheld("HH01", scans=200, rate=100)
+    spine.wait_handhelds(60)
+    assert_exact(spine.wait_settled(60), 200)
+
+
+def test_gateway_killed_mid_stream_loses_and_doubles_nothing(spine: SpineHarness) -> None:
+    spine.start_handheld("HH01", scans=150, rate=50)
+    for _ in range(3):
+        time.sleep(0.7)
+        spine.kill_gateway()
+        spine.start_gateway()
+    spine.wait_handhelds(90)
+    assert_exact(spine.wait_settled(90), 150)
+
+
+def test_his_down_then_back_gets_its_backlog(spine: SpineHarness) -> None:
+    spine.his.go_down()
+    spine.start_handheld("HH01", scans=50, rate=100)
+    spine.wait_handhelds(60)
+    time.sleep(2)
+    t = spine.tally()
+    assert (t.stored, t.charged) == (50, 0)
+    spine.his.come_up()
+    assert_exact(spine.wait_settled(60), 50)
+
+
+def test_his_that_drops_the_ack_after_storing_is_not_charged_twice(spine: SpineHarness) -> None:
+    spine.his.drop_acks_after_store(5)
+    spine.start_handheld("HH01", scans=30, rate=100)
+    spine.wait_handhelds(60)
+    t = spine.wait_settled(60)
+    assert_exact(t, 30)
+    stats = spine.his.stats()
+    assert stats.acks_dropped == 5
+    assert stats.unique_charges == 30
+    assert t.his_resends_recognised == 5  # the HIS saw each dropped one twice and booked it once
+
+
+def _last_seq(path: object) -> int:
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return int(db.execute("SELECT last_seq FROM head").fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        db.close()

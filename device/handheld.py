@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from device.eventlog import EventLog
 from device.udi import parse_udi
@@ -21,7 +21,7 @@ from device.wire import Event, EventKind
 log = logging.getLogger(__name__)
 
 
-class ScanVerdict(str, Enum):
+class ScanVerdict(StrEnum):
     ACCEPTED = "accepted"
     REFUSED = "refused"
 

@@ -179,7 +179,7 @@ class DeviceSync:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
-            ack = decode_ack(self.device, msg.payload)
+            ack = decode_ack(self.device, bytes(msg.payload))
         except WireError as err:
             self.stats.bad_acks += 1
             log.warning("device %s: ignored ack: %s", self.device, err)

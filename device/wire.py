@@ -21,8 +21,8 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any, Final
+from enum import StrEnum
+from typing import Any, Final, TypeGuard
 
 WIRE_VERSION: Final = 1
 TOPIC_ROOT: Final = "spd/v1"
@@ -51,7 +51,7 @@ class UnsupportedVersion(WireError):
     """The payload names a contract version this code does not speak."""
 
 
-class Channel(str, Enum):
+class Channel(StrEnum):
     """The four per-device MQTT channels."""
 
     EVENTS = "events"
@@ -60,7 +60,7 @@ class Channel(str, Enum):
     STATE = "state"
 
 
-class EventKind(str, Enum):
+class EventKind(StrEnum):
     """What happened on a device. New kinds are added, never renamed."""
 
     CONSUME = "consume"  # wristband + item scan: the nurse used an item on a patient
@@ -298,7 +298,7 @@ def decode_ack(device: str, payload: bytes) -> Ack:
 # ---------------------------------------------------------------- device state
 
 
-class DeviceStatus(str, Enum):
+class DeviceStatus(StrEnum):
     ONLINE = "online"
     OFFLINE = "offline"
 
@@ -334,20 +334,21 @@ def decode_state(topic_text: str, payload: bytes) -> DeviceState:
     if doc.get("device") != addr.device:
         raise WireError("identity_mismatch", "state payload device differs from the topic")
     try:
-        status = DeviceStatus(doc.get("status"))
+        status = DeviceStatus(str(doc.get("status")))
     except ValueError:
         raise WireError("bad_state", f"unknown status {doc.get('status')!r}") from None
     backlog, ts = doc.get("backlog", 0), doc.get("ts", 0)
     if not _is_int(backlog) or not _is_int(ts):
         raise WireError("bad_state", "backlog and ts must be integers")
     extra = doc.get("extra", {})
-    return DeviceState(addr.device, status, backlog, str(doc.get("version", "")), ts, extra if isinstance(extra, dict) else {})
+    extra = extra if isinstance(extra, dict) else {}
+    return DeviceState(addr.device, status, backlog, str(doc.get("version", "")), ts, extra)
 
 
 # ---------------------------------------------------------------- helpers
 
 
-def _is_int(x: Any) -> bool:
+def _is_int(x: Any) -> TypeGuard[int]:
     return isinstance(x, int) and not isinstance(x, bool)
 
 

@@ -108,7 +108,8 @@ class ChargingWorker:
                     (rej.device, rej.seq, str(rej.reason), rej.detail, now),
                 )
             db.execute(
-                "INSERT INTO cursors (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                "INSERT INTO cursors (name, value) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
                 (CURSOR, stored[-1].id),
             )
         self._consumed = consumed

@@ -22,7 +22,17 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from device.sync import TlsSettings
-from device.wire import Ack, Channel, WireError, decode_batch, decode_state, encode_ack, parse_topic, subscription, topic
+from device.wire import (
+    Ack,
+    Channel,
+    WireError,
+    decode_batch,
+    decode_state,
+    encode_ack,
+    parse_topic,
+    subscription,
+    topic,
+)
 from gateway.store import GatewayStore
 
 log = logging.getLogger(__name__)
@@ -73,7 +83,7 @@ class IngestService:
         self._client = client
 
     def start(self) -> IngestService:
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = 3600  # the broker queues events while the gateway restarts
         self._client.connect_async(self.host, self.port, keepalive=15, clean_start=False, properties=props)
         self._client.loop_start()
@@ -104,15 +114,15 @@ class IngestService:
         log.info("gateway: disconnected from broker (%s)", rc)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        payload = bytes(msg.payload)
         try:
             addr = parse_topic(msg.topic)
             if addr.channel is Channel.EVENTS:
-                self._handle_events(msg.topic, msg.payload)
-            elif addr.channel is Channel.STATE:
-                if msg.payload:  # an empty retained message clears state
-                    self.store.update_device_state(addr.site, decode_state(msg.topic, msg.payload))
+                self._handle_events(msg.topic, payload)
+            elif addr.channel is Channel.STATE and payload:  # an empty retained message clears state
+                self.store.update_device_state(addr.site, decode_state(msg.topic, payload))
         except WireError as err:
-            self._bad(msg.topic, err.reason, err.detail, msg.payload)
+            self._bad(msg.topic, err.reason, err.detail, payload)
         except Exception:
             # storage failed: no ack goes out, the device resends, nothing is lost
             log.exception("gateway: failed to handle message on %s", msg.topic)

@@ -74,7 +74,7 @@ def test_broker_killed_mid_stream_loses_and_doubles_nothing(tmp_path: Path, brok
     gw = IngestService(store, host=broker.host, port=broker.port).start()
     log, sync = _device(tmp_path, broker)
     sync.start()
-    for round_ in range(3):
+    for _ in range(3):
         _append(log, 100)
         time.sleep(0.2)
         broker.kill()

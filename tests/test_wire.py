@@ -49,8 +49,10 @@ def test_topic_layout_per_site_and_device() -> None:
     assert (addr.site, addr.device, addr.channel) == ("H1", "HH01", Channel.ACK)
 
 
-@pytest.mark.parametrize("bad", ["spd/v1/H1/HH01", "spd/v2/H1/HH01/events", "spd/v1/H1/HH01/other", "spd/v1/H1/+/events",
-                                 "spd/v1/H1/a b/events"])
+@pytest.mark.parametrize(
+    "bad",
+    ["spd/v1/H1/HH01", "spd/v2/H1/HH01/events", "spd/v1/H1/HH01/other", "spd/v1/H1/+/events", "spd/v1/H1/a b/events"],
+)
 def test_bad_topics_are_refused(bad: str) -> None:
     with pytest.raises(WireError):
         parse_topic(bad)

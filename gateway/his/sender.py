@@ -65,7 +65,7 @@ class HisSender:
 
     def _backoff(self, attempts: int) -> float:
         delay = min(self.backoff_max_s, self.backoff_base_s * (2 ** min(attempts, 16)))
-        return delay * (0.5 + self._rng.random() / 2)
+        return float(delay * (0.5 + self._rng.random() / 2))
 
     def run_once(self, now: float | None = None) -> int:
         """Send what is due; returns the number of charges sent (any outcome)."""

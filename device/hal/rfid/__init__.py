@@ -1,0 +1,51 @@
+"""UHF RFID: the R2000 serial protocol codec and the reader driver."""
+
+from device.hal.rfid.r2000 import (
+    Ack,
+    Command,
+    ErrorCode,
+    ErrorFrame,
+    FastSwitchRoundEnd,
+    FirmwareVersion,
+    Frame,
+    InventoryRoundEnd,
+    R2000Codec,
+    RawFrame,
+    TagRead,
+    UnknownFrame,
+)
+from device.hal.rfid.reader import (
+    InventoryResult,
+    ReaderCommandError,
+    ReaderDisconnected,
+    ReaderError,
+    ReaderState,
+    ReaderStats,
+    ReaderTimeout,
+    RfidReader,
+    TagSighting,
+)
+
+__all__ = [
+    "Ack",
+    "Command",
+    "ErrorCode",
+    "ErrorFrame",
+    "FastSwitchRoundEnd",
+    "FirmwareVersion",
+    "Frame",
+    "InventoryResult",
+    "InventoryRoundEnd",
+    "R2000Codec",
+    "RawFrame",
+    "ReaderCommandError",
+    "ReaderDisconnected",
+    "ReaderError",
+    "ReaderState",
+    "ReaderStats",
+    "ReaderTimeout",
+    "RfidReader",
+    "TagRead",
+    "TagSighting",
+    "UnknownFrame",
+]

@@ -86,6 +86,7 @@ class SimR2000Reader:
         self._work_antenna = 1
         self._port = PtyPort(link_dir=link_dir)
         self._codec = R2000Codec()
+        self._fresh_line = threading.Event()  # replugged: drop any half-received command
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="sim-r2000", daemon=True)
         self._thread.start()
@@ -124,7 +125,7 @@ class SimR2000Reader:
 
     def replug(self) -> None:
         log.info("sim reader plugged back in")
-        self._codec.reset()
+        self._fresh_line.set()
         self._port.replug()
 
     def close(self) -> None:
@@ -144,6 +145,9 @@ class SimR2000Reader:
             if not self._port.is_plugged:
                 time.sleep(0.01)
                 continue
+            if self._fresh_line.is_set():
+                self._fresh_line.clear()
+                self._codec.reset()
             try:
                 data = self._port.read(0.05)
                 for raw in self._codec.feed_raw(data):

@@ -57,12 +57,12 @@ class Gateway:
         bridge_config = bridge.BridgeConfig(
             sending_facility=config.sending_facility, receiving_facility=config.facility
         )
-        self.charging = ChargingWorker(self.store, bridge_config)
         self.sender = HisSender(
             self.store,
             adapter or MllpAdapter(config.his_host, config.his_port, timeout_s=config.his_timeout_s),
             backoff_max_s=config.his_backoff_max_s,
         )
+        self.charging = ChargingWorker(self.store, bridge_config, on_charges=lambda n: self.sender.notify())
         self.ingest = IngestService(
             self.store,
             host=config.broker_host,

@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from gateway import bridge
@@ -51,12 +52,14 @@ class ChargingWorker:
         *,
         batch_size: int = 2000,
         idle_wait_s: float = 0.2,
+        on_charges: Callable[[int], None] | None = None,
     ) -> None:
         self.store = store
         self.config = config
         self.batch_size = batch_size
         self.idle_wait_s = idle_wait_s
         self.stats = ChargingStats()
+        self._on_charges = on_charges
         self._catalog = load_catalog(store)
         self._consumed = store.charged_item_keys()
         self._wake = threading.Event()
@@ -118,6 +121,8 @@ class ChargingWorker:
                       line.gtin, line.serial, line.device, line.seq)
         for rej in result.rejects:
             log.warning("charge refused: device %s seq %d: %s (%s)", rej.device, rej.seq, rej.reason, rej.detail)
+        if result.lines and self._on_charges is not None:
+            self._on_charges(len(result.lines))
         self.stats.batches += 1
         self.stats.lines += len(result.lines) - len(dup_items)
         self.stats.rejects += len(result.rejects) + len(dup_items)

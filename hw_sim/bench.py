@@ -11,6 +11,7 @@ import json
 import logging
 import random
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import threading
@@ -53,37 +54,68 @@ def bench_commit(n: int) -> dict[str, object]:
     return {"figure": "scan_to_commit", **_ms(lat)}
 
 
-def bench_fleet(devices: int, rate: float, duration_s: float) -> dict[str, object]:
-    """Scan → stored at gateway and scan → HIS ACK, with ``devices`` handhelds scanning at ``rate``/s each."""
+def run_fleet_worker(*, first: int, count: int, site: str, data_dir: Path, broker_port: int, rate: float,
+                     duration_s: float) -> list[float]:
+    """Run ``count`` in-process handhelds scanning at ``rate``/s each; returns their commit latencies."""
+    fleet = [
+        SimHandheld(device=f"F{i:03d}", site=site, data_dir=data_dir, broker_host="127.0.0.1",
+                    broker_port=broker_port, seed=i, batch_size=50).start()
+        for i in range(first, first + count)
+    ]
+    stop = threading.Event()
+
+    def scanner(hh: SimHandheld) -> None:
+        rng = random.Random(hh.device)
+        time.sleep(rng.random() / rate)  # spread the phases
+        n = 0
+        next_t = time.monotonic()
+        while not stop.is_set():
+            n += 1
+            hh.scan(n)
+            next_t += 1.0 / rate
+            stop.wait(max(0.0, next_t - time.monotonic()))
+
+    threads = [threading.Thread(target=scanner, args=(hh,), daemon=True) for hh in fleet]
+    for t in threads:
+        t.start()
+    time.sleep(duration_s)
+    stop.set()
+    for t in threads:
+        t.join()
+    for hh in fleet:
+        hh.wait_drained(60)
+    lat = [x for hh in fleet for x in hh.commit_latencies_s]
+    for hh in fleet:
+        hh.stop()
+    return lat
+
+
+def bench_fleet(devices: int, rate: float, duration_s: float, workers: int = 4) -> dict[str, object]:
+    """Scan → stored at gateway and scan → HIS ACK, with ``devices`` handhelds scanning at ``rate``/s each.
+
+    The handhelds run in ``workers`` child processes (as real handhelds are separate machines), the
+    gateway in its own process, the simulated HIS in this one.
+    """
     with tempfile.TemporaryDirectory() as d:
         h = SpineHarness(Path(d))
         h.start()
-        fleet = [
-            SimHandheld(device=f"F{i:03d}", site=h.site, data_dir=h.device_dir, broker_host=h.broker.host,
-                        broker_port=h.broker.port, seed=i, batch_size=50).start()
-            for i in range(devices)
-        ]
-        stop = threading.Event()
-
-        def scanner(hh: SimHandheld) -> None:
-            rng = random.Random(hh.device)
-            time.sleep(rng.random() / rate)  # spread the phases
-            n = 0
-            next_t = time.monotonic()
-            while not stop.is_set():
-                n += 1
-                hh.scan(n)
-                next_t += 1.0 / rate
-                stop.wait(max(0.0, next_t - time.monotonic()))
-
-        threads = [threading.Thread(target=scanner, args=(hh,), daemon=True) for hh in fleet]
+        per = -(-devices // workers)
+        procs = []
         t0 = time.time()
-        for t in threads:
-            t.start()
-        time.sleep(duration_s)
-        stop.set()
-        for t in threads:
-            t.join()
+        for w in range(workers):
+            first, count = w * per, min(per, devices - w * per)
+            if count <= 0:
+                break
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "hw_sim.bench", "fleet-worker", "--first", str(first), "--count", str(count),
+                 "--site", h.site, "--data-dir", str(h.device_dir), "--broker-port", str(h.broker.port),
+                 "--rate", str(rate), "--duration", str(duration_s)],
+                stdout=subprocess.PIPE,
+            ))
+        commit: list[float] = []
+        for p in procs:
+            out, _ = p.communicate(timeout=duration_s + 180)
+            commit += json.loads(out)
         settled = h.wait_settled(timeout_s=120)
         db = sqlite3.connect(h.gateway_db)
         stored = [r[0] for r in db.execute(
@@ -92,9 +124,6 @@ def bench_fleet(devices: int, rate: float, duration_s: float) -> dict[str, objec
             "SELECT c.finished_at - e.ts_ms / 1000.0 FROM charges c JOIN events e ON e.device = c.device "
             "AND e.seq = c.seq WHERE c.status = 'accepted'")]
         db.close()
-        commit = [x for hh in fleet for x in hh.commit_latencies_s]
-        for hh in fleet:
-            hh.stop()
         h.close()
     return {
         "figure": "fleet",
@@ -102,6 +131,8 @@ def bench_fleet(devices: int, rate: float, duration_s: float) -> dict[str, objec
         "rate_per_device": rate,
         "duration_s": duration_s,
         "scans": settled.scans,
+        "stored": settled.stored,
+        "charged": settled.charged,
         "lost": settled.lost,
         "duplicates": settled.duplicates,
         "scan_to_commit": _ms(commit),
@@ -144,7 +175,12 @@ def bench_backlog(events: int) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m hw_sim.bench", description=__doc__.splitlines()[0] if __doc__ else "")
-    p.add_argument("which", choices=["commit", "fleet", "backlog", "all"])
+    p.add_argument("which", choices=["commit", "fleet", "backlog", "all", "fleet-worker"])
+    p.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--site", default="H1", help=argparse.SUPPRESS)
+    p.add_argument("--data-dir", type=Path, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--broker-port", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--commits", type=int, default=2000)
     p.add_argument("--devices", type=int, default=100)
     p.add_argument("--rate", type=float, default=1.0)
@@ -152,6 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=100_000)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
+    if a.which == "fleet-worker":
+        lat = run_fleet_worker(first=a.first, count=a.count, site=a.site, data_dir=a.data_dir,
+                               broker_port=a.broker_port, rate=a.rate, duration_s=a.duration)
+        print(json.dumps(lat))
+        return 0
     if a.which in ("commit", "all"):
         print(json.dumps(bench_commit(a.commits)), flush=True)
     if a.which in ("fleet", "all"):

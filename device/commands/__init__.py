@@ -1,0 +1,1 @@
+"""spd-device commands, one module each; see device/cli.py."""

@@ -1,0 +1,283 @@
+"""The device's TOML configuration: typed getters with bounds; unknown keys are errors naming the key and file.
+
+A field technician's typo must stop the agent at start-up with a message
+that says which key in which file is wrong, never fall back to a default.
+
+Core sections are parsed here (``[device]``, ``[broker]``, ``[broker.tls]``,
+``[sync]``, ``[log]``, ``[handheld]``). Other parts of the agent register
+their own sections with :func:`register_section` (the cabinet registers
+``[cabinet]``); a section nobody registered is an error.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from device.wire import ID_PATTERN
+
+T = TypeVar("T")
+_REQUIRED: Final = object()
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown, of the wrong type or out of range."""
+
+    def __init__(self, source: str, key: str, message: str) -> None:
+        super().__init__(f"{source}: {key}: {message}")
+        self.source = source
+        self.key = key
+
+
+class Section:
+    """Typed, bounded access to one TOML table; :meth:`done` rejects keys nobody asked for."""
+
+    def __init__(self, table: dict[str, Any], *, source: str, prefix: str = "") -> None:
+        if not isinstance(table, dict):
+            raise ConfigError(source, prefix or "(top)", "must be a table")
+        self._t = table
+        self._source = source
+        self._prefix = prefix
+        self._seen: set[str] = set()
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    def key(self, name: str) -> str:
+        return f"{self._prefix}.{name}" if self._prefix else name
+
+    def error(self, name: str, message: str) -> ConfigError:
+        return ConfigError(self._source, self.key(name), message)
+
+    def has(self, name: str) -> bool:
+        return name in self._t
+
+    def _get(self, name: str, default: Any) -> Any:
+        self._seen.add(name)
+        if name in self._t:
+            return self._t[name]
+        if default is _REQUIRED:
+            raise self.error(name, "is required")
+        return default
+
+    def get_str(self, name: str, default: Any = _REQUIRED, *, pattern: re.Pattern[str] | None = None,
+            choices: tuple[str, ...] | None = None) -> Any:
+        v = self._get(name, default)
+        if v is default and default is not _REQUIRED:
+            return v
+        if not isinstance(v, str):
+            raise self.error(name, f"must be a string, got {type(v).__name__}")
+        if pattern is not None and not pattern.match(v):
+            raise self.error(name, f"{v!r} does not match {pattern.pattern}")
+        if choices is not None and v not in choices:
+            raise self.error(name, f"{v!r} is not one of {', '.join(choices)}")
+        return v
+
+    def get_int(self, name: str, default: Any = _REQUIRED, *, min: int | None = None, max: int | None = None) -> Any:
+        v = self._get(name, default)
+        if v is default and default is not _REQUIRED:
+            return v
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise self.error(name, f"must be an integer, got {type(v).__name__}")
+        if (min is not None and v < min) or (max is not None and v > max):
+            raise self.error(name, f"{v} is out of range [{min}, {max}]")
+        return v
+
+    def get_float(self, name: str, default: Any = _REQUIRED, *, min: float | None = None,
+              max: float | None = None) -> Any:
+        v = self._get(name, default)
+        if v is default and default is not _REQUIRED:
+            return v
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise self.error(name, f"must be a number, got {v!r}")
+        if (min is not None and v < min) or (max is not None and v > max):
+            raise self.error(name, f"{v} is out of range [{min}, {max}]")
+        return float(v)
+
+    def get_bool(self, name: str, default: Any = _REQUIRED) -> Any:
+        v = self._get(name, default)
+        if v is default and default is not _REQUIRED:
+            return v
+        if not isinstance(v, bool):
+            raise self.error(name, f"must be true or false, got {v!r}")
+        return v
+
+    def get_list(self, name: str, default: Any = _REQUIRED) -> Any:
+        v = self._get(name, default)
+        if v is default and default is not _REQUIRED:
+            return v
+        if not isinstance(v, list):
+            raise self.error(name, f"must be a list, got {type(v).__name__}")
+        return v
+
+    def section(self, name: str, *, optional: bool = False) -> Section | None:
+        self._seen.add(name)
+        if name not in self._t:
+            if optional:
+                return None
+            raise self.error(name, "section is required")
+        return Section(self._t[name], source=self._source, prefix=self.key(name))
+
+    def sections(self, name: str) -> list[Section]:
+        """An array of tables (``[[name]]``)."""
+        self._seen.add(name)
+        v = self._t.get(name, [])
+        if not isinstance(v, list):
+            raise self.error(name, "must be an array of tables ([[...]])")
+        return [Section(t, source=self._source, prefix=f"{self.key(name)}[{i}]") for i, t in enumerate(v)]
+
+    def done(self) -> None:
+        unknown = sorted(set(self._t) - self._seen)
+        if unknown:
+            raise self.error(unknown[0], "unknown option")
+
+
+# ---------------------------------------------------------------- core sections
+
+_ID = re.compile(ID_PATTERN.pattern)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    keepalive_s: int = 15
+    tls: TlsConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SyncConfig:
+    batch_size: int = 200
+    window: int = 4
+    resend_after_s: float = 5.0
+    state_every_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    retention_days: float = 7.0
+
+
+@dataclass(frozen=True, slots=True)
+class HandheldConfig:
+    operator: str
+    dept: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceConfig:
+    device_id: str
+    site: str
+    kind: str
+    data_dir: Path
+    broker: BrokerConfig
+    sync: SyncConfig
+    log: LogConfig
+    handheld: HandheldConfig | None = None
+    source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "events.db"
+
+
+SectionParser = Callable[[Section], Any]
+_SECTIONS: dict[str, SectionParser] = {}
+
+
+def register_section(name: str, parser: SectionParser) -> None:
+    """Let another part of the agent own a top-level section; its parser gets a :class:`Section`."""
+    _SECTIONS[name] = parser
+
+
+def _path(s: Section, name: str, base: Path, default: Any = _REQUIRED) -> Any:
+    v = s.get_str(name, default)
+    if v is None:
+        return None
+    p = Path(v)
+    return p if p.is_absolute() else (base / p)
+
+
+def parse_config(doc: dict[str, Any], *, source: str = "<config>", base_dir: Path | None = None) -> DeviceConfig:
+    base = base_dir or Path(".")
+    top = Section(doc, source=source)
+    dev = top.section("device")
+    assert dev is not None
+    device_id = dev.get_str("id", pattern=_ID)
+    site = dev.get_str("site", pattern=_ID)
+    kind = dev.get_str("kind", "cabinet", choices=("cabinet", "handheld"))
+    data_dir = _path(dev, "data_dir", base, "/var/lib/spd-device")
+    dev.done()
+
+    broker = BrokerConfig()
+    b = top.section("broker", optional=True)
+    if b is not None:
+        tls = None
+        t = b.section("tls", optional=True)
+        if t is not None:
+            tls = TlsConfig(_path(t, "ca_file", base), _path(t, "cert_file", base), _path(t, "key_file", base))
+            t.done()
+        broker = BrokerConfig(
+            host=b.get_str("host", "127.0.0.1"),
+            port=b.get_int("port", 8883 if tls else 1883, min=1, max=65535),
+            keepalive_s=b.get_int("keepalive_s", 15, min=5, max=600),
+            tls=tls,
+        )
+        b.done()
+
+    sync = SyncConfig()
+    s = top.section("sync", optional=True)
+    if s is not None:
+        sync = SyncConfig(
+            batch_size=s.get_int("batch_size", 200, min=1, max=1000),
+            window=s.get_int("window", 4, min=1, max=64),
+            resend_after_s=s.get_float("resend_after_s", 5.0, min=0.5, max=600),
+            state_every_s=s.get_float("state_every_s", 30.0, min=1, max=3600),
+        )
+        s.done()
+
+    logc = LogConfig()
+    lg = top.section("log", optional=True)
+    if lg is not None:
+        logc = LogConfig(retention_days=lg.get_float("retention_days", 7.0, min=0.0, max=3650))
+        lg.done()
+
+    handheld = None
+    h = top.section("handheld", optional=True)
+    if h is not None:
+        handheld = HandheldConfig(operator=h.get_str("operator", pattern=_ID), dept=h.get_str("dept", pattern=_ID))
+        h.done()
+
+    extra: dict[str, Any] = {}
+    for name, parser in _SECTIONS.items():
+        sec = top.section(name, optional=True)
+        if sec is not None:
+            extra[name] = parser(sec)
+            sec.done()
+    top.done()
+    return DeviceConfig(device_id, site, kind, data_dir, broker, sync, logc, handheld, source, extra)
+
+
+def load_config(path: str | Path) -> DeviceConfig:
+    p = Path(path)
+    try:
+        doc = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(str(p), "(file)", "not found") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(str(p), "(syntax)", str(err)) from None
+    return parse_config(doc, source=str(p), base_dir=p.parent)

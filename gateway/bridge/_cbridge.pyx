@@ -1,0 +1,946 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Compiled charging bridge: C-level UDI parse, catalog lookup and HL7 rendering into one growing buffer."""
+
+import hashlib
+from array import array
+
+from libc.stdint cimport int64_t, uint64_t
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memcpy
+
+from gateway.bridge.hl7template import Slot, item_ft1_fragment, item_zud_fragment, message_template
+from gateway.bridge.types import MAX_LOCAL_MS as _PY_MAX_LOCAL_MS, MAX_SEQ as _PY_MAX_SEQ, CompactBatch
+
+
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*)
+    bint PyUnicode_CheckExact(object)
+    bint PyLong_CheckExact(object)
+    bint PyTuple_Check(object)
+    long long PyLong_AsLongLongAndOverflow(object, int*)
+    void PyErr_Clear()
+    int PySet_Contains(object, object) except -1
+    int PySet_Add(object, object) except -1
+    Py_ssize_t PySet_GET_SIZE(object)
+    object PyUnicode_DecodeASCII(const char*, Py_ssize_t, const char*)
+    object PyBytes_FromStringAndSize(const char*, Py_ssize_t)
+    char* PyBytes_AS_STRING(object)
+    Py_ssize_t PyBytes_GET_SIZE(object)
+    void* PyDict_GetItem(object, object)
+
+
+# ---- constants shared with the twin -------------------------------------------------------------
+
+cdef long long MAX_SEQ = _PY_MAX_SEQ
+cdef long long MAX_LOCAL_MS = _PY_MAX_LOCAL_MS
+cdef long long MS_PER_DAY = 86400000
+cdef int DEVICE_ID_CACHE_LIMIT = 65536
+
+# status codes (RejectReason.code)
+cdef enum:
+    ST_BAD_EVENT = 1
+    ST_MISSING_PATIENT = 2
+    ST_BAD_UDI = 3
+    ST_UNKNOWN_ITEM = 4
+    ST_EXPIRED = 5
+    ST_NOT_CHARGEABLE = 6
+    ST_MISSING_SERIAL = 7
+    ST_SERIAL_ALREADY_CONSUMED = 8
+
+# recognised AIs
+cdef enum:
+    AI_01 = 0
+    AI_10 = 1
+    AI_11 = 2
+    AI_17 = 3
+    AI_21 = 4
+    AI_240 = 5
+    AI_241 = 6
+    AI_30 = 7
+    AI_37 = 8
+    AI_7003 = 9
+    AI_COUNT = 10
+
+cdef const char* AI_NAME[10]
+cdef int AI_FIXED[10]
+cdef int AI_LEN[10]
+cdef int AI_NUMERIC[10]
+AI_NAME[:] = [b"01", b"10", b"11", b"17", b"21", b"240", b"241", b"30", b"37", b"7003"]
+AI_FIXED[:] = [1, 0, 1, 1, 0, 0, 0, 0, 0, 1]
+AI_LEN[:] = [14, 20, 6, 6, 20, 30, 30, 8, 8, 10]
+AI_NUMERIC[:] = [1, 0, 1, 1, 0, 0, 0, 1, 1, 1]
+
+# UDI parse errors
+cdef enum:
+    E_NONE = 0
+    E_SYMBOLOGY
+    E_EMPTY
+    E_EXPECTED_PAREN
+    E_UNTERMINATED
+    E_UNSUPPORTED_AI
+    E_DUPLICATE
+    E_WRONG_LENGTH
+    E_BAD_AI
+    E_TRUNCATED
+    E_EMPTY_VALUE
+    E_NON_NUMERIC
+    E_INVALID_CHAR
+    E_TOO_LONG
+    E_CHECK_DIGIT
+    E_BAD_DATE
+    E_NO_GTIN
+
+# template slots (must match hl7template.Slot)
+cdef enum:
+    S_TIME = 1
+    S_CHARGE_ID = 2
+    S_ADMISSION = 3
+    S_DEPT = 4
+    S_ITEM_FT1 = 5
+    S_OPERATOR = 6
+    S_GTIN = 7
+    S_LOT = 8
+    S_SERIAL = 9
+    S_EXPIRY = 10
+    S_ITEM_ZUD = 11
+    S_DEVICE = 12
+
+assert [int(s) for s in Slot] == list(range(1, 13)), "template slots changed: update _cbridge.pyx"
+
+cdef unsigned char CSET82[256]
+cdef unsigned char ESCAPE_CODE[256]
+cdef const char* HEX = b"0123456789ABCDEF"
+
+
+cdef void _init_tables():
+    cdef bytes cset = b"!\"%&'()*+,-./0123456789:;<=>?ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz"
+    cdef int i
+    for i in range(256):
+        CSET82[i] = 0
+        ESCAPE_CODE[i] = 0
+    for i in range(len(cset)):
+        CSET82[<unsigned char>cset[i]] = 1
+    for i in range(32):
+        ESCAPE_CODE[i] = ord('X')
+    ESCAPE_CODE[0x7F] = ord('X')
+    ESCAPE_CODE[ord('\\')] = ord('E')
+    ESCAPE_CODE[ord('|')] = ord('F')
+    ESCAPE_CODE[ord('^')] = ord('S')
+    ESCAPE_CODE[ord('&')] = ord('T')
+    ESCAPE_CODE[ord('~')] = ord('R')
+
+
+_init_tables()
+
+
+# ---- output written straight into bytes objects, grown by doubling, shrunk once at the end ---------
+
+cdef extern from "Python.h":
+    ctypedef struct PyObject
+    PyObject* new_bytes "PyBytes_FromStringAndSize"(const char*, Py_ssize_t)
+    char* bytes_data "PyBytes_AS_STRING"(PyObject*)
+    int _PyBytes_Resize(PyObject**, Py_ssize_t)
+    void Py_XDECREF(PyObject*)
+
+
+cdef struct Buf:
+    PyObject* obj
+    char* data
+    Py_ssize_t size
+    Py_ssize_t cap
+
+
+cdef int buf_open(Buf* b, Py_ssize_t cap) except -1:
+    b.size = 0
+    b.cap = cap if cap > 64 else 64
+    b.obj = new_bytes(NULL, b.cap)
+    if b.obj == NULL:
+        raise MemoryError()
+    b.data = bytes_data(b.obj)
+    return 0
+
+
+cdef int buf_reserve(Buf* b, Py_ssize_t extra) except -1:
+    cdef Py_ssize_t want = b.size + extra
+    cdef Py_ssize_t cap = b.cap
+    if want <= cap:
+        return 0
+    while cap < want:
+        cap *= 2
+    if _PyBytes_Resize(&b.obj, cap) < 0:
+        b.obj = NULL
+        raise MemoryError()
+    b.data = bytes_data(b.obj)
+    b.cap = cap
+    return 0
+
+
+cdef object buf_close(Buf* b):
+    """The written bytes as a bytes object; the buffer gives up its reference."""
+    if _PyBytes_Resize(&b.obj, b.size) < 0:
+        b.obj = NULL
+        raise MemoryError()
+    result = <object>b.obj
+    Py_XDECREF(b.obj)
+    b.obj = NULL
+    return result
+
+
+# The message buffer: a malloc'd scratch area kept between calls (no fresh pages per batch), copied
+# once into the result. A call that finds it in use (re-entered from a callback) takes its own.
+cdef char* scratch = NULL
+cdef Py_ssize_t scratch_cap = 0
+cdef bint scratch_busy = False
+cdef Py_ssize_t SCRATCH_KEEP_LIMIT = 64 * 1024 * 1024
+
+
+cdef struct Scratch:
+    char* data
+    Py_ssize_t size
+    Py_ssize_t cap
+    bint owned
+
+
+cdef int scratch_take(Scratch* b, Py_ssize_t cap) except -1:
+    global scratch, scratch_cap, scratch_busy
+    b.size = 0
+    if not scratch_busy:
+        scratch_busy = True
+        b.owned = False
+        b.data = scratch
+        b.cap = scratch_cap
+    else:
+        b.owned = True
+        b.data = NULL
+        b.cap = 0
+    return scratch_reserve(b, cap)
+
+
+cdef int scratch_reserve(Scratch* b, Py_ssize_t extra) except -1:
+    global scratch, scratch_cap
+    cdef Py_ssize_t want = b.size + extra
+    cdef Py_ssize_t cap = b.cap if b.cap else 65536
+    cdef char* grown
+    if want <= b.cap:
+        return 0
+    while cap < want:
+        cap *= 2
+    grown = <char*>realloc(b.data, cap)
+    if grown == NULL:
+        raise MemoryError()
+    b.data = grown
+    b.cap = cap
+    if not b.owned:
+        scratch = grown
+        scratch_cap = cap
+    return 0
+
+
+cdef void scratch_release(Scratch* b) noexcept:
+    global scratch, scratch_cap, scratch_busy
+    if b.owned:
+        free(b.data)
+    else:
+        scratch_busy = False
+        if scratch_cap > SCRATCH_KEEP_LIMIT:
+            free(scratch)
+            scratch = NULL
+            scratch_cap = 0
+    b.data = NULL
+
+
+cdef inline char* put(char* out, const char* src, Py_ssize_t n) noexcept:
+    cdef Py_ssize_t i
+    if n <= 16:
+        for i in range(n):
+            out[i] = src[i]
+    else:
+        memcpy(out, src, n)
+    return out + n
+
+
+cdef inline char* put_escaped(char* out, const unsigned char* src, Py_ssize_t n) noexcept:
+    cdef Py_ssize_t i
+    cdef unsigned char c, code
+    for i in range(n):
+        c = src[i]
+        code = ESCAPE_CODE[c]
+        if code == 0:
+            out[0] = <char>c
+            out += 1
+        elif code == b'X':
+            out[0] = b'\\'
+            out[1] = b'X'
+            out[2] = HEX[c >> 4]
+            out[3] = HEX[c & 15]
+            out[4] = b'\\'
+            out += 5
+        else:
+            out[0] = b'\\'
+            out[1] = <char>code
+            out[2] = b'\\'
+            out += 3
+    return out
+
+
+cdef inline void put2(char* out, int value) noexcept:
+    out[0] = <char>(48 + value // 10)
+    out[1] = <char>(48 + value % 10)
+
+
+cdef inline char* put_digits(char* out, long long value, int width) noexcept:
+    cdef int i
+    for i in range(width - 1, -1, -1):
+        out[i] = <char>(48 + value % 10)
+        value //= 10
+    return out + width
+
+
+# ---- civil dates (proleptic Gregorian, days since 1970-01-01) -----------------------------------
+
+cdef inline long long days_from_civil(long long y, int m, int d) noexcept:
+    cdef long long era, yoe, doy, doe
+    if m <= 2:
+        y -= 1
+    era = (y if y >= 0 else y - 399) // 400
+    yoe = y - era * 400
+    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+cdef inline void civil_from_days(long long z, long long* y, int* m, int* d) noexcept:
+    cdef long long era, doe, yoe, doy, mp
+    z += 719468
+    era = (z if z >= 0 else z - 146096) // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    d[0] = <int>(doy - (153 * mp + 2) // 5 + 1)
+    m[0] = <int>(mp + 3 if mp < 10 else mp - 9)
+    y[0] = yoe + era * 400 + (1 if m[0] <= 2 else 0)
+
+
+cdef inline int days_in_month(long long y, int m) noexcept:
+    if m == 2:
+        return 29 if (y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)) else 28
+    if m == 4 or m == 6 or m == 9 or m == 11:
+        return 30
+    return 31
+
+
+cdef inline long long full_year(int yy, long long reference) noexcept:
+    cdef long long base = reference - reference % 100
+    cdef long long diff = yy - reference % 100
+    if diff >= 51:
+        return base - 100 + yy
+    if diff <= -50:
+        return base + 100 + yy
+    return base + yy
+
+
+# ---- the UDI parser ---------------------------------------------------------------------------
+
+cdef struct Udi:
+    const unsigned char* gtin
+    const unsigned char* lot
+    Py_ssize_t lot_len
+    const unsigned char* serial
+    Py_ssize_t serial_len
+    int has_expiry
+    long long exp_year
+    int exp_month
+    int exp_day
+    int error
+    int error_ai
+    Py_ssize_t error_pos
+
+
+cdef inline bint is_digit(unsigned char c) noexcept:
+    return 48 <= c <= 57
+
+
+cdef inline int fail(Udi* out, int error, int ai, Py_ssize_t pos) noexcept:
+    out.error = error
+    out.error_ai = ai
+    out.error_pos = pos
+    return error
+
+
+cdef int element_ai(const unsigned char* u, Py_ssize_t n, Py_ssize_t pos, int* length) noexcept:
+    """The AI starting at pos in an element string, -1 unsupported, -2 not two digits."""
+    cdef int a
+    if pos + 2 > n or not is_digit(u[pos]) or not is_digit(u[pos + 1]):
+        return -2
+    a = (u[pos] - 48) * 10 + (u[pos + 1] - 48)
+    length[0] = 2
+    if a == 1:
+        return AI_01
+    if a == 10:
+        return AI_10
+    if a == 11:
+        return AI_11
+    if a == 17:
+        return AI_17
+    if a == 21:
+        return AI_21
+    if a == 30:
+        return AI_30
+    if a == 37:
+        return AI_37
+    if a == 24 and pos + 3 <= n and (u[pos + 2] == b'0' or u[pos + 2] == b'1'):
+        length[0] = 3
+        return AI_240 if u[pos + 2] == b'0' else AI_241
+    if a == 70 and pos + 4 <= n and u[pos + 2] == b'0' and u[pos + 3] == b'3':
+        length[0] = 4
+        return AI_7003
+    return -1
+
+
+cdef int bracketed_ai(const unsigned char* a, Py_ssize_t n) noexcept:
+    """The AI whose digits are exactly a[0:n], or -1."""
+    cdef int i
+    for i in range(AI_COUNT):
+        if <Py_ssize_t>len_of(AI_NAME[i]) == n and _same(a, <const unsigned char*>AI_NAME[i], n):
+            return i
+    return -1
+
+
+cdef inline Py_ssize_t len_of(const char* s) noexcept:
+    cdef Py_ssize_t n = 0
+    while s[n] != 0:
+        n += 1
+    return n
+
+
+cdef inline bint _same(const unsigned char* a, const unsigned char* b, Py_ssize_t n) noexcept:
+    cdef Py_ssize_t i
+    for i in range(n):
+        if a[i] != b[i]:
+            return False
+    return True
+
+
+cdef int check_value(Udi* out, int ai, const unsigned char* u, Py_ssize_t start, Py_ssize_t end) noexcept:
+    cdef Py_ssize_t i
+    cdef unsigned char c
+    if not AI_FIXED[ai] and end == start:
+        return fail(out, E_EMPTY_VALUE, ai, start)
+    if AI_NUMERIC[ai]:
+        for i in range(start, end):
+            if not is_digit(u[i]):
+                return fail(out, E_NON_NUMERIC, ai, i)
+    else:
+        for i in range(start, end):
+            if not CSET82[u[i]]:
+                return fail(out, E_INVALID_CHAR, ai, i)
+    if not AI_FIXED[ai] and end - start > AI_LEN[ai]:
+        return fail(out, E_TOO_LONG, ai, start)
+    return E_NONE
+
+
+cdef inline int two(const unsigned char* p) noexcept:
+    return (p[0] - 48) * 10 + (p[1] - 48)
+
+
+cdef int parse_udi(const unsigned char* u, Py_ssize_t n, long long reference_year, Udi* out) noexcept:
+    cdef Py_ssize_t pos = 0, start, end, close, j, limit
+    cdef int ai, ai_len, bracketed, month, day, last
+    cdef int seen = 0
+    cdef long long year
+    out.error = E_NONE
+    out.gtin = NULL
+    out.lot = NULL
+    out.lot_len = 0
+    out.serial = NULL
+    out.serial_len = 0
+    out.has_expiry = 0
+    if n >= 1 and u[0] == b']':
+        if n < 3 or not ((u[1] == b'd' and u[2] == b'2') or (u[1] == b'C' and u[2] == b'1')
+                         or (u[1] == b'Q' and u[2] == b'3') or (u[1] == b'e' and u[2] == b'0')):
+            return fail(out, E_SYMBOLOGY, 0, 0)
+        pos = 3
+    bracketed = pos == 0 and n >= 1 and u[0] == b'('
+    if not bracketed and pos < n and u[pos] == 0x1D:
+        pos += 1
+    if pos >= n:
+        return fail(out, E_EMPTY, 0, 0)
+    while pos < n:
+        if bracketed:
+            if u[pos] != b'(':
+                return fail(out, E_EXPECTED_PAREN, 0, pos)
+            close = -1
+            limit = pos + 6 if pos + 6 < n else n
+            for j in range(pos + 1, limit):
+                if u[j] == b')':
+                    close = j
+                    break
+            if close < 0:
+                return fail(out, E_UNTERMINATED, 0, pos)
+            ai = bracketed_ai(u + pos + 1, close - pos - 1)
+            if ai < 0:
+                return fail(out, E_UNSUPPORTED_AI, 0, pos)
+            if seen & (1 << ai):
+                return fail(out, E_DUPLICATE, ai, pos)
+            start = close + 1
+            end = start
+            while end < n and u[end] != b'(':
+                end += 1
+            if AI_FIXED[ai] and end - start != AI_LEN[ai]:
+                return fail(out, E_WRONG_LENGTH, ai, start)
+            pos = end
+        else:
+            ai = element_ai(u, n, pos, &ai_len)
+            if ai == -2:
+                return fail(out, E_BAD_AI, 0, pos)
+            if ai == -1:
+                return fail(out, E_UNSUPPORTED_AI, 0, pos)
+            if seen & (1 << ai):
+                return fail(out, E_DUPLICATE, ai, pos)
+            start = pos + ai_len
+            if AI_FIXED[ai]:
+                end = start + AI_LEN[ai]
+                if end > n:
+                    return fail(out, E_TRUNCATED, ai, start)
+                pos = end + 1 if end < n and u[end] == 0x1D else end
+            else:
+                end = start
+                while end < n and u[end] != 0x1D:
+                    end += 1
+                pos = end + 1 if end < n else n
+        if check_value(out, ai, u, start, end) != E_NONE:
+            return out.error
+        if ai == AI_01:
+            if not gtin_ok(u + start):
+                return fail(out, E_CHECK_DIGIT, ai, start)
+            out.gtin = u + start
+        elif ai == AI_11 or ai == AI_17:
+            year = full_year(two(u + start), reference_year)
+            month = two(u + start + 2)
+            day = two(u + start + 4)
+            if month < 1 or month > 12 or year > 9999:
+                return fail(out, E_BAD_DATE, ai, start)
+            last = days_in_month(year, month)
+            if day > last:
+                return fail(out, E_BAD_DATE, ai, start)
+            if ai == AI_17:
+                out.has_expiry = 1
+                out.exp_year = year
+                out.exp_month = month
+                out.exp_day = day if day else last
+        elif ai == AI_10:
+            out.lot = u + start
+            out.lot_len = end - start
+        elif ai == AI_21:
+            out.serial = u + start
+            out.serial_len = end - start
+        seen |= 1 << ai
+    if out.gtin == NULL:
+        return fail(out, E_NO_GTIN, 0, 0)
+    return E_NONE
+
+
+cdef inline bint gtin_ok(const unsigned char* g) noexcept:
+    cdef int total = 0, i
+    for i in range(13):
+        total += (g[i] - 48) * (3 if i % 2 == 0 else 1)
+    return (10 - total % 10) % 10 == g[13] - 48
+
+
+cdef str udi_error_text(Udi* u):
+    cdef int e = u.error
+    cdef str ai = AI_NAME[u.error_ai].decode("ascii")
+    cdef Py_ssize_t pos = u.error_pos
+    if e == E_SYMBOLOGY:
+        return "unsupported symbology identifier"
+    if e == E_EMPTY:
+        return "empty UDI"
+    if e == E_EXPECTED_PAREN:
+        return f"expected ( at {pos}"
+    if e == E_UNTERMINATED:
+        return f"unterminated AI at {pos}"
+    if e == E_UNSUPPORTED_AI:
+        return f"unsupported AI at {pos}"
+    if e == E_DUPLICATE:
+        return f"duplicate AI {ai} at {pos}"
+    if e == E_WRONG_LENGTH:
+        return f"AI {ai} wrong length at {pos}"
+    if e == E_BAD_AI:
+        return f"bad AI at {pos}"
+    if e == E_TRUNCATED:
+        return f"AI {ai} truncated at {pos}"
+    if e == E_EMPTY_VALUE:
+        return f"AI {ai} empty at {pos}"
+    if e == E_NON_NUMERIC:
+        return f"AI {ai} non-numeric at {pos}"
+    if e == E_INVALID_CHAR:
+        return f"AI {ai} invalid character at {pos}"
+    if e == E_TOO_LONG:
+        return f"AI {ai} longer than {AI_LEN[u.error_ai]} at {pos} (missing separator?)"
+    if e == E_CHECK_DIGIT:
+        return f"GTIN check digit wrong at {pos}"
+    if e == E_BAD_DATE:
+        return f"AI {ai} invalid date at {pos}"
+    return "no GTIN (AI 01)"
+
+
+# ---- the catalog, prepared for C lookups ------------------------------------------------------
+
+cdef class NativeCatalog:
+    """Catalog items sorted by GTIN (as a number) with their pre-rendered HL7 fragments."""
+
+    cdef Py_ssize_t count
+    cdef uint64_t* keys
+    cdef unsigned char* chargeable
+    cdef unsigned char* high_value
+    cdef const char** ft1
+    cdef Py_ssize_t* ft1_len
+    cdef const char** zud
+    cdef Py_ssize_t* zud_len
+    cdef list keep_alive
+    cdef Py_ssize_t max_fragments
+    cdef Py_ssize_t* slots  # open addressing: index into the arrays, -1 = empty
+    cdef uint64_t mask
+
+    def __cinit__(self, catalog):
+        items = list(catalog)
+        cdef Py_ssize_t n = len(items), i
+        self.count = n
+        self.max_fragments = 0
+        self.keep_alive = []
+        self.keys = <uint64_t*>malloc((n + 1) * sizeof(uint64_t))
+        self.chargeable = <unsigned char*>malloc(n + 1)
+        self.high_value = <unsigned char*>malloc(n + 1)
+        self.ft1 = <const char**>malloc((n + 1) * sizeof(char*))
+        self.ft1_len = <Py_ssize_t*>malloc((n + 1) * sizeof(Py_ssize_t))
+        self.zud = <const char**>malloc((n + 1) * sizeof(char*))
+        self.zud_len = <Py_ssize_t*>malloc((n + 1) * sizeof(Py_ssize_t))
+        self.mask = 15
+        while self.mask + 1 < 2 * (n + 1):
+            self.mask = self.mask * 2 + 1
+        self.slots = <Py_ssize_t*>malloc((self.mask + 1) * sizeof(Py_ssize_t))
+        if self.slots == NULL:
+            raise MemoryError()
+        for i in range(<Py_ssize_t>self.mask + 1):
+            self.slots[i] = -1
+        if (self.keys == NULL or self.chargeable == NULL or self.high_value == NULL or self.ft1 == NULL
+                or self.ft1_len == NULL or self.zud == NULL or self.zud_len == NULL):
+            raise MemoryError()
+        for i in range(n):
+            item = items[i]
+            ft1 = item_ft1_fragment(item)
+            zud = item_zud_fragment(item)
+            self.keep_alive.append(ft1)
+            self.keep_alive.append(zud)
+            self.keys[i] = int(item.gtin)
+            self.chargeable[i] = 1 if item.chargeable else 0
+            self.high_value[i] = 1 if item.high_value else 0
+            self.ft1[i] = PyBytes_AS_STRING(ft1)
+            self.ft1_len[i] = PyBytes_GET_SIZE(ft1)
+            self.zud[i] = PyBytes_AS_STRING(zud)
+            self.zud_len[i] = PyBytes_GET_SIZE(zud)
+            self.slots[self.probe(self.keys[i])] = i
+            if self.ft1_len[i] + self.zud_len[i] > self.max_fragments:
+                self.max_fragments = self.ft1_len[i] + self.zud_len[i]
+
+    def __dealloc__(self):
+        free(self.slots)
+        free(self.keys)
+        free(self.chargeable)
+        free(self.high_value)
+        free(self.ft1)
+        free(self.ft1_len)
+        free(self.zud)
+        free(self.zud_len)
+
+    cdef inline uint64_t probe(self, uint64_t key) noexcept:
+        """The slot holding key, or the empty slot where it would go."""
+        cdef uint64_t h = (key * <uint64_t>0x9E3779B97F4A7C15) >> 40
+        cdef Py_ssize_t at
+        while True:
+            h &= self.mask
+            at = self.slots[h]
+            if at < 0 or self.keys[at] == key:
+                return h
+            h += 1
+
+    cdef Py_ssize_t find(self, const unsigned char* gtin) noexcept:
+        cdef uint64_t key = 0
+        cdef int i
+        for i in range(14):
+            key = key * 10 + (gtin[i] - 48)
+        return self.slots[self.probe(key)]
+
+
+cdef NativeCatalog native_catalog(catalog):
+    cached = catalog.native_cache.get("compiled")
+    if cached is None:
+        cached = NativeCatalog(catalog)
+        catalog.native_cache["compiled"] = cached
+    return <NativeCatalog>cached
+
+
+# ---- the batch --------------------------------------------------------------------------------
+
+_device_ids = {}
+
+
+cdef bytes device_charge_prefix(str device, const char* encoded, Py_ssize_t n):
+    cdef void* hit = PyDict_GetItem(_device_ids, device)
+    if hit != NULL:
+        return <bytes>hit
+    if len(_device_ids) >= DEVICE_ID_CACHE_LIMIT:
+        _device_ids.clear()
+    prefix = hashlib.sha256(PyBytes_FromStringAndSize(encoded, n)).hexdigest()[:10].upper().encode("ascii")
+    _device_ids[device] = prefix
+    return prefix
+
+
+cdef inline int text_field(object value, const unsigned char** data, Py_ssize_t* size) noexcept:
+    """0 = ok, 1 = not a str, 2 = not encodable as UTF-8."""
+    if not PyUnicode_CheckExact(value):
+        return 1
+    data[0] = <const unsigned char*>PyUnicode_AsUTF8AndSize(value, size)
+    if data[0] == NULL:
+        PyErr_Clear()
+        return 2
+    return 0
+
+
+cdef inline bint all_blank(const unsigned char* s, Py_ssize_t n) noexcept:
+    cdef Py_ssize_t i
+    for i in range(n):
+        if s[i] != 32 and s[i] != 9 and s[i] != 13 and s[i] != 10:
+            return False
+    return True
+
+
+cdef const char* FIELD_NAMES[7]
+FIELD_NAMES[:] = [b"device", b"seq", b"ts_ms", b"admission", b"udi", b"operator", b"dept"]
+
+
+cdef str check_event(object raw, long long offset_ms, const unsigned char** text, Py_ssize_t* size,
+                     long long* seq, long long* ts):
+    """None when the event is well formed (filling text/size/seq/ts), else the bad_event detail."""
+    cdef int i, state, overflow
+    cdef long long value
+    cdef tuple event
+    if not PyTuple_Check(raw) or len(<tuple>raw) != 7:
+        return "event is not a 7-tuple"
+    event = <tuple>raw
+    for i in range(7):
+        field = event[i]
+        if i == 1 or i == 2:
+            if not PyLong_CheckExact(field):
+                return f"{FIELD_NAMES[i].decode('ascii')} must be int"
+            overflow = 0
+            value = PyLong_AsLongLongAndOverflow(field, &overflow)
+            if i == 1:
+                if overflow or value < 0 or value > MAX_SEQ:
+                    return f"seq out of range 0..{MAX_SEQ}"
+                seq[0] = value
+            else:
+                if overflow or value < -MAX_LOCAL_MS or value > MAX_LOCAL_MS or not (
+                        0 <= value + offset_ms < MAX_LOCAL_MS):
+                    return "ts_ms out of range"
+                ts[0] = value
+            continue
+        state = text_field(field, &text[i], &size[i])
+        if state == 1:
+            return f"{FIELD_NAMES[i].decode('ascii')} must be str"
+        if state == 2:
+            return f"{FIELD_NAMES[i].decode('ascii')} is not encodable as UTF-8"
+        if i == 0 and size[0] == 0:
+            return "empty device id"
+    return None
+
+
+cdef str iso_date(long long y, int m, int d):
+    return f"{y:04d}-{m:02d}-{d:02d}"
+
+
+def charge_compact(events, catalog, consumed, config):
+    """Charge a batch of events; see gateway.bridge.types.CompactBatch for the result layout."""
+    fragments, slots = message_template(config)
+    cdef NativeCatalog cat = native_catalog(catalog)
+    cdef list evs = events if type(events) is list else list(events)
+    cdef Py_ssize_t n_events = len(evs), e, k, n_frag = len(fragments), fixed_len = 0, need, idx
+    cdef long long offset_ms = <long long>config.utc_offset_minutes * 60000
+    cdef bint exact_set = type(consumed) is set
+    cdef Buf status, ends, udi_out
+    cdef Scratch messages
+    cdef const char* frag_data[32]
+    cdef Py_ssize_t frag_len[32]
+    cdef int slot_kind[32]
+    cdef const unsigned char* text[7]
+    cdef Py_ssize_t size[7]
+    cdef long long seq = 0, ts = 0, local_ms, scan_days, scan_year, ms_of_day
+    cdef int scan_month, scan_day
+    cdef Udi udi
+    cdef char time_text[14]
+    cdef char cid[20]
+    cdef char expiry_text[8]
+    cdef char key_buf[64]
+    cdef Py_ssize_t expiry_len, key_len
+    cdef char* out
+    cdef int64_t end_offset
+    cdef bytes prefix
+    cdef list details = []
+    cdef str detail
+    cdef int code
+    cdef Py_ssize_t set_size
+    cdef bint already
+    if n_frag > 32:
+        raise RuntimeError("template has more fragments than the compiled bridge expects")
+    for k in range(n_frag):
+        frag_data[k] = PyBytes_AS_STRING(fragments[k])
+        frag_len[k] = PyBytes_GET_SIZE(fragments[k])
+        fixed_len += frag_len[k]
+    for k in range(n_frag - 1):
+        slot_kind[k] = int(slots[k])
+    status.obj = ends.obj = udi_out.obj = NULL
+    messages.data = NULL
+    messages.owned = True
+    try:
+        buf_open(&status, n_events + 1)
+        scratch_take(&messages, n_events * (fixed_len + 3 * 14 + 2 * 20 + 22 + cat.max_fragments + 96))
+        buf_open(&ends, n_events * 8 + 8)
+        buf_open(&udi_out, n_events * 40 + 64)
+        for e in range(n_events):
+            raw = evs[e]
+            detail = check_event(raw, offset_ms, text, size, &seq, &ts)
+            if detail is not None:
+                status.data[status.size] = ST_BAD_EVENT
+                status.size += 1
+                details.append(detail)
+                continue
+            local_ms = ts + offset_ms
+            scan_days = local_ms // MS_PER_DAY
+            ms_of_day = local_ms - scan_days * MS_PER_DAY
+            civil_from_days(scan_days, &scan_year, &scan_month, &scan_day)
+            code = 0
+            if all_blank(text[3], size[3]):
+                code = ST_MISSING_PATIENT
+                detail = "empty admission number"
+            elif parse_udi(text[4], size[4], scan_year, &udi) != E_NONE:
+                code = ST_BAD_UDI
+                detail = udi_error_text(&udi)
+            else:
+                idx = cat.find(udi.gtin)
+                if idx < 0:
+                    code = ST_UNKNOWN_ITEM
+                    detail = f"GTIN {udi.gtin[:14].decode('ascii')} not in catalog"
+                elif udi.has_expiry and days_from_civil(udi.exp_year, udi.exp_month, udi.exp_day) < scan_days:
+                    code = ST_EXPIRED
+                    detail = (f"expired {iso_date(udi.exp_year, udi.exp_month, udi.exp_day)}, "
+                              f"scanned {iso_date(scan_year, scan_month, scan_day)}")
+                elif not cat.chargeable[idx]:
+                    code = ST_NOT_CHARGEABLE
+                    detail = f"GTIN {udi.gtin[:14].decode('ascii')} is not chargeable"
+                elif udi.serial_len == 0 and cat.high_value[idx]:
+                    code = ST_MISSING_SERIAL
+                    detail = f"high-value GTIN {udi.gtin[:14].decode('ascii')} scanned without serial (AI 21)"
+            key = None
+            if code == 0 and udi.serial_len:
+                memcpy(key_buf, udi.gtin, 14)
+                key_buf[14] = b'/'
+                memcpy(key_buf + 15, udi.serial, udi.serial_len)
+                key_len = 15 + udi.serial_len
+                key = PyUnicode_DecodeASCII(key_buf, key_len, NULL)
+                if exact_set:
+                    # one hash lookup: add now, and a set that did not grow already held the key
+                    set_size = PySet_GET_SIZE(consumed)
+                    PySet_Add(consumed, key)
+                    already = PySet_GET_SIZE(consumed) == set_size
+                    key = None
+                else:
+                    already = key in consumed
+                if already:
+                    code = ST_SERIAL_ALREADY_CONSUMED
+                    detail = (f"serial {udi.serial[:udi.serial_len].decode('ascii')} of GTIN "
+                              f"{udi.gtin[:14].decode('ascii')} already consumed")
+            if code:
+                status.data[status.size] = code
+                status.size += 1
+                details.append(detail)
+                continue
+
+            # -- render the charge line
+            prefix = device_charge_prefix(<str>(<tuple>raw)[0], <const char*>text[0], size[0])
+            memcpy(cid, PyBytes_AS_STRING(prefix), 10)
+            put_digits(cid + 10, seq, 10)
+            put_digits(time_text, scan_year, 4)
+            put2(time_text + 4, scan_month)
+            put2(time_text + 6, scan_day)
+            put2(time_text + 8, <int>(ms_of_day // 3600000))
+            put2(time_text + 10, <int>((ms_of_day // 60000) % 60))
+            put2(time_text + 12, <int>((ms_of_day // 1000) % 60))
+            expiry_len = 0
+            if udi.has_expiry:
+                put_digits(expiry_text, udi.exp_year, 4)
+                put2(expiry_text + 4, udi.exp_month)
+                put2(expiry_text + 6, udi.exp_day)
+                expiry_len = 8
+            need = (fixed_len + 3 * 14 + 2 * 20 + 14 + 8 + cat.ft1_len[idx] + cat.zud_len[idx]
+                    + 5 * (2 * size[3] + 2 * size[6] + size[5] + size[0] + udi.lot_len + udi.serial_len))
+            scratch_reserve(&messages, need)
+            out = messages.data + messages.size
+            out = put(out, frag_data[0], frag_len[0])
+            for k in range(n_frag - 1):
+                code = slot_kind[k]
+                if code == S_TIME:
+                    out = put(out, time_text, 14)
+                elif code == S_CHARGE_ID:
+                    out = put(out, cid, 20)
+                elif code == S_ADMISSION:
+                    out = put_escaped(out, text[3], size[3])
+                elif code == S_DEPT:
+                    out = put_escaped(out, text[6], size[6])
+                elif code == S_ITEM_FT1:
+                    out = put(out, cat.ft1[idx], cat.ft1_len[idx])
+                elif code == S_OPERATOR:
+                    out = put_escaped(out, text[5], size[5])
+                elif code == S_GTIN:
+                    out = put(out, <const char*>udi.gtin, 14)
+                elif code == S_LOT:
+                    out = put_escaped(out, udi.lot, udi.lot_len)
+                elif code == S_SERIAL:
+                    out = put_escaped(out, udi.serial, udi.serial_len)
+                elif code == S_EXPIRY:
+                    out = put(out, expiry_text, expiry_len)
+                elif code == S_ITEM_ZUD:
+                    out = put(out, cat.zud[idx], cat.zud_len[idx])
+                elif code == S_DEVICE:
+                    out = put_escaped(out, text[0], size[0])
+                out = put(out, frag_data[k + 1], frag_len[k + 1])
+            messages.size = out - messages.data
+            end_offset = messages.size
+            buf_reserve(&ends, 8)
+            memcpy(ends.data + ends.size, &end_offset, 8)
+            ends.size += 8
+            buf_reserve(&udi_out, 24 + udi.lot_len + udi.serial_len)
+            out = udi_out.data + udi_out.size
+            out = put(out, <const char*>udi.gtin, 14)
+            if udi.has_expiry:
+                out = put(out, expiry_text, 8)
+            else:
+                out = put(out, b"00000000", 8)
+            out[0] = <char>udi.lot_len
+            out = put(out + 1, <const char*>udi.lot, udi.lot_len)
+            out[0] = <char>udi.serial_len
+            out = put(out + 1, <const char*>udi.serial, udi.serial_len)
+            udi_out.size = out - udi_out.data
+            status.data[status.size] = 0
+            status.size += 1
+            if key is not None:
+                consumed.add(key)
+        ends_array = array("q")
+        ends_array.frombytes(buf_close(&ends))
+        message_bytes = PyBytes_FromStringAndSize(messages.data, messages.size)
+        return CompactBatch(buf_close(&status), message_bytes, ends_array, buf_close(&udi_out), details)
+    finally:
+        Py_XDECREF(status.obj)
+        scratch_release(&messages)
+        Py_XDECREF(ends.obj)
+        Py_XDECREF(udi_out.obj)

@@ -1,0 +1,340 @@
+"""Pure-Python twin of the compiled charging bridge: the readable reference, identical output on every input."""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+import hashlib
+from array import array
+from collections.abc import MutableSet, Sequence
+from typing import Any, NamedTuple
+
+from gateway.bridge.hl7template import Slot, escape, item_ft1_fragment, item_zud_fragment, message_template
+from gateway.bridge.types import (
+    MAX_LOCAL_MS,
+    MAX_SEQ,
+    BridgeConfig,
+    Catalog,
+    CatalogItem,
+    CompactBatch,
+    RejectReason,
+)
+
+GS = 0x1D
+SYMBOLOGY_IDENTIFIERS = (b"]d2", b"]C1", b"]Q3", b"]e0")
+CSET82 = frozenset(b"!\"%&'()*+,-./0123456789:;<=>?ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz")
+DIGITS = frozenset(b"0123456789")
+BLANK = frozenset(b" \t\r\n")
+_EPOCH = dt.datetime(1970, 1, 1)
+_FIELDS = ("device", "seq", "ts_ms", "admission", "udi", "operator", "dept")
+_DEVICE_ID_CACHE_LIMIT = 65_536
+
+
+class AiSpec(NamedTuple):
+    """How one recognised GS1 Application Identifier is laid out."""
+
+    ai: str
+    fixed: bool
+    length: int  # exact length when fixed, maximum otherwise
+    numeric: bool
+
+
+_AI_SPECS = {
+    spec.ai.encode("ascii"): spec
+    for spec in (
+        AiSpec("01", True, 14, True),
+        AiSpec("10", False, 20, False),
+        AiSpec("11", True, 6, True),
+        AiSpec("17", True, 6, True),
+        AiSpec("21", False, 20, False),
+        AiSpec("240", False, 30, False),
+        AiSpec("241", False, 30, False),
+        AiSpec("30", False, 8, True),
+        AiSpec("37", False, 8, True),
+        AiSpec("7003", True, 10, True),
+    )
+}
+
+
+class ParsedUdi(NamedTuple):
+    """The fields of a UDI the bridge uses; ``expiry`` is a date or None."""
+
+    gtin: bytes
+    lot: bytes
+    serial: bytes
+    expiry: dt.date | None
+
+
+class UdiRefused(Exception):
+    """Internal signal: the UDI is malformed; the message is the reject detail."""
+
+
+_device_ids: dict[str, str] = {}
+
+
+def device_charge_prefix(device: str) -> str:
+    """First 10 hex digits, upper-case, of sha256(device): the device part of a charge id."""
+    prefix = _device_ids.get(device)
+    if prefix is None:
+        if len(_device_ids) >= _DEVICE_ID_CACHE_LIMIT:
+            _device_ids.clear()
+        prefix = hashlib.sha256(device.encode("utf-8")).hexdigest()[:10].upper()
+        _device_ids[device] = prefix
+    return prefix
+
+
+def _full_year(yy: int, reference_year: int) -> int:
+    """GS1 General Specifications 7.12: the century of a two-digit year relative to the reference year."""
+    base = reference_year - reference_year % 100
+    diff = yy - reference_year % 100
+    if diff >= 51:
+        return base - 100 + yy
+    if diff <= -50:
+        return base + 100 + yy
+    return base + yy
+
+
+def _gs1_date(value: bytes, reference_year: int) -> dt.date | None:
+    """YYMMDD (day 00 = last day of the month) to a date, or None when it is no date."""
+    year = _full_year(int(value[0:2]), reference_year)
+    month, day = int(value[2:4]), int(value[4:6])
+    if not 1 <= month <= 12 or year > 9999:
+        return None
+    last = calendar.monthrange(year, month)[1]
+    if day > last:
+        return None
+    return dt.date(year, month, day or last)
+
+
+def _check_digit_ok(gtin: bytes) -> bool:
+    total = sum((d - 48) * (3 if i % 2 == 0 else 1) for i, d in enumerate(gtin[:13]))
+    return (10 - total % 10) % 10 == gtin[13] - 48
+
+
+def _check_value(spec: AiSpec, value: bytes, start: int) -> None:
+    allowed = DIGITS if spec.numeric else CSET82
+    if not spec.fixed and not value:
+        raise UdiRefused(f"AI {spec.ai} empty at {start}")
+    for i, byte in enumerate(value):
+        if byte not in allowed:
+            what = "non-numeric" if spec.numeric else "invalid character"
+            raise UdiRefused(f"AI {spec.ai} {what} at {start + i}")
+    if not spec.fixed and len(value) > spec.length:
+        raise UdiRefused(f"AI {spec.ai} longer than {spec.length} at {start} (missing separator?)")
+
+
+def _element_ai(udi: bytes, pos: int) -> AiSpec:
+    head = udi[pos:pos + 2]
+    if len(head) < 2 or head[0] not in DIGITS or head[1] not in DIGITS:
+        raise UdiRefused(f"bad AI at {pos}")
+    for candidate in (head, udi[pos:pos + 3], udi[pos:pos + 4]):
+        spec = _AI_SPECS.get(candidate)
+        if spec is not None:
+            return spec
+    raise UdiRefused(f"unsupported AI at {pos}")
+
+
+def parse_udi(udi: bytes, reference_year: int) -> ParsedUdi:
+    """Parse a GS1 element string (optionally with a symbology identifier) or its (AI)value form."""
+    n = len(udi)
+    pos = 0
+    if udi[:1] == b"]":
+        if udi[:3] not in SYMBOLOGY_IDENTIFIERS:
+            raise UdiRefused("unsupported symbology identifier")
+        pos = 3
+    bracketed = pos == 0 and udi[:1] == b"("
+    if not bracketed and pos < n and udi[pos] == GS:
+        pos += 1
+    if pos >= n:
+        raise UdiRefused("empty UDI")
+    values: dict[str, bytes] = {}
+    reference = reference_year
+    expiry: dt.date | None = None
+    while pos < n:
+        if bracketed:
+            if udi[pos] != ord("("):
+                raise UdiRefused(f"expected ( at {pos}")
+            close = udi.find(b")", pos + 1, pos + 6)
+            if close < 0:
+                raise UdiRefused(f"unterminated AI at {pos}")
+            found = _AI_SPECS.get(udi[pos + 1:close])
+            if found is None:
+                raise UdiRefused(f"unsupported AI at {pos}")
+            spec = found
+            if spec.ai in values:
+                raise UdiRefused(f"duplicate AI {spec.ai} at {pos}")
+            start = close + 1
+            end = udi.find(b"(", start)
+            end = n if end < 0 else end
+            value = udi[start:end]
+            if spec.fixed and len(value) != spec.length:
+                raise UdiRefused(f"AI {spec.ai} wrong length at {start}")
+            pos = end
+        else:
+            spec = _element_ai(udi, pos)
+            if spec.ai in values:
+                raise UdiRefused(f"duplicate AI {spec.ai} at {pos}")
+            start = pos + len(spec.ai)
+            if spec.fixed:
+                end = start + spec.length
+                if end > n:
+                    raise UdiRefused(f"AI {spec.ai} truncated at {start}")
+                value = udi[start:end]
+                pos = end + 1 if end < n and udi[end] == GS else end
+            else:
+                end = udi.find(b"\x1d", start)
+                end = n if end < 0 else end
+                value = udi[start:end]
+                pos = end + 1 if end < n else n
+        _check_value(spec, value, start)
+        if spec.ai == "01" and not _check_digit_ok(value):
+            raise UdiRefused(f"GTIN check digit wrong at {start}")
+        if spec.ai in ("11", "17"):
+            date = _gs1_date(value, reference)
+            if date is None:
+                raise UdiRefused(f"AI {spec.ai} invalid date at {start}")
+            if spec.ai == "17":
+                expiry = date
+        values[spec.ai] = value
+    if "01" not in values:
+        raise UdiRefused("no GTIN (AI 01)")
+    return ParsedUdi(values["01"], values.get("10", b""), values.get("21", b""), expiry)
+
+
+class _Event(NamedTuple):
+    device: str
+    seq: int
+    ts_ms: int
+    admission: bytes
+    udi: bytes
+    operator: bytes
+    dept: bytes
+    device_bytes: bytes
+
+
+class EventRefused(Exception):
+    """Internal signal: the event is refused; carries the reason and the detail."""
+
+    def __init__(self, reason: RejectReason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def _check_event(event: Any, offset_ms: int) -> _Event:
+    """Validate the shape of one event tuple; raise EventRefused(BAD_EVENT) naming the first bad field."""
+    if not isinstance(event, tuple) or len(event) != 7:
+        raise EventRefused(RejectReason.BAD_EVENT, "event is not a 7-tuple")
+    encoded: dict[str, bytes] = {}
+    for name, value in zip(_FIELDS, event, strict=True):
+        if name in ("seq", "ts_ms"):
+            if type(value) is not int:
+                raise EventRefused(RejectReason.BAD_EVENT, f"{name} must be int")
+            if name == "seq" and not 0 <= value <= MAX_SEQ:
+                raise EventRefused(RejectReason.BAD_EVENT, f"seq out of range 0..{MAX_SEQ}")
+            if name == "ts_ms" and not 0 <= value + offset_ms < MAX_LOCAL_MS:
+                raise EventRefused(RejectReason.BAD_EVENT, "ts_ms out of range")
+            continue
+        if type(value) is not str:
+            raise EventRefused(RejectReason.BAD_EVENT, f"{name} must be str")
+        try:
+            encoded[name] = value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise EventRefused(RejectReason.BAD_EVENT, f"{name} is not encodable as UTF-8") from None
+        if name == "device" and not value:
+            raise EventRefused(RejectReason.BAD_EVENT, "empty device id")
+    return _Event(event[0], event[1], event[2], encoded["admission"], encoded["udi"], encoded["operator"],
+                  encoded["dept"], encoded["device"])
+
+
+class _Entry(NamedTuple):
+    item: CatalogItem
+    ft1: bytes
+    zud: bytes
+
+
+def _catalog_entries(catalog: Catalog) -> dict[bytes, _Entry]:
+    entries: dict[bytes, _Entry] | None = catalog.native_cache.get("pure")
+    if entries is None:
+        entries = {item.gtin.encode("ascii"): _Entry(item, item_ft1_fragment(item), item_zud_fragment(item))
+                   for item in catalog}
+        catalog.native_cache["pure"] = entries
+    return entries
+
+
+def _render(fragments: tuple[bytes, ...], slots: tuple[Slot, ...], values: dict[Slot, bytes]) -> bytes:
+    out = [fragments[0]]
+    for slot, fragment in zip(slots, fragments[1:], strict=True):
+        out.append(values[slot])
+        out.append(fragment)
+    return b"".join(out)
+
+
+def charge_compact(
+    events: Sequence[Any], catalog: Catalog, consumed: MutableSet[str], config: BridgeConfig
+) -> CompactBatch:
+    """Charge a batch of events; see :class:`gateway.bridge.types.CompactBatch` for the result layout."""
+    fragments, slots = message_template(config)
+    entries = _catalog_entries(catalog)
+    offset_ms = config.utc_offset_minutes * 60_000
+    status = bytearray()
+    messages = bytearray()
+    ends: array[int] = array("q")
+    udi_out = bytearray()
+    details: list[str] = []
+    for raw in events:
+        try:
+            event = _check_event(raw, offset_ms)
+            local = _EPOCH + dt.timedelta(milliseconds=event.ts_ms + offset_ms)
+            if not event.admission or all(b in BLANK for b in event.admission):
+                raise EventRefused(RejectReason.MISSING_PATIENT, "empty admission number")
+            try:
+                parsed = parse_udi(event.udi, local.year)
+            except UdiRefused as refused:
+                raise EventRefused(RejectReason.BAD_UDI, str(refused)) from None
+            gtin = parsed.gtin.decode("ascii")
+            entry = entries.get(parsed.gtin)
+            if entry is None:
+                raise EventRefused(RejectReason.UNKNOWN_ITEM, f"GTIN {gtin} not in catalog")
+            if parsed.expiry is not None and parsed.expiry < local.date():
+                raise EventRefused(RejectReason.EXPIRED,
+                                   f"expired {parsed.expiry.isoformat()}, scanned {local.date().isoformat()}")
+            if not entry.item.chargeable:
+                raise EventRefused(RejectReason.NOT_CHARGEABLE, f"GTIN {gtin} is not chargeable")
+            key = None
+            if parsed.serial:
+                key = f"{gtin}/{parsed.serial.decode('ascii')}"
+                if key in consumed:
+                    raise EventRefused(RejectReason.SERIAL_ALREADY_CONSUMED,
+                                       f"serial {parsed.serial.decode('ascii')} of GTIN {gtin} already consumed")
+            elif entry.item.high_value:
+                raise EventRefused(RejectReason.MISSING_SERIAL,
+                                   f"high-value GTIN {gtin} scanned without serial (AI 21)")
+        except EventRefused as refused:
+            status.append(refused.reason.code)
+            details.append(refused.detail)
+            continue
+        charge_id = f"{device_charge_prefix(event.device)}{event.seq:010d}".encode("ascii")
+        expiry = parsed.expiry.strftime("%Y%m%d").encode("ascii") if parsed.expiry else b""
+        values = {
+            Slot.TIME: local.strftime("%Y%m%d%H%M%S").encode("ascii"),
+            Slot.CHARGE_ID: charge_id,
+            Slot.ADMISSION: escape(event.admission),
+            Slot.DEPT: escape(event.dept),
+            Slot.ITEM_FT1: entry.ft1,
+            Slot.OPERATOR: escape(event.operator),
+            Slot.GTIN: parsed.gtin,
+            Slot.LOT: escape(parsed.lot),
+            Slot.SERIAL: escape(parsed.serial),
+            Slot.EXPIRY: expiry,
+            Slot.ITEM_ZUD: entry.zud,
+            Slot.DEVICE: escape(event.device_bytes),
+        }
+        messages += _render(fragments, slots, values)
+        ends.append(len(messages))
+        udi_out += parsed.gtin + (expiry or b"00000000")
+        udi_out += bytes([len(parsed.lot)]) + parsed.lot + bytes([len(parsed.serial)]) + parsed.serial
+        status.append(0)
+        if key is not None:
+            consumed.add(key)
+    return CompactBatch(bytes(status), bytes(messages), ends, bytes(udi_out), details)

@@ -1,0 +1,118 @@
+"""The DFT^P03 message template: HL7 escaping and the literal fragments both bridge implementations fill."""
+
+from __future__ import annotations
+
+import enum
+import functools
+import re
+
+from gateway.bridge.types import BridgeConfig, CatalogItem
+
+
+class Slot(enum.IntEnum):
+    """A per-event value the renderer writes between two literal fragments of the template."""
+
+    TIME = 1  # scan time, local, YYYYMMDDHHMMSS+ZZZZ
+    CHARGE_ID = 2
+    ADMISSION = 3  # escaped
+    DEPT = 4  # escaped
+    ITEM_FT1 = 5  # FT1-7..FT1-12, depends on the catalog item only
+    OPERATOR = 6  # escaped
+    GTIN = 7
+    LOT = 8  # escaped
+    SERIAL = 9  # escaped
+    EXPIRY = 10  # YYYYMMDD or empty
+    ITEM_ZUD = 11  # ZUD-6..ZUD-8, depends on the catalog item only
+    DEVICE = 12  # escaped
+
+
+_MARK = "\x00{}\x00"
+
+_ESCAPES: dict[int, bytes] = {
+    ord("\\"): b"\\E\\",
+    ord("|"): b"\\F\\",
+    ord("^"): b"\\S\\",
+    ord("&"): b"\\T\\",
+    ord("~"): b"\\R\\",
+}
+for _byte in [*range(0x20), 0x7F]:
+    _ESCAPES[_byte] = b"\\X%02X\\" % _byte
+_NEEDS_ESCAPE = re.compile(rb"[\\|^&~\x00-\x1f\x7f]")
+
+
+def escape(value: bytes) -> bytes:
+    """Escape a UTF-8 field value: ``| ^ & ~ \\`` as ``\\F\\ \\S\\ \\T\\ \\R\\ \\E\\``, controls as ``\\Xhh\\``."""
+    if _NEEDS_ESCAPE.search(value) is None:
+        return value
+    return _NEEDS_ESCAPE.sub(lambda m: _ESCAPES[m.group()[0]], value)
+
+
+def escape_text(value: str) -> bytes:
+    """:func:`escape` for a str (encoded as UTF-8)."""
+    return escape(value.encode("utf-8"))
+
+
+def yuan(fen: int) -> str:
+    """Integer fen as yuan with exactly two decimals, without floating point."""
+    sign = "-" if fen < 0 else ""
+    fen = abs(fen)
+    return f"{sign}{fen // 100}.{fen % 100:02d}"
+
+
+def utc_offset_suffix(minutes: int) -> str:
+    """``+0800`` for 480 minutes, ``-0330`` for -210."""
+    sign = "-" if minutes < 0 else "+"
+    minutes = abs(minutes)
+    return f"{sign}{minutes // 60:02d}{minutes % 60:02d}"
+
+
+def _mark(slot: Slot) -> str:
+    return _MARK.format(int(slot))
+
+
+def _template_text(config: BridgeConfig) -> str:
+    def esc(value: str) -> str:
+        return escape_text(value).decode("utf-8")
+
+    time, cid = _mark(Slot.TIME), _mark(Slot.CHARGE_ID)
+    adm, dept = _mark(Slot.ADMISSION), _mark(Slot.DEPT)
+    pv1 = ["PV1", "1", "I", dept] + [""] * 15 + [adm]  # PV1-19 visit number
+    ft1 = ["FT1", "1", cid, "", time, "", "CG", _mark(Slot.ITEM_FT1), dept] + [""] * 6 + [_mark(Slot.OPERATOR)]
+    zud = ["ZUD", "1", _mark(Slot.GTIN) + "^GS1", _mark(Slot.LOT), _mark(Slot.SERIAL), _mark(Slot.EXPIRY),
+           _mark(Slot.ITEM_ZUD), _mark(Slot.DEVICE)]
+    segments = [
+        ["MSH", "^~\\&", esc(config.sending_app), esc(config.sending_facility), esc(config.receiving_app),
+         esc(config.receiving_facility), time + utc_offset_suffix(config.utc_offset_minutes), "",
+         "DFT^P03^DFT_P03", cid, config.processing_id, "2.5", "", "", "", "", "", "", "UNICODE UTF-8"],
+        ["EVN", "P03", time + utc_offset_suffix(config.utc_offset_minutes)],
+        ["PID", "1", "", f"{adm}^^^{esc(config.receiving_facility)}^MR", "", "^^^^^^U"],
+        pv1,
+        ft1,
+        zud,
+    ]
+    # MSH-1 is the field separator itself: MSH + "|" + MSH-2 ...
+    return "\r".join("|".join(seg) for seg in segments)
+
+
+@functools.lru_cache(maxsize=64)
+def message_template(config: BridgeConfig) -> tuple[tuple[bytes, ...], tuple[Slot, ...]]:
+    """Literal fragments and the slots between them: ``frag[0] slot[0] frag[1] ... slot[-1] frag[-1]``.
+
+    The scan time in FT1-4 carries no zone (a DR range start); MSH-7 and EVN-2 carry it.
+    """
+    text = _template_text(config)
+    parts = text.split("\x00")
+    fragments = tuple(p.encode("utf-8") for p in parts[0::2])
+    slots = tuple(Slot(int(p)) for p in parts[1::2])
+    return fragments, slots
+
+
+def item_ft1_fragment(item: CatalogItem) -> bytes:
+    """FT1-7 charge code^name, FT1-8/9 empty, FT1-10 quantity 1, FT1-11/12 amounts at purchase price."""
+    amount = f"{yuan(item.price_fen)}&CNY".encode("ascii")
+    return b"".join([escape_text(item.charge_code), b"^", escape_text(item.name), b"|||1|", amount, b"|", amount])
+
+
+def item_zud_fragment(item: CatalogItem) -> bytes:
+    """ZUD-6 SPD item code, ZUD-7 spec, ZUD-8 manufacturer."""
+    return b"|".join([escape_text(item.item_code), escape_text(item.spec), escape_text(item.manufacturer)])

@@ -1,0 +1,181 @@
+"""The compiled bridge and its pure-Python twin give identical results on valid and malformed input."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.bridge import _twin
+from gateway.bridge.types import BridgeConfig, Catalog, CatalogItem, CompactBatch
+
+
+def _compiled() -> ModuleType | None:
+    try:
+        return importlib.import_module("gateway.bridge._cbridge")
+    except ImportError:
+        return None
+
+
+cbridge = _compiled()
+pytestmark = pytest.mark.skipif(
+    cbridge is None, reason="compiled bridge not built (python setup.py build_ext --inplace); nothing to compare")
+
+
+def gtin(first13: str) -> str:
+    total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(first13))
+    return first13 + str((10 - total % 10) % 10)
+
+
+GTINS = [gtin(f"069{i:010d}") for i in range(12)]
+CATALOG = Catalog([
+    CatalogItem(g, f"IT{i}", f"C{i}" if i % 5 else "", f"耗材|{i}^&~\\", "规格\r\n", "厂家", i * 1001,
+                i % 5 != 0, i % 2 == 0)
+    for i, g in enumerate(GTINS[:10])  # the last two GTINs are unknown to the catalog
+])
+CONFIGS = [
+    BridgeConfig(sending_facility="SPD|1", receiving_facility="医院"),
+    BridgeConfig(sending_facility="S", receiving_facility="H", utc_offset_minutes=-210, processing_id="T"),
+]
+
+CSET82 = "!\"%&'()*+,-./0123456789:;<=>?ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz"
+values = st.text(alphabet=CSET82, min_size=1, max_size=22)
+yymmdd = st.builds(lambda y, m, d: f"{y:02d}{m:02d}{d:02d}", st.integers(0, 99), st.integers(0, 13),
+                   st.integers(0, 32))
+ts_ms = st.one_of(st.integers(0, 4_102_444_800_000), st.just(1_735_700_000_000), st.integers(-10**20, 10**20))
+
+
+@st.composite
+def element_udis(draw: st.DrawFn) -> str:
+    """GS1 element strings and (AI) text, mostly valid, in any AI order, with optional symbology prefix."""
+    parts = [("01", draw(st.sampled_from(GTINS)))]
+    if draw(st.booleans()):
+        parts.append(("17", draw(yymmdd)))
+    if draw(st.booleans()):
+        parts.append(("11", draw(yymmdd)))
+    if draw(st.booleans()):
+        parts.append(("10", draw(values)))
+    if draw(st.booleans()):
+        parts.append(("21", draw(values)))
+    if draw(st.booleans()):
+        parts.append((draw(st.sampled_from(["240", "241"])), draw(values)))
+    if draw(st.booleans()):
+        parts.append((draw(st.sampled_from(["30", "37"])), draw(st.text("0123456789", min_size=1, max_size=9))))
+    if draw(st.booleans()):
+        parts.append(("7003", draw(st.text("0123456789", min_size=10, max_size=10))))
+    parts = draw(st.permutations(parts))
+    if draw(st.integers(0, 3)) == 0:
+        return "".join(f"({ai}){value}" for ai, value in parts)
+    prefix = draw(st.sampled_from(["", "]d2", "]C1", "]Q3", "]e0", "]d2\x1d"]))
+    text = prefix
+    for ai, value in parts:
+        text += ai + value + ("\x1d" if ai not in ("01", "11", "17", "7003") or draw(st.booleans()) else "")
+    return text
+
+
+def mutate(udi: str, data: st.DataObject) -> str:
+    """Break a UDI: flip a check digit, drop separators, splice in garbage, truncate."""
+    how = data.draw(st.integers(0, 4))
+    if how == 0:
+        return udi.replace("\x1d", "")
+    if how == 1 and udi:
+        at = data.draw(st.integers(0, len(udi) - 1))
+        return udi[:at] + data.draw(st.text(max_size=3)) + udi[at + 1:]
+    if how == 2:
+        return udi[: data.draw(st.integers(0, len(udi)))]
+    if how == 3:
+        return udi.replace(GTINS[0][-1], str((int(GTINS[0][-1]) + 1) % 10), 1)
+    return udi + data.draw(st.text(max_size=40))
+
+
+texts = st.one_of(st.text(max_size=12), st.sampled_from(["", " ", "ZY|1^2&3~4\\5", "骨科\r\n", "x" * 300]))
+udis = st.one_of(element_udis(), st.text(max_size=60), st.just(""), st.just("]d2"))
+events = st.tuples(st.sampled_from(["CAB-01", "CAB-02", "柜-3", "", "D|1"]), st.integers(-2, 10**10 + 1), ts_ms,
+                   texts, udis, texts, texts)
+malformed = st.one_of(
+    st.none(), st.integers(), st.tuples(st.text()), st.lists(st.text(), min_size=7, max_size=7),
+    st.tuples(st.text(), st.text(), st.integers(), st.text(), st.text(), st.text(), st.text()),
+    st.tuples(st.text(), st.booleans(), st.integers(), st.text(), st.text(), st.text(), st.text()),
+    st.tuples(st.text(), st.integers(0, 10), st.floats(), st.text(), st.text(), st.text(), st.text()),
+    st.tuples(st.just("C"), st.integers(0, 9), st.just(0), st.text(), st.just("\udcff"), st.text(), st.text()),
+)
+
+
+def run_both(batch: list[Any], consumed: set[str], config: BridgeConfig) -> tuple[CompactBatch, set[str]]:
+    assert cbridge is not None
+    pure_consumed = set(consumed)
+    compiled_consumed = set(consumed)
+    pure = _twin.charge_compact(batch, CATALOG, pure_consumed, config)
+    compiled = cbridge.charge_compact(batch, CATALOG, compiled_consumed, config)
+    assert compiled.status == pure.status
+    assert compiled.details == pure.details
+    assert compiled.messages == pure.messages
+    assert compiled.ends == pure.ends
+    assert compiled.udi == pure.udi
+    assert compiled_consumed == pure_consumed
+    return pure, pure_consumed
+
+
+FAST = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@FAST
+@given(batch=st.lists(events, max_size=12), config=st.sampled_from(CONFIGS),
+       preconsumed=st.sets(st.builds(lambda g, s: f"{g}/{s}", st.sampled_from(GTINS), values), max_size=3))
+def test_generated_events_give_identical_results(batch: list[Any], config: BridgeConfig,
+                                                 preconsumed: set[str]) -> None:
+    run_both(batch, preconsumed, config)
+
+
+@FAST
+@given(udi=element_udis(), ts=st.integers(946_684_800_000, 4_102_444_800_000), config=st.sampled_from(CONFIGS))
+def test_valid_udis_give_identical_charges(udi: str, ts: int, config: BridgeConfig) -> None:
+    run_both([("CAB-01", 1, ts, "ZY1", udi, "N1", "心内科")], set(), config)
+
+
+@FAST
+@given(data=st.data(), udi=element_udis())
+def test_broken_udis_give_identical_rejects(data: st.DataObject, udi: str) -> None:
+    broken = mutate(udi, data)
+    run_both([("CAB-01", 1, 1_735_700_000_000, "ZY1", broken, "N1", "D")], set(), CONFIGS[0])
+
+
+@FAST
+@given(batch=st.lists(st.one_of(malformed, events), max_size=8))
+def test_malformed_events_give_identical_rejects(batch: list[Any]) -> None:
+    run_both(batch, set(), CONFIGS[0])
+
+
+@FAST
+@given(field=st.text(min_size=200, max_size=2000), udi_tail=st.text(alphabet=CSET82, min_size=20, max_size=400))
+def test_huge_fields_give_identical_results(field: str, udi_tail: str) -> None:
+    udi = f"01{GTINS[1]}21{udi_tail}"
+    run_both([("CAB-" + field, 1, 1_735_700_000_000, field, udi, field, field),
+              ("CAB-01", 2, 1_735_700_000_000, field, f"(01){GTINS[1]}(10){udi_tail[:20]}", field, field)],
+             set(), CONFIGS[0])
+
+
+def test_duplicate_serials_across_a_batch_leave_identical_consumed_sets() -> None:
+    udi = f"01{GTINS[2]}21SER1"
+    batch = [("CAB-01", i, 1_735_700_000_000, "ZY1", udi, "N", "D") for i in range(5)]
+    pure, consumed = run_both(batch, set(), CONFIGS[0])
+    assert pure.status == bytes([0, 8, 8, 8, 8])
+    assert consumed == {f"{GTINS[2]}/SER1"}
+
+
+def test_consumed_may_be_any_mutable_set() -> None:
+    class Ledger(set[str]):
+        """A set subclass takes the generic path in the compiled bridge."""
+
+    assert cbridge is not None
+    batch = [("CAB-01", i, 1_735_700_000_000, "ZY1", f"01{GTINS[2]}21S{i % 2}", "N", "D") for i in range(4)]
+    pure_ledger, compiled_ledger = Ledger(), Ledger()
+    pure = _twin.charge_compact(batch, CATALOG, pure_ledger, CONFIGS[0])
+    compiled = cbridge.charge_compact(batch, CATALOG, compiled_ledger, CONFIGS[0])
+    assert compiled == pure
+    assert pure.status == bytes([0, 0, 8, 8])
+    assert compiled_ledger == pure_ledger == {f"{GTINS[2]}/S0", f"{GTINS[2]}/S1"}

@@ -1,0 +1,573 @@
+"""A simulated HIS charging endpoint: an MLLP server that stores DFT^P03 charges once per FT1 id, with faults."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import socket
+import sqlite3
+import sys
+import threading
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from pathlib import Path
+from types import FrameType, TracebackType
+
+import hl7  # python-hl7: the simulator reads messages with a parser that is not the gateway's
+
+from gateway.his.ack import AckCode, build_ack
+from gateway.his.mllp import MllpDecoder, MllpError, frame_text
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PORT = 2575  # the port IANA registered for HL7 over MLLP
+_POLL_S = 0.05
+_CENT = Decimal("0.01")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS received (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    control_id TEXT,
+    txn_id TEXT,
+    admission TEXT,
+    charge_code TEXT,
+    qty TEXT,
+    amount TEXT,
+    raw TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    answer TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS charges (
+    txn_id TEXT PRIMARY KEY,
+    control_id TEXT NOT NULL,
+    admission TEXT NOT NULL,
+    charge_code TEXT NOT NULL,
+    qty TEXT NOT NULL,
+    unit_price TEXT NOT NULL,
+    amount TEXT NOT NULL,
+    amount_fen INTEGER NOT NULL,
+    first_received_at TEXT NOT NULL,
+    times_received INTEGER NOT NULL,
+    his_ref TEXT NOT NULL
+);
+"""
+
+
+class SimulatedHisError(Exception):
+    """Root of the simulator's errors; `reason` is a stable code."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class SimulatedHisStateError(SimulatedHisError, RuntimeError):
+    """A control was used in the wrong state (e.g. `come_up` before `start`)."""
+
+
+@dataclass(frozen=True)
+class HisStats:
+    """Counters since start; `received` and the charge figures come from the database."""
+
+    received: int
+    unique_charges: int
+    duplicates_received: int
+    acks_sent: int
+    acks_dropped: int
+    rejected: int
+    wrong_control_ids_sent: int
+    connections_accepted: int
+
+
+@dataclass(frozen=True)
+class HisCharge:
+    """One charge as the HIS booked it (one per FT1 transaction id)."""
+
+    txn_id: str
+    control_id: str
+    admission: str
+    charge_code: str
+    qty: Decimal
+    unit_price: Decimal
+    amount: Decimal
+    first_received_at: str
+    times_received: int
+    his_ref: str
+
+
+@dataclass(frozen=True)
+class _Dft:
+    """The fields of a DFT^P03 the simulated HIS books."""
+
+    control_id: str
+    txn_id: str
+    admission: str
+    charge_code: str
+    qty: Decimal
+    unit_price: Decimal
+
+    @property
+    def amount(self) -> Decimal:
+        return (self.qty * self.unit_price).quantize(_CENT, rounding=ROUND_HALF_UP)
+
+
+class _Refusal(Exception):
+    """The message cannot be booked: answer `code` with HL7 error condition `condition`."""
+
+    def __init__(self, code: AckCode, condition: str, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.condition = condition
+        self.text = text
+
+
+class SimulatedHis:
+    """An MLLP listener on 127.0.0.1 that books charges like a HIS and de-duplicates resends.
+
+    Every message is recorded in `received`; a DFT^P03 is booked in `charges` once per FT1-2
+    transaction id, a resend only increments `times_received` and is answered AA again.
+    Fault controls may be called from any thread while it runs.  One thread accepts, one thread
+    serves each connection; the SQLite connection is shared under one lock.
+    """
+
+    def __init__(
+        self,
+        db_path: str | Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        encoding: str = "utf-8",
+    ) -> None:
+        self.host = host
+        self.encoding = encoding
+        self._requested_port = port
+        self._port: int | None = None
+        self._db_path = Path(db_path)
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        self._listener: socket.socket | None = None
+        self._accept_thread: threading.Thread | None = None
+        self._connections: set[socket.socket] = set()
+        self._threads: set[threading.Thread] = set()
+        self._down = threading.Event()
+        self._forced: deque[tuple[AckCode, str]] = deque()
+        self._rejected_codes: set[str] = set()
+        self._drop_after_store = 0
+        self._wrong_id_next = 0
+        self._delay_s = 0.0
+        self._ack_seq = 0
+        self._acks_sent = 0
+        self._acks_dropped = 0
+        self._rejected = 0
+        self._wrong_ids_sent = 0
+        self._connections_accepted = 0
+
+    # -- life cycle -----------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The TCP port it listens on (chosen at the first `start` when created with port 0)."""
+        if self._port is None:
+            raise SimulatedHisStateError("not_started", "the simulated HIS has not been started")
+        return self._port
+
+    @property
+    def is_up(self) -> bool:
+        """True while it accepts connections."""
+        return self._listener is not None
+
+    def start(self) -> SimulatedHis:
+        """Open the database and start listening."""
+        if self._db is None:
+            self._db = sqlite3.connect(self._db_path, check_same_thread=False, isolation_level=None)
+            self._db.executescript(_SCHEMA)
+        self.come_up()
+        return self
+
+    def stop(self) -> None:
+        """Stop listening, drop every connection, join the threads and close the database."""
+        self.go_down()
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def __enter__(self) -> SimulatedHis:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def come_up(self) -> None:
+        """Listen again, on the same port as before."""
+        if self._db is None:
+            raise SimulatedHisStateError("not_started", "call start() first")
+        if self._listener is not None:
+            return
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((self.host, self._port if self._port is not None else self._requested_port))
+        listener.listen(16)
+        listener.settimeout(_POLL_S)
+        self._port = listener.getsockname()[1]
+        self._down.clear()
+        self._listener = listener
+        self._accept_thread = threading.Thread(
+            target=self._accept_loop, args=(listener,), name=f"his-sim-accept-{self._port}", daemon=True
+        )
+        self._accept_thread.start()
+        logger.info("simulated HIS listening on %s:%d", self.host, self._port)
+
+    def go_down(self) -> None:
+        """Stop listening and drop every open connection (a HIS outage)."""
+        self._down.set()
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+        if self._accept_thread is not None:
+            self._accept_thread.join()
+            self._accept_thread = None
+        with self._lock:
+            connections = list(self._connections)
+            threads = list(self._threads)
+        for conn in connections:
+            _shutdown(conn)
+        for thread in threads:
+            thread.join(timeout=5)
+        logger.info("simulated HIS down")
+
+    # -- fault controls -------------------------------------------------------------
+
+    def drop_acks_after_store(self, n: int) -> None:
+        """Book the next `n` charges, then close their connection without answering."""
+        with self._lock:
+            self._drop_after_store = n
+
+    def answer_next(self, code: str, n: int = 1, text: str = "") -> None:
+        """Answer the next `n` messages with `code` (e.g. AE, AR) and `text`, booking nothing."""
+        ack_code = AckCode(code)
+        with self._lock:
+            self._forced.extend([(ack_code, text)] * n)
+
+    def reject_charge_codes(self, codes: set[str] | frozenset[str]) -> None:
+        """Answer AE (unknown key identifier) to every charge with one of these charge codes."""
+        with self._lock:
+            self._rejected_codes = set(codes)
+
+    def set_delay(self, seconds: float) -> None:
+        """Wait this long after booking before answering (a slow HIS)."""
+        with self._lock:
+            self._delay_s = max(0.0, seconds)
+
+    def wrong_control_id_next(self, n: int) -> None:
+        """Book the next `n` charges but echo a wrong control id in MSA-2."""
+        with self._lock:
+            self._wrong_id_next = n
+
+    # -- read side ------------------------------------------------------------------
+
+    def stats(self) -> HisStats:
+        """Current counters."""
+        with self._lock:
+            db = self._require_db()
+            received = db.execute("SELECT COUNT(*) FROM received").fetchone()[0]
+            unique, extra = db.execute("SELECT COUNT(*), COALESCE(SUM(times_received - 1), 0) FROM charges").fetchone()
+            return HisStats(
+                received=received,
+                unique_charges=unique,
+                duplicates_received=extra,
+                acks_sent=self._acks_sent,
+                acks_dropped=self._acks_dropped,
+                rejected=self._rejected,
+                wrong_control_ids_sent=self._wrong_ids_sent,
+                connections_accepted=self._connections_accepted,
+            )
+
+    def charges(self) -> list[HisCharge]:
+        """Every booked charge, in booking order."""
+        with self._lock:
+            rows = (
+                self._require_db()
+                .execute(
+                    "SELECT txn_id, control_id, admission, charge_code, qty, unit_price, amount, first_received_at,"
+                    " times_received, his_ref FROM charges ORDER BY rowid"
+                )
+                .fetchall()
+            )
+        return [
+            HisCharge(
+                txn_id=row[0],
+                control_id=row[1],
+                admission=row[2],
+                charge_code=row[3],
+                qty=Decimal(row[4]),
+                unit_price=Decimal(row[5]),
+                amount=Decimal(row[6]),
+                first_received_at=row[7],
+                times_received=row[8],
+                his_ref=row[9],
+            )
+            for row in rows
+        ]
+
+    def answers(self) -> list[tuple[str | None, str]]:
+        """(control id, answer) for every received message in arrival order; answer is an ACK code or 'dropped'."""
+        with self._lock:
+            rows = self._require_db().execute("SELECT control_id, answer FROM received ORDER BY id").fetchall()
+        return [(row[0], row[1]) for row in rows]
+
+    # -- serving --------------------------------------------------------------------
+
+    def _accept_loop(self, listener: socket.socket) -> None:
+        while not self._down.is_set():
+            try:
+                conn, peer = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.settimeout(None)
+            thread = threading.Thread(target=self._serve, args=(conn,), name=f"his-sim-conn-{peer[1]}", daemon=True)
+            with self._lock:
+                if self._down.is_set():
+                    conn.close()
+                    return
+                self._connections.add(conn)
+                self._threads.add(thread)
+                self._connections_accepted += 1
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        decoder = MllpDecoder()
+        try:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                for payload in decoder.feed(data):
+                    reply = self._answer(payload)
+                    if reply is None:
+                        return
+                    conn.sendall(reply)
+        except MllpError as err:
+            logger.warning("simulated HIS closing a connection: %s", err)
+        except OSError:
+            pass
+        except Exception:
+            logger.exception("simulated HIS connection handler failed")
+        finally:
+            _shutdown(conn)
+            with self._lock:
+                self._connections.discard(conn)
+                self._threads.discard(threading.current_thread())
+
+    def _answer(self, payload: bytes) -> bytes | None:
+        """Record and book one message; the framed ACK to send, or None to close without answering."""
+        text = payload.decode(self.encoding, errors="replace")
+        received_at = datetime.now(UTC).isoformat(timespec="milliseconds")
+        try:
+            dft: _Dft | None = _read_dft(text)
+            refusal: _Refusal | None = None
+        except _Refusal as err:
+            dft, refusal = None, err
+        except Exception as err:  # not HL7 at all: nothing to answer to
+            logger.warning("simulated HIS received a frame it cannot read (%s); closing", err)
+            self._record(None, text, received_at, "unreadable")
+            return None
+        with self._lock:
+            self._ack_seq += 1
+            ack_id = f"HIS{self._ack_seq:08d}"
+            if refusal is None and self._forced:
+                forced_code, forced_text = self._forced.popleft()
+                refusal = _Refusal(forced_code, "207", forced_text)
+            if refusal is None and dft is not None and dft.charge_code in self._rejected_codes:
+                refusal = _Refusal(AckCode.AE, "204", f"unknown charge code {dft.charge_code}")
+            echo: str | None = None
+            if refusal is not None:
+                code, ack_text, condition = refusal.code, refusal.text, refusal.condition
+                self._rejected += 1
+            else:
+                assert dft is not None
+                code, ack_text, condition = AckCode.AA, "", "0"
+                self._book(dft, received_at, ack_id)
+                if self._drop_after_store > 0:
+                    self._drop_after_store -= 1
+                    self._acks_dropped += 1
+                    self._insert_received(dft, text, received_at, "dropped")
+                    return None
+                if self._wrong_id_next > 0:
+                    self._wrong_id_next -= 1
+                    self._wrong_ids_sent += 1
+                    echo = "X" + dft.control_id[1:] if dft.control_id else "X"
+            self._insert_received(dft, text, received_at, code.value)
+            delay = self._delay_s
+        if delay and self._down.wait(delay):
+            return None
+        ack = build_ack(text, code, ack_text, control_id=ack_id, error_code=condition)
+        if echo is not None:
+            ack = _replace_msa2(ack, echo)
+        with self._lock:
+            self._acks_sent += 1
+        return frame_text(ack, self.encoding)
+
+    def _book(self, dft: _Dft, received_at: str, his_ref: str) -> None:
+        db = self._require_db()
+        updated = db.execute(
+            "UPDATE charges SET times_received = times_received + 1 WHERE txn_id = ?", (dft.txn_id,)
+        ).rowcount
+        if updated:
+            logger.info("simulated HIS: resend of %s (not booked again)", dft.txn_id)
+            return
+        db.execute(
+            "INSERT INTO charges (txn_id, control_id, admission, charge_code, qty, unit_price, amount, amount_fen,"
+            " first_received_at, times_received, his_ref) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
+            (
+                dft.txn_id,
+                dft.control_id,
+                dft.admission,
+                dft.charge_code,
+                str(dft.qty),
+                str(dft.unit_price),
+                str(dft.amount),
+                int(dft.amount * 100),
+                received_at,
+                his_ref,
+            ),
+        )
+
+    def _insert_received(self, dft: _Dft | None, raw: str, received_at: str, answer: str) -> None:
+        values = (
+            (dft.control_id, dft.txn_id, dft.admission, dft.charge_code, str(dft.qty), str(dft.amount))
+            if dft is not None
+            else (_control_id_or_none(raw), None, None, None, None, None)
+        )
+        self._require_db().execute(
+            "INSERT INTO received (control_id, txn_id, admission, charge_code, qty, amount, raw, received_at, answer)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (*values, raw, received_at, answer),
+        )
+
+    def _record(self, dft: _Dft | None, raw: str, received_at: str, answer: str) -> None:
+        with self._lock:
+            self._insert_received(dft, raw, received_at, answer)
+
+    def _require_db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise SimulatedHisStateError("not_started", "the simulated HIS database is not open")
+        return self._db
+
+
+def _read_dft(text: str) -> _Dft:
+    """Read a DFT^P03 with python-hl7; raise `_Refusal` for HL7 it will not book, anything else for non-HL7."""
+    message = hl7.parse(text)
+    message_type = f"{message.extract_field('MSH', 1, 9, 1, 1)}^{message.extract_field('MSH', 1, 9, 1, 2)}"
+    if message_type != "DFT^P03":
+        raise _Refusal(AckCode.AR, "200", f"unsupported message type {message_type}")
+
+    def value(segment: str, field_num: int, component_num: int = 1) -> str:
+        try:
+            raw = message.extract_field(segment, 1, field_num, 1, component_num)
+        except KeyError:
+            raise _Refusal(AckCode.AE, "100", f"{segment} segment missing") from None
+        return str(message.unescape(str(raw))).strip()
+
+    def required(segment: str, field_num: int, component_num: int = 1) -> str:
+        found = value(segment, field_num, component_num)
+        if not found:
+            raise _Refusal(AckCode.AE, "101", f"{segment}-{field_num} is empty")
+        return found
+
+    def decimal(segment: str, field_num: int) -> Decimal:
+        found = required(segment, field_num)
+        try:
+            return Decimal(found)
+        except InvalidOperation:
+            raise _Refusal(AckCode.AE, "102", f"{segment}-{field_num} {found!r} is not a number") from None
+
+    return _Dft(
+        control_id=required("MSH", 10),
+        txn_id=required("FT1", 2),
+        admission=required("PID", 3),
+        charge_code=required("FT1", 7),
+        qty=decimal("FT1", 10),
+        unit_price=decimal("FT1", 12),
+    )
+
+
+def _control_id_or_none(raw: str) -> str | None:
+    try:
+        return str(hl7.parse(raw).extract_field("MSH", 1, 10)) or None
+    except Exception:
+        return None
+
+
+def _replace_msa2(ack: str, echo: str) -> str:
+    """The same ACK with another control id in MSA-2 (a HIS that mixes up its answers)."""
+    lines = ack.split("\r")
+    separator = lines[0][3]
+    for index, line in enumerate(lines):
+        if line.startswith("MSA" + separator):
+            fields = line.split(separator)
+            fields[2] = echo
+            lines[index] = separator.join(fields)
+    return "\r".join(lines)
+
+
+def _shutdown(conn: socket.socket) -> None:
+    try:
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    conn.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`spd-sim his`: run a simulated HIS until interrupted."""
+    parser = argparse.ArgumentParser(prog="spd-sim his", description="Simulated HIS: HL7 v2 DFT^P03 over MLLP.")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port, 0 for any free one ({DEFAULT_PORT})")
+    parser.add_argument("--db", required=True, type=Path, help="SQLite file recording what was received")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds to wait before each answer")
+    parser.add_argument("--reject-code", action="append", default=[], help="charge code always answered AE")
+    parser.add_argument("--encoding", default="utf-8", help="text encoding of the messages (utf-8)")
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = signal.signal(signal.SIGTERM, on_signal)
+    his = SimulatedHis(args.db, host=args.host, port=args.port, encoding=args.encoding)
+    try:
+        his.start()
+    except OSError as err:
+        his.stop()
+        print(f"spd-sim his: cannot listen on {args.host}:{args.port}: {err}", file=sys.stderr)
+        signal.signal(signal.SIGTERM, previous)
+        return 2
+    his.set_delay(args.delay)
+    his.reject_charge_codes(set(args.reject_code))
+    print(f"simulated HIS listening on {args.host}:{his.port}, recording to {args.db}", flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stats = his.stats()
+        his.stop()
+        signal.signal(signal.SIGTERM, previous)
+    print(
+        f"received {stats.received}, charges {stats.unique_charges}, duplicates {stats.duplicates_received}",
+        flush=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -102,6 +102,26 @@ def test_python_hl7_blocking_client_resend_is_booked_once_and_answered_aa_again(
     )
 
 
+def test_price_with_a_currency_subcomponent_and_zone_timestamps_is_read(his: SimulatedHis) -> None:
+    message = (
+        "MSH|^~\\&|SPD-EDGE|SITE1|HIS|HOSP|20261123101500+0800||DFT^P03^DFT_P03|C7|P|2.5||||||UNICODE UTF-8\r"
+        "EVN|P03|20261123101500+0800\rPID|1||ZY7^^^HOSP^MR\rPV1|1|I|W3\r"
+        "FT1|1|C7||20261123101500||CG|310000123^支架|||1|12800.00&CNY|12800.00&CNY|W3||||||OP1\rZUD|1|0123^GS1"
+    )
+    peer = RawPeer(his.port)
+    answer = peer.exchange(message)
+    peer.close()
+    assert answer is not None and answer.split("\r")[0].endswith("|P|2.5||||||UNICODE UTF-8")
+    assert parse_ack(answer).code is AckCode.AA
+    [charge] = his.charges()
+    assert (charge.admission, charge.qty, charge.unit_price, charge.amount) == (
+        "ZY7",
+        Decimal("1"),
+        Decimal("12800.00"),
+        Decimal("12800.00"),
+    )
+
+
 def test_every_message_is_recorded_in_the_sqlite_file(tmp_path: Path) -> None:
     db_path = tmp_path / "his.db"
     with SimulatedHis(db_path) as his:

@@ -324,6 +324,17 @@ def test_built_ack_with_other_encoding_characters_passes_hl7apy_strict_validatio
     assert parsed.msa.msa_2.value == "A1B2C3D4E50000000042"
 
 
+def test_build_ack_copies_the_character_set_and_passes_hl7apy_strict_validation() -> None:
+    message = DFT.replace("|P|2.5\r", "|P|2.5||||||UNICODE UTF-8\r", 1)
+    ack = build_ack(message, AckCode.AA, control_id="H8", timestamp=ACK_TIME)
+    assert ack.split("\r")[0] == (
+        "MSH|^~\\&|HIS|HOSP|SPD-EDGE|SITE1|20261123101501||ACK^P03^ACK|H8|P|2.5||||||UNICODE UTF-8"
+    )
+    parsed = parse_message(ack, validation_level=VALIDATION_LEVEL.STRICT, find_groups=True)
+    assert parsed.validate() is True
+    assert parsed.msh.msh_18.value == "UNICODE UTF-8"
+
+
 def test_build_ack_refuses_a_message_without_msh() -> None:
     with pytest.raises(Hl7Error) as caught:
         build_ack("EVN|P03\r", "AA")

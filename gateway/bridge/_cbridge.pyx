@@ -686,7 +686,7 @@ cdef NativeCatalog native_catalog(catalog):
 _device_ids = {}
 
 
-cdef bytes device_charge_prefix(str device, const char* encoded, Py_ssize_t n):
+cdef bytes device_charge_prefix(object device, const char* encoded, Py_ssize_t n):
     cdef void* hit = PyDict_GetItem(_device_ids, device)
     if hit != NULL:
         return <bytes>hit
@@ -720,40 +720,81 @@ cdef const char* FIELD_NAMES[7]
 FIELD_NAMES[:] = [b"device", b"seq", b"ts_ms", b"admission", b"udi", b"operator", b"dept"]
 
 
-cdef str check_event(object raw, long long offset_ms, const unsigned char** text, Py_ssize_t* size,
-                     long long* seq, long long* ts):
-    """None when the event is well formed (filling text/size/seq/ts), else the bad_event detail."""
-    cdef int i, state, overflow
+cdef extern from "Python.h":
+    # borrowed-reference access: no reference counting on the per-event path
+    bint tuple_check "PyTuple_Check"(PyObject*)
+    Py_ssize_t tuple_size "PyTuple_GET_SIZE"(PyObject*)
+    PyObject* tuple_item "PyTuple_GET_ITEM"(PyObject*, Py_ssize_t)
+    PyObject* list_item "PyList_GET_ITEM"(PyObject*, Py_ssize_t)
+    bint unicode_check_exact "PyUnicode_CheckExact"(PyObject*)
+    const char* utf8_and_size "PyUnicode_AsUTF8AndSize"(PyObject*, Py_ssize_t*)
+    bint long_check_exact "PyLong_CheckExact"(PyObject*)
+    long long long_as_ll "PyLong_AsLongLongAndOverflow"(PyObject*, int*)
+
+
+cdef enum:
+    BAD_NONE = 0
+    BAD_SHAPE
+    BAD_NOT_INT
+    BAD_SEQ_RANGE
+    BAD_TS_RANGE
+    BAD_NOT_STR
+    BAD_NOT_UTF8
+    BAD_EMPTY_DEVICE
+
+
+cdef int check_event(PyObject* raw, long long offset_ms, const unsigned char** text, Py_ssize_t* size,
+                     long long* seq, long long* ts, int* bad_field) noexcept:
+    """BAD_NONE when the event is well formed (filling text/size/seq/ts), else what is wrong."""
+    cdef int i, overflow
     cdef long long value
-    cdef tuple event
-    if not PyTuple_Check(raw) or len(<tuple>raw) != 7:
-        return "event is not a 7-tuple"
-    event = <tuple>raw
+    cdef PyObject* field
+    if not tuple_check(raw) or tuple_size(raw) != 7:
+        return BAD_SHAPE
     for i in range(7):
-        field = event[i]
+        bad_field[0] = i
+        field = tuple_item(raw, i)
         if i == 1 or i == 2:
-            if not PyLong_CheckExact(field):
-                return f"{FIELD_NAMES[i].decode('ascii')} must be int"
+            if not long_check_exact(field):
+                return BAD_NOT_INT
             overflow = 0
-            value = PyLong_AsLongLongAndOverflow(field, &overflow)
+            value = long_as_ll(field, &overflow)
             if i == 1:
                 if overflow or value < 0 or value > MAX_SEQ:
-                    return f"seq out of range 0..{MAX_SEQ}"
+                    return BAD_SEQ_RANGE
                 seq[0] = value
             else:
                 if overflow or value < -MAX_LOCAL_MS or value > MAX_LOCAL_MS or not (
                         0 <= value + offset_ms < MAX_LOCAL_MS):
-                    return "ts_ms out of range"
+                    return BAD_TS_RANGE
                 ts[0] = value
             continue
-        state = text_field(field, &text[i], &size[i])
-        if state == 1:
-            return f"{FIELD_NAMES[i].decode('ascii')} must be str"
-        if state == 2:
-            return f"{FIELD_NAMES[i].decode('ascii')} is not encodable as UTF-8"
+        if not unicode_check_exact(field):
+            return BAD_NOT_STR
+        text[i] = <const unsigned char*>utf8_and_size(field, &size[i])
+        if text[i] == NULL:
+            PyErr_Clear()
+            return BAD_NOT_UTF8
         if i == 0 and size[0] == 0:
-            return "empty device id"
-    return None
+            return BAD_EMPTY_DEVICE
+    return BAD_NONE
+
+
+cdef str bad_event_text(int bad, int i):
+    name = FIELD_NAMES[i].decode("ascii")
+    if bad == BAD_SHAPE:
+        return "event is not a 7-tuple"
+    if bad == BAD_NOT_INT:
+        return f"{name} must be int"
+    if bad == BAD_SEQ_RANGE:
+        return f"seq out of range 0..{MAX_SEQ}"
+    if bad == BAD_TS_RANGE:
+        return "ts_ms out of range"
+    if bad == BAD_NOT_STR:
+        return f"{name} must be str"
+    if bad == BAD_NOT_UTF8:
+        return f"{name} is not encodable as UTF-8"
+    return "empty device id"
 
 
 cdef str iso_date(long long y, int m, int d):
@@ -788,7 +829,8 @@ def charge_compact(events, catalog, consumed, config):
     cdef bytes prefix
     cdef list details = []
     cdef str detail
-    cdef int code
+    cdef int code, bad, bad_field = 0
+    cdef PyObject* raw
     cdef Py_ssize_t set_size
     cdef bint already
     if n_frag > 32:
@@ -808,12 +850,12 @@ def charge_compact(events, catalog, consumed, config):
         buf_open(&ends, n_events * 8 + 8)
         buf_open(&udi_out, n_events * 40 + 64)
         for e in range(n_events):
-            raw = evs[e]
-            detail = check_event(raw, offset_ms, text, size, &seq, &ts)
-            if detail is not None:
+            raw = list_item(<PyObject*>evs, e)
+            bad = check_event(raw, offset_ms, text, size, &seq, &ts, &bad_field)
+            if bad != BAD_NONE:
                 status.data[status.size] = ST_BAD_EVENT
                 status.size += 1
-                details.append(detail)
+                details.append(bad_event_text(bad, bad_field))
                 continue
             local_ms = ts + offset_ms
             scan_days = local_ms // MS_PER_DAY
@@ -867,7 +909,7 @@ def charge_compact(events, catalog, consumed, config):
                 continue
 
             # -- render the charge line
-            prefix = device_charge_prefix(<str>(<tuple>raw)[0], <const char*>text[0], size[0])
+            prefix = device_charge_prefix(<object>tuple_item(raw, 0), <const char*>text[0], size[0])
             memcpy(cid, PyBytes_AS_STRING(prefix), 10)
             put_digits(cid + 10, seq, 10)
             put_digits(time_text, scan_year, 4)

@@ -78,6 +78,7 @@ class DeviceSync:
         window: int = 4,
         resend_after_s: float = 5.0,
         state_every_s: float = 30.0,
+        prune_every_s: float = 600.0,
         keepalive_s: int = 15,
         reconnect_min_s: float = 0.5,
         reconnect_max_s: float = 30.0,
@@ -92,6 +93,7 @@ class DeviceSync:
         self.window = window
         self.resend_after_s = resend_after_s
         self.state_every_s = state_every_s
+        self.prune_every_s = prune_every_s
         self.keepalive_s = keepalive_s
         self.stats = SyncStats()
         self._on_ack_cb = on_ack
@@ -208,6 +210,7 @@ class DeviceSync:
 
     def _sender(self) -> None:
         next_state = time.monotonic() + self.state_every_s
+        next_prune = time.monotonic() + self.prune_every_s
         while True:
             with self._wake:
                 if self._stopping:
@@ -222,6 +225,14 @@ class DeviceSync:
             if connected and now >= next_state:
                 next_state = now + self.state_every_s
                 self._client.publish(self._t_state, self._state_payload(DeviceStatus.ONLINE), qos=1, retain=True)
+            if now >= next_prune:
+                next_prune = now + self.prune_every_s
+                try:
+                    pruned = self.log.prune()
+                    if pruned:
+                        log.info("device %s: pruned %d acknowledged events past retention", self.device, pruned)
+                except Exception:
+                    log.exception("device %s: prune failed", self.device)
             if not sent:
                 with self._wake:
                     if not self._stopping:

@@ -150,3 +150,21 @@ def test_malformed_payloads_are_rejected_with_a_reason_and_ingestion_goes_on(
     rogue.disconnect()
     sync.stop()
     gw.stop()
+
+
+def test_acknowledged_events_past_retention_are_pruned_by_the_agent(tmp_path: Path, broker: MosquittoBroker) -> None:
+    now = [time.time()]
+    log = EventLog(tmp_path / "HH01.db", device="HH01", retention_s=60, clock=lambda: now[0])
+    sync = DeviceSync(log, site="H1", host=broker.host, port=broker.port, prune_every_s=0.2, reconnect_min_s=0.2)
+    store = GatewayStore(tmp_path / "gw.db")
+    gw = IngestService(store, host=broker.host, port=broker.port).start()
+    _append(log, 10)
+    sync.start()
+    wait_for(lambda: log.backlog() == 0, what="acked")
+    assert len(log.events()) == 10  # acknowledged but within retention: kept
+    now[0] += 120
+    wait_for(lambda: len(log.events()) == 0, what="pruned")
+    _append(log, 1)
+    assert log.last_seq == 11 and log.backlog() == 1  # never pruned while unacknowledged
+    sync.stop()
+    gw.stop()

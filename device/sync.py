@@ -84,6 +84,8 @@ class DeviceSync:
         reconnect_max_s: float = 30.0,
         tls: TlsSettings | None = None,
         on_ack: Callable[[int], None] | None = None,
+        on_command: Callable[[bytes, bool], None] | None = None,
+        state_extra: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.log = eventlog
         self.device = eventlog.device
@@ -97,9 +99,12 @@ class DeviceSync:
         self.keepalive_s = keepalive_s
         self.stats = SyncStats()
         self._on_ack_cb = on_ack
+        self._on_command_cb = on_command  # (payload, retained) for each message on the cmd topic
+        self._state_extra = state_extra
         self._t_events = topic(site, self.device, Channel.EVENTS)
         self._t_ack = topic(site, self.device, Channel.ACK)
         self._t_state = topic(site, self.device, Channel.STATE)
+        self._t_cmd = topic(site, self.device, Channel.CMD)
         self._wake = threading.Condition()
         self._connected = False
         self._stopping = False
@@ -164,6 +169,8 @@ class DeviceSync:
             log.warning("device %s: broker refused connection: %s", self.device, rc)
             return
         client.subscribe(self._t_ack, qos=1)
+        if self._on_command_cb is not None:
+            client.subscribe(self._t_cmd, qos=1)
         client.publish(self._t_state, self._state_payload(DeviceStatus.ONLINE), qos=1, retain=True)
         with self._wake:
             self._connected = True
@@ -180,6 +187,12 @@ class DeviceSync:
             log.info("device %s: disconnected (%s); will reconnect", self.device, rc)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == self._t_cmd and self._on_command_cb is not None:
+            try:
+                self._on_command_cb(bytes(msg.payload), bool(msg.retain))
+            except Exception:
+                log.exception("device %s: command handler failed", self.device)
+            return
         try:
             ack = decode_ack(self.device, bytes(msg.payload))
         except WireError as err:
@@ -274,6 +287,13 @@ class DeviceSync:
             backlog = self.log.backlog()
         except Exception:  # the log may be closed while the will is built at shutdown
             backlog = 0
+        extra: dict[str, Any] = {}
+        if self._state_extra is not None:
+            try:
+                extra = self._state_extra()
+            except Exception:
+                log.exception("device %s: state_extra callback failed", self.device)
         return encode_state(
-            DeviceState(self.device, status, backlog=backlog, version=__version__, ts_ms=int(time.time() * 1000))
+            DeviceState(self.device, status, backlog=backlog, version=__version__, ts_ms=int(time.time() * 1000),
+                        extra=extra)
         )

@@ -6,6 +6,8 @@ Threads and what each owns:
   batches and publishes acks;
 * ``charging`` (:class:`ChargingWorker`) — the charging cursor; writes the outbox;
 * ``his-sender`` (:class:`HisSender`) — the HIS connection; drains the outbox;
+* ``lease`` (:class:`Leadership`) — renews the charging lease; with several
+  instances on one store, only the holder runs charging and the sender;
 * the main thread — start-up, signals, shutdown.
 
 The store is shared; SQLite serialises the writers.
@@ -19,14 +21,17 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Literal
 
 from device.sync import TlsSettings
 from gateway import bridge
 from gateway.charging import ChargingWorker
-from gateway.his.adapter import HisAdapter
+from gateway.his.adapter import HisAdapter, HisConfigError
+from gateway.his.http_adapter import HttpJsonAdapter
 from gateway.his.mllp_adapter import MllpAdapter
 from gateway.his.sender import HisSender
 from gateway.ingest import IngestService
+from gateway.lease import Leadership
 from gateway.store import GatewayStore
 
 log = logging.getLogger(__name__)
@@ -39,13 +44,28 @@ class GatewayConfig:
     broker_port: int = 1883
     client_id: str = "spd-gateway"
     share_group: str | None = None
+    his_protocol: Literal["mllp", "http"] = "mllp"
+    his_url: str | None = None  # base URL of the HIS JSON API, for his_protocol="http"
+    his_token: str | None = None  # bearer token for the HIS JSON API
     his_host: str = "127.0.0.1"
     his_port: int = 2575
     his_timeout_s: float = 5.0
     his_backoff_max_s: float = 30.0
+    lease_ttl_s: float = 6.0
     facility: str = "HOSP"
     sending_facility: str = "SPD"
     tls: TlsSettings | None = None
+
+
+def make_his_adapter(config: GatewayConfig) -> HisAdapter:
+    """The HIS adapter the configuration names: HL7 v2 over MLLP, or JSON over HTTP."""
+    if config.his_protocol == "mllp":
+        return MllpAdapter(config.his_host, config.his_port, timeout_s=config.his_timeout_s)
+    if config.his_protocol == "http":
+        if not config.his_url:
+            raise HisConfigError("missing_url", "his_protocol 'http' needs his_url")
+        return HttpJsonAdapter(config.his_url, timeout_s=config.his_timeout_s, token=config.his_token)
+    raise HisConfigError("bad_protocol", f"his_protocol must be 'mllp' or 'http', got {config.his_protocol!r}")
 
 
 class Gateway:
@@ -54,15 +74,19 @@ class Gateway:
     def __init__(self, config: GatewayConfig, *, adapter: HisAdapter | None = None) -> None:
         self.config = config
         self.store = GatewayStore(config.db_path)
+        self.leadership = Leadership(self.store, config.client_id, ttl_s=config.lease_ttl_s)
         bridge_config = bridge.BridgeConfig(
             sending_facility=config.sending_facility, receiving_facility=config.facility
         )
         self.sender = HisSender(
             self.store,
-            adapter or MllpAdapter(config.his_host, config.his_port, timeout_s=config.his_timeout_s),
+            adapter or make_his_adapter(config),
             backoff_max_s=config.his_backoff_max_s,
+            may_run=self.leadership.is_leader,
         )
-        self.charging = ChargingWorker(self.store, bridge_config, on_charges=lambda n: self.sender.notify())
+        self.charging = ChargingWorker(
+            self.store, bridge_config, on_charges=lambda n: self.sender.notify(), may_run=self.leadership.is_leader
+        )
         self.ingest = IngestService(
             self.store,
             host=config.broker_host,
@@ -75,6 +99,7 @@ class Gateway:
         self._stopped = threading.Event()
 
     def start(self) -> Gateway:
+        self.leadership.start()
         self.charging.start()
         self.sender.start()
         self.ingest.start()
@@ -84,6 +109,7 @@ class Gateway:
         self.ingest.stop()
         self.charging.stop()
         self.sender.stop()
+        self.leadership.stop()
         self.store.close()
         self._stopped.set()
 

@@ -53,6 +53,7 @@ class ChargingWorker:
         batch_size: int = 2000,
         idle_wait_s: float = 0.2,
         on_charges: Callable[[int], None] | None = None,
+        may_run: Callable[[], bool] = lambda: True,
     ) -> None:
         self.store = store
         self.config = config
@@ -60,6 +61,7 @@ class ChargingWorker:
         self.idle_wait_s = idle_wait_s
         self.stats = ChargingStats()
         self._on_charges = on_charges
+        self._may_run = may_run
         self._catalog = load_catalog(store)
         self._consumed = store.charged_item_keys()
         self._wake = threading.Event()
@@ -143,7 +145,16 @@ class ChargingWorker:
             self._thread.join(timeout=10)
 
     def _run(self) -> None:
+        leading = False
         while not self._stop.is_set():
+            if not self._may_run():
+                leading = False
+                self._stop.wait(0.5)
+                continue
+            if not leading:  # (re)gained the right to charge: another instance may have charged meanwhile
+                leading = True
+                self._consumed = self.store.charged_item_keys()
+                self.reload_catalog()
             try:
                 n = self.run_once()
             except Exception:

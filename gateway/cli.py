@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -21,11 +22,15 @@ def _run(a: argparse.Namespace) -> int:
         broker_port=a.broker_port,
         client_id=a.client_id,
         share_group=a.share_group,
+        his_protocol=a.his_protocol,
+        his_url=a.his_url,
+        his_token=os.environ.get("SPD_HIS_TOKEN") or None,
         his_host=a.his_host,
         his_port=a.his_port,
         his_timeout_s=a.his_timeout,
         his_backoff_max_s=a.his_backoff_max,
         facility=a.facility,
+        lease_ttl_s=a.lease_ttl,
     )
     Gateway(cfg).run_forever()
     return 0
@@ -79,11 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--broker-port", type=int, default=1883)
     run.add_argument("--client-id", default="spd-gateway")
     run.add_argument("--share-group", default=None, help="MQTT 5 shared subscription group (several gateways)")
+    run.add_argument("--his-protocol", choices=["mllp", "http"], default="mllp", help="HL7 v2/MLLP or JSON/HTTP")
+    run.add_argument("--his-url", default=None, help="base URL of the HIS JSON API (--his-protocol http); "
+                     "a bearer token is read from the SPD_HIS_TOKEN environment variable")
     run.add_argument("--his-host", default="127.0.0.1")
     run.add_argument("--his-port", type=int, default=2575)
     run.add_argument("--his-timeout", type=float, default=5.0)
     run.add_argument("--his-backoff-max", type=float, default=30.0)
     run.add_argument("--facility", default="HOSP")
+    run.add_argument("--lease-ttl", type=float, default=6.0,
+                     help="seconds before another instance may take over charging when this one dies")
     run.set_defaults(func=_run)
 
     cat = sub.add_parser("catalog-import", help="import the item dictionary from CSV")

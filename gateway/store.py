@@ -80,6 +80,11 @@ CREATE TABLE IF NOT EXISTS cursors (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS catalog (
     gtin TEXT PRIMARY KEY,
     item_code TEXT NOT NULL,
@@ -318,6 +323,32 @@ class GatewayStore:
     def contiguous_seq(self, device: str) -> int:
         rows = self.query("SELECT contiguous_seq FROM devices WHERE device = ?", (device,))
         return int(rows[0][0]) if rows else 0
+
+    # ------------------------------------------------------------ leases
+
+    def hold_lease(self, name: str, holder: str, ttl_s: float, *, now: float | None = None) -> bool:
+        """Take or renew the lease ``name`` for ``holder``; False while another holder's lease is live.
+
+        Several gateway instances share one store; only the holder of the
+        ``charging`` lease runs the charging worker and the HIS sender, so a
+        charge is never sent by two instances at once. A killed holder's lease
+        runs out after ``ttl_s`` and another instance takes over.
+        """
+        t = time.time() if now is None else now
+        with self.transaction() as db:
+            row = db.execute("SELECT holder, expires_at FROM leases WHERE name = ?", (name,)).fetchone()
+            if row is not None and row[0] != holder and row[1] > t:
+                return False
+            db.execute(
+                "INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at",
+                (name, holder, t + ttl_s),
+            )
+        return True
+
+    def release_lease(self, name: str, holder: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
 
     # ------------------------------------------------------------ catalog
 

@@ -160,7 +160,16 @@ class ManagedProcess:
 class SpineHarness:
     """Runs the whole spine on this machine: Mosquitto, the simulated HIS, the gateway, handhelds."""
 
-    def __init__(self, workdir: Path, *, site: str = "H1", seed: int = 1, his_backoff_max_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        site: str = "H1",
+        seed: int = 1,
+        his_backoff_max_s: float = 2.0,
+        gateways: int = 1,
+        lease_ttl_s: float = 3.0,
+    ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.site = site
@@ -172,7 +181,9 @@ class SpineHarness:
         self.gateway_db = self.workdir / "gateway.db"
         self.device_dir = self.workdir / "devices"
         self.device_dir.mkdir(exist_ok=True)
-        self.gateway: ManagedProcess | None = None
+        self.gateway_count = gateways
+        self.lease_ttl_s = lease_ttl_s
+        self.gateways: dict[int, ManagedProcess] = {}
         self.handhelds: dict[str, ManagedProcess] = {}
         self.env = dict(os.environ)
 
@@ -187,22 +198,32 @@ class SpineHarness:
             [sys.executable, "-m", "gateway.cli", "catalog-import", "--db", str(self.gateway_db), str(catalog_csv)],
             check=True, capture_output=True, env=self.env,
         )
-        self.start_gateway()
+        for i in range(self.gateway_count):
+            self.start_gateway(i)
         return self
 
-    def start_gateway(self) -> ManagedProcess:
-        if self.gateway is None:
+    @property
+    def gateway(self) -> ManagedProcess | None:
+        return self.gateways.get(0)
+
+    def start_gateway(self, instance: int = 0) -> ManagedProcess:
+        """Start (or restart) gateway ``instance``; with several, they share an MQTT 5 subscription and the store."""
+        gw = self.gateways.get(instance)
+        if gw is None:
             argv = [
                 sys.executable, "-m", "gateway.cli", "-v", "run", "--db", str(self.gateway_db),
                 "--broker-port", str(self.broker.port), "--his-port", str(self.his.port),
                 "--his-timeout", "2", "--his-backoff-max", str(self.his_backoff_max_s),
+                "--client-id", f"spd-gateway-{instance}", "--lease-ttl", str(self.lease_ttl_s),
             ]
-            self.gateway = ManagedProcess("gateway", argv, self.workdir / "gateway.log", self.env)
-        return self.gateway.start()
+            if self.gateway_count > 1:
+                argv += ["--share-group", "spd-gateways"]
+            gw = ManagedProcess(f"gateway-{instance}", argv, self.workdir / f"gateway-{instance}.log", self.env)
+            self.gateways[instance] = gw
+        return gw.start()
 
-    def kill_gateway(self) -> None:
-        assert self.gateway is not None
-        self.gateway.kill()
+    def kill_gateway(self, instance: int = 0) -> None:
+        self.gateways[instance].kill()
 
     def start_handheld(
         self, device: str, *, scans: int, rate: float, garbage_rate: float = 0.0, linger_s: float = 0.0
@@ -272,8 +293,8 @@ class SpineHarness:
     def close(self) -> None:
         for hh in self.handhelds.values():
             hh.kill()
-        if self.gateway is not None:
-            self.gateway.kill(signal.SIGTERM)
+        for gw in self.gateways.values():
+            gw.kill(signal.SIGTERM)
         self.his.stop()
         self.broker.close()
 

@@ -78,3 +78,14 @@ def test_same_seq_with_different_content_is_a_conflict_not_an_overwrite(tmp_path
     assert res.conflicts == 1 and res.new == 0
     assert store.query("SELECT hash FROM events") == [(a[0].hash,)]
     del b
+
+
+def test_only_one_instance_holds_the_charging_lease_until_it_runs_out(tmp_path: Path) -> None:
+    a = GatewayStore(tmp_path / "gw.db")
+    b = GatewayStore(tmp_path / "gw.db")
+    assert a.hold_lease("charging", "gw-a", 5, now=100.0)
+    assert not b.hold_lease("charging", "gw-b", 5, now=101.0)
+    assert a.hold_lease("charging", "gw-a", 5, now=103.0)  # renewal
+    assert not b.hold_lease("charging", "gw-b", 5, now=107.0)
+    assert b.hold_lease("charging", "gw-b", 5, now=108.5)  # a stopped renewing: b takes over
+    assert not a.hold_lease("charging", "gw-a", 5, now=109.0)

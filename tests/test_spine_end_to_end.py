@@ -95,3 +95,20 @@ def _last_seq(path: object) -> int:
         return 0
     finally:
         db.close()
+
+
+def test_two_gateways_on_a_shared_subscription_one_killed_mid_stream(tmp_path: object) -> None:
+    from pathlib import Path
+
+    h = SpineHarness(Path(str(tmp_path)) / "two", gateways=2, lease_ttl_s=2.0).start()
+    try:
+        h.start_handheld("HH01", scans=150, rate=60)
+        h.start_handheld("HH02", scans=150, rate=60)
+        time.sleep(1.2)
+        h.kill_gateway(0)  # the other instance goes on ingesting and takes over charging
+        h.wait_handhelds(90)
+        assert_exact(h.wait_settled(90), 300)
+        logs = h.gateways[1].output()
+        assert "now runs charging" in logs or "now runs charging" in h.gateways[0].output()
+    finally:
+        h.close()

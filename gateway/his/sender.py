@@ -18,12 +18,21 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 
 from gateway.his.adapter import HisAdapter, HisOutcome
-from gateway.store import GatewayStore
+from gateway.store import GatewayStore, OutboxCharge
 
 log = logging.getLogger(__name__)
+
+
+class OutboxPayload(StrEnum):
+    """What an adapter is handed as the message: its class attribute ``outbox_payload`` (HL7 when absent)."""
+
+    HL7 = "hl7"  # the rendered HL7 v2 message, MSH-10 = the charge id
+    CHARGE_LINE = "charge_line"  # the charge line as JSON (the outbox ``line`` column)
 
 
 @dataclass(slots=True)
@@ -46,6 +55,7 @@ class HisSender:
         backoff_max_s: float = 30.0,
         idle_wait_s: float = 0.2,
         rng: random.Random | None = None,
+        may_run: Callable[[], bool] = lambda: True,
     ) -> None:
         self.store = store
         self.adapter = adapter
@@ -54,6 +64,7 @@ class HisSender:
         self.idle_wait_s = idle_wait_s
         self.stats = SenderStats()
         self._rng = rng or random.Random()
+        self._may_run = may_run
         self._pause_until = 0.0
         self._failures = 0
         self._wake = threading.Event()
@@ -70,19 +81,19 @@ class HisSender:
     def run_once(self, now: float | None = None) -> int:
         """Send what is due; returns the number of charges sent (any outcome)."""
         t = time.time() if now is None else now
-        if t < self._pause_until:
+        if t < self._pause_until or not self._may_run():
             return 0
         sent = 0
         blocked: set[str] = set()
         for charge in self.store.pending_charges(limit=500):
-            if self._stop.is_set():
+            if self._stop.is_set() or not self._may_run():
                 break
             if charge.admission in blocked:
                 continue
             if charge.next_attempt_at > t:
                 blocked.add(charge.admission)
                 continue
-            result = self.adapter.send(charge.charge_id, charge.message)
+            result = self.adapter.send(charge.charge_id, self._message(charge))
             sent += 1
             self.stats.sent += 1
             if result.outcome is HisOutcome.ACCEPTED:
@@ -105,6 +116,12 @@ class HisSender:
                 break
             t = time.time()
         return sent
+
+    def _message(self, charge: OutboxCharge) -> str:
+        if getattr(self.adapter, "outbox_payload", OutboxPayload.HL7) is not OutboxPayload.CHARGE_LINE:
+            return charge.message
+        rows = self.store.query("SELECT line FROM charges WHERE charge_id = ?", (charge.charge_id,))
+        return str(rows[0][0])
 
     # ------------------------------------------------------------ thread
 

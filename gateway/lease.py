@@ -1,0 +1,72 @@
+"""Leadership among gateway instances sharing one store: one runs charging and the HIS sender at a time.
+
+Every instance ingests (MQTT 5 shared subscription spreads the events); the
+outbox must be drained by one only, or two instances would send the same
+charge at once. The holder renews a lease in the store every third of its
+time-to-live; when it dies, another instance takes over after the lease runs
+out. A holder that cannot renew in time stops itself before the lease ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from gateway.store import GatewayStore
+
+log = logging.getLogger(__name__)
+
+CHARGING_LEASE = "charging"
+
+
+class Leadership:
+    """Keeps (or waits for) the ``charging`` lease in a background thread."""
+
+    def __init__(self, store: GatewayStore, holder: str, *, ttl_s: float = 6.0) -> None:
+        self.store = store
+        self.holder = holder
+        self.ttl_s = ttl_s
+        self._valid_until = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def is_leader(self) -> bool:
+        # keep a safety margin: stop acting a third of the ttl before the lease could be taken
+        return time.monotonic() < self._valid_until - self.ttl_s / 3
+
+    def renew(self) -> bool:
+        t0 = time.monotonic()
+        try:
+            held = self.store.hold_lease(CHARGING_LEASE, self.holder, self.ttl_s)
+        except Exception:
+            log.exception("lease renewal failed")
+            held = False
+        was = self.is_leader()
+        self._valid_until = t0 + self.ttl_s if held else 0.0
+        if held and not was:
+            log.info("gateway %s: now runs charging and the HIS sender", self.holder)
+        elif was and not held:
+            log.warning("gateway %s: lost the charging lease", self.holder)
+        return held
+
+    def start(self) -> Leadership:
+        self.renew()
+        self._thread = threading.Thread(target=self._run, name="lease", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.ttl_s / 3):
+            self.renew()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._valid_until:
+            try:
+                self.store.release_lease(CHARGING_LEASE, self.holder)
+            except Exception:
+                log.exception("lease release failed")
+        self._valid_until = 0.0

@@ -1,0 +1,396 @@
+"""The cabinet's state machine: badge and PIN, unlock, door open and close, counting, and the alarms around them.
+
+:class:`Cabinet` is driven by one thread (the agent loop) through its ``on_*``
+methods and :meth:`Cabinet.tick`; it acts through :class:`CabinetPorts`
+(record an event durably, unlock, lock, signal, start a count). Every event
+is recorded (committed to the log) before the user is signalled.
+
+States::
+
+    IDLE --badge ok, no PIN--> UNLOCKED --door opens--> DOOR_OPEN --all closed--> COUNTING --count--> IDLE
+    IDLE --badge ok, PIN--> AWAIT_PIN --right PIN--> UNLOCKED;  3 wrong PINs --> LOCKED_OUT --time--> IDLE
+    UNLOCKED --nobody opens in time--> IDLE
+    COUNTING --reader offline--> FAULT --reader back--> COUNTING
+    any door opening outside UNLOCKED/DOOR_OPEN: door_forced alarm, then DOOR_OPEN (the count is unattributed
+    if no session was open)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum, StrEnum
+from typing import Any, Protocol
+
+from device.cabinet.allowlist import AllowList, Badge, Role
+from device.cabinet.catalog import ItemCatalog, ItemKey
+from device.cabinet.epc import EpcError, Sgtin, decode_sgtin96
+from device.cabinet.inventory import CountResult
+from device.wire import Event, EventKind
+
+log = logging.getLogger(__name__)
+
+MAX_PIN_ATTEMPTS = 3
+
+
+class SessionState(Enum):
+    IDLE = "idle"
+    AWAIT_PIN = "await_pin"
+    LOCKED_OUT = "locked_out"
+    UNLOCKED = "unlocked"
+    DOOR_OPEN = "door_open"
+    COUNTING = "counting"
+    FAULT = "fault"
+
+
+class AlarmCode(StrEnum):
+    DOOR_FORCED = "door_forced"
+    DOOR_AJAR = "door_ajar"
+    READER_OFFLINE = "reader_offline"
+    READER_ONLINE = "reader_online"
+    UNKNOWN_TAG = "unknown_tag"
+    EXPIRED_IN_STOCK = "expired_in_stock"
+    NOT_LINKED = "not_linked"
+    COUNT_INCOMPLETE = "count_incomplete"
+
+
+class AccessResult(StrEnum):
+    GRANTED = "granted"
+    REFUSED = "refused"
+    DOOR_OPENED = "door_opened"
+    DOOR_CLOSED = "door_closed"
+    EXPIRED = "expired"
+
+
+class Signal(Enum):
+    """What the user sees and hears; the agent maps these to LEDs and beeps."""
+
+    ASK_PIN = "ask_pin"
+    GRANTED = "granted"
+    REFUSED = "refused"
+    COUNTING = "counting"
+    DONE = "done"
+    ALARM = "alarm"
+    AJAR = "ajar"
+
+
+class CabinetPorts(Protocol):
+    def record(self, kind: EventKind, body: dict[str, Any]) -> Event:
+        """Append durably to the event log; returns after the commit."""
+
+    def unlock(self, seconds: float) -> float:
+        """Release every lock for ``seconds``; returns the time granted."""
+
+    def lock(self, door: str | None = None) -> None:
+        """Lock ``door`` (every door when None) now."""
+
+    def signal(self, signal: Signal) -> None: ...
+
+    def start_count(self, previous: Mapping[str, frozenset[int]], count_id: int) -> None:
+        """Begin a stable count in the background; the result comes back through ``on_count_done``."""
+
+    def save_inventory(self, inventory: Mapping[str, frozenset[int]], seq: int) -> None:
+        """Persist the inventory as of event ``seq``."""
+
+
+@dataclass(slots=True)
+class UserSession:
+    id: str
+    user: str | None
+    role: Role | None
+    badge: str | None
+    started: float
+    forced: bool = False
+
+
+@dataclass(slots=True)
+class PendingLink:
+    deadline: float
+    session: str
+    user: str | None
+    epc: str
+
+
+@dataclass(slots=True)
+class Timings:
+    unlock_s: float = 8.0
+    pin_timeout_s: float = 15.0
+    ajar_limits_s: dict[str, float] = field(default_factory=dict)
+    ajar_repeat_s: float = 300.0
+    link_within_s: float = 1800.0
+    expiry_check_s: float = 3600.0
+    lockout_s: float = 30.0
+    door_grace_s: float = 0.5
+
+
+class Cabinet:
+    """The state machine of one cabinet (all its doors share one session and one reader)."""
+
+    def __init__(
+        self,
+        ports: CabinetPorts,
+        *,
+        allowlist: AllowList,
+        catalog: ItemCatalog,
+        dept: str,
+        doors: list[str],
+        timings: Timings,
+        inventory: Mapping[str, frozenset[int]] | None = None,
+        today: Callable[[], dt.date] = dt.date.today,
+    ) -> None:
+        self.ports = ports
+        self.allowlist = allowlist
+        self.catalog = catalog
+        self.dept = dept
+        self.timings = timings
+        self.state = SessionState.IDLE
+        self.session: UserSession | None = None
+        self.inventory: dict[str, frozenset[int]] = dict(inventory or {})
+        self.pending_links: dict[ItemKey, PendingLink] = {}
+        self.reader_online = True
+        self._today = today
+        self._doors_open: dict[str, float] = {}
+        self._ajar_alarmed: dict[str, float] = {}
+        self._door_names = list(doors)
+        self._pending_badge: Badge | None = None
+        self._deadline = 0.0
+        self._pin_attempts = 0
+        self._count_id = 0
+        self._unknown_alarmed: set[str] = set()
+        self._expired_alarmed: set[ItemKey] = set()
+        self._next_expiry_check = 0.0
+        self._epc_cache: dict[str, Sgtin | None] = {}
+
+    # ------------------------------------------------------------ inputs
+
+    def on_badge(self, text: str, now: float) -> None:
+        badge_text = text.strip()
+        if self.state is not SessionState.IDLE:
+            log.info("badge ignored in state %s", self.state.value)
+            self.ports.signal(Signal.REFUSED)
+            return
+        self.allowlist.reload_if_changed()
+        entry = self.allowlist.lookup(badge_text)
+        if entry is None:
+            self._access(AccessResult.REFUSED, reason="unknown_badge", badge=badge_text[:64])
+            self.ports.signal(Signal.REFUSED)
+            return
+        if entry.needs_pin:
+            self._pending_badge = entry
+            self._pin_attempts = 0
+            self._deadline = now + self.timings.pin_timeout_s
+            self.state = SessionState.AWAIT_PIN
+            self.ports.signal(Signal.ASK_PIN)
+            return
+        self._grant(entry, now)
+
+    def on_pin(self, pin: str, now: float) -> None:
+        entry = self._pending_badge
+        if self.state is not SessionState.AWAIT_PIN or entry is None:
+            self.ports.signal(Signal.REFUSED)
+            return
+        if entry.verify_pin(pin.strip()):
+            self._grant(entry, now)
+            return
+        self._pin_attempts += 1
+        locked = self._pin_attempts >= MAX_PIN_ATTEMPTS
+        self._access(AccessResult.REFUSED, reason="bad_pin", user=entry.user, badge=entry.badge,
+                     attempts=self._pin_attempts, locked_out=locked)
+        self.ports.signal(Signal.REFUSED)
+        if locked:
+            self.state = SessionState.LOCKED_OUT
+            self._pending_badge = None
+            self._deadline = now + self.timings.lockout_s
+
+    def on_door_opened(self, door: str, now: float) -> None:
+        authorised = (
+            self.state is SessionState.UNLOCKED and now <= self._deadline
+        ) or (self.state is SessionState.DOOR_OPEN and self.session is not None and not self.session.forced)
+        self._doors_open[door] = now
+        if not authorised:
+            if self.session is None or self.state is SessionState.UNLOCKED:
+                self.session = self.session or UserSession(_new_id(), None, None, None, now, forced=True)
+            self.session.forced = True
+            self._alarm(AlarmCode.DOOR_FORCED, door=door, state=self.state.value)
+            self.ports.signal(Signal.ALARM)
+        else:
+            assert self.session is not None
+            self._access(AccessResult.DOOR_OPENED, door=door)
+        self.ports.lock(door)  # the latch catches the door when it shuts; no need to keep the coil energised
+        self.state = SessionState.DOOR_OPEN
+        self._pending_badge = None
+
+    def on_door_closed(self, door: str, now: float) -> None:
+        opened = self._doors_open.pop(door, None)
+        self._ajar_alarmed.pop(door, None)
+        if self.session is not None and opened is not None:
+            self._access(AccessResult.DOOR_CLOSED, door=door, open_s=round(now - opened, 3))
+        if self._doors_open or self.state is not SessionState.DOOR_OPEN:
+            return
+        self.state = SessionState.COUNTING if self.reader_online else SessionState.FAULT
+        self.ports.signal(Signal.COUNTING)
+        self._count_id += 1
+        self.ports.start_count(dict(self.inventory), self._count_id)
+
+    def on_count_done(self, result: CountResult, count_id: int, now: float) -> None:
+        if self.state not in (SessionState.COUNTING, SessionState.FAULT) or count_id != self._count_id:
+            log.info("count %d dropped: state %s (a door opened meanwhile)", count_id, self.state.value)
+            return
+        sess = self.session
+        taker = sess.user if sess else None
+        is_restock = sess is not None and sess.role is Role.RESTOCKER
+        last: Event | None = None
+        for epc in sorted(result.taken):
+            sg = self._decode(epc)
+            if sg is None:
+                continue
+            body = self._item_body(epc, sg)
+            last = self.ports.record(EventKind.TAKEN, body)
+            if sess is not None and not is_restock:
+                self.pending_links[sg.item_key] = PendingLink(now + self.timings.link_within_s, sess.id,
+                                                              taker, epc)
+        added_kind = EventKind.RESTOCKED if is_restock else EventKind.RETURNED
+        for epc in sorted(result.added):
+            sg = self._decode(epc)
+            if sg is None:
+                self._unknown(epc, "not an SGTIN-96 EPC")
+                continue
+            if not self.catalog.knows_gtin(sg.gtin):
+                self._unknown(epc, "GTIN not in the catalogue", gtin=sg.gtin)
+            self.pending_links.pop(sg.item_key, None)
+            last = self.ports.record(added_kind, self._item_body(epc, sg))
+        if result.unconfirmed:
+            last = self._alarm(AlarmCode.COUNT_INCOMPLETE, unconfirmed=len(result.unconfirmed))
+        self.inventory = dict(result.present)
+        self._check_expiry(now, force=bool(result.added))
+        seq = last.seq if last is not None else 0
+        self.ports.save_inventory(self.inventory, seq)
+        self.ports.signal(Signal.DONE)
+        self.state = SessionState.IDLE
+        self.session = None
+
+    def on_reader_state(self, online: bool, detail: str, now: float) -> None:
+        if online == self.reader_online:
+            return
+        self.reader_online = online
+        self._alarm(AlarmCode.READER_ONLINE if online else AlarmCode.READER_OFFLINE, detail=detail[:200])
+        if not online and self.state is SessionState.COUNTING:
+            self.state = SessionState.FAULT
+        elif online and self.state is SessionState.FAULT:
+            self.state = SessionState.COUNTING
+
+    def on_consumed(self, key: ItemKey) -> None:
+        """A wristband + item scan of this item was committed: it is linked to a patient."""
+        if self.pending_links.pop(key, None) is not None:
+            log.info("taken item linked to a patient")
+
+    def start_unattributed_count(self) -> None:
+        """Count with no session (at start-up): changes made while the agent was down are recorded unattributed."""
+        if self.state is SessionState.IDLE:
+            self.session = UserSession(_new_id(), None, None, None, 0.0, forced=True)
+            self.state = SessionState.COUNTING
+            self._count_id += 1
+            self.ports.start_count(dict(self.inventory), self._count_id)
+
+    def tick(self, now: float) -> None:
+        """Run timeouts and periodic checks; the loop calls this a few times a second."""
+        if self.state is SessionState.AWAIT_PIN and now > self._deadline:
+            entry = self._pending_badge
+            self._pending_badge = None
+            self.state = SessionState.IDLE
+            self._access(AccessResult.REFUSED, reason="pin_timeout", user=entry.user if entry else None)
+            self.ports.signal(Signal.REFUSED)
+        elif self.state is SessionState.LOCKED_OUT and now > self._deadline:
+            self.state = SessionState.IDLE
+        elif self.state is SessionState.UNLOCKED and now > self._deadline:
+            self.ports.lock(None)
+            self._access(AccessResult.EXPIRED, reason="door_not_opened")
+            self.state = SessionState.IDLE
+            self.session = None
+        for door, since in list(self._doors_open.items()):
+            limit = self.timings.ajar_limits_s.get(door, 60.0)
+            last = self._ajar_alarmed.get(door)
+            due = since + limit if last is None else last + self.timings.ajar_repeat_s
+            if now >= due:
+                self._ajar_alarmed[door] = now
+                self._alarm(AlarmCode.DOOR_AJAR, door=door, open_s=round(now - since, 3))
+                self.ports.signal(Signal.AJAR)
+        for key, pending in list(self.pending_links.items()):
+            if now >= pending.deadline:
+                del self.pending_links[key]
+                self._alarm(AlarmCode.NOT_LINKED, gtin=key[0], serial=key[1], epc=pending.epc,
+                            taken_in=pending.session, user=pending.user)
+        self._check_expiry(now)
+
+    # ------------------------------------------------------------ helpers
+
+    def _grant(self, entry: Badge, now: float) -> None:
+        self._pending_badge = None
+        self.session = UserSession(_new_id(), entry.user, entry.role, entry.badge, now)
+        self._access(AccessResult.GRANTED, user=entry.user, role=entry.role.value, badge=entry.badge)
+        granted = self.ports.unlock(self.timings.unlock_s)
+        self._deadline = now + granted + self.timings.door_grace_s
+        self.state = SessionState.UNLOCKED
+        self.ports.signal(Signal.GRANTED)
+
+    def _access(self, result: AccessResult, **fields: Any) -> Event:
+        body: dict[str, Any] = {"result": result.value, "dept": self.dept}
+        if self.session is not None:
+            body.update(session=self.session.id, user=self.session.user)
+        body.update({k: v for k, v in fields.items() if v is not None})
+        return self.ports.record(EventKind.ACCESS, body)
+
+    def _alarm(self, code: AlarmCode, **fields: Any) -> Event:
+        body: dict[str, Any] = {"alarm": code.value, "dept": self.dept}
+        if self.session is not None and code in (AlarmCode.DOOR_FORCED, AlarmCode.DOOR_AJAR):
+            body.update(session=self.session.id, user=self.session.user)
+        body.update({k: v for k, v in fields.items() if v is not None})
+        log.warning("alarm %s %s", code.value, {k: v for k, v in fields.items() if k not in ("user",)})
+        return self.ports.record(EventKind.ALARM, body)
+
+    def _unknown(self, epc: str, why: str, **fields: Any) -> None:
+        if epc in self._unknown_alarmed:
+            return
+        self._unknown_alarmed.add(epc)
+        self._alarm(AlarmCode.UNKNOWN_TAG, epc=epc, detail=why, **fields)
+
+    def _decode(self, epc: str) -> Sgtin | None:
+        if epc not in self._epc_cache:
+            try:
+                self._epc_cache[epc] = decode_sgtin96(epc)
+            except EpcError:
+                self._epc_cache[epc] = None
+        return self._epc_cache[epc]
+
+    def _item_body(self, epc: str, sg: Sgtin) -> dict[str, Any]:
+        sess = self.session
+        body: dict[str, Any] = {"epc": epc, "gtin": sg.gtin, "serial": sg.serial, "dept": self.dept,
+                                "session": sess.id if sess else None, "user": sess.user if sess else None,
+                                "role": sess.role.value if sess and sess.role else None}
+        facts = self.catalog.facts(sg.item_key)
+        if facts is not None:
+            if facts.lot:
+                body["lot"] = facts.lot
+            if facts.expiry:
+                body["expiry"] = facts.expiry.isoformat()
+        return {k: v for k, v in body.items() if v is not None}
+
+    def _check_expiry(self, now: float, *, force: bool = False) -> None:
+        if not force and now < self._next_expiry_check:
+            return
+        self._next_expiry_check = now + self.timings.expiry_check_s
+        keys = [sg.item_key for sg in (self._decode(e) for e in self.inventory) if sg is not None]
+        for facts in self.catalog.expired(keys, self._today()):
+            key = (facts.gtin, facts.serial)
+            if key in self._expired_alarmed:
+                continue
+            self._expired_alarmed.add(key)
+            self._alarm(AlarmCode.EXPIRED_IN_STOCK, gtin=facts.gtin, serial=facts.serial, lot=facts.lot,
+                        expiry=facts.expiry.isoformat() if facts.expiry else None)
+
+
+def _new_id() -> str:
+    return "S" + secrets.token_hex(8)

@@ -1,0 +1,509 @@
+"""A simulated HIS charging endpoint speaking JSON over HTTP: books each charge id once, with faults.
+
+It implements the contract described in :mod:`gateway.his.http_adapter`: ``POST .../charges`` with the
+charge id in the body and in the ``Idempotency-Key`` header.  A first booking is answered ``201``
+``{"charge_id", "his_ref", "status": "booked"}``; a resend of a booked id ``409``
+``{"error": "already_booked", "charge_id", "his_ref"}``; a resend of a booked id with other content
+``422 idempotency_key_reused``; an invalid body ``422`` (``400`` when it is not JSON); a bad token ``401``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import socket
+import sqlite3
+import sys
+import threading
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PORT = 8088
+_MAX_BODY = 1 << 20
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS received (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    charge_id TEXT,
+    status INTEGER NOT NULL,
+    answer TEXT NOT NULL,
+    raw TEXT NOT NULL,
+    received_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS charges (
+    charge_id TEXT PRIMARY KEY,
+    admission TEXT NOT NULL,
+    charge_code TEXT NOT NULL,
+    item_code TEXT NOT NULL,
+    qty INTEGER NOT NULL,
+    unit_price_fen INTEGER NOT NULL,
+    amount_fen INTEGER NOT NULL,
+    gtin TEXT NOT NULL,
+    serial TEXT NOT NULL,
+    body TEXT NOT NULL,
+    first_received_at TEXT NOT NULL,
+    times_received INTEGER NOT NULL,
+    his_ref TEXT NOT NULL
+);
+"""
+
+_REQUIRED: dict[str, type] = {
+    "charge_id": str, "admission": str, "item_code": str, "charge_code": str, "qty": int,
+    "unit_price_fen": int, "amount_fen": int, "udi": dict, "operator": str, "dept": str, "used_at": str,
+}
+
+
+class SimulatedHttpHisError(Exception):
+    """Root of the simulator's errors; `reason` is a stable code."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class SimulatedHttpHisStateError(SimulatedHttpHisError, RuntimeError):
+    """A control was used in the wrong state (e.g. `come_up` before `start`)."""
+
+
+@dataclass(frozen=True)
+class HttpHisStats:
+    """Counters since start; `received` and the charge figures come from the database."""
+
+    received: int
+    unique_charges: int
+    duplicates_received: int
+    responses_sent: int
+    responses_dropped: int
+    rejected: int
+    wrong_charge_ids_sent: int
+    connections_accepted: int
+
+
+@dataclass(frozen=True)
+class HttpHisCharge:
+    """One charge as the HIS booked it (one per charge id)."""
+
+    charge_id: str
+    admission: str
+    charge_code: str
+    item_code: str
+    qty: int
+    unit_price_fen: int
+    amount_fen: int
+    gtin: str
+    serial: str
+    times_received: int
+    his_ref: str
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    body: dict[str, Any]
+
+
+class _Server(ThreadingHTTPServer):
+    """A threading HTTP server that knows its open connections, so an outage can cut them."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], his: SimulatedHttpHis) -> None:
+        self.his = his
+        self.open_connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        conn, addr = super().get_request()
+        with self.connections_lock:
+            self.open_connections.add(conn)
+        self.his._count_connection()
+        return conn, addr
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.connections_lock:
+            self.open_connections.discard(request)
+        super().shutdown_request(request)
+
+    def cut_connections(self) -> None:
+        with self.connections_lock:
+            connections = list(self.open_connections)
+        for conn in connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    timeout = 30
+    server: _Server
+
+    def do_POST(self) -> None:
+        his = self.server.his
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(min(length, _MAX_BODY + 1))
+        if not self.path.rstrip("/").endswith("/charges"):
+            self._reply(_Answer(404, {"error": "not_found", "message": f"no resource {self.path}"}))
+            return
+        answer = his._handle(raw, self.headers.get("Idempotency-Key"), self.headers.get("Authorization"))
+        if answer is None:
+            self.close_connection = True
+            return
+        self._reply(answer)
+
+    def _reply(self, answer: _Answer) -> None:
+        payload = json.dumps(answer.body, ensure_ascii=False).encode("utf-8")
+        self.send_response(answer.status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+        self.server.his._count_response()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("simulated HTTP HIS: " + format, *args)
+
+
+class _Refusal(Exception):
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.answer = _Answer(status, {"error": error, "message": message})
+
+
+class SimulatedHttpHis:
+    """An HTTP listener on 127.0.0.1 that books charges like a HIS and de-duplicates resends by charge id.
+
+    Fault controls may be called from any thread while it runs.  One thread accepts, one thread serves
+    each connection; the SQLite connection is shared under one lock.
+    """
+
+    def __init__(
+        self, db_path: str | Path, *, host: str = "127.0.0.1", port: int = 0, token: str | None = None
+    ) -> None:
+        self.host = host
+        self.token = token
+        self._requested_port = port
+        self._port: int | None = None
+        self._db_path = Path(db_path)
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        self._server: _Server | None = None
+        self._serve_thread: threading.Thread | None = None
+        self._down = threading.Event()
+        self._forced: deque[_Answer] = deque()
+        self._rejected_codes: set[str] = set()
+        self._drop_after_store = 0
+        self._wrong_id_next = 0
+        self._delay_s = 0.0
+        self._ref_seq = 0
+        self._responses_sent = 0
+        self._responses_dropped = 0
+        self._rejected = 0
+        self._wrong_ids_sent = 0
+        self._connections_accepted = 0
+
+    # -- life cycle -----------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The TCP port it listens on (chosen at the first `start` when created with port 0)."""
+        if self._port is None:
+            raise SimulatedHttpHisStateError("not_started", "the simulated HIS has not been started")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """The base URL to configure the adapter with."""
+        return f"http://{self.host}:{self.port}/his/api"
+
+    @property
+    def is_up(self) -> bool:
+        return self._server is not None
+
+    def start(self) -> SimulatedHttpHis:
+        """Open the database and start listening."""
+        if self._db is None:
+            self._db = sqlite3.connect(self._db_path, check_same_thread=False, isolation_level=None)
+            self._db.executescript(_SCHEMA)
+            (count,) = self._db.execute("SELECT COUNT(*) FROM charges").fetchone()
+            self._ref_seq = int(count)
+        self.come_up()
+        return self
+
+    def stop(self) -> None:
+        """Stop listening, cut every connection and close the database."""
+        self.go_down()
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def __enter__(self) -> SimulatedHttpHis:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def come_up(self) -> None:
+        """Listen again, on the same port as before."""
+        if self._db is None:
+            raise SimulatedHttpHisStateError("not_started", "call start() first")
+        if self._server is not None:
+            return
+        server = _Server((self.host, self._port if self._port is not None else self._requested_port), self)
+        self._port = int(server.server_address[1])
+        self._down.clear()
+        self._server = server
+        self._serve_thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"his-http-sim-{self._port}", daemon=True
+        )
+        self._serve_thread.start()
+        logger.info("simulated HTTP HIS listening on %s:%d", self.host, self._port)
+
+    def go_down(self) -> None:
+        """Stop listening and cut every open connection (a HIS outage)."""
+        self._down.set()
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.cut_connections()
+        server.server_close()
+        if self._serve_thread is not None:
+            self._serve_thread.join()
+            self._serve_thread = None
+        logger.info("simulated HTTP HIS down")
+
+    # -- fault controls -------------------------------------------------------------
+
+    def drop_responses_after_store(self, n: int) -> None:
+        """Book the next `n` charges, then close their connection without answering."""
+        with self._lock:
+            self._drop_after_store = n
+
+    def answer_next(self, status: int, n: int = 1, *, error: str = "forced", message: str = "") -> None:
+        """Answer the next `n` requests with this HTTP status and error body, booking nothing."""
+        with self._lock:
+            self._forced.extend([_Answer(status, {"error": error, "message": message})] * n)
+
+    def reject_charge_codes(self, codes: set[str] | frozenset[str]) -> None:
+        """Answer 422 ``unknown_charge_code`` to every charge with one of these charge codes."""
+        with self._lock:
+            self._rejected_codes = set(codes)
+
+    def set_delay(self, seconds: float) -> None:
+        """Wait this long after booking before answering (a slow HIS)."""
+        with self._lock:
+            self._delay_s = max(0.0, seconds)
+
+    def wrong_charge_id_next(self, n: int) -> None:
+        """Book the next `n` charges but echo another charge id in the answer."""
+        with self._lock:
+            self._wrong_id_next = n
+
+    # -- read side ------------------------------------------------------------------
+
+    def stats(self) -> HttpHisStats:
+        with self._lock:
+            db = self._require_db()
+            (received,) = db.execute("SELECT COUNT(*) FROM received").fetchone()
+            unique, extra = db.execute("SELECT COUNT(*), COALESCE(SUM(times_received - 1), 0) FROM charges").fetchone()
+            return HttpHisStats(
+                received=received,
+                unique_charges=unique,
+                duplicates_received=extra,
+                responses_sent=self._responses_sent,
+                responses_dropped=self._responses_dropped,
+                rejected=self._rejected,
+                wrong_charge_ids_sent=self._wrong_ids_sent,
+                connections_accepted=self._connections_accepted,
+            )
+
+    def charges(self) -> list[HttpHisCharge]:
+        """Every booked charge, in booking order."""
+        with self._lock:
+            rows = self._require_db().execute(
+                "SELECT charge_id, admission, charge_code, item_code, qty, unit_price_fen, amount_fen, gtin, serial,"
+                " times_received, his_ref FROM charges ORDER BY rowid"
+            ).fetchall()
+        return [HttpHisCharge(*row) for row in rows]
+
+    def answers(self) -> list[tuple[str | None, int, str]]:
+        """(charge id, HTTP status, error or 'booked'/'dropped') for every request in arrival order."""
+        with self._lock:
+            rows = self._require_db().execute("SELECT charge_id, status, answer FROM received ORDER BY id").fetchall()
+        return [(row[0], row[1], row[2]) for row in rows]
+
+    def booked_body(self, charge_id: str) -> dict[str, Any] | None:
+        """The JSON body of a booked charge as first received."""
+        with self._lock:
+            row = self._require_db().execute("SELECT body FROM charges WHERE charge_id = ?", (charge_id,)).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    # -- serving --------------------------------------------------------------------
+
+    def _count_connection(self) -> None:
+        with self._lock:
+            self._connections_accepted += 1
+
+    def _count_response(self) -> None:
+        with self._lock:
+            self._responses_sent += 1
+
+    def _handle(self, raw: bytes, idempotency_key: str | None, authorization: str | None) -> _Answer | None:
+        """Record and book one request; the answer, or None to close the connection without one."""
+        received_at = datetime.now(UTC).isoformat(timespec="milliseconds")
+        text = raw.decode("utf-8", errors="replace")
+        try:
+            body = self._validate(raw, idempotency_key, authorization)
+        except _Refusal as refusal:
+            with self._lock:
+                self._rejected += 1
+                self._record(None, refusal.answer, text, received_at)
+            return refusal.answer
+        charge_id = str(body["charge_id"])
+        with self._lock:
+            answer = self._forced.popleft() if self._forced else None
+            if answer is None and body["charge_code"] in self._rejected_codes:
+                answer = _Answer(422, {"error": "unknown_charge_code", "charge_id": charge_id,
+                                       "message": f"unknown charge code {body['charge_code']}"})
+            if answer is not None:
+                self._rejected += 1
+                self._record(charge_id, answer, text, received_at)
+                return answer
+            answer = self._book(body, text, received_at)
+            if answer.status == 201 and self._drop_after_store > 0:
+                self._drop_after_store -= 1
+                self._responses_dropped += 1
+                self._record(charge_id, _Answer(0, {"error": "dropped"}), text, received_at)
+                return None
+            if answer.status == 201 and self._wrong_id_next > 0:
+                self._wrong_id_next -= 1
+                self._wrong_ids_sent += 1
+                answer = _Answer(201, {**answer.body, "charge_id": "X" + charge_id[1:]})
+            self._record(charge_id, answer, text, received_at)
+            delay = self._delay_s
+        if delay and self._down.wait(delay):
+            return None
+        return answer
+
+    def _validate(self, raw: bytes, idempotency_key: str | None, authorization: str | None) -> dict[str, Any]:
+        if self.token is not None and authorization != f"Bearer {self.token}":
+            raise _Refusal(401, "unauthorized", "missing or wrong bearer token")
+        if len(raw) > _MAX_BODY:
+            raise _Refusal(413, "too_large", "request body too large")
+        try:
+            body = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise _Refusal(400, "bad_json", f"body is not JSON: {err}") from None
+        if not isinstance(body, dict):
+            raise _Refusal(400, "bad_json", "body is not a JSON object")
+        for name, kind in _REQUIRED.items():
+            value = body.get(name)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise _Refusal(422, "invalid_field", f"{name} is missing or not {kind.__name__}")
+        for name in ("charge_id", "admission", "charge_code"):
+            if not body[name].strip():
+                raise _Refusal(422, "invalid_field", f"{name} is empty")
+        if idempotency_key != body["charge_id"]:
+            raise _Refusal(400, "idempotency_key_mismatch", "Idempotency-Key header differs from charge_id")
+        if body["qty"] <= 0 or body["unit_price_fen"] < 0:
+            raise _Refusal(422, "invalid_amount", "qty must be positive and unit_price_fen non-negative")
+        if body["amount_fen"] != body["qty"] * body["unit_price_fen"]:
+            raise _Refusal(422, "invalid_amount", "amount_fen is not qty * unit_price_fen")
+        return body
+
+    def _book(self, body: dict[str, Any], text: str, received_at: str) -> _Answer:
+        db = self._require_db()
+        charge_id = body["charge_id"]
+        row = db.execute(
+            "SELECT admission, charge_code, qty, unit_price_fen, his_ref FROM charges WHERE charge_id = ?", (charge_id,)
+        ).fetchone()
+        if row is not None:
+            if tuple(row[:4]) != (body["admission"], body["charge_code"], body["qty"], body["unit_price_fen"]):
+                self._rejected += 1
+                return _Answer(422, {"error": "idempotency_key_reused", "charge_id": charge_id,
+                                     "message": f"charge {charge_id} was booked with other content"})
+            db.execute("UPDATE charges SET times_received = times_received + 1 WHERE charge_id = ?", (charge_id,))
+            logger.info("simulated HTTP HIS: resend of %s (not booked again)", charge_id)
+            return _Answer(409, {"error": "already_booked", "charge_id": charge_id, "his_ref": row[4],
+                                 "message": f"charge {charge_id} is already booked"})
+        self._ref_seq += 1
+        his_ref = f"HTTPHIS{self._ref_seq:08d}"
+        udi = body["udi"]
+        db.execute(
+            "INSERT INTO charges (charge_id, admission, charge_code, item_code, qty, unit_price_fen, amount_fen, gtin,"
+            " serial, body, first_received_at, times_received, his_ref) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
+            (charge_id, body["admission"], body["charge_code"], body["item_code"], body["qty"], body["unit_price_fen"],
+             body["amount_fen"], str(udi.get("gtin", "")), str(udi.get("serial", "")), text, received_at, his_ref),
+        )
+        return _Answer(201, {"charge_id": charge_id, "his_ref": his_ref, "status": "booked"})
+
+    def _record(self, charge_id: str | None, answer: _Answer, raw: str, received_at: str) -> None:
+        label = str(answer.body.get("error") or answer.body.get("status") or "")
+        self._require_db().execute(
+            "INSERT INTO received (charge_id, status, answer, raw, received_at) VALUES (?, ?, ?, ?, ?)",
+            (charge_id, answer.status, label, raw, received_at),
+        )
+
+    def _require_db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise SimulatedHttpHisStateError("not_started", "the simulated HIS database is not open")
+        return self._db
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a simulated HTTP JSON HIS until interrupted."""
+    parser = argparse.ArgumentParser(prog="spd-sim his-http", description="Simulated HIS: JSON charges over HTTP.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port, 0 for any free one ({DEFAULT_PORT})")
+    parser.add_argument("--db", required=True, type=Path, help="SQLite file recording what was received")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds to wait before each answer")
+    parser.add_argument("--reject-code", action="append", default=[], help="charge code always answered 422")
+    parser.add_argument("--token", default=None, help="bearer token required from clients")
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = signal.signal(signal.SIGTERM, on_signal)
+    his = SimulatedHttpHis(args.db, host=args.host, port=args.port, token=args.token)
+    try:
+        his.start()
+    except OSError as err:
+        his.stop()
+        print(f"spd-sim his-http: cannot listen on {args.host}:{args.port}: {err}", file=sys.stderr)
+        signal.signal(signal.SIGTERM, previous)
+        return 2
+    his.set_delay(args.delay)
+    his.reject_charge_codes(set(args.reject_code))
+    print(f"simulated HTTP HIS at {his.url}, recording to {args.db}", flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stats = his.stats()
+        his.stop()
+        signal.signal(signal.SIGTERM, previous)
+    print(f"received {stats.received}, charges {stats.unique_charges}, duplicates {stats.duplicates_received}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -50,6 +51,7 @@ from device.wire import Event, EventKind
 
 log = logging.getLogger(__name__)
 
+_AIM_PREFIX = re.compile(r"^\][A-Za-z][0-9A-Za-z]")
 WRISTBAND_HOLD_S = 120.0  # a wristband scan pairs with an item scanned within this time
 _TICK_S = 0.05
 
@@ -217,7 +219,7 @@ class CabinetAgent:
     def _on_scan(self, text: str) -> None:
         now = time.monotonic()
         cab = self.cabinet
-        stripped = text.strip()
+        stripped = _AIM_PREFIX.sub("", text.strip())  # a badge printed as a barcode arrives with "]C0" etc.
         if cab.state is SessionState.AWAIT_PIN and stripped.isdigit() and len(stripped) <= 12:
             cab.on_pin(stripped, now)
             return
@@ -419,7 +421,7 @@ class CabinetAgent:
 
     def _start_scanners(self) -> None:
         sc = self.config.scanners
-        urls = list(sc.ports) + ([sc.badge_port] if sc.badge_port else [])
+        urls = [(u, True) for u in sc.ports] + ([(sc.badge_port, False)] if sc.badge_port else [])
         if not urls:
             return
         from device.hal.scanner import ScanLine, SerialScanner  # imported here: a scanner problem stays its own
@@ -427,8 +429,8 @@ class CabinetAgent:
         def on_scan(line: ScanLine) -> None:
             self.scan_text(line.text)
 
-        for url in urls:
-            scanner = SerialScanner(url, baudrate=sc.baudrate, on_scan=on_scan)
+        for url, symbology_ids in urls:  # a badge reader sends bare card numbers, no symbology identifier
+            scanner = SerialScanner(url, baudrate=sc.baudrate, symbology_ids=symbology_ids, on_scan=on_scan)
             scanner.start()
             self._scanners.append(scanner)
 

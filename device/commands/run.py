@@ -1,0 +1,65 @@
+"""``spd-device run``: run the cabinet agent from a configuration file until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from device.cabinet.config import cabinet_config
+from device.config import ConfigError, load_config
+
+log = logging.getLogger(__name__)
+
+
+def run(config_path: Path, *, stop: threading.Event | None = None) -> int:
+    """Start event log, sync and cabinet agent; block until ``stop`` is set (or a signal arrives)."""
+    from device.cabinet.agent import CabinetAgent
+    from device.eventlog import EventLog
+    from device.sync import DeviceSync, TlsSettings
+
+    cfg = load_config(config_path)
+    if cfg.kind != "cabinet":
+        raise ConfigError(cfg.source, "device.kind", f"'run' drives a cabinet; this device is a {cfg.kind}")
+    cab = cabinet_config(cfg)
+    eventlog = EventLog(cfg.log_path, device=cfg.device_id, retention_s=cfg.log.retention_days * 86400)
+    tls = cfg.broker.tls
+    sync = DeviceSync(
+        eventlog, site=cfg.site, host=cfg.broker.host, port=cfg.broker.port, batch_size=cfg.sync.batch_size,
+        window=cfg.sync.window, resend_after_s=cfg.sync.resend_after_s, state_every_s=cfg.sync.state_every_s,
+        keepalive_s=cfg.broker.keepalive_s,
+        tls=TlsSettings(str(tls.ca_file), str(tls.cert_file), str(tls.key_file)) if tls else None,
+    )
+    agent = CabinetAgent(cab, eventlog=eventlog, data_dir=cfg.data_dir, on_committed=lambda ev: sync.notify())
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    sync.start()
+    agent.start()
+    log.info("cabinet %s running (%s, reader %s)", cfg.device_id, cab.pin_factory, cab.reader.url)
+    try:
+        while not stop.wait(1.0):
+            eventlog.prune()
+    finally:
+        agent.stop()
+        sync.stop()
+        eventlog.close()
+    return 0
+
+
+def _main(a: argparse.Namespace) -> int:
+    try:
+        return run(a.config)
+    except ConfigError as err:
+        print(f"configuration error: {err}")
+        return 2
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("run", help="run the cabinet agent")
+    p.add_argument("--config", type=Path, default=Path("/etc/spd-device/device.toml"))
+    p.set_defaults(func=_main)

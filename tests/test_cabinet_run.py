@@ -1,0 +1,65 @@
+"""``spd-device run`` on simulator backends: sim pins, a pty reader, a badge read through a pty scanner."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from device.cabinet.allowlist import Badge, Role, write_allowlist
+from device.commands.run import run
+from device.eventlog import EventLog
+from hw_sim.pty_serial import PtyPort
+from hw_sim.rfid_reader import SimR2000Reader
+
+
+def test_run_command_grants_a_badge_read_from_the_badge_reader(tmp_path: Path) -> None:
+    reader = SimR2000Reader(tags_per_s=3000)
+    reader.add_tag("3035A875440B5E00000F4247", antennas=(1,))
+    scanner = PtyPort(name="ttyScan0")
+    write_allowlist(tmp_path / "allow.json", [Badge("04A1B2C3", "N0001", Role.NURSE)])
+    cfg = tmp_path / "cab.toml"
+    cfg.write_text(f"""
+[device]
+id = "CABRUN"
+site = "H1"
+data_dir = "data"
+[broker]
+port = 1
+[cabinet]
+dept = "ICU-2"
+pin_factory = "sim"
+allowlist_file = "allow.json"
+[[cabinet.doors]]
+name = "door"
+lock_pin = 5
+door_pin = 6
+[cabinet.reader]
+url = "{reader.url}"
+timeout_s = 0.3
+[cabinet.scanners]
+badge_port = "{scanner.url}"
+""", encoding="utf-8")
+    stop = threading.Event()
+    t = threading.Thread(target=run, args=(cfg,), kwargs={"stop": stop}, daemon=True)
+    t.start()
+    try:
+        db = tmp_path / "data" / "events.db"
+        deadline = time.monotonic() + 10
+        while not (tmp_path / "data" / "inventory.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)  # the scanner thread opens its port
+        scanner.write(b"04A1B2C3\r")
+        bodies: list[dict[str, object]] = []
+        while time.monotonic() < deadline and not bodies:
+            log = EventLog(db, device="CABRUN")
+            bodies = [e.body for e in log.events() if e.kind == "access"]
+            log.close()
+            time.sleep(0.05)
+        assert [(b["result"], b["user"]) for b in bodies] == [("granted", "N0001")]
+    finally:
+        stop.set()
+        t.join(10)
+        scanner.close()
+        reader.close()
+    assert not t.is_alive()

@@ -1,0 +1,254 @@
+"""The device fleet: registry, versioned config/catalog/allow-list pushes as retained signed commands, and the listing.
+
+Desired state is kept per device and component with an increasing version.
+A push signs one ``desired_state`` command carrying every component of that
+device and publishes it retained on the device's ``cmd`` topic, so a device
+that was offline gets it when it reconnects. Devices report the versions
+they applied in their state (``extra.applied``); a device that comes online
+behind its desired versions gets the desired state re-signed and re-sent
+(a retained command older than its lifetime would be refused as expired).
+
+Threads: :class:`FleetLink` runs paho's network thread (state in, commands
+out); :class:`Fleet` methods may be called from it and from the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from device.remote import CommandKind, Component
+from device.sync import TlsSettings
+from device.wire import Channel, DeviceState, DeviceStatus, WireError, decode_state, subscription, topic
+from gateway.audit import AuditAction, AuditLog, device_alarm_counts
+from gateway.commands import CommandSequence, CommandSigner
+from gateway.store import GatewayStore
+
+log = logging.getLogger(__name__)
+
+FLEET_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS fleet_desired (device TEXT NOT NULL, site TEXT NOT NULL, component TEXT NOT NULL, "
+    "version INTEGER NOT NULL, doc TEXT NOT NULL, pushed_at REAL NOT NULL, pushed_by TEXT NOT NULL, "
+    "PRIMARY KEY (device, component))",
+    "CREATE TABLE IF NOT EXISTS fleet_applied (device TEXT PRIMARY KEY, applied TEXT NOT NULL, reported_at REAL "
+    "NOT NULL)",
+)
+
+Publish = Callable[[str, bytes, bool], None]
+"""(topic, payload, retain) -> None; QoS 1."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRow:
+    """One line of ``spd-gateway devices``."""
+
+    device: str
+    site: str
+    status: str  # online / offline / unknown
+    last_seen: float | None
+    version: str
+    backlog: int
+    alarms: int
+    desired: dict[str, int]
+    applied: dict[str, int]
+
+    @property
+    def in_sync(self) -> bool:
+        return all(self.applied.get(c, 0) >= v for c, v in self.desired.items())
+
+
+class Fleet:
+    """Registry and pushes over one gateway store."""
+
+    def __init__(self, store: GatewayStore, signer: CommandSigner, publish: Publish, *, audit: AuditLog | None = None,
+                 offline_after_s: float = 120.0, resend_after_s: float = 300.0) -> None:
+        self.store = store
+        self.signer = signer
+        self.publish = publish
+        self.audit = audit or AuditLog(store)
+        self.sequence = CommandSequence(store)
+        self.offline_after_s = offline_after_s
+        self.resend_after_s = resend_after_s
+        self._last_sent: dict[str, float] = {}
+        self._lock = threading.Lock()
+        with store.transaction() as db:
+            for s in FLEET_SCHEMA:
+                db.execute(s)
+
+    # ------------------------------------------------------------ pushes and commands
+
+    def register(self, site: str, device: str) -> None:
+        """Make a device known before it ever reports (at enrolment)."""
+        with self.store.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO devices (device, site) VALUES (?, ?)", (device, site))
+
+    def known(self) -> list[tuple[str, str]]:
+        return [(str(s), str(d)) for d, s in self.store.query("SELECT device, site FROM devices ORDER BY device")]
+
+    def push(self, component: Component, doc: Any, *, requested_by: str,
+             devices: list[tuple[str, str]] | None = None) -> dict[str, int]:
+        """Set a new version of ``component`` for the devices (default: every known one) and publish it."""
+        targets = devices if devices is not None else self.known()
+        versions: dict[str, int] = {}
+        text = json.dumps(doc, sort_keys=True, ensure_ascii=False)
+        with self._lock:
+            for site, device in targets:
+                with self.store.transaction() as db:
+                    row = db.execute("SELECT version FROM fleet_desired WHERE device = ? AND component = ?",
+                                     (device, component.value)).fetchone()
+                    version = (row[0] if row else 0) + 1
+                    db.execute(
+                        "INSERT INTO fleet_desired (device, site, component, version, doc, pushed_at, pushed_by) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device, component) DO UPDATE SET "
+                        "version = excluded.version, doc = excluded.doc, pushed_at = excluded.pushed_at, "
+                        "pushed_by = excluded.pushed_by, site = excluded.site",
+                        (device, site, component.value, version, text, time.time(), requested_by))
+                versions[device] = version
+                self._send_desired(site, device, requested_by)
+        return versions
+
+    def _send_desired(self, site: str, device: str, requested_by: str) -> int:
+        rows = self.store.query("SELECT component, version, doc FROM fleet_desired WHERE device = ?", (device,))
+        components = {c: {"version": v, "doc": json.loads(d)} for c, v, d in rows}
+        seq = self.sequence.next(device)
+        payload = self.signer.sign(CommandKind.DESIRED_STATE, device=device, site=site, seq=seq,
+                                   requested_by=requested_by, args={"components": components})
+        self.publish(topic(site, device, Channel.CMD), payload, True)
+        self._last_sent[device] = time.monotonic()
+        self.audit.record(requested_by, AuditAction.COMMAND_SENT, device=device, cmd=CommandKind.DESIRED_STATE.value,
+                          seq=seq, versions={c: v["version"] for c, v in components.items()})
+        return seq
+
+    def unlock(self, site: str, device: str, *, seconds: int, requested_by: str) -> int:
+        """Send a one-time, short-lived unlock; returns its sequence number."""
+        with self._lock:
+            seq = self.sequence.next(device)
+            payload = self.signer.sign(CommandKind.UNLOCK, device=device, site=site, seq=seq,
+                                       requested_by=requested_by, args={"seconds": seconds})
+            self.publish(topic(site, device, Channel.CMD), payload, False)
+        self.audit.record(requested_by, AuditAction.COMMAND_SENT, device=device, cmd=CommandKind.UNLOCK.value,
+                          seq=seq, seconds=seconds)
+        return seq
+
+    # ------------------------------------------------------------ what devices report
+
+    def desired(self, device: str) -> dict[str, int]:
+        return {str(c): int(v) for c, v in self.store.query(
+            "SELECT component, version FROM fleet_desired WHERE device = ?", (device,))}
+
+    def record_state(self, site: str, state: DeviceState) -> None:
+        """Note the versions a device applied; re-send its desired state if it came online behind."""
+        applied_raw = state.extra.get("applied", {})
+        applied = {str(k): int(v) for k, v in applied_raw.items() if isinstance(v, int)} \
+            if isinstance(applied_raw, dict) else {}
+        with self.store.transaction() as db:
+            db.execute("INSERT INTO fleet_applied (device, applied, reported_at) VALUES (?, ?, ?) "
+                       "ON CONFLICT (device) DO UPDATE SET applied = excluded.applied, "
+                       "reported_at = excluded.reported_at", (state.device, json.dumps(applied), time.time()))
+        desired = self.desired(state.device)
+        behind = [c for c, v in desired.items() if applied.get(c, 0) < v]
+        now = time.monotonic()
+        if state.status is DeviceStatus.ONLINE and behind and \
+                now - self._last_sent.get(state.device, -1e9) > self.resend_after_s:
+            log.info("fleet: %s is online behind its desired %s; re-sending", state.device, ", ".join(behind))
+            with self._lock:
+                self._send_desired(site, state.device, "fleet")
+
+    def applied(self, device: str) -> dict[str, int]:
+        rows = self.store.query("SELECT applied FROM fleet_applied WHERE device = ?", (device,))
+        return {str(k): int(v) for k, v in json.loads(rows[0][0]).items()} if rows else {}
+
+    def devices(self, *, now: float | None = None) -> list[DeviceRow]:
+        at = time.time() if now is None else now
+        alarms = device_alarm_counts(self.store)
+        out = []
+        for device, site, last_seen, status, backlog, version in self.store.query(
+                "SELECT device, site, last_seen, status, backlog, version FROM devices ORDER BY site, device"):
+            fresh = last_seen is not None and at - last_seen <= self.offline_after_s
+            shown = DeviceStatus.ONLINE.value if status == DeviceStatus.ONLINE.value and fresh else \
+                DeviceStatus.OFFLINE.value if last_seen is not None else "unknown"
+            out.append(DeviceRow(device, site, shown, last_seen, version, int(backlog), alarms.get(device, 0),
+                                 self.desired(device), self.applied(device)))
+        return out
+
+
+def format_devices(rows: list[DeviceRow], *, now: float | None = None) -> str:
+    """The table printed by ``spd-gateway devices``."""
+    at = time.time() if now is None else now
+    head = f"{'DEVICE':<12} {'SITE':<6} {'STATUS':<8} {'LAST SEEN':>10} {'VERSION':<9} {'BACKLOG':>7} {'ALARMS':>6}  " \
+           "CONFIG/CATALOG/ALLOWLIST (applied/desired)"
+    lines = [head]
+    for r in rows:
+        seen = "never" if r.last_seen is None else _ago(at - r.last_seen)
+        comps = " ".join(f"{c}:{r.applied.get(c, 0)}/{r.desired[c]}" for c in sorted(r.desired)) or "-"
+        lines.append(f"{r.device:<12} {r.site:<6} {r.status:<8} {seen:>10} {r.version or '-':<9} {r.backlog:>7} "
+                     f"{r.alarms:>6}  {comps}")
+    return "\n".join(lines)
+
+
+def _ago(s: float) -> str:
+    s = max(0.0, s)
+    return f"{s:.0f}s ago" if s < 120 else f"{s / 60:.0f}m ago" if s < 7200 else f"{s / 3600:.0f}h ago"
+
+
+class FleetLink:
+    """The fleet's MQTT connection (gateway identity): reads device state, publishes commands."""
+
+    def __init__(self, store: GatewayStore, *, host: str, port: int, tls: TlsSettings | None,
+                 client_id: str = "spd-gateway-fleet") -> None:
+        self.store = store
+        self.fleet: Fleet | None = None
+        self._connected = threading.Event()
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        if tls is not None:
+            c.tls_set(ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file,
+                      tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        c.on_connect = self._on_connect
+        c.on_message = self._on_message
+        self._client = c
+        self.host, self.port = host, port
+
+    def publish(self, topic_text: str, payload: bytes, retain: bool) -> None:
+        self._client.publish(topic_text, payload, qos=1, retain=retain).wait_for_publish(10)
+
+    def start(self) -> FleetLink:
+        self._client.connect_async(self.host, self.port, keepalive=15)
+        self._client.loop_start()
+        return self
+
+    def wait_connected(self, timeout_s: float = 10.0) -> bool:
+        return self._connected.wait(timeout_s)
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
+        if rc.is_failure:
+            log.error("fleet: broker refused connection: %s", rc)
+            return
+        client.subscribe(subscription(Channel.STATE), qos=1)
+        self._connected.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if not msg.payload or self.fleet is None:
+            return
+        try:
+            state = decode_state(msg.topic, bytes(msg.payload))
+            site = msg.topic.split("/")[2]
+            self.store.update_device_state(site, state)
+            self.fleet.record_state(site, state)
+        except WireError as err:
+            log.warning("fleet: ignored state on %s: %s", msg.topic, err)
+        except Exception:
+            log.exception("fleet: failed to record state from %s", msg.topic)

@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from gateway import fieldops_cli
 from gateway.catalog import read_catalog_file
 from gateway.store import GatewayStore
 
@@ -112,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--status", default="parked", choices=["all", "pending", "accepted", "parked"])
     ch.add_argument("--limit", type=int, default=100)
     ch.set_defaults(func=_charges)
+
+    fieldops_cli.register(sub)
     return p
 
 

@@ -1,0 +1,285 @@
+"""``spd-gateway`` commands for field operations: site CA, enrolment, revocation, broker files, fleet, audit."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from device.export import ExportError
+from device.remote import Component
+from device.sync import TlsSettings
+from gateway.audit import AuditAction, AuditLog, chain_break_alarms
+from gateway.broker_acl import DEFAULT_TEMPLATE, BrokerPaths, render_acl, render_config
+from gateway.store import GatewayStore
+
+
+def _actor(a: argparse.Namespace) -> str:
+    return str(a.by or getpass.getuser())
+
+
+def _ca_init(a: argparse.Namespace) -> int:
+    from gateway.pki import SiteCA
+
+    ca = SiteCA.create(a.ca_dir, site=a.site)
+    print(f"site CA created in {a.ca_dir}\nfingerprint (give it to technicians with each token): {ca.fingerprint}")
+    return 0
+
+
+def _enrol_token(a: argparse.Namespace) -> int:
+    from gateway.enrol import EnrolmentTokens
+    from gateway.pki import SiteCA
+
+    ca = SiteCA.load(a.ca_dir)
+    tokens = EnrolmentTokens(Path(a.ca_dir) / "tokens.db")
+    tok = tokens.issue(site=a.site, device=a.device, ttl_s=a.ttl_hours * 3600, issued_by=_actor(a))
+    if a.db:
+        store = GatewayStore(a.db)
+        AuditLog(store).record(_actor(a), AuditAction.TOKEN_ISSUED, device=a.device, site=a.site)
+        store.close()
+    print(f"token:          {tok.text}\nca-fingerprint: {ca.fingerprint}\nvalid for:      {a.ttl_hours} h, once")
+    return 0
+
+
+def _enrol_serve(a: argparse.Namespace) -> int:
+    from gateway.commands import load_signing_key, public_key_pem
+    from gateway.enrol import EnrolmentService, EnrolmentSettings, EnrolmentTokens
+    from gateway.pki import SiteCA
+
+    ca = SiteCA.load(a.ca_dir)
+    settings = EnrolmentSettings(a.broker_host, a.broker_port, public_key_pem(load_signing_key(a.signing_key)))
+    svc = EnrolmentService(ca, EnrolmentTokens(Path(a.ca_dir) / "tokens.db"), settings, host=a.bind,
+                           port=a.port).start()
+    print(f"enrolment service on {svc.url}; CA fingerprint {ca.fingerprint}", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    svc.stop()
+    return 0
+
+
+def _revoke(a: argparse.Namespace) -> int:
+    from gateway.pki import RevocationReason, SiteCA
+
+    ca = SiteCA.load(a.ca_dir)
+    n = ca.revoke_name(a.device, RevocationReason(a.reason))
+    if a.db:
+        store = GatewayStore(a.db)
+        AuditLog(store).record(_actor(a), AuditAction.CERT_REVOKED, device=a.device, reason=a.reason, count=n)
+        store.close()
+    print(f"revoked {n} certificate(s) of {a.device}; CRL written to {ca.crl_path}. "
+          "Reload the broker (systemctl reload mosquitto) for it to take effect.")
+    return 0
+
+
+def _signing_key(a: argparse.Namespace) -> int:
+    from gateway.commands import generate_signing_key, public_key_pem
+
+    key = generate_signing_key(a.out)
+    sys.stdout.write(public_key_pem(key).decode())
+    return 0
+
+
+def _broker_acl(a: argparse.Namespace) -> int:
+    text = render_acl(a.site)
+    if a.out:
+        Path(a.out).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _broker_config(a: argparse.Namespace) -> int:
+    paths = BrokerPaths(ca_file=a.ca_file, cert_file=a.cert_file, key_file=a.key_file, crl_file=a.crl_file,
+                        acl_file=a.acl_file, persistence_dir=a.persistence_dir)
+    sys.stdout.write(render_config(Path(a.template).read_text(), paths, port=a.port, bind=a.bind))
+    return 0
+
+
+def _import_events(a: argparse.Namespace) -> int:
+    from gateway.event_import import import_events
+
+    store = GatewayStore(a.db)
+    try:
+        res = import_events(store, a.file)
+    except ExportError as err:
+        store.close()
+        print(f"refused: {a.file}: {err}")
+        return 2
+    AuditLog(store).record(_actor(a), AuditAction.EVENTS_IMPORTED, device=res.device, file=str(a.file),
+                           new=res.new, duplicates=res.duplicates)
+    store.close()
+    print(f"{res.device} ({res.site}): {res.events} events in file, {res.new} stored, "
+          f"{res.duplicates} already stored; contiguous up to seq {res.contiguous}")
+    for seq, detail in res.chain_breaks:
+        print(f"chain break at seq {seq}: {detail}")
+    return 1 if res.chain_breaks else 0
+
+
+def _fleet(a: argparse.Namespace, store: GatewayStore) -> Any:
+    from gateway.commands import CommandSigner, load_signing_key
+    from gateway.fleet import Fleet, FleetLink
+
+    tls = TlsSettings(a.tls_ca, a.tls_cert, a.tls_key) if a.tls_ca else None
+    link = FleetLink(store, host=a.broker_host, port=a.broker_port, tls=tls, client_id="spd-gateway-cli").start()
+    if not link.wait_connected():
+        raise SystemExit("cannot reach the broker")
+    fleet = Fleet(store, CommandSigner(load_signing_key(a.signing_key)), link.publish)
+    return fleet, link
+
+
+def _push(a: argparse.Namespace) -> int:
+    store = GatewayStore(a.db)
+    fleet, link = _fleet(a, store)
+    doc = json.loads(Path(a.file).read_text(encoding="utf-8"))
+    targets = [(a.site, d) for d in a.device] if a.device else None
+    for device, version in fleet.push(Component(a.component), doc, requested_by=_actor(a), devices=targets).items():
+        print(f"{device}: {a.component} version {version} published")
+    link.stop()
+    store.close()
+    return 0
+
+
+def _unlock(a: argparse.Namespace) -> int:
+    store = GatewayStore(a.db)
+    fleet, link = _fleet(a, store)
+    seq = fleet.unlock(a.site, a.device, seconds=a.seconds, requested_by=_actor(a))
+    print(f"unlock {a.device} sent (command {seq})")
+    link.stop()
+    store.close()
+    return 0
+
+
+def _devices(a: argparse.Namespace) -> int:
+    from gateway.commands import CommandSigner
+    from gateway.fleet import Fleet, format_devices
+
+    store = GatewayStore(a.db, synchronous="NORMAL")
+    fleet = Fleet(store, CommandSigner(Ed25519PrivateKey.generate()), lambda t, p, r: None,
+                  offline_after_s=a.offline_after)
+    print(format_devices(fleet.devices()))
+    store.close()
+    return 0
+
+
+def _alarms(a: argparse.Namespace) -> int:
+    store = GatewayStore(a.db)
+    alarms = chain_break_alarms(store)
+    for al in alarms:
+        print(al)
+    for device, seq, body in store.query("SELECT device, seq, body FROM events WHERE kind = 'alarm' ORDER BY id"):
+        print(f"{device} seq {seq}: {body}")
+    store.close()
+    return 1 if alarms else 0
+
+
+def _audit(a: argparse.Namespace) -> int:
+    store = GatewayStore(a.db)
+    for e in AuditLog(store).entries(device=a.device, limit=a.limit):
+        print(f"{e.id}\t{e.at:.0f}\t{e.actor}\t{e.action}\t{e.device}\t{e.outcome}\t{json.dumps(e.detail)}")
+    store.close()
+    return 0
+
+
+def register(sub: Any) -> None:
+    def by(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--by", default=None, help="who asked (default: the login name)")
+
+    p = sub.add_parser("ca-init", help="create the site CA")
+    p.add_argument("--ca-dir", type=Path, required=True)
+    p.add_argument("--site", required=True)
+    p.set_defaults(func=_ca_init)
+
+    p = sub.add_parser("enrol-token", help="issue a one-time enrolment token for a device")
+    p.add_argument("--ca-dir", type=Path, required=True)
+    p.add_argument("--site", required=True)
+    p.add_argument("--device", required=True)
+    p.add_argument("--ttl-hours", type=float, default=24.0)
+    p.add_argument("--db", type=Path, default=None, help="gateway store, for the audit log")
+    by(p)
+    p.set_defaults(func=_enrol_token)
+
+    p = sub.add_parser("enrol-serve", help="serve enrolment over HTTPS")
+    p.add_argument("--ca-dir", type=Path, required=True)
+    p.add_argument("--bind", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8443)
+    p.add_argument("--broker-host", required=True)
+    p.add_argument("--broker-port", type=int, default=8883)
+    p.add_argument("--signing-key", type=Path, required=True)
+    p.set_defaults(func=_enrol_serve)
+
+    p = sub.add_parser("revoke", help="revoke a device's certificates and rewrite the CRL")
+    p.add_argument("--ca-dir", type=Path, required=True)
+    p.add_argument("--device", required=True)
+    p.add_argument("--reason", default="cessation_of_operation",
+                   choices=["key_compromise", "superseded", "cessation_of_operation", "unspecified"])
+    p.add_argument("--db", type=Path, default=None)
+    by(p)
+    p.set_defaults(func=_revoke)
+
+    p = sub.add_parser("signing-key", help="create the command-signing key; prints its public key")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=_signing_key)
+
+    p = sub.add_parser("broker-acl", help="write the Mosquitto ACL for the site(s)")
+    p.add_argument("--site", action="append", required=True)
+    p.add_argument("--out", type=Path, default=None)
+    p.set_defaults(func=_broker_acl)
+
+    p = sub.add_parser("broker-config", help="render the Mosquitto TLS listener config")
+    p.add_argument("--template", type=Path, default=DEFAULT_TEMPLATE)
+    p.add_argument("--port", type=int, default=8883)
+    p.add_argument("--bind", default="0.0.0.0")
+    for name in ("ca-file", "cert-file", "key-file", "crl-file", "acl-file", "persistence-dir"):
+        p.add_argument(f"--{name}", type=Path, required=True)
+    p.set_defaults(func=_broker_config)
+
+    p = sub.add_parser("import-events", help="store an spd-device export file, exactly once")
+    p.add_argument("--db", type=Path, required=True)
+    p.add_argument("file", type=Path)
+    by(p)
+    p.set_defaults(func=_import_events)
+
+    for name, fn, helptext in (("push", _push, "publish a new version of config, catalog or allow-list"),
+                               ("unlock", _unlock, "send a signed one-time unlock")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--db", type=Path, required=True)
+        p.add_argument("--signing-key", type=Path, required=True)
+        p.add_argument("--broker-host", default="127.0.0.1")
+        p.add_argument("--broker-port", type=int, default=8883)
+        p.add_argument("--tls-ca")
+        p.add_argument("--tls-cert")
+        p.add_argument("--tls-key")
+        p.add_argument("--site", required=True)
+        by(p)
+        if name == "push":
+            p.add_argument("--component", required=True, choices=[c.value for c in Component])
+            p.add_argument("--file", type=Path, required=True, help="the component as JSON")
+            p.add_argument("--device", action="append", help="only these devices (default: all known)")
+        else:
+            p.add_argument("--device", required=True)
+            p.add_argument("--seconds", type=int, default=5)
+        p.set_defaults(func=fn)
+
+    p = sub.add_parser("devices", help="list devices: online/offline, last seen, version, backlog, alarms")
+    p.add_argument("--db", type=Path, required=True)
+    p.add_argument("--offline-after", type=float, default=120.0)
+    p.set_defaults(func=_devices)
+
+    p = sub.add_parser("alarms", help="hash-chain breaks and alarm events")
+    p.add_argument("--db", type=Path, required=True)
+    p.set_defaults(func=_alarms)
+
+    p = sub.add_parser("audit", help="who sent which command, enrolments, revocations, imports")
+    p.add_argument("--db", type=Path, required=True)
+    p.add_argument("--device", default=None)
+    p.add_argument("--limit", type=int, default=100)
+    p.set_defaults(func=_audit)

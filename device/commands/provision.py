@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import http.client
+import importlib
 import json
 import logging
 import os
@@ -189,8 +190,22 @@ def _is_table_array(v: Any) -> bool:
     return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
 
 
+SECTION_MODULES = ("device.cabinet.config",)
+"""Modules that register config sections; imported so a written config is validated whole."""
+
+
+def register_sections() -> None:
+    for name in SECTION_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name != name:
+                raise
+
+
 def _write_config(config_path: Path, doc: dict[str, Any]) -> DeviceConfig:
     """Write the config only after it parses and its identity files check out."""
+    register_sections()
     text = "# spd-device configuration, written by spd-device provision\n" + to_toml(doc)
     cfg = parse_config(tomllib.loads(text), source=str(config_path), base_dir=config_path.parent)
     check_identity_files(cfg)
@@ -337,6 +352,7 @@ def reprovision(config_path: str | Path, *, url: str, token: str, ca_fingerprint
                 layout: dict[str, Any] | None = None, timeout_s: float = 10.0) -> tuple[DeviceConfig, Retirement]:
     """New site, identity and (optionally) layout. Refuses while unacknowledged events would be left behind."""
     cfg_path = Path(config_path)
+    register_sections()
     old = load_config(cfg_path)
     old_doc = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
     retired = retire_events(old, export_to=export_to, deliver_timeout_s=deliver_timeout_s)
@@ -359,6 +375,7 @@ def reprovision(config_path: str | Path, *, url: str, token: str, ca_fingerprint
 def reset(config_path: str | Path, *, export_to: Path | None = None, deliver_timeout_s: float = 0.0) -> Retirement:
     """Back to unprovisioned: identity and config archived, events delivered or exported first."""
     cfg_path = Path(config_path)
+    register_sections()
     cfg = load_config(cfg_path)
     retired = retire_events(cfg, export_to=export_to, deliver_timeout_s=deliver_timeout_s)
     archive = retired.archive_dir or (cfg.data_dir / "archive" / f"{cfg.site}-{cfg.device_id}")
@@ -367,6 +384,7 @@ def reset(config_path: str | Path, *, export_to: Path | None = None, deliver_tim
 
 
 def export_events(config_path: str | Path, out: Path) -> EventExport:
+    register_sections()
     cfg = load_config(config_path)
     elog = EventLog(cfg.log_path, device=cfg.device_id)
     try:

@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "device.commands.run",
     "device.commands.provision",
     "device.commands.doctor",
+    "device.commands.service",
 )
 
 

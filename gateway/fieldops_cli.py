@@ -189,6 +189,28 @@ def _audit(a: argparse.Namespace) -> int:
     return 0
 
 
+def _service(a: argparse.Namespace) -> int:
+    from device.sdnotify import Watchdog, notify
+    from gateway.app import Gateway, GatewayConfig
+
+    tls = TlsSettings(a.tls_ca, a.tls_cert, a.tls_key) if a.tls_ca else None
+    gw = Gateway(GatewayConfig(db_path=a.db, broker_host=a.broker_host, broker_port=a.broker_port,
+                               his_host=a.his_host, his_port=a.his_port, facility=a.facility, tls=tls))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    gw.start()
+    notify("READY=1")
+    watchdog = Watchdog(lambda: gw.store.query("SELECT 1") == [(1,)]).start()
+    try:
+        stop.wait()
+    finally:
+        notify("STOPPING=1")
+        watchdog.stop()
+        gw.stop()
+    return 0
+
+
 def register(sub: Any) -> None:
     def by(p: argparse.ArgumentParser) -> None:
         p.add_argument("--by", default=None, help="who asked (default: the login name)")
@@ -268,6 +290,18 @@ def register(sub: Any) -> None:
             p.add_argument("--device", required=True)
             p.add_argument("--seconds", type=int, default=5)
         p.set_defaults(func=fn)
+
+    p = sub.add_parser("service", help="run the gateway under systemd, over TLS (Type=notify, WatchdogSec=)")
+    p.add_argument("--db", type=Path, required=True)
+    p.add_argument("--broker-host", default="127.0.0.1")
+    p.add_argument("--broker-port", type=int, default=8883)
+    p.add_argument("--tls-ca")
+    p.add_argument("--tls-cert")
+    p.add_argument("--tls-key")
+    p.add_argument("--his-host", default="127.0.0.1")
+    p.add_argument("--his-port", type=int, default=2575)
+    p.add_argument("--facility", default="HOSP")
+    p.set_defaults(func=_service)
 
     p = sub.add_parser("devices", help="list devices: online/offline, last seen, version, backlog, alarms")
     p.add_argument("--db", type=Path, required=True)

@@ -119,3 +119,32 @@ def test_unknown_option_in_config_is_the_only_finding(tmp_path: Path) -> None:
     assert cfg is None
     assert [(f.check, f.status.value, f.message) for f in findings] == [
         ("config", "FAIL", f"{p}: device.colour: unknown option")]
+
+
+def test_watchdog_pings_systemd_only_while_healthy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+    import time
+
+    from device.sdnotify import Watchdog, notify
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify"))
+    sock.settimeout(1)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+    assert notify("READY=1") and sock.recv(64) == b"READY=1"
+    healthy = [True]
+    wd = Watchdog(lambda: healthy[0], interval_s=0.05).start()
+    assert sock.recv(64) == b"WATCHDOG=1"
+    healthy[0] = False
+    time.sleep(0.12)
+    sock.setblocking(False)
+    while True:  # drain what was sent before the health check failed
+        try:
+            sock.recv(64)
+        except BlockingIOError:
+            break
+    pings = wd.pings
+    time.sleep(0.2)
+    wd.stop()
+    assert wd.pings == pings
+    sock.close()

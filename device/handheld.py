@@ -3,7 +3,11 @@
 The nurse hears the success beep only after :meth:`Handheld.scan_pair` has
 returned an accepted outcome, which happens only after the event is committed
 to the log. A code that cannot be read is refused with a reason, and the
-refusal itself is recorded (nothing the nurse did is lost).
+refusal itself is recorded (nothing the nurse did is lost). With a
+:class:`~device.scan_policy.ScanPolicy`, a readable pair is also checked
+against the cached catalog and lists (expired, recalled, re-used serial...)
+before it is consumed; a refusal is committed as a ``refused_scan`` event and
+nothing is charged.
 """
 
 from __future__ import annotations
@@ -12,11 +16,15 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from device.eventlog import EventLog
 from device.udi import parse_udi
 from device.udi.wristband import WristbandFormat, parse_wristband
 from device.wire import Event, EventKind
+
+if TYPE_CHECKING:
+    from device.scan_policy import ScanPolicy
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +59,14 @@ class Handheld:
         dept: str,
         wristband_format: WristbandFormat | None = None,
         on_committed: Callable[[Event], None] | None = None,
+        policy: ScanPolicy | None = None,
     ) -> None:
         self.log = eventlog
         self.operator = operator
         self.dept = dept
         self.wristband_format = wristband_format or WristbandFormat.default()
         self._on_committed = on_committed
+        self.policy = policy
 
     def scan_pair(self, wristband_text: str, udi_text: str) -> ScanOutcome:
         """Record a wristband + item scan; returns only after the event is durable."""
@@ -65,26 +75,44 @@ class Handheld:
         except ValueError as err:
             return self._refuse("bad_wristband", err, wristband_text, udi_text)
         try:
-            parse_udi(udi_text)
+            udi = parse_udi(udi_text)
         except ValueError as err:
             return self._refuse("bad_udi", err, wristband_text, udi_text)
+        if self.policy is not None:
+            refusal = self.policy.check(admission=band.admission, udi=udi, dept=self.dept)
+            if refusal is not None:
+                return self._commit_refusal(
+                    refusal.reason.value, refusal.message, wristband_text, udi_text,
+                    catalog_version=self.policy.cache.version,
+                )
         ev = self.log.append(
             EventKind.CONSUME.value,
             {"admission": band.admission, "udi": udi_text, "operator": self.operator, "dept": self.dept},
         )
+        if self.policy is not None:
+            try:
+                self.policy.committed(ev)
+            except Exception:  # the event is durable; the policy catches up from the log at next start
+                log.exception("recording consumed serial of seq %d failed", ev.seq)
         self._committed(ev)
         return ScanOutcome(ScanVerdict.ACCEPTED, ev)
 
     def _refuse(self, kind: str, err: ValueError, wristband_text: str, udi_text: str) -> ScanOutcome:
-        reason = str(getattr(err, "reason", kind))
-        ev = self.log.append(
-            EventKind.REFUSED_SCAN.value,
-            {"reason": reason, "detail": str(err), "wristband": wristband_text[:200], "udi": udi_text[:200],
-             "operator": self.operator, "dept": self.dept},
-        )
+        return self._commit_refusal(str(getattr(err, "reason", kind)), str(err), wristband_text, udi_text)
+
+    def _commit_refusal(
+        self, reason: str, detail: str, wristband_text: str, udi_text: str, *, catalog_version: int | None = None
+    ) -> ScanOutcome:
+        body: dict[str, object] = {
+            "reason": reason, "detail": detail, "wristband": wristband_text[:200], "udi": udi_text[:200],
+            "operator": self.operator, "dept": self.dept,
+        }
+        if catalog_version is not None:
+            body["catalog_version"] = catalog_version
+        ev = self.log.append(EventKind.REFUSED_SCAN.value, body)
         log.info("scan refused (seq %d): %s", ev.seq, reason)
         self._committed(ev)
-        return ScanOutcome(ScanVerdict.REFUSED, ev, reason, str(err))
+        return ScanOutcome(ScanVerdict.REFUSED, ev, reason, detail)
 
     def _committed(self, ev: Event) -> None:
         if self._on_committed is not None:

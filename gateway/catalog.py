@@ -1,22 +1,72 @@
-"""The hospital's item dictionary (商品字典): import from CSV with row-level errors.
+"""The hospital's item dictionary (商品字典) and the lists kept beside it: CSV/XLSX import with row-level errors.
 
-Columns: gtin, item_code, charge_code, name, spec, manufacturer, price_fen,
-chargeable, high_value. Prices are integer fen; zero mark-up means the charge
-equals this purchase price. A bad row is reported with its line number and
-reason; good rows are imported.
+Catalog columns (header row, any order, case-insensitive):
+
+* required: gtin, item_code, charge_code, name, spec, manufacturer, price_fen, chargeable, high_value;
+* optional: supplier, vbp (the item won a national volume-based procurement round), vbp_price_fen.
+
+Prices are integer fen (分), never yuan with decimals. **Zero mark-up**: a high-value consumable is
+charged at its purchase price, so ``price_fen`` *is* the charge; for a VBP winning item the purchase
+price is the negotiated winning price, so a row with ``vbp`` true must carry ``vbp_price_fen`` equal to
+``price_fen`` (a row marking up a VBP item is refused).  Booleans are 1/0, true/false, yes/no, y/n
+(or real booleans in a spreadsheet).
+
+Recalled lots: columns gtin, lot (``*`` recalls every lot of the GTIN), optional reason and recalled_on.
+
+A bad row is reported as a :class:`RowError` (line, column, reason) for every problem found in it;
+good rows are imported.  Lines are 1-based file lines (CSV) or sheet rows (XLSX); the header is line 1.
 """
 
 from __future__ import annotations
 
 import csv
+import datetime as dt
+import importlib
 import io
+import logging
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from device.udi.gs1 import is_valid_gtin
+from gateway.store import GatewayStore
+
+log = logging.getLogger(__name__)
 
 COLUMNS = ("gtin", "item_code", "charge_code", "name", "spec", "manufacturer", "price_fen", "chargeable", "high_value")
+OPTIONAL_COLUMNS = ("supplier", "vbp", "vbp_price_fen")
+RECALL_COLUMNS = ("gtin", "lot")
+RECALL_OPTIONAL_COLUMNS = ("reason", "recalled_on")
+ALL_LOTS = "*"
 _BOOL = {"1": True, "true": True, "yes": True, "y": True, "0": False, "false": False, "no": False, "n": False}
+
+CatalogRow = tuple[str, str, str, str, str, str, int, int, int]
+"""The row `GatewayStore.upsert_catalog` takes."""
+
+_SIDE_TABLES = (
+    "CREATE TABLE IF NOT EXISTS catalog_terms (gtin TEXT PRIMARY KEY, supplier TEXT NOT NULL DEFAULT '', "
+    "vbp INTEGER NOT NULL DEFAULT 0, vbp_price_fen INTEGER CHECK (vbp_price_fen >= 0))",
+    "CREATE TABLE IF NOT EXISTS recalled_lots (gtin TEXT NOT NULL, lot TEXT NOT NULL, reason TEXT NOT NULL "
+    "DEFAULT '', recalled_on TEXT NOT NULL DEFAULT '', PRIMARY KEY (gtin, lot))",
+    "CREATE TABLE IF NOT EXISTS dept_stock (dept TEXT NOT NULL, gtin TEXT NOT NULL, PRIMARY KEY (dept, gtin))",
+    "CREATE TABLE IF NOT EXISTS patient_census (admission TEXT PRIMARY KEY, status TEXT NOT NULL "
+    "CHECK (status IN ('in_house', 'discharged')), updated_at REAL NOT NULL)",
+)
+
+
+class CatalogImportError(Exception):
+    """Root of the catalog import errors; `reason` is a stable code."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class CatalogFileError(CatalogImportError, ValueError):
+    """A whole file cannot be read (unknown extension, not a workbook)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,60 +76,370 @@ class RowError:
     reason: str
 
 
-CatalogRow = tuple[str, str, str, str, str, str, int, int, int]
+@dataclass(frozen=True, slots=True)
+class CatalogEntry:
+    """One item of the dictionary with its purchase terms; prices in integer fen."""
+
+    gtin: str
+    item_code: str
+    charge_code: str
+    name: str
+    spec: str
+    manufacturer: str
+    price_fen: int
+    chargeable: bool
+    high_value: bool
+    supplier: str = ""
+    vbp: bool = False
+    vbp_price_fen: int | None = None
+
+    def row(self) -> CatalogRow:
+        return (self.gtin, self.item_code, self.charge_code, self.name, self.spec, self.manufacturer,
+                self.price_fen, int(self.chargeable), int(self.high_value))
 
 
-def parse_catalog_csv(text: str) -> tuple[list[CatalogRow], list[RowError]]:
-    reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff")))
-    missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-    if missing:
-        return [], [RowError(1, ",".join(missing), "missing columns")]
-    unknown = [c for c in reader.fieldnames or [] if c not in COLUMNS]
-    if unknown:
-        return [], [RowError(1, ",".join(unknown), "unknown columns")]
-    rows: list[CatalogRow] = []
+@dataclass(frozen=True, slots=True)
+class RecalledLot:
+    """A recalled lot of an item (``lot == "*"``: every lot of the GTIN)."""
+
+    gtin: str
+    lot: str
+    reason: str = ""
+    recalled_on: str = ""
+
+
+Table = tuple[list[str], Iterator[tuple[int, list[Any]]]]
+"""A header and its numbered data rows, from either file format."""
+
+
+# -- reading files ------------------------------------------------------------------------
+
+
+def csv_table(text: str) -> Table:
+    reader = csv.reader(io.StringIO(text.lstrip("\ufeff")))
+    header = next(reader, [])
+
+    def rows() -> Iterator[tuple[int, list[Any]]]:
+        for values in reader:
+            if any(v.strip() for v in values):
+                yield reader.line_num, list(values)
+
+    return [str(h) for h in header], rows()
+
+
+def xlsx_table(path: Path) -> Table:
+    """The first worksheet of a workbook (openpyxl, cached values rather than formulas)."""
+    openpyxl = importlib.import_module("openpyxl")
+    try:
+        workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except Exception as err:  # openpyxl raises zipfile, KeyError, InvalidFileException...
+        raise CatalogFileError("bad_file", f"{path.name} is not a readable XLSX workbook: {err}") from err
+    sheet = workbook.worksheets[0]
+    all_rows = [(n, list(values)) for n, values in enumerate(sheet.iter_rows(values_only=True), start=1)]
+    workbook.close()
+    if not all_rows:
+        return [], iter(())
+    header_values = all_rows[0][1]
+    while header_values and header_values[-1] in (None, ""):
+        header_values.pop()
+    header = ["" if h is None else str(h) for h in header_values]
+    data = ((n, values) for n, values in all_rows[1:] if any(_text(v) for v in values))
+    return header, data
+
+
+def read_table(path: Path) -> Table:
+    """A CSV (UTF-8) or XLSX file as a table, chosen by the file's extension."""
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return csv_table(path.read_text(encoding="utf-8"))
+    if suffix == ".xlsx":
+        return xlsx_table(path)
+    raise CatalogFileError("unsupported_format", f"{path.name}: expected a .csv or .xlsx file")
+
+
+# -- catalog ------------------------------------------------------------------------------
+
+
+def parse_catalog_table(table: Table) -> tuple[list[CatalogEntry], list[RowError]]:
+    header, rows = table
+    names, problem = _check_header(header, COLUMNS, OPTIONAL_COLUMNS)
+    if problem is not None:
+        return [], [problem]
+    entries: list[CatalogEntry] = []
     errors: list[RowError] = []
     seen: set[str] = set()
-    for line_no, rec in enumerate(reader, start=2):
-        err = _row_error(rec, seen)
-        if err:
-            errors.append(RowError(line_no, *err))
+    for line, values in rows:
+        rec = _record(names, values)
+        row_errors: list[RowError] = []
+        entry = _catalog_entry(line, rec, seen, row_errors)
+        if row_errors or entry is None:
+            errors.extend(row_errors)
             continue
-        gtin = rec["gtin"].strip().zfill(14)
-        seen.add(gtin)
-        rows.append((
-            gtin, rec["item_code"].strip(), rec["charge_code"].strip(), rec["name"].strip(), rec["spec"].strip(),
-            rec["manufacturer"].strip(), int(rec["price_fen"]), int(_BOOL[rec["chargeable"].strip().lower()]),
-            int(_BOOL[rec["high_value"].strip().lower()]),
-        ))
-    return rows, errors
+        seen.add(entry.gtin)
+        entries.append(entry)
+    return entries, errors
 
 
-def _row_error(rec: dict[str, str], seen: set[str]) -> tuple[str, str] | None:
-    gtin = (rec.get("gtin") or "").strip().zfill(14)
-    if not gtin.isdigit() or len(gtin) != 14 or not is_valid_gtin(gtin):
-        return ("gtin", f"not a valid GTIN: {rec.get('gtin')!r}")
-    if gtin in seen:
-        return ("gtin", f"duplicate GTIN {gtin}")
+def parse_catalog_csv(text: str) -> tuple[list[CatalogEntry], list[RowError]]:
+    return parse_catalog_table(csv_table(text))
+
+
+def read_catalog_file(path: Path) -> tuple[list[CatalogEntry], list[RowError]]:
+    """Parse a catalog file, CSV or XLSX by extension."""
+    return parse_catalog_table(read_table(path))
+
+
+def _catalog_entry(line: int, rec: dict[str, Any], seen: set[str], errors: list[RowError]) -> CatalogEntry | None:
+    def bad(column: str, reason: str) -> None:
+        errors.append(RowError(line, column, reason))
+
+    gtin = _gtin(rec.get("gtin"))
+    if gtin is None:
+        bad("gtin", f"not a valid GTIN: {_shown(rec.get('gtin'))}")
+    elif gtin in seen:
+        bad("gtin", f"duplicate GTIN {gtin}")
+    texts = {col: _text(rec.get(col)) for col in ("item_code", "charge_code", "name", "spec", "manufacturer",
+                                                  "supplier")}
     for col in ("item_code", "charge_code", "name"):
-        if not (rec.get(col) or "").strip():
-            return (col, "empty")
-    price = (rec.get("price_fen") or "").strip()
-    if not price.isdigit():
-        return ("price_fen", f"price must be a non-negative integer number of fen, got {price!r}")
-    for col in ("chargeable", "high_value"):
-        if (rec.get(col) or "").strip().lower() not in _BOOL:
-            return (col, f"expected 1/0/true/false, got {rec.get(col)!r}")
-    return None
+        if not texts[col]:
+            bad(col, "empty")
+    price = _fen(rec.get("price_fen"))
+    if price is None:
+        bad("price_fen", f"price must be a non-negative integer number of fen, got {_shown(rec.get('price_fen'))}")
+    flags: dict[str, bool] = {}
+    for col, default in (("chargeable", None), ("high_value", None), ("vbp", False)):
+        value = _bool(rec.get(col), default)
+        if value is None:
+            bad(col, f"expected 1/0/true/false, got {_shown(rec.get(col))}")
+        else:
+            flags[col] = value
+    vbp_price: int | None = None
+    if _text(rec.get("vbp_price_fen")):
+        vbp_price = _fen(rec.get("vbp_price_fen"))
+        if vbp_price is None:
+            bad("vbp_price_fen", f"VBP price must be a non-negative integer number of fen, got "
+                                 f"{_shown(rec.get('vbp_price_fen'))}")
+    if flags.get("vbp") and not errors:
+        if vbp_price is None:
+            bad("vbp_price_fen", "a VBP winning item needs its VBP price")
+        elif price is not None and vbp_price != price:
+            bad("price_fen", f"zero mark-up: a VBP item is charged at its VBP price {vbp_price}, not {price}")
+    elif flags.get("vbp") is False and vbp_price is not None:
+        bad("vbp_price_fen", "a VBP price is given but vbp is false")
+    if errors or gtin is None or price is None:
+        return None
+    return CatalogEntry(
+        gtin=gtin, item_code=texts["item_code"], charge_code=texts["charge_code"], name=texts["name"],
+        spec=texts["spec"], manufacturer=texts["manufacturer"], price_fen=price, chargeable=flags["chargeable"],
+        high_value=flags["high_value"], supplier=texts["supplier"], vbp=flags["vbp"], vbp_price_fen=vbp_price,
+    )
 
 
-def read_catalog_file(path: Path) -> tuple[list[CatalogRow], list[RowError]]:
-    return parse_catalog_csv(path.read_text(encoding="utf-8"))
-
-
-def write_catalog_csv(rows: list[CatalogRow]) -> str:
+def write_catalog_csv(rows: Sequence[CatalogRow]) -> str:
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
     w.writerow(COLUMNS)
     w.writerows(rows)
     return out.getvalue()
+
+
+# -- recalled lots ------------------------------------------------------------------------
+
+
+def parse_recall_table(table: Table) -> tuple[list[RecalledLot], list[RowError]]:
+    header, rows = table
+    names, problem = _check_header(header, RECALL_COLUMNS, RECALL_OPTIONAL_COLUMNS)
+    if problem is not None:
+        return [], [problem]
+    lots: list[RecalledLot] = []
+    errors: list[RowError] = []
+    for line, values in rows:
+        rec = _record(names, values)
+        gtin = _gtin(rec.get("gtin"))
+        lot = _text(rec.get("lot"))
+        recalled_on = rec.get("recalled_on")
+        on = recalled_on.date().isoformat() if isinstance(recalled_on, dt.datetime) else _text(recalled_on)
+        row_errors = []
+        if gtin is None:
+            row_errors.append(RowError(line, "gtin", f"not a valid GTIN: {_shown(rec.get('gtin'))}"))
+        if not lot:
+            row_errors.append(RowError(line, "lot", f"empty (use {ALL_LOTS} to recall every lot)"))
+        if on:
+            try:
+                dt.date.fromisoformat(on)
+            except ValueError:
+                row_errors.append(RowError(line, "recalled_on", f"expected YYYY-MM-DD, got {on!r}"))
+        if row_errors or gtin is None:
+            errors.extend(row_errors)
+            continue
+        lots.append(RecalledLot(gtin, lot, _text(rec.get("reason")), on))
+    return lots, errors
+
+
+def read_recall_file(path: Path) -> tuple[list[RecalledLot], list[RowError]]:
+    """Parse a recalled-lots list, CSV or XLSX by extension."""
+    return parse_recall_table(read_table(path))
+
+
+# -- storing ------------------------------------------------------------------------------
+
+
+def ensure_tables(store: GatewayStore) -> None:
+    """Create the tables kept beside the catalog (purchase terms, recalls, stock lists, patient census)."""
+    with store.transaction() as db:
+        for ddl in _SIDE_TABLES:
+            db.execute(ddl)
+
+
+def import_catalog(store: GatewayStore, entries: Sequence[CatalogEntry]) -> int:
+    """Upsert items and their purchase terms; idempotent, so a failed import is simply run again."""
+    ensure_tables(store)
+    n = store.upsert_catalog([e.row() for e in entries])
+    with store.transaction() as db:
+        db.executemany(
+            "INSERT INTO catalog_terms (gtin, supplier, vbp, vbp_price_fen) VALUES (?, ?, ?, ?) ON CONFLICT (gtin) "
+            "DO UPDATE SET supplier = excluded.supplier, vbp = excluded.vbp, vbp_price_fen = excluded.vbp_price_fen",
+            [(e.gtin, e.supplier, int(e.vbp), e.vbp_price_fen) for e in entries],
+        )
+    log.info("catalog: %d items imported", n)
+    return n
+
+
+def import_recalled_lots(store: GatewayStore, lots: Sequence[RecalledLot], *, replace: bool = True) -> int:
+    """Store the recall list; with `replace` it becomes the whole list (lifted recalls disappear)."""
+    ensure_tables(store)
+    with store.transaction() as db:
+        if replace:
+            db.execute("DELETE FROM recalled_lots")
+        db.executemany(
+            "INSERT INTO recalled_lots (gtin, lot, reason, recalled_on) VALUES (?, ?, ?, ?) ON CONFLICT (gtin, lot) "
+            "DO UPDATE SET reason = excluded.reason, recalled_on = excluded.recalled_on",
+            [(r.gtin, r.lot, r.reason, r.recalled_on) for r in lots],
+        )
+    return len(lots)
+
+
+def set_dept_stock(store: GatewayStore, dept: str, gtins: Iterable[str]) -> None:
+    """Replace the list of items a department stocks (its cabinets' and store's assortment)."""
+    ensure_tables(store)
+    with store.transaction() as db:
+        db.execute("DELETE FROM dept_stock WHERE dept = ?", (dept,))
+        db.executemany("INSERT OR IGNORE INTO dept_stock (dept, gtin) VALUES (?, ?)", [(dept, g) for g in gtins])
+
+
+def set_patient_census(store: GatewayStore, *, in_house: Iterable[str], discharged: Iterable[str]) -> None:
+    """Replace the patient census the devices check wristbands against (fed from the HIS's ADT)."""
+    ensure_tables(store)
+    now = time.time()
+    with store.transaction() as db:
+        db.execute("DELETE FROM patient_census")
+        sql = "INSERT OR REPLACE INTO patient_census (admission, status, updated_at) VALUES (?, ?, ?)"
+        db.executemany(sql, [(a, "discharged", now) for a in discharged])
+        db.executemany(sql, [(a, "in_house", now) for a in in_house])
+
+
+def load_catalog_entries(store: GatewayStore) -> list[CatalogEntry]:
+    ensure_tables(store)
+    rows = store.query(
+        "SELECT c.gtin, c.item_code, c.charge_code, c.name, c.spec, c.manufacturer, c.price_fen, c.chargeable, "
+        "c.high_value, COALESCE(t.supplier, ''), COALESCE(t.vbp, 0), t.vbp_price_fen FROM catalog c "
+        "LEFT JOIN catalog_terms t ON t.gtin = c.gtin ORDER BY c.gtin"
+    )
+    return [CatalogEntry(r[0], r[1], r[2], r[3], r[4], r[5], int(r[6]), bool(r[7]), bool(r[8]), r[9], bool(r[10]),
+                         None if r[11] is None else int(r[11])) for r in rows]
+
+
+def load_recalled_lots(store: GatewayStore) -> list[RecalledLot]:
+    ensure_tables(store)
+    rows = store.query("SELECT gtin, lot, reason, recalled_on FROM recalled_lots ORDER BY gtin, lot")
+    return [RecalledLot(*r) for r in rows]
+
+
+def load_dept_stock(store: GatewayStore, dept: str | None = None) -> dict[str, list[str]]:
+    """Stock lists by department (only `dept`'s when given); a department without a list is absent."""
+    ensure_tables(store)
+    rows = store.query(
+        "SELECT dept, gtin FROM dept_stock WHERE (? IS NULL OR dept = ?) ORDER BY dept, gtin", (dept, dept)
+    )
+    out: dict[str, list[str]] = {}
+    for d, g in rows:
+        out.setdefault(d, []).append(g)
+    return out
+
+
+def load_patient_census(store: GatewayStore) -> tuple[list[str], list[str]] | None:
+    """(in-house, discharged) admission numbers, or None when the gateway has no census."""
+    ensure_tables(store)
+    rows = store.query("SELECT admission, status FROM patient_census ORDER BY admission")
+    if not rows:
+        return None
+    return [a for a, s in rows if s == "in_house"], [a for a, s in rows if s == "discharged"]
+
+
+# -- cells --------------------------------------------------------------------------------
+
+
+def _check_header(
+    header: list[str], required: Sequence[str], optional: Sequence[str]
+) -> tuple[list[str], RowError | None]:
+    names = [h.strip().lower() for h in header]
+    if "" in names:
+        return names, RowError(1, f"#{names.index('') + 1}", "empty column header")
+    missing = [c for c in required if c not in names]
+    if missing:
+        return names, RowError(1, ",".join(missing), "missing columns")
+    unknown = [c for c in names if c not in required and c not in optional]
+    if unknown:
+        return names, RowError(1, ",".join(unknown), "unknown columns")
+    twice = sorted({c for c in names if names.count(c) > 1})
+    if twice:
+        return names, RowError(1, ",".join(twice), "duplicate columns")
+    return names, None
+
+
+def _record(names: list[str], values: list[Any]) -> dict[str, Any]:
+    return {name: values[i] if i < len(values) else None for i, name in enumerate(names)}
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def _shown(value: Any) -> str:
+    return repr(value if isinstance(value, str) else _text(value))
+
+
+def _gtin(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return None
+    text = _text(value)
+    if not text.isascii() or not text.isdigit() or len(text) > 14:
+        return None
+    gtin = text.zfill(14)
+    return gtin if is_valid_gtin(gtin) else None
+
+
+def _fen(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, float):
+        return int(value) if value.is_integer() and value >= 0 else None
+    text = _text(value)
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+def _bool(value: Any, default: bool | None) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    text = _text(value).lower()
+    if not text:
+        return default
+    return _BOOL.get(text)

@@ -10,7 +10,13 @@ import sys
 from pathlib import Path
 
 from gateway import fieldops_cli
-from gateway.catalog import read_catalog_file
+from gateway.catalog import (
+    CatalogImportError,
+    import_catalog,
+    import_recalled_lots,
+    read_catalog_file,
+    read_recall_file,
+)
 from gateway.store import GatewayStore
 
 
@@ -38,13 +44,35 @@ def _run(a: argparse.Namespace) -> int:
 
 
 def _catalog_import(a: argparse.Namespace) -> int:
-    rows, errors = read_catalog_file(a.file)
+    try:
+        entries, errors = read_catalog_file(a.file)
+    except CatalogImportError as err:
+        print(f"{a.file}: {err.message} [{err.reason}]", file=sys.stderr)
+        return 2
     for e in errors:
         print(f"{a.file}:{e.line}: {e.column}: {e.reason}", file=sys.stderr)
     store = GatewayStore(a.db)
-    n = store.upsert_catalog(rows)
+    n = import_catalog(store, entries)
     store.close()
-    print(f"imported {n} items, {len(errors)} rows refused")
+    print(f"imported {n} items, {len(errors)} row errors")
+    return 1 if errors else 0
+
+
+def _recall_import(a: argparse.Namespace) -> int:
+    try:
+        lots, errors = read_recall_file(a.file)
+    except CatalogImportError as err:
+        print(f"{a.file}: {err.message} [{err.reason}]", file=sys.stderr)
+        return 2
+    for e in errors:
+        print(f"{a.file}:{e.line}: {e.column}: {e.reason}", file=sys.stderr)
+    if errors and not a.partial:
+        print("recall list not imported: fix the rows above, or pass --partial", file=sys.stderr)
+        return 1
+    store = GatewayStore(a.db)
+    n = import_recalled_lots(store, lots, replace=not a.add)
+    store.close()
+    print(f"imported {n} recalled lots, {len(errors)} row errors")
     return 1 if errors else 0
 
 
@@ -97,10 +125,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seconds before another instance may take over charging when this one dies")
     run.set_defaults(func=_run)
 
-    cat = sub.add_parser("catalog-import", help="import the item dictionary from CSV")
+    cat = sub.add_parser("catalog-import", help="import the item dictionary from CSV or XLSX (by extension)")
     cat.add_argument("--db", type=Path, required=True)
     cat.add_argument("file", type=Path)
     cat.set_defaults(func=_catalog_import)
+
+    rec = sub.add_parser("recall-import", help="replace the recalled-lots list from CSV or XLSX (by extension)")
+    rec.add_argument("--db", type=Path, required=True)
+    rec.add_argument("--add", action="store_true", help="add to the list instead of replacing it")
+    rec.add_argument("--partial", action="store_true", help="import the good rows even when some rows are bad")
+    rec.add_argument("file", type=Path)
+    rec.set_defaults(func=_recall_import)
 
     cnt = sub.add_parser("counts", help="print the store's counters as JSON")
     cnt.add_argument("--db", type=Path, required=True)

@@ -1,0 +1,99 @@
+"""Builds the versioned catalog document the gateway pushes to devices (validated by ``device.catalog_cache``).
+
+A document holds the item dictionary, the recalled lots, the departments' stock lists, the item
+serials the gateway has charged recently, and the patient census when the gateway has one. Its
+``version`` is a per-department counter kept in the store that moves only when the content (its
+``digest``) changes, so an unchanged catalog is never pushed twice and devices can refuse an older one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from typing import Any
+
+from device.catalog_cache import DOC_SCHEMA, content_digest
+from gateway.catalog import load_catalog_entries, load_dept_stock, load_patient_census, load_recalled_lots
+from gateway.store import GatewayStore
+
+DEFAULT_CONSUMED_WINDOW_DAYS = 90
+
+_VERSIONS = (
+    "CREATE TABLE IF NOT EXISTS device_catalog_versions (dept TEXT PRIMARY KEY, version INTEGER NOT NULL, "
+    "digest TEXT NOT NULL, changed_at REAL NOT NULL)"
+)
+
+
+def build_device_catalog(
+    store: GatewayStore,
+    *,
+    dept: str | None,
+    consumed_window_days: int = DEFAULT_CONSUMED_WINDOW_DAYS,
+    clock: Callable[[], float] = time.time,
+) -> dict[str, Any]:
+    """The document for the devices of `dept` (every department's stock list when None).
+
+    ``consumed_serials`` lists ``gtin/serial`` of items charged (or waiting to be charged) in the
+    last `consumed_window_days`; older re-use is still caught by the gateway's charging.
+    """
+    now = clock()
+    content: dict[str, Any] = {
+        "schema": DOC_SCHEMA,
+        "dept": dept,
+        "items": [
+            {"gtin": e.gtin, "item_code": e.item_code, "charge_code": e.charge_code, "name": e.name, "spec": e.spec,
+             "manufacturer": e.manufacturer, "price_fen": e.price_fen, "chargeable": e.chargeable,
+             "high_value": e.high_value, "supplier": e.supplier, "vbp": e.vbp, "vbp_price_fen": e.vbp_price_fen}
+            for e in load_catalog_entries(store)
+        ],
+        "recalled_lots": [{"gtin": r.gtin, "lot": r.lot, "reason": r.reason} for r in load_recalled_lots(store)],
+        "dept_stock": load_dept_stock(store, dept),
+        "consumed_serials": _consumed_serials(store, since=now - consumed_window_days * 86400),
+        "patients": _patients(store),
+    }
+    digest = content_digest(content)
+    version = _version(store, dept or "", digest, now)
+    generated = dt.datetime.fromtimestamp(now, tz=dt.UTC).isoformat(timespec="seconds")
+    return {**content, "version": version, "digest": digest, "generated_at": generated}
+
+
+def catalog_version(store: GatewayStore, *, dept: str | None) -> tuple[int, str] | None:
+    """(version, digest) of the last document built for `dept`, or None if none was built."""
+    with store.transaction() as db:
+        db.execute(_VERSIONS)
+    rows = store.query("SELECT version, digest FROM device_catalog_versions WHERE dept = ?", (dept or "",))
+    return (int(rows[0][0]), str(rows[0][1])) if rows else None
+
+
+def _version(store: GatewayStore, key: str, digest: str, now: float) -> int:
+    with store.transaction() as db:
+        db.execute(_VERSIONS)
+        row = db.execute("SELECT version, digest FROM device_catalog_versions WHERE dept = ?", (key,)).fetchone()
+        if row is not None and row[1] == digest:
+            return int(row[0])
+        version = 1 if row is None else int(row[0]) + 1
+        db.execute(
+            "INSERT INTO device_catalog_versions (dept, version, digest, changed_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (dept) DO UPDATE SET version = excluded.version, digest = excluded.digest, "
+            "changed_at = excluded.changed_at",
+            (key, version, digest, now),
+        )
+        return version
+
+
+def _consumed_serials(store: GatewayStore, *, since: float) -> list[str]:
+    rows = store.query(
+        "SELECT item_key FROM charges WHERE status != 'parked' AND item_key NOT LIKE 'charge:%' AND created_at >= ? "
+        "ORDER BY item_key",
+        (since,),
+    )
+    return [str(r[0]) for r in rows]
+
+
+def _patients(store: GatewayStore) -> dict[str, list[str]] | None:
+    census = load_patient_census(store)
+    if census is None:
+        return None
+    in_house, discharged = census
+    return {"in_house": in_house, "discharged": discharged}

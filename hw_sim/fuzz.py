@@ -16,6 +16,7 @@ Crashing inputs are kept under ``tests/data/crashers/<target>/``;
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime as dt
 import json
 import logging
@@ -30,6 +31,7 @@ import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -341,6 +343,49 @@ def _scanner_seeds() -> list[bytes]:
     return [b"]d2010950600013435217250731\x1d21SN1\r\n", b"]C1ZY0001234567\r\n]C1ZY00012", b"\r\n\r\n"]
 
 
+def _camera_decoders() -> list[Any]:
+    from device.hal.camera.decoders import PyzbarDecoder, ZxingCppDecoder
+
+    global _DECODERS
+    if not _DECODERS:
+        _DECODERS = [ZxingCppDecoder(), PyzbarDecoder()]
+        atexit.register(_close_decoders)
+    return _DECODERS
+
+
+def _close_decoders() -> None:
+    for decoder in _DECODERS:
+        decoder.close()
+
+
+_DECODERS: list[Any] = []
+
+
+def _run_camera_frame(data: bytes) -> None:
+    """A frame of any shape and content (first three bytes: height, width, channels) through both decoders."""
+    import numpy as np
+
+    from device.hal.camera.decoders import BadFrame
+
+    if len(data) < 3:
+        return
+    height, width, layout = 1 + data[0] % 96, 1 + data[1] % 96, data[2] % 6
+    shape: tuple[int, ...] = (height, width) if layout == 0 else (height, width, (1, 2, 3, 4, 5)[layout - 1])
+    pixels = np.resize(np.frombuffer(data[3:] or b"\0", dtype=np.uint8), shape)
+    for decoder in _camera_decoders():
+        try:
+            found = decoder.decode(pixels)
+        except BadFrame:
+            continue
+        for code in found:
+            if not isinstance(code.text, str):
+                raise FuzzPropertyError(f"{decoder.name} returned {code.text!r}")
+
+
+def _camera_seeds() -> list[bytes]:
+    return [bytes((32, 32, 0)) + bytes(range(256)) * 4, bytes((8, 8, 3)) + b"\xff\x00" * 96]
+
+
 TARGETS: dict[str, FuzzTarget] = {
     t.name: t
     for t in (
@@ -357,6 +402,8 @@ TARGETS: dict[str, FuzzTarget] = {
         FuzzTarget("config", _run_config, _config_seeds, "tomllib + device.config.parse_config"),
         FuzzTarget("scanner_line", _run_scanner_line, _scanner_seeds,
                    "device.hal.scanner LineFramer.feed + LineDecoder.decode_bytes"),
+        FuzzTarget("camera_frame", _run_camera_frame, _camera_seeds,
+                   "device.hal.camera.decoders (zxing-cpp, pyzbar) on arbitrary frames"),
     )
 }
 
@@ -522,6 +569,8 @@ def _atheris_child(name: str, libfuzzer_args: list[str]) -> None:
     import gateway.his.ack
     import gateway.his.mllp  # noqa: F401
 
+    if name == "camera_frame":
+        import device.hal.camera.decoders
     if name == "scanner_line":
         import device.hal.scanner.serial_scanner
         import device.hal.scanner.symbology  # noqa: F401

@@ -24,6 +24,7 @@ from gateway.his.ack import AckError, parse_ack
 from gateway.his.mllp import MllpDecoder, MllpError
 from hw_sim.fuzz import CRASHERS_DIR, DEVICE, SITE, TARGETS, TODAY, crasher_files, known_bug
 
+_OPTIONAL_MODULES = {"scanner_line": "device.hal.scanner.serial_scanner", "camera_frame": "device.hal.camera.decoders"}
 FAST = settings(max_examples=150, deadline=dt.timedelta(seconds=2), suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -47,8 +48,8 @@ def _run_allowing_known(name: str, data: bytes) -> None:
 
 @pytest.mark.parametrize("name", sorted(TARGETS))
 def test_parser_raises_only_its_documented_error_on_random_bytes(name: str) -> None:
-    if name == "scanner_line":
-        pytest.importorskip("device.hal.scanner.serial_scanner")
+    if name in _OPTIONAL_MODULES:
+        pytest.importorskip(_OPTIONAL_MODULES[name])
 
     @FAST
     @given(data=_with_seeds(name))

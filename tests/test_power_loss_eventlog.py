@@ -10,7 +10,9 @@ the check can see a loss; with the product's settings none may be.
 
 ``SPD_POWER_CUTS`` (default 20) and ``SPD_POWER_SEED`` (default 20250601)
 change the number of cuts and the seed of the FULL drill, e.g.
-``SPD_POWER_CUTS=50 pytest tests/test_power_loss_eventlog.py``.
+``SPD_POWER_CUTS=50 pytest tests/test_power_loss_eventlog.py``; the drill also
+runs alone and prints its figures:
+``python tests/test_power_loss_eventlog.py drill FULL 50 20250601``.
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ def power_cut_drill(workdir: Path, *, synchronous: str, cuts: int, seed: int) ->
     with PowerLossFs(workdir / "disk", workdir / "mnt") as fs:
         for _ in range(cuts):
             writer = subprocess.Popen(
-                [sys.executable, __file__, str(db_path), synchronous],
+                [sys.executable, __file__, "writer", str(db_path), synchronous],
                 stdout=subprocess.PIPE, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
             )
             assert writer.stdout is not None
@@ -152,5 +154,23 @@ def test_product_event_log_loses_no_acknowledged_event_over_random_power_cuts(tm
     assert result.chain_breaks == 0
 
 
+def _drill_main(argv: list[str]) -> int:
+    """``python tests/test_power_loss_eventlog.py drill [FULL|NORMAL] [CUTS] [SEED]``: run a drill, print figures."""
+    import tempfile
+
+    synchronous = argv[0] if argv else "FULL"
+    cuts = int(argv[1]) if len(argv) > 1 else 50
+    seed = int(argv[2]) if len(argv) > 2 else FULL_SEED
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="power-drill-") as tmp:
+        r = power_cut_drill(Path(tmp), synchronous=synchronous, cuts=cuts, seed=seed)
+    print(f"synchronous={synchronous} seed={seed}: {r.cuts} cuts, {r.acknowledged} acknowledged events, "
+          f"{len(r.lost)} lost, integrity {sorted(set(r.integrity))}, {r.chain_breaks} chain breaks, "
+          f"{r.bytes_dropped} unsynced bytes dropped, {time.monotonic() - started:.1f} s")
+    return 1 if r.lost or set(r.integrity) != {"ok"} or r.chain_breaks else 0
+
+
 if __name__ == "__main__":
-    _writer(sys.argv[1], sys.argv[2])
+    if sys.argv[1] == "drill":
+        sys.exit(_drill_main(sys.argv[2:]))
+    _writer(sys.argv[2], sys.argv[3])

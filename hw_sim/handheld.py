@@ -66,12 +66,19 @@ class SimHandheld:
         garbage_rate: float = 0.0,
         resend_after_s: float = 5.0,
         batch_size: int = 200,
+        nurse_journal: Path | None = None,
+        clock_jumps: bool = False,
     ) -> None:
         self.device = device
         self.seed = seed
         self.garbage_rate = garbage_rate
         self.catalog = sim_catalog()
-        self.log = EventLog(Path(data_dir) / f"{device}.db", device=device)
+        self.clock = JumpingClock(random.Random(f"clock/{seed}/{device}")) if clock_jumps else None
+        self.log = EventLog(
+            Path(data_dir) / f"{device}.db", device=device, clock=self.clock.now if self.clock else time.time
+        )
+        # what the nurse was told, kept outside the device's data directory (a power cut there must not erase it)
+        self._journal = open(nurse_journal, "a", encoding="ascii") if nurse_journal else None  # noqa: SIM115
         self.sync = DeviceSync(
             self.log, site=site, host=broker_host, port=broker_port, resend_after_s=resend_after_s,
             batch_size=batch_size,
@@ -88,6 +95,11 @@ class SimHandheld:
         t0 = time.perf_counter()
         outcome = self.scanner.scan_pair(pair.wristband, pair.udi)
         self.commit_latencies_s.append(time.perf_counter() - t0)
+        if self._journal is not None and outcome.accepted:
+            self._journal.write(f"{self.device} {outcome.event.seq}\n")
+            self._journal.flush()
+        if self.clock is not None:
+            self.clock.maybe_jump()
         return outcome
 
     def run(self, scans: int, rate_per_s: float) -> int:
@@ -116,6 +128,26 @@ class SimHandheld:
     def stop(self) -> None:
         self.sync.stop()
         self.log.close()
+        if self._journal is not None:
+            self._journal.close()
+
+
+class JumpingClock:
+    """A wall clock that now and then jumps backwards or forwards (NTP step, RTC battery, operator error)."""
+
+    def __init__(self, rng: random.Random, *, jump_probability: float = 0.02) -> None:
+        self.rng = rng
+        self.offset_s = 0.0
+        self.jump_probability = jump_probability
+        self.jumps = 0
+
+    def now(self) -> float:
+        return time.time() + self.offset_s
+
+    def maybe_jump(self) -> None:
+        if self.rng.random() < self.jump_probability:
+            self.offset_s = self.rng.choice([-1, 1]) * self.rng.uniform(60, 6 * 3600)
+            self.jumps += 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,11 +164,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resend-after", type=float, default=3.0)
     p.add_argument("--drain-timeout", type=float, default=300.0)
     p.add_argument("--linger", type=float, default=0.0, help="stay connected this long after draining")
+    p.add_argument("--nurse-journal", type=Path, default=None, help="append 'device seq' per accepted scan")
+    p.add_argument("--clock-jumps", action="store_true", help="let the device clock jump now and then")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     hh = SimHandheld(
         device=a.device, site=a.site, data_dir=a.data_dir, broker_host=a.broker_host, broker_port=a.broker_port,
-        seed=a.seed, garbage_rate=a.garbage_rate, resend_after_s=a.resend_after,
+        seed=a.seed, garbage_rate=a.garbage_rate, resend_after_s=a.resend_after, nurse_journal=a.nurse_journal,
+        clock_jumps=a.clock_jumps,
     ).start()
     total = hh.run(a.scans, a.rate)
     drained = hh.wait_drained(a.drain_timeout)

@@ -185,6 +185,7 @@ class SpineHarness:
         self.lease_ttl_s = lease_ttl_s
         self.gateways: dict[int, ManagedProcess] = {}
         self.handhelds: dict[str, ManagedProcess] = {}
+        self.device_db_paths: dict[str, Path] = {}
         self.env = dict(os.environ)
 
     # ------------------------------------------------------------ parts
@@ -226,22 +227,34 @@ class SpineHarness:
         self.gateways[instance].kill()
 
     def start_handheld(
-        self, device: str, *, scans: int, rate: float, garbage_rate: float = 0.0, linger_s: float = 0.0
+        self,
+        device: str,
+        *,
+        scans: int,
+        rate: float,
+        garbage_rate: float = 0.0,
+        linger_s: float = 0.0,
+        data_dir: Path | None = None,
+        broker_port: int | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> ManagedProcess:
+        """Start (or restart, with the same arguments) a handheld process."""
         hh = self.handhelds.get(device)
         if hh is None:
+            ddir = data_dir or self.device_dir
+            self.device_db_paths[device] = ddir / f"{device}.db"
             argv = [
                 sys.executable, "-m", "hw_sim.handheld", "--device", device, "--site", self.site,
-                "--data-dir", str(self.device_dir), "--broker-port", str(self.broker.port), "--scans", str(scans),
-                "--rate", str(rate), "--seed", str(self.seed), "--garbage-rate", str(garbage_rate),
-                "--resend-after", "2", "--linger", str(linger_s),
+                "--data-dir", str(ddir), "--broker-port", str(broker_port or self.broker.port),
+                "--scans", str(scans), "--rate", str(rate), "--seed", str(self.seed),
+                "--garbage-rate", str(garbage_rate), "--resend-after", "2", "--linger", str(linger_s), *extra_args,
             ]
             hh = ManagedProcess(device, argv, self.workdir / f"{device}.log", self.env)
             self.handhelds[device] = hh
         return hh.start()
 
     def device_dbs(self) -> list[Path]:
-        return sorted(self.device_dir.glob("*.db"))
+        return [p for p in sorted(self.device_db_paths.values()) if p.exists()]
 
     # ------------------------------------------------------------ settling and counting
 

@@ -382,7 +382,9 @@ class SimulatedHis:
         with self._lock:
             self._ack_seq += 1
             ack_id = f"HIS{self._ack_seq:08d}"
-            if refusal is None and self._forced:
+            # a resend of a charge already booked is recognised and answered AA, as a real HIS de-duplicates
+            already = refusal is None and dft is not None and self._is_booked(dft)
+            if refusal is None and self._forced and not already:
                 forced_code, forced_text = self._forced.popleft()
                 refusal = _Refusal(forced_code, "207", forced_text)
             if refusal is None and dft is not None and dft.charge_code in self._rejected_codes:
@@ -414,6 +416,18 @@ class SimulatedHis:
         with self._lock:
             self._acks_sent += 1
         return frame_text(ack, self.encoding)
+
+    def clear_faults(self) -> None:
+        """Forget every pending fault (forced answers, drops, wrong ids, delay)."""
+        with self._lock:
+            self._forced.clear()
+            self._drop_after_store = 0
+            self._wrong_id_next = 0
+            self._delay_s = 0.0
+
+    def _is_booked(self, dft: _Dft) -> bool:
+        db = self._require_db()
+        return db.execute("SELECT 1 FROM charges WHERE txn_id = ?", (dft.txn_id,)).fetchone() is not None
 
     def _book(self, dft: _Dft, received_at: str, his_ref: str) -> None:
         db = self._require_db()

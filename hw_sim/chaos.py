@@ -1,0 +1,475 @@
+"""The chaos run: real load, faults on a seeded schedule, then a zero-tolerance check of the history.
+
+Handhelds (separate processes) scan through a fault-injecting TCP proxy into
+a private Mosquitto; two gateway instances share the events on an MQTT 5
+shared subscription and one store; the simulated HIS answers over MLLP.
+Faults come from one seeded schedule: agent SIGKILLs, simulated power cuts
+(devices whose data directory is on :mod:`hw_sim.powerfs`), broker kills,
+gateway kills, network cuts, HIS outages, slow answers, AE answers, ACKs with
+a wrong control id, ACKs dropped after the charge was stored, device clock
+jumps and malformed MQTT payloads.
+
+When the schedule ends every part is brought back, the devices drain, the
+parked charges are re-sent as an operator would, and the checker compares:
+every scan the nurse was told about is stored once at the gateway and
+charged once at the HIS (set equality), nothing exists at the gateway or
+the HIS that no device produced, hash chains verify, and
+``PRAGMA integrity_check`` passed on every device database after every
+crash and on the gateway's after every gateway kill.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import logging
+import random
+import signal
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from device.eventlog import EventLog
+from hw_sim.harness import SpineHarness, Tally
+from hw_sim.netproxy import FaultProxy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ChaosConfig:
+    seed: int = 1
+    devices: int = 8
+    scans_per_device: int = 1250
+    rate: float = 8.0
+    power_devices: int = 2  # devices whose data directory is on a power-loss filesystem
+    agent_kills: int = 200
+    power_cuts: int = 50
+    broker_kills: int = 20
+    gateway_kills: int = 20
+    his_dropped_acks: int = 12
+    his_outages: int = 5
+    his_slow_periods: int = 3
+    his_ae_answers: int = 5
+    his_wrong_ids: int = 5
+    network_cuts: int = 10
+    malformed_per_s: float = 2.0
+    gateways: int = 2
+    settle_timeout_s: float = 240.0
+
+
+@dataclass(slots=True)
+class ChaosReport:
+    seed: int
+    scans: int = 0
+    told_to_nurse: int = 0
+    lost: int = 0
+    lost_on_device: int = 0
+    duplicated: int = 0
+    invented: int = 0
+    agent_kills: int = 0
+    power_cuts: int = 0
+    broker_kills: int = 0
+    gateway_kills: int = 0
+    network_cuts: int = 0
+    his_dropped_acks: int = 0
+    his_outages: int = 0
+    his_slow_periods: int = 0
+    his_ae_answers: int = 0
+    his_wrong_ids: int = 0
+    clock_jumps_enabled: bool = True
+    malformed_payloads: int = 0
+    parked_resent: int = 0
+    parked_left: int = 0
+    integrity_checks: int = 0
+    integrity_failures: list[str] = field(default_factory=list)
+    chain_breaks: int = 0
+    device_chain_breaks: int = 0
+    fault_phase_s: float = 0.0
+    drain_s: float = 0.0
+    tally: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.lost == 0 and self.lost_on_device == 0 and self.duplicated == 0 and self.invented == 0
+            and not self.integrity_failures and self.chain_breaks == 0 and self.device_chain_breaks == 0
+            and self.parked_left == 0
+            and self.scans > 0
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["ok"] = self.ok
+        return d
+
+
+def _integrity(path: Path) -> str:
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    try:
+        return str(db.execute("PRAGMA integrity_check").fetchone()[0])
+    finally:
+        db.close()
+
+
+class PowerDomain:
+    """One device whose data directory lives on a power-loss filesystem."""
+
+    def __init__(self, root: Path, name: str) -> None:
+        from hw_sim.powerfs import PowerLossFs
+
+        self.backing = root / f"{name}-backing"
+        self.mount_dir = root / f"{name}-mnt"
+        self.backing.mkdir(parents=True, exist_ok=True)
+        self.mount_dir.mkdir(parents=True, exist_ok=True)
+        self.fs = PowerLossFs(self.backing, self.mount_dir)
+        self.fs.mount()
+
+    def power_cut(self) -> None:
+        self.fs.power_cut()
+
+    def close(self) -> None:
+        self.fs.unmount()
+
+
+class ChaosRun:
+    """Drives one seeded chaos run; :meth:`run` returns the checked report."""
+
+    def __init__(self, workdir: Path, config: ChaosConfig, *, say: Callable[[str], None] = lambda s: None) -> None:
+        self.cfg = config
+        self.workdir = workdir
+        self.say = say
+        self.rng = random.Random(config.seed)
+        self.report = ChaosReport(seed=config.seed)
+        self.h = SpineHarness(workdir, seed=config.seed, gateways=config.gateways, lease_ttl_s=2.0,
+                              his_backoff_max_s=1.0)
+        self.proxy: FaultProxy | None = None
+        self.domains: dict[str, PowerDomain] = {}
+        self.devices = [f"CH{i:02d}" for i in range(config.devices)]
+        self.journals = workdir / "nurse"
+        self.journals.mkdir(parents=True, exist_ok=True)
+        self._stop_rogue = threading.Event()
+        self._faults: list[tuple[float, int, str]] = []
+
+    # ------------------------------------------------------------ parts
+
+    def _start_device(self, device: str) -> None:
+        dom = self.domains.get(device)
+        assert self.proxy is not None
+        self.h.start_handheld(
+            device, scans=self.cfg.scans_per_device, rate=self.cfg.rate, garbage_rate=0.01,
+            data_dir=dom.mount_dir if dom else None, broker_port=self.proxy.port,
+            extra_args=("--nurse-journal", str(self.journals / f"{device}.txt"), "--clock-jumps",
+                        "--drain-timeout", "900"),
+        )
+
+    def _check_db(self, what: str, path: Path) -> None:
+        if not path.exists():
+            return
+        self.report.integrity_checks += 1
+        result = _integrity(path)
+        if result != "ok":
+            self.report.integrity_failures.append(f"{what}: {result}")
+
+    def _rogue(self) -> None:
+        """Malformed payloads mixed into the traffic, on real and unknown devices' topics."""
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="rogue")
+        client.reconnect_delay_set(0.2, 1)  # type: ignore[arg-type]
+        client.connect_async("127.0.0.1", self.h.broker.port)
+        client.loop_start()
+        rng = random.Random(self.cfg.seed + 7)
+        payloads = [b"{", b"\x00\xff\xfe", b'{"v":9}', b'{"v":1,"site":"H1","device":"X","events":[]}',
+                    b'{"v":1,"site":"H1","device":"%s","events":[{"seq":0}]}', b"[]", b"null"]
+        while not self._stop_rogue.wait(1.0 / self.cfg.malformed_per_s):
+            dev = rng.choice([*self.devices, "ROGUE1"])
+            p = rng.choice(payloads).replace(b"%s", dev.encode())
+            if client.is_connected():
+                client.publish(f"spd/v1/{self.h.site}/{dev}/events", p, qos=1)
+                self.report.malformed_payloads += 1
+        client.loop_stop()
+        client.disconnect()
+
+    # ------------------------------------------------------------ the schedule
+
+    def _schedule(self, span_s: float) -> list[tuple[float, int, str]]:
+        c, rng = self.cfg, self.rng
+        counts = {
+            "agent_kill": c.agent_kills,
+            "power_cut": c.power_cuts if self.domains else 0,
+            "broker_kill": c.broker_kills,
+            "gateway_kill": c.gateway_kills,
+            "his_drop_ack": c.his_dropped_acks,
+            "his_outage": c.his_outages,
+            "his_slow": c.his_slow_periods,
+            "his_ae": c.his_ae_answers,
+            "his_wrong_id": c.his_wrong_ids,
+            "network_cut": c.network_cuts,
+        }
+        events: list[tuple[float, int, str]] = []
+        n = 0
+        for kind, count in counts.items():
+            for _ in range(count):
+                events.append((rng.uniform(0.5, span_s), n, kind))
+                n += 1
+        heapq.heapify(events)
+        return events
+
+    def _fault(self, kind: str, restore: list[tuple[float, int, str]], now: float, seq: int) -> None:
+        r, rng, h = self.report, self.rng, self.h
+        if kind == "agent_kill":
+            running = [d for d in self.devices if h.handhelds[d].running]
+            if not running:
+                return
+            dev = rng.choice(running)
+            h.handhelds[dev].kill(signal.SIGKILL)
+            self._check_db(f"{dev} after SIGKILL", h.device_db_paths[dev])
+            self._start_device(dev)
+            r.agent_kills += 1
+        elif kind == "power_cut":
+            dev = rng.choice(list(self.domains))
+            h.handhelds[dev].kill(signal.SIGKILL)
+            self.domains[dev].power_cut()
+            self._check_db(f"{dev} after power cut", h.device_db_paths[dev])
+            self._start_device(dev)
+            r.power_cuts += 1
+        elif kind == "broker_kill":
+            if not h.broker.running:
+                self._later(kind, now, seq)
+                return
+            h.broker.kill()
+            r.broker_kills += 1
+            heapq.heappush(restore, (now + rng.uniform(0.2, 1.5), seq, "broker_up"))
+        elif kind == "gateway_kill":
+            live = [i for i, g in h.gateways.items() if g.running]
+            if not live:
+                self._later(kind, now, seq)
+                return
+            i = rng.choice(live)
+            h.kill_gateway(i)
+            self._check_db(f"gateway after kill of instance {i}", h.gateway_db)
+            r.gateway_kills += 1
+            heapq.heappush(restore, (now + rng.uniform(0.2, 2.0), seq, f"gateway_up:{i}"))
+        elif kind == "his_drop_ack":
+            h.his.drop_acks_after_store(1)
+            r.his_dropped_acks += 1
+        elif kind == "his_outage":
+            if not h.his.is_up:
+                self._later(kind, now, seq)
+                return
+            h.his.go_down()
+            r.his_outages += 1
+            heapq.heappush(restore, (now + rng.uniform(1.0, 4.0), seq, "his_up"))
+        elif kind == "his_slow":
+            h.his.set_delay(2.5)  # beyond the gateway's 2 s timeout
+            r.his_slow_periods += 1
+            heapq.heappush(restore, (now + rng.uniform(1.0, 3.0), seq, "his_fast"))
+        elif kind == "his_ae":
+            h.his.answer_next("AE", 1, "charge code under review")
+            r.his_ae_answers += 1
+        elif kind == "his_wrong_id":
+            h.his.wrong_control_id_next(1)
+            r.his_wrong_ids += 1
+        elif kind == "network_cut":
+            assert self.proxy is not None
+            self.proxy.cut(blackhole=rng.random() < 0.5)
+            r.network_cuts += 1
+            heapq.heappush(restore, (now + rng.uniform(0.5, 3.0), seq, "network_up"))
+
+    def _later(self, kind: str, now: float, seq: int) -> None:
+        """A fault that cannot happen now (its target is already down) happens a little later."""
+        heapq.heappush(self._faults, (now + self.rng.uniform(1.0, 3.0), seq, kind))
+
+    def _restore(self, kind: str) -> None:
+        h = self.h
+        if kind == "broker_up":
+            if not h.broker.running:
+                h.broker.start()
+        elif kind.startswith("gateway_up:"):
+            i = int(kind.split(":")[1])
+            if not h.gateways[i].running:
+                h.start_gateway(i)
+        elif kind == "his_up":
+            if not h.his.is_up:
+                h.his.come_up()
+        elif kind == "his_fast":
+            h.his.set_delay(0.0)
+        elif kind == "network_up":
+            assert self.proxy is not None
+            self.proxy.restore()
+
+    # ------------------------------------------------------------ run and check
+
+    def run(self) -> ChaosReport:
+        cfg, h = self.cfg, self.h
+        try:
+            h.start()
+            self.proxy = FaultProxy("127.0.0.1", h.broker.port).start()
+            for dev in self.devices[: cfg.power_devices]:
+                self.domains[dev] = PowerDomain(self.workdir / "power", dev)
+            for dev in self.devices:
+                self._start_device(dev)
+            rogue = threading.Thread(target=self._rogue, daemon=True)
+            rogue.start()
+            span = cfg.scans_per_device / cfg.rate
+            self.say(f"chaos seed {cfg.seed}: {cfg.devices} devices x {cfg.scans_per_device} scans at "
+                     f"{cfg.rate}/s, faults over {span:.0f}s")
+            faults = self._faults = self._schedule(span)
+            restore: list[tuple[float, int, str]] = []
+            t0 = time.monotonic()
+            while faults or restore:
+                now = time.monotonic() - t0
+                nxt_f = faults[0][0] if faults else float("inf")
+                nxt_r = restore[0][0] if restore else float("inf")
+                nxt = min(nxt_f, nxt_r)
+                if nxt > now:
+                    time.sleep(min(nxt - now, 0.5))
+                    continue
+                if nxt_r <= nxt_f:
+                    _, _, kind = heapq.heappop(restore)
+                    self._restore(kind)
+                else:
+                    _, seq, kind = heapq.heappop(faults)
+                    try:
+                        self._fault(kind, restore, now, seq)
+                    except Exception:
+                        log.exception("fault %s failed", kind)
+                        raise
+            self.report.fault_phase_s = round(time.monotonic() - t0, 1)
+            self._stop_rogue.set()
+            rogue.join(timeout=5)
+            # everything back up; devices finish their scans and drain
+            self._bring_back()
+            t1 = time.monotonic()
+            self.say(f"faults over after {self.report.fault_phase_s}s; waiting for the devices to drain")
+            self._wait_devices(cfg.settle_timeout_s)
+            self._resend_parked()
+            t = h.wait_settled(timeout_s=cfg.settle_timeout_s, quiet_s=2.0)
+            self.report.drain_s = round(time.monotonic() - t1, 1)
+            self._check(t)
+        finally:
+            self._stop_rogue.set()
+            h.close()
+            if self.proxy is not None:
+                self.proxy.close()
+            for dom in self.domains.values():
+                try:
+                    dom.close()
+                except Exception:
+                    log.exception("unmount failed")
+        return self.report
+
+    def _bring_back(self) -> None:
+        h = self.h
+        assert self.proxy is not None
+        self.proxy.restore()
+        if not h.broker.running:
+            h.broker.start()
+        for i, gw in h.gateways.items():
+            if not gw.running:
+                h.start_gateway(i)
+        if not h.his.is_up:
+            h.his.come_up()
+        h.his.clear_faults()
+
+    def _wait_devices(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        pending = set(self.devices)
+        while pending and time.monotonic() < deadline:
+            for dev in list(pending):
+                hh = self.h.handhelds[dev]
+                rc = hh.proc.poll() if hh.proc else None
+                if rc == 0:
+                    pending.discard(dev)
+                elif rc is not None:  # exited with an error (e.g. killed, or drain timed out): start it again
+                    self._start_device(dev)
+            time.sleep(0.2)
+        if pending:
+            raise RuntimeError(f"devices did not drain: {sorted(pending)}")
+
+    def _resend_parked(self) -> None:
+        """What the billing office does with charges the HIS refused for a while: re-send them."""
+        from gateway.store import GatewayStore
+
+        store = GatewayStore(self.h.gateway_db)
+        try:
+            for (cid,) in store.query("SELECT charge_id FROM charges WHERE status = 'parked'"):
+                if store.requeue_parked(cid):
+                    self.report.parked_resent += 1
+        finally:
+            store.close()
+
+    def _check(self, t: Tally) -> None:
+        r, h = self.report, self.h
+        told: set[tuple[str, int]] = set()
+        for dev in self.devices:
+            jf = self.journals / f"{dev}.txt"
+            if jf.exists():
+                for line in jf.read_text().split("\n"):
+                    parts = line.split()
+                    if len(parts) == 2:
+                        told.add((parts[0], int(parts[1])))
+        r.told_to_nurse = len(told)
+        on_device: set[tuple[str, int]] = set()
+        for dev in self.devices:
+            path = h.device_db_paths[dev]
+            self._check_db(f"{dev} at the end", path)
+            elog = EventLog(path, device=dev)
+            r.device_chain_breaks += len(elog.verify_chain())
+            on_device |= {(dev, e.seq) for e in elog.events(limit=10**9) if e.kind == "consume"}
+            elog.close()
+        self._check_db("gateway at the end", h.gateway_db)
+        r.lost_on_device = len(told - on_device)
+        r.scans = t.scans
+        r.lost = t.lost + len(told - on_device)
+        r.duplicated = t.duplicates
+        r.invented = t.invented
+        r.chain_breaks = t.chain_breaks
+        r.parked_left = t.parked
+        stats = h.his.stats()
+        r.his_dropped_acks = stats.acks_dropped
+        r.his_wrong_ids = stats.wrong_control_ids_sent
+        r.tally = t.as_dict()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="spd-sim chaos", description="seeded fault-injection run with a strict checker")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--devices", type=int, default=8)
+    p.add_argument("--scans-per-device", type=int, default=1250)
+    p.add_argument("--rate", type=float, default=8.0)
+    p.add_argument("--power-devices", type=int, default=2)
+    p.add_argument("--agent-kills", type=int, default=200)
+    p.add_argument("--power-cuts", type=int, default=50)
+    p.add_argument("--broker-kills", type=int, default=20)
+    p.add_argument("--gateway-kills", type=int, default=20)
+    p.add_argument("--his-dropped-acks", type=int, default=12)
+    p.add_argument("--network-cuts", type=int, default=10)
+    p.add_argument("--workdir", type=Path, default=None)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cfg = ChaosConfig(
+        seed=a.seed, devices=a.devices, scans_per_device=a.scans_per_device, rate=a.rate,
+        power_devices=a.power_devices, agent_kills=a.agent_kills, power_cuts=a.power_cuts,
+        broker_kills=a.broker_kills, gateway_kills=a.gateway_kills, his_dropped_acks=a.his_dropped_acks,
+        network_cuts=a.network_cuts,
+    )
+    workdir = a.workdir or Path(tempfile.mkdtemp(prefix="spd-chaos-"))
+    t0 = time.monotonic()
+    report = ChaosRun(workdir, cfg, say=lambda s: print(s, flush=True)).run()
+    d = report.as_dict()
+    d["wall_s"] = round(time.monotonic() - t0, 1)
+    print(json.dumps(d))
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""The CI-sized chaos run: ≥10,000 scans under every fault, checked with zero tolerance."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from hw_sim.chaos import ChaosConfig, ChaosRun
+
+pytestmark = pytest.mark.slow
+
+
+def _fuse_usable() -> bool:
+    return os.path.exists("/dev/fuse") and os.access("/dev/fuse", os.R_OK | os.W_OK)
+
+
+@pytest.mark.skipif(not _fuse_usable(), reason="simulated power cuts need /dev/fuse")
+def test_nothing_lost_doubled_or_invented_under_faults(tmp_path: Path) -> None:
+    cfg = ChaosConfig(seed=int(os.environ.get("SPD_CHAOS_SEED", "20261123")))
+    report = ChaosRun(tmp_path / "chaos", cfg, say=print).run()
+    print(json.dumps(report.as_dict()))
+    assert report.scans >= 10_000
+    assert report.agent_kills >= 200
+    assert report.power_cuts >= 50
+    assert report.broker_kills >= 20
+    assert report.gateway_kills >= 20
+    assert report.his_dropped_acks >= 10
+    assert report.integrity_checks >= report.agent_kills + report.power_cuts
+    assert report.integrity_failures == []
+    assert (report.lost, report.lost_on_device, report.duplicated, report.invented) == (0, 0, 0, 0)
+    assert (report.chain_breaks, report.device_chain_breaks, report.parked_left) == (0, 0, 0)
+    assert report.told_to_nurse <= report.scans
+    assert report.drain_s < 180

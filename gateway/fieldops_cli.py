@@ -80,6 +80,14 @@ def _revoke(a: argparse.Namespace) -> int:
     return 0
 
 
+def _crl(a: argparse.Namespace) -> int:
+    from gateway.pki import SiteCA
+
+    path = SiteCA.load(a.ca_dir).write_crl(valid_days=a.valid_days)
+    print(f"CRL written to {path}, valid {a.valid_days} days; copy it to the broker and reload it")
+    return 0
+
+
 def _signing_key(a: argparse.Namespace) -> int:
     from gateway.commands import generate_signing_key, public_key_pem
 
@@ -246,6 +254,11 @@ def register(sub: Any) -> None:
     p.add_argument("--db", type=Path, default=None)
     by(p)
     p.set_defaults(func=_revoke)
+
+    p = sub.add_parser("crl", help="re-issue the CRL (do it before it expires: monthly)")
+    p.add_argument("--ca-dir", type=Path, required=True)
+    p.add_argument("--valid-days", type=int, default=30)
+    p.set_defaults(func=_crl)
 
     p = sub.add_parser("signing-key", help="create the command-signing key; prints its public key")
     p.add_argument("--out", type=Path, required=True)

@@ -195,3 +195,15 @@ def test_provision_refuses_to_overwrite_a_provisioned_device(site: Site, tmp_pat
     with pytest.raises(ProvisionError) as err:
         provision(cfg_path, url=site.enrol.url, token=site.token("CAB51"), ca_fingerprint=site.ca.fingerprint)
     assert err.value.reason == "already_provisioned"
+
+
+def test_owner_gets_the_config_and_the_key_which_stays_0600(site: Site, tmp_path: Path) -> None:
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    cfg_path = tmp_path / "etc" / "device.toml"
+    provision(cfg_path, url=site.enrol.url, token=site.token("CAB60"), ca_fingerprint=site.ca.fingerprint,
+              data_dir=tmp_path / "data", owner="nobody")
+    key = cfg_path.parent / "device.key"
+    assert (key.stat().st_uid, cfg_path.stat().st_uid) == (nobody.pw_uid, nobody.pw_uid)
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600

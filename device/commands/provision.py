@@ -246,18 +246,19 @@ class Retirement:
 
 def provision(config_path: str | Path, *, url: str, token: str, ca_fingerprint: str,
               data_dir: str | Path = "/var/lib/spd-device", kind: str = "cabinet",
-              sections: dict[str, Any] | None = None, timeout_s: float = 10.0) -> DeviceConfig:
+              sections: dict[str, Any] | None = None, timeout_s: float = 10.0,
+              owner: str | None = None) -> DeviceConfig:
     """Enrol with a one-time token and write a validated config next to the new key and certificate."""
     cfg_path = Path(config_path)
     if cfg_path.exists():
         raise ProvisionError(f"{cfg_path} exists: this device is provisioned (use reprovision or reset)",
                              "already_provisioned")
     return _enrol_and_write(cfg_path, url=url, token=token, ca_fingerprint=ca_fingerprint, data_dir=Path(data_dir),
-                            kind=kind, sections=sections or {}, timeout_s=timeout_s)
+                            kind=kind, sections=sections or {}, timeout_s=timeout_s, owner=owner)
 
 
 def _enrol_and_write(cfg_path: Path, *, url: str, token: str, ca_fingerprint: str, data_dir: Path, kind: str,
-                     sections: dict[str, Any], timeout_s: float) -> DeviceConfig:
+                     sections: dict[str, Any], timeout_s: float, owner: str | None = None) -> DeviceConfig:
     parts = token.strip().split("/")
     if len(parts) != 3 or not all(ID_PATTERN.match(p) for p in parts[:2]):
         raise ProvisionError("an enrolment token looks like SITE/DEVICE/SECRET", "bad_token")
@@ -286,8 +287,22 @@ def _enrol_and_write(cfg_path: Path, *, url: str, token: str, ca_fingerprint: st
     }
     doc.update({k: v for k, v in sections.items() if k not in CORE_SECTIONS})
     cfg = _write_config(cfg_path, doc)
+    if owner:
+        _chown(owner, [cfg_path, *(etc / n for n in IDENTITY_FILES)])
     log.info("provisioned %s at site %s", device, site)
     return cfg
+
+
+def _chown(owner: str, paths: list[Path]) -> None:
+    """Give the files to the agent's user (the key stays 0600: readable by that user alone)."""
+    import pwd
+
+    try:
+        pw = pwd.getpwnam(owner)
+    except KeyError:
+        raise ProvisionError(f"no user {owner!r} on this system (deploy/install.sh creates 'spd')") from None
+    for p in paths:
+        os.chown(p, pw.pw_uid, pw.pw_gid)
 
 
 def deliver_backlog(cfg: DeviceConfig, log_: EventLog, *, timeout_s: float) -> bool:
@@ -349,7 +364,8 @@ def _archive_identity(cfg_path: Path, archive: Path) -> None:
 
 def reprovision(config_path: str | Path, *, url: str, token: str, ca_fingerprint: str,
                 export_to: Path | None = None, deliver_timeout_s: float = 0.0,
-                layout: dict[str, Any] | None = None, timeout_s: float = 10.0) -> tuple[DeviceConfig, Retirement]:
+                layout: dict[str, Any] | None = None, timeout_s: float = 10.0,
+                owner: str | None = None) -> tuple[DeviceConfig, Retirement]:
     """New site, identity and (optionally) layout. Refuses while unacknowledged events would be left behind."""
     cfg_path = Path(config_path)
     register_sections()
@@ -363,7 +379,7 @@ def reprovision(config_path: str | Path, *, url: str, token: str, ca_fingerprint
     sections.update(layout or {})
     try:
         cfg = _enrol_and_write(cfg_path, url=url, token=token, ca_fingerprint=ca_fingerprint, data_dir=old.data_dir,
-                               kind=old.kind, sections=sections, timeout_s=timeout_s)
+                               kind=old.kind, sections=sections, timeout_s=timeout_s, owner=owner)
     except Exception:
         # enrolment failed: put the previous identity back so the device still works as before
         for p in staged.iterdir():
@@ -417,7 +433,7 @@ def _cmd(fn: Any) -> Any:
 
 def _provision(a: argparse.Namespace) -> int:
     cfg = provision(a.config, url=a.url, token=a.token, ca_fingerprint=a.ca_fingerprint, data_dir=a.data_dir,
-                    kind=a.kind, sections=_load_layout(a.layout))
+                    kind=a.kind, sections=_load_layout(a.layout), owner=a.owner)
     print(f"provisioned {cfg.device_id} at site {cfg.site}; config written to {a.config}")
     return 0
 
@@ -434,7 +450,7 @@ def _report(r: Retirement) -> None:
 
 def _reprovision(a: argparse.Namespace) -> int:
     cfg, r = reprovision(a.config, url=a.url, token=a.token, ca_fingerprint=a.ca_fingerprint, export_to=a.export,
-                         deliver_timeout_s=a.deliver_timeout, layout=_load_layout(a.layout))
+                         deliver_timeout_s=a.deliver_timeout, layout=_load_layout(a.layout), owner=a.owner)
     _report(r)
     print(f"reprovisioned as {cfg.device_id} at site {cfg.site}")
     return 0
@@ -460,6 +476,7 @@ def register(sub: Any) -> None:
         p.add_argument("--token", required=True, help="one-time token SITE/DEVICE/SECRET")
         p.add_argument("--ca-fingerprint", required=True, help="SHA-256 of the site CA, given with the token")
         p.add_argument("--layout", type=Path, default=None, help="TOML with the cabinet's other sections")
+        p.add_argument("--owner", default=None, help="give config, key and certificate to this user (e.g. spd)")
 
     def retire_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--export", type=Path, default=None, help="write unacknowledged events to this file")

@@ -63,7 +63,7 @@ class ChargingWorker:
         self._on_charges = on_charges
         self._may_run = may_run
         self._catalog = load_catalog(store)
-        self._consumed = store.charged_item_keys()
+        self._consumed = bridge.new_consumed_set(store.charged_item_keys())
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -81,7 +81,7 @@ class ChargingWorker:
         if not stored:
             return 0
         tuples = [_event_tuple(s.event) for s in stored]
-        consumed = set(self._consumed)
+        consumed = self._consumed.copy()
         result = bridge.charge_batch(tuples, self._catalog, consumed, self.config)
         now = time.time()
         dup_items: list[bridge.ChargeLine] = []
@@ -153,13 +153,13 @@ class ChargingWorker:
                 continue
             if not leading:  # (re)gained the right to charge: another instance may have charged meanwhile
                 leading = True
-                self._consumed = self.store.charged_item_keys()
+                self._consumed = bridge.new_consumed_set(self.store.charged_item_keys())
                 self.reload_catalog()
             try:
                 n = self.run_once()
             except Exception:
                 log.exception("charging pass failed; retrying")
-                self._consumed = self.store.charged_item_keys()
+                self._consumed = bridge.new_consumed_set(self.store.charged_item_keys())
                 n = 0
                 self._stop.wait(1.0)
             if n < self.batch_size:

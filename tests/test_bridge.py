@@ -16,6 +16,7 @@ from gateway.bridge import (
     CatalogItem,
     RejectReason,
     charge_batch,
+    new_consumed_set,
 )
 
 
@@ -55,7 +56,7 @@ def test_implementation_is_named() -> None:
 
 
 def test_valid_scan_produces_charge_line_at_purchase_price(catalog: Catalog) -> None:
-    consumed: set[str] = set()
+    consumed = new_consumed_set()
     result = charge_batch([event(7, stent_udi())], catalog, consumed, CONFIG)
     assert result.rejects == [] and result.uncharged == []
     [line] = result.lines
@@ -65,11 +66,11 @@ def test_valid_scan_produces_charge_line_at_purchase_price(catalog: Catalog) -> 
     assert (line.item_code, line.charge_code, line.price_fen, line.qty) == ("IT-STENT", "C310001", 1_234_567, 1)
     assert (line.device, line.seq, line.ts_ms, line.admission, line.operator, line.dept) == (
         "CAB-01", 7, TS, "ZY0001", "N042", "心内科")
-    assert consumed == {f"{STENT}/SN0001"}
+    assert set(consumed) == {f"{STENT}/SN0001"}
 
 
 def test_message_has_expected_segments_and_fields(catalog: Catalog) -> None:
-    [line] = charge_batch([event(7, stent_udi())], catalog, set(), CONFIG).lines
+    [line] = charge_batch([event(7, stent_udi())], catalog, new_consumed_set(), CONFIG).lines
     cid = line.charge_id
     assert line.message.split("\r") == [
         f"MSH|^~\\&|SPD-EDGE|SPD|HIS|HOSP|20250101105320+0800||DFT^P03^DFT_P03|{cid}|P|2.5|||||||UNICODE UTF-8",
@@ -83,15 +84,15 @@ def test_message_has_expected_segments_and_fields(catalog: Catalog) -> None:
 
 
 def test_rerender_is_byte_identical(catalog: Catalog) -> None:
-    first = charge_batch([event(7, stent_udi())], catalog, set(), CONFIG).lines[0].message
-    again = charge_batch([event(7, stent_udi())], catalog, set(), CONFIG).lines[0].message
+    first = charge_batch([event(7, stent_udi())], catalog, new_consumed_set(), CONFIG).lines[0].message
+    again = charge_batch([event(7, stent_udi())], catalog, new_consumed_set(), CONFIG).lines[0].message
     assert first == again
 
 
 def test_field_values_are_hl7_escaped(catalog: Catalog) -> None:
     udi = f"(01){CATHETER}(10)A&B"
     [line] = charge_batch([event(1, udi, admission="ZY|1^2", operator="N\\9~x", dept="骨科\r\n二病区")],
-                          catalog, set(), CONFIG).lines
+                          catalog, new_consumed_set(), CONFIG).lines
     segments = line.message.split("\r")
     assert segments[2] == "PID|1||ZY\\F\\1\\S\\2^^^HOSP^MR||^^^^^^U"
     assert segments[3].startswith("PV1|1|I|骨科\\X0D\\\\X0A\\二病区|")
@@ -104,7 +105,7 @@ def test_messages_validate_strictly_with_hl7apy(catalog: Catalog) -> None:
         event(1, stent_udi(), admission="ZY|1^2&3", operator="N\\9~x", dept="骨科\r\n二病区"),
         event(2, f"(01){CATHETER}(17)260200(10)L&1"),
     ]
-    result = charge_batch(events, catalog, set(), CONFIG)
+    result = charge_batch(events, catalog, new_consumed_set(), CONFIG)
     assert len(result.lines) == 2
     for line in result.lines:
         message = parse_message(line.message, validation_level=VALIDATION_LEVEL.STRICT)
@@ -118,12 +119,12 @@ def test_messages_validate_strictly_with_hl7apy(catalog: Catalog) -> None:
 
 
 def test_amount_is_yuan_with_two_decimals_from_fen(catalog: Catalog) -> None:
-    [line] = charge_batch([event(1, f"(01){CATHETER}")], catalog, set(), CONFIG).lines
+    [line] = charge_batch([event(1, f"(01){CATHETER}")], catalog, new_consumed_set(), CONFIG).lines
     assert "|1|99.05&CNY|99.05&CNY|" in line.message
 
 
 def test_serial_seen_earlier_in_batch_is_refused(catalog: Catalog) -> None:
-    result = charge_batch([event(1, stent_udi()), event(2, stent_udi())], catalog, set(), CONFIG)
+    result = charge_batch([event(1, stent_udi()), event(2, stent_udi())], catalog, new_consumed_set(), CONFIG)
     assert [line.seq for line in result.lines] == [1]
     [reject] = result.rejects
     assert (reject.seq, reject.reason, reject.detail) == (
@@ -131,69 +132,70 @@ def test_serial_seen_earlier_in_batch_is_refused(catalog: Catalog) -> None:
 
 
 def test_serial_consumed_in_earlier_batch_is_refused(catalog: Catalog) -> None:
-    consumed = {f"{STENT}/SN0001"}
+    consumed = new_consumed_set([f"{STENT}/SN0001"])
     result = charge_batch([event(1, stent_udi())], catalog, consumed, CONFIG)
     assert result.lines == []
     assert result.rejects[0].reason is RejectReason.SERIAL_ALREADY_CONSUMED
-    assert consumed == {f"{STENT}/SN0001"}
+    assert set(consumed) == {f"{STENT}/SN0001"}
 
 
 def test_empty_admission_is_missing_patient(catalog: Catalog) -> None:
-    result = charge_batch([event(1, stent_udi(), admission=" ")], catalog, set(), CONFIG)
+    result = charge_batch([event(1, stent_udi(), admission=" ")], catalog, new_consumed_set(), CONFIG)
     assert [(r.reason, r.detail) for r in result.rejects] == [(RejectReason.MISSING_PATIENT, "empty admission number")]
 
 
 def test_unknown_gtin_is_refused(catalog: Catalog) -> None:
-    result = charge_batch([event(1, f"01{UNKNOWN}")], catalog, set(), CONFIG)
+    result = charge_batch([event(1, f"01{UNKNOWN}")], catalog, new_consumed_set(), CONFIG)
     assert [(r.reason, r.detail) for r in result.rejects] == [
         (RejectReason.UNKNOWN_ITEM, f"GTIN {UNKNOWN} not in catalog")]
 
 
 def test_item_expired_before_scan_date_is_refused(catalog: Catalog) -> None:
-    result = charge_batch([event(1, stent_udi(expiry="241231"))], catalog, set(), CONFIG)
+    result = charge_batch([event(1, stent_udi(expiry="241231"))], catalog, new_consumed_set(), CONFIG)
     assert [(r.reason, r.detail) for r in result.rejects] == [
         (RejectReason.EXPIRED, "expired 2024-12-31, scanned 2025-01-01")]
 
 
 def test_item_expiring_on_scan_date_is_charged(catalog: Catalog) -> None:
-    result = charge_batch([event(1, stent_udi(expiry="250101"))], catalog, set(), CONFIG)
+    result = charge_batch([event(1, stent_udi(expiry="250101"))], catalog, new_consumed_set(), CONFIG)
     assert [line.expiry for line in result.lines] == ["2025-01-01"]
 
 
 def test_expiry_day_00_means_end_of_month(catalog: Catalog) -> None:
-    result = charge_batch([event(1, stent_udi(expiry="280200"))], catalog, set(), CONFIG)
+    result = charge_batch([event(1, stent_udi(expiry="280200"))], catalog, new_consumed_set(), CONFIG)
     assert result.lines[0].expiry == "2028-02-29"
 
 
 def test_expiry_year_follows_gs1_century_rule(catalog: Catalog) -> None:
     # scanned in 2025: 75 is 50 years ahead at most -> 2075; 76 is more -> 1976 (expired)
-    ahead = charge_batch([event(1, stent_udi(serial="A", expiry="751231"))], catalog, set(), CONFIG)
-    behind = charge_batch([event(1, stent_udi(serial="B", expiry="761231"))], catalog, set(), CONFIG)
+    ahead = charge_batch([event(1, stent_udi(serial="A", expiry="751231"))], catalog, new_consumed_set(), CONFIG)
+    behind = charge_batch([event(1, stent_udi(serial="B", expiry="761231"))], catalog, new_consumed_set(), CONFIG)
     assert ahead.lines[0].expiry == "2075-12-31"
     assert behind.rejects[0].detail == "expired 1976-12-31, scanned 2025-01-01"
 
 
 def test_expiry_uses_local_date_of_scan(catalog: Catalog) -> None:
     late_utc = 1_735_660_800_000  # 2024-12-31T16:00Z = 2025-01-01 00:00 at UTC+8
-    result = charge_batch([event(1, stent_udi(expiry="241231"), ts=late_utc)], catalog, set(), CONFIG)
+    result = charge_batch([event(1, stent_udi(expiry="241231"), ts=late_utc)], catalog, new_consumed_set(), CONFIG)
     assert result.rejects[0].reason is RejectReason.EXPIRED
     utc = BridgeConfig(sending_facility="SPD", receiving_facility="HOSP", utc_offset_minutes=0)
-    assert len(charge_batch([event(1, stent_udi(expiry="241231"), ts=late_utc)], catalog, set(), utc).lines) == 1
+    late = charge_batch([event(1, stent_udi(expiry="241231"), ts=late_utc)], catalog, new_consumed_set(), utc)
+    assert len(late.lines) == 1
 
 
 def test_high_value_item_without_serial_is_refused(catalog: Catalog) -> None:
-    result = charge_batch([event(1, f"]C101{STENT}17271231")], catalog, set(), CONFIG)
+    result = charge_batch([event(1, f"]C101{STENT}17271231")], catalog, new_consumed_set(), CONFIG)
     assert [(r.reason, r.detail) for r in result.rejects] == [
         (RejectReason.MISSING_SERIAL, f"high-value GTIN {STENT} scanned without serial (AI 21)")]
 
 
 def test_non_chargeable_item_is_uncharged_not_rejected(catalog: Catalog) -> None:
-    consumed: set[str] = set()
+    consumed = new_consumed_set()
     result = charge_batch([event(1, f"(01){GAUZE}(21)X1")], catalog, consumed, CONFIG)
     assert result.lines == [] and result.rejects == []
     assert [(u.reason, u.detail) for u in result.uncharged] == [
         (RejectReason.NOT_CHARGEABLE, f"GTIN {GAUZE} is not chargeable")]
-    assert consumed == set()
+    assert set(consumed) == set()
 
 
 @pytest.mark.parametrize(("udi", "detail"), [
@@ -216,7 +218,7 @@ def test_non_chargeable_item_is_uncharged_not_rejected(catalog: Catalog) -> None
     (f"01{STENT}30\uff11\uff12", "AI 30 non-numeric at 18"),  # full-width digits
 ])
 def test_malformed_udi_is_refused_with_detail(catalog: Catalog, udi: str, detail: str) -> None:
-    result = charge_batch([event(1, udi)], catalog, set(), CONFIG)
+    result = charge_batch([event(1, udi)], catalog, new_consumed_set(), CONFIG)
     assert [(r.reason, r.detail) for r in result.rejects] == [(RejectReason.BAD_UDI, detail)]
 
 
@@ -228,7 +230,7 @@ def test_malformed_udi_is_refused_with_detail(catalog: Catalog, udi: str, detail
     f"(01){STENT}(17)271231(10)LOT-A1(21)SN0001",
 ])
 def test_udi_forms_all_give_the_same_item(catalog: Catalog, udi: str) -> None:
-    [line] = charge_batch([event(1, udi)], catalog, set(), CONFIG).lines
+    [line] = charge_batch([event(1, udi)], catalog, new_consumed_set(), CONFIG).lines
     assert (line.gtin, line.lot, line.serial, line.expiry) == (STENT, "LOT-A1", "SN0001", "2027-12-31")
 
 
@@ -245,7 +247,7 @@ def test_udi_forms_all_give_the_same_item(catalog: Catalog, udi: str) -> None:
     (("CAB-01", 1, TS, "ZY1", "\ud800", "N", "D"), "udi is not encodable as UTF-8"),
 ])
 def test_malformed_event_is_refused_and_batch_goes_on(catalog: Catalog, bad: object, detail: str) -> None:
-    result = charge_batch([bad, event(2, stent_udi())], catalog, set(), CONFIG)  # type: ignore[list-item]
+    result = charge_batch([bad, event(2, stent_udi())], catalog, new_consumed_set(), CONFIG)  # type: ignore[list-item]
     assert [(r.reason, r.detail) for r in result.rejects] == [(RejectReason.BAD_EVENT, detail)]
     assert [line.seq for line in result.lines] == [2]
 

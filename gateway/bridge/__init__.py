@@ -2,14 +2,16 @@
 
 The compiled extension ``_cbridge`` is imported when it was built; otherwise, or when the
 environment variable ``SPD_PUREPYTHON=1`` is set, the pure-Python ``_twin`` is used. Both give
-identical output on every input. ``IMPLEMENTATION`` says which one is in use.
+identical output on every input. ``IMPLEMENTATION`` says which one is in use; ``ConsumedSet`` is
+that implementation's set of charged item keys, the only kind its ``charge_compact`` accepts.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, MutableSet, Sequence
+from collections.abc import Sequence
+from types import ModuleType
 from typing import Any
 
 from gateway.bridge.expand import expand
@@ -24,42 +26,73 @@ from gateway.bridge.types import (
     ChargeReject,
     CompactBatch,
     ConfigError,
+    ConsumedKeys,
+    CreditRefused,
+    CreditRequest,
     EventTuple,
+    ItemKeyError,
     RejectReason,
+    is_item_key,
 )
 
 logger = logging.getLogger(__name__)
 
-ChargeCompact = Callable[[Sequence[Any], Catalog, MutableSet[str], BridgeConfig], CompactBatch]
 
-
-def _choose() -> tuple[ChargeCompact, str]:
+def _choose() -> tuple[ModuleType, str]:
     from gateway.bridge import _twin
 
     if os.environ.get("SPD_PUREPYTHON") == "1":
-        return _twin.charge_compact, "pure"
+        return _twin, "pure"
     try:
         from gateway.bridge import _cbridge
     except ImportError:
         logger.debug("compiled charging bridge not built; using the pure-Python twin")
-        return _twin.charge_compact, "pure"
-    compiled: ChargeCompact = _cbridge.charge_compact
-    return compiled, "compiled"
+        return _twin, "pure"
+    return _cbridge, "compiled"
 
 
-charge_compact, IMPLEMENTATION = _choose()
+_impl, IMPLEMENTATION = _choose()
+
+
+def new_consumed_set(keys: Sequence[str] | set[str] = ()) -> ConsumedKeys:
+    """A set of charged item keys (``"<gtin>/<serial>"``) of the implementation in use."""
+    consumed: ConsumedKeys = _impl.ConsumedSet(keys)
+    return consumed
+
+
+def charge_compact(
+    events: Sequence[Any], catalog: Catalog, consumed: ConsumedKeys, config: BridgeConfig
+) -> CompactBatch:
+    """The hot path: see :class:`CompactBatch`; ``consumed`` must come from :func:`new_consumed_set`."""
+    result: CompactBatch = _impl.charge_compact(events, catalog, consumed, config)
+    return result
+
+
+def credit_compact(credits: Sequence[Any], config: BridgeConfig) -> CompactBatch:
+    """Render credit messages (FT1-6 ``CD``) for :class:`CreditRequest` tuples, in the compact layout."""
+    result: CompactBatch = _impl.credit_compact(credits, config)
+    return result
 
 
 def charge_batch(
-    events: Sequence[EventTuple], catalog: Catalog, consumed: MutableSet[str], config: BridgeConfig
+    events: Sequence[EventTuple], catalog: Catalog, consumed: ConsumedKeys, config: BridgeConfig
 ) -> BatchResult:
     """Charge a batch of consumption events.
 
     Returns charge lines for accepted events, rejects (with a reason) for refused ones, and the
-    non-chargeable consumptions apart. ``consumed`` (keys ``"<gtin>/<serial>"``) is checked for
-    re-used serials and gains the keys of the new charge lines.
+    non-chargeable consumptions apart. ``consumed`` (keys ``"<gtin>/<serial>"``, from
+    :func:`new_consumed_set`) is checked for re-used serials and gains the keys of the new charge lines.
     """
     return expand(events, catalog, charge_compact(events, catalog, consumed, config))
+
+
+def render_credit(credit: CreditRequest, config: BridgeConfig) -> str:
+    """The HL7 DFT^P03 credit message for one request; :class:`CreditRefused` when the request is invalid."""
+    compact = credit_compact([credit], config)
+    if compact.status[0]:
+        reason = RejectReason.from_code(compact.status[0])
+        raise CreditRefused(compact.details[0], reason=str(reason))
+    return compact.messages.decode("utf-8")
 
 
 __all__ = [
@@ -74,9 +107,17 @@ __all__ = [
     "ChargeReject",
     "CompactBatch",
     "ConfigError",
+    "ConsumedKeys",
+    "CreditRefused",
+    "CreditRequest",
     "EventTuple",
+    "ItemKeyError",
     "RejectReason",
     "charge_batch",
     "charge_compact",
+    "credit_compact",
     "expand",
+    "is_item_key",
+    "new_consumed_set",
+    "render_credit",
 ]

@@ -4,12 +4,19 @@
 import hashlib
 from array import array
 
-from libc.stdint cimport int64_t, uint64_t
-from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memcpy
+from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free, malloc, realloc
+from libc.string cimport memcmp, memcpy
 
-from gateway.bridge.hl7template import Slot, item_ft1_fragment, item_zud_fragment, message_template
-from gateway.bridge.types import MAX_LOCAL_MS as _PY_MAX_LOCAL_MS, MAX_SEQ as _PY_MAX_SEQ, CompactBatch
+from gateway.bridge.hl7template import Slot, credit_template, item_ft1_fragment, item_zud_fragment, message_template
+from gateway.bridge.types import (
+    MAX_CREDIT_FEN as _PY_MAX_CREDIT_FEN,
+    MAX_LOCAL_MS as _PY_MAX_LOCAL_MS,
+    MAX_SEQ as _PY_MAX_SEQ,
+    CompactBatch,
+    CreditRequest,
+    ItemKeyError,
+)
 
 
 cdef extern from "Python.h":
@@ -33,6 +40,7 @@ cdef extern from "Python.h":
 
 cdef long long MAX_SEQ = _PY_MAX_SEQ
 cdef long long MAX_LOCAL_MS = _PY_MAX_LOCAL_MS
+cdef long long MAX_CREDIT_FEN = _PY_MAX_CREDIT_FEN
 cdef long long MS_PER_DAY = 86400000
 cdef int DEVICE_ID_CACHE_LIMIT = 65536
 
@@ -104,8 +112,9 @@ cdef enum:
     S_EXPIRY = 10
     S_ITEM_ZUD = 11
     S_DEVICE = 12
+    S_ORIGINAL_ID = 13
 
-assert [int(s) for s in Slot] == list(range(1, 13)), "template slots changed: update _cbridge.pyx"
+assert [int(s) for s in Slot] == list(range(1, 14)), "template slots changed: update _cbridge.pyx"
 
 cdef unsigned char CSET82[256]
 cdef unsigned char ESCAPE_CODE[256]
@@ -249,14 +258,27 @@ cdef void scratch_release(Scratch* b) noexcept:
     b.data = NULL
 
 
-cdef inline char* put(char* out, const char* src, Py_ssize_t n) noexcept:
-    cdef Py_ssize_t i
-    if n <= 16:
-        for i in range(n):
-            out[i] = src[i]
-    else:
-        memcpy(out, src, n)
-    return out + n
+cdef extern from *:
+    """
+    /* Copy n bytes with fixed-size moves: overlapping tails, no read or write outside [0, n). */
+    static inline __attribute__((always_inline)) char* spd_put(char* out, const char* src, Py_ssize_t n) {
+        Py_ssize_t i = 0;
+        if (n >= 16) {
+            for (; i + 16 <= n; i += 16) memcpy(out + i, src + i, 16);
+            if (i < n) memcpy(out + n - 16, src + n - 16, 16);
+        } else if (n >= 8) {
+            memcpy(out, src, 8);
+            memcpy(out + n - 8, src + n - 8, 8);
+        } else if (n >= 4) {
+            memcpy(out, src, 4);
+            memcpy(out + n - 4, src + n - 4, 4);
+        } else {
+            for (; i < n; i++) out[i] = src[i];
+        }
+        return out + n;
+    }
+    """
+    char* put "spd_put"(char* out, const char* src, Py_ssize_t n) noexcept
 
 
 cdef inline char* put_escaped(char* out, const unsigned char* src, Py_ssize_t n) noexcept:
@@ -681,6 +703,249 @@ cdef NativeCatalog native_catalog(catalog):
     return <NativeCatalog>cached
 
 
+# ---- consumed items: a C hash set of (GTIN, serial) ----------------------------------------------
+
+cdef enum:
+    SERIAL_MAX = 20  # AI 21 is X..20
+    TAG_EMPTY = 0
+    TAG_DELETED = 1
+
+
+cdef struct ItemKey:
+    uint64_t gtin
+    uint64_t words[3]  # the serial, zero-padded to 24 bytes (set 82 has no NUL, so the padding is unambiguous)
+
+
+cdef inline uint64_t key_hash(const ItemKey* k) noexcept:
+    cdef uint64_t h = k.gtin * <uint64_t>0x9E3779B97F4A7C15
+    h = (h ^ k.words[0]) * <uint64_t>0xBF58476D1CE4E5B9
+    h = (h ^ k.words[1]) * <uint64_t>0x94D049BB133111EB
+    h = (h ^ k.words[2]) * <uint64_t>0x9E3779B97F4A7C15
+    return h ^ (h >> 29)
+
+
+cdef inline uint32_t key_tag(uint64_t h) noexcept:
+    """A 32-bit fingerprint of the hash, never TAG_EMPTY or TAG_DELETED."""
+    return <uint32_t>(h >> 32) | 2
+
+
+cdef inline void key_set(ItemKey* k, const unsigned char* gtin, const unsigned char* serial,
+                         Py_ssize_t n) noexcept:
+    cdef uint64_t g = 0
+    cdef int i
+    for i in range(14):
+        g = g * 10 + (gtin[i] - 48)
+    k.gtin = g
+    k.words[0] = 0
+    k.words[1] = 0
+    k.words[2] = 0
+    memcpy(k.words, serial, n)
+
+
+cdef inline bint key_equal(const ItemKey* a, const ItemKey* b) noexcept:
+    return (a.gtin == b.gtin and a.words[0] == b.words[0] and a.words[1] == b.words[1]
+            and a.words[2] == b.words[2])
+
+
+cdef bint key_from_text(object key, ItemKey* out) noexcept:
+    """Fill out from a "<14 digits>/<serial, 1..20 of GS1 set 82>" str; False when key is not one."""
+    cdef Py_ssize_t n, i
+    cdef const unsigned char* s
+    if not PyUnicode_CheckExact(key):
+        return False
+    s = <const unsigned char*>PyUnicode_AsUTF8AndSize(key, &n)
+    if s == NULL:
+        PyErr_Clear()
+        return False
+    if n < 16 or n > 15 + SERIAL_MAX or s[14] != b'/':
+        return False
+    for i in range(14):
+        if not is_digit(s[i]):
+            return False
+    for i in range(15, n):
+        if not CSET82[s[i]]:
+            return False
+    key_set(out, s, s + 15, n - 15)
+    return True
+
+
+cdef class ConsumedSet:
+    """Item keys ``"<gtin>/<serial>"`` already charged, kept as a C hash set (no Python object per key).
+
+    Open addressing with linear probing over a 4-byte fingerprint array (small enough to stay in cache);
+    the 32-byte keys are read only when a fingerprint matches.
+    """
+
+    cdef uint32_t* tags
+    cdef ItemKey* keys
+    cdef Py_ssize_t mask
+    cdef Py_ssize_t used  # live keys
+    cdef Py_ssize_t filled  # live keys and deleted slots
+
+    def __cinit__(self, keys=()):
+        self.tags = <uint32_t*>calloc(16, sizeof(uint32_t))
+        self.keys = <ItemKey*>malloc(16 * sizeof(ItemKey))
+        if self.tags == NULL or self.keys == NULL:
+            raise MemoryError()
+        self.mask = 15
+        self.used = 0
+        self.filled = 0
+
+    def __init__(self, keys=()):
+        for key in keys:
+            self.add(key)
+
+    def __dealloc__(self):
+        free(self.tags)
+        free(self.keys)
+
+    cdef Py_ssize_t find(self, const ItemKey* k) noexcept:
+        """The slot holding k, or -1."""
+        cdef uint64_t h = key_hash(k)
+        cdef uint32_t tag = key_tag(h), t
+        cdef Py_ssize_t at = <Py_ssize_t>(h & <uint64_t>self.mask)
+        while True:
+            t = self.tags[at]
+            if t == TAG_EMPTY:
+                return -1
+            if t == tag and key_equal(&self.keys[at], k):
+                return at
+            at = (at + 1) & self.mask
+
+    cdef int resize(self, Py_ssize_t live) except -1:
+        cdef Py_ssize_t cap = 16, i, at
+        cdef uint32_t* old_tags = self.tags
+        cdef ItemKey* old_keys = self.keys
+        cdef Py_ssize_t old_cap = self.mask + 1
+        cdef uint64_t h
+        while cap < 2 * (live + 1):
+            cap *= 2
+        cdef uint32_t* tags = <uint32_t*>calloc(cap, sizeof(uint32_t))
+        cdef ItemKey* keys = <ItemKey*>malloc(cap * sizeof(ItemKey))
+        if tags == NULL or keys == NULL:
+            free(tags)
+            free(keys)
+            raise MemoryError()
+        for i in range(old_cap):
+            if old_tags[i] > TAG_DELETED:
+                h = key_hash(&old_keys[i])
+                at = <Py_ssize_t>(h & <uint64_t>(cap - 1))
+                while tags[at] != TAG_EMPTY:
+                    at = (at + 1) & (cap - 1)
+                tags[at] = old_tags[i]
+                keys[at] = old_keys[i]
+        self.tags = tags
+        self.keys = keys
+        self.mask = cap - 1
+        self.filled = self.used
+        free(old_tags)
+        free(old_keys)
+        return 0
+
+    cdef int reserve(self, Py_ssize_t more) except -1:
+        """Make room for ``more`` keys at once (one rehash instead of one per doubling)."""
+        if 2 * (self.filled + more) > self.mask + 1:
+            self.resize(self.used + more)
+        return 0
+
+    cdef int insert(self, const ItemKey* k) except -1:
+        """1 when k was added, 0 when it was already there."""
+        cdef Py_ssize_t at, tomb = -1
+        cdef uint64_t h
+        cdef uint32_t tag, t
+        if 2 * (self.filled + 1) > self.mask + 1:
+            self.resize(self.used + 1)
+        h = key_hash(k)
+        tag = key_tag(h)
+        at = <Py_ssize_t>(h & <uint64_t>self.mask)
+        while True:
+            t = self.tags[at]
+            if t == TAG_EMPTY:
+                break
+            if t == TAG_DELETED:
+                if tomb < 0:
+                    tomb = at
+            elif t == tag and key_equal(&self.keys[at], k):
+                return 0
+            at = (at + 1) & self.mask
+        if tomb >= 0:
+            at = tomb
+        else:
+            self.filled += 1
+        self.tags[at] = tag
+        self.keys[at] = k[0]
+        self.used += 1
+        return 1
+
+    def add(self, key):
+        """Add an item key; ItemKeyError when it is not ``"<14 digits>/<serial>"``."""
+        cdef ItemKey k
+        if not key_from_text(key, &k):
+            raise ItemKeyError(f"not an item key: {key!r}")
+        self.insert(&k)
+
+    def discard(self, key):
+        """Remove an item key if present (an item given back unused and restocked)."""
+        cdef ItemKey k
+        cdef Py_ssize_t at
+        if not key_from_text(key, &k):
+            return
+        at = self.find(&k)
+        if at >= 0:
+            self.tags[at] = TAG_DELETED
+            self.used -= 1
+
+    def copy(self):
+        """An independent copy."""
+        cdef ConsumedSet other = ConsumedSet()
+        cdef Py_ssize_t cap = self.mask + 1
+        cdef uint32_t* tags = <uint32_t*>malloc(cap * sizeof(uint32_t))
+        cdef ItemKey* keys = <ItemKey*>malloc(cap * sizeof(ItemKey))
+        if tags == NULL or keys == NULL:
+            free(tags)
+            free(keys)
+            raise MemoryError()
+        memcpy(tags, self.tags, cap * sizeof(uint32_t))
+        memcpy(keys, self.keys, cap * sizeof(ItemKey))
+        free(other.tags)
+        free(other.keys)
+        other.tags = tags
+        other.keys = keys
+        other.mask = self.mask
+        other.used = self.used
+        other.filled = self.filled
+        return other
+
+    def __contains__(self, key):
+        cdef ItemKey k
+        if not key_from_text(key, &k):
+            return False
+        return self.find(&k) >= 0
+
+    def __len__(self):
+        return self.used
+
+    def __iter__(self):
+        cdef Py_ssize_t i, n
+        cdef char text[15 + 24]
+        cdef const char* serial
+        keys = []
+        for i in range(self.mask + 1):
+            if self.tags[i] > TAG_DELETED:
+                put_digits(text, <long long>self.keys[i].gtin, 14)
+                text[14] = b'/'
+                serial = <const char*>self.keys[i].words
+                n = 0
+                while n < 24 and serial[n] != 0:
+                    n += 1
+                memcpy(text + 15, serial, n)
+                keys.append(PyUnicode_DecodeASCII(text, 15 + n, NULL))
+        return iter(keys)
+
+    def __repr__(self):
+        return f"ConsumedSet({len(self)} keys)"
+
+
 # ---- the batch --------------------------------------------------------------------------------
 
 _device_ids = {}
@@ -695,6 +960,41 @@ cdef bytes device_charge_prefix(object device, const char* encoded, Py_ssize_t n
     prefix = hashlib.sha256(PyBytes_FromStringAndSize(encoded, n)).hexdigest()[:10].upper().encode("ascii")
     _device_ids[device] = prefix
     return prefix
+
+
+cdef enum:
+    DEVICE_SLOTS = 1024  # direct-mapped cache of charge-id prefixes by device id
+    DEVICE_NAME_MAX = 48
+
+
+cdef struct DevicePrefix:
+    Py_ssize_t size  # 0 = empty
+    char name[DEVICE_NAME_MAX]
+    char prefix[10]
+
+
+cdef DevicePrefix device_slots[DEVICE_SLOTS]
+
+
+cdef int cached_charge_prefix(object device, const unsigned char* name, Py_ssize_t n, char* out) except -1:
+    """Write the 10-character device part of the charge id; a C cache keyed by the UTF-8 id avoids the dict."""
+    cdef uint64_t h = 14695981039346656037ULL
+    cdef Py_ssize_t i
+    cdef DevicePrefix* slot = NULL
+    if n <= DEVICE_NAME_MAX:
+        for i in range(n):
+            h = (h ^ name[i]) * 1099511628211ULL
+        slot = &device_slots[(h ^ (h >> 32)) & (DEVICE_SLOTS - 1)]
+        if slot.size == n and memcmp(slot.name, name, n) == 0:
+            memcpy(out, slot.prefix, 10)
+            return 0
+    prefix = device_charge_prefix(device, <const char*>name, n)
+    memcpy(out, PyBytes_AS_STRING(prefix), 10)
+    if slot != NULL:
+        slot.size = n
+        memcpy(slot.name, name, n)
+        memcpy(slot.prefix, out, 10)
+    return 0
 
 
 cdef inline int text_field(object value, const unsigned char** data, Py_ssize_t* size) noexcept:
@@ -718,6 +1018,43 @@ cdef inline bint all_blank(const unsigned char* s, Py_ssize_t n) noexcept:
 
 cdef const char* FIELD_NAMES[7]
 FIELD_NAMES[:] = [b"device", b"seq", b"ts_ms", b"admission", b"udi", b"operator", b"dept"]
+
+
+cdef extern from *:
+    """
+    /* Exact int of at most two 30-bit digits read straight from the object (CPython < 3.12 layout);
+       0 when the caller must use the API. */
+    static inline int spd_small_long(PyObject* o, long long* out) {
+    #if PY_VERSION_HEX < 0x030C0000 && PYLONG_BITS_IN_DIGIT == 30
+        Py_ssize_t size = Py_SIZE(o);
+        const digit* d = ((PyLongObject*)o)->ob_digit;
+        switch (size) {
+            case 0: *out = 0; return 1;
+            case 1: *out = (long long)d[0]; return 1;
+            case -1: *out = -(long long)d[0]; return 1;
+            case 2: *out = ((long long)d[1] << PyLong_SHIFT) | d[0]; return 1;
+            case -2: *out = -(((long long)d[1] << PyLong_SHIFT) | d[0]); return 1;
+        }
+    #endif
+        (void)o; (void)out;
+        return 0;
+    }
+    """
+    bint small_long "spd_small_long"(PyObject*, long long*) noexcept
+
+
+# The events are Python objects scattered over the heap: ask for the next ones while this one is
+# worked on (the item objects of the next tuple, the tuple after it).
+cdef extern from *:
+    """
+    static inline void spd_prefetch_event(PyObject* next, PyObject* after) {
+        __builtin_prefetch(after);
+        if (PyTuple_Check(next) && PyTuple_GET_SIZE(next) == 7) {
+            for (Py_ssize_t i = 0; i < 7; i++) __builtin_prefetch(PyTuple_GET_ITEM(next, i));
+        }
+    }
+    """
+    void prefetch_event "spd_prefetch_event"(PyObject*, PyObject*) noexcept
 
 
 cdef extern from "Python.h":
@@ -758,7 +1095,8 @@ cdef int check_event(PyObject* raw, long long offset_ms, const unsigned char** t
             if not long_check_exact(field):
                 return BAD_NOT_INT
             overflow = 0
-            value = long_as_ll(field, &overflow)
+            if not small_long(field, &value):
+                value = long_as_ll(field, &overflow)
             if i == 1:
                 if overflow or value < 0 or value > MAX_SEQ:
                     return BAD_SEQ_RANGE
@@ -801,6 +1139,12 @@ cdef str iso_date(long long y, int m, int d):
     return f"{y:04d}-{m:02d}-{d:02d}"
 
 
+cdef ConsumedSet consumed_set(object consumed):
+    if type(consumed) is not ConsumedSet:
+        raise TypeError(f"consumed must be gateway.bridge._cbridge.ConsumedSet, not {type(consumed).__name__}")
+    return <ConsumedSet>consumed
+
+
 def charge_compact(events, catalog, consumed, config):
     """Charge a batch of events; see gateway.bridge.types.CompactBatch for the result layout."""
     fragments, slots = message_template(config)
@@ -808,7 +1152,8 @@ def charge_compact(events, catalog, consumed, config):
     cdef list evs = events if type(events) is list else list(events)
     cdef Py_ssize_t n_events = len(evs), e, k, n_frag = len(fragments), fixed_len = 0, need, idx
     cdef long long offset_ms = <long long>config.utc_offset_minutes * 60000
-    cdef bint exact_set = type(consumed) is set
+    cdef ConsumedSet used = consumed_set(consumed)
+    cdef ItemKey item_key
     cdef Buf status, ends, udi_out
     cdef Scratch messages
     cdef const char* frag_data[32]
@@ -822,17 +1167,13 @@ def charge_compact(events, catalog, consumed, config):
     cdef char time_text[14]
     cdef char cid[20]
     cdef char expiry_text[8]
-    cdef char key_buf[64]
-    cdef Py_ssize_t expiry_len, key_len
+    cdef Py_ssize_t expiry_len
     cdef char* out
     cdef int64_t end_offset
-    cdef bytes prefix
     cdef list details = []
     cdef str detail
     cdef int code, bad, bad_field = 0
     cdef PyObject* raw
-    cdef Py_ssize_t set_size
-    cdef bint already
     if n_frag > 32:
         raise RuntimeError("template has more fragments than the compiled bridge expects")
     for k in range(n_frag):
@@ -847,10 +1188,13 @@ def charge_compact(events, catalog, consumed, config):
     try:
         buf_open(&status, n_events + 1)
         scratch_take(&messages, n_events * (fixed_len + 3 * 14 + 2 * 20 + 22 + cat.max_fragments + 96))
+        used.reserve(n_events)
         buf_open(&ends, n_events * 8 + 8)
         buf_open(&udi_out, n_events * 40 + 64)
         for e in range(n_events):
             raw = list_item(<PyObject*>evs, e)
+            if e + 2 < n_events:
+                prefetch_event(list_item(<PyObject*>evs, e + 1), list_item(<PyObject*>evs, e + 2))
             bad = check_event(raw, offset_ms, text, size, &seq, &ts, &bad_field)
             if bad != BAD_NONE:
                 status.data[status.size] = ST_BAD_EVENT
@@ -883,22 +1227,10 @@ def charge_compact(events, catalog, consumed, config):
                 elif udi.serial_len == 0 and cat.high_value[idx]:
                     code = ST_MISSING_SERIAL
                     detail = f"high-value GTIN {udi.gtin[:14].decode('ascii')} scanned without serial (AI 21)"
-            key = None
             if code == 0 and udi.serial_len:
-                memcpy(key_buf, udi.gtin, 14)
-                key_buf[14] = b'/'
-                memcpy(key_buf + 15, udi.serial, udi.serial_len)
-                key_len = 15 + udi.serial_len
-                key = PyUnicode_DecodeASCII(key_buf, key_len, NULL)
-                if exact_set:
-                    # one hash lookup: add now, and a set that did not grow already held the key
-                    set_size = PySet_GET_SIZE(consumed)
-                    PySet_Add(consumed, key)
-                    already = PySet_GET_SIZE(consumed) == set_size
-                    key = None
-                else:
-                    already = key in consumed
-                if already:
+                # one hash probe: add now; a key that was already there is a re-used serial
+                key_set(&item_key, udi.gtin, udi.serial, udi.serial_len)
+                if not used.insert(&item_key):
                     code = ST_SERIAL_ALREADY_CONSUMED
                     detail = (f"serial {udi.serial[:udi.serial_len].decode('ascii')} of GTIN "
                               f"{udi.gtin[:14].decode('ascii')} already consumed")
@@ -909,8 +1241,7 @@ def charge_compact(events, catalog, consumed, config):
                 continue
 
             # -- render the charge line
-            prefix = device_charge_prefix(<object>tuple_item(raw, 0), <const char*>text[0], size[0])
-            memcpy(cid, PyBytes_AS_STRING(prefix), 10)
+            cached_charge_prefix(<object>tuple_item(raw, 0), text[0], size[0], cid)
             put_digits(cid + 10, seq, 10)
             put_digits(time_text, scan_year, 4)
             put2(time_text + 4, scan_month)
@@ -975,8 +1306,6 @@ def charge_compact(events, catalog, consumed, config):
             udi_out.size = out - udi_out.data
             status.data[status.size] = 0
             status.size += 1
-            if key is not None:
-                consumed.add(key)
         ends_array = array("q")
         ends_array.frombytes(buf_close(&ends))
         message_bytes = PyBytes_FromStringAndSize(messages.data, messages.size)
@@ -984,5 +1313,298 @@ def charge_compact(events, catalog, consumed, config):
     finally:
         Py_XDECREF(status.obj)
         scratch_release(&messages)
+        Py_XDECREF(ends.obj)
+        Py_XDECREF(udi_out.obj)
+
+
+
+# ---- credits: items given back unused after they were charged --------------------------------------
+
+cdef enum:
+    CREDIT_FIELDS = 17
+    CF_DEVICE = 0
+    CF_SEQ = 1
+    CF_TS = 2
+    CF_OPERATOR = 3
+    CF_DEPT = 4
+    CF_ORIGINAL = 5
+    CF_ADMISSION = 6
+    CF_GTIN = 7
+    CF_LOT = 8
+    CF_SERIAL = 9
+    CF_EXPIRY = 10
+    CF_ITEM_CODE = 11
+    CF_CHARGE_CODE = 12
+    CF_NAME = 13
+    CF_SPEC = 14
+    CF_MANUFACTURER = 15
+    CF_PRICE = 16
+
+assert len(CreditRequest._fields) == CREDIT_FIELDS, "CreditRequest changed: update _cbridge.pyx"
+cdef tuple CREDIT_FIELD_NAMES = CreditRequest._fields
+
+
+cdef inline bint is_upper_hex(unsigned char c) noexcept:
+    return is_digit(c) or (65 <= c <= 70)
+
+
+cdef bint gs1_text_ok(const unsigned char* s, Py_ssize_t n) noexcept:
+    cdef Py_ssize_t i
+    if n > SERIAL_MAX:
+        return False
+    for i in range(n):
+        if not CSET82[s[i]]:
+            return False
+    return True
+
+
+cdef bint iso_date_ok(const unsigned char* s, Py_ssize_t n) noexcept:
+    cdef int i, month, day
+    cdef long long year
+    if n != 10 or s[4] != b'-' or s[7] != b'-':
+        return False
+    for i in range(10):
+        if i != 4 and i != 7 and not is_digit(s[i]):
+            return False
+    year = two(s) * 100 + two(s + 2)
+    month = two(s + 5)
+    day = two(s + 8)
+    return 1 <= month <= 12 and 1 <= day <= days_in_month(year, month)
+
+
+cdef str credit_field_problem(int i, const unsigned char* s, Py_ssize_t n):
+    """What is wrong with the content of text field i of a credit, or None."""
+    cdef Py_ssize_t k
+    if i == CF_DEVICE and n == 0:
+        return "empty device id"
+    if i == CF_ORIGINAL:
+        if n != 20:
+            return "original_charge_id is not a charge id"
+        for k in range(20):
+            if not (is_upper_hex(s[k]) if k < 10 else is_digit(s[k])):
+                return "original_charge_id is not a charge id"
+    if i == CF_GTIN:
+        if n != 14:
+            return "gtin is not a valid GTIN"
+        for k in range(14):
+            if not is_digit(s[k]):
+                return "gtin is not a valid GTIN"
+        if not gtin_ok(s):
+            return "gtin is not a valid GTIN"
+    if i == CF_LOT and not gs1_text_ok(s, n):
+        return "lot is not a GS1 lot (X..20)"
+    if i == CF_SERIAL and not gs1_text_ok(s, n):
+        return "serial is not a GS1 serial (X..20)"
+    if i == CF_EXPIRY and n and not iso_date_ok(s, n):
+        return "expiry is not YYYY-MM-DD"
+    if i == CF_CHARGE_CODE and n == 0:
+        return "empty charge code"
+    return None
+
+
+cdef str check_credit(PyObject* raw, long long offset_ms, const unsigned char** text, Py_ssize_t* size,
+                      long long* ints, int* code):
+    """None when the credit request is well formed (filling text/size/ints), else the detail (code set)."""
+    cdef int i, overflow
+    cdef long long value
+    cdef PyObject* field
+    cdef str problem
+    code[0] = ST_BAD_EVENT
+    if not tuple_check(raw) or tuple_size(raw) != CREDIT_FIELDS:
+        return f"credit is not a {CREDIT_FIELDS}-tuple"
+    for i in range(CREDIT_FIELDS):
+        field = tuple_item(raw, i)
+        if i == CF_SEQ or i == CF_TS or i == CF_PRICE:
+            name = CREDIT_FIELD_NAMES[i]
+            if not long_check_exact(field):
+                return f"{name} must be int"
+            overflow = 0
+            value = long_as_ll(field, &overflow)
+            if i == CF_SEQ and (overflow or value < 0 or value > MAX_SEQ):
+                return f"seq out of range 0..{MAX_SEQ}"
+            if i == CF_TS and (overflow or value < -MAX_LOCAL_MS or value > MAX_LOCAL_MS
+                               or not (0 <= value + offset_ms < MAX_LOCAL_MS)):
+                return "ts_ms out of range"
+            if i == CF_PRICE and (overflow or value < 0 or value > MAX_CREDIT_FEN):
+                return f"price_fen out of range 0..{MAX_CREDIT_FEN}"
+            ints[i] = value
+            continue
+        if not unicode_check_exact(field):
+            return f"{CREDIT_FIELD_NAMES[i]} must be str"
+        text[i] = <const unsigned char*>utf8_and_size(field, &size[i])
+        if text[i] == NULL:
+            PyErr_Clear()
+            return f"{CREDIT_FIELD_NAMES[i]} is not encodable as UTF-8"
+        problem = credit_field_problem(i, text[i], size[i])
+        if problem is not None:
+            return problem
+    if all_blank(text[CF_ADMISSION], size[CF_ADMISSION]):
+        code[0] = ST_MISSING_PATIENT
+        return "empty admission number"
+    code[0] = 0
+    return None
+
+
+cdef char* put_yuan(char* out, long long fen) noexcept:
+    """Integer fen as yuan with two decimals (fen is never negative here)."""
+    cdef char digits[24]
+    cdef int n = 0
+    cdef long long whole = fen // 100
+    while True:
+        digits[n] = <char>(48 + whole % 10)
+        n += 1
+        whole //= 10
+        if whole == 0:
+            break
+    while n:
+        n -= 1
+        out[0] = digits[n]
+        out += 1
+    out[0] = b'.'
+    put2(out + 1, <int>(fen % 100))
+    return out + 3
+
+
+cdef char* put_amount(char* out, long long fen) noexcept:
+    out = put_yuan(out, fen)
+    return put(out, b"&CNY", 4)
+
+
+def credit_compact(credits, config):
+    """Render credits (FT1-6 CD) for items given back unused; see gateway.bridge.types.CreditRequest."""
+    fragments, slots = credit_template(config)
+    cdef list reqs = credits if type(credits) is list else list(credits)
+    cdef Py_ssize_t n = len(reqs), e, k, n_frag = len(fragments), fixed_len = 0, need, text_len
+    cdef long long offset_ms = <long long>config.utc_offset_minutes * 60000
+    cdef Buf status, ends, udi_out, messages
+    cdef const char* frag_data[40]
+    cdef Py_ssize_t frag_len[40]
+    cdef int slot_kind[40]
+    cdef const unsigned char* text[CREDIT_FIELDS]
+    cdef Py_ssize_t size[CREDIT_FIELDS]
+    cdef long long ints[CREDIT_FIELDS]
+    cdef long long local_ms, days, year, ms_of_day
+    cdef int month, day, code, j
+    cdef char time_text[14]
+    cdef char cid[20]
+    cdef char expiry_text[8]
+    cdef Py_ssize_t expiry_len
+    cdef char* out
+    cdef int64_t end_offset
+    cdef list details = []
+    cdef str detail
+    cdef PyObject* raw
+    if n_frag > 40:
+        raise RuntimeError("credit template has more fragments than the compiled bridge expects")
+    for k in range(n_frag):
+        frag_data[k] = PyBytes_AS_STRING(fragments[k])
+        frag_len[k] = PyBytes_GET_SIZE(fragments[k])
+        fixed_len += frag_len[k]
+    for k in range(n_frag - 1):
+        slot_kind[k] = int(slots[k])
+    status.obj = ends.obj = udi_out.obj = messages.obj = NULL
+    try:
+        buf_open(&status, n + 1)
+        buf_open(&messages, n * (fixed_len + 600) + 64)
+        buf_open(&ends, n * 8 + 8)
+        buf_open(&udi_out, n * 64 + 64)
+        for e in range(n):
+            raw = list_item(<PyObject*>reqs, e)
+            detail = check_credit(raw, offset_ms, text, size, ints, &code)
+            if detail is not None:
+                status.data[status.size] = code
+                status.size += 1
+                details.append(detail)
+                continue
+            local_ms = ints[CF_TS] + offset_ms
+            days = local_ms // MS_PER_DAY
+            ms_of_day = local_ms - days * MS_PER_DAY
+            civil_from_days(days, &year, &month, &day)
+            put_digits(time_text, year, 4)
+            put2(time_text + 4, month)
+            put2(time_text + 6, day)
+            put2(time_text + 8, <int>(ms_of_day // 3600000))
+            put2(time_text + 10, <int>((ms_of_day // 60000) % 60))
+            put2(time_text + 12, <int>((ms_of_day // 1000) % 60))
+            cached_charge_prefix(<object>tuple_item(raw, CF_DEVICE), text[CF_DEVICE], size[CF_DEVICE], cid)
+            put_digits(cid + 10, ints[CF_SEQ], 10)
+            expiry_len = 0
+            if size[CF_EXPIRY]:
+                memcpy(expiry_text, text[CF_EXPIRY], 4)
+                memcpy(expiry_text + 4, text[CF_EXPIRY] + 5, 2)
+                memcpy(expiry_text + 6, text[CF_EXPIRY] + 8, 2)
+                expiry_len = 8
+            text_len = 0
+            for j in range(CREDIT_FIELDS):
+                if j != CF_SEQ and j != CF_TS and j != CF_PRICE:
+                    text_len += size[j]
+            need = fixed_len + 64 + 2 * 40 + 3 * 14 + 20 + 8 + 5 * 3 * text_len
+            buf_reserve(&messages, need)
+            out = messages.data + messages.size
+            out = put(out, frag_data[0], frag_len[0])
+            for k in range(n_frag - 1):
+                code = slot_kind[k]
+                if code == S_TIME:
+                    out = put(out, time_text, 14)
+                elif code == S_CHARGE_ID:
+                    out = put(out, cid, 20)
+                elif code == S_ORIGINAL_ID:
+                    out = put(out, <const char*>text[CF_ORIGINAL], 20)
+                elif code == S_ADMISSION:
+                    out = put_escaped(out, text[CF_ADMISSION], size[CF_ADMISSION])
+                elif code == S_DEPT:
+                    out = put_escaped(out, text[CF_DEPT], size[CF_DEPT])
+                elif code == S_ITEM_FT1:
+                    out = put_escaped(out, text[CF_CHARGE_CODE], size[CF_CHARGE_CODE])
+                    out[0] = b'^'
+                    out = put_escaped(out + 1, text[CF_NAME], size[CF_NAME])
+                    out = put(out, b"|||1|", 5)
+                    out = put_amount(out, ints[CF_PRICE])
+                    out[0] = b'|'
+                    out = put_amount(out + 1, ints[CF_PRICE])
+                elif code == S_OPERATOR:
+                    out = put_escaped(out, text[CF_OPERATOR], size[CF_OPERATOR])
+                elif code == S_GTIN:
+                    out = put(out, <const char*>text[CF_GTIN], 14)
+                elif code == S_LOT:
+                    out = put_escaped(out, text[CF_LOT], size[CF_LOT])
+                elif code == S_SERIAL:
+                    out = put_escaped(out, text[CF_SERIAL], size[CF_SERIAL])
+                elif code == S_EXPIRY:
+                    out = put(out, expiry_text, expiry_len)
+                elif code == S_ITEM_ZUD:
+                    out = put_escaped(out, text[CF_ITEM_CODE], size[CF_ITEM_CODE])
+                    out[0] = b'|'
+                    out = put_escaped(out + 1, text[CF_SPEC], size[CF_SPEC])
+                    out[0] = b'|'
+                    out = put_escaped(out + 1, text[CF_MANUFACTURER], size[CF_MANUFACTURER])
+                elif code == S_DEVICE:
+                    out = put_escaped(out, text[CF_DEVICE], size[CF_DEVICE])
+                out = put(out, frag_data[k + 1], frag_len[k + 1])
+            messages.size = out - messages.data
+            end_offset = messages.size
+            buf_reserve(&ends, 8)
+            memcpy(ends.data + ends.size, &end_offset, 8)
+            ends.size += 8
+            buf_reserve(&udi_out, 24 + size[CF_LOT] + size[CF_SERIAL])
+            out = udi_out.data + udi_out.size
+            out = put(out, <const char*>text[CF_GTIN], 14)
+            if expiry_len:
+                out = put(out, expiry_text, 8)
+            else:
+                out = put(out, b"00000000", 8)
+            out[0] = <char>size[CF_LOT]
+            out = put(out + 1, <const char*>text[CF_LOT], size[CF_LOT])
+            out[0] = <char>size[CF_SERIAL]
+            out = put(out + 1, <const char*>text[CF_SERIAL], size[CF_SERIAL])
+            udi_out.size = out - udi_out.data
+            status.data[status.size] = 0
+            status.size += 1
+        ends_array = array("q")
+        ends_array.frombytes(buf_close(&ends))
+        return CompactBatch(buf_close(&status), buf_close(&messages), ends_array, buf_close(&udi_out), details)
+    finally:
+        Py_XDECREF(status.obj)
+        Py_XDECREF(messages.obj)
         Py_XDECREF(ends.obj)
         Py_XDECREF(udi_out.obj)

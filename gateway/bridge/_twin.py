@@ -5,19 +5,35 @@ from __future__ import annotations
 import calendar
 import datetime as dt
 import hashlib
+import re
 from array import array
-from collections.abc import MutableSet, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
-from gateway.bridge.hl7template import Slot, escape, item_ft1_fragment, item_zud_fragment, message_template
+from gateway.bridge.hl7template import (
+    Slot,
+    credit_template,
+    escape,
+    item_ft1_fragment,
+    item_zud_fragment,
+    message_template,
+    yuan,
+)
 from gateway.bridge.types import (
+    GS1_CSET82,
+    MAX_CREDIT_FEN,
     MAX_LOCAL_MS,
     MAX_SEQ,
+    SERIAL_MAX,
     BridgeConfig,
     Catalog,
     CatalogItem,
     CompactBatch,
+    CreditRequest,
+    ItemKeyError,
     RejectReason,
+    gtin_check_digit_ok,
+    is_item_key,
 )
 
 GS = 0x1D
@@ -28,6 +44,45 @@ BLANK = frozenset(b" \t\r\n")
 _EPOCH = dt.datetime(1970, 1, 1)
 _FIELDS = ("device", "seq", "ts_ms", "admission", "udi", "operator", "dept")
 _DEVICE_ID_CACHE_LIMIT = 65_536
+
+
+class ConsumedSet:
+    """Item keys ``"<gtin>/<serial>"`` already charged: the twin of the compiled C hash set, a set wrapper."""
+
+    __slots__ = ("_keys",)
+
+    def __init__(self, keys: Iterable[str] = ()) -> None:
+        self._keys: set[str] = set()
+        for key in keys:
+            self.add(key)
+
+    def add(self, key: str) -> None:
+        """Add an item key; ItemKeyError when it is not ``"<14 digits>/<serial>"``."""
+        if not is_item_key(key):
+            raise ItemKeyError(f"not an item key: {key!r}")
+        self._keys.add(key)
+
+    def discard(self, key: str) -> None:
+        """Remove an item key if present (an item given back unused and restocked)."""
+        self._keys.discard(key)
+
+    def copy(self) -> ConsumedSet:
+        """An independent copy."""
+        other = ConsumedSet()
+        other._keys = set(self._keys)
+        return other
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._keys))
+
+    def __repr__(self) -> str:
+        return f"ConsumedSet({len(self)} keys)"
 
 
 class AiSpec(NamedTuple):
@@ -271,9 +326,11 @@ def _render(fragments: tuple[bytes, ...], slots: tuple[Slot, ...], values: dict[
 
 
 def charge_compact(
-    events: Sequence[Any], catalog: Catalog, consumed: MutableSet[str], config: BridgeConfig
+    events: Sequence[Any], catalog: Catalog, consumed: ConsumedSet, config: BridgeConfig
 ) -> CompactBatch:
     """Charge a batch of events; see :class:`gateway.bridge.types.CompactBatch` for the result layout."""
+    if type(consumed) is not ConsumedSet:
+        raise TypeError(f"consumed must be gateway.bridge._twin.ConsumedSet, not {type(consumed).__name__}")
     fragments, slots = message_template(config)
     entries = _catalog_entries(catalog)
     offset_ms = config.utc_offset_minutes * 60_000
@@ -337,4 +394,124 @@ def charge_compact(
         status.append(0)
         if key is not None:
             consumed.add(key)
+    return CompactBatch(bytes(status), bytes(messages), ends, bytes(udi_out), details)
+
+
+_CREDIT_INTS = {"seq", "ts_ms", "price_fen"}
+_CHARGE_ID = re.compile(r"[0-9A-F]{10}[0-9]{10}")
+_ISO_DATE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
+
+
+def _days_in_month(year: int, month: int) -> int:
+    if month == 2:
+        return 29 if year % 4 == 0 and (year % 100 != 0 or year % 400 == 0) else 28
+    return 30 if month in (4, 6, 9, 11) else 31
+
+
+def _iso_date_ok(text: str) -> bool:
+    match = _ISO_DATE.fullmatch(text)
+    if match is None:
+        return False
+    year, month, day = (int(g) for g in match.groups())
+    return 1 <= month <= 12 and 1 <= day <= _days_in_month(year, month)
+
+
+def _gs1_text_ok(text: str) -> bool:
+    return len(text) <= SERIAL_MAX and all(c in GS1_CSET82 for c in text)
+
+
+def _credit_field_problem(name: str, value: str) -> str | None:
+    """What is wrong with the content of one text field of a credit, or None."""
+    if name == "device" and not value:
+        return "empty device id"
+    if name == "original_charge_id" and _CHARGE_ID.fullmatch(value) is None:
+        return "original_charge_id is not a charge id"
+    if name == "gtin" and not gtin_check_digit_ok(value):
+        return "gtin is not a valid GTIN"
+    if name == "lot" and not _gs1_text_ok(value):
+        return "lot is not a GS1 lot (X..20)"
+    if name == "serial" and not _gs1_text_ok(value):
+        return "serial is not a GS1 serial (X..20)"
+    if name == "expiry" and value and not _iso_date_ok(value):
+        return "expiry is not YYYY-MM-DD"
+    if name == "charge_code" and not value:
+        return "empty charge code"
+    return None
+
+
+def _check_credit(credit: Any, offset_ms: int) -> dict[str, Any]:
+    """The credit's fields, text as UTF-8 bytes; raise EventRefused naming the first bad field."""
+    if not isinstance(credit, tuple) or len(credit) != len(CreditRequest._fields):
+        raise EventRefused(RejectReason.BAD_EVENT, f"credit is not a {len(CreditRequest._fields)}-tuple")
+    fields: dict[str, Any] = {}
+    for name, value in zip(CreditRequest._fields, credit, strict=True):
+        if name in _CREDIT_INTS:
+            if type(value) is not int:
+                raise EventRefused(RejectReason.BAD_EVENT, f"{name} must be int")
+            if name == "seq" and not 0 <= value <= MAX_SEQ:
+                raise EventRefused(RejectReason.BAD_EVENT, f"seq out of range 0..{MAX_SEQ}")
+            if name == "ts_ms" and not 0 <= value + offset_ms < MAX_LOCAL_MS:
+                raise EventRefused(RejectReason.BAD_EVENT, "ts_ms out of range")
+            if name == "price_fen" and not 0 <= value <= MAX_CREDIT_FEN:
+                raise EventRefused(RejectReason.BAD_EVENT, f"price_fen out of range 0..{MAX_CREDIT_FEN}")
+            fields[name] = value
+            continue
+        if type(value) is not str:
+            raise EventRefused(RejectReason.BAD_EVENT, f"{name} must be str")
+        try:
+            fields[name] = value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise EventRefused(RejectReason.BAD_EVENT, f"{name} is not encodable as UTF-8") from None
+        problem = _credit_field_problem(name, value)
+        if problem is not None:
+            raise EventRefused(RejectReason.BAD_EVENT, problem)
+    if all(b in BLANK for b in fields["admission"]):
+        raise EventRefused(RejectReason.MISSING_PATIENT, "empty admission number")
+    return fields
+
+
+def credit_compact(credits: Sequence[Any], config: BridgeConfig) -> CompactBatch:
+    """Render credits (FT1-6 ``CD``) for items given back unused; the result has the charge batch's layout.
+
+    Status 0 is a rendered credit; a refused request has ``bad_event`` or ``missing_patient``.
+    """
+    fragments, slots = credit_template(config)
+    offset_ms = config.utc_offset_minutes * 60_000
+    status = bytearray()
+    messages = bytearray()
+    ends: array[int] = array("q")
+    udi_out = bytearray()
+    details: list[str] = []
+    for raw in credits:
+        try:
+            c = _check_credit(raw, offset_ms)
+        except EventRefused as refused:
+            status.append(refused.reason.code)
+            details.append(refused.detail)
+            continue
+        local = _EPOCH + dt.timedelta(milliseconds=c["ts_ms"] + offset_ms)
+        device = c["device"].decode("utf-8")
+        expiry = c["expiry"].replace(b"-", b"")
+        amount = f"{yuan(c['price_fen'])}&CNY".encode("ascii")
+        values = {
+            Slot.TIME: local.strftime("%Y%m%d%H%M%S").encode("ascii"),
+            Slot.CHARGE_ID: f"{device_charge_prefix(device)}{c['seq']:010d}".encode("ascii"),
+            Slot.ORIGINAL_ID: c["original_charge_id"],
+            Slot.ADMISSION: escape(c["admission"]),
+            Slot.DEPT: escape(c["dept"]),
+            Slot.ITEM_FT1: b"".join([escape(c["charge_code"]), b"^", escape(c["name"]), b"|||1|", amount, b"|",
+                                     amount]),
+            Slot.OPERATOR: escape(c["operator"]),
+            Slot.GTIN: c["gtin"],
+            Slot.LOT: escape(c["lot"]),
+            Slot.SERIAL: escape(c["serial"]),
+            Slot.EXPIRY: expiry,
+            Slot.ITEM_ZUD: b"|".join([escape(c["item_code"]), escape(c["spec"]), escape(c["manufacturer"])]),
+            Slot.DEVICE: escape(c["device"]),
+        }
+        messages += _render(fragments, slots, values)
+        ends.append(len(messages))
+        udi_out += c["gtin"] + (expiry or b"00000000")
+        udi_out += bytes([len(c["lot"])]) + c["lot"] + bytes([len(c["serial"])]) + c["serial"]
+        status.append(0)
     return CompactBatch(bytes(status), bytes(messages), ends, bytes(udi_out), details)

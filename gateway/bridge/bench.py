@@ -92,16 +92,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("compiled bridge: NOT BUILT (run: python setup.py build_ext --inplace)")
     else:
         def compiled(batch: Sequence[Any]) -> object:
-            return _cbridge.charge_compact(batch, catalog, set(), config)
+            return _cbridge.charge_compact(batch, catalog, _cbridge.ConsumedSet(), config)
 
-        check = _cbridge.charge_compact(events, catalog, set(), config)
+        check = _cbridge.charge_compact(events, catalog, _cbridge.ConsumedSet(), config)
         assert not any(check.status), "benchmark events must all be charged"
         results["compiled"] = rate(compiled, events, args.repeat)
         print(f"compiled bridge  : {results['compiled']:>12,.0f} events/s  (parse + lookup + HL7 render, "
               f"{len(events)} events, {len(check.messages) / len(events):.0f} bytes/message)")
 
     subset = events[: args.twin_events]
-    results["pure"] = rate(lambda batch: _twin.charge_compact(batch, catalog, set(), config), subset,
+    results["pure"] = rate(lambda batch: _twin.charge_compact(batch, catalog, _twin.ConsumedSet(), config), subset,
                            max(1, args.repeat // 2))
     scope = ("the same batch" if len(subset) == len(events)
              else f"the first {len(subset)} events, per-event rate extrapolated")

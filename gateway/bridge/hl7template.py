@@ -24,6 +24,7 @@ class Slot(enum.IntEnum):
     EXPIRY = 10  # YYYYMMDD or empty
     ITEM_ZUD = 11  # ZUD-6..ZUD-8, depends on the catalog item only
     DEVICE = 12  # escaped
+    ORIGINAL_ID = 13  # credits: the charge id of the charge being credited (FT1-23)
 
 
 _MARK = "\x00{}\x00"
@@ -70,14 +71,23 @@ def _mark(slot: Slot) -> str:
     return _MARK.format(int(slot))
 
 
-def _template_text(config: BridgeConfig) -> str:
+class TransactionType(enum.StrEnum):
+    """FT1-6, HL7 table 0017: what the financial transaction does to the patient account."""
+
+    CHARGE = "CG"
+    CREDIT = "CD"
+
+
+def _template_text(config: BridgeConfig, kind: TransactionType) -> str:
     def esc(value: str) -> str:
         return escape_text(value).decode("utf-8")
 
     time, cid = _mark(Slot.TIME), _mark(Slot.CHARGE_ID)
     adm, dept = _mark(Slot.ADMISSION), _mark(Slot.DEPT)
     pv1 = ["PV1", "1", "I", dept] + [""] * 15 + [adm]  # PV1-19 visit number
-    ft1 = ["FT1", "1", cid, "", time, "", "CG", _mark(Slot.ITEM_FT1), dept] + [""] * 6 + [_mark(Slot.OPERATOR)]
+    ft1 = ["FT1", "1", cid, "", time, "", kind.value, _mark(Slot.ITEM_FT1), dept] + [""] * 6 + [_mark(Slot.OPERATOR)]
+    if kind is TransactionType.CREDIT:
+        ft1 += ["", "", _mark(Slot.ORIGINAL_ID)]  # FT1-23 filler order number: the charge credited
     zud = ["ZUD", "1", _mark(Slot.GTIN) + "^GS1", _mark(Slot.LOT), _mark(Slot.SERIAL), _mark(Slot.EXPIRY),
            _mark(Slot.ITEM_ZUD), _mark(Slot.DEVICE)]
     segments = [
@@ -100,19 +110,38 @@ def message_template(config: BridgeConfig) -> tuple[tuple[bytes, ...], tuple[Slo
 
     The scan time in FT1-4 carries no zone (a DR range start); MSH-7 and EVN-2 carry it.
     """
-    text = _template_text(config)
+    return _split(_template_text(config, TransactionType.CHARGE))
+
+
+@functools.lru_cache(maxsize=64)
+def credit_template(config: BridgeConfig) -> tuple[tuple[bytes, ...], tuple[Slot, ...]]:
+    """The DFT^P03 of a credit (FT1-6 ``CD``): the charge template plus FT1-23, the original charge id."""
+    return _split(_template_text(config, TransactionType.CREDIT))
+
+
+def _split(text: str) -> tuple[tuple[bytes, ...], tuple[Slot, ...]]:
     parts = text.split("\x00")
     fragments = tuple(p.encode("utf-8") for p in parts[0::2])
     slots = tuple(Slot(int(p)) for p in parts[1::2])
     return fragments, slots
 
 
-def item_ft1_fragment(item: CatalogItem) -> bytes:
+def ft1_fragment(charge_code: str, name: str, price_fen: int) -> bytes:
     """FT1-7 charge code^name, FT1-8/9 empty, FT1-10 quantity 1, FT1-11/12 amounts at purchase price."""
-    amount = f"{yuan(item.price_fen)}&CNY".encode("ascii")
-    return b"".join([escape_text(item.charge_code), b"^", escape_text(item.name), b"|||1|", amount, b"|", amount])
+    amount = f"{yuan(price_fen)}&CNY".encode("ascii")
+    return b"".join([escape_text(charge_code), b"^", escape_text(name), b"|||1|", amount, b"|", amount])
+
+
+def zud_fragment(item_code: str, spec: str, manufacturer: str) -> bytes:
+    """ZUD-6 SPD item code, ZUD-7 spec, ZUD-8 manufacturer."""
+    return b"|".join([escape_text(item_code), escape_text(spec), escape_text(manufacturer)])
+
+
+def item_ft1_fragment(item: CatalogItem) -> bytes:
+    """:func:`ft1_fragment` of a catalog item."""
+    return ft1_fragment(item.charge_code, item.name, item.price_fen)
 
 
 def item_zud_fragment(item: CatalogItem) -> bytes:
-    """ZUD-6 SPD item code, ZUD-7 spec, ZUD-8 manufacturer."""
-    return b"|".join([escape_text(item.item_code), escape_text(item.spec), escape_text(item.manufacturer)])
+    """:func:`zud_fragment` of a catalog item."""
+    return zud_fragment(item.item_code, item.spec, item.manufacturer)

@@ -6,7 +6,7 @@ import enum
 from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 EventTuple = tuple[str, int, int, str, str, str, str]
 """(device, seq, ts_ms, admission, udi, operator, dept) — one wristband + item scan."""
@@ -16,6 +16,38 @@ MAX_SEQ = 9_999_999_999
 
 MAX_LOCAL_MS = 253_402_300_800_000
 """Scan times (in local time) must be before 10000-01-01T00:00 so that years have 4 digits."""
+
+
+MAX_CREDIT_FEN = 999_999_999_999_999
+"""Largest amount a credit carries, in fen (the compiled renderer formats it in 64-bit arithmetic)."""
+
+
+class CreditRequest(NamedTuple):
+    """An item given back unused after it was charged: the return event and the charge it reverses.
+
+    ``device``/``seq``/``ts_ms``/``operator``/``dept`` are the return event's; the credit id is derived
+    from ``device`` and ``seq`` exactly as a charge id is from a consumption event. The rest is copied
+    from the original charge line (``expiry`` as ``YYYY-MM-DD`` or ``""``), so the credit reverses
+    exactly what was charged even if the catalog changed since.
+    """
+
+    device: str
+    seq: int
+    ts_ms: int
+    operator: str
+    dept: str
+    original_charge_id: str
+    admission: str
+    gtin: str
+    lot: str
+    serial: str
+    expiry: str
+    item_code: str
+    charge_code: str
+    name: str
+    spec: str
+    manufacturer: str
+    price_fen: int
 
 
 class BridgeError(Exception):
@@ -39,6 +71,49 @@ class ConfigError(BridgeError, ValueError):
     """A bridge configuration value is invalid."""
 
     reason = "bad_config"
+
+
+class ItemKeyError(BridgeError, ValueError):
+    """A consumed-item key is not ``"<14 digits>/<serial>"`` with a GS1 AI 21 serial."""
+
+    reason = "bad_item_key"
+
+
+GS1_CSET82 = frozenset("!\"%&'()*+,-./0123456789:;<=>?ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz")
+"""GS1 AI encodable character set 82: the characters of a lot or serial."""
+
+SERIAL_MAX = 20
+"""AI 21 (serial) is X..20."""
+
+
+def is_item_key(key: object) -> bool:
+    """True for ``"<gtin>/<serial>"``: 14 ASCII digits, ``/``, 1..20 characters of GS1 set 82."""
+    return (
+        type(key) is str and 16 <= len(key) <= 15 + SERIAL_MAX and key[14] == "/"
+        and key[:14].isascii() and key[:14].isdigit() and all(c in GS1_CSET82 for c in key[15:])
+    )
+
+
+class CreditRefused(BridgeError, ValueError):
+    """A credit request cannot be rendered; ``reason`` is the :class:`RejectReason` value."""
+
+    reason = "bad_event"
+
+
+class ConsumedKeys(Protocol):
+    """The set of charged item keys a bridge implementation keeps (its ``ConsumedSet``)."""
+
+    def add(self, key: str) -> None: ...
+
+    def discard(self, key: str) -> None: ...
+
+    def copy(self) -> ConsumedKeys: ...
+
+    def __contains__(self, key: object) -> bool: ...
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[str]: ...
 
 
 class RejectReason(enum.StrEnum):

@@ -71,7 +71,7 @@ class UnknownCertificate(PkiError, LookupError):
 
 
 class CaMissing(PkiError, FileNotFoundError):
-    """The CA directory has no CA yet (run ``spd-gateway ca init``)."""
+    """The CA directory has no CA yet (run ``spd-gateway ca-init``)."""
 
     reason = "ca_missing"
 
@@ -223,7 +223,7 @@ class SiteCA:
             key = serialization.load_pem_private_key((d / "ca.key").read_bytes(), password=None)
             cert = x509.load_pem_x509_certificate((d / "ca.crt").read_bytes())
         except FileNotFoundError:
-            raise CaMissing(f"no CA in {d}: create one with 'spd-gateway ca init'") from None
+            raise CaMissing(f"no CA in {d}: create one with 'spd-gateway ca-init'") from None
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise PkiError(f"{d / 'ca.key'} is not an EC key")
         return cls(d, key, cert)

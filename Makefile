@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-DEB_PACKAGES := mosquitto libzbar0 zint
+DEB_PACKAGES := mosquitto libzbar0 zint fuse3
 STAMP  := $(VENV)/.installed
 
 .PHONY: demo test test-fast lint bench clean deps venv

@@ -1,22 +1,27 @@
-"""The charging worker: stored consumption events → bridge → durable HIS outbox.
+"""The charging worker: stored consumption events → bridge → durable HIS outbox, and credits for returns.
 
 It reads events after its cursor, runs them through the charging bridge in
 batches, and in one transaction writes the charge lines to the outbox, the
-refusals with their reasons, and the new cursor. A crash anywhere repeats the
+refusals with their reasons, the credits for items given back unused
+(``return_unused`` events), and the new cursor. A crash anywhere repeats the
 batch, and every insert is keyed on the event identity, so nothing doubles.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
+from device.wire import Event, EventKind
 from gateway import bridge
-from gateway.store import GatewayStore
+from gateway.store import GatewayStore, ReturnOutcome, StoredEvent
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +34,8 @@ class ChargingStats:
     lines: int = 0
     rejects: int = 0
     duplicate_items: int = 0
+    returns: int = 0
+    credits: int = 0
 
 
 def load_catalog(store: GatewayStore) -> bridge.Catalog:
@@ -63,6 +70,7 @@ class ChargingWorker:
         self._on_charges = on_charges
         self._may_run = may_run
         self._catalog = load_catalog(store)
+        self._release_cursor = store.last_release_id()  # before the keys: a release in between is applied twice
         self._consumed = bridge.new_consumed_set(store.charged_item_keys())
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -76,11 +84,13 @@ class ChargingWorker:
 
     def run_once(self) -> int:
         """Process one batch; returns how many events it consumed from the cursor."""
+        self._apply_releases()
         after = self.store.cursor(CURSOR)
-        stored = self.store.consumption_events(after_id=after, limit=self.batch_size)
+        stored = self.store.charging_events(after_id=after, limit=self.batch_size)
         if not stored:
             return 0
-        tuples = [_event_tuple(s.event) for s in stored]
+        returns = [s for s in stored if s.event.kind == EventKind.RETURN_UNUSED]
+        tuples = [_event_tuple(s.event) for s in stored if s.event.kind == EventKind.CONSUME]
         consumed = self._consumed.copy()
         result = bridge.charge_batch(tuples, self._catalog, consumed, self.config)
         now = time.time()
@@ -112,6 +122,8 @@ class ChargingWorker:
                     "INSERT OR IGNORE INTO charge_rejects (device, seq, reason, detail, at) VALUES (?, ?, ?, ?, ?)",
                     (rej.device, rej.seq, str(rej.reason), rej.detail, now),
                 )
+            # after this batch's charges: a return finds charges of events stored before it, this batch's too
+            credited = sum(self._record_return(db, ret, now) for ret in returns)
             db.execute(
                 "INSERT INTO cursors (name, value) VALUES (?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
@@ -123,13 +135,97 @@ class ChargingWorker:
                       line.gtin, line.serial, line.device, line.seq)
         for rej in result.rejects:
             log.warning("charge refused: device %s seq %d: %s (%s)", rej.device, rej.seq, rej.reason, rej.detail)
-        if result.lines and self._on_charges is not None:
-            self._on_charges(len(result.lines))
+        if (result.lines or credited) and self._on_charges is not None:
+            self._on_charges(len(result.lines) + credited)
         self.stats.batches += 1
         self.stats.lines += len(result.lines) - len(dup_items)
         self.stats.rejects += len(result.rejects) + len(dup_items)
         self.stats.duplicate_items += len(dup_items)
+        self.stats.returns += len(returns)
+        self.stats.credits += credited
         return len(stored)
+
+    # ------------------------------------------------------------ returns and credits
+
+    def _apply_releases(self) -> None:
+        """Drop from the consumed set the items the HIS credited and that went back to stock."""
+        for release_id, key in self.store.released_item_keys(after_id=self._release_cursor):
+            self._consumed.discard(key)
+            self._release_cursor = release_id
+
+    def _record_return(self, db: sqlite3.Connection, stored: StoredEvent, now: float) -> int:
+        """Handle one ``return_unused`` event inside the batch transaction; 1 when it queued a credit."""
+        ev = stored.event
+        if db.execute("SELECT 1 FROM returns WHERE device = ? AND seq = ?", (ev.device, ev.seq)).fetchone():
+            return 0
+        body = ev.body
+        operator, dept, reason = _text(body.get("operator")), _text(body.get("dept")), _text(body.get("reason"))
+        restocked = body.get("restocked", True)
+        outcome, detail, item_key, charge_id, credit_id = ReturnOutcome.REFUSED, "", "", None, None
+        try:
+            if type(restocked) is not bool:
+                raise _ReturnRefused("restocked must be true or false")
+            year = _local_year(ev.ts_ms, self.config.utc_offset_minutes)
+            item = bridge.read_item(_text(body.get("udi")), reference_year=year)
+            if not item.serial:
+                raise _ReturnRefused(f"GTIN {item.gtin} without serial cannot be matched to a charge")
+            item_key = f"{item.gtin}/{item.serial}"
+            charge = db.execute(
+                "SELECT c.charge_id, c.status, c.line FROM charges c JOIN events e ON e.device = c.device "
+                "AND e.seq = c.seq WHERE c.item_key = ? AND e.id < ? ORDER BY c.id DESC LIMIT 1",
+                (item_key, stored.id),
+            ).fetchone()
+            if charge is None:
+                outcome, detail = ReturnOutcome.NOT_CHARGED, "no charge for this item: stock restored"
+            else:
+                charge_id = str(charge[0])
+                earlier = db.execute(
+                    "SELECT device, seq FROM returns WHERE charge_id = ? AND outcome IN (?, ?)",
+                    (charge_id, ReturnOutcome.CREDITED.value, ReturnOutcome.VOIDED.value),
+                ).fetchone()
+                if earlier is not None:
+                    raise _ReturnRefused(f"charge {charge_id} already returned by {earlier[0]} seq {earlier[1]}")
+                if charge[1] == "parked":
+                    outcome, detail = ReturnOutcome.VOIDED, f"charge {charge_id} was parked, never booked: voided"
+                else:
+                    credit_id = self._queue_credit(db, ev, charge_id, json.loads(charge[2]), operator, dept, now)
+                    outcome = ReturnOutcome.CREDITED
+        except (_ReturnRefused, bridge.BridgeError) as refused:
+            detail = str(refused)
+            log.warning("return refused: device %s seq %d: %s", ev.device, ev.seq, detail)
+        db.execute(
+            "INSERT INTO returns (device, seq, item_key, reason, restocked, outcome, detail, charge_id, credit_id, "
+            "operator, dept, returned_at_ms, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (ev.device, ev.seq, item_key, reason, 1 if restocked is True else 0, outcome.value, detail, charge_id,
+             credit_id, operator, dept, ev.ts_ms, now),
+        )
+        return 1 if credit_id is not None else 0
+
+    def _queue_credit(
+        self, db: sqlite3.Connection, ev: Event, charge_id: str, line: dict[str, Any], operator: str, dept: str,
+        now: float,
+    ) -> str:
+        """Render the credit for a charge and put it in the outbox behind it (same patient); its credit id."""
+        item = self._catalog.get(str(line["gtin"]))
+        request = bridge.CreditRequest(
+            device=ev.device, seq=ev.seq, ts_ms=ev.ts_ms, operator=operator, dept=dept,
+            original_charge_id=charge_id, admission=str(line["admission"]), gtin=str(line["gtin"]),
+            lot=str(line["lot"]), serial=str(line["serial"]), expiry=str(line["expiry"]),
+            item_code=str(line["item_code"]), charge_code=str(line["charge_code"]), name=str(line["name"]),
+            spec=item.spec if item is not None else "", manufacturer=item.manufacturer if item is not None else "",
+            price_fen=int(line["price_fen"]),
+        )
+        message = bridge.render_credit(request, self.config)
+        credit_id = message.split("|", 10)[9]
+        record = {**request._asdict(), "credit_id": credit_id}
+        db.execute(
+            "INSERT INTO charges (charge_id, device, seq, admission, item_key, line, message, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (credit_id, ev.device, ev.seq, request.admission, f"credit:{credit_id}",
+             json.dumps(record, ensure_ascii=False), message, now),
+        )
+        log.info("credit %s queued for charge %s (device %s seq %d)", credit_id, charge_id, ev.device, ev.seq)
+        return credit_id
 
     # ------------------------------------------------------------ thread
 
@@ -165,6 +261,15 @@ class ChargingWorker:
             if n < self.batch_size:
                 self._wake.wait(self.idle_wait_s)
                 self._wake.clear()
+
+
+class _ReturnRefused(Exception):
+    """Internal signal: a return cannot be matched to a charge; the message is the detail."""
+
+
+def _local_year(ts_ms: int, utc_offset_minutes: int) -> int:
+    """The hospital-local year of a device timestamp (the reference for two-digit years in a UDI)."""
+    return (dt.datetime(1970, 1, 1) + dt.timedelta(milliseconds=ts_ms + utc_offset_minutes * 60_000)).year
 
 
 def item_key(line: bridge.ChargeLine) -> str:

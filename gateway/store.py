@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +148,58 @@ CREATE TABLE IF NOT EXISTS consumption (
 """
 
 
+RETURNS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS returns (
+    device TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    item_key TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    restocked INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    charge_id TEXT,
+    credit_id TEXT UNIQUE,
+    operator TEXT NOT NULL,
+    dept TEXT NOT NULL,
+    returned_at_ms INTEGER NOT NULL,
+    recorded_at REAL NOT NULL,
+    PRIMARY KEY (device, seq)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS returns_charge_once ON returns (charge_id) WHERE outcome IN ('credited', 'voided');
+CREATE TABLE IF NOT EXISTS item_releases (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    item_key TEXT NOT NULL,
+    credit_id TEXT NOT NULL UNIQUE,
+    released_at REAL NOT NULL
+);
+CREATE VIEW IF NOT EXISTS consumption_ledger AS
+    SELECT device, seq, 'charge' AS entry, charge_id, admission, gtin, item_code, name, lot, serial,
+           price_fen AS amount_fen, operator, dept, used_at_ms AS at_ms, his_ref
+    FROM consumption
+    UNION ALL
+    SELECT r.device, r.seq, 'credit', c.credit_id, c.admission, c.gtin, c.item_code, c.name, c.lot, c.serial,
+           -c.price_fen, r.operator, r.dept, r.returned_at_ms, c.credit_his_ref
+    FROM consumption c JOIN returns r ON r.credit_id = c.credit_id;
+"""
+"""Returns of unused items and their credits (see docs/bridge.md). ``returns`` has one row per
+``return_unused`` event with its outcome; a credit's outbox row lives in ``charges`` (item key
+``credit:<credit id>``); an accepted credit marks the original ``consumption`` row (columns added by
+:data:`CONSUMPTION_CREDIT_COLUMNS`); ``item_releases`` lists the item keys given back to stock, which the
+charging worker drops from its consumed set; ``consumption_ledger`` is the month-end list with the
+charges and, as negative amounts, their credits."""
+
+CONSUMPTION_CREDIT_COLUMNS = (("credit_id", "TEXT"), ("credited_at", "REAL"), ("credit_his_ref", "TEXT"))
+
+
+class ReturnOutcome(StrEnum):
+    """What became of an item given back unused (``returns.outcome``)."""
+
+    CREDITED = "credited"  # a credit for its charge is in the outbox
+    VOIDED = "voided"  # its charge was parked (never booked): no credit, and the charge can no longer be resent
+    NOT_CHARGED = "not_charged"  # no charge for it: stock restored, nothing sent to the HIS
+    REFUSED = "refused"  # unreadable, not identifiable, or already returned
+
+
 class StoreError(RuntimeError):
     """The gateway store refused an operation."""
 
@@ -194,6 +247,15 @@ class GatewayStore:
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
+        self._add_credit_columns()
+        self._db.executescript(RETURNS_SCHEMA)
+
+    def _add_credit_columns(self) -> None:
+        """Databases made before credits existed gain the consumption credit columns (idempotent)."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(consumption)")}
+        for name, sql_type in CONSUMPTION_CREDIT_COLUMNS:
+            if name not in have:
+                self._db.execute(f"ALTER TABLE consumption ADD COLUMN {name} {sql_type}")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -387,9 +449,30 @@ class GatewayStore:
     def last_event_id(self) -> int:
         return int(self.query("SELECT COALESCE(MAX(id), 0) FROM events")[0][0])
 
+    def charging_events(self, *, after_id: int, limit: int) -> list[StoredEvent]:
+        """Consumptions and returns of unused items after ``after_id``, in store order."""
+        rows = self.query(
+            "SELECT id, device, seq, ts_ms, kind, body, prev, hash FROM events "
+            "WHERE id > ? AND kind IN (?, ?) ORDER BY id LIMIT ?",
+            (after_id, EventKind.CONSUME.value, EventKind.RETURN_UNUSED.value, limit),
+        )
+        return [StoredEvent(r[0], Event(r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7])) for r in rows]
+
     def charged_item_keys(self) -> set[str]:
-        rows = self.query("SELECT item_key FROM charges WHERE status != 'parked' AND item_key NOT LIKE 'charge:%'")
+        """Item keys (``gtin/serial``) of charges that stand: not parked, not given back to stock."""
+        rows = self.query(
+            "SELECT item_key FROM charges WHERE status != 'parked' AND item_key NOT LIKE 'charge:%' "
+            "AND item_key NOT LIKE 'credit:%' AND item_key NOT LIKE 'returned:%'"
+        )
         return {r[0] for r in rows}
+
+    def last_release_id(self) -> int:
+        return int(self.query("SELECT COALESCE(MAX(id), 0) FROM item_releases")[0][0])
+
+    def released_item_keys(self, *, after_id: int) -> list[tuple[int, str]]:
+        """(release id, item key) of items given back to stock after ``after_id``, in release order."""
+        rows = self.query("SELECT id, item_key FROM item_releases WHERE id > ? ORDER BY id", (after_id,))
+        return [(int(r[0]), str(r[1])) for r in rows]
 
     # ------------------------------------------------------------ outbox
 
@@ -434,9 +517,36 @@ class GatewayStore:
                 "finished_at = ?, last_error = '' WHERE charge_id = ?",
                 (code, his_ref, now, charge_id),
             )
+            credited = db.execute(
+                "SELECT charge_id, item_key, restocked FROM returns WHERE credit_id = ?", (charge_id,)
+            ).fetchone()
+            if credited is not None:
+                self._apply_credit(db, charge_id, credited[0], credited[1], bool(credited[2]), his_ref, now)
+                return True
             line = json.loads(line_text)
             self._insert_consumption(db, device, seq, charge_id, line, his_ref, now)
         return True
+
+    def _apply_credit(
+        self, db: sqlite3.Connection, credit_id: str, original: str, item_key: str, restocked: bool,
+        his_ref: str | None, now: float,
+    ) -> None:
+        """The HIS accepted a credit: mark the original consumption, and give a restocked item back to stock."""
+        db.execute(
+            "UPDATE consumption SET credit_id = ?, credited_at = ?, credit_his_ref = ? WHERE charge_id = ?",
+            (credit_id, now, his_ref, original),
+        )
+        if restocked:
+            released = db.execute(
+                "UPDATE charges SET item_key = 'returned:' || ? || ':' || item_key "
+                "WHERE charge_id = ? AND item_key = ?",
+                (credit_id, original, item_key),
+            ).rowcount
+            if released:
+                db.execute(
+                    "INSERT OR IGNORE INTO item_releases (item_key, credit_id, released_at) VALUES (?, ?, ?)",
+                    (item_key, credit_id, now),
+                )
 
     def _insert_consumption(
         self, db: sqlite3.Connection, device: str, seq: int, charge_id: str | None,
@@ -454,7 +564,15 @@ class GatewayStore:
         )
 
     def requeue_parked(self, charge_id: str) -> bool:
+        """Send a parked charge again; refused (False) for a charge whose item was given back."""
         with self.transaction() as db:
+            returned = db.execute(
+                "SELECT 1 FROM returns WHERE charge_id = ? AND outcome IN (?, ?)",
+                (charge_id, ReturnOutcome.CREDITED.value, ReturnOutcome.VOIDED.value),
+            ).fetchone()
+            if returned is not None:
+                log.warning("charge %s not resent: its item was given back unused", charge_id)
+                return False
             cur = db.execute(
                 "UPDATE charges SET status = 'pending', next_attempt_at = 0, finished_at = NULL "
                 "WHERE charge_id = ? AND status = 'parked'",
@@ -477,6 +595,8 @@ class GatewayStore:
             "charges_parked": "SELECT COUNT(*) FROM charges WHERE status = 'parked'",
             "charge_rejects": "SELECT COUNT(*) FROM charge_rejects",
             "consumption": "SELECT COUNT(*) FROM consumption",
+            "returns": "SELECT COUNT(*) FROM returns",
+            "credits_accepted": "SELECT COUNT(*) FROM consumption WHERE credit_id IS NOT NULL",
         }
         return {k: int(self.query(sql)[0][0]) for k, sql in q.items()}
 

@@ -1,4 +1,7 @@
-"""A simulated HIS charging endpoint: an MLLP server that stores DFT^P03 charges once per FT1 id, with faults."""
+"""A simulated HIS charging endpoint: an MLLP server that stores DFT^P03 charges once per FT1 id, with faults.
+
+Credits (FT1-6 ``CD``) are booked apart, once per FT1-2, against the charge named in FT1-23.
+"""
 
 from __future__ import annotations
 
@@ -53,6 +56,18 @@ CREATE TABLE IF NOT EXISTS charges (
     times_received INTEGER NOT NULL,
     his_ref TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS credits (
+    txn_id TEXT PRIMARY KEY,
+    original_txn_id TEXT NOT NULL UNIQUE,
+    control_id TEXT NOT NULL,
+    admission TEXT NOT NULL,
+    charge_code TEXT NOT NULL,
+    amount TEXT NOT NULL,
+    amount_fen INTEGER NOT NULL,
+    first_received_at TEXT NOT NULL,
+    times_received INTEGER NOT NULL,
+    his_ref TEXT NOT NULL
+);
 """
 
 
@@ -99,6 +114,20 @@ class HisCharge:
 
 
 @dataclass(frozen=True)
+class HisCredit:
+    """One credit as the HIS booked it: ``amount`` is negative, against the charge ``original_txn_id``."""
+
+    txn_id: str
+    original_txn_id: str
+    control_id: str
+    admission: str
+    charge_code: str
+    amount: Decimal
+    times_received: int
+    his_ref: str
+
+
+@dataclass(frozen=True)
 class _Dft:
     """The fields of a DFT^P03 the simulated HIS books."""
 
@@ -108,6 +137,8 @@ class _Dft:
     charge_code: str
     qty: Decimal
     unit_price: Decimal
+    txn_type: str = "CG"
+    original_txn_id: str = ""
 
     @property
     def amount(self) -> Decimal:
@@ -389,6 +420,8 @@ class SimulatedHis:
                 refusal = _Refusal(forced_code, "207", forced_text)
             if refusal is None and dft is not None and dft.charge_code in self._rejected_codes:
                 refusal = _Refusal(AckCode.AE, "204", f"unknown charge code {dft.charge_code}")
+            if refusal is None and dft is not None and dft.txn_type == "CD":
+                refusal = self._credit_refusal(dft)
             echo: str | None = None
             if refusal is not None:
                 code, ack_text, condition = refusal.code, refusal.text, refusal.condition
@@ -429,7 +462,48 @@ class SimulatedHis:
         db = self._require_db()
         return db.execute("SELECT 1 FROM charges WHERE txn_id = ?", (dft.txn_id,)).fetchone() is not None
 
+    def _credit_refusal(self, dft: _Dft) -> _Refusal | None:
+        """Why a credit cannot be booked: no such charge, another patient or amount, already credited."""
+        db = self._require_db()
+        if db.execute("SELECT 1 FROM credits WHERE txn_id = ?", (dft.txn_id,)).fetchone():
+            return None  # a resend of a booked credit
+        original = db.execute(
+            "SELECT admission, amount FROM charges WHERE txn_id = ?", (dft.original_txn_id,)
+        ).fetchone()
+        if original is None:
+            return _Refusal(AckCode.AE, "204", f"credit for unknown charge {dft.original_txn_id!r}")
+        if original[0] != dft.admission or Decimal(original[1]) != dft.amount:
+            return _Refusal(AckCode.AE, "207", f"credit does not match charge {dft.original_txn_id}")
+        if db.execute("SELECT 1 FROM credits WHERE original_txn_id = ?", (dft.original_txn_id,)).fetchone():
+            return _Refusal(AckCode.AE, "205", f"charge {dft.original_txn_id} already credited")
+        return None
+
+    def _book_credit(self, dft: _Dft, received_at: str, his_ref: str) -> None:
+        db = self._require_db()
+        if db.execute(
+            "UPDATE credits SET times_received = times_received + 1 WHERE txn_id = ?", (dft.txn_id,)
+        ).rowcount:
+            return
+        db.execute(
+            "INSERT INTO credits (txn_id, original_txn_id, control_id, admission, charge_code, amount, amount_fen,"
+            " first_received_at, times_received, his_ref) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
+            (dft.txn_id, dft.original_txn_id, dft.control_id, dft.admission, dft.charge_code, str(-dft.amount),
+             -int(dft.amount * 100), received_at, his_ref),
+        )
+
+    def credits(self) -> list[HisCredit]:
+        """Every booked credit, in booking order."""
+        with self._lock:
+            rows = self._require_db().execute(
+                "SELECT txn_id, original_txn_id, control_id, admission, charge_code, amount, times_received, his_ref"
+                " FROM credits ORDER BY rowid"
+            ).fetchall()
+        return [HisCredit(r[0], r[1], r[2], r[3], r[4], Decimal(r[5]), r[6], r[7]) for r in rows]
+
     def _book(self, dft: _Dft, received_at: str, his_ref: str) -> None:
+        if dft.txn_type == "CD":
+            self._book_credit(dft, received_at, his_ref)
+            return
         db = self._require_db()
         updated = db.execute(
             "UPDATE charges SET times_received = times_received + 1 WHERE txn_id = ?", (dft.txn_id,)
@@ -503,6 +577,9 @@ def _read_dft(text: str) -> _Dft:
         except InvalidOperation:
             raise _Refusal(AckCode.AE, "102", f"{segment}-{field_num} {found!r} is not a number") from None
 
+    txn_type = value("FT1", 6) or "CG"
+    if txn_type not in ("CG", "CD"):
+        raise _Refusal(AckCode.AE, "103", f"FT1-6 transaction type {txn_type!r} is not booked here")
     return _Dft(
         control_id=required("MSH", 10),
         txn_id=required("FT1", 2),
@@ -510,6 +587,8 @@ def _read_dft(text: str) -> _Dft:
         charge_code=required("FT1", 7),
         qty=decimal("FT1", 10),
         unit_price=decimal("FT1", 12),
+        txn_type=txn_type,
+        original_txn_id=required("FT1", 23) if txn_type == "CD" else "",
     )
 
 

@@ -30,8 +30,10 @@ from gateway.bridge.types import (
     CreditRefused,
     CreditRequest,
     EventTuple,
+    ItemFields,
     ItemKeyError,
     RejectReason,
+    UdiUnreadable,
     is_item_key,
 )
 
@@ -86,6 +88,21 @@ def charge_batch(
     return expand(events, catalog, charge_compact(events, catalog, consumed, config))
 
 
+def read_item(udi: str, *, reference_year: int) -> ItemFields:
+    """GTIN, lot, serial and expiry of a UDI, by the rules of the charge path (for returns, not the hot path).
+
+    ``reference_year`` decides the century of two-digit years (GS1 rule). Raises :class:`UdiUnreadable`.
+    """
+    from gateway.bridge import _twin
+
+    try:
+        parsed = _twin.parse_udi(udi.encode("utf-8", "surrogatepass"), reference_year)
+    except _twin.UdiRefused as refused:
+        raise UdiUnreadable(str(refused)) from None
+    expiry = parsed.expiry.isoformat() if parsed.expiry is not None else ""
+    return ItemFields(parsed.gtin.decode("ascii"), parsed.lot.decode("ascii"), parsed.serial.decode("ascii"), expiry)
+
+
 def render_credit(credit: CreditRequest, config: BridgeConfig) -> str:
     """The HL7 DFT^P03 credit message for one request; :class:`CreditRefused` when the request is invalid."""
     compact = credit_compact([credit], config)
@@ -111,13 +128,16 @@ __all__ = [
     "CreditRefused",
     "CreditRequest",
     "EventTuple",
+    "ItemFields",
     "ItemKeyError",
     "RejectReason",
+    "UdiUnreadable",
     "charge_batch",
     "charge_compact",
     "credit_compact",
     "expand",
     "is_item_key",
     "new_consumed_set",
+    "read_item",
     "render_credit",
 ]

@@ -100,6 +100,21 @@ class CreditRefused(BridgeError, ValueError):
     reason = "bad_event"
 
 
+class UdiUnreadable(BridgeError, ValueError):
+    """A UDI handed to :func:`gateway.bridge.read_item` is not one the bridge can read."""
+
+    reason = "bad_udi"
+
+
+class ItemFields(NamedTuple):
+    """What identifies an item in its UDI; ``expiry`` as ``YYYY-MM-DD`` or ``""``."""
+
+    gtin: str
+    lot: str
+    serial: str
+    expiry: str
+
+
 class ConsumedKeys(Protocol):
     """The set of charged item keys a bridge implementation keeps (its ``ConsumedSet``)."""
 

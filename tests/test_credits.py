@@ -1,0 +1,247 @@
+"""Returns of unused items end to end: return_unused event → credit in the outbox → simulated HIS → ledger."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from device.wire import GENESIS_HASH, Batch, Event, EventKind, event_hash
+from gateway import bridge
+from gateway.charging import ChargingWorker
+from gateway.his.mllp_adapter import MllpAdapter
+from gateway.his.sender import HisSender
+from gateway.store import GatewayStore
+from hw_sim.his import SimulatedHis
+
+STENT = "04012345678901"
+CONFIG = bridge.BridgeConfig(sending_facility="SPD", receiving_facility="HOSP")
+T0 = 1_735_700_000_000  # 2025-01-01 10:53:20 at UTC+8
+
+
+class Handheld:
+    """Writes hash-chained events of one device straight into the gateway store."""
+
+    def __init__(self, store: GatewayStore, device: str) -> None:
+        self.store, self.device, self.seq, self.prev = store, device, 0, GENESIS_HASH
+
+    def emit(self, kind: EventKind, body: dict[str, Any]) -> tuple[str, int]:
+        self.seq += 1
+        ts = T0 + self.seq * 60_000
+        digest = event_hash(self.device, self.seq, ts, kind.value, body, self.prev)
+        self.store.ingest(Batch(self.device, "H1", [Event(self.device, self.seq, ts, kind.value, body, self.prev,
+                                                          digest)]))
+        self.prev = digest
+        return self.device, self.seq
+
+    def consume(self, serial: str, admission: str = "ZY0001") -> tuple[str, int]:
+        return self.emit(EventKind.CONSUME, {"admission": admission, "udi": udi(serial), "operator": "N042",
+                                             "dept": "心内科"})
+
+    def give_back(self, serial: str, **extra: Any) -> tuple[str, int]:
+        return self.emit(EventKind.RETURN_UNUSED, {"udi": udi(serial), "operator": "N043", "dept": "心内科", **extra})
+
+
+def udi(serial: str) -> str:
+    return f"]d201{STENT}17271231\x1d10LOT-A1\x1d21{serial}"
+
+
+class Gateway:
+    """Store, charging worker and HIS sender of one gateway, stepped by the test."""
+
+    def __init__(self, store: GatewayStore, his: SimulatedHis) -> None:
+        self.store = store
+        self.worker = ChargingWorker(store, CONFIG)
+        self.sender = HisSender(store, MllpAdapter("127.0.0.1", his.port, timeout_s=2.0), backoff_base_s=0.01)
+
+    def settle(self) -> None:
+        while self.worker.run_once():
+            pass
+        while self.sender.run_once(now=1e12):
+            pass
+
+    def charge_id(self, key: tuple[str, int]) -> str:
+        return str(self.store.query("SELECT charge_id FROM charges WHERE device = ? AND seq = ?", key)[0][0])
+
+    def returned(self, key: tuple[str, int]) -> tuple[Any, ...]:
+        return self.store.query(
+            "SELECT outcome, detail, charge_id, credit_id FROM returns WHERE device = ? AND seq = ?", key)[0]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[GatewayStore]:
+    gateway_store = GatewayStore(tmp_path / "gateway.db", synchronous="OFF")
+    gateway_store.upsert_catalog([(STENT, "IT-STENT", "C310001", "冠脉支架", "3.0x18mm", "ACME", 1_234_567, 1, 1)])
+    yield gateway_store
+    gateway_store.close()
+
+
+@pytest.fixture
+def his(tmp_path: Path) -> Iterator[SimulatedHis]:
+    with SimulatedHis(tmp_path / "his.db") as simulated:
+        yield simulated
+
+
+def test_return_after_charge_credits_the_patient_at_the_his(store: GatewayStore, his: SimulatedHis) -> None:
+    gateway, hh = Gateway(store, his), Handheld(store, "HH01")
+    used = hh.consume("SN1")
+    gateway.settle()
+    back = hh.give_back("SN1", reason="not opened")
+    gateway.settle()
+    charge_id = gateway.charge_id(used)
+    outcome, _detail, original, credit_id = gateway.returned(back)
+    assert (outcome, original) == ("credited", charge_id)
+    assert [(c.txn_id, c.original_txn_id, c.admission, c.charge_code, c.amount) for c in his.credits()] == [
+        (credit_id, charge_id, "ZY0001", "C310001", Decimal("-12345.67"))]
+    assert [c.txn_id for c in his.charges()] == [charge_id]
+    assert store.query("SELECT status FROM charges WHERE charge_id = ?", (credit_id,)) == [("accepted",)]
+    assert store.query("SELECT entry, charge_id, amount_fen FROM consumption_ledger ORDER BY entry") == [
+        ("charge", charge_id, 1_234_567), ("credit", credit_id, -1_234_567)]
+
+
+def test_credit_is_idempotent_on_the_return_event(store: GatewayStore, his: SimulatedHis) -> None:
+    gateway, hh = Gateway(store, his), Handheld(store, "HH01")
+    hh.consume("SN1")
+    back = hh.give_back("SN1")
+    gateway.settle()
+    credit_id = gateway.returned(back)[3]
+    assert credit_id == render_id(back)
+    with store.transaction() as db:
+        db.execute("UPDATE cursors SET value = 0 WHERE name = 'charging'")
+    gateway.settle()  # the whole history again: no second credit, no second charge
+    assert store.query("SELECT COUNT(*) FROM charges")[0][0] == 2
+    assert store.query("SELECT COUNT(*) FROM returns")[0][0] == 1
+    assert len(his.credits()) == 1
+
+
+def render_id(key: tuple[str, int]) -> str:
+    import hashlib
+
+    return hashlib.sha256(key[0].encode()).hexdigest()[:10].upper() + f"{key[1]:010d}"
+
+
+def test_return_while_charge_is_pending_is_sent_after_it(store: GatewayStore, his: SimulatedHis) -> None:
+    gateway, hh = Gateway(store, his), Handheld(store, "HH01")
+    his.go_down()
+    used = hh.consume("SN1")
+    back = hh.give_back("SN1")
+    while gateway.worker.run_once():
+        pass
+    gateway.sender.run_once(now=1e12)  # HIS down: the charge waits for a retry, the credit behind it
+    assert store.query("SELECT status FROM charges ORDER BY id") == [("pending",), ("pending",)]
+    his.come_up()
+    gateway.settle()  # a clock past every backoff
+    order = [control for control, answer in his.answers() if answer == "AA"]
+    assert order == [gateway.charge_id(used), gateway.returned(back)[3]]
+    assert len(his.credits()) == 1
+
+
+def test_return_of_item_never_charged_restores_stock_without_his_message(store: GatewayStore,
+                                                                         his: SimulatedHis) -> None:
+    gateway, hh = Gateway(store, his), Handheld(store, "HH01")
+    back = hh.give_back("SN9")
+    gateway.settle()
+    assert gateway.returned(back) == ("not_charged", "no charge for this item: stock restored", None, None)
+    assert his.answers() == []
+    assert store.query("SELECT COUNT(*) FROM charges")[0][0] == 0
+
+
+def test_restocked_item_may_be_used_again_once_the_credit_is_booked(store: GatewayStore, his: SimulatedHis) -> None:
+    gateway, hh = Gateway(store, his), Handheld(store, "HH01")
+    hh.consume("SN1")
+    gateway.settle()
+    hh.give_back("SN1")
+    gateway.settle()
+    again = hh.consume("SN1", admission="ZY0002")
+    gateway.settle()
+    assert store.query("SELECT status, admission FROM charges WHERE device = ? AND seq = ?", again) == [
+        ("accepted", "ZY0002")]
+    assert [c.admission for c in his.charges()] == ["ZY0001", "ZY0002"]
+
+
+def test_item_not_restocked_stays_consumed_after_credit(store: GatewayStore, his: SimulatedHis) -> None:
+    gateway, hh = Gateway(store, his), Handheld(store, "HH01")
+    hh.consume("SN1")
+    gateway.settle()
+    hh.give_back("SN1", restocked=False, reason="package opened")
+    gateway.settle()
+    again = hh.consume("SN1", admission="ZY0002")
+    gateway.settle()
+    assert store.query("SELECT reason FROM charge_rejects WHERE device = ? AND seq = ?", again) == [
+        ("serial_already_consumed",)]
+    assert len(his.credits()) == 1 and len(his.charges()) == 1
+
+
+def test_reuse_before_the_credit_is_booked_is_refused(store: GatewayStore, his: SimulatedHis) -> None:
+    gateway, hh = Gateway(store, his), Handheld(store, "HH01")
+    hh.consume("SN1")
+    gateway.settle()
+    hh.give_back("SN1")
+    again = hh.consume("SN1", admission="ZY0002")
+    while gateway.worker.run_once():
+        pass
+    assert store.query("SELECT reason FROM charge_rejects WHERE device = ? AND seq = ?", again) == [
+        ("serial_already_consumed",)]
+
+
+def test_second_return_of_the_same_charge_is_refused(store: GatewayStore, his: SimulatedHis) -> None:
+    gateway, hh = Gateway(store, his), Handheld(store, "HH01")
+    used = hh.consume("SN1")
+    first = hh.give_back("SN1", restocked=False)
+    second = hh.give_back("SN1", restocked=False)
+    gateway.settle()
+    assert gateway.returned(first)[0] == "credited"
+    outcome, detail, _, credit = gateway.returned(second)
+    assert (outcome, detail, credit) == ("refused", f"charge {gateway.charge_id(used)} already returned by HH01 seq 2",
+                                         None)
+    assert len(his.credits()) == 1
+
+
+def test_return_of_parked_charge_voids_it_without_credit(store: GatewayStore, his: SimulatedHis) -> None:
+    gateway, hh = Gateway(store, his), Handheld(store, "HH01")
+    his.answer_next("AE", text="patient discharged")
+    used = hh.consume("SN1")
+    gateway.settle()
+    back = hh.give_back("SN1")
+    gateway.settle()
+    charge_id = gateway.charge_id(used)
+    assert gateway.returned(back)[0] == "voided"
+    assert store.requeue_parked(charge_id) is False
+    assert his.credits() == [] and his.charges() == []
+
+
+def test_unreadable_return_is_recorded_as_refused(store: GatewayStore, his: SimulatedHis) -> None:
+    gateway, hh = Gateway(store, his), Handheld(store, "HH01")
+    back = hh.emit(EventKind.RETURN_UNUSED, {"udi": "garbage", "operator": "N1", "dept": "D"})
+    flag = hh.give_back("SN1", restocked="yes")
+    gateway.settle()
+    assert gateway.returned(back)[:2] == ("refused", "bad AI at 0")
+    assert gateway.returned(flag)[:2] == ("refused", "restocked must be true or false")
+
+
+def test_simulated_his_refuses_a_credit_for_an_unknown_charge(his: SimulatedHis) -> None:
+    request = bridge.CreditRequest("CAB-01", 5, T0, "N1", "D", "AAAAAAAAAA0000000001", "ZY0001", STENT, "", "S1", "",
+                                   "IT", "C310001", "n", "", "", 100)
+    adapter = MllpAdapter("127.0.0.1", his.port, timeout_s=2.0)
+    try:
+        result = adapter.send(render_id(("CAB-01", 5)), bridge.render_credit(request, CONFIG))
+    finally:
+        adapter.close()
+    assert (result.outcome.value, result.code) == ("rejected", "AE")
+    assert his.credits() == []
+
+
+def test_credit_line_record_names_the_original(store: GatewayStore, his: SimulatedHis) -> None:
+    gateway, hh = Gateway(store, his), Handheld(store, "HH01")
+    used = hh.consume("SN1")
+    back = hh.give_back("SN1")
+    gateway.settle()
+    credit_id = gateway.returned(back)[3]
+    [(line,)] = store.query("SELECT line FROM charges WHERE charge_id = ?", (credit_id,))
+    record = json.loads(line)
+    assert (record["original_charge_id"], record["credit_id"], record["price_fen"]) == (
+        gateway.charge_id(used), credit_id, 1_234_567)

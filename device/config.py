@@ -272,32 +272,23 @@ def parse_config(doc: dict[str, Any], *, source: str = "<config>", base_dir: Pat
     return DeviceConfig(device_id, site, kind, data_dir, broker, sync, logc, handheld, source, extra)
 
 
+def parse_config_text(text: str, *, source: str = "<config>", base_dir: Path | None = None) -> DeviceConfig:
+    """Parse TOML text; every problem, syntax included, is a :class:`ConfigError`."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(source, "(syntax)", str(err)) from None
+    except RecursionError:
+        raise ConfigError(source, "(syntax)", "nesting too deep") from None
+    return parse_config(doc, source=source, base_dir=base_dir)
+
+
 def load_config(path: str | Path) -> DeviceConfig:
     p = Path(path)
     try:
-        doc = tomllib.loads(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(str(p), "(file)", "not found") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(str(p), "(syntax)", str(err)) from None
-    return parse_config(doc, source=str(p), base_dir=p.parent)
-
-
-# ---------------------------------------------------------------- [remote]: signed commands from the gateway
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteConfig:
-    """Where the gateway's command-verification key is, and the replay window (see ``device.remote``)."""
-
-    command_key_file: Path
-    replay_window: int = 0
-
-
-def _parse_remote(s: Section) -> RemoteConfig:
-    base = Path(s.source).parent if s.source and not s.source.startswith("<") else Path(".")
-    return RemoteConfig(command_key_file=_path(s, "command_key_file", base),
-                        replay_window=s.get_int("replay_window", 0, min=0, max=1024))
-
-
-register_section("remote", _parse_remote)
+    except UnicodeDecodeError as err:
+        raise ConfigError(str(p), "(encoding)", f"not UTF-8 ({err.reason} at byte {err.start})") from None
+    return parse_config_text(text, source=str(p), base_dir=p.parent)

@@ -361,8 +361,10 @@ def _load(payload: bytes) -> dict[str, Any]:
         raise WireError("too_large", f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
     try:
         doc = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise WireError("bad_json", f"payload is not UTF-8 JSON ({err})") from None
+    except RecursionError:
+        raise WireError("bad_json", "payload nests too deeply") from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, and the int digit limit
+        raise WireError("bad_json", f"payload is not UTF-8 JSON ({str(err)[:200]})") from None
     if not isinstance(doc, dict):
         raise WireError("bad_json", "payload is not a JSON object")
     return doc

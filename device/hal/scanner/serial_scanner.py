@@ -75,7 +75,8 @@ class LineFramer:
             if self._discarding:
                 self._discarding = False
                 continue
-            out.append(line.lstrip(_TRIM_START).rstrip(_TRIM_END))
+            line = line.lstrip(_TRIM_START).rstrip(_TRIM_END)
+            out.append(RejectReason.OVERLONG if len(line) > self.max_line else line)
         if self._discarding:
             del self._buf[: max(0, len(self._buf) - len(self.suffix) + 1)]  # keep a possibly split suffix
         elif len(self._buf) > self.max_line:

@@ -292,3 +292,23 @@ def load_config(path: str | Path) -> DeviceConfig:
     except UnicodeDecodeError as err:
         raise ConfigError(str(p), "(encoding)", f"not UTF-8 ({err.reason} at byte {err.start})") from None
     return parse_config_text(text, source=str(p), base_dir=p.parent)
+
+
+# ---------------------------------------------------------------- [remote]: signed commands from the gateway
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteConfig:
+    """Where the gateway's command-verification key is, and the replay window (see ``device.remote``)."""
+
+    command_key_file: Path
+    replay_window: int = 0
+
+
+def _parse_remote(s: Section) -> RemoteConfig:
+    base = Path(s.source).parent if s.source and not s.source.startswith("<") else Path(".")
+    return RemoteConfig(command_key_file=_path(s, "command_key_file", base),
+                        replay_window=s.get_int("replay_window", 0, min=0, max=1024))
+
+
+register_section("remote", _parse_remote)

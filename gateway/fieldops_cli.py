@@ -208,6 +208,14 @@ def _service(a: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     gw.start()
+    link = None
+    if a.signing_key:  # fleet: applied versions from device state, desired state re-sent to devices behind
+        from gateway.commands import CommandSigner, load_signing_key
+        from gateway.fleet import Fleet, FleetLink
+
+        link = FleetLink(gw.store, host=a.broker_host, port=a.broker_port, tls=tls)
+        link.fleet = Fleet(gw.store, CommandSigner(load_signing_key(a.signing_key)), link.publish)
+        link.start()
     notify("READY=1")
     watchdog = Watchdog(lambda: gw.store.query("SELECT 1") == [(1,)]).start()
     try:
@@ -215,6 +223,8 @@ def _service(a: argparse.Namespace) -> int:
     finally:
         notify("STOPPING=1")
         watchdog.stop()
+        if link is not None:
+            link.stop()
         gw.stop()
     return 0
 
@@ -314,6 +324,7 @@ def register(sub: Any) -> None:
     p.add_argument("--his-host", default="127.0.0.1")
     p.add_argument("--his-port", type=int, default=2575)
     p.add_argument("--facility", default="HOSP")
+    p.add_argument("--signing-key", type=Path, default=None, help="command-signing key: also run the fleet link")
     p.set_defaults(func=_service)
 
     p = sub.add_parser("devices", help="list devices: online/offline, last seen, version, backlog, alarms")

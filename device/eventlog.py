@@ -79,14 +79,20 @@ class EventLog:
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
-        row = self._db.execute("SELECT device FROM head WHERE id = 1").fetchone()
-        if row is None:
-            self._db.execute(
-                "INSERT INTO head (id, device, last_seq, last_hash, acked_seq) VALUES (1, ?, 0, ?, 0)",
-                (device, GENESIS_HASH),
-            )
-        elif row[0] != device:
+        # schema and head row in one transaction: a reader never sees a log without its head
+        self._db.executescript("BEGIN IMMEDIATE;" + SCHEMA)
+        try:
+            row = self._db.execute("SELECT device FROM head WHERE id = 1").fetchone()
+            if row is None:
+                self._db.execute(
+                    "INSERT INTO head (id, device, last_seq, last_hash, acked_seq) VALUES (1, ?, 0, ?, 0)",
+                    (device, GENESIS_HASH),
+                )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        if row is not None and row[0] != device:
             raise EventLogError(f"{self.path} belongs to device {row[0]!r}, not {device!r}")
 
     # ------------------------------------------------------------ writing

@@ -5,7 +5,7 @@ Threads and what each owns:
 * ``paho`` network thread (:class:`IngestService`) — the MQTT socket; stores
   batches and publishes acks;
 * ``charging`` (:class:`ChargingWorker`) — the charging cursor; writes the outbox;
-* ``his-sender`` (:class:`HisSender`) — the HIS connection; drains the outbox;
+* ``his-sender-N`` (:class:`HisSender`, one per lane) — one HIS connection each; drain the outbox;
 * ``lease`` (:class:`Leadership`) — renews the charging lease; with several
   instances on one store, only the holder runs charging and the sender;
 * the main thread — start-up, signals, shutdown.
@@ -51,6 +51,7 @@ class GatewayConfig:
     his_port: int = 2575
     his_timeout_s: float = 5.0
     his_backoff_max_s: float = 30.0
+    his_lanes: int = 4  # parallel HIS connections; a patient's charges always share one
     lease_ttl_s: float = 6.0
     facility: str = "HOSP"
     sending_facility: str = "SPD"
@@ -78,14 +79,20 @@ class Gateway:
         bridge_config = bridge.BridgeConfig(
             sending_facility=config.sending_facility, receiving_facility=config.facility
         )
-        self.sender = HisSender(
-            self.store,
-            adapter or make_his_adapter(config),
-            backoff_max_s=config.his_backoff_max_s,
-            may_run=self.leadership.is_leader,
-        )
+        lanes = 1 if adapter is not None else config.his_lanes
+        self.senders = [
+            HisSender(
+                self.store,
+                adapter or make_his_adapter(config),
+                backoff_max_s=config.his_backoff_max_s,
+                may_run=self.leadership.is_leader,
+                lane=lane,
+                lanes=lanes,
+            )
+            for lane in range(lanes)
+        ]
         self.charging = ChargingWorker(
-            self.store, bridge_config, on_charges=lambda n: self.sender.notify(), may_run=self.leadership.is_leader
+            self.store, bridge_config, on_charges=lambda n: self._notify_senders(), may_run=self.leadership.is_leader
         )
         self.ingest = IngestService(
             self.store,
@@ -98,17 +105,23 @@ class Gateway:
         )
         self._stopped = threading.Event()
 
+    def _notify_senders(self) -> None:
+        for sender in self.senders:
+            sender.notify()
+
     def start(self) -> Gateway:
         self.leadership.start()
         self.charging.start()
-        self.sender.start()
+        for sender in self.senders:
+            sender.start()
         self.ingest.start()
         return self
 
     def stop(self) -> None:
         self.ingest.stop()
         self.charging.stop()
-        self.sender.stop()
+        for sender in self.senders:
+            sender.stop()
         self.leadership.stop()
         self.store.close()
         self._stopped.set()

@@ -38,6 +38,7 @@ def _run(a: argparse.Namespace) -> int:
         his_backoff_max_s=a.his_backoff_max,
         facility=a.facility,
         lease_ttl_s=a.lease_ttl,
+        his_lanes=a.his_lanes,
     )
     Gateway(cfg).run_forever()
     return 0
@@ -121,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--his-timeout", type=float, default=5.0)
     run.add_argument("--his-backoff-max", type=float, default=30.0)
     run.add_argument("--facility", default="HOSP")
+    run.add_argument("--his-lanes", type=int, default=4, choices=range(1, 65), metavar="1..64",
+                     help="parallel HIS connections (a patient's charges always share one)")
     run.add_argument("--lease-ttl", type=float, default=6.0,
                      help="seconds before another instance may take over charging when this one dies")
     run.set_defaults(func=_run)

@@ -214,6 +214,9 @@ class SimulatedHis:
         """Open the database and start listening."""
         if self._db is None:
             self._db = sqlite3.connect(self._db_path, check_same_thread=False, isolation_level=None)
+            # the simulator's records survive its process crashing (WAL); it is never power-cut
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
         self.come_up()
         return self

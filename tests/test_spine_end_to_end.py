@@ -90,7 +90,8 @@ def _last_seq(path: object) -> int:
 
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        return int(db.execute("SELECT last_seq FROM head").fetchone()[0])
+        row = db.execute("SELECT last_seq FROM head").fetchone()
+        return int(row[0]) if row else 0
     except sqlite3.OperationalError:
         return 0
     finally:

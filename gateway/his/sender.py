@@ -1,14 +1,18 @@
 """The HIS sender: drains the durable charge outbox through a HIS adapter.
 
 Order: charges go out in outbox order, and a patient's later charge never
-overtakes an earlier one still waiting for a retry. Outcomes:
+overtakes an earlier one still waiting for a retry. A HIS answers one
+message per connection at a time, so the gateway runs several *lanes*, each
+its own sender and connection; a patient always maps to the same lane
+(CRC-32 of the admission number), which keeps each patient's charges in
+order while different patients' charges go out in parallel. Outcomes:
 
 * accepted (HL7 AA, HTTP 2xx) → charge accepted and the consumption record
   written, in one transaction;
 * rejected (AE/AR) → parked with the HIS's reason, for a person to look at
   and re-send (``spd-gateway charges resend``);
 * retry (timeout, connection refused, an ACK for another message) → the
-  charge waits with exponential backoff, and the sender pauses as a whole,
+  charge waits with exponential backoff, and the lane pauses as a whole,
   because a HIS that does not answer one charge will not answer the next.
 """
 
@@ -18,6 +22,7 @@ import logging
 import random
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -43,8 +48,13 @@ class SenderStats:
     retries: int = 0
 
 
+def lane_of(admission: str, lanes: int) -> int:
+    """The lane that carries every charge of this patient."""
+    return zlib.crc32(admission.encode()) % lanes if lanes > 1 else 0
+
+
 class HisSender:
-    """One thread sending the outbox, one charge at a time."""
+    """One thread (one lane) sending its share of the outbox, one charge at a time."""
 
     def __init__(
         self,
@@ -56,9 +66,15 @@ class HisSender:
         idle_wait_s: float = 0.2,
         rng: random.Random | None = None,
         may_run: Callable[[], bool] = lambda: True,
+        lane: int = 0,
+        lanes: int = 1,
     ) -> None:
+        if not 0 <= lane < lanes:
+            raise ValueError(f"lane {lane} is not in 0..{lanes - 1}")
         self.store = store
         self.adapter = adapter
+        self.lane = lane
+        self.lanes = lanes
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self.idle_wait_s = idle_wait_s
@@ -85,10 +101,10 @@ class HisSender:
             return 0
         sent = 0
         blocked: set[str] = set()
-        for charge in self.store.pending_charges(limit=500):
+        for charge in self.store.pending_charges(limit=500 * self.lanes):
             if self._stop.is_set() or not self._may_run():
                 break
-            if charge.admission in blocked:
+            if charge.admission in blocked or lane_of(charge.admission, self.lanes) != self.lane:
                 continue
             if charge.next_attempt_at > t:
                 blocked.add(charge.admission)
@@ -126,7 +142,7 @@ class HisSender:
     # ------------------------------------------------------------ thread
 
     def start(self) -> HisSender:
-        self._thread = threading.Thread(target=self._run, name="his-sender", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"his-sender-{self.lane}", daemon=True)
         self._thread.start()
         return self
 

@@ -5,7 +5,7 @@ import hashlib
 from array import array
 
 from libc.stdint cimport int64_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free, malloc, realloc
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy
 
 from gateway.bridge.hl7template import Slot, credit_template, item_ft1_fragment, item_zud_fragment, message_template
@@ -195,67 +195,26 @@ cdef object buf_close(Buf* b):
     return result
 
 
-# The message buffer: a malloc'd scratch area kept between calls (no fresh pages per batch), copied
-# once into the result. A call that finds it in use (re-entered from a callback) takes its own.
-cdef char* scratch = NULL
-cdef Py_ssize_t scratch_cap = 0
-cdef bint scratch_busy = False
-cdef Py_ssize_t SCRATCH_KEEP_LIMIT = 64 * 1024 * 1024
+cdef extern from *:
+    """
+    /* End a new, not yet shared bytes object (never hashed) at a shorter length without reallocating
+       it: the block keeps its size, so a batch does not move its messages once more at the end, and
+       the allocator hands a block of the same size, already mapped, to the next batch. */
+    static inline void spd_bytes_truncate(PyObject* b, Py_ssize_t size) {
+        Py_SET_SIZE(b, size);
+        PyBytes_AS_STRING(b)[size] = 0;
+    }
+    """
+    void bytes_truncate "spd_bytes_truncate"(PyObject*, Py_ssize_t) noexcept
 
 
-cdef struct Scratch:
-    char* data
-    Py_ssize_t size
-    Py_ssize_t cap
-    bint owned
-
-
-cdef int scratch_take(Scratch* b, Py_ssize_t cap) except -1:
-    global scratch, scratch_cap, scratch_busy
-    b.size = 0
-    if not scratch_busy:
-        scratch_busy = True
-        b.owned = False
-        b.data = scratch
-        b.cap = scratch_cap
-    else:
-        b.owned = True
-        b.data = NULL
-        b.cap = 0
-    return scratch_reserve(b, cap)
-
-
-cdef int scratch_reserve(Scratch* b, Py_ssize_t extra) except -1:
-    global scratch, scratch_cap
-    cdef Py_ssize_t want = b.size + extra
-    cdef Py_ssize_t cap = b.cap if b.cap else 65536
-    cdef char* grown
-    if want <= b.cap:
-        return 0
-    while cap < want:
-        cap *= 2
-    grown = <char*>realloc(b.data, cap)
-    if grown == NULL:
-        raise MemoryError()
-    b.data = grown
-    b.cap = cap
-    if not b.owned:
-        scratch = grown
-        scratch_cap = cap
-    return 0
-
-
-cdef void scratch_release(Scratch* b) noexcept:
-    global scratch, scratch_cap, scratch_busy
-    if b.owned:
-        free(b.data)
-    else:
-        scratch_busy = False
-        if scratch_cap > SCRATCH_KEEP_LIMIT:
-            free(scratch)
-            scratch = NULL
-            scratch_cap = 0
-    b.data = NULL
+cdef object buf_close_in_place(Buf* b):
+    """The written bytes as a bytes object, its block left at the reserved size; the buffer gives it up."""
+    bytes_truncate(b.obj, b.size)
+    result = <object>b.obj
+    Py_XDECREF(b.obj)
+    b.obj = NULL
+    return result
 
 
 cdef extern from *:
@@ -1155,7 +1114,7 @@ def charge_compact(events, catalog, consumed, config):
     cdef ConsumedSet used = consumed_set(consumed)
     cdef ItemKey item_key
     cdef Buf status, ends, udi_out
-    cdef Scratch messages
+    cdef Buf messages
     cdef const char* frag_data[32]
     cdef Py_ssize_t frag_len[32]
     cdef int slot_kind[32]
@@ -1183,11 +1142,10 @@ def charge_compact(events, catalog, consumed, config):
     for k in range(n_frag - 1):
         slot_kind[k] = int(slots[k])
     status.obj = ends.obj = udi_out.obj = NULL
-    messages.data = NULL
-    messages.owned = True
+    messages.obj = NULL
     try:
         buf_open(&status, n_events + 1)
-        scratch_take(&messages, n_events * (fixed_len + 3 * 14 + 2 * 20 + 22 + cat.max_fragments + 96))
+        buf_open(&messages, n_events * (fixed_len + 3 * 14 + 2 * 20 + 22 + cat.max_fragments + 96))
         used.reserve(n_events)
         buf_open(&ends, n_events * 8 + 8)
         buf_open(&udi_out, n_events * 40 + 64)
@@ -1257,7 +1215,7 @@ def charge_compact(events, catalog, consumed, config):
                 expiry_len = 8
             need = (fixed_len + 3 * 14 + 2 * 20 + 14 + 8 + cat.ft1_len[idx] + cat.zud_len[idx]
                     + 5 * (2 * size[3] + 2 * size[6] + size[5] + size[0] + udi.lot_len + udi.serial_len))
-            scratch_reserve(&messages, need)
+            buf_reserve(&messages, need)
             out = messages.data + messages.size
             out = put(out, frag_data[0], frag_len[0])
             for k in range(n_frag - 1):
@@ -1308,11 +1266,11 @@ def charge_compact(events, catalog, consumed, config):
             status.size += 1
         ends_array = array("q")
         ends_array.frombytes(buf_close(&ends))
-        message_bytes = PyBytes_FromStringAndSize(messages.data, messages.size)
+        message_bytes = buf_close_in_place(&messages)
         return CompactBatch(buf_close(&status), message_bytes, ends_array, buf_close(&udi_out), details)
     finally:
         Py_XDECREF(status.obj)
-        scratch_release(&messages)
+        Py_XDECREF(messages.obj)
         Py_XDECREF(ends.obj)
         Py_XDECREF(udi_out.obj)
 

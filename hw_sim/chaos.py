@@ -49,8 +49,8 @@ log = logging.getLogger(__name__)
 class ChaosConfig:
     seed: int = 1
     devices: int = 8
-    scans_per_device: int = 1250
-    rate: float = 8.0
+    scans_per_device: int = 1300
+    rate: float = 10.0
     power_devices: int = 2  # devices whose data directory is on a power-loss filesystem
     agent_kills: int = 200
     power_cuts: int = 50
@@ -166,7 +166,7 @@ class ChaosRun:
         dom = self.domains.get(device)
         assert self.proxy is not None
         self.h.start_handheld(
-            device, scans=self.cfg.scans_per_device, rate=self.cfg.rate, garbage_rate=0.01,
+            device, scans=self.cfg.scans_per_device, rate=self.cfg.rate, garbage_rate=0.005,
             data_dir=dom.mount_dir if dom else None, broker_port=self.proxy.port,
             extra_args=("--nurse-journal", str(self.journals / f"{device}.txt"), "--clock-jumps",
                         "--drain-timeout", "900"),
@@ -444,8 +444,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="spd-sim chaos", description="seeded fault-injection run with a strict checker")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--devices", type=int, default=8)
-    p.add_argument("--scans-per-device", type=int, default=1250)
-    p.add_argument("--rate", type=float, default=8.0)
+    p.add_argument("--scans-per-device", type=int, default=1300)
+    p.add_argument("--rate", type=float, default=10.0)
     p.add_argument("--power-devices", type=int, default=2)
     p.add_argument("--agent-kills", type=int, default=200)
     p.add_argument("--power-cuts", type=int, default=50)

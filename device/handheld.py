@@ -97,6 +97,24 @@ class Handheld:
         self._committed(ev)
         return ScanOutcome(ScanVerdict.ACCEPTED, ev)
 
+    def return_unused(self, udi_text: str, *, restocked: bool = True, reason: str = "") -> ScanOutcome:
+        """Record an item brought back unused; the gateway credits its charge, if it had one.
+
+        ``restocked`` says the item went back into stock (it may be used, and
+        charged, again once the credit is booked); False means it was discarded.
+        """
+        try:
+            parse_udi(udi_text)
+        except ValueError as err:
+            return self._refuse("bad_udi", err, "", udi_text)
+        body: dict[str, object] = {"udi": udi_text, "operator": self.operator, "dept": self.dept,
+                                   "restocked": restocked}
+        if reason:
+            body["reason"] = reason[:200]
+        ev = self.log.append(EventKind.RETURN_UNUSED.value, body)
+        self._committed(ev)
+        return ScanOutcome(ScanVerdict.ACCEPTED, ev)
+
     def _refuse(self, kind: str, err: ValueError, wristband_text: str, udi_text: str) -> ScanOutcome:
         return self._commit_refusal(str(getattr(err, "reason", kind)), str(err), wristband_text, udi_text)
 

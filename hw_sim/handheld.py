@@ -68,6 +68,7 @@ class SimHandheld:
         batch_size: int = 200,
         nurse_journal: Path | None = None,
         clock_jumps: bool = False,
+        return_rate: float = 0.0,
     ) -> None:
         self.device = device
         self.seed = seed
@@ -85,6 +86,9 @@ class SimHandheld:
         )
         self.scanner = Handheld(self.log, operator=operator, dept=dept, on_committed=lambda ev: self.sync.notify())
         self.commit_latencies_s: list[float] = []
+        self.return_rate = return_rate
+        self.returns = 0
+        self._return_rng = random.Random(f"returns/{seed}/{device}")
 
     def start(self) -> SimHandheld:
         self.sync.start()
@@ -95,6 +99,10 @@ class SimHandheld:
         t0 = time.perf_counter()
         outcome = self.scanner.scan_pair(pair.wristband, pair.udi)
         self.commit_latencies_s.append(time.perf_counter() - t0)
+        if self.return_rate and outcome.accepted and self._return_rng.random() < self.return_rate:
+            # the nurse brings the item back unused: the gateway must credit the charge
+            self.scanner.return_unused(pair.udi, restocked=False, reason="not used in the procedure")
+            self.returns += 1
         if self._journal is not None and outcome.accepted:
             self._journal.write(f"{self.device} {outcome.event.seq}\n")
             self._journal.flush()
@@ -166,12 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--linger", type=float, default=0.0, help="stay connected this long after draining")
     p.add_argument("--nurse-journal", type=Path, default=None, help="append 'device seq' per accepted scan")
     p.add_argument("--clock-jumps", action="store_true", help="let the device clock jump now and then")
+    p.add_argument("--return-rate", type=float, default=0.0, help="share of items brought back unused")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     hh = SimHandheld(
         device=a.device, site=a.site, data_dir=a.data_dir, broker_host=a.broker_host, broker_port=a.broker_port,
         seed=a.seed, garbage_rate=a.garbage_rate, resend_after_s=a.resend_after, nurse_journal=a.nurse_journal,
-        clock_jumps=a.clock_jumps,
+        clock_jumps=a.clock_jumps, return_rate=a.return_rate,
     ).start()
     total = hh.run(a.scans, a.rate)
     drained = hh.wait_drained(a.drain_timeout)

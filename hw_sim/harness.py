@@ -49,6 +49,8 @@ class Tally:
     his_messages_received: int = 0
     his_resends_recognised: int = 0
     chain_breaks: int = 0
+    returns: int = 0  # items brought back unused (return_unused events on devices)
+    credited: int = 0  # credits the HIS booked against an earlier charge, at most one per charge
     lost_keys: list[tuple[str, int]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
@@ -74,6 +76,8 @@ def tally(device_dbs: list[Path], gateway_db: Path, his_db: Path) -> Tally:
                 scans.add((device, seq))
             elif kind == "refused_scan":
                 t.refused_at_scan += 1
+            elif kind == "return_unused":
+                t.returns += 1
         db.close()
     t.scans = len(scans)
 
@@ -96,6 +100,8 @@ def tally(device_dbs: list[Path], gateway_db: Path, his_db: Path) -> Tally:
     t.his_resends_recognised = his.execute(
         "SELECT COALESCE(SUM(times_received - 1), 0) FROM charges"
     ).fetchone()[0]
+    has_credits = his.execute("SELECT 1 FROM sqlite_master WHERE name = 'credits'").fetchone()
+    t.credited = his.execute("SELECT COUNT(*) FROM credits").fetchone()[0] if has_credits else 0
     his.close()
     per_event: Counter[tuple[str, int]] = Counter()
     for (txn,) in his_rows:
@@ -233,6 +239,7 @@ class SpineHarness:
         scans: int,
         rate: float,
         garbage_rate: float = 0.0,
+        return_rate: float = 0.0,
         linger_s: float = 0.0,
         data_dir: Path | None = None,
         broker_port: int | None = None,
@@ -247,7 +254,8 @@ class SpineHarness:
                 sys.executable, "-m", "hw_sim.handheld", "--device", device, "--site", self.site,
                 "--data-dir", str(ddir), "--broker-port", str(broker_port or self.broker.port),
                 "--scans", str(scans), "--rate", str(rate), "--seed", str(self.seed),
-                "--garbage-rate", str(garbage_rate), "--resend-after", "2", "--linger", str(linger_s), *extra_args,
+                "--garbage-rate", str(garbage_rate), "--return-rate", str(return_rate), "--resend-after", "2",
+                "--linger", str(linger_s), *extra_args,
             ]
             hh = ManagedProcess(device, argv, self.workdir / f"{device}.log", self.env)
             self.handhelds[device] = hh

@@ -113,3 +113,16 @@ def test_two_gateways_on_a_shared_subscription_one_killed_mid_stream(tmp_path: o
         assert "now runs charging" in logs or "now runs charging" in h.gateways[0].output()
     finally:
         h.close()
+
+
+def test_items_returned_unused_are_credited_once(spine: SpineHarness) -> None:
+    spine.start_handheld("HH01", scans=120, rate=100, return_rate=0.25)
+    spine.wait_handhelds(60)
+    t = spine.wait_settled(60)
+    assert t.returns > 0
+    assert (t.lost, t.duplicates, t.invented) == (0, 0, 0), t.as_dict()
+    assert t.stored == t.charged == t.scans
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and spine.tally().credited < t.returns:
+        time.sleep(0.2)
+    assert spine.tally().credited == t.returns  # every return credited, none twice

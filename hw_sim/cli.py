@@ -9,10 +9,14 @@ import sys
 COMMANDS = {
     "demo": "hw_sim.demo",
     "his": "hw_sim.his",
+    "his-http": "hw_sim.his_http",
     "handheld": "hw_sim.handheld",
     "bench": "hw_sim.bench",
     "ward": "hw_sim.ward",
     "chaos": "hw_sim.chaos",
+    "fuzz": "hw_sim.fuzz",
+    "cabinet-bench": "hw_sim.cabinet_bench",
+    "camera-bench": "hw_sim.camera_bench",
 }
 
 

@@ -422,17 +422,35 @@ class CabinetAgent:
     def _start_scanners(self) -> None:
         sc = self.config.scanners
         urls = [(u, True) for u in sc.ports] + ([(sc.badge_port, False)] if sc.badge_port else [])
-        if not urls:
+        if not urls and not self.config.camera.enabled:
             return
         from device.hal.scanner import ScanLine, SerialScanner  # imported here: a scanner problem stays its own
 
         def on_scan(line: ScanLine) -> None:
             self.scan_text(line.text)
 
+        if self.config.camera.enabled:
+            self._start_camera(on_scan)
+
         for url, symbology_ids in urls:  # a badge reader sends bare card numbers, no symbology identifier
             scanner = SerialScanner(url, baudrate=sc.baudrate, symbology_ids=symbology_ids, on_scan=on_scan)
             scanner.start()
             self._scanners.append(scanner)
+
+
+    def _start_camera(self, on_scan: Callable[[Any], None]) -> None:
+        """The camera decodes the configured symbologies and feeds the same scan path as the line scanners."""
+        from device.hal.camera import CameraScanner  # OpenCV and the decoders load only when a camera is used
+        from device.hal.scanner import Symbology
+
+        cam = self.config.camera
+        source: int | str = int(cam.device) if cam.device.isdigit() else cam.device
+        scanner = CameraScanner(
+            source, decoder=cam.decoder, symbologies=[Symbology[n] for n in cam.symbologies],
+            fps_limit=cam.fps_limit, on_scan=on_scan,
+        )
+        scanner.start()
+        self._scanners.append(scanner)
 
 
 def _looks_like_badge(text: str) -> bool:

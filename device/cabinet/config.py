@@ -62,7 +62,13 @@ class ScannerConfig:
 @dataclass(frozen=True, slots=True)
 class CameraConfig:
     enabled: bool = False
-    device: str = "/dev/video0"
+    device: str = "/dev/video0"  # a V4L2 device, a camera index ("0"), or a video/stream URL
+    decoder: str = "zxingcpp"  # zxing-cpp reads GS1 DataMatrix, the usual UDI symbol; pyzbar does not
+    symbologies: tuple[str, ...] = ("GS1_DATAMATRIX", "GS1_128", "GS1_QR", "QR")  # see DEFAULT_CAMERA_SYMBOLOGIES
+    fps_limit: float = 10.0
+
+
+DEFAULT_CAMERA_SYMBOLOGIES = ("GS1_DATAMATRIX", "GS1_128", "GS1_QR", "QR")
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +184,7 @@ def parse_cabinet(sec: Section) -> CabinetConfig:
     camera = CameraConfig()
     c = sec.section("camera", optional=True)
     if c is not None:
-        camera = CameraConfig(enabled=c.get_bool("enabled", False), device=c.get_str("device", "/dev/video0"))
+        camera = _parse_camera(c)
         c.done()
     alarms = AlarmConfig()
     a = sec.section("alarms", optional=True)
@@ -234,3 +240,19 @@ def cabinet_config(cfg: DeviceConfig) -> CabinetConfig:
 
 
 register_section(SECTION, parse_cabinet)
+
+
+def _parse_camera(c: Section) -> CameraConfig:
+    from device.hal.scanner import Symbology
+
+    names = tuple(_strings(c, "symbologies")) or DEFAULT_CAMERA_SYMBOLOGIES
+    for name in names:
+        if name not in Symbology.__members__:
+            raise c.error("symbologies", f"{name!r} is not one of {', '.join(Symbology.__members__)}")
+    return CameraConfig(
+        enabled=c.get_bool("enabled", False),
+        device=c.get_str("device", "/dev/video0"),
+        decoder=c.get_str("decoder", "zxingcpp", choices=("zxingcpp", "pyzbar")),
+        symbologies=names,
+        fps_limit=c.get_float("fps_limit", 10.0, min=0.5, max=60.0),
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from pathlib import Path
 
 from device.cabinet.session import SessionState
@@ -160,6 +161,24 @@ def test_restart_keeps_the_inventory_and_records_changes_made_while_down(tmp_pat
         ev = c.wait_event("taken", lambda e: e.body["epc"] == gone.epc, timeout_s=5.0)
         assert ev is not None and "user" not in ev.body
         assert len(c.events("taken")) == 2
+        assert c.events("returned") == []
+    finally:
+        c.stop()
+
+
+def test_a_count_after_the_door_was_held_open_confirms_with_session_rounds(tmp_path: Path) -> None:
+    c = SimCabinet(tmp_path, items=40).start()
+    try:
+        c.badge("N0001")
+        assert c.open_door()
+        taken = c.take(2)
+        time.sleep(5.2)  # the reader idles longer than the S1 persistence ceiling: every flag is back to A
+        before = dict(c.reader.stats.rounds_by_command)
+        c.close_door()
+        after = c.reader.stats.rounds_by_command
+        assert after.get(0x8B, 0) - before.get(0x8B, 0) >= 4  # round 1 and the confirming rounds
+        assert after.get(0x89, 0) - before.get(0x89, 0) >= 1  # the deciding round
+        assert _items(c, "taken") == sorted((t.epc, "N0001", "nurse") for t in taken)
         assert c.events("returned") == []
     finally:
         c.stop()

@@ -19,6 +19,29 @@ missed ``k`` times is confirmed taken, and counting stops as soon as every
 suspect is one or the other. A round in which a suspect's antenna reported an
 error does not count as a miss for it; suspects still open after
 ``max_rounds`` are kept as present (unconfirmed), never reported as taken.
+
+Gen2 sessions (``policy.session``, S1 by default): round 1 and the confirming
+rounds are session/target inventories with target A. Every tag read in round 1
+flips its flag to B and stays silent for the flag's persistence, so a
+confirming round is answered only by tags not read yet: the present suspects
+(plus any tag whose flag has already decayed back to A, which costs time, never
+correctness). A present suspect was not read, so it still holds A and each
+confirming round is again a fresh chance for it to answer with probability
+``1 - p``: the ``p**k`` math above is unchanged. It rests on three conditions,
+each enforced here:
+
+* every tag holds A when round 1 starts: the session is used only when the
+  reader has not inventoried for ``flag_quiet_s`` (the S1 persistence ceiling,
+  5 s in the Gen2 spec); otherwise the count runs on real-time inventories;
+* a tag that flipped was reported: an antenna whose round lost or garbled a
+  packet on the serial line (``InventoryResult.line_errors``) may hold a
+  flipped, unreported tag, so its remaining rounds in this count are real-time
+  inventories, which every tag answers whatever its flags;
+* a tag whose persistence outlasts ``flag_quiet_s`` (the spec lets 5% of tags
+  miss its bounds) could sit in B through round 1 and every target-A round: the
+  round that would be a suspect's ``k``-th miss is therefore always a
+  real-time inventory, so such a tag is only reported taken if that round
+  misses it too (probability ``p``).
 """
 
 from __future__ import annotations
@@ -30,6 +53,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from device.hal.rfid.r2000 import Session, Target
 from device.hal.rfid.reader import InventoryResult
 
 log = logging.getLogger(__name__)
@@ -41,18 +65,29 @@ class InventoryReader(Protocol):
     @property
     def antennas(self) -> tuple[int, ...]: ...
 
-    def inventory(self, rounds: int = 1, *, antennas: Iterable[int] | None = None, repeat: int = 1) -> InventoryResult:
-        ...
+    def inventory(
+        self,
+        rounds: int = 1,
+        *,
+        antennas: Iterable[int] | None = None,
+        repeat: int = 1,
+        session: Session | None = None,
+        target: Target = Target.A,
+    ) -> InventoryResult: ...
+
+    def seconds_since_inventory(self) -> float: ...
 
 
 @dataclass(frozen=True, slots=True)
 class InventoryPolicy:
-    """How sure a removal must be: per-round miss probability, target phantom rate per count, round ceiling."""
+    """How sure a removal must be (miss probability, phantom target, rounds) and which Gen2 session confirms."""
 
     miss_rate: float = 0.05
     phantom_target: float = 1e-5
     min_rounds: int = 2
     max_rounds: int = 12
+    session: Session | None = Session.S1  # None: every round is a real-time inventory (0x89)
+    flag_quiet_s: float = 5.0  # reader idle this long before a count: every flag of ``session`` is back to A
 
     def __post_init__(self) -> None:
         if not 0.0 < self.miss_rate < 1.0:
@@ -61,6 +96,10 @@ class InventoryPolicy:
             raise ValueError(f"phantom_target must be in (0, 1), got {self.phantom_target}")
         if not 1 <= self.min_rounds <= self.max_rounds:
             raise ValueError("need 1 <= min_rounds <= max_rounds")
+        if self.session is Session.S0:
+            raise ValueError("S0 flags reset whenever an antenna stops transmitting: use S1, S2 or S3")
+        if not self.flag_quiet_s >= 0.0:
+            raise ValueError(f"flag_quiet_s must be >= 0, got {self.flag_quiet_s}")
 
     def confirm_rounds(self, population: int) -> int:
         """Absent rounds needed before a tag of a ``population``-tag inventory counts as taken."""
@@ -83,8 +122,44 @@ class CountResult:
     unconfirmed: set[str] = field(default_factory=set)
     rounds: int = 0
     antenna_rounds: int = 0
+    plain_antenna_rounds: int = 0  # of which real-time inventories (every tag answers)
     confirm_rounds: int = 0
+    session: Session | None = None  # the session the count used, None if it ran on real-time inventories
+    first_round_s: float = 0.0  # round 1 (every antenna) alone
     duration_s: float = 0.0
+
+
+class _Rounds:
+    """Runs one count's rounds: session/target A where the flags can be trusted, real-time inventory elsewhere."""
+
+    def __init__(self, reader: InventoryReader, session: Session | None) -> None:
+        self.reader = reader
+        self.session = session
+        self.tainted: set[int] = set()  # antennas whose flags this count can no longer trust
+        self.antenna_rounds = 0
+        self.plain_antenna_rounds = 0
+
+    def run(self, antennas: Iterable[int], *, plain: set[int]) -> tuple[dict[str, set[int]], set[int]]:
+        """One round on ``antennas`` (``plain`` ones as real-time inventories): (EPC -> antennas, erroring antennas)."""
+        ants = sorted(set(antennas))
+        by_session = [a for a in ants if self.session is not None and a not in plain and a not in self.tainted]
+        by_plain = [a for a in ants if a not in by_session]
+        seen: dict[str, set[int]] = {}
+        errors: set[int] = set()
+        for group, session in ((by_session, self.session), (by_plain, None)):
+            if not group:
+                continue
+            res = self.reader.inventory(1, antennas=group, session=session, target=Target.A)
+            for epc, s in res.tags.items():
+                seen.setdefault(epc, set()).update(s.antennas)
+            errors |= set(res.antenna_errors)
+            if session is not None and res.line_errors:
+                log.info("serial line lost packets on antennas %s: real-time inventories there from now on",
+                         sorted(res.line_errors))
+                self.tainted |= set(res.line_errors)
+        self.antenna_rounds += len(ants)
+        self.plain_antenna_rounds += len(by_plain)
+        return seen, errors
 
 
 def count_stable(
@@ -96,32 +171,38 @@ def count_stable(
     started = time.monotonic()
     all_antennas = tuple(reader.antennas)
     k = policy.confirm_rounds(len(previous))
-    first = reader.inventory(1, antennas=all_antennas)
-    seen: dict[str, set[int]] = {epc: set(s.antennas) for epc, s in first.tags.items()}
-    bad = set(first.antenna_errors)
+    session = policy.session
+    if session is not None and reader.seconds_since_inventory() < policy.flag_quiet_s:
+        log.info("reader used %.1f s ago (< %.1f s): flags may still be set, counting on real-time inventories",
+                 reader.seconds_since_inventory(), policy.flag_quiet_s)
+        session = None
+    rounds_ = _Rounds(reader, session)
+
+    def where(epc: str) -> frozenset[int]:
+        return previous[epc] or frozenset(all_antennas)
+
+    first, bad = rounds_.run(all_antennas, plain=set())
+    first_round_s = time.monotonic() - started
+    seen: dict[str, set[int]] = first
     misses: dict[str, int] = {}
-    for epc, ants in previous.items():
-        if epc in seen:
-            continue
-        where = set(ants) or set(all_antennas)
-        misses[epc] = 0 if where <= bad else 1
-    rounds, antenna_rounds = 1, len(all_antennas)
-    taken: set[str] = set()
+    for epc in previous:
+        if epc not in seen:
+            misses[epc] = 0 if where(epc) <= bad else 1
+    rounds = 1
+    taken: set[str] = {e for e, m in misses.items() if m >= k}
     open_suspects = {e for e, m in misses.items() if m < k}
-    taken.update(e for e, m in misses.items() if m >= k)
     while open_suspects and rounds < policy.max_rounds:
-        ants_needed = sorted({a for e in open_suspects for a in (previous[e] or all_antennas)})
-        res = reader.inventory(1, antennas=ants_needed)
+        ants_needed = {a for e in open_suspects for a in where(e)}
+        deciding = {a for e in open_suspects if misses[e] >= k - 1 for a in where(e)}
+        res, errs = rounds_.run(ants_needed, plain=deciding)
         rounds += 1
-        antenna_rounds += len(ants_needed)
-        for epc, s in res.tags.items():
-            seen.setdefault(epc, set()).update(s.antennas)
-        errs = set(res.antenna_errors)
+        for epc, ants in res.items():
+            seen.setdefault(epc, set()).update(ants)
         for epc in list(open_suspects):
             if epc in seen:
                 open_suspects.discard(epc)
                 continue
-            if set(previous[epc] or all_antennas) <= errs:
+            if where(epc) <= errs:
                 continue  # its antennas could not look: no evidence either way
             misses[epc] += 1
             if misses[epc] >= k:
@@ -136,11 +217,15 @@ def count_stable(
         added={e for e in seen if e not in previous},
         unconfirmed=set(open_suspects),
         rounds=rounds,
-        antenna_rounds=antenna_rounds,
+        antenna_rounds=rounds_.antenna_rounds,
+        plain_antenna_rounds=rounds_.plain_antenna_rounds,
         confirm_rounds=k,
+        session=session,
+        first_round_s=first_round_s,
         duration_s=time.monotonic() - started,
     )
-    log.info("count: %d present, %d taken, %d added, %d unconfirmed; %d rounds (%d antenna-rounds), k=%d, %.2f s",
-             len(present), len(taken), len(result.added), len(open_suspects), rounds, antenna_rounds, k,
+    log.info("count: %d present, %d taken, %d added, %d unconfirmed; %d rounds (%d antenna-rounds, %d real-time), "
+             "k=%d, session %s, %.2f s", len(present), len(taken), len(result.added), len(open_suspects), rounds,
+             result.antenna_rounds, result.plain_antenna_rounds, k, session.name if session else "none",
              result.duration_s)
     return result

@@ -23,6 +23,11 @@ Responses decoded here:
   ``AntID | ErrorCode``.
 * ``cmd_get_firmware_version`` (0x72): ``Major | Minor``.
 * other settings commands answer a single ErrorCode byte, 0x10 meaning success.
+
+0x8B's data is ``Session | Target | Repeat``: the Gen2 Query's session (S0-S3)
+and the inventoried-flag value (A or B) a tag must hold to take part; a tag
+that is read inverts that flag (EPC Gen2 v1.2.0, 6.3.2.2 and the Query
+command, 6.3.2.10.2.1).
 """
 
 from __future__ import annotations
@@ -53,6 +58,22 @@ class Command(IntEnum):
     REAL_TIME_INVENTORY = 0x89
     FAST_SWITCH_ANT_INVENTORY = 0x8A
     CUSTOMIZED_SESSION_TARGET_INVENTORY = 0x8B
+
+
+class Session(IntEnum):
+    """A Gen2 inventory session: each tag keeps one inventoried flag per session."""
+
+    S0 = 0
+    S1 = 1
+    S2 = 2
+    S3 = 3
+
+
+class Target(IntEnum):
+    """The inventoried-flag value a Query addresses (A is the value a tag powers up or decays to)."""
+
+    A = 0
+    B = 1
 
 
 INVENTORY_COMMANDS = frozenset(
@@ -242,9 +263,9 @@ def encode_real_time_inventory(repeat: int = 1, address: int = PUBLIC_ADDRESS) -
 
 
 def encode_customized_session_target_inventory(
-    session: int = 1, target: int = 0, repeat: int = 1, address: int = PUBLIC_ADDRESS
+    session: int = Session.S1, target: int = Target.A, repeat: int = 1, address: int = PUBLIC_ADDRESS
 ) -> bytes:
-    """Real-time inventory with a chosen Gen2 session (0-3) and inventoried flag (0 = A, 1 = B)."""
+    """Real-time inventory on the work antenna of the tags whose ``session`` flag equals ``target`` (0 = A, 1 = B)."""
     if not 0 <= session <= 3 or target not in (0, 1) or not 1 <= repeat <= 0xFF:
         raise ValueError(f"bad session/target/repeat: {session}/{target}/{repeat}")
     return encode_frame(address, Command.CUSTOMIZED_SESSION_TARGET_INVENTORY, (session, target, repeat))

@@ -1,8 +1,9 @@
-"""Driver for an R2000-based UHF RFID reader on a serial URL: multi-antenna inventory and reconnection."""
+"""Driver for an R2000-based UHF RFID reader on a serial URL: multi-antenna inventory, Gen2 sessions, reconnection."""
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -21,7 +22,10 @@ from device.hal.rfid.r2000 import (
     Frame,
     InventoryRoundEnd,
     R2000Codec,
+    Session,
     TagRead,
+    Target,
+    encode_customized_session_target_inventory,
     encode_get_firmware_version,
     encode_real_time_inventory,
     encode_set_work_antenna,
@@ -91,6 +95,7 @@ class InventoryResult:
     rounds_completed: int = 0
     antenna_errors: dict[int, str] = field(default_factory=dict)  # antenna -> error name
     lost_round_ends: int = 0  # rounds closed by silence because their end packet was corrupted
+    line_errors: dict[int, int] = field(default_factory=dict)  # antenna -> bad or lost packets during its rounds
     duration_s: float = 0.0
 
     def add(self, tag: TagRead) -> None:
@@ -153,6 +158,7 @@ class RfidReader:
         self._ever_online = False
         self._disconnects = 0
         self._reconnects = 0
+        self._last_inventory_end: float | None = None
 
     # --- connection -------------------------------------------------------
     @property
@@ -236,24 +242,46 @@ class RfidReader:
         if isinstance(frame, ErrorFrame):
             raise ReaderCommandError(f"antenna {antenna}: {frame.name}", code=frame.code)
 
-    def inventory(self, rounds: int = 1, *, antennas: Iterable[int] | None = None, repeat: int = 1) -> InventoryResult:
-        """Run ``rounds`` rounds, each a real-time inventory on every antenna in turn; merge the sightings."""
+    def inventory(
+        self,
+        rounds: int = 1,
+        *,
+        antennas: Iterable[int] | None = None,
+        repeat: int = 1,
+        session: Session | None = None,
+        target: Target = Target.A,
+    ) -> InventoryResult:
+        """Run ``rounds`` rounds, each an inventory on every antenna in turn; merge the sightings.
+
+        Without ``session`` each antenna runs a real-time inventory (0x89), in
+        which every tag in the field may answer. With ``session`` it runs a
+        session/target inventory (0x8B): only tags whose inventoried flag in
+        that session equals ``target`` answer, and each tag read inverts it.
+        """
         ants = tuple(antennas) if antennas is not None else self.antennas
+        if session is None:
+            cmd, packet = Command.REAL_TIME_INVENTORY, encode_real_time_inventory(repeat, self.address)
+        else:
+            cmd = Command.CUSTOMIZED_SESSION_TARGET_INVENTORY
+            packet = encode_customized_session_target_inventory(session, target, repeat, self.address)
         result = InventoryResult()
         started = time.monotonic()
         with self._mutex:
             try:
                 for _ in range(rounds):
                     for antenna in ants:
-                        self._inventory_antenna(antenna, repeat, result)
+                        self._inventory_antenna(antenna, cmd, packet, result)
                     result.rounds_completed += 1
             except ReaderDisconnected as err:
                 result.duration_s = time.monotonic() - started
                 err.partial = result
                 raise
+            finally:
+                self._last_inventory_end = time.monotonic()
         result.duration_s = time.monotonic() - started
         log.info(
-            "inventory: %d tags, %d rounds, %.2f s on %s",
+            "inventory%s: %d tags, %d rounds, %.2f s on %s",
+            "" if session is None else f" {session.name}/{target.name}",
             len(result.tags),
             result.rounds_completed,
             result.duration_s,
@@ -261,21 +289,44 @@ class RfidReader:
         )
         return result
 
-    def _inventory_antenna(self, antenna: int, repeat: int, result: InventoryResult) -> None:
+    def inventory_session(
+        self, session: Session, target: Target = Target.A, rounds: int = 1, antennas: Iterable[int] | None = None
+    ) -> InventoryResult:
+        """``inventory(rounds, antennas=antennas, session=session, target=target)``."""
+        return self.inventory(rounds, antennas=antennas, session=session, target=target)
+
+    def seconds_since_inventory(self) -> float:
+        """Time since the last inventory command ended (infinite if none ran since the driver was created)."""
+        if self._last_inventory_end is None:
+            return math.inf
+        return time.monotonic() - self._last_inventory_end
+
+    def _inventory_antenna(self, antenna: int, cmd: int, packet: bytes, result: InventoryResult) -> None:
         try:
             self.set_work_antenna(antenna)
         except ReaderCommandError as err:
             result.antenna_errors[antenna] = error_name(err.code)
             log.warning("antenna %d skipped: %s", antenna, err.message)
             return
+        stats = self._codec.stats
+        line_before = stats.bad_checksums + stats.garbage_bytes
+        try:
+            self._run_round(antenna, cmd, packet, result)
+        finally:
+            lost = stats.bad_checksums + stats.garbage_bytes - line_before
+            if lost:
+                result.line_errors[antenna] = result.line_errors.get(antenna, 0) + lost
+
+    def _run_round(self, antenna: int, cmd: int, packet: bytes, result: InventoryResult) -> None:
         for attempt in range(self.retries + 1):
-            self._send(encode_real_time_inventory(repeat, self.address))
+            self._send(packet)
             got_any = False
             while True:
-                frame = self._next_frame(Command.REAL_TIME_INVENTORY)
+                frame = self._next_frame(cmd)
                 if frame is None:
                     if got_any:
                         result.lost_round_ends += 1
+                        result.line_errors[antenna] = result.line_errors.get(antenna, 0) + 1
                         log.warning("antenna %d: round end lost, closing the round on silence", antenna)
                         return
                     break  # nothing at all: resend

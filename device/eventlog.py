@@ -52,6 +52,10 @@ class EventLogError(RuntimeError):
     """The event log cannot do what was asked (wrong device, broken file)."""
 
 
+class LogWriteFailed(EventLogError, OSError):
+    """An append could not be committed (disk full, I/O error): nothing was recorded, nobody may be told it was."""
+
+
 @dataclass(frozen=True, slots=True)
 class ChainBreak:
     seq: int
@@ -103,21 +107,31 @@ class EventLog:
         body_text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         body_copy = json.loads(body_text)
         with self._lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
             try:
-                last_seq, last_hash = db.execute("SELECT last_seq, last_hash FROM head WHERE id = 1").fetchone()
-                seq = last_seq + 1
-                digest = event_hash(self.device, seq, ts, kind, body_copy, last_hash)
-                db.execute(
-                    "INSERT INTO events (seq, ts_ms, kind, body, prev, hash) VALUES (?, ?, ?, ?, ?, ?)",
-                    (seq, ts, kind, body_text, last_hash, digest),
-                )
-                db.execute("UPDATE head SET last_seq = ?, last_hash = ? WHERE id = 1", (seq, digest))
-                db.execute("COMMIT")
-            except BaseException:
+                return self._append_locked(kind, ts, body_text, body_copy)
+            except sqlite3.OperationalError as err:  # SQLITE_FULL, SQLITE_IOERR, SQLITE_BUSY past the timeout
+                log.error("event log %s: append failed: %s", self.path, err)
+                raise LogWriteFailed(f"event not recorded: {err}") from err
+
+    def _append_locked(self, kind: str, ts: int, body_text: str, body_copy: dict[str, Any]) -> Event:
+        db = self._db
+        if db.in_transaction:  # a failed commit can leave SQLite inside the transaction
+            db.execute("ROLLBACK")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            last_seq, last_hash = db.execute("SELECT last_seq, last_hash FROM head WHERE id = 1").fetchone()
+            seq = last_seq + 1
+            digest = event_hash(self.device, seq, ts, kind, body_copy, last_hash)
+            db.execute(
+                "INSERT INTO events (seq, ts_ms, kind, body, prev, hash) VALUES (?, ?, ?, ?, ?, ?)",
+                (seq, ts, kind, body_text, last_hash, digest),
+            )
+            db.execute("UPDATE head SET last_seq = ?, last_hash = ? WHERE id = 1", (seq, digest))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
                 db.execute("ROLLBACK")
-                raise
+            raise
         return Event(self.device, seq, ts, kind, body_copy, last_hash, digest)
 
     def mark_acked(self, upto_seq: int) -> int:

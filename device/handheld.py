@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from device.eventlog import EventLog
+from device.eventlog import EventLog, LogWriteFailed
 from device.udi import parse_udi
 from device.udi.wristband import WristbandFormat, parse_wristband
 from device.wire import Event, EventKind
@@ -39,7 +39,7 @@ class ScanOutcome:
     """What the nurse is told: accepted (green, beep) or refused with a reason."""
 
     verdict: ScanVerdict
-    event: Event
+    event: Event | None  # None only when the log itself could not record anything (disk full, I/O error)
     reason: str = ""
     detail: str = ""
 
@@ -69,7 +69,18 @@ class Handheld:
         self.policy = policy
 
     def scan_pair(self, wristband_text: str, udi_text: str) -> ScanOutcome:
-        """Record a wristband + item scan; returns only after the event is durable."""
+        """Record a wristband + item scan; returns only after the event is durable.
+
+        If the log cannot record (disk full, I/O error) the outcome is refused
+        with reason ``log_unavailable`` and no event: the nurse is told to scan
+        again, so the scan is not lost, and nothing is charged.
+        """
+        try:
+            return self._scan_pair(wristband_text, udi_text)
+        except LogWriteFailed as err:
+            return ScanOutcome(ScanVerdict.REFUSED, None, "log_unavailable", str(err))
+
+    def _scan_pair(self, wristband_text: str, udi_text: str) -> ScanOutcome:
         try:
             band = parse_wristband(wristband_text, self.wristband_format)
         except ValueError as err:
@@ -107,6 +118,12 @@ class Handheld:
             parse_udi(udi_text)
         except ValueError as err:
             return self._refuse("bad_udi", err, "", udi_text)
+        try:
+            return self._return_unused(udi_text, restocked=restocked, reason=reason)
+        except LogWriteFailed as err:
+            return ScanOutcome(ScanVerdict.REFUSED, None, "log_unavailable", str(err))
+
+    def _return_unused(self, udi_text: str, *, restocked: bool, reason: str) -> ScanOutcome:
         body: dict[str, object] = {"udi": udi_text, "operator": self.operator, "dept": self.dept,
                                    "restocked": restocked}
         if reason:

@@ -103,7 +103,7 @@ class SimHandheld:
             # the nurse brings the item back unused: the gateway must credit the charge
             self.scanner.return_unused(pair.udi, restocked=False, reason="not used in the procedure")
             self.returns += 1
-        if self._journal is not None and outcome.accepted:
+        if self._journal is not None and outcome.accepted and outcome.event is not None:
             self._journal.write(f"{self.device} {outcome.event.seq}\n")
             self._journal.flush()
         if self.clock is not None:

@@ -95,3 +95,30 @@ def test_tampering_breaks_the_chain(tmp_path: Path) -> None:
     breaks = log.verify_chain()
     assert [b.seq for b in breaks] == [2]
     assert log.integrity_check() == "ok"
+
+
+def test_disk_full_refuses_the_scan_records_nothing_and_recovers(tmp_path: Path) -> None:
+    from device.eventlog import LogWriteFailed
+    from device.handheld import Handheld, ScanVerdict
+
+    log = EventLog(tmp_path / "d.db", device="HH01")
+    hh = Handheld(log, operator="N1", dept="OR")
+    udi = "]d20106954321000017172712311022A\x1d21S1"
+    assert hh.scan_pair("ZY2026000001", udi).accepted
+    pages = log._db.execute("PRAGMA page_count").fetchone()[0]
+    log._db.execute(f"PRAGMA max_page_count = {pages}")  # the disk is now full
+    refused = 0
+    for i in range(200):
+        out = hh.scan_pair("ZY2026000001", udi.replace("S1", f"S{i + 2}"))
+        if out.verdict is ScanVerdict.REFUSED:
+            assert out.event is None and out.reason == "log_unavailable"
+            refused += 1
+    assert refused > 0  # the nurse was told to scan again; nothing half-written
+    with pytest.raises(LogWriteFailed):
+        log.append("consume", {"x": "y" * 100_000})
+    assert log.integrity_check() == "ok"
+    assert log.verify_chain() == []
+    log._db.execute("PRAGMA max_page_count = 1073741823")  # space freed
+    out = hh.scan_pair("ZY2026000001", udi.replace("S1", "S999"))
+    assert out.accepted and out.event is not None and out.event.seq == log.last_seq
+    assert [e.seq for e in log.events()] == list(range(1, log.last_seq + 1))

@@ -453,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gateway-kills", type=int, default=20)
     p.add_argument("--his-dropped-acks", type=int, default=12)
     p.add_argument("--network-cuts", type=int, default=10)
+    p.add_argument("--his-fault-scale", type=int, default=1,
+                   help="multiply HIS outages, slow periods, AE answers and wrong-id ACKs (for soak runs)")
     p.add_argument("--workdir", type=Path, default=None)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -460,7 +462,9 @@ def main(argv: list[str] | None = None) -> int:
         seed=a.seed, devices=a.devices, scans_per_device=a.scans_per_device, rate=a.rate,
         power_devices=a.power_devices, agent_kills=a.agent_kills, power_cuts=a.power_cuts,
         broker_kills=a.broker_kills, gateway_kills=a.gateway_kills, his_dropped_acks=a.his_dropped_acks,
-        network_cuts=a.network_cuts,
+        network_cuts=a.network_cuts, his_outages=5 * a.his_fault_scale, his_slow_periods=3 * a.his_fault_scale,
+        his_ae_answers=5 * a.his_fault_scale, his_wrong_ids=5 * a.his_fault_scale,
+        settle_timeout_s=600.0 if a.scans_per_device > 5000 else 240.0,
     )
     workdir = a.workdir or Path(tempfile.mkdtemp(prefix="spd-chaos-"))
     t0 = time.monotonic()

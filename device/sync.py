@@ -158,6 +158,11 @@ class DeviceSync:
         with self._wake:
             self._wake.notify_all()
 
+    def publish_state(self) -> None:
+        """Publish the retained online state now (e.g. right after a pushed component was applied)."""
+        if self._connected and not self._stopping:
+            self._client.publish(self._t_state, self._state_payload(DeviceStatus.ONLINE), qos=1, retain=True)
+
     @property
     def connected(self) -> bool:
         return self._connected

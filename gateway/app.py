@@ -8,6 +8,9 @@ Threads and what each owns:
 * ``his-sender-N`` (:class:`HisSender`, one per lane) — one HIS connection each; drain the outbox;
 * ``lease`` (:class:`Leadership`) — renews the charging lease; with several
   instances on one store, only the holder runs charging and the sender;
+* ``paho`` network thread of the fleet link (:class:`FleetLink`, only with a
+  command-signing key) — reads device state (applied versions), publishes
+  signed commands and re-sends desired state to devices that are behind;
 * the main thread — start-up, signals, shutdown.
 
 The store is shared; SQLite serialises the writers.
@@ -26,6 +29,8 @@ from typing import Literal
 from device.sync import TlsSettings
 from gateway import bridge
 from gateway.charging import ChargingWorker
+from gateway.commands import CommandSigner, load_signing_key
+from gateway.fleet import Fleet, FleetLink
 from gateway.his.adapter import HisAdapter, HisConfigError
 from gateway.his.http_adapter import HttpJsonAdapter
 from gateway.his.mllp_adapter import MllpAdapter
@@ -56,6 +61,7 @@ class GatewayConfig:
     facility: str = "HOSP"
     sending_facility: str = "SPD"
     tls: TlsSettings | None = None
+    signing_key: Path | None = None  # the command-signing key: run the fleet link (state in, commands out)
 
 
 def make_his_adapter(config: GatewayConfig) -> HisAdapter:
@@ -67,6 +73,16 @@ def make_his_adapter(config: GatewayConfig) -> HisAdapter:
             raise HisConfigError("missing_url", "his_protocol 'http' needs his_url")
         return HttpJsonAdapter(config.his_url, timeout_s=config.his_timeout_s, token=config.his_token)
     raise HisConfigError("bad_protocol", f"his_protocol must be 'mllp' or 'http', got {config.his_protocol!r}")
+
+
+def make_fleet_link(store: GatewayStore, config: GatewayConfig) -> FleetLink:
+    """The fleet's own MQTT connection with a :class:`Fleet` that signs with ``config.signing_key``."""
+    if config.signing_key is None:
+        raise ValueError("the fleet link needs the command-signing key")
+    link = FleetLink(store, host=config.broker_host, port=config.broker_port, tls=config.tls,
+                     client_id=f"{config.client_id}-fleet")
+    link.fleet = Fleet(store, CommandSigner(load_signing_key(config.signing_key)), link.publish)
+    return link
 
 
 class Gateway:
@@ -103,7 +119,13 @@ class Gateway:
             tls=config.tls,
             on_stored=lambda n: self.charging.notify(),
         )
+        self.fleet_link = make_fleet_link(self.store, config) if config.signing_key is not None else None
         self._stopped = threading.Event()
+
+    @property
+    def fleet(self) -> Fleet | None:
+        """Pushes, unlocks and the device listing; None when the gateway runs without a signing key."""
+        return self.fleet_link.fleet if self.fleet_link is not None else None
 
     def _notify_senders(self) -> None:
         for sender in self.senders:
@@ -115,9 +137,13 @@ class Gateway:
         for sender in self.senders:
             sender.start()
         self.ingest.start()
+        if self.fleet_link is not None:
+            self.fleet_link.start()
         return self
 
     def stop(self) -> None:
+        if self.fleet_link is not None:
+            self.fleet_link.stop()
         self.ingest.stop()
         self.charging.stop()
         for sender in self.senders:
@@ -136,7 +162,8 @@ class Gateway:
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
         self.start()
-        log.info("gateway: running (bridge: %s)", bridge.IMPLEMENTATION)
+        log.info("gateway: running (bridge: %s, fleet link %s)", bridge.IMPLEMENTATION,
+                 "on" if self.fleet_link is not None else "off")
         while not self._stopped.wait(1.0):
             pass
         self.stop()

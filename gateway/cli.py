@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from device.sync import TlsSettings
 from gateway import fieldops_cli
 from gateway.catalog import (
     CatalogImportError,
@@ -20,13 +21,24 @@ from gateway.catalog import (
 from gateway.store import GatewayStore
 
 
+def _tls(a: argparse.Namespace) -> TlsSettings | None:
+    """Mutual TLS to the broker from --tls-ca/--tls-cert/--tls-key (all three, or none)."""
+    given = [a.tls_ca, a.tls_cert, a.tls_key]
+    if not any(given):
+        return None
+    if not all(given):
+        raise SystemExit("spd-gateway: --tls-ca, --tls-cert and --tls-key go together")
+    return TlsSettings(str(a.tls_ca), str(a.tls_cert), str(a.tls_key))
+
+
 def _run(a: argparse.Namespace) -> int:
     from gateway.app import Gateway, GatewayConfig
 
+    tls = _tls(a)
     cfg = GatewayConfig(
         db_path=a.db,
         broker_host=a.broker_host,
-        broker_port=a.broker_port,
+        broker_port=a.broker_port if a.broker_port is not None else 8883 if tls else 1883,
         client_id=a.client_id,
         share_group=a.share_group,
         his_protocol=a.his_protocol,
@@ -39,6 +51,8 @@ def _run(a: argparse.Namespace) -> int:
         facility=a.facility,
         lease_ttl_s=a.lease_ttl,
         his_lanes=a.his_lanes,
+        tls=tls,
+        signing_key=a.signing_key,
     )
     Gateway(cfg).run_forever()
     return 0
@@ -111,7 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run ingest, charging and the HIS sender")
     run.add_argument("--db", type=Path, required=True)
     run.add_argument("--broker-host", default="127.0.0.1")
-    run.add_argument("--broker-port", type=int, default=1883)
+    run.add_argument("--broker-port", type=int, default=None, help="default 8883 with TLS, else 1883")
+    run.add_argument("--tls-ca", type=Path, default=None, help="the site CA (mutual TLS to the broker)")
+    run.add_argument("--tls-cert", type=Path, default=None, help="the gateway's client certificate")
+    run.add_argument("--tls-key", type=Path, default=None, help="the gateway's client key")
+    run.add_argument("--signing-key", type=Path, default=None,
+                     help="command-signing key: also run the fleet link (applied versions, re-sends to devices behind)")
     run.add_argument("--client-id", default="spd-gateway")
     run.add_argument("--share-group", default=None, help="MQTT 5 shared subscription group (several gateways)")
     run.add_argument("--his-protocol", choices=["mllp", "http"], default="mllp", help="HL7 v2/MLLP or JSON/HTTP")

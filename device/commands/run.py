@@ -10,43 +10,64 @@ from pathlib import Path
 from typing import Any
 
 from device.cabinet.config import cabinet_config
-from device.config import ConfigError, load_config
+from device.config import ConfigError
+from device.hal.pins import PinFactory
 
 log = logging.getLogger(__name__)
 
 
-def run(config_path: Path, *, stop: threading.Event | None = None) -> int:
-    """Start event log, sync and cabinet agent; block until ``stop`` is set (or a signal arrives)."""
+def run(config_path: Path, *, stop: threading.Event | None = None, pin_factory: PinFactory | None = None) -> int:
+    """Start event log, cabinet agent, remote commands and sync; block until ``stop`` is set (or a signal arrives).
+
+    ``pin_factory`` overrides the configured GPIO backend (a bench or simulator passes its own bank of pins).
+    """
     from device.cabinet.agent import CabinetAgent
     from device.eventlog import EventLog
+    from device.remote_wiring import build_remote, load_effective_config, load_verifier
     from device.sync import DeviceSync, TlsSettings
 
-    cfg = load_config(config_path)
+    effective = load_effective_config(config_path)
+    cfg = effective.config
     if cfg.kind != "cabinet":
         raise ConfigError(cfg.source, "device.kind", f"'run' drives a cabinet; this device is a {cfg.kind}")
     cab = cabinet_config(cfg)
+    verifier = load_verifier(cfg)
     eventlog = EventLog(cfg.log_path, device=cfg.device_id, retention_s=cfg.log.retention_days * 86400)
+    agent = CabinetAgent(cab, eventlog=eventlog, data_dir=cfg.data_dir, pin_factory=pin_factory,
+                         on_committed=lambda ev: sync.notify())
+    remote = None if verifier is None else build_remote(Path(config_path), cfg, verifier, agent=agent,
+                                                        eventlog=eventlog, config_version=effective.config_version)
     tls = cfg.broker.tls
     sync = DeviceSync(
         eventlog, site=cfg.site, host=cfg.broker.host, port=cfg.broker.port, batch_size=cfg.sync.batch_size,
         window=cfg.sync.window, resend_after_s=cfg.sync.resend_after_s, state_every_s=cfg.sync.state_every_s,
         keepalive_s=cfg.broker.keepalive_s,
         tls=TlsSettings(str(tls.ca_file), str(tls.cert_file), str(tls.key_file)) if tls else None,
+        on_command=remote.on_command if remote is not None else None,
+        state_extra=remote.state_extra if remote is not None else None,
     )
-    agent = CabinetAgent(cab, eventlog=eventlog, data_dir=cfg.data_dir, on_committed=lambda ev: sync.notify())
+    if remote is not None:
+        def after_command() -> None:
+            sync.notify()
+            sync.publish_state()
+
+        remote.notify = after_command
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-    sync.start()
     agent.start()
-    log.info("cabinet %s running (%s, reader %s)", cfg.device_id, cab.pin_factory, cab.reader.url)
+    sync.start()
+    log.info("cabinet %s running (%s, reader %s, remote commands %s)", cfg.device_id, cab.pin_factory,
+             cab.reader.url, "on" if remote is not None else "off")
     try:
         while not stop.wait(1.0):
             eventlog.prune()
     finally:
-        agent.stop()
         sync.stop()
+        agent.stop()
+        if remote is not None:
+            remote.close()
         eventlog.close()
     return 0
 

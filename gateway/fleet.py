@@ -123,8 +123,8 @@ class Fleet:
         seq = self.sequence.next(device)
         payload = self.signer.sign(CommandKind.DESIRED_STATE, device=device, site=site, seq=seq,
                                    requested_by=requested_by, args={"components": components})
+        self._last_sent[device] = time.monotonic()  # before publishing: a state report meanwhile must not resend
         self.publish(topic(site, device, Channel.CMD), payload, True)
-        self._last_sent[device] = time.monotonic()
         self.audit.record(requested_by, AuditAction.COMMAND_SENT, device=device, cmd=CommandKind.DESIRED_STATE.value,
                           seq=seq, versions={c: v["version"] for c, v in components.items()})
         return seq
@@ -157,12 +157,13 @@ class Fleet:
                        "reported_at = excluded.reported_at", (state.device, json.dumps(applied), time.time()))
         desired = self.desired(state.device)
         behind = [c for c, v in desired.items() if applied.get(c, 0) < v]
-        now = time.monotonic()
-        if state.status is DeviceStatus.ONLINE and behind and \
-                now - self._last_sent.get(state.device, -1e9) > self.resend_after_s:
+        if state.status is not DeviceStatus.ONLINE or not behind:
+            return
+        with self._lock:
+            if time.monotonic() - self._last_sent.get(state.device, -1e9) <= self.resend_after_s:
+                return
             log.info("fleet: %s is online behind its desired %s; re-sending", state.device, ", ".join(behind))
-            with self._lock:
-                self._send_desired(site, state.device, "fleet")
+            self._send_desired(site, state.device, "fleet")
 
     def applied(self, device: str) -> dict[str, int]:
         rows = self.store.query("SELECT applied FROM fleet_applied WHERE device = ?", (device,))
@@ -209,6 +210,7 @@ class FleetLink:
         self.store = store
         self.fleet: Fleet | None = None
         self._connected = threading.Event()
+        self._network_thread = -1  # set on connect: the thread paho runs callbacks on
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         if tls is not None:
             c.tls_set(ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file,
@@ -219,7 +221,9 @@ class FleetLink:
         self.host, self.port = host, port
 
     def publish(self, topic_text: str, payload: bytes, retain: bool) -> None:
-        self._client.publish(topic_text, payload, qos=1, retain=retain).wait_for_publish(10)
+        info = self._client.publish(topic_text, payload, qos=1, retain=retain)
+        if threading.get_ident() != self._network_thread:  # never block paho's own thread waiting on itself
+            info.wait_for_publish(10)
 
     def start(self) -> FleetLink:
         self._client.connect_async(self.host, self.port, keepalive=15)
@@ -237,6 +241,7 @@ class FleetLink:
         if rc.is_failure:
             log.error("fleet: broker refused connection: %s", rc)
             return
+        self._network_thread = threading.get_ident()
         client.subscribe(subscription(Channel.STATE), qos=1)
         self._connected.set()
 

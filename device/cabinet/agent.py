@@ -45,6 +45,7 @@ from device.hal.lock import Lock
 from device.hal.pins import PinFactory, load_pin_factory
 from device.hal.rfid.reader import ReaderDisconnected, ReaderError, RfidReader
 from device.handheld import Handheld
+from device.scan_policy import ScanPolicy
 from device.udi import Udi, parse_udi
 from device.udi.wristband import WristbandFormat, parse_wristband
 from device.wire import Event, EventKind
@@ -68,8 +69,10 @@ class CabinetAgent:
         pin_factory: PinFactory | None = None,
         on_committed: Callable[[Event], None] | None = None,
         wristband_format: WristbandFormat | None = None,
+        scan_policy: ScanPolicy | None = None,
     ) -> None:
         self.config = config
+        self.scan_policy = scan_policy
         self.log = eventlog
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -253,7 +256,7 @@ class CabinetAgent:
         self._wristband = None
         operator = cab.session.user if cab.session and cab.session.user else self._last_user or self.log.device
         outcome = Handheld(self.log, operator=operator, dept=self.config.dept, wristband_format=self.wristband_format,
-                           on_committed=self._committed).scan_pair(band[0], text)
+                           on_committed=self._committed, policy=self.scan_policy).scan_pair(band[0], text)
         if outcome.accepted and udi.gtin is not None and udi.serial is not None:
             cab.on_consumed((udi.gtin, udi.serial))
         self._signal(Signal.DONE if outcome.accepted else Signal.REFUSED)

@@ -22,8 +22,10 @@ def run(config_path: Path, *, stop: threading.Event | None = None, pin_factory: 
     ``pin_factory`` overrides the configured GPIO backend (a bench or simulator passes its own bank of pins).
     """
     from device.cabinet.agent import CabinetAgent
+    from device.catalog_cache import CatalogCache
     from device.eventlog import EventLog
-    from device.remote_wiring import build_remote, load_effective_config, load_verifier
+    from device.remote_wiring import build_remote, catalog_cache_path, load_effective_config, load_verifier
+    from device.scan_policy import ConsumedSerials, ScanPolicy
     from device.sync import DeviceSync, TlsSettings
 
     effective = load_effective_config(config_path)
@@ -33,8 +35,12 @@ def run(config_path: Path, *, stop: threading.Event | None = None, pin_factory: 
     cab = cabinet_config(cfg)
     verifier = load_verifier(cfg)
     eventlog = EventLog(cfg.log_path, device=cfg.device_id, retention_s=cfg.log.retention_days * 86400)
+    # validation at the scan: the catalog the gateway pushed, and the serials this cabinet already consumed
+    consumed = ConsumedSerials(cfg.data_dir / "consumed.db")
+    consumed.catch_up(eventlog)
+    policy = ScanPolicy(CatalogCache(catalog_cache_path(cfg)), consumed)
     agent = CabinetAgent(cab, eventlog=eventlog, data_dir=cfg.data_dir, pin_factory=pin_factory,
-                         on_committed=lambda ev: sync.notify())
+                         on_committed=lambda ev: sync.notify(), scan_policy=policy)
     remote = None if verifier is None else build_remote(Path(config_path), cfg, verifier, agent=agent,
                                                         eventlog=eventlog, config_version=effective.config_version)
     tls = cfg.broker.tls

@@ -278,9 +278,9 @@ class SimulatedHis:
     # -- fault controls -------------------------------------------------------------
 
     def drop_acks_after_store(self, n: int) -> None:
-        """Book the next `n` charges, then close their connection without answering."""
+        """Book the next `n` charges (more, if drops are already pending), then close without answering."""
         with self._lock:
-            self._drop_after_store = n
+            self._drop_after_store += n
 
     def answer_next(self, code: str, n: int = 1, text: str = "") -> None:
         """Answer the next `n` messages with `code` (e.g. AE, AR) and `text`, booking nothing."""
@@ -299,9 +299,9 @@ class SimulatedHis:
             self._delay_s = max(0.0, seconds)
 
     def wrong_control_id_next(self, n: int) -> None:
-        """Book the next `n` charges but echo a wrong control id in MSA-2."""
+        """Book the next `n` charges (more, if some are already pending) but echo a wrong control id in MSA-2."""
         with self._lock:
-            self._wrong_id_next = n
+            self._wrong_id_next += n
 
     # -- read side ------------------------------------------------------------------
 

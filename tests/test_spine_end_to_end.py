@@ -125,4 +125,11 @@ def test_items_returned_unused_are_credited_once(spine: SpineHarness) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and spine.tally().credited < t.returns:
         time.sleep(0.2)
-    assert spine.tally().credited == t.returns  # every return credited, none twice
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{spine.gateway_db}?mode=ro", uri=True)
+    returns = db.execute("SELECT seq, outcome, detail, charge_id, credit_id FROM returns ORDER BY seq").fetchall()
+    credits = db.execute("SELECT charge_id, status, last_error FROM charges WHERE charge_id IN "
+                         "(SELECT credit_id FROM returns)").fetchall()
+    db.close()
+    assert spine.tally().credited == t.returns, (returns, credits)  # every return credited, none twice

@@ -250,7 +250,10 @@ class PyzbarDecoder(Decoder):
 
     def __del__(self) -> None:
         if getattr(self, "_scanner", None):
-            self.close()
+            try:
+                self.close()
+            except Exception:  # at interpreter shutdown the ctypes bindings may already be gone
+                pass
 
 
 _DECODERS: dict[str, str | Callable[..., Decoder]] = {

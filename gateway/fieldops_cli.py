@@ -202,20 +202,15 @@ def _service(a: argparse.Namespace) -> int:
     from gateway.app import Gateway, GatewayConfig
 
     tls = TlsSettings(a.tls_ca, a.tls_cert, a.tls_key) if a.tls_ca else None
+    # with a signing key the gateway runs its fleet link: applied versions from device state,
+    # desired state re-sent to devices that come back behind
     gw = Gateway(GatewayConfig(db_path=a.db, broker_host=a.broker_host, broker_port=a.broker_port,
-                               his_host=a.his_host, his_port=a.his_port, facility=a.facility, tls=tls))
+                               his_host=a.his_host, his_port=a.his_port, facility=a.facility, tls=tls,
+                               signing_key=a.signing_key))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     gw.start()
-    link = None
-    if a.signing_key:  # fleet: applied versions from device state, desired state re-sent to devices behind
-        from gateway.commands import CommandSigner, load_signing_key
-        from gateway.fleet import Fleet, FleetLink
-
-        link = FleetLink(gw.store, host=a.broker_host, port=a.broker_port, tls=tls)
-        link.fleet = Fleet(gw.store, CommandSigner(load_signing_key(a.signing_key)), link.publish)
-        link.start()
     notify("READY=1")
     watchdog = Watchdog(lambda: gw.store.query("SELECT 1") == [(1,)]).start()
     try:
@@ -223,8 +218,6 @@ def _service(a: argparse.Namespace) -> int:
     finally:
         notify("STOPPING=1")
         watchdog.stop()
-        if link is not None:
-            link.stop()
         gw.stop()
     return 0
 

@@ -43,6 +43,7 @@ from device.hal.door import DoorSensor
 from device.hal.indicator import BeepPattern, Buzzer, Indicator
 from device.hal.lock import Lock
 from device.hal.pins import PinFactory, load_pin_factory
+from device.hal.rfid.r2000 import Session
 from device.hal.rfid.reader import ReaderDisconnected, ReaderError, RfidReader
 from device.handheld import Handheld
 from device.scan_policy import ScanPolicy
@@ -80,8 +81,10 @@ class CabinetAgent:
         self.on_committed = on_committed
         self.wristband_format = wristband_format or WristbandFormat.default()
         self.factory = pin_factory if pin_factory is not None else load_pin_factory(config.pin_factory)
-        self.policy = InventoryPolicy(miss_rate=config.reader.miss_rate, phantom_target=config.reader.phantom_target,
-                                      max_rounds=config.reader.max_rounds)
+        rc = config.reader
+        self.policy = InventoryPolicy(miss_rate=rc.miss_rate, phantom_target=rc.phantom_target,
+                                      max_rounds=rc.max_rounds, flag_quiet_s=rc.flag_quiet_s,
+                                      session=None if rc.session == "none" else Session[rc.session])
         self.locks: dict[str, Lock] = {}
         self.sensors: dict[str, DoorSensor] = {}
         for d in config.doors:

@@ -50,6 +50,8 @@ class ReaderConfig:
     max_rounds: int = 12
     poll_s: float = 5.0
     offline_retry_s: float = 1.0
+    session: str = "S1"  # Gen2 session for confirming rounds: S1, S2, S3, or "none" (real-time rounds only)
+    flag_quiet_s: float = 5.0  # reader idle this long before a count so every session flag is back to A
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +156,8 @@ def _reader(sec: Section) -> ReaderConfig:
         max_rounds=sec.get_int("max_rounds", 12, min=2, max=100),
         poll_s=sec.get_float("poll_s", 5.0, min=0.05, max=3600.0),
         offline_retry_s=sec.get_float("offline_retry_s", 1.0, min=0.01, max=600.0),
+        session=sec.get_str("session", "S1", choices=("S1", "S2", "S3", "none")),
+        flag_quiet_s=sec.get_float("flag_quiet_s", 5.0, min=0.5, max=120.0),
     )
     sec.done()
     return cfg

@@ -210,6 +210,9 @@ class DeviceSync:
             self.stats.bad_acks += 1
             log.error("device %s: refused ack: %s", self.device, err)
             return
+        except Exception:  # the log cannot write now (disk full, I/O error): the ack will come again
+            log.exception("device %s: could not record ack %d", self.device, ack.acked)
+            return
         for r in ack.rejected:
             self.stats.rejected_by_gateway.append((r.seq, r.reason))
             log.warning("device %s: gateway quarantined event %d: %s", self.device, r.seq, r.reason)

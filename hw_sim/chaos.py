@@ -62,6 +62,7 @@ class ChaosConfig:
     his_ae_answers: int = 5
     his_wrong_ids: int = 5
     network_cuts: int = 10
+    disk_faults: int = 20  # disk full or I/O errors on a power-loss device's disk for 0.5-2 s
     malformed_per_s: float = 2.0
     gateways: int = 2
     settle_timeout_s: float = 240.0
@@ -81,6 +82,8 @@ class ChaosReport:
     broker_kills: int = 0
     gateway_kills: int = 0
     network_cuts: int = 0
+    disk_full: int = 0
+    io_errors: int = 0
     his_dropped_acks: int = 0
     his_outages: int = 0
     his_slow_periods: int = 0
@@ -213,6 +216,7 @@ class ChaosRun:
             "his_ae": c.his_ae_answers,
             "his_wrong_id": c.his_wrong_ids,
             "network_cut": c.network_cuts,
+            "disk_fault": c.disk_faults if self.domains else 0,
         }
         events: list[tuple[float, int, str]] = []
         n = 0
@@ -237,7 +241,7 @@ class ChaosRun:
         elif kind == "power_cut":
             dev = rng.choice(list(self.domains))
             h.handhelds[dev].kill(signal.SIGKILL)
-            self.domains[dev].power_cut()
+            self.domains[dev].power_cut()  # a cut also ends a disk fault: the disk comes back fresh
             self._check_db(f"{dev} after power cut", h.device_db_paths[dev])
             self._start_device(dev)
             r.power_cuts += 1
@@ -278,6 +282,15 @@ class ChaosRun:
         elif kind == "his_wrong_id":
             h.his.wrong_control_id_next(1)
             r.his_wrong_ids += 1
+        elif kind == "disk_fault":
+            dev = rng.choice(list(self.domains))
+            if rng.random() < 0.5:
+                self.domains[dev].fs.disk_full()
+                r.disk_full += 1
+            else:
+                self.domains[dev].fs.io_errors()
+                r.io_errors += 1
+            heapq.heappush(restore, (now + rng.uniform(0.5, 2.0), seq, f"disk_ok:{dev}"))
         elif kind == "network_cut":
             assert self.proxy is not None
             self.proxy.cut(blackhole=rng.random() < 0.5)
@@ -302,6 +315,8 @@ class ChaosRun:
                 h.his.come_up()
         elif kind == "his_fast":
             h.his.set_delay(0.0)
+        elif kind.startswith("disk_ok:"):
+            self.domains[kind.split(":", 1)[1]].fs.heal()
         elif kind == "network_up":
             assert self.proxy is not None
             self.proxy.restore()
@@ -371,6 +386,8 @@ class ChaosRun:
         h = self.h
         assert self.proxy is not None
         self.proxy.restore()
+        for dom in self.domains.values():
+            dom.fs.heal()
         if not h.broker.running:
             h.broker.start()
         for i, gw in h.gateways.items():

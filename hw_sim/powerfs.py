@@ -71,6 +71,9 @@ class Command(StrEnum):
     STATS = "stats"
     SYNC = "sync"
     EXIT = "exit"  # unmount and end; the cache is dropped unless synced first
+    DISK_FULL = "disk_full"  # writes, truncations, creations and fsyncs fail with ENOSPC until healed
+    IO_ERROR = "io_error"  # the same operations fail with EIO until healed
+    HEAL = "heal"
 
 
 @dataclass
@@ -84,6 +87,7 @@ class PowerLossStats:
     bytes_dropped: int = 0  # dirty bytes thrown away by power cuts
     names_dropped: int = 0  # directories whose entry changes were thrown away
     cuts: int = 0
+    faulted_ops: int = 0  # operations failed on purpose (disk full, I/O error)
 
     def add(self, other: PowerLossStats) -> None:
         for key, value in asdict(other).items():
@@ -117,6 +121,7 @@ def _make_ops(cache: Path, backing: Path, ready: IO[str]) -> Any:
 
         def __init__(self) -> None:
             self._mutex = threading.RLock()
+            self.fault: int | None = None  # errno every write/truncate/fsync fails with, while set
             self.dirty: dict[int, list[tuple[int, int]]] = {}  # cache inode -> byte ranges not yet durable
             self.durable: dict[int, str] = {}  # cache inode -> its durable path (relative) in backing
             self.dirty_dirs: set[str] = set()
@@ -310,8 +315,14 @@ def _make_ops(cache: Path, backing: Path, ready: IO[str]) -> Any:
         def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
             return os.pread(fh, size, offset)
 
+        def _check_fault(self) -> None:
+            if self.fault is not None:
+                self.stats.faulted_ops += 1
+                raise mfusepy.FuseOSError(self.fault)
+
         def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
             with self._mutex:
+                self._check_fault()
                 written = os.pwrite(fh, data, offset)
                 self._mark(os.fstat(fh).st_ino, offset, offset + written)
                 self.stats.bytes_written += written
@@ -319,6 +330,7 @@ def _make_ops(cache: Path, backing: Path, ready: IO[str]) -> Any:
 
         def truncate(self, path: str, length: int, fh: int | None = None) -> int:
             with self._mutex:
+                self._check_fault()
                 if fh is not None:
                     st = os.fstat(fh)
                     os.ftruncate(fh, length)
@@ -337,6 +349,7 @@ def _make_ops(cache: Path, backing: Path, ready: IO[str]) -> Any:
 
         def fsync(self, path: str | None, datasync: int, fh: int) -> int:
             with self._mutex:
+                self._check_fault()
                 self.stats.fsyncs += 1
                 if path is not None:  # None: the file was unlinked; nothing of it survives a cut anyway
                     self.persist_file(path.lstrip("/"), fh)
@@ -423,6 +436,9 @@ def serve(backing: Path, mount: Path) -> int:
                 cmd = json.loads(line)["cmd"]
                 if cmd == Command.SYNC:
                     ops.sync_all()
+                elif cmd in (Command.DISK_FULL, Command.IO_ERROR, Command.HEAL):
+                    with ops._mutex:
+                        ops.fault = {Command.DISK_FULL: errno.ENOSPC, Command.IO_ERROR: errno.EIO}.get(cmd)
                 reply = {"ok": True, "stats": asdict(ops.snapshot())}
                 out.write(json.dumps(reply) + "\n")
                 out.flush()
@@ -505,6 +521,17 @@ class PowerLossFs:
     def sync(self) -> None:
         """Make everything durable, like sync(1)."""
         self._call(Command.SYNC)
+
+    def disk_full(self) -> None:
+        """From now on writes, truncations and fsyncs fail with ENOSPC (reads still work) until :meth:`heal`."""
+        self._call(Command.DISK_FULL)
+
+    def io_errors(self) -> None:
+        """From now on writes, truncations and fsyncs fail with EIO until :meth:`heal`."""
+        self._call(Command.IO_ERROR)
+
+    def heal(self) -> None:
+        self._call(Command.HEAL)
 
     def power_cut(self, *, kill: Iterable[int] = ()) -> PowerLossStats:
         """Cut the power: SIGKILL ``kill`` pids, drop every unsynced byte and name, remount.

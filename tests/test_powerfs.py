@@ -183,3 +183,30 @@ def test_sqlite_wal_runs_on_the_mount_and_keeps_synced_commits(fs: PowerLossFs) 
     assert db.execute("SELECT count(*), sum(x) FROM t").fetchone() == (20, 190)
     assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     db.close()
+
+
+@pytest.mark.parametrize("fault", ["disk_full", "io_errors"])
+def test_event_log_refuses_while_the_disk_fails_and_recovers_after(fs: PowerLossFs, fault: str) -> None:
+    from device.eventlog import EventLog, LogWriteFailed
+    from device.handheld import Handheld, ScanVerdict
+
+    log = EventLog(fs.mount_dir / "HH01.db", device="HH01")
+    hh = Handheld(log, operator="N1", dept="OR")
+    udi = "]d20106954321000017172712311022A\x1d21S{}"
+    assert hh.scan_pair("ZY2026000001", udi.format(1)).accepted
+    getattr(fs, fault)()
+    outcomes = [hh.scan_pair("ZY2026000001", udi.format(i)) for i in range(2, 12)]
+    assert all(o.verdict is ScanVerdict.REFUSED and o.reason == "log_unavailable" and o.event is None
+               for o in outcomes)
+    with pytest.raises(LogWriteFailed):
+        log.append("consume", {"x": 1})
+    fs.heal()
+    ok = hh.scan_pair("ZY2026000001", udi.format(99))
+    assert ok.accepted and ok.event is not None and ok.event.seq == 2  # nothing half-written in between
+    assert log.integrity_check() == "ok"
+    assert log.verify_chain() == []
+    log.close()
+    fs.power_cut()  # and what was acknowledged survives a cut right after
+    log = EventLog(fs.mount_dir / "HH01.db", device="HH01")
+    assert [e.seq for e in log.events()] == [1, 2]
+    log.close()

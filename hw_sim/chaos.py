@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 class ChaosConfig:
     seed: int = 1
     devices: int = 8
-    scans_per_device: int = 1300
+    scans_per_device: int = 1350
     rate: float = 10.0
     power_devices: int = 2  # devices whose data directory is on a power-loss filesystem
     agent_kills: int = 200
@@ -162,6 +162,8 @@ class ChaosRun:
         self.journals.mkdir(parents=True, exist_ok=True)
         self._stop_rogue = threading.Event()
         self._faults: list[tuple[float, int, str]] = []
+        self._disk_faulted: set[str] = set()
+        self._deferred_checks: set[str] = set()
 
     # ------------------------------------------------------------ parts
 
@@ -235,13 +237,18 @@ class ChaosRun:
                 return
             dev = rng.choice(running)
             h.handhelds[dev].kill(signal.SIGKILL)
-            self._check_db(f"{dev} after SIGKILL", h.device_db_paths[dev])
+            if dev in self._disk_faulted:  # the disk fails every write: check when it is healthy again
+                self._deferred_checks.add(dev)
+            else:
+                self._check_db(f"{dev} after SIGKILL", h.device_db_paths[dev])
             self._start_device(dev)
             r.agent_kills += 1
         elif kind == "power_cut":
             dev = rng.choice(list(self.domains))
             h.handhelds[dev].kill(signal.SIGKILL)
             self.domains[dev].power_cut()  # a cut also ends a disk fault: the disk comes back fresh
+            self._disk_faulted.discard(dev)
+            self._deferred_checks.discard(dev)
             self._check_db(f"{dev} after power cut", h.device_db_paths[dev])
             self._start_device(dev)
             r.power_cuts += 1
@@ -284,6 +291,7 @@ class ChaosRun:
             r.his_wrong_ids += 1
         elif kind == "disk_fault":
             dev = rng.choice(list(self.domains))
+            self._disk_faulted.add(dev)
             if rng.random() < 0.5:
                 self.domains[dev].fs.disk_full()
                 r.disk_full += 1
@@ -316,7 +324,12 @@ class ChaosRun:
         elif kind == "his_fast":
             h.his.set_delay(0.0)
         elif kind.startswith("disk_ok:"):
-            self.domains[kind.split(":", 1)[1]].fs.heal()
+            dev = kind.split(":", 1)[1]
+            self.domains[dev].fs.heal()
+            self._disk_faulted.discard(dev)
+            if dev in self._deferred_checks:
+                self._deferred_checks.discard(dev)
+                self._check_db(f"{dev} after SIGKILL during a disk fault", self.h.device_db_paths[dev])
         elif kind == "network_up":
             assert self.proxy is not None
             self.proxy.restore()
@@ -386,8 +399,12 @@ class ChaosRun:
         h = self.h
         assert self.proxy is not None
         self.proxy.restore()
-        for dom in self.domains.values():
+        for dev, dom in self.domains.items():
             dom.fs.heal()
+            self._disk_faulted.discard(dev)
+            if dev in self._deferred_checks:
+                self._check_db(f"{dev} after SIGKILL during a disk fault", h.device_db_paths[dev])
+        self._deferred_checks.clear()
         if not h.broker.running:
             h.broker.start()
         for i, gw in h.gateways.items():
@@ -461,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="spd-sim chaos", description="seeded fault-injection run with a strict checker")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--devices", type=int, default=8)
-    p.add_argument("--scans-per-device", type=int, default=1300)
+    p.add_argument("--scans-per-device", type=int, default=1350)
     p.add_argument("--rate", type=float, default=10.0)
     p.add_argument("--power-devices", type=int, default=2)
     p.add_argument("--agent-kills", type=int, default=200)

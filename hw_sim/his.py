@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import socket
 import sqlite3
 import sys
@@ -17,12 +16,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 
 import hl7  # python-hl7: the simulator reads messages with a parser that is not the gateway's
 
 from gateway.his.ack import AckCode, build_ack
 from gateway.his.mllp import MllpDecoder, MllpError, frame_text
+from hw_sim.his_runner import serve_until_stopped
 
 logger = logging.getLogger(__name__)
 
@@ -632,37 +632,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reject-code", action="append", default=[], help="charge code always answered AE")
     parser.add_argument("--encoding", default="utf-8", help="text encoding of the messages (utf-8)")
     args = parser.parse_args(argv)
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = signal.signal(signal.SIGTERM, on_signal)
     his = SimulatedHis(args.db, host=args.host, port=args.port, encoding=args.encoding)
-    try:
-        his.start()
-    except OSError as err:
-        his.stop()
-        print(f"spd-sim his: cannot listen on {args.host}:{args.port}: {err}", file=sys.stderr)
-        signal.signal(signal.SIGTERM, previous)
-        return 2
-    his.set_delay(args.delay)
-    his.reject_charge_codes(set(args.reject_code))
-    print(f"simulated HIS listening on {args.host}:{his.port}, recording to {args.db}", flush=True)
-    try:
-        while not stop.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        stats = his.stats()
-        his.stop()
-        signal.signal(signal.SIGTERM, previous)
-    print(
-        f"received {stats.received}, charges {stats.unique_charges}, duplicates {stats.duplicates_received}",
-        flush=True,
+    return serve_until_stopped(
+        his, prog="spd-sim his", address=f"{args.host}:{args.port}", delay_s=args.delay,
+        reject_codes=set(args.reject_code), listening=lambda: f"simulated HIS listening on {args.host}:{his.port}, "
+        f"recording to {args.db}",
     )
-    return 0
+
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import socket
 import sqlite3
 import sys
@@ -22,8 +21,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any
+
+from hw_sim.his_runner import serve_until_stopped
 
 logger = logging.getLogger(__name__)
 
@@ -475,34 +476,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reject-code", action="append", default=[], help="charge code always answered 422")
     parser.add_argument("--token", default=None, help="bearer token required from clients")
     args = parser.parse_args(argv)
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = signal.signal(signal.SIGTERM, on_signal)
     his = SimulatedHttpHis(args.db, host=args.host, port=args.port, token=args.token)
-    try:
-        his.start()
-    except OSError as err:
-        his.stop()
-        print(f"spd-sim his-http: cannot listen on {args.host}:{args.port}: {err}", file=sys.stderr)
-        signal.signal(signal.SIGTERM, previous)
-        return 2
-    his.set_delay(args.delay)
-    his.reject_charge_codes(set(args.reject_code))
-    print(f"simulated HTTP HIS at {his.url}, recording to {args.db}", flush=True)
-    try:
-        while not stop.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        stats = his.stats()
-        his.stop()
-        signal.signal(signal.SIGTERM, previous)
-    print(f"received {stats.received}, charges {stats.unique_charges}, duplicates {stats.duplicates_received}")
-    return 0
+    return serve_until_stopped(
+        his, prog="spd-sim his-http", address=f"{args.host}:{args.port}", delay_s=args.delay,
+        reject_codes=set(args.reject_code),
+        listening=lambda: f"simulated HTTP HIS at {his.url}, recording to {args.db}",
+    )
 
 
 if __name__ == "__main__":

@@ -84,7 +84,8 @@ fi
     chown spd-gateway:spd-gateway "$GW/command-signing.key"; }
 
 log "broker and gateway certificates"
-"$PREFIX/venv/bin/python" - "$GW" "$(hostname -f)" <<'PY'
+HOST="$(hostname -f 2>/dev/null || hostname)"
+"$PREFIX/venv/bin/python" - "$GW" "$HOST" <<'PY'
 import sys
 from pathlib import Path
 from cryptography.hazmat.primitives import serialization

@@ -67,11 +67,15 @@ _FIELDS = frozenset({"v", "kind", "device", "site", "seq", "iat", "exp", "nonce"
 class CommandKind(StrEnum):
     UNLOCK = "unlock"  # open the cabinet door once (args: {"seconds": n})
     DESIRED_STATE = "desired_state"  # retained: versioned config, catalog and allow-list
+    LOCKDOWN = "lockdown"  # lock every door and refuse every badge, or lift it (args: {"on": bool, "reason": str})
+    ROTATE_CREDENTIALS = "rotate_credentials"  # new key and certificate (args: {"url": enrolment service})
 
 
 MAX_LIFETIME_MS: Final[Mapping[CommandKind, int]] = {
     CommandKind.UNLOCK: 120_000,
     CommandKind.DESIRED_STATE: 30 * 86_400_000,
+    CommandKind.LOCKDOWN: 120_000,
+    CommandKind.ROTATE_CREDENTIALS: 600_000,
 }
 
 

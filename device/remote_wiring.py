@@ -33,6 +33,23 @@ What an accepted command does:
   A refused component is logged and recorded as an ``alarm`` event
   (``type = component_refused``) with a stable reason.
 
+* ``lockdown`` — ``{"on": true, "reason": ...}`` is written to
+  ``remote/{site}-{device}/lockdown.json`` (fsynced, renamed) and then, on
+  the cabinet loop, every lock is held, a session not yet in use ends and
+  every badge is refused (``access`` refusal, ``reason = lockdown``) until a
+  signed ``lockdown`` with ``on: false``. :func:`build_remote` re-applies a
+  stored lockdown before the agent starts, so it survives a restart; the
+  retained state carries ``lockdown`` while it is on.
+* ``rotate_credentials`` — on its own thread (the network thread must keep
+  running), :func:`device.credentials.rotate` renews the certificate at the
+  signed ``args.url`` with a new key. MQTT's TLS context holds the pair it
+  was started with, so on success the rotation is recorded (``access``
+  event ``type = credentials_rotated``) and :attr:`CabinetRemote.restart` is
+  called: ``spd-device run`` then stops and exits with
+  :data:`RESTART_EXIT_CODE`, and its service manager starts it again with the
+  new pair. On failure the current pair stays and an ``alarm``
+  (``type = rotation_failed``) records why.
+
 Threads: :meth:`CabinetRemote.on_command` runs on paho's network thread; the
 unlock itself is posted to the cabinet loop, the only thread that touches the
 session state machine.
@@ -46,6 +63,7 @@ import logging
 import math
 import os
 import secrets
+import threading
 import time
 import tomllib
 from collections.abc import Callable, Mapping
@@ -56,6 +74,7 @@ from typing import TYPE_CHECKING, Any, Final
 from device.cabinet.allowlist import AllowListError, parse_allowlist, write_allowlist
 from device.catalog_cache import CatalogCache, CatalogCacheError
 from device.config import ConfigError, DeviceConfig, RemoteConfig, load_config, parse_config
+from device.credentials import CredentialError, CredentialFiles, finish_pending_swap, rotate
 from device.eventlog import EventLog
 from device.remote import (
     CommandKind,
@@ -79,6 +98,8 @@ REPLAY_DB: Final = "commands.db"
 REMOTE_DIR: Final = "remote"
 DESIRED_DIR: Final = "desired"
 CATALOG_CACHE_FILE: Final = "catalog-cache.json"
+LOCKDOWN_FILE: Final = "lockdown.json"
+RESTART_EXIT_CODE: Final = 75  # EX_TEMPFAIL: the service manager restarts the agent (Restart=on-failure)
 PROTECTED_SECTIONS: Final = frozenset({"device", "broker", "remote"})
 
 
@@ -99,6 +120,10 @@ class ComponentRefused(RemoteWiringError, ValueError):
 
 class BadUnlock(RemoteWiringError, ValueError):
     """An unlock command whose arguments cannot be acted on."""
+
+
+class BadCommandArgs(RemoteWiringError, ValueError):
+    """A lockdown or rotation command whose arguments cannot be acted on."""
 
 
 def remote_config(cfg: DeviceConfig) -> RemoteConfig | None:
@@ -183,6 +208,36 @@ def load_effective_config(config_path: str | Path) -> EffectiveConfig:
     return EffectiveConfig(merged, version)
 
 
+# ---------------------------------------------------------------- lockdown state
+
+
+class LockdownStore:
+    """The lockdown in force (or none), in one JSON file written atomically and fsynced."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def load(self) -> dict[str, Any] | None:
+        if not self.path.exists():
+            return None
+        try:
+            doc = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:  # unreadable: fail closed
+            log.error("lockdown file %s unreadable, staying locked down: %s", self.path, err)
+            return {"on": True, "reason": "lockdown file unreadable", "seq": 0, "by": "", "at_ms": 0}
+        return doc if isinstance(doc, dict) and doc.get("on") is True else None
+
+    def save(self, doc: dict[str, Any]) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(doc, f, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        _fsync(self.path)
+
+
 # ---------------------------------------------------------------- the cabinet's command handlers
 
 
@@ -200,6 +255,8 @@ class CabinetRemote:
         desired: DesiredState,
         catalog: CatalogCache,
         config_version: int = 0,
+        lockdown: LockdownStore | None = None,
+        credentials: CredentialFiles | None = None,
     ) -> None:
         self.config_path = Path(config_path)
         self.agent = agent
@@ -209,10 +266,24 @@ class CabinetRemote:
         self.catalog = catalog
         self.config_version = config_version  # the pushed config version this process runs with
         self.notify: Callable[[], None] = lambda: None  # set to wake sync and publish the state
-        self.commands = RemoteCommands(verifier, replay, eventlog, handlers={
+        self.restart: Callable[[], None] = lambda: None  # set to restart the agent (new credentials)
+        self.lockdown = lockdown
+        self.credentials = credentials
+        self.rotations: list[threading.Thread] = []
+        handlers: dict[CommandKind, Callable[[SignedCommand], None]] = {
             CommandKind.UNLOCK: self._unlock,
             CommandKind.DESIRED_STATE: self._desired_state,
-        })
+        }
+        if lockdown is not None:
+            handlers[CommandKind.LOCKDOWN] = self._lockdown
+            stored = lockdown.load()
+            if stored is not None:
+                log.warning("device %s: locked down since command %s: %s", eventlog.device, stored.get("seq"),
+                            stored.get("reason"))
+                agent.post(agent.cabinet.set_lockdown, str(stored.get("reason", "")))
+        if credentials is not None:
+            handlers[CommandKind.ROTATE_CREDENTIALS] = self._rotate
+        self.commands = RemoteCommands(verifier, replay, eventlog, handlers=handlers)
 
     # ------------------------------------------------------------ sync callbacks (paho's network thread)
 
@@ -222,8 +293,12 @@ class CabinetRemote:
 
     def state_extra(self) -> dict[str, Any]:
         applied = self.desired.applied()
-        return {"applied": applied,
-                "restart_required": applied.get(Component.CONFIG.value, 0) > self.config_version}
+        extra: dict[str, Any] = {"applied": applied,
+                                 "restart_required": applied.get(Component.CONFIG.value, 0) > self.config_version}
+        stored = self.lockdown.load() if self.lockdown is not None else None
+        if stored is not None:
+            extra["lockdown"] = {k: stored.get(k) for k in ("reason", "seq", "by", "at_ms")}
+        return extra
 
     def close(self) -> None:
         self.replay.close()
@@ -253,6 +328,11 @@ class CabinetRemote:
         cab = self.agent.cabinet
         now = time.monotonic()
         base = {"dept": cab.dept, "via": "remote", "seq": cmd.seq}
+        if cab.lockdown is not None:
+            cab.ports.record(EventKind.ACCESS, {"result": "refused", **base, "reason": "lockdown",
+                                                "user": cmd.requested_by})
+            cab.ports.signal(Signal.REFUSED)
+            return
         if cab.state is not SessionState.IDLE:
             cab.ports.record(EventKind.ACCESS, {"result": "refused", **base, "reason": "cabinet_busy",
                                                 "state": cab.state.value, "user": cmd.requested_by})
@@ -266,6 +346,61 @@ class CabinetRemote:
         cab._deadline = now + granted + cab.timings.door_grace_s
         cab.state = SessionState.UNLOCKED
         cab.ports.signal(Signal.GRANTED)
+
+    # ------------------------------------------------------------ lockdown
+
+    def _lockdown(self, cmd: SignedCommand) -> None:
+        on, reason = cmd.args.get("on"), cmd.args.get("reason", "")
+        if not isinstance(on, bool) or not isinstance(reason, str):
+            raise BadCommandArgs("bad_lockdown", f"lockdown needs on: bool and reason: str, got {cmd.args!r}")
+        assert self.lockdown is not None
+        reason = reason[:200] or "lockdown"
+        # persisted before it acts, so a crash right after cannot forget a lockdown that was already acted on
+        self.lockdown.save({"on": on, "reason": reason, "seq": cmd.seq, "by": cmd.requested_by,
+                            "at_ms": int(time.time() * 1000)})
+        self.agent.post(self._lockdown_on_loop, cmd, on, reason)
+
+    def _lockdown_on_loop(self, cmd: SignedCommand, on: bool, reason: str) -> None:
+        cab = self.agent.cabinet
+        cab.set_lockdown(reason if on else None)
+        cab.ports.record(EventKind.ACCESS, {"type": "lockdown", "on": on, "reason": reason, "seq": cmd.seq,
+                                            "by": cmd.requested_by, "dept": cab.dept})
+        log.warning("device %s: lockdown %s by %s (command %d): %s", self.log.device, "on" if on else "off",
+                    cmd.requested_by, cmd.seq, reason)
+
+    # ------------------------------------------------------------ credential rotation
+
+    def _rotate(self, cmd: SignedCommand) -> None:
+        url = cmd.args.get("url")
+        if not isinstance(url, str) or not url.startswith("https://"):
+            raise BadCommandArgs("bad_url", f"rotate_credentials needs args.url https://host:port, got {url!r}")
+        t = threading.Thread(target=self._rotate_worker, args=(cmd, url), name="credential-rotation", daemon=True)
+        self.rotations.append(t)
+        t.start()
+
+    def _rotate_worker(self, cmd: SignedCommand, url: str) -> None:
+        assert self.credentials is not None
+        device = self.log.device
+        try:
+            old = x509_serial(self.credentials.cert_file)
+            cert = rotate(self.credentials, name=device, url=url)
+        except (CredentialError, OSError, ValueError) as err:
+            reason = getattr(err, "reason", "io_error")
+            log.error("device %s: credential rotation (command %d) failed, current credentials stay: %s",
+                      device, cmd.seq, err)
+            self.log.append(EventKind.ALARM.value, {"type": "rotation_failed", "seq": cmd.seq, "reason": reason,
+                                                    "detail": str(err)[:200]})
+            self._notify()
+            return
+        self.log.append(EventKind.ACCESS.value, {"type": "credentials_rotated", "seq": cmd.seq,
+                                                 "by": cmd.requested_by, "old_serial": old,
+                                                 "serial": format(cert.serial_number, "x")})
+        self._notify()
+        log.warning("device %s: new credentials in place; restarting to reconnect with them", device)
+        try:
+            self.restart()
+        except Exception:
+            log.exception("remote: restart callback failed")
 
     # ------------------------------------------------------------ desired state
 
@@ -351,6 +486,12 @@ def _fsync(path: Path) -> None:
         os.close(dir_fd)
 
 
+def x509_serial(cert_file: Path) -> str:
+    from cryptography import x509
+
+    return format(x509.load_pem_x509_certificate(cert_file.read_bytes()).serial_number, "x")
+
+
 def load_verifier(cfg: DeviceConfig, *, clock: Callable[[], float] = time.time) -> CommandVerifier | None:
     """The verifier with the gateway's command key; None without ``[remote]``; a bad key is a :class:`ConfigError`."""
     remote = remote_config(cfg)
@@ -369,9 +510,16 @@ def build_remote(config_path: Path, cfg: DeviceConfig, verifier: CommandVerifier
     """The remote commands of ``agent``, with their state in the device's data directory."""
     remote = remote_config(cfg)
     window = remote.replay_window if remote is not None else 0
+    tls = cfg.broker.tls
+    credentials = None
+    if tls is not None:
+        credentials = CredentialFiles(Path(tls.ca_file), Path(tls.cert_file), Path(tls.key_file))
+        if finish_pending_swap(credentials):
+            log.warning("device %s: finished installing rotated credentials", cfg.device_id)
     return CabinetRemote(
         config_path=config_path, agent=agent, eventlog=eventlog, verifier=verifier,
         replay=ReplayGuard(cfg.data_dir / REPLAY_DB, window=window),
         desired=DesiredState(desired_dir(cfg)), catalog=CatalogCache(catalog_cache_path(cfg)),
-        config_version=config_version,
+        config_version=config_version, lockdown=LockdownStore(identity_dir(cfg) / LOCKDOWN_FILE),
+        credentials=credentials,
     )

@@ -24,7 +24,8 @@ from gateway.store import GatewayStore
 
 SEQ_SCHEMA = "CREATE TABLE IF NOT EXISTS command_seq (device TEXT PRIMARY KEY, seq INTEGER NOT NULL)"
 
-DEFAULT_LIFETIME_MS = {CommandKind.UNLOCK: 60_000, CommandKind.DESIRED_STATE: 7 * 86_400_000}
+DEFAULT_LIFETIME_MS = {CommandKind.UNLOCK: 60_000, CommandKind.DESIRED_STATE: 7 * 86_400_000,
+                       CommandKind.LOCKDOWN: 60_000, CommandKind.ROTATE_CREDENTIALS: 300_000}
 
 
 class SigningError(ValueError):

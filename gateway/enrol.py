@@ -7,6 +7,13 @@ checks it against the pinned fingerprint, then opens a verified TLS
 connection and ``POST /v1/enrol`` with the token and a CSR made from a key
 generated on the device. A token works once, for the identity it was issued
 for, until it expires; only its SHA-256 is stored.
+
+A device rotating its credentials ``POST /v1/renew`` with a CSR for a new key,
+over mutual TLS with its *current* certificate: the client certificate must be
+a live device certificate of the site CA whose common name is the CSR's;
+:meth:`SiteCA.renew` issues the new certificate and revokes the older ones as
+superseded. The handshake asks for a client certificate but does not demand
+one, so ``/v1/ca`` and ``/v1/enrol`` keep working for a device that has none.
 """
 
 from __future__ import annotations
@@ -25,10 +32,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
 
 from device.wire import check_id
-from gateway.pki import BadCsr, CertRole, SiteCA, write_private_key
+from gateway.pki import BadCsr, CertRole, PkiError, SiteCA, common_name, write_private_key
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +155,8 @@ class EnrolmentService:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_cert_chain(cert_path, key_path)
+        ctx.verify_mode = ssl.CERT_OPTIONAL  # a client certificate is required by /v1/renew only
+        ctx.load_verify_locations(cadata=ca.cert_pem.decode())
         self._server = ThreadingHTTPServer((host, port), _handler_for(self))
         self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
         self.host, self.port = host, int(self._server.server_address[1])
@@ -189,6 +200,38 @@ class EnrolmentService:
         }
 
 
+    def renew(self, client_der: bytes | None, request: dict[str, Any]) -> dict[str, Any]:
+        """Renew the certificate of the device that authenticated with ``client_der``; see the module docstring."""
+        csr = request.get("csr")
+        if not isinstance(csr, str):
+            raise TokenRefused("bad_request", "csr is a required string")
+        if not client_der:
+            raise TokenRefused("no_client_certificate", "renewal needs the device's current certificate")
+        current = x509.load_der_x509_certificate(client_der)
+        name = common_name(current)
+        ou = [str(a.value) for a in current.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)]
+        if ou != [CertRole.DEVICE.value]:
+            raise TokenRefused("not_a_device", f"{name!r} does not hold a device certificate")
+        with self._ca_lock:
+            try:
+                self.ca.verify_issued(current)
+            except PkiError as err:
+                raise TokenRefused("certificate_refused", str(err)) from None
+            try:
+                asked = x509.load_pem_x509_csr(csr.encode())
+            except ValueError as err:
+                raise BadCsr(f"CSR is not PEM: {err}") from None
+            cn = [str(a.value) for a in asked.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+            if cn != [name]:
+                raise TokenRefused("wrong_identity", f"CSR is for {cn}, the client certificate for {name!r}")
+            cert = self.ca.renew(csr.encode(), name=name, role=CertRole.DEVICE,
+                                 valid_days=self.settings.cert_valid_days)
+        log.info("renewed device %s: certificate serial %x replaces %x", name, cert.serial_number,
+                 current.serial_number)
+        return {"v": 1, "device": name, "cert": cert.public_bytes(serialization.Encoding.PEM).decode(),
+                "ca": self.ca.cert_pem.decode()}
+
+
 def _handler_for(service: EnrolmentService) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "spd-enrol"
@@ -200,7 +243,7 @@ def _handler_for(service: EnrolmentService) -> type[BaseHTTPRequestHandler]:
                 self._json(404, {"error": "not_found"})
 
         def do_POST(self) -> None:
-            if self.path != "/v1/enrol":
+            if self.path not in ("/v1/enrol", "/v1/renew"):
                 self._json(404, {"error": "not_found"})
                 return
             length = int(self.headers.get("Content-Length") or 0)
@@ -215,7 +258,12 @@ def _handler_for(service: EnrolmentService) -> type[BaseHTTPRequestHandler]:
                 self._json(400, {"error": "bad_json"})
                 return
             try:
-                self._json(200, service.enrol(request))
+                if self.path == "/v1/renew":
+                    conn = self.connection
+                    der = conn.getpeercert(binary_form=True) if isinstance(conn, ssl.SSLSocket) else None
+                    self._json(200, service.renew(der, request))
+                else:
+                    self._json(200, service.enrol(request))
             except TokenRefused as err:
                 log.warning("enrolment refused from %s: %s", self.client_address[0], err)
                 self._json(403, {"error": err.reason, "detail": str(err)})

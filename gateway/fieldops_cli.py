@@ -166,6 +166,26 @@ def _unlock(a: argparse.Namespace) -> int:
     return 0
 
 
+def _lockdown(a: argparse.Namespace) -> int:
+    store = GatewayStore(a.db)
+    fleet, link = _fleet(a, store)
+    seq = fleet.lockdown(a.site, a.device, on=a.on, reason=a.reason, requested_by=_actor(a))
+    print(f"lockdown {'on' if a.on else 'off'} for {a.device} sent (command {seq})")
+    link.stop()
+    store.close()
+    return 0
+
+
+def _rotate(a: argparse.Namespace) -> int:
+    store = GatewayStore(a.db)
+    fleet, link = _fleet(a, store)
+    seq = fleet.rotate(a.site, a.device, enrol_url=a.enrol_url, requested_by=_actor(a))
+    print(f"credential rotation for {a.device} sent (command {seq})")
+    link.stop()
+    store.close()
+    return 0
+
+
 def _devices(a: argparse.Namespace) -> int:
     from gateway.commands import CommandSigner
     from gateway.fleet import Fleet, format_devices
@@ -287,7 +307,9 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_import_events)
 
     for name, fn, helptext in (("push", _push, "publish a new version of config, catalog or allow-list"),
-                               ("unlock", _unlock, "send a signed one-time unlock")):
+                               ("unlock", _unlock, "send a signed one-time unlock"),
+                               ("lockdown", _lockdown, "lock a cabinet down (refuse every badge), or lift it"),
+                               ("rotate-credentials", _rotate, "have a device renew its key and certificate")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--db", type=Path, required=True)
         p.add_argument("--signing-key", type=Path, required=True)
@@ -302,9 +324,18 @@ def register(sub: Any) -> None:
             p.add_argument("--component", required=True, choices=[c.value for c in Component])
             p.add_argument("--file", type=Path, required=True, help="the component as JSON")
             p.add_argument("--device", action="append", help="only these devices (default: all known)")
-        else:
+        elif name == "unlock":
             p.add_argument("--device", required=True)
             p.add_argument("--seconds", type=int, default=5)
+        elif name == "lockdown":
+            p.add_argument("--device", required=True)
+            onoff = p.add_mutually_exclusive_group(required=True)
+            onoff.add_argument("--on", dest="on", action="store_true")
+            onoff.add_argument("--off", dest="on", action="store_false")
+            p.add_argument("--reason", required=True)
+        else:
+            p.add_argument("--device", required=True)
+            p.add_argument("--enrol-url", required=True, help="the enrolment service, https://host:port")
         p.set_defaults(func=fn)
 
     p = sub.add_parser("service", help="run the gateway under systemd, over TLS (Type=notify, WatchdogSec=)")

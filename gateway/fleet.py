@@ -140,6 +140,28 @@ class Fleet:
                           seq=seq, seconds=seconds)
         return seq
 
+    def lockdown(self, site: str, device: str, *, on: bool, reason: str, requested_by: str) -> int:
+        """Send a signed lockdown (``on``) or its lifting; returns its sequence number."""
+        with self._lock:
+            seq = self.sequence.next(device)
+            payload = self.signer.sign(CommandKind.LOCKDOWN, device=device, site=site, seq=seq,
+                                       requested_by=requested_by, args={"on": on, "reason": reason})
+            self.publish(topic(site, device, Channel.CMD), payload, False)
+        self.audit.record(requested_by, AuditAction.COMMAND_SENT, device=device, cmd=CommandKind.LOCKDOWN.value,
+                          seq=seq, on=on, reason=reason)
+        return seq
+
+    def rotate(self, site: str, device: str, *, enrol_url: str, requested_by: str) -> int:
+        """Ask a device to renew its certificate with a new key at the enrolment service ``enrol_url``."""
+        with self._lock:
+            seq = self.sequence.next(device)
+            payload = self.signer.sign(CommandKind.ROTATE_CREDENTIALS, device=device, site=site, seq=seq,
+                                       requested_by=requested_by, args={"url": enrol_url})
+            self.publish(topic(site, device, Channel.CMD), payload, False)
+        self.audit.record(requested_by, AuditAction.COMMAND_SENT, device=device,
+                          cmd=CommandKind.ROTATE_CREDENTIALS.value, seq=seq, url=enrol_url)
+        return seq
+
     # ------------------------------------------------------------ what devices report
 
     def desired(self, device: str) -> dict[str, int]:

@@ -13,6 +13,11 @@ States::
     COUNTING --reader offline--> FAULT --reader back--> COUNTING
     any door opening outside UNLOCKED/DOOR_OPEN: door_forced alarm, then DOOR_OPEN (the count is unattributed
     if no session was open)
+
+Lockdown (:meth:`Cabinet.set_lockdown`) is orthogonal to the states: while it
+is on every lock is held, every badge is refused (``reason = lockdown``), a
+session waiting for a PIN or for the door to open ends at once, and any door
+opening is forced; a door already open is counted as usual when it closes.
 """
 
 from __future__ import annotations
@@ -151,6 +156,7 @@ class Cabinet:
         self.inventory: dict[str, frozenset[int]] = dict(inventory or {})
         self.pending_links: dict[ItemKey, PendingLink] = {}
         self.reader_online = True
+        self.lockdown: str | None = None  # the reason, while the cabinet is locked down
         self._today = today
         self._doors_open: dict[str, float] = {}
         self._ajar_alarmed: dict[str, float] = {}
@@ -168,6 +174,10 @@ class Cabinet:
 
     def on_badge(self, text: str, now: float) -> None:
         badge_text = text.strip()
+        if self.lockdown is not None:
+            self._access(AccessResult.REFUSED, reason="lockdown", badge=badge_text[:64])
+            self.ports.signal(Signal.REFUSED)
+            return
         if self.state is not SessionState.IDLE:
             log.info("badge ignored in state %s", self.state.value)
             self.ports.signal(Signal.REFUSED)
@@ -209,6 +219,7 @@ class Cabinet:
         authorised = (
             self.state is SessionState.UNLOCKED and now <= self._deadline
         ) or (self.state is SessionState.DOOR_OPEN and self.session is not None and not self.session.forced)
+        authorised = authorised and self.lockdown is None
         self._doors_open[door] = now
         if not authorised:
             if self.session is None or self.state is SessionState.UNLOCKED:
@@ -294,6 +305,20 @@ class Cabinet:
             self.state = SessionState.COUNTING
             self._count_id += 1
             self.ports.start_count(dict(self.inventory), self._count_id)
+
+    def set_lockdown(self, reason: str | None) -> None:
+        """Lock down (``reason``) or lift it (None): every lock is held now, and a session not yet in use ends."""
+        self.lockdown = reason
+        if reason is None:
+            return
+        self.ports.lock(None)
+        if self.state in (SessionState.AWAIT_PIN, SessionState.UNLOCKED, SessionState.LOCKED_OUT):
+            if self.session is not None or self._pending_badge is not None:
+                self._access(AccessResult.EXPIRED, reason="lockdown")
+            self.state = SessionState.IDLE
+            self.session = None
+            self._pending_badge = None
+            self.ports.signal(Signal.REFUSED)
 
     def tick(self, now: float) -> None:
         """Run timeouts and periodic checks; the loop calls this a few times a second."""

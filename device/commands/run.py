@@ -59,6 +59,13 @@ def run(config_path: Path, *, stop: threading.Event | None = None, pin_factory: 
 
         remote.notify = after_command
     stop = stop or threading.Event()
+    restart = threading.Event()
+    if remote is not None:
+        def restart_agent() -> None:  # new credentials: MQTT's TLS context must be rebuilt from the files
+            restart.set()
+            stop.set()
+
+        remote.restart = restart_agent
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
@@ -75,6 +82,12 @@ def run(config_path: Path, *, stop: threading.Event | None = None, pin_factory: 
         if remote is not None:
             remote.close()
         eventlog.close()
+    if restart.is_set():
+        from device.remote_wiring import RESTART_EXIT_CODE
+
+        log.warning("cabinet %s: exiting with %d so the service manager restarts it", cfg.device_id,
+                    RESTART_EXIT_CODE)
+        return RESTART_EXIT_CODE
     return 0
 
 

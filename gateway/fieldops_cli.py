@@ -8,6 +8,8 @@ import json
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -132,57 +134,51 @@ def _import_events(a: argparse.Namespace) -> int:
     return 1 if res.chain_breaks else 0
 
 
-def _fleet(a: argparse.Namespace, store: GatewayStore) -> Any:
+@contextmanager
+def _fleet(a: argparse.Namespace) -> Iterator[Any]:
+    """The store and a fleet connected to the broker for one command; both closed afterwards, even on error."""
     from gateway.commands import CommandSigner, load_signing_key
     from gateway.fleet import Fleet, FleetLink
 
+    store = GatewayStore(a.db)
     tls = TlsSettings(a.tls_ca, a.tls_cert, a.tls_key) if a.tls_ca else None
     link = FleetLink(store, host=a.broker_host, port=a.broker_port, tls=tls, client_id="spd-gateway-cli").start()
-    if not link.wait_connected():
-        raise SystemExit("cannot reach the broker")
-    fleet = Fleet(store, CommandSigner(load_signing_key(a.signing_key)), link.publish)
-    return fleet, link
+    try:
+        if not link.wait_connected():
+            raise SystemExit("cannot reach the broker")
+        yield Fleet(store, CommandSigner(load_signing_key(a.signing_key)), link.publish)
+    finally:
+        link.stop()
+        store.close()
 
 
 def _push(a: argparse.Namespace) -> int:
-    store = GatewayStore(a.db)
-    fleet, link = _fleet(a, store)
     doc = json.loads(Path(a.file).read_text(encoding="utf-8"))
     targets = [(a.site, d) for d in a.device] if a.device else None
-    for device, version in fleet.push(Component(a.component), doc, requested_by=_actor(a), devices=targets).items():
-        print(f"{device}: {a.component} version {version} published")
-    link.stop()
-    store.close()
+    with _fleet(a) as fleet:
+        for device, version in fleet.push(Component(a.component), doc, requested_by=_actor(a), devices=targets).items():
+            print(f"{device}: {a.component} version {version} published")
     return 0
 
 
 def _unlock(a: argparse.Namespace) -> int:
-    store = GatewayStore(a.db)
-    fleet, link = _fleet(a, store)
-    seq = fleet.unlock(a.site, a.device, seconds=a.seconds, requested_by=_actor(a))
+    with _fleet(a) as fleet:
+        seq = fleet.unlock(a.site, a.device, seconds=a.seconds, requested_by=_actor(a))
     print(f"unlock {a.device} sent (command {seq})")
-    link.stop()
-    store.close()
     return 0
 
 
 def _lockdown(a: argparse.Namespace) -> int:
-    store = GatewayStore(a.db)
-    fleet, link = _fleet(a, store)
-    seq = fleet.lockdown(a.site, a.device, on=a.on, reason=a.reason, requested_by=_actor(a))
+    with _fleet(a) as fleet:
+        seq = fleet.lockdown(a.site, a.device, on=a.on, reason=a.reason, requested_by=_actor(a))
     print(f"lockdown {'on' if a.on else 'off'} for {a.device} sent (command {seq})")
-    link.stop()
-    store.close()
     return 0
 
 
 def _rotate(a: argparse.Namespace) -> int:
-    store = GatewayStore(a.db)
-    fleet, link = _fleet(a, store)
-    seq = fleet.rotate(a.site, a.device, enrol_url=a.enrol_url, requested_by=_actor(a))
+    with _fleet(a) as fleet:
+        seq = fleet.rotate(a.site, a.device, enrol_url=a.enrol_url, requested_by=_actor(a))
     print(f"credential rotation for {a.device} sent (command {seq})")
-    link.stop()
-    store.close()
     return 0
 
 

@@ -12,12 +12,19 @@ import importlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from device.hal.camera.decoders import CameraError, Decoder, Frame, load_decoder
-from device.hal.scanner.symbology import ScanDelivery, ScanLine, ScannerState, Symbology, backoff_delays
+from device.hal.scanner.symbology import (
+    ScanDelivery,
+    ScanLine,
+    ScannerState,
+    ScannerThread,
+    Symbology,
+    backoff_delays,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +73,7 @@ class Deduplicator:
         return last is None or now - last > self.window_s
 
 
-class CameraScanner:
+class CameraScanner(ScannerThread):
     """Reads codes from ``source``: a camera index or a path/URL for :class:`cv2.VideoCapture` (opened here, and
     reopened with backoff when it fails), or an object with ``read() -> (ok, frame)`` and ``release()``.
 
@@ -102,24 +109,10 @@ class CameraScanner:
         self.stats = CameraStats()
         self._clock = clock
         self._dedupe = Deduplicator(dedupe_window_s)
-        self._delivery = ScanDelivery(f"camera {source!r}", on_scan)
+        super().__init__(ScanDelivery(f"camera {source!r}", on_scan), thread_name="camera-scanner")
         self._capture: Any = None
-        self._stop = threading.Event()
         self._finished = threading.Event()
-        self._thread: threading.Thread | None = None
         self._ever_open = False
-
-    @property
-    def state(self) -> ScannerState:
-        return self._delivery.state
-
-    @property
-    def when_state_changed(self) -> Callable[[ScannerState], None] | None:
-        return self._delivery.when_state_changed
-
-    @when_state_changed.setter
-    def when_state_changed(self, callback: Callable[[ScannerState], None] | None) -> None:
-        self._delivery.when_state_changed = callback
 
     # --- synchronous use ----------------------------------------------------------
     def process_frame(self, frame: Frame, now: float | None = None) -> list[ScanLine]:
@@ -140,41 +133,15 @@ class CameraScanner:
         return lines
 
     # --- capture thread -----------------------------------------------------------
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stop.clear()
+    def _on_start(self) -> None:
         self._finished.clear()
-        self._delivery.set_state(ScannerState.OFFLINE)
-        self._thread = threading.Thread(target=self._run, name="camera-scanner", daemon=True)
-        self._thread.start()
 
-    def stop(self, timeout_s: float = 2.0) -> None:
-        thread, self._thread = self._thread, None
-        self._stop.set()
-        if thread is not None:
-            thread.join(timeout_s)
+    def _close(self) -> None:
         self._release()
-        self._delivery.set_state(ScannerState.STOPPED)
 
     def wait_finished(self, timeout_s: float | None = None) -> bool:
         """With ``stop_at_end``: wait until the source ran out of frames."""
         return self._finished.wait(timeout_s)
-
-    def read(self, timeout_s: float | None = None) -> ScanLine | None:
-        """The next scan (when no ``on_scan`` was given), waiting up to ``timeout_s``; None on timeout."""
-        return self._delivery.read(timeout_s)
-
-    def scans(self, *, idle_timeout_s: float | None = None) -> Iterator[ScanLine]:
-        while (line := self._delivery.read(idle_timeout_s)) is not None:
-            yield line
-
-    def __enter__(self) -> CameraScanner:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def _run(self) -> None:
         delays = backoff_delays(self.backoff_s)

@@ -18,9 +18,8 @@ import datetime as dt
 import importlib
 import logging
 import select
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from types import ModuleType
@@ -35,6 +34,7 @@ from device.hal.scanner.symbology import (
     ScannerDisconnected,
     ScannerState,
     ScannerStats,
+    ScannerThread,
     ScannerUnavailable,
     ScanRejected,
     backoff_delays,
@@ -242,7 +242,7 @@ class EvdevKeySource:
                 device.close()
 
 
-class WedgeScanner:
+class WedgeScanner(ScannerThread):
     """A keyboard-wedge scanner: ``source`` is an input device path (opened with evdev) or a :class:`KeyEventSource`.
 
     Same life cycle and delivery as :class:`~device.hal.scanner.serial_scanner.SerialScanner`:
@@ -270,60 +270,15 @@ class WedgeScanner:
         backoff_delays(backoff_s)  # validates
         self._keys = KeyDecoder(max_line=max_line)
         self._decoder = LineDecoder(gs_substitutes=gs_substitutes, symbology_ids=symbology_ids, max_line=max_line)
-        self._delivery = ScanDelivery(f"wedge scanner {self.source.name}", on_scan)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__(ScanDelivery(f"wedge scanner {self.source.name}", on_scan),
+                         thread_name=f"wedge-{self.source.name}")
         self._open = False
         self._ever_online = False
         self._last_key_at = 0.0
 
     @property
-    def state(self) -> ScannerState:
-        return self._delivery.state
-
-    @property
     def stats(self) -> ScannerStats:
         return self._delivery.stats
-
-    @property
-    def when_state_changed(self) -> Callable[[ScannerState], None] | None:
-        return self._delivery.when_state_changed
-
-    @when_state_changed.setter
-    def when_state_changed(self, callback: Callable[[ScannerState], None] | None) -> None:
-        self._delivery.when_state_changed = callback
-
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._delivery.set_state(ScannerState.OFFLINE)
-        self._thread = threading.Thread(target=self._run, name=f"wedge-{self.source.name}", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout_s: float = 2.0) -> None:
-        thread, self._thread = self._thread, None
-        self._stop.set()
-        if thread is not None:
-            thread.join(timeout_s)
-        self._close()
-        self._delivery.set_state(ScannerState.STOPPED)
-
-    def read(self, timeout_s: float | None = None) -> ScanLine | None:
-        """The next scan (when no ``on_scan`` was given), waiting up to ``timeout_s``; None on timeout."""
-        return self._delivery.read(timeout_s)
-
-    def scans(self, *, idle_timeout_s: float | None = None) -> Iterator[ScanLine]:
-        """Scans as they come; ends after ``idle_timeout_s`` without one (never, for None)."""
-        while (line := self._delivery.read(idle_timeout_s)) is not None:
-            yield line
-
-    def __enter__(self) -> WedgeScanner:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def _run(self) -> None:
         delays = backoff_delays(self.backoff_s)

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from enum import Enum
 from typing import Any
 
@@ -20,6 +19,7 @@ from device.hal.scanner.symbology import (
     ScannerDisconnected,
     ScannerState,
     ScannerStats,
+    ScannerThread,
     ScanRejected,
     backoff_delays,
 )
@@ -99,7 +99,7 @@ class LineFramer:
         return [RejectReason.UNTERMINATED] if partial and not discarding else []
 
 
-class SerialScanner:
+class SerialScanner(ScannerThread):
     """A line scanner on ``url`` (``/dev/ttyACM0``, ``/dev/serial/by-id/...``, a simulator's pty, ``loop://``).
 
     :meth:`start` runs a reader thread that opens the port, frames lines at ``suffix``,
@@ -132,66 +132,15 @@ class SerialScanner:
         backoff_delays(backoff_s)  # validates
         self._decoder = LineDecoder(gs_substitutes=gs_substitutes, symbology_ids=symbology_ids, max_line=max_line)
         self._framer = LineFramer(self.suffix, max_line=max_line, line_timeout_s=line_timeout_s)
-        self._delivery = ScanDelivery(f"scanner {url}", on_scan)
+        super().__init__(ScanDelivery(f"scanner {url}", on_scan), thread_name=f"scanner-{url}")
         self._serial_factory = serial_factory
         self._port: Any = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._ever_online = False
 
     # --- public -----------------------------------------------------------
     @property
-    def state(self) -> ScannerState:
-        return self._delivery.state
-
-    @property
     def stats(self) -> ScannerStats:
         return self._delivery.stats
-
-    @property
-    def when_state_changed(self) -> Callable[[ScannerState], None] | None:
-        return self._delivery.when_state_changed
-
-    @when_state_changed.setter
-    def when_state_changed(self, callback: Callable[[ScannerState], None] | None) -> None:
-        self._delivery.when_state_changed = callback
-
-    def start(self) -> None:
-        """Start the reader thread (it opens the port, retrying while it is absent)."""
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._delivery.set_state(ScannerState.OFFLINE)
-        self._thread = threading.Thread(target=self._run, name=f"scanner-{self.url}", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout_s: float = 2.0) -> None:
-        """Stop the reader thread and close the port."""
-        thread, self._thread = self._thread, None
-        self._stop.set()
-        if thread is not None:
-            thread.join(timeout_s)
-        self._close()
-        self._delivery.set_state(ScannerState.STOPPED)
-
-    def read(self, timeout_s: float | None = None) -> ScanLine | None:
-        """The next scan (when no ``on_scan`` was given), waiting up to ``timeout_s``; None on timeout."""
-        return self._delivery.read(timeout_s)
-
-    def scans(self, *, idle_timeout_s: float | None = None) -> Iterator[ScanLine]:
-        """Scans as they come; ends after ``idle_timeout_s`` without one (never, for None)."""
-        while True:
-            line = self._delivery.read(idle_timeout_s)
-            if line is None:
-                return
-            yield line
-
-    def __enter__(self) -> SerialScanner:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # --- reader thread ------------------------------------------------------
     def _run(self) -> None:

@@ -18,10 +18,11 @@ import datetime as dt
 import logging
 import queue
 import re
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
-from typing import Final
+from typing import Final, Self
 
 from device.hal.pins import HalError
 
@@ -283,6 +284,76 @@ class ScanDelivery:
             return self._queue.get(timeout=timeout_s)
         except queue.Empty:
             return None
+
+
+class ScannerThread:
+    """What every scanner backend shares: one reader thread handing :class:`ScanLine` s to a :class:`ScanDelivery`.
+
+    A backend implements ``_run`` (the reader loop, until ``_stop`` is set) and
+    ``_close`` (release the device); ``_on_start`` may reset per-run state.
+    """
+
+    def __init__(self, delivery: ScanDelivery, *, thread_name: str) -> None:
+        self._delivery = delivery
+        self._thread_name = thread_name
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def state(self) -> ScannerState:
+        return self._delivery.state
+
+    @property
+    def when_state_changed(self) -> Callable[[ScannerState], None] | None:
+        return self._delivery.when_state_changed
+
+    @when_state_changed.setter
+    def when_state_changed(self, callback: Callable[[ScannerState], None] | None) -> None:
+        self._delivery.when_state_changed = callback
+
+    def start(self) -> None:
+        """Start the reader thread (it opens the device, retrying while it is absent)."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._on_start()
+        self._delivery.set_state(ScannerState.OFFLINE)
+        self._thread = threading.Thread(target=self._run, name=self._thread_name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 2.0) -> None:
+        """Stop the reader thread and close the device."""
+        thread, self._thread = self._thread, None
+        self._stop.set()
+        if thread is not None:
+            thread.join(timeout_s)
+        self._close()
+        self._delivery.set_state(ScannerState.STOPPED)
+
+    def read(self, timeout_s: float | None = None) -> ScanLine | None:
+        """The next scan (when no ``on_scan`` was given), waiting up to ``timeout_s``; None on timeout."""
+        return self._delivery.read(timeout_s)
+
+    def scans(self, *, idle_timeout_s: float | None = None) -> Iterator[ScanLine]:
+        """Scans as they come; ends after ``idle_timeout_s`` without one (never, for None)."""
+        while (line := self._delivery.read(idle_timeout_s)) is not None:
+            yield line
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _on_start(self) -> None:
+        """Reset per-run state before the thread starts (nothing by default)."""
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        raise NotImplementedError
 
 
 def backoff_delays(backoff_s: tuple[float, float]) -> Iterator[float]:

@@ -72,6 +72,7 @@ class ChargingWorker:
         self._catalog = load_catalog(store)
         self._release_cursor = store.last_release_id()  # before the keys: a release in between is applied twice
         self._consumed = bridge.new_consumed_set(store.charged_item_keys())
+        self._consumed_stale = False  # set when a batch failed after the bridge added its items
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -84,6 +85,9 @@ class ChargingWorker:
 
     def run_once(self) -> int:
         """Process one batch; returns how many events it consumed from the cursor."""
+        if self._consumed_stale:
+            self._consumed = bridge.new_consumed_set(self.store.charged_item_keys())
+            self._consumed_stale = False
         self._apply_releases()
         after = self.store.cursor(CURSOR)
         stored = self.store.charging_events(after_id=after, limit=self.batch_size)
@@ -91,8 +95,15 @@ class ChargingWorker:
             return 0
         returns = [s for s in stored if s.event.kind == EventKind.RETURN_UNUSED]
         tuples = [_event_tuple(s.event) for s in stored if s.event.kind == EventKind.CONSUME]
-        consumed = self._consumed.copy()
-        result = bridge.charge_batch(tuples, self._catalog, consumed, self.config)
+        try:
+            return self._charge(stored, returns, tuples)
+        except BaseException:
+            # the bridge added this batch's items to the consumed set, but the batch was not stored
+            self._consumed_stale = True
+            raise
+
+    def _charge(self, stored: list[StoredEvent], returns: list[StoredEvent], tuples: list[bridge.EventTuple]) -> int:
+        result = bridge.charge_batch(tuples, self._catalog, self._consumed, self.config)
         now = time.time()
         dup_items: list[bridge.ChargeLine] = []
         with self.store.transaction() as db:
@@ -129,7 +140,6 @@ class ChargingWorker:
                 "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
                 (CURSOR, stored[-1].id),
             )
-        self._consumed = consumed
         for line in dup_items:
             log.error("charge refused: item %s/%s already charged (device %s seq %d)",
                       line.gtin, line.serial, line.device, line.seq)
@@ -253,9 +263,8 @@ class ChargingWorker:
                 self.reload_catalog()
             try:
                 n = self.run_once()
-            except Exception:
+            except Exception:  # the next run_once reloads the consumed set from the store
                 log.exception("charging pass failed; retrying")
-                self._consumed = bridge.new_consumed_set(self.store.charged_item_keys())
                 n = 0
                 self._stop.wait(1.0)
             if n < self.batch_size:

@@ -89,3 +89,35 @@ def test_only_one_instance_holds_the_charging_lease_until_it_runs_out(tmp_path: 
     assert not b.hold_lease("charging", "gw-b", 5, now=107.0)
     assert b.hold_lease("charging", "gw-b", 5, now=108.5)  # a stopped renewing: b takes over
     assert not a.hold_lease("charging", "gw-a", 5, now=109.0)
+
+
+def test_a_charging_batch_that_fails_to_commit_leaves_its_items_chargeable(tmp_path: Path) -> None:
+    from gateway import bridge
+    from gateway.charging import ChargingWorker
+    from hw_sim.catalog import sim_catalog
+    from hw_sim.handheld import scan_for
+
+    store = GatewayStore(tmp_path / "gw.db")
+    catalog = sim_catalog()
+    store.upsert_catalog([i.row() for i in catalog])
+    log = EventLog(tmp_path / "HH01.db", device="HH01")
+    events = []
+    for n in range(1, 4):
+        pair = scan_for(1, "HH01", n, catalog)
+        events.append(log.append("consume", {"admission": pair.wristband, "udi": pair.udi, "operator": "N",
+                                             "dept": "OR"}))
+    store.ingest(_batch(events))  # type: ignore[arg-type]
+    worker = ChargingWorker(store, bridge.BridgeConfig(sending_facility="SPD", receiving_facility="HOSP"))
+    real = store.transaction
+
+    def failing() -> object:
+        raise OSError("disk I/O error")
+
+    store.transaction = failing  # type: ignore[method-assign,assignment]
+    try:
+        worker.run_once()
+    except OSError:
+        pass
+    store.transaction = real  # type: ignore[method-assign]
+    assert worker.run_once() == 3
+    assert store.counts()["charges"] == 3 and store.counts()["charge_rejects"] == 0

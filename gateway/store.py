@@ -224,9 +224,10 @@ class OutboxCharge:
     device: str
     seq: int
     admission: str
-    message: str
+    message: str  # the rendered HL7 message (MSH-10 = charge_id)
     attempts: int
     next_attempt_at: float
+    line: str  # the charge line as JSON, for adapters that send it instead of HL7
 
 
 @dataclass(frozen=True, slots=True)
@@ -478,7 +479,7 @@ class GatewayStore:
 
     def pending_charges(self, *, limit: int = 500) -> list[OutboxCharge]:
         rows = self.query(
-            "SELECT id, charge_id, device, seq, admission, message, attempts, next_attempt_at FROM charges "
+            "SELECT id, charge_id, device, seq, admission, message, attempts, next_attempt_at, line FROM charges "
             "WHERE status = 'pending' ORDER BY id LIMIT ?",
             (limit,),
         )

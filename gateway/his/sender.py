@@ -136,8 +136,7 @@ class HisSender:
     def _message(self, charge: OutboxCharge) -> str:
         if getattr(self.adapter, "outbox_payload", OutboxPayload.HL7) is not OutboxPayload.CHARGE_LINE:
             return charge.message
-        rows = self.store.query("SELECT line FROM charges WHERE charge_id = ?", (charge.charge_id,))
-        return str(rows[0][0])
+        return charge.line
 
     # ------------------------------------------------------------ thread
 

@@ -82,14 +82,25 @@ def tally(device_dbs: list[Path], gateway_db: Path, his_db: Path) -> Tally:
     t.scans = len(scans)
 
     gw = _ro(gateway_db)
-    stored = {(d, s) for d, s in gw.execute("SELECT device, seq FROM events WHERE kind = 'consume'")}
-    all_stored = {(d, s) for d, s in gw.execute("SELECT device, seq FROM events")}
+    all_stored: set[tuple[str, int]] = set()
+    stored: set[tuple[str, int]] = set()
+    for d, s_, kind in gw.execute("SELECT device, seq, kind FROM events"):
+        all_stored.add((d, s_))
+        if kind == "consume":
+            stored.add((d, s_))
     t.stored = len(scans & stored)
     t.invented += len(all_stored - produced)
-    rejected = {(d, s) for d, s in gw.execute("SELECT device, seq FROM charge_rejects")}
+    rejected = {(d, s_) for d, s_ in gw.execute("SELECT device, seq FROM charge_rejects")}
     t.refused_by_bridge = len(scans & rejected)
-    charge_of = {cid: (d, s) for cid, d, s in gw.execute("SELECT charge_id, device, seq FROM charges")}
-    t.parked = gw.execute("SELECT COUNT(*) FROM charges WHERE status = 'parked'").fetchone()[0]
+    charge_of: dict[str, tuple[str, int]] = {}
+    item_of: dict[tuple[str, int], str] = {}
+    parked_keys: set[tuple[str, int]] = set()
+    for cid, d, s_, item, status in gw.execute("SELECT charge_id, device, seq, item_key, status FROM charges"):
+        charge_of[cid] = key = (d, s_)
+        item_of[key] = item
+        if status == "parked":
+            parked_keys.add(key)
+    t.parked = len(parked_keys)
     t.consumption_records = gw.execute("SELECT COUNT(*) FROM consumption").fetchone()[0]
     t.chain_breaks = gw.execute("SELECT COUNT(*) FROM chain_breaks").fetchone()[0]
     gw.close()
@@ -114,10 +125,6 @@ def tally(device_dbs: list[Path], gateway_db: Path, his_db: Path) -> Tally:
     t.charged = len(scans & charged)
     t.duplicates = sum(n - 1 for n in per_event.values())
     # one item, one code: the same item serial charged twice under different events
-    gw = _ro(gateway_db)
-    item_of = {(d, s): k for d, s, k in gw.execute("SELECT device, seq, item_key FROM charges")}
-    parked_keys = {(d, s) for d, s in gw.execute("SELECT device, seq FROM charges WHERE status = 'parked'")}
-    gw.close()
     items = Counter(item_of[k] for k in charged if k in item_of)
     t.duplicates += sum(n - 1 for n in items.values())
     missing = (scans - stored) | (scans & stored) - charged - rejected - parked_keys

@@ -116,6 +116,8 @@ def bench_fleet(devices: int, rate: float, duration_s: float, workers: int = 4) 
         for p in procs:
             out, _ = p.communicate(timeout=duration_s + 180)
             commit += json.loads(out)
+        for path in h.device_dir.glob("*.db"):  # the workers' handhelds: count their logs in the tally
+            h.device_db_paths[path.stem] = path
         settled = h.wait_settled(timeout_s=120)
         db = sqlite3.connect(h.gateway_db)
         stored = [r[0] for r in db.execute(

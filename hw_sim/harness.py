@@ -116,11 +116,11 @@ def tally(device_dbs: list[Path], gateway_db: Path, his_db: Path) -> Tally:
     his.close()
     per_event: Counter[tuple[str, int]] = Counter()
     for (txn,) in his_rows:
-        key = charge_of.get(txn)
-        if key is None:
+        event_key = charge_of.get(txn)
+        if event_key is None:
             t.invented += 1
         else:
-            per_event[key] += 1
+            per_event[event_key] += 1
     charged = set(per_event)
     t.charged = len(scans & charged)
     t.duplicates = sum(n - 1 for n in per_event.values())

@@ -103,6 +103,8 @@ class SimCabinet:
         seed: int = 1,
         tags_per_s: float = 3000.0,
         sim_miss_rate: float = 0.0,
+        reader_corrupt_rate: float = 0.0,
+        reader_garbage_rate: float = 0.0,
         miss_rate: float = 0.05,
         phantom_target: float = 1e-5,
         reader_timeout_s: float = 0.3,
@@ -115,6 +117,7 @@ class SimCabinet:
         eventlog: EventLog | None = None,
         on_committed: Callable[[Event], None] | None = None,
         extra_toml: str = "",
+        data_dir: Path | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -124,7 +127,8 @@ class SimCabinet:
         self.factory = SimPinFactory()
         self.door = SimCabinetDoor(self.factory, lock_pin=LOCK_PIN, sensor_pin=DOOR_PIN)
         self.reader = SimR2000Reader(tags_per_s=tags_per_s, miss_rate=sim_miss_rate, seed=seed,
-                                     connected_antennas=antennas)
+                                     connected_antennas=antennas, corrupt_rate=reader_corrupt_rate,
+                                     garbage_rate=reader_garbage_rate)
         self.items = make_items(items, first_serial=first_serial, antennas=antennas, seed=seed)
         self.inside: dict[str, SimTaggedItem] = {}
         self.outside: dict[str, SimTaggedItem] = {}
@@ -137,7 +141,7 @@ class SimCabinet:
 [device]
 id = "{device}"
 site = "{site}"
-data_dir = "data"
+data_dir = "{Path(data_dir).resolve() if data_dir is not None else 'data'}"
 
 [cabinet]
 dept = "{dept}"

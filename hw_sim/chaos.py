@@ -1,19 +1,23 @@
 """The chaos run: real load, faults on a seeded schedule, then a zero-tolerance check of the history.
 
-Handhelds (separate processes) scan through a fault-injecting TCP proxy into
-a private Mosquitto; two gateway instances share the events on an MQTT 5
+Handhelds and cabinets (separate processes) work through a fault-injecting
+TCP proxy into a private Mosquitto; each cabinet is the real cabinet agent
+with scripted staff and a pty RFID reader that corrupts frames and mixes in
+garbage bytes (:mod:`hw_sim.chaos_cabinet`); two gateway instances share the events on an MQTT 5
 shared subscription and one store; the simulated HIS answers over MLLP.
 Faults come from one seeded schedule: agent SIGKILLs, simulated power cuts
 (devices whose data directory is on :mod:`hw_sim.powerfs`), broker kills,
 gateway kills, network cuts, HIS outages, slow answers, AE answers, ACKs with
 a wrong control id, ACKs dropped after the charge was stored, device clock
-jumps and malformed MQTT payloads.
+jumps, malformed MQTT payloads and corrupted serial frames.
 
 When the schedule ends every part is brought back, the devices drain, the
 parked charges are re-sent as an operator would, and the checker compares:
 every scan the nurse was told about is stored once at the gateway and
-charged once at the HIS (set equality), nothing exists at the gateway or
-the HIS that no device produced, hash chains verify, and
+charged once at the HIS (set equality), every event any device committed
+(cabinet access, counts, alarms too) is stored, nothing exists at the gateway
+or the HIS that no device produced, each cabinet's inventory equals what is
+physically on its shelves, hash chains verify, and
 ``PRAGMA integrity_check`` passed on every device database after every
 crash and on the gateway's after every gateway kill.
 """
@@ -39,7 +43,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from device.eventlog import EventLog
-from hw_sim.harness import SpineHarness, Tally
+from hw_sim.harness import ManagedProcess, SpineHarness, Tally
 from hw_sim.netproxy import FaultProxy
 
 log = logging.getLogger(__name__)
@@ -65,6 +69,10 @@ class ChaosConfig:
     disk_faults: int = 20  # disk full or I/O errors on a power-loss device's disk for 0.5-2 s
     malformed_per_s: float = 2.0
     gateways: int = 2
+    cabinets: int = 2
+    cabinet_power: int = 1  # cabinets whose data directory is on a power-loss filesystem
+    cabinet_corrupt_rate: float = 0.02  # reader frames with a flipped byte
+    cabinet_garbage_rate: float = 0.01  # reader frames after random bytes
     settle_timeout_s: float = 240.0
 
 
@@ -73,6 +81,13 @@ class ChaosReport:
     seed: int
     scans: int = 0
     told_to_nurse: int = 0
+    events: int = 0
+    events_not_stored: int = 0
+    cabinet_scans: int = 0
+    cabinet_sessions: int = 0
+    corrupted_frames: int = 0
+    garbage_bursts: int = 0
+    cabinet_inventory_mismatches: list[str] = field(default_factory=list)
     lost: int = 0
     lost_on_device: int = 0
     duplicated: int = 0
@@ -106,7 +121,7 @@ class ChaosReport:
         return (
             self.lost == 0 and self.lost_on_device == 0 and self.duplicated == 0 and self.invented == 0
             and not self.integrity_failures and self.chain_breaks == 0 and self.device_chain_breaks == 0
-            and self.parked_left == 0
+            and self.parked_left == 0 and self.events_not_stored == 0 and not self.cabinet_inventory_mismatches
             and self.scans > 0
         )
 
@@ -157,7 +172,11 @@ class ChaosRun:
                               his_backoff_max_s=1.0)
         self.proxy: FaultProxy | None = None
         self.domains: dict[str, PowerDomain] = {}
-        self.devices = [f"CH{i:02d}" for i in range(config.devices)]
+        self.devices = [f"CH{i:02d}" for i in range(config.devices)]  # handhelds
+        self.cabinets = [f"CB{i:02d}" for i in range(config.cabinets)]
+        self.all_devices = [*self.devices, *self.cabinets]
+        self.cabinet_dir = workdir / "cabinets"
+        self._until = 0.0  # wall-clock time the cabinets' staff stop
         self.journals = workdir / "nurse"
         self.journals.mkdir(parents=True, exist_ok=True)
         self._stop_rogue = threading.Event()
@@ -167,9 +186,23 @@ class ChaosRun:
 
     # ------------------------------------------------------------ parts
 
+    def _proc(self, device: str) -> ManagedProcess:
+        return self.h.handhelds.get(device) or self.h.cabinets[device]
+
     def _start_device(self, device: str) -> None:
         dom = self.domains.get(device)
         assert self.proxy is not None
+        if device in self.cabinets:
+            c = self.cfg
+            self.h.start_cabinet(
+                device, until_wall=self._until, broker_port=self.proxy.port, world_dir=self.cabinet_dir,
+                data_dir=dom.mount_dir if dom else self.cabinet_dir / f"{device}-data",
+                extra_args=("--nurse-journal", str(self.journals / f"{device}.txt"), "--clock-jumps",
+                            "--drain-timeout", "900", "--report", str(self.cabinet_dir / f"{device}-report.json"),
+                            "--corrupt-rate", str(c.cabinet_corrupt_rate),
+                            "--garbage-rate", str(c.cabinet_garbage_rate)),
+            )
+            return
         self.h.start_handheld(
             device, scans=self.cfg.scans_per_device, rate=self.cfg.rate, garbage_rate=0.005,
             data_dir=dom.mount_dir if dom else None, broker_port=self.proxy.port,
@@ -195,7 +228,7 @@ class ChaosRun:
         payloads = [b"{", b"\x00\xff\xfe", b'{"v":9}', b'{"v":1,"site":"H1","device":"X","events":[]}',
                     b'{"v":1,"site":"H1","device":"%s","events":[{"seq":0}]}', b"[]", b"null"]
         while not self._stop_rogue.wait(1.0 / self.cfg.malformed_per_s):
-            dev = rng.choice([*self.devices, "ROGUE1"])
+            dev = rng.choice([*self.all_devices, "ROGUE1"])
             p = rng.choice(payloads).replace(b"%s", dev.encode())
             if client.is_connected():
                 client.publish(f"spd/v1/{self.h.site}/{dev}/events", p, qos=1)
@@ -232,11 +265,11 @@ class ChaosRun:
     def _fault(self, kind: str, restore: list[tuple[float, int, str]], now: float, seq: int) -> None:
         r, rng, h = self.report, self.rng, self.h
         if kind == "agent_kill":
-            running = [d for d in self.devices if h.handhelds[d].running]
+            running = [d for d in self.all_devices if self._proc(d).running]
             if not running:
                 return
             dev = rng.choice(running)
-            h.handhelds[dev].kill(signal.SIGKILL)
+            self._proc(dev).kill(signal.SIGKILL)
             if dev in self._disk_faulted:  # the disk fails every write: check when it is healthy again
                 self._deferred_checks.add(dev)
             else:
@@ -245,7 +278,7 @@ class ChaosRun:
             r.agent_kills += 1
         elif kind == "power_cut":
             dev = rng.choice(list(self.domains))
-            h.handhelds[dev].kill(signal.SIGKILL)
+            self._proc(dev).kill(signal.SIGKILL)
             self.domains[dev].power_cut()  # a cut also ends a disk fault: the disk comes back fresh
             self._disk_faulted.discard(dev)
             self._deferred_checks.discard(dev)
@@ -290,7 +323,7 @@ class ChaosRun:
             h.his.wrong_control_id_next(1)
             r.his_wrong_ids += 1
         elif kind == "disk_fault":
-            dev = rng.choice(list(self.domains))
+            dev = rng.choice(self._disk_fault_targets())
             self._disk_faulted.add(dev)
             if rng.random() < 0.5:
                 self.domains[dev].fs.disk_full()
@@ -304,6 +337,9 @@ class ChaosRun:
             self.proxy.cut(blackhole=rng.random() < 0.5)
             r.network_cuts += 1
             heapq.heappush(restore, (now + rng.uniform(0.5, 3.0), seq, "network_up"))
+
+    def _disk_fault_targets(self) -> list[str]:
+        return [d for d in self.domains if d in self.devices]
 
     def _later(self, kind: str, now: float, seq: int) -> None:
         """A fault that cannot happen now (its target is already down) happens a little later."""
@@ -341,15 +377,16 @@ class ChaosRun:
         try:
             h.start()
             self.proxy = FaultProxy("127.0.0.1", h.broker.port).start()
-            for dev in self.devices[: cfg.power_devices]:
+            for dev in [*self.devices[: cfg.power_devices], *self.cabinets[: cfg.cabinet_power]]:
                 self.domains[dev] = PowerDomain(self.workdir / "power", dev)
-            for dev in self.devices:
+            self._until = time.time() + cfg.scans_per_device / cfg.rate
+            for dev in self.all_devices:
                 self._start_device(dev)
             rogue = threading.Thread(target=self._rogue, daemon=True)
             rogue.start()
             span = cfg.scans_per_device / cfg.rate
-            self.say(f"chaos seed {cfg.seed}: {cfg.devices} devices x {cfg.scans_per_device} scans at "
-                     f"{cfg.rate}/s, faults over {span:.0f}s")
+            self.say(f"chaos seed {cfg.seed}: {cfg.devices} handhelds x {cfg.scans_per_device} scans at "
+                     f"{cfg.rate}/s and {cfg.cabinets} cabinets, faults over {span:.0f}s")
             faults = self._faults = self._schedule(span)
             restore: list[tuple[float, int, str]] = []
             t0 = time.monotonic()
@@ -416,11 +453,11 @@ class ChaosRun:
 
     def _wait_devices(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        pending = set(self.devices)
+        pending = set(self.all_devices)
         while pending and time.monotonic() < deadline:
             for dev in list(pending):
-                hh = self.h.handhelds[dev]
-                rc = hh.proc.poll() if hh.proc else None
+                proc = self._proc(dev)
+                rc = proc.proc.poll() if proc.proc else None
                 if rc == 0:
                     pending.discard(dev)
                 elif rc is not None:  # exited with an error (e.g. killed, or drain timed out): start it again
@@ -444,7 +481,7 @@ class ChaosRun:
     def _check(self, t: Tally) -> None:
         r, h = self.report, self.h
         told: set[tuple[str, int]] = set()
-        for dev in self.devices:
+        for dev in self.all_devices:
             jf = self.journals / f"{dev}.txt"
             if jf.exists():
                 for line in jf.read_text().split("\n"):
@@ -453,7 +490,7 @@ class ChaosRun:
                         told.add((parts[0], int(parts[1])))
         r.told_to_nurse = len(told)
         on_device: set[tuple[str, int]] = set()
-        for dev in self.devices:
+        for dev in self.all_devices:
             path = h.device_db_paths[dev]
             self._check_db(f"{dev} at the end", path)
             elog = EventLog(path, device=dev)
@@ -461,6 +498,21 @@ class ChaosRun:
             on_device |= {(dev, e.seq) for e in elog.events(limit=10**9) if e.kind == "consume"}
             elog.close()
         self._check_db("gateway at the end", h.gateway_db)
+        for dev in self.cabinets:
+            rf = self.cabinet_dir / f"{dev}-report.json"
+            if not rf.exists():
+                r.cabinet_inventory_mismatches.append(f"{dev}: no final report")
+                continue
+            cab = json.loads(rf.read_text(encoding="utf-8"))
+            r.cabinet_sessions += int(cab["sessions"])
+            r.corrupted_frames += int(cab["corrupted_frames"])
+            r.garbage_bursts += int(cab["garbage_bursts"])
+            if cab["inventory_missing"] or cab["inventory_extra"]:
+                r.cabinet_inventory_mismatches.append(f"{dev}: not counted {cab['inventory_missing'][:5]}, "
+                                                      f"counted but not there {cab['inventory_extra'][:5]}")
+        r.cabinet_scans = sum(1 for d, _ in on_device if d in self.cabinets)
+        r.events = t.events
+        r.events_not_stored = t.events_not_stored
         r.lost_on_device = len(told - on_device)
         r.scans = t.scans
         r.lost = t.lost + len(told - on_device)
@@ -487,6 +539,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gateway-kills", type=int, default=20)
     p.add_argument("--his-dropped-acks", type=int, default=12)
     p.add_argument("--network-cuts", type=int, default=10)
+    p.add_argument("--cabinets", type=int, default=2)
+    p.add_argument("--cabinet-power", type=int, default=1, help="cabinets whose data directory can lose power")
     p.add_argument("--his-fault-scale", type=int, default=1,
                    help="multiply HIS outages, slow periods, AE answers and wrong-id ACKs (for soak runs)")
     p.add_argument("--workdir", type=Path, default=None)
@@ -496,7 +550,8 @@ def main(argv: list[str] | None = None) -> int:
         seed=a.seed, devices=a.devices, scans_per_device=a.scans_per_device, rate=a.rate,
         power_devices=a.power_devices, agent_kills=a.agent_kills, power_cuts=a.power_cuts,
         broker_kills=a.broker_kills, gateway_kills=a.gateway_kills, his_dropped_acks=a.his_dropped_acks,
-        network_cuts=a.network_cuts, his_outages=5 * a.his_fault_scale, his_slow_periods=3 * a.his_fault_scale,
+        network_cuts=a.network_cuts, cabinets=a.cabinets, cabinet_power=a.cabinet_power,
+        his_outages=5 * a.his_fault_scale, his_slow_periods=3 * a.his_fault_scale,
         his_ae_answers=5 * a.his_fault_scale, his_wrong_ids=5 * a.his_fault_scale,
         settle_timeout_s=600.0 if a.scans_per_device > 5000 else 240.0,
     )

@@ -46,6 +46,8 @@ class Tally:
     lost: int = 0  # scans missing at the gateway, or stored and chargeable but never charged
     duplicates: int = 0  # extra charges at the HIS for one scan or one item serial, or extra rows
     invented: int = 0  # anything at the gateway or the HIS that no device produced
+    events: int = 0  # events of every kind committed on devices (scans, cabinet access, counts, alarms ...)
+    events_not_stored: int = 0  # of those, how many the gateway neither stored nor quarantined
     his_messages_received: int = 0
     his_resends_recognised: int = 0
     chain_breaks: int = 0
@@ -90,6 +92,9 @@ def tally(device_dbs: list[Path], gateway_db: Path, his_db: Path) -> Tally:
             stored.add((d, s_))
     t.stored = len(scans & stored)
     t.invented += len(all_stored - produced)
+    quarantined = {(d, s_) for d, s_ in gw.execute("SELECT device, seq FROM quarantine")}
+    t.events = len(produced)
+    t.events_not_stored = len(produced - all_stored - quarantined)
     rejected = {(d, s_) for d, s_ in gw.execute("SELECT device, seq FROM charge_rejects")}
     t.refused_by_bridge = len(scans & rejected)
     charge_of: dict[str, tuple[str, int]] = {}
@@ -198,6 +203,7 @@ class SpineHarness:
         self.lease_ttl_s = lease_ttl_s
         self.gateways: dict[int, ManagedProcess] = {}
         self.handhelds: dict[str, ManagedProcess] = {}
+        self.cabinets: dict[str, ManagedProcess] = {}
         self.device_db_paths: dict[str, Path] = {}
         self.env = dict(os.environ)
 
@@ -268,6 +274,30 @@ class SpineHarness:
             self.handhelds[device] = hh
         return hh.start()
 
+    def start_cabinet(
+        self,
+        device: str,
+        *,
+        until_wall: float,
+        data_dir: Path,
+        world_dir: Path,
+        broker_port: int | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> ManagedProcess:
+        """Start (or restart, with the same arguments) a cabinet process (:mod:`hw_sim.chaos_cabinet`)."""
+        cab = self.cabinets.get(device)
+        if cab is None:
+            self.device_db_paths[device] = data_dir / f"{device}.db"
+            argv = [
+                sys.executable, "-m", "hw_sim.chaos_cabinet", "--device", device, "--site", self.site,
+                "--data-dir", str(data_dir), "--world-dir", str(world_dir),
+                "--broker-port", str(broker_port or self.broker.port), "--seed", str(self.seed),
+                "--until", f"{until_wall:.3f}", *extra_args,
+            ]
+            cab = ManagedProcess(device, argv, self.workdir / f"{device}.log", self.env)
+            self.cabinets[device] = cab
+        return cab.start()
+
     def device_dbs(self) -> list[Path]:
         return [p for p in sorted(self.device_db_paths.values()) if p.exists()]
 
@@ -319,8 +349,8 @@ class SpineHarness:
             db.close()
 
     def close(self) -> None:
-        for hh in self.handhelds.values():
-            hh.kill()
+        for dev in (*self.handhelds.values(), *self.cabinets.values()):
+            dev.kill()
         for gw in self.gateways.values():
             gw.kill(signal.SIGTERM)
         self.his.stop()

@@ -17,7 +17,8 @@ every scan the nurse was told about is stored once at the gateway and
 charged once at the HIS (set equality), every event any device committed
 (cabinet access, counts, alarms too) is stored, nothing exists at the gateway
 or the HIS that no device produced, each cabinet's inventory equals what is
-physically on its shelves, hash chains verify, and
+physically on its shelves and it recorded each take and put-in exactly once,
+hash chains verify, and
 ``PRAGMA integrity_check`` passed on every device database after every
 crash and on the gateway's after every gateway kill.
 """
@@ -507,6 +508,10 @@ class ChaosRun:
             r.cabinet_sessions += int(cab["sessions"])
             r.corrupted_frames += int(cab["corrupted_frames"])
             r.garbage_bursts += int(cab["garbage_bursts"])
+            if (cab["taken"], cab["added"]) != (cab["taken_recorded"], cab["added_recorded"]):
+                r.cabinet_inventory_mismatches.append(
+                    f"{dev}: staff took {cab['taken']} and put in {cab['added']} items, the cabinet recorded "
+                    f"{cab['taken_recorded']} taken and {cab['added_recorded']} returned or restocked")
             if cab["inventory_missing"] or cab["inventory_extra"]:
                 r.cabinet_inventory_mismatches.append(f"{dev}: not counted {cab['inventory_missing'][:5]}, "
                                                       f"counted but not there {cab['inventory_extra'][:5]}")

@@ -73,6 +73,8 @@ class Shelves:
     given_up: int = 0
     next_serial: int = 0
     session: int = 0
+    taken: int = 0  # items staff took out, over every run
+    added: int = 0  # items staff put in (back unused, or new stock)
     corrupted_frames: int = 0  # reader frames sent with a flipped byte, over every run of the cabinet
     garbage_bursts: int = 0  # random bytes the reader sent before a frame
 
@@ -87,6 +89,7 @@ class Shelves:
             unused={d["epc"]: _item(d) for d in doc["unused"]},
             attempts=dict(doc["attempts"]), used=int(doc["used"]), given_up=int(doc["given_up"]),
             next_serial=int(doc["next_serial"]), session=int(doc["session"]),
+            taken=int(doc["taken"]), added=int(doc["added"]),
             corrupted_frames=int(doc["corrupted_frames"]), garbage_bursts=int(doc["garbage_bursts"]),
         )
 
@@ -97,6 +100,7 @@ class Shelves:
             "unused": [_item_doc(i) for i in self.unused.values()],
             "attempts": self.attempts, "used": self.used, "given_up": self.given_up,
             "next_serial": self.next_serial, "session": self.session,
+            "taken": self.taken, "added": self.added,
             "corrupted_frames": self.corrupted_frames, "garbage_bursts": self.garbage_bursts,
         }
         tmp = path.with_name(path.name + ".tmp")
@@ -203,6 +207,7 @@ class ChaosCabinet:
             return
         self.cab.add_new(new)
         self.shelves.inside.update({i.epc: i for i in new})
+        self.shelves.added += len(new)
         self._save()
         self._close()
 
@@ -215,9 +220,11 @@ class ChaosCabinet:
             back = self.shelves.unused.pop(epc)
             self.cab.put_back([back])
             self.shelves.inside[epc] = back
+            self.shelves.added += 1
             self._save()
         for it in self.cab.take(min(self.rng.randint(1, 3), len(self.cab.inside))):
             del self.shelves.inside[it.epc]
+            self.shelves.taken += 1
             if self.rng.random() < 0.15:
                 self.shelves.unused[it.epc] = it
             else:
@@ -260,11 +267,20 @@ class ChaosCabinet:
         self.cab.wait_state(SessionState.IDLE, 30.0)
         believed = set(self.cab.agent.cabinet.inventory)
         actual = set(self.shelves.inside)
+        recorded = {"taken": 0, "added": 0}
+        for ev in self.log.events(limit=10**9):
+            if ev.kind == "taken":
+                recorded["taken"] += 1
+            elif ev.kind in ("returned", "restocked"):
+                recorded["added"] += 1
         return {
             "device": self.device, "events": self.log.last_seq, "backlog": self.log.backlog(),
             "drained": self.log.backlog() == 0, "sessions": self.shelves.session, "used": self.shelves.used,
             "given_up": self.shelves.given_up, "inventory_missing": sorted(actual - believed),
-            "inventory_extra": sorted(believed - actual), "corrupted_frames": self.shelves.corrupted_frames,
+            "inventory_extra": sorted(believed - actual),
+            "taken": self.shelves.taken, "taken_recorded": recorded["taken"],
+            "added": self.shelves.added, "added_recorded": recorded["added"],
+            "corrupted_frames": self.shelves.corrupted_frames,
             "garbage_bursts": self.shelves.garbage_bursts,
         }
 

@@ -48,23 +48,46 @@ def test_removed_tags_are_confirmed_and_added_tags_reported() -> None:
     assert set(r.present) == set(f.tags())
 
 
-def test_confirming_rounds_query_only_unread_tags_on_the_suspects_antenna() -> None:
+def test_confirming_rounds_query_only_unread_tags() -> None:
     f, previous = _field(40, 0.0, seed=1)
     f.remove_tag("000000000000000000000004")  # on antenna 1 (4 % 4 = 0)
     r = count_stable(f, previous, InventoryPolicy(miss_rate=0.05, phantom_target=1e-5))
     k = r.confirm_rounds
     assert r.taken == {"000000000000000000000004"}
-    assert (r.rounds, r.antenna_rounds, r.plain_antenna_rounds) == (k, 4 + (k - 1), 1)
+    assert (r.rounds, r.antenna_rounds, r.plain_antenna_rounds) == (k, 4 * k, 1)
     s1 = Session.S1
-    assert f.commands == [(1, s1), (2, s1), (3, s1), (4, s1)] + [(1, s1)] * (k - 2) + [(1, None)]
+    every = [(1, s1), (2, s1), (3, s1), (4, s1)]
+    # k sweeps of every antenna (for tags put in); the suspect's k-th miss is a real-time round on its antenna
+    assert f.commands == every * (k - 1) + [(2, s1), (3, s1), (4, s1), (1, None)]
     # 39 tags in round 1, nothing in the target-A rounds, the 9 left on antenna 1 in the deciding real-time round
     assert f.reads == 39 + 9
 
 
-def test_a_count_with_nothing_missing_is_one_round() -> None:
+def test_a_count_with_nothing_missing_reads_each_tag_once() -> None:
     f, previous = _field(40, 0.0, seed=1)
     r = count_stable(f, previous, InventoryPolicy())
-    assert (r.rounds, r.antenna_rounds, r.taken, r.added) == (1, 4, set(), set())
+    k = r.confirm_rounds
+    assert (r.rounds, r.antenna_rounds, r.taken, r.added) == (k, 4 * k, set(), set())
+    assert f.reads == 40  # the sweeps after round 1 are answered only by tags not read yet: none
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_tags_put_in_are_found_even_when_round_one_misses_them(seed: int) -> None:
+    f, previous = _field(60, 0.2, seed=seed)
+    new = [f"FFFF{i:020X}" for i in range(30)]
+    for i, e in enumerate(new):
+        f.add_tag(e, (1 + i % 4,))
+    policy = InventoryPolicy(miss_rate=0.2, phantom_target=1e-5)
+    r = count_stable(f, previous, policy)
+    assert r.added == set(new)  # one round would miss each with probability 0.2: 6 of 30 on average
+    assert r.taken == set() and set(r.present) == set(f.tags())
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_the_first_count_finds_every_tag(seed: int) -> None:
+    f, _ = _field(200, 0.05, seed=seed)
+    r = count_stable(f, {}, InventoryPolicy(miss_rate=0.05, phantom_target=1e-5))
+    assert set(r.present) == set(f.tags()) and r.added == set(f.tags())
 
 
 def test_a_reader_used_within_the_quiet_time_counts_on_real_time_inventories() -> None:

@@ -12,11 +12,23 @@ chance that a count produces at least one phantom removal is at most
 
 e.g. p = 0.05, N = 200, eps = 1e-5: k = ceil(-16.8 / -3.0) = 6.
 
+The same bound covers the other direction: a tag put in the cabinet (a
+restock, an item brought back, every tag of the first count) is found only
+if some round reads it. A count therefore sweeps every antenna at least ``k``
+times (rounds in which an antenna reported an error do not count for it),
+``k`` computed over the larger of the previous and the seen population, so
+the chance that an added tag goes unrecorded is at most ``N * p**k`` too.
+One round would miss each added tag with probability ``p``: the item would
+then be recorded later, as returned by whoever opens the cabinet next, or
+never, if a nurse takes it out first (found by the chaos run).
+
 Speed: round 1 reads every antenna once. Tags of the previous inventory not
-seen are *suspects*. Each further round runs only on the antennas where an
-unresolved suspect was last seen; a suspect read again is present, a suspect
-missed ``k`` times is confirmed taken, and counting stops as soon as every
-suspect is one or the other. A round in which a suspect's antenna reported an
+seen are *suspects*. Each further round runs on the antennas still owed a
+sweep and those where an unresolved suspect was last seen; a suspect read
+again is present, a suspect missed ``k`` times is confirmed taken, and
+counting stops as soon as every suspect is one or the other and every
+antenna has had its ``k`` sweeps. With a Gen2 session the extra sweeps are
+cheap: tags already read stay silent, only the unread ones answer. A round in which a suspect's antenna reported an
 error does not count as a miss for it; suspects still open after
 ``max_rounds`` are kept as present (unconfirmed), never reported as taken.
 
@@ -184,6 +196,8 @@ def count_stable(
     first, bad = rounds_.run(all_antennas, plain=set())
     first_round_s = time.monotonic() - started
     seen: dict[str, set[int]] = first
+    sweeps_needed = policy.confirm_rounds(max(len(previous), len(seen)))
+    sweeps = {a: 0 if a in bad else 1 for a in all_antennas}  # good looks each antenna had, for added tags
     misses: dict[str, int] = {}
     for epc in previous:
         if epc not in seen:
@@ -191,11 +205,16 @@ def count_stable(
     rounds = 1
     taken: set[str] = {e for e, m in misses.items() if m >= k}
     open_suspects = {e for e, m in misses.items() if m < k}
-    while open_suspects and rounds < policy.max_rounds:
-        ants_needed = {a for e in open_suspects for a in where(e)}
+    def unswept() -> set[int]:
+        return {a for a, n in sweeps.items() if n < sweeps_needed}
+
+    while (open_suspects or unswept()) and rounds < policy.max_rounds:
+        ants_needed = {a for e in open_suspects for a in where(e)} | unswept()
         deciding = {a for e in open_suspects if misses[e] >= k - 1 for a in where(e)}
         res, errs = rounds_.run(ants_needed, plain=deciding)
         rounds += 1
+        for a in ants_needed - errs:
+            sweeps[a] += 1
         for epc, ants in res.items():
             seen.setdefault(epc, set()).update(ants)
         for epc in list(open_suspects):

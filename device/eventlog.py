@@ -17,7 +17,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,36 +103,53 @@ class EventLog:
 
     def append(self, kind: str, body: dict[str, Any], *, ts_ms: int | None = None) -> Event:
         """Record one event durably and return it (with its seq and hash)."""
+        return self.append_many([(kind, body)], ts_ms=ts_ms)[0]
+
+    def append_many(self, events: Sequence[tuple[str, dict[str, Any]]], *, ts_ms: int | None = None) -> list[Event]:
+        """Record several events durably, in order, in one transaction: all of them or (``LogWriteFailed``) none.
+
+        They share one timestamp and continue the chain one after the other,
+        exactly as the same number of :meth:`append` calls would.
+        """
         ts = int(self._clock() * 1000) if ts_ms is None else ts_ms
-        body_text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        body_copy = json.loads(body_text)
+        rows: list[tuple[str, str, dict[str, Any]]] = []
+        for kind, body in events:
+            body_text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+            rows.append((kind, body_text, json.loads(body_text)))
+        if not rows:
+            return []
         with self._lock:
             try:
-                return self._append_locked(kind, ts, body_text, body_copy)
+                return self._append_locked(ts, rows)
             except sqlite3.OperationalError as err:  # SQLITE_FULL, SQLITE_IOERR, SQLITE_BUSY past the timeout
                 log.error("event log %s: append failed: %s", self.path, err)
-                raise LogWriteFailed(f"event not recorded: {err}") from err
+                what = "event" if len(rows) == 1 else f"{len(rows)} events"
+                raise LogWriteFailed(f"{what} not recorded: {err}") from err
 
-    def _append_locked(self, kind: str, ts: int, body_text: str, body_copy: dict[str, Any]) -> Event:
+    def _append_locked(self, ts: int, rows: list[tuple[str, str, dict[str, Any]]]) -> list[Event]:
         db = self._db
         if db.in_transaction:  # a failed commit can leave SQLite inside the transaction
             db.execute("ROLLBACK")
         db.execute("BEGIN IMMEDIATE")
+        out: list[Event] = []
         try:
-            last_seq, last_hash = db.execute("SELECT last_seq, last_hash FROM head WHERE id = 1").fetchone()
-            seq = last_seq + 1
-            digest = event_hash(self.device, seq, ts, kind, body_copy, last_hash)
-            db.execute(
-                "INSERT INTO events (seq, ts_ms, kind, body, prev, hash) VALUES (?, ?, ?, ?, ?, ?)",
-                (seq, ts, kind, body_text, last_hash, digest),
-            )
-            db.execute("UPDATE head SET last_seq = ?, last_hash = ? WHERE id = 1", (seq, digest))
+            seq, last_hash = db.execute("SELECT last_seq, last_hash FROM head WHERE id = 1").fetchone()
+            for kind, body_text, body_copy in rows:
+                seq += 1
+                digest = event_hash(self.device, seq, ts, kind, body_copy, last_hash)
+                db.execute(
+                    "INSERT INTO events (seq, ts_ms, kind, body, prev, hash) VALUES (?, ?, ?, ?, ?, ?)",
+                    (seq, ts, kind, body_text, last_hash, digest),
+                )
+                out.append(Event(self.device, seq, ts, kind, body_copy, last_hash, digest))
+                last_hash = digest
+            db.execute("UPDATE head SET last_seq = ?, last_hash = ? WHERE id = 1", (seq, last_hash))
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
-        return Event(self.device, seq, ts, kind, body_copy, last_hash, digest)
+        return out
 
     def mark_acked(self, upto_seq: int) -> int:
         """Apply a cumulative gateway ack; returns how many rows became acknowledged.

@@ -29,7 +29,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +37,8 @@ from device.cabinet.allowlist import AllowList
 from device.cabinet.catalog import ItemCatalog, ItemKey
 from device.cabinet.config import CabinetConfig
 from device.cabinet.inventory import InventoryPolicy, count_stable
-from device.cabinet.session import Cabinet, PendingLink, SessionState, Signal, Timings
-from device.eventlog import EventLog
+from device.cabinet.session import Cabinet, PendingLink, Recordable, SessionState, Signal, Timings
+from device.eventlog import EventLog, LogWriteFailed
 from device.hal.door import DoorSensor
 from device.hal.indicator import BeepPattern, Buzzer, Indicator
 from device.hal.lock import Lock
@@ -146,6 +146,7 @@ class CabinetAgent:
             s.stop()
         for t in self._threads:
             t.join(timeout=10)
+        self._record_before_stop()
         for lock in self.locks.values():
             lock.close()
         for sensor in self.sensors.values():
@@ -154,6 +155,18 @@ class CabinetAgent:
             if out is not None:
                 out.close()
         self.reader.close()
+
+    def _record_before_stop(self) -> None:
+        """A last try at the events the log could not take; they live in memory only."""
+        if self.cabinet.unrecorded == 0 or any(t.is_alive() for t in self._threads if t.name == "cabinet-loop"):
+            return
+        try:
+            self.cabinet.record_unrecorded()
+        except Exception:
+            log.exception("recording held cabinet events at stop failed")
+        if self.cabinet.unrecorded:
+            log.error("stopping with %d cabinet events the event log could not take: they are lost "
+                      "(the next start-up count records item changes unattributed)", self.cabinet.unrecorded)
 
     # ------------------------------------------------------------ inputs (any thread)
 
@@ -257,6 +270,10 @@ class CabinetAgent:
             self._signal(Signal.DONE)
             return
         self._wristband = None
+        if not cab.record_unrecorded():  # the scan may link a taken item only once that item's events are recorded
+            log.warning("wristband + item scan refused: the event log cannot be written")
+            self._signal(Signal.REFUSED)
+            return
         operator = cab.session.user if cab.session and cab.session.user else self._last_user or self.log.device
         outcome = Handheld(self.log, operator=operator, dept=self.config.dept, wristband_format=self.wristband_format,
                            on_committed=self._committed, policy=self.scan_policy).scan_pair(band[0], text)
@@ -312,8 +329,6 @@ class CabinetAgent:
 
     def _count_done(self, result: Any, count_id: int) -> None:
         self.cabinet.on_count_done(result, count_id, time.monotonic())
-        if self.cabinet.state is SessionState.IDLE:
-            self.counts.append((self._closed_at, time.monotonic()))
 
     def _set_baseline(self, present: Mapping[str, frozenset[int]]) -> None:
         self.cabinet.inventory = dict(present)
@@ -322,10 +337,11 @@ class CabinetAgent:
 
     # ------------------------------------------------------------ ports used by the state machine (loop thread)
 
-    def _record(self, kind: EventKind, body: dict[str, Any]) -> Event:
-        ev = self.log.append(kind.value, body)
-        self._committed(ev)
-        return ev
+    def _record_many(self, events: Sequence[Recordable], ts_ms: int) -> list[Event]:
+        evs = self.log.append_many([(kind.value, body) for kind, body in events], ts_ms=ts_ms)
+        for ev in evs:
+            self._committed(ev)
+        return evs
 
     def _committed(self, ev: Event) -> None:
         if self.on_committed is not None:
@@ -381,6 +397,15 @@ class CabinetAgent:
             elif ev.kind in (EventKind.RETURNED, EventKind.RESTOCKED):
                 tags.setdefault(epc, frozenset())
         return tags, seq
+
+    def _count_committed(self, inventory: Mapping[str, frozenset[int]], seq: int) -> None:
+        """A count's events are committed: snapshot the inventory (the log replays anything after it)."""
+        try:
+            self._save_inventory(inventory, seq)
+        except OSError as err:
+            log.warning("inventory snapshot not saved (%s): the next start-up replays the log after seq %d",
+                        err, self._snapshot_seq)
+        self.counts.append((self._closed_at, time.monotonic()))
 
     def _save_inventory(self, inventory: Mapping[str, frozenset[int]], seq: int) -> None:
         seq = max(seq, self._snapshot_seq)
@@ -471,7 +496,14 @@ class _Ports:
         self._a = agent
 
     def record(self, kind: EventKind, body: dict[str, Any]) -> Event:
-        return self._a._record(kind, body)
+        if not self._a.cabinet.record_unrecorded():  # never ahead of older cabinet events
+            raise LogWriteFailed("event not recorded: older cabinet events still wait for the event log")
+        ev = self._a.log.append(kind.value, body)
+        self._a._committed(ev)
+        return ev
+
+    def record_many(self, events: Sequence[Recordable], *, ts_ms: int) -> list[Event]:
+        return self._a._record_many(events, ts_ms)
 
     def unlock(self, seconds: float) -> float:
         return self._a._unlock(seconds)
@@ -486,4 +518,4 @@ class _Ports:
         self._a._start_count(previous, count_id)
 
     def save_inventory(self, inventory: Mapping[str, frozenset[int]], seq: int) -> None:
-        self._a._save_inventory(inventory, seq)
+        self._a._count_committed(inventory, seq)

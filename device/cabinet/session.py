@@ -2,8 +2,9 @@
 
 :class:`Cabinet` is driven by one thread (the agent loop) through its ``on_*``
 methods and :meth:`Cabinet.tick`; it acts through :class:`CabinetPorts`
-(record an event durably, unlock, lock, signal, start a count). Every event
-is recorded (committed to the log) before the user is signalled.
+(record events durably, unlock, lock, signal, start a count). Every event
+is recorded (committed to the log) before the user is signalled success; an
+alarm sounds even while its event waits for the log (see below).
 
 States::
 
@@ -11,6 +12,7 @@ States::
     IDLE --badge ok, PIN--> AWAIT_PIN --right PIN--> UNLOCKED;  3 wrong PINs --> LOCKED_OUT --time--> IDLE
     UNLOCKED --nobody opens in time--> IDLE
     COUNTING --reader offline--> FAULT --reader back--> COUNTING
+    COUNTING --the log cannot take the count's events--> FAULT --they are committed--> IDLE
     any door opening outside UNLOCKED/DOOR_OPEN: door_forced alarm, then DOOR_OPEN (the count is unattributed
     if no session was open)
 
@@ -18,6 +20,12 @@ Lockdown (:meth:`Cabinet.set_lockdown`) is orthogonal to the states: while it
 is on every lock is held, every badge is refused (``reason = lockdown``), a
 session waiting for a PIN or for the door to open ends at once, and any door
 opening is forced; a door already open is counted as usual when it closes.
+
+When the event log cannot be written (disk full, I/O error), the door still
+moves the state machine and the count still happens: what could not be
+recorded waits in memory, in order, and is committed when the log takes it
+again (see :meth:`Cabinet.record_unrecorded`). Only a grant needs the log at
+once: no record of who opens, no opening.
 """
 
 from __future__ import annotations
@@ -25,7 +33,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import secrets
-from collections.abc import Callable, Mapping
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import Any, Protocol
@@ -34,6 +44,7 @@ from device.cabinet.allowlist import AllowList, Badge, Role
 from device.cabinet.catalog import ItemCatalog, ItemKey
 from device.cabinet.epc import EpcError, Sgtin, decode_sgtin96
 from device.cabinet.inventory import CountResult
+from device.eventlog import LogWriteFailed
 from device.wire import Event, EventKind
 
 log = logging.getLogger(__name__)
@@ -82,9 +93,21 @@ class Signal(Enum):
     AJAR = "ajar"
 
 
+Recordable = tuple[EventKind, dict[str, Any]]
+
+
 class CabinetPorts(Protocol):
     def record(self, kind: EventKind, body: dict[str, Any]) -> Event:
-        """Append durably to the event log; returns after the commit."""
+        """Append one event durably now, after every event the cabinet still holds; returns after the commit.
+
+        Raises :class:`~device.eventlog.LogWriteFailed` if it (or what the cabinet holds) cannot be committed.
+        """
+
+    def record_many(self, events: Sequence[Recordable], *, ts_ms: int) -> list[Event]:
+        """Append ``events`` durably, in order, in one commit; returns after it.
+
+        Raises :class:`~device.eventlog.LogWriteFailed`, with nothing written, if the log cannot take them.
+        """
 
     def unlock(self, seconds: float) -> float:
         """Release every lock for ``seconds``; returns the time granted."""
@@ -98,7 +121,7 @@ class CabinetPorts(Protocol):
         """Begin a stable count in the background; the result comes back through ``on_count_done``."""
 
     def save_inventory(self, inventory: Mapping[str, frozenset[int]], seq: int) -> None:
-        """Persist the inventory as of event ``seq``."""
+        """Persist the inventory as of event ``seq``: a count's events are committed."""
 
 
 @dataclass(slots=True)
@@ -129,6 +152,16 @@ class Timings:
     expiry_check_s: float = 3600.0
     lockout_s: float = 30.0
     door_grace_s: float = 0.5
+    log_retry_s: float = 1.0  # how often events the log could not take are tried again
+
+
+@dataclass(slots=True)
+class _Unrecorded:
+    """Events the log could not take yet: committed together, then ``then`` runs with them."""
+
+    events: list[Recordable]
+    ts_ms: int  # when they happened; kept across retries
+    then: Callable[[list[Event]], None] | None = None
 
 
 class Cabinet:
@@ -145,6 +178,7 @@ class Cabinet:
         timings: Timings,
         inventory: Mapping[str, frozenset[int]] | None = None,
         today: Callable[[], dt.date] = dt.date.today,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.ports = ports
         self.allowlist = allowlist
@@ -158,6 +192,11 @@ class Cabinet:
         self.reader_online = True
         self.lockdown: str | None = None  # the reason, while the cabinet is locked down
         self._today = today
+        self._clock = clock
+        self._unrecorded: deque[_Unrecorded] = deque()
+        self._retry_at = 0.0
+        self._log_failing = False
+        self._held_count: int | None = None  # the count whose events wait for the log
         self._doors_open: dict[str, float] = {}
         self._ajar_alarmed: dict[str, float] = {}
         self._door_names = list(doors)
@@ -247,41 +286,36 @@ class Cabinet:
         self.ports.start_count(dict(self.inventory), self._count_id)
 
     def on_count_done(self, result: CountResult, count_id: int, now: float) -> None:
+        """Record the count's item events and alarms in one commit, then end the session.
+
+        The count's outcome takes effect at once (inventory, links waiting for a
+        patient, the session ends), so a door opened meanwhile is counted against
+        it and attributed to its own session. If the log cannot take the events,
+        the cabinet stays in FAULT (locked, no new session) until
+        :meth:`record_unrecorded` commits them; then it goes on exactly as if the
+        first commit had worked.
+        """
         if self.state not in (SessionState.COUNTING, SessionState.FAULT) or count_id != self._count_id:
             log.info("count %d dropped: state %s (a door opened meanwhile)", count_id, self.state.value)
             return
-        sess = self.session
-        taker = sess.user if sess else None
-        is_restock = sess is not None and sess.role is Role.RESTOCKER
-        last: Event | None = None
-        for epc in sorted(result.taken):
-            sg = self._decode(epc)
-            if sg is None:
-                continue
-            body = self._item_body(epc, sg)
-            last = self.ports.record(EventKind.TAKEN, body)
-            if sess is not None and not is_restock:
-                self.pending_links[sg.item_key] = PendingLink(now + self.timings.link_within_s, sess.id,
-                                                              taker, epc)
-        added_kind = EventKind.RESTOCKED if is_restock else EventKind.RETURNED
-        for epc in sorted(result.added):
-            sg = self._decode(epc)
-            if sg is None:
-                self._unknown(epc, "not an SGTIN-96 EPC")
-                continue
-            if not self.catalog.knows_gtin(sg.gtin):
-                self._unknown(epc, "GTIN not in the catalogue", gtin=sg.gtin)
-            self.pending_links.pop(sg.item_key, None)
-            last = self.ports.record(added_kind, self._item_body(epc, sg))
-        if result.unconfirmed:
-            last = self._alarm(AlarmCode.COUNT_INCOMPLETE, unconfirmed=len(result.unconfirmed))
+        events = self._count_events(result, now)
         self.inventory = dict(result.present)
-        self._check_expiry(now, force=bool(result.added))
-        seq = last.seq if last is not None else 0
-        self.ports.save_inventory(self.inventory, seq)
-        self.ports.signal(Signal.DONE)
-        self.state = SessionState.IDLE
+        events += self._expiry_alarms(now, force=bool(result.added))
         self.session = None
+        present = dict(self.inventory)
+
+        def committed(evs: list[Event]) -> None:
+            self.ports.save_inventory(present, evs[-1].seq if evs else 0)
+            if self._held_count == count_id:
+                self._held_count = None
+            if count_id == self._count_id and self.state in (SessionState.COUNTING, SessionState.FAULT):
+                self.ports.signal(Signal.DONE)
+                self.state = SessionState.IDLE
+
+        if not self._record_together(events, then=committed):
+            self._held_count = count_id
+            self.state = SessionState.FAULT
+            log.warning("count %d: %d events wait for the event log; cabinet held locked", count_id, len(events))
 
     def on_reader_state(self, online: bool, detail: str, now: float) -> None:
         if online == self.reader_online:
@@ -290,7 +324,7 @@ class Cabinet:
         self._alarm(AlarmCode.READER_ONLINE if online else AlarmCode.READER_OFFLINE, detail=detail[:200])
         if not online and self.state is SessionState.COUNTING:
             self.state = SessionState.FAULT
-        elif online and self.state is SessionState.FAULT:
+        elif online and self.state is SessionState.FAULT and self._held_count is None:
             self.state = SessionState.COUNTING
 
     def on_consumed(self, key: ItemKey) -> None:
@@ -322,6 +356,9 @@ class Cabinet:
 
     def tick(self, now: float) -> None:
         """Run timeouts and periodic checks; the loop calls this a few times a second."""
+        if self._unrecorded and now >= self._retry_at:
+            self._retry_at = now + self.timings.log_retry_s
+            self.record_unrecorded()
         if self.state is SessionState.AWAIT_PIN and now > self._deadline:
             entry = self._pending_badge
             self._pending_badge = None
@@ -348,39 +385,146 @@ class Cabinet:
                 del self.pending_links[key]
                 self._alarm(AlarmCode.NOT_LINKED, gtin=key[0], serial=key[1], epc=pending.epc,
                             taken_in=pending.session, user=pending.user)
-        self._check_expiry(now)
+        expired = self._expiry_alarms(now)
+        if expired:
+            self._record_together(expired)
+
+    @property
+    def unrecorded(self) -> int:
+        """How many events wait for the log."""
+        return sum(len(u.events) for u in self._unrecorded)
+
+    def record_unrecorded(self) -> bool:
+        """Commit what the log could not take before, oldest first; True once nothing is left.
+
+        The design, and why it neither loses, reorders nor doubles: every event
+        of the state machine goes through one FIFO. An event (or the events of
+        one count, which must commit together) is appended to the queue and the
+        queue is committed from its head, one entry per transaction; an entry
+        leaves the queue only after its commit, and a failed commit writes
+        nothing (:class:`~device.eventlog.LogWriteFailed`), so each entry is
+        committed exactly once and never before an older one. The state machine
+        does not wait for it: a door that opened or closed has done so, and the
+        count after it still runs. :meth:`tick` retries every
+        ``timings.log_retry_s``; anything about to be recorded, a grant, or a
+        wristband + item scan at the cabinet tries first. Entries keep the time
+        they happened. The queue lives in memory: a restart loses it, and the
+        start-up count then records the items of a lost count unattributed.
+        """
+        while self._unrecorded:
+            held = self._unrecorded[0]
+            try:
+                evs = self.ports.record_many(held.events, ts_ms=held.ts_ms)
+            except LogWriteFailed as err:
+                self._note_log_failing(err)
+                return False
+            self._unrecorded.popleft()
+            if held.then is not None:
+                held.then(evs)
+        if self._log_failing:
+            self._log_failing = False
+            log.warning("event log writable again: held events recorded")
+        return True
 
     # ------------------------------------------------------------ helpers
 
     def _grant(self, entry: Badge, now: float) -> None:
+        """Unlock for ``entry``, only once the grant is committed: no record of who opens, no opening."""
         self._pending_badge = None
         self.session = UserSession(_new_id(), entry.user, entry.role, entry.badge, now)
-        self._access(AccessResult.GRANTED, user=entry.user, role=entry.role.value, badge=entry.badge)
+        body = self._access_body(AccessResult.GRANTED, user=entry.user, role=entry.role.value, badge=entry.badge)
+        if not self._record_now(EventKind.ACCESS, body):
+            log.warning("access refused: the event log cannot record who opens the door")
+            self.session = None
+            self.state = SessionState.IDLE
+            self._access(AccessResult.REFUSED, reason="log_unavailable", user=entry.user, badge=entry.badge)
+            self.ports.signal(Signal.REFUSED)
+            return
         granted = self.ports.unlock(self.timings.unlock_s)
         self._deadline = now + granted + self.timings.door_grace_s
         self.state = SessionState.UNLOCKED
         self.ports.signal(Signal.GRANTED)
 
-    def _access(self, result: AccessResult, **fields: Any) -> Event:
+    def _record_together(self, events: Sequence[Recordable], *,
+                         then: Callable[[list[Event]], None] | None = None) -> bool:
+        """Commit ``events`` in one transaction after everything held, or hold them; True if committed now."""
+        self._unrecorded.append(_Unrecorded(list(events), self._wall_ms(), then))
+        return self.record_unrecorded()
+
+    def _record_now(self, kind: EventKind, body: dict[str, Any]) -> bool:
+        """Commit one event now, after everything held; False, and nothing held, if the log cannot take it."""
+        if not self.record_unrecorded():
+            return False
+        try:
+            self.ports.record_many([(kind, body)], ts_ms=self._wall_ms())
+        except LogWriteFailed as err:
+            self._note_log_failing(err)
+            return False
+        return True
+
+    def _note_log_failing(self, err: LogWriteFailed) -> None:
+        if not self._log_failing:
+            self._log_failing = True
+            log.warning("event log cannot be written (%s): events wait until it can", err)
+
+    def _wall_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    def _access_body(self, result: AccessResult, **fields: Any) -> dict[str, Any]:
         body: dict[str, Any] = {"result": result.value, "dept": self.dept}
         if self.session is not None:
             body.update(session=self.session.id, user=self.session.user)
         body.update({k: v for k, v in fields.items() if v is not None})
-        return self.ports.record(EventKind.ACCESS, body)
+        return body
 
-    def _alarm(self, code: AlarmCode, **fields: Any) -> Event:
+    def _access(self, result: AccessResult, **fields: Any) -> None:
+        self._record_together([(EventKind.ACCESS, self._access_body(result, **fields))])
+
+    def _alarm_body(self, code: AlarmCode, **fields: Any) -> dict[str, Any]:
         body: dict[str, Any] = {"alarm": code.value, "dept": self.dept}
         if self.session is not None and code in (AlarmCode.DOOR_FORCED, AlarmCode.DOOR_AJAR):
             body.update(session=self.session.id, user=self.session.user)
         body.update({k: v for k, v in fields.items() if v is not None})
         log.warning("alarm %s %s", code.value, {k: v for k, v in fields.items() if k not in ("user",)})
-        return self.ports.record(EventKind.ALARM, body)
+        return body
 
-    def _unknown(self, epc: str, why: str, **fields: Any) -> None:
+    def _alarm(self, code: AlarmCode, **fields: Any) -> None:
+        self._record_together([(EventKind.ALARM, self._alarm_body(code, **fields))])
+
+    def _count_events(self, result: CountResult, now: float) -> list[Recordable]:
+        """The item events and alarms of one count; links to wait for a patient are noted here."""
+        sess = self.session
+        taker = sess.user if sess else None
+        is_restock = sess is not None and sess.role is Role.RESTOCKER
+        events: list[Recordable] = []
+        for epc in sorted(result.taken):
+            sg = self._decode(epc)
+            if sg is None:
+                continue
+            events.append((EventKind.TAKEN, self._item_body(epc, sg)))
+            if sess is not None and not is_restock:
+                self.pending_links[sg.item_key] = PendingLink(now + self.timings.link_within_s, sess.id,
+                                                              taker, epc)
+        added_kind = EventKind.RESTOCKED if is_restock else EventKind.RETURNED
+        for epc in sorted(result.added):
+            sg = self._decode(epc)
+            if sg is None:
+                events += self._unknown(epc, "not an SGTIN-96 EPC")
+                continue
+            if not self.catalog.knows_gtin(sg.gtin):
+                events += self._unknown(epc, "GTIN not in the catalogue", gtin=sg.gtin)
+            self.pending_links.pop(sg.item_key, None)
+            events.append((added_kind, self._item_body(epc, sg)))
+        if result.unconfirmed:
+            events.append((EventKind.ALARM,
+                           self._alarm_body(AlarmCode.COUNT_INCOMPLETE, unconfirmed=len(result.unconfirmed))))
+        return events
+
+    def _unknown(self, epc: str, why: str, **fields: Any) -> list[Recordable]:
         if epc in self._unknown_alarmed:
-            return
+            return []
         self._unknown_alarmed.add(epc)
-        self._alarm(AlarmCode.UNKNOWN_TAG, epc=epc, detail=why, **fields)
+        return [(EventKind.ALARM, self._alarm_body(AlarmCode.UNKNOWN_TAG, epc=epc, detail=why, **fields))]
 
     def _decode(self, epc: str) -> Sgtin | None:
         if epc not in self._epc_cache:
@@ -403,18 +547,22 @@ class Cabinet:
                 body["expiry"] = facts.expiry.isoformat()
         return {k: v for k, v in body.items() if v is not None}
 
-    def _check_expiry(self, now: float, *, force: bool = False) -> None:
+    def _expiry_alarms(self, now: float, *, force: bool = False) -> list[Recordable]:
+        """Alarms for items in stock that expired since the last check (each item once)."""
         if not force and now < self._next_expiry_check:
-            return
+            return []
         self._next_expiry_check = now + self.timings.expiry_check_s
         keys = [sg.item_key for sg in (self._decode(e) for e in self.inventory) if sg is not None]
+        alarms: list[Recordable] = []
         for facts in self.catalog.expired(keys, self._today()):
             key = (facts.gtin, facts.serial)
             if key in self._expired_alarmed:
                 continue
             self._expired_alarmed.add(key)
-            self._alarm(AlarmCode.EXPIRED_IN_STOCK, gtin=facts.gtin, serial=facts.serial, lot=facts.lot,
-                        expiry=facts.expiry.isoformat() if facts.expiry else None)
+            alarms.append((EventKind.ALARM, self._alarm_body(
+                AlarmCode.EXPIRED_IN_STOCK, gtin=facts.gtin, serial=facts.serial, lot=facts.lot,
+                expiry=facts.expiry.isoformat() if facts.expiry else None)))
+        return alarms
 
 
 def _new_id() -> str:

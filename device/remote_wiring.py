@@ -62,7 +62,6 @@ import json
 import logging
 import math
 import os
-import secrets
 import threading
 import time
 import tomllib
@@ -323,29 +322,7 @@ class CabinetRemote:
 
     def _unlock_on_loop(self, cmd: SignedCommand, seconds: float) -> None:
         """Cabinet loop thread: a session for the remote requester, as a badge grant would open."""
-        from device.cabinet.session import SessionState, Signal, UserSession
-
-        cab = self.agent.cabinet
-        now = time.monotonic()
-        base = {"dept": cab.dept, "via": "remote", "seq": cmd.seq}
-        if cab.lockdown is not None:
-            cab.ports.record(EventKind.ACCESS, {"result": "refused", **base, "reason": "lockdown",
-                                                "user": cmd.requested_by})
-            cab.ports.signal(Signal.REFUSED)
-            return
-        if cab.state is not SessionState.IDLE:
-            cab.ports.record(EventKind.ACCESS, {"result": "refused", **base, "reason": "cabinet_busy",
-                                                "state": cab.state.value, "user": cmd.requested_by})
-            cab.ports.signal(Signal.REFUSED)
-            return
-        cab.session = UserSession("S" + secrets.token_hex(8), cmd.requested_by, None, None, now)
-        cab.ports.record(EventKind.ACCESS, {"result": "granted", **base, "session": cab.session.id,
-                                            "user": cmd.requested_by, "seconds": seconds})
-        granted = cab.ports.unlock(seconds)
-        # The session machine has no public entry for a grant without a badge; this mirrors Cabinet._grant.
-        cab._deadline = now + granted + cab.timings.door_grace_s
-        cab.state = SessionState.UNLOCKED
-        cab.ports.signal(Signal.GRANTED)
+        self.agent.cabinet.grant_remote(cmd.requested_by, seconds, time.monotonic(), via="remote", seq=cmd.seq)
 
     # ------------------------------------------------------------ lockdown
 
@@ -363,7 +340,7 @@ class CabinetRemote:
     def _lockdown_on_loop(self, cmd: SignedCommand, on: bool, reason: str) -> None:
         cab = self.agent.cabinet
         cab.set_lockdown(reason if on else None)
-        cab.ports.record(EventKind.ACCESS, {"type": "lockdown", "on": on, "reason": reason, "seq": cmd.seq,
+        cab.record(EventKind.ACCESS, {"type": "lockdown", "on": on, "reason": reason, "seq": cmd.seq,
                                             "by": cmd.requested_by, "dept": cab.dept})
         log.warning("device %s: lockdown %s by %s (command %d): %s", self.log.device, "on" if on else "off",
                     cmd.requested_by, cmd.seq, reason)

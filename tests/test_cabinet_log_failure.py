@@ -213,6 +213,31 @@ def test_grant_that_cannot_be_recorded_is_refused_and_the_door_stays_locked(
     assert cab.log.verify_chain() == []
 
 
+def test_remote_unlock_that_cannot_be_recorded_is_refused_and_leaves_no_session(
+        cab: SimCabinet, caplog: pytest.LogCaptureFixture) -> None:
+    disk = _disk(cab)
+    signals = _signals(cab)
+    disk.full = True
+    cab.agent.post(cab.agent.cabinet.grant_remote, "T0001", 2.0, time.monotonic())
+    assert _until(lambda: Signal.REFUSED in signals, 3.0)
+    assert cab.wait_state(SessionState.IDLE, 2.0)
+    assert cab.agent.cabinet.session is None  # a forced door later is not credited to the remote requester
+    assert cab.door.hand.try_open() is False
+    assert cab.factory.pin(LOCK_PIN).levels_since(0.0) == [False]
+    assert _handler_failures(caplog) == []
+    disk.heal()
+    refusal = cab.wait_event("access", timeout_s=3.0)
+    assert refusal is not None
+    assert (refusal.body["result"], refusal.body["reason"], refusal.body["user"]) == (
+        "refused", "log_unavailable", "T0001")
+    cab.agent.post(cab.agent.cabinet.grant_remote, "T0001", 2.0, time.monotonic())
+    assert cab.open_door()
+    cab.close_door()
+    assert [e.body["result"] for e in cab.events("access")] == [
+        "refused", "granted", "door_opened", "door_closed"]
+    assert cab.log.verify_chain() == []
+
+
 def test_door_events_that_cannot_be_recorded_are_recorded_once_in_order_and_the_count_still_happens(
         cab: SimCabinet, caplog: pytest.LogCaptureFixture) -> None:
     disk = _disk(cab)

@@ -428,6 +428,36 @@ class Cabinet:
 
     # ------------------------------------------------------------ helpers
 
+    def grant_remote(self, user: str, seconds: float, now: float, **fields: Any) -> bool:
+        """A signed remote unlock for ``user``: a session as a badge grant opens, committed before the unlock.
+
+        Refused (recorded, REFUSED signalled, False) under lockdown, when the
+        cabinet is not idle, or when the grant cannot be recorded.
+        """
+        if self.lockdown is not None or self.state is not SessionState.IDLE:
+            reason = "lockdown" if self.lockdown is not None else "cabinet_busy"
+            extra = {} if self.lockdown is not None else {"state": self.state.value}
+            self._access(AccessResult.REFUSED, reason=reason, user=user, **extra, **fields)
+            self.ports.signal(Signal.REFUSED)
+            return False
+        self.session = UserSession(_new_id(), user, None, None, now)
+        if not self._record_now(EventKind.ACCESS, self._access_body(AccessResult.GRANTED, user=user,
+                                                                     seconds=seconds, **fields)):
+            log.warning("remote unlock refused: the event log cannot record who opens the door")
+            self.session = None
+            self._access(AccessResult.REFUSED, reason="log_unavailable", user=user, **fields)
+            self.ports.signal(Signal.REFUSED)
+            return False
+        granted = self.ports.unlock(seconds)
+        self._deadline = now + granted + self.timings.door_grace_s
+        self.state = SessionState.UNLOCKED
+        self.ports.signal(Signal.GRANTED)
+        return True
+
+    def record(self, kind: EventKind, body: dict[str, Any]) -> None:
+        """Record an event from outside the state machine (e.g. a lockdown), in order behind anything held."""
+        self._record_together([(kind, body)])
+
     def _grant(self, entry: Badge, now: float) -> None:
         """Unlock for ``entry``, only once the grant is committed: no record of who opens, no opening."""
         self._pending_badge = None

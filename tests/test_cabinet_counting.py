@@ -182,3 +182,29 @@ def test_a_count_after_the_door_was_held_open_confirms_with_session_rounds(tmp_p
         assert c.events("returned") == []
     finally:
         c.stop()
+
+
+def test_one_lost_answer_to_the_idle_poll_is_not_an_offline_reader(tmp_path: Path) -> None:
+    from device.hal.rfid.reader import ReaderDisconnected, ReaderTimeout
+
+    c = SimCabinet(tmp_path, items=4).start()
+    try:
+        answers: list[Exception | None] = []
+        real = c.agent.reader.firmware_version
+
+        def flaky() -> object:
+            outcome = answers.pop(0) if answers else None
+            if outcome is not None:
+                raise outcome
+            return real()
+
+        c.agent.reader.firmware_version = flaky  # type: ignore[method-assign]
+        answers[:] = [ReaderTimeout("garbled"), ReaderTimeout("garbled")]
+        assert c.agent._poll_reader() is None  # the third try answers: online, no alarm
+        answers[:] = [ReaderTimeout("garbled")] * 3
+        assert c.agent._poll_reader() == "garbled"  # three in a row: offline
+        answers[:] = [ReaderDisconnected("port gone")]
+        assert c.agent._poll_reader() == "port gone"  # a vanished port is not retried
+        assert answers == []
+    finally:
+        c.stop()

@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 _AIM_PREFIX = re.compile(r"^\][A-Za-z][0-9A-Za-z]")
 WRISTBAND_HOLD_S = 120.0  # a wristband scan pairs with an item scanned within this time
 _TICK_S = 0.05
+POLL_ATTEMPTS = 3  # unanswered idle polls in a row before the reader is reported offline
+POLL_RETRY_S = 0.1
 
 
 class CabinetAgent:
@@ -305,11 +307,8 @@ class CabinetAgent:
                 job = self._count_jobs.get(timeout=rc.poll_s)
             except queue.Empty:
                 job = None
-                try:
-                    self.reader.firmware_version()
-                    report(True, "")
-                except ReaderError as err:
-                    report(False, err.message)
+                why_offline = self._poll_reader()
+                report(why_offline is None, why_offline or "")
                 continue
             if job is None:
                 return
@@ -326,6 +325,26 @@ class CabinetAgent:
                 report(True, "")
                 self.post(self._count_done, result, count_id)
                 break
+
+    def _poll_reader(self) -> str | None:
+        """Ask the idle reader for its firmware version: None if it answers, else why it is offline.
+
+        One lost or garbled answer on a noisy serial line is not an offline
+        reader: the poll is retried twice at once (a vanished port is final).
+        A reader is reported offline only when three polls in a row fail.
+        """
+        message = ""
+        for attempt in range(POLL_ATTEMPTS):
+            try:
+                self.reader.firmware_version()
+                return None
+            except ReaderDisconnected as err:
+                return err.message
+            except ReaderError as err:
+                message = err.message
+                if attempt + 1 < POLL_ATTEMPTS and self._stopping.wait(POLL_RETRY_S):
+                    break
+        return message
 
     def _count_done(self, result: Any, count_id: int) -> None:
         self.cabinet.on_count_done(result, count_id, time.monotonic())

@@ -324,7 +324,7 @@ class ChaosRun:
             h.his.wrong_control_id_next(1)
             r.his_wrong_ids += 1
         elif kind == "disk_fault":
-            dev = rng.choice(self._disk_fault_targets())
+            dev = rng.choice(list(self.domains))
             self._disk_faulted.add(dev)
             if rng.random() < 0.5:
                 self.domains[dev].fs.disk_full()
@@ -338,9 +338,6 @@ class ChaosRun:
             self.proxy.cut(blackhole=rng.random() < 0.5)
             r.network_cuts += 1
             heapq.heappush(restore, (now + rng.uniform(0.5, 3.0), seq, "network_up"))
-
-    def _disk_fault_targets(self) -> list[str]:
-        return [d for d in self.domains if d in self.devices]
 
     def _later(self, kind: str, now: float, seq: int) -> None:
         """A fault that cannot happen now (its target is already down) happens a little later."""

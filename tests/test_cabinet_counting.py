@@ -6,6 +6,8 @@ import datetime as dt
 import time
 from pathlib import Path
 
+import pytest
+
 from device.cabinet.session import SessionState
 from hw_sim.cabinet import SimCabinet, SimTaggedItem, make_items
 from hw_sim.udi_gen import make_udi
@@ -206,5 +208,32 @@ def test_one_lost_answer_to_the_idle_poll_is_not_an_offline_reader(tmp_path: Pat
         answers[:] = [ReaderDisconnected("port gone")]
         assert c.agent._poll_reader() == "port gone"  # a vanished port is not retried
         assert answers == []
+    finally:
+        c.stop()
+
+
+def test_a_count_that_loses_one_answer_is_counted_again_without_an_offline_alarm(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import device.cabinet.agent as cabinet_agent
+    from device.hal.rfid.reader import ReaderTimeout
+
+    real = cabinet_agent.count_stable
+    failures = [ReaderTimeout("no answer to command 0x74 within 0.3 s")]
+
+    def garbled_once(*args: object, **kw: object) -> object:
+        if failures:
+            raise failures.pop()
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    c = SimCabinet(tmp_path, items=12).start()
+    try:
+        monkeypatch.setattr(cabinet_agent, "count_stable", garbled_once)
+        c.badge("N0001")
+        assert c.open_door()
+        taken = c.take(1)
+        c.close_door()
+        assert failures == []
+        assert _items(c, "taken") == [(taken[0].epc, "N0001", "nurse")]
+        assert c.events("alarm") == []
     finally:
         c.stop()

@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 _AIM_PREFIX = re.compile(r"^\][A-Za-z][0-9A-Za-z]")
 WRISTBAND_HOLD_S = 120.0  # a wristband scan pairs with an item scanned within this time
 _TICK_S = 0.05
-POLL_ATTEMPTS = 3  # unanswered idle polls in a row before the reader is reported offline
+POLL_ATTEMPTS = 3  # failed idle polls (or counts) in a row before the reader is reported offline
 POLL_RETRY_S = 0.1
 
 
@@ -313,13 +313,18 @@ class CabinetAgent:
             if job is None:
                 return
             previous, count_id = job
+            failures = 0  # counts in a row the reader failed (an answer lost even after the reader's resend)
             while not self._stopping.is_set():
                 try:
                     result = count_stable(self.reader, previous, self.policy)
                 except ReaderError as err:
-                    report(False, err.message)
+                    failures += 1
                     if not isinstance(err, ReaderDisconnected):
                         self.reader.close()
+                        if failures < POLL_ATTEMPTS:  # one garbled answer: count again at once, no alarm
+                            self._stopping.wait(POLL_RETRY_S)
+                            continue
+                    report(False, err.message)
                     self._stopping.wait(rc.offline_retry_s)
                     continue
                 report(True, "")

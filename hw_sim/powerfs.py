@@ -468,6 +468,19 @@ def serve(backing: Path, mount: Path) -> int:
 # ---------------------------------------------------------------- the controller (caller side)
 
 
+def fuse_unavailable() -> str | None:
+    """Why a :class:`PowerLossFs` cannot be mounted on this machine, or None if it can (tests skip on a reason)."""
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing"
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        return "/dev/fuse is not readable and writable"
+    try:
+        import mfusepy  # noqa: F401
+    except (ImportError, OSError) as err:
+        return f"mfusepy/libfuse unavailable: {err}"
+    return None
+
+
 class PowerLossFs:
     """Mount ``backing_dir`` at ``mount_dir`` through the power-loss cache, in a child process."""
 

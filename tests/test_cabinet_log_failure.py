@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +16,7 @@ from device.cabinet.session import SessionState, Signal
 from device.eventlog import EventLog, LogWriteFailed
 from device.wire import Event
 from hw_sim.cabinet import LOCK_PIN, SimCabinet
+from hw_sim.powerfs import fuse_unavailable
 
 
 class FillableDisk:
@@ -398,17 +398,7 @@ def _alarms_while_the_log_fails(cab: SimCabinet, caplog: pytest.LogCaptureFixtur
 # ---------------------------------------------------------------- a real full disk
 
 
-def _fuse_usable() -> str | None:
-    if not os.path.exists("/dev/fuse"):
-        return "/dev/fuse is missing"
-    try:
-        import mfusepy  # noqa: F401
-    except (ImportError, OSError) as err:
-        return f"mfusepy/libfuse unavailable: {err}"
-    return None
-
-
-@pytest.mark.skipif(_fuse_usable() is not None, reason=str(_fuse_usable()))
+@pytest.mark.skipif(fuse_unavailable() is not None, reason=str(fuse_unavailable()))
 def test_cabinet_on_a_disk_that_fills_during_the_count_records_each_item_once_after_it_heals(tmp_path: Path) -> None:
     from hw_sim.powerfs import PowerLossFs
 

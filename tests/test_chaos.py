@@ -9,15 +9,12 @@ from pathlib import Path
 import pytest
 
 from hw_sim.chaos import ChaosConfig, ChaosRun
+from hw_sim.powerfs import fuse_unavailable
 
 pytestmark = pytest.mark.slow
 
 
-def _fuse_usable() -> bool:
-    return os.path.exists("/dev/fuse") and os.access("/dev/fuse", os.R_OK | os.W_OK)
-
-
-@pytest.mark.skipif(not _fuse_usable(), reason="simulated power cuts need /dev/fuse")
+@pytest.mark.skipif(fuse_unavailable() is not None, reason=f"simulated power cuts: {fuse_unavailable()}")
 def test_nothing_lost_doubled_or_invented_under_faults(tmp_path: Path) -> None:
     cfg = ChaosConfig(seed=int(os.environ.get("SPD_CHAOS_SEED", "20261123")))
     report = ChaosRun(tmp_path / "chaos", cfg, say=print).run()

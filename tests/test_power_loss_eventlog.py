@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 
 from device.eventlog import EventLog
+from hw_sim.powerfs import fuse_unavailable
 
 DEVICE = "cab-01"
 REPO = Path(__file__).resolve().parent.parent
@@ -37,17 +38,7 @@ FULL_CUTS = int(os.environ.get("SPD_POWER_CUTS", "20"))
 FULL_SEED = int(os.environ.get("SPD_POWER_SEED", "20250601"))
 
 
-def _fuse_usable() -> str | None:
-    if not os.path.exists("/dev/fuse"):
-        return "/dev/fuse is missing"
-    try:
-        import mfusepy  # noqa: F401
-    except (ImportError, OSError) as err:
-        return f"mfusepy/libfuse unavailable: {err}"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_fuse_usable() is not None, reason=str(_fuse_usable()))
+pytestmark = pytest.mark.skipif(fuse_unavailable() is not None, reason=str(fuse_unavailable()))
 
 
 class NormalSyncEventLog(EventLog):

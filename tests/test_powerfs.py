@@ -9,20 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from hw_sim.powerfs import PowerLossFs
+from hw_sim.powerfs import PowerLossFs, fuse_unavailable
 
-
-def _fuse_usable() -> str | None:
-    if not os.path.exists("/dev/fuse"):
-        return "/dev/fuse is missing"
-    try:
-        import mfusepy  # noqa: F401
-    except (ImportError, OSError) as err:
-        return f"mfusepy/libfuse unavailable: {err}"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_fuse_usable() is not None, reason=str(_fuse_usable()))
+pytestmark = pytest.mark.skipif(fuse_unavailable() is not None, reason=str(fuse_unavailable()))
 
 
 @pytest.fixture

@@ -508,7 +508,8 @@ class ChaosRun:
             if (cab["taken"], cab["added"]) != (cab["taken_recorded"], cab["added_recorded"]):
                 r.cabinet_inventory_mismatches.append(
                     f"{dev}: staff took {cab['taken']} and put in {cab['added']} items, the cabinet recorded "
-                    f"{cab['taken_recorded']} taken and {cab['added_recorded']} returned or restocked")
+                    f"{cab['taken_recorded']} taken and {cab['added_recorded']} returned or restocked; "
+                    f"first items that differ: {cab['moves_differ'][:3]}")
             if cab["inventory_missing"] or cab["inventory_extra"]:
                 r.cabinet_inventory_mismatches.append(f"{dev}: not counted {cab['inventory_missing'][:5]}, "
                                                       f"counted but not there {cab['inventory_extra'][:5]}")

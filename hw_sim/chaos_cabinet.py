@@ -73,6 +73,7 @@ class Shelves:
     given_up: int = 0
     next_serial: int = 0
     session: int = 0
+    moves: int = 0  # physical moves journalled (``<device>-moves.txt``)
     taken: int = 0  # items staff took out, over every run
     added: int = 0  # items staff put in (back unused, or new stock)
     corrupted_frames: int = 0  # reader frames sent with a flipped byte, over every run of the cabinet
@@ -89,7 +90,7 @@ class Shelves:
             unused={d["epc"]: _item(d) for d in doc["unused"]},
             attempts=dict(doc["attempts"]), used=int(doc["used"]), given_up=int(doc["given_up"]),
             next_serial=int(doc["next_serial"]), session=int(doc["session"]),
-            taken=int(doc["taken"]), added=int(doc["added"]),
+            moves=int(doc["moves"]), taken=int(doc["taken"]), added=int(doc["added"]),
             corrupted_frames=int(doc["corrupted_frames"]), garbage_bursts=int(doc["garbage_bursts"]),
         )
 
@@ -100,7 +101,7 @@ class Shelves:
             "unused": [_item_doc(i) for i in self.unused.values()],
             "attempts": self.attempts, "used": self.used, "given_up": self.given_up,
             "next_serial": self.next_serial, "session": self.session,
-            "taken": self.taken, "added": self.added,
+            "moves": self.moves, "taken": self.taken, "added": self.added,
             "corrupted_frames": self.corrupted_frames, "garbage_bursts": self.garbage_bursts,
         }
         tmp = path.with_name(path.name + ".tmp")
@@ -128,6 +129,7 @@ class ChaosCabinet:
             start = make_items(30, first_serial=base + 1, antennas=ANTENNAS, seed=seed)
             shelves = Shelves(inside={i.epc: i for i in start}, next_serial=base + 31)
         self.shelves = shelves
+        self._moves = open(world_dir / f"{device}-moves.txt", "a", encoding="ascii")  # noqa: SIM115
         self.clock = JumpingClock(random.Random(f"clock/{seed}/{device}")) if clock_jumps else None
         data_dir.mkdir(parents=True, exist_ok=True)
         self.log = EventLog(data_dir / f"{device}.db", device=device,
@@ -156,6 +158,13 @@ class ChaosCabinet:
         self._counted = (0, 0)
         if first_start:
             self._save()
+
+    def _moved(self, direction: str, *items: SimTaggedItem) -> None:
+        """Journal a physical move; it counts once the shelves holding it are saved (``n`` <= ``shelves.moves``)."""
+        for it in items:
+            self.shelves.moves += 1
+            self._moves.write(f"{self.shelves.moves} {direction} {it.epc}\n")
+        self._moves.flush()
 
     def _save(self) -> None:
         stats = self.cab.reader.stats
@@ -208,6 +217,7 @@ class ChaosCabinet:
         self.cab.add_new(new)
         self.shelves.inside.update({i.epc: i for i in new})
         self.shelves.added += len(new)
+        self._moved("in", *new)
         self._save()
         self._close()
 
@@ -215,16 +225,23 @@ class ChaosCabinet:
         self.cab.badge(self.rng.choice(["N0001", "N0002"]))
         if not self.cab.open_door():
             return
+        returned: set[str] = set()
         if self.shelves.unused and self.rng.random() < 0.5:
             epc = next(iter(self.shelves.unused))
             back = self.shelves.unused.pop(epc)
             self.cab.put_back([back])
             self.shelves.inside[epc] = back
             self.shelves.added += 1
+            self._moved("in", back)
             self._save()
-        for it in self.cab.take(min(self.rng.randint(1, 3), len(self.cab.inside))):
+            returned.add(epc)
+        # not the item just put back: put in and taken out within one opening, no count could see it (nor should)
+        choice = sorted(e for e in self.shelves.inside if e not in returned)
+        picked = self.rng.sample(choice, min(self.rng.randint(1, 3), len(choice)))
+        for it in self.cab.take(items=[self.shelves.inside[e] for e in picked]):
             del self.shelves.inside[it.epc]
             self.shelves.taken += 1
+            self._moved("out", it)
             if self.rng.random() < 0.15:
                 self.shelves.unused[it.epc] = it
             else:
@@ -268,11 +285,17 @@ class ChaosCabinet:
         believed = set(self.cab.agent.cabinet.inventory)
         actual = set(self.shelves.inside)
         recorded = {"taken": 0, "added": 0}
+        recorded_moves: dict[str, list[str]] = {}
         for ev in self.log.events(limit=10**9):
+            epc = ev.body.get("epc")
             if ev.kind == "taken":
                 recorded["taken"] += 1
+                recorded_moves.setdefault(str(epc), []).append("out")
             elif ev.kind in ("returned", "restocked"):
                 recorded["added"] += 1
+                recorded_moves.setdefault(str(epc), []).append("in")
+        physical = self._physical_moves()
+        differ = sorted(e for e in set(physical) | set(recorded_moves) if physical.get(e) != recorded_moves.get(e))
         return {
             "device": self.device, "events": self.log.last_seq, "backlog": self.log.backlog(),
             "drained": self.log.backlog() == 0, "sessions": self.shelves.session, "used": self.shelves.used,
@@ -280,11 +303,28 @@ class ChaosCabinet:
             "inventory_extra": sorted(believed - actual),
             "taken": self.shelves.taken, "taken_recorded": recorded["taken"],
             "added": self.shelves.added, "added_recorded": recorded["added"],
+            "moves_differ": [{"epc": e, "physical": physical.get(e, []), "recorded": recorded_moves.get(e, [])}
+                             for e in differ[:10]],
             "corrupted_frames": self.shelves.corrupted_frames,
             "garbage_bursts": self.shelves.garbage_bursts,
         }
 
+    def _physical_moves(self) -> dict[str, list[str]]:
+        """EPC -> its moves in and out, from the journal (a line counts if its shelves were saved; last one wins)."""
+        self._moves.flush()
+        by_n: dict[int, tuple[str, str]] = {}
+        for line in self.shelves_path.with_name(f"{self.device}-moves.txt").read_text(encoding="ascii").split("\n"):
+            parts = line.split()
+            if len(parts) == 3 and parts[0].isdigit() and int(parts[0]) <= self.shelves.moves:
+                by_n[int(parts[0])] = (parts[1], parts[2])
+        out: dict[str, list[str]] = {}
+        for n in sorted(by_n):
+            direction, epc = by_n[n]
+            out.setdefault(epc, []).append(direction)
+        return out
+
     def stop(self) -> None:
+        self._moves.close()
         self.cab.stop()
         self.sync.stop()
         self.log.close()

@@ -29,6 +29,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from device.durable import fsync_dir
 from device.udi.gs1 import is_valid_gtin
 
 log = logging.getLogger(__name__)
@@ -151,11 +152,7 @@ class CatalogCache:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
-            dir_fd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            fsync_dir(self.path.parent)
         except OSError as err:
             raise CatalogCacheIOError("write_failed", f"cannot write {self.path}: {err}") from err
 

@@ -29,6 +29,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from device.durable import fsync_dir
+
 log = logging.getLogger(__name__)
 
 PENDING_SUFFIX = ".new"
@@ -74,14 +76,6 @@ def _write(path: Path, data: bytes, mode: int) -> None:
     try:
         os.fchmod(fd, mode)
         os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -146,7 +140,7 @@ def rotate(files: CredentialFiles, *, name: str, url: str, timeout_s: float = 10
         pending_key.unlink(missing_ok=True)
         pending_cert.unlink(missing_ok=True)
         raise
-    _fsync_dir(files.cert_file.parent)
+    fsync_dir(files.cert_file.parent)
     finish_pending_swap(files)
     log.info("device %s: credentials rotated, certificate serial %x", name, cert.serial_number)
     return cert
@@ -161,7 +155,7 @@ def finish_pending_swap(files: CredentialFiles) -> bool:
     if pending_key.exists():
         os.replace(pending_key, files.key_file)
     os.replace(pending_cert, files.cert_file)
-    _fsync_dir(files.cert_file.parent)
+    fsync_dir(files.cert_file.parent)
     if files.key_file.parent != files.cert_file.parent:
-        _fsync_dir(files.key_file.parent)
+        fsync_dir(files.key_file.parent)
     return True

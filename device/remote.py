@@ -40,7 +40,6 @@ import binascii
 import hashlib
 import json
 import logging
-import os
 import sqlite3
 import threading
 import time
@@ -54,6 +53,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from device.durable import write_atomic
 from device.eventlog import EventLog
 from device.wire import EventKind, canonical
 
@@ -423,9 +423,4 @@ class DesiredState:
 
     def _write(self, comp: Component, doc: dict[str, Any]) -> None:
         path = self.directory / f"{comp.value}.json"
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(doc, f, ensure_ascii=False, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(doc, ensure_ascii=False, sort_keys=True).encode("utf-8"))

@@ -74,6 +74,7 @@ from device.cabinet.allowlist import AllowListError, parse_allowlist, write_allo
 from device.catalog_cache import CatalogCache, CatalogCacheError
 from device.config import ConfigError, DeviceConfig, RemoteConfig, load_config, parse_config
 from device.credentials import CredentialError, CredentialFiles, finish_pending_swap, rotate
+from device.durable import fsync_dir, write_atomic
 from device.eventlog import EventLog
 from device.remote import (
     CommandKind,
@@ -228,13 +229,7 @@ class LockdownStore:
         return doc if isinstance(doc, dict) and doc.get("on") is True else None
 
     def save(self, doc: dict[str, Any]) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(doc, f, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        _fsync(self.path)
+        write_atomic(self.path, json.dumps(doc, sort_keys=True).encode("utf-8"))
 
 
 # ---------------------------------------------------------------- the cabinet's command handlers
@@ -456,11 +451,7 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(path.parent)
 
 
 def x509_serial(cert_file: Path) -> str:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 import queue
 import re
 import threading
@@ -38,6 +37,7 @@ from device.cabinet.catalog import ItemCatalog, ItemKey
 from device.cabinet.config import CabinetConfig
 from device.cabinet.inventory import InventoryPolicy, count_stable
 from device.cabinet.session import Cabinet, PendingLink, Recordable, SessionState, Signal, Timings
+from device.durable import fsync_dir, write_atomic
 from device.eventlog import EventLog, LogWriteFailed
 from device.hal.door import DoorSensor
 from device.hal.indicator import BeepPattern, Buzzer, Indicator
@@ -78,7 +78,9 @@ class CabinetAgent:
         self.scan_policy = scan_policy
         self.log = eventlog
         self.data_dir = Path(data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not self.data_dir.exists():
+            self.data_dir.mkdir(parents=True)
+            fsync_dir(self.data_dir.parent)
         self.snapshot_path = self.data_dir / "inventory.json"
         self.on_committed = on_committed
         self.wristband_format = wristband_format or WristbandFormat.default()
@@ -106,6 +108,9 @@ class CabinetAgent:
         self.allowlist = AllowList(config.allowlist_file)
         self.catalog = ItemCatalog.load(config.catalog_file, config.items_file)
         inventory, self._snapshot_seq = self._load_inventory()
+        if not self.snapshot_path.exists() and self.log.last_seq > 0:
+            log.warning("no inventory snapshot but the event log holds %d events: the first count is a new baseline, "
+                        "and changes made while the controller was down are not recorded", self.log.last_seq)
         self.cabinet = Cabinet(
             _Ports(self), allowlist=self.allowlist, catalog=self.catalog, dept=config.dept,
             doors=[d.name for d in config.doors], inventory=inventory,
@@ -433,12 +438,8 @@ class CabinetAgent:
 
     def _save_inventory(self, inventory: Mapping[str, frozenset[int]], seq: int) -> None:
         seq = max(seq, self._snapshot_seq)
-        tmp = self.snapshot_path.with_name(self.snapshot_path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"seq": seq, "tags": {e: sorted(a) for e, a in sorted(inventory.items())}}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.snapshot_path)
+        doc = {"seq": seq, "tags": {e: sorted(a) for e, a in sorted(inventory.items())}}
+        write_atomic(self.snapshot_path, json.dumps(doc).encode("utf-8"))
         self._snapshot_seq = seq
 
     def _events_after(self, seq: int) -> list[Event]:

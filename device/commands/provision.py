@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from device.config import ConfigError, DeviceConfig, load_config, parse_config
+from device.durable import write_atomic
 from device.eventlog import EventLog
 from device.export import EventExport, write_export
 from device.sync import DeviceSync, TlsSettings
@@ -141,18 +142,6 @@ def _sha256() -> Any:
     return hashes.SHA256()
 
 
-def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------- config writing
 
 
@@ -209,7 +198,7 @@ def _write_config(config_path: Path, doc: dict[str, Any]) -> DeviceConfig:
     text = "# spd-device configuration, written by spd-device provision\n" + to_toml(doc)
     cfg = parse_config(tomllib.loads(text), source=str(config_path), base_dir=config_path.parent)
     check_identity_files(cfg)
-    _write(config_path, text.encode())
+    write_atomic(config_path, text.encode())
     return cfg
 
 
@@ -268,16 +257,16 @@ def _enrol_and_write(cfg_path: Path, *, url: str, token: str, ca_fingerprint: st
     ca_pem = fetch_pinned_ca(url, ca_fingerprint, timeout_s=timeout_s)
     key = _new_key()
     pending_key = etc / (KEY_FILE + ".new")
-    _write(pending_key, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()), 0o600)
+    write_atomic(pending_key, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                serialization.NoEncryption()), mode=0o600)
     answer = request_certificate(url, ca_pem, token, _csr(key, device), timeout_s=timeout_s)
     if answer.get("device") != device or answer.get("site") != site:
         raise EnrolmentFailed(f"the service enrolled {answer.get('site')}/{answer.get('device')}, "
                               f"not {site}/{device}")
     os.replace(pending_key, etc / KEY_FILE)
-    _write(etc / CERT_FILE, str(answer["cert"]).encode())
-    _write(etc / CA_FILE, ca_pem)
-    _write(etc / COMMAND_KEY_FILE, str(answer["command_key"]).encode())
+    write_atomic(etc / CERT_FILE, str(answer["cert"]).encode())
+    write_atomic(etc / CA_FILE, ca_pem)
+    write_atomic(etc / COMMAND_KEY_FILE, str(answer["command_key"]).encode())
     broker = answer.get("broker", {})
     doc: dict[str, Any] = {
         "device": {"id": device, "site": site, "kind": kind, "data_dir": str(data_dir)},

@@ -28,7 +28,6 @@ import argparse
 import datetime as dt
 import json
 import logging
-import os
 import random
 import sys
 import time
@@ -36,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from device.cabinet.session import SessionState
+from device.durable import write_atomic
 from device.eventlog import EventLog
 from device.sync import DeviceSync
 from device.wire import Event
@@ -104,12 +104,7 @@ class Shelves:
             "moves": self.moves, "taken": self.taken, "added": self.added,
             "corrupted_frames": self.corrupted_frames, "garbage_bursts": self.garbage_bursts,
         }
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(doc, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(doc).encode("utf-8"))
 
 
 class ChaosCabinet:

@@ -63,6 +63,7 @@ class ChaosConfig:
     gateway_kills: int = 20
     his_dropped_acks: int = 12
     his_outages: int = 5
+    his_long_outage_s: float = 20.0  # one outage this long (0: none); the outbox fills and drains after
     his_slow_periods: int = 3
     his_ae_answers: int = 5
     his_wrong_ids: int = 5
@@ -104,6 +105,8 @@ class ChaosReport:
     his_outages: int = 0
     his_slow_periods: int = 0
     his_ae_answers: int = 0
+    his_ar_answers: int = 0
+    his_long_outage_s: float = 0.0
     his_wrong_ids: int = 0
     clock_jumps_enabled: bool = True
     malformed_payloads: int = 0
@@ -248,6 +251,7 @@ class ChaosRun:
             "gateway_kill": c.gateway_kills,
             "his_drop_ack": c.his_dropped_acks,
             "his_outage": c.his_outages,
+            "his_long_outage": 1 if c.his_long_outage_s > 0 else 0,
             "his_slow": c.his_slow_periods,
             "his_ae": c.his_ae_answers,
             "his_wrong_id": c.his_wrong_ids,
@@ -313,13 +317,24 @@ class ChaosRun:
             h.his.go_down()
             r.his_outages += 1
             heapq.heappush(restore, (now + rng.uniform(1.0, 4.0), seq, "his_up"))
+        elif kind == "his_long_outage":
+            if not h.his.is_up:
+                self._later(kind, now, seq)
+                return
+            h.his.go_down()
+            r.his_long_outage_s = self.cfg.his_long_outage_s
+            heapq.heappush(restore, (now + self.cfg.his_long_outage_s, seq, "his_up"))
         elif kind == "his_slow":
             h.his.set_delay(2.5)  # beyond the gateway's 2 s timeout
             r.his_slow_periods += 1
             heapq.heappush(restore, (now + rng.uniform(1.0, 3.0), seq, "his_fast"))
         elif kind == "his_ae":
-            h.his.answer_next("AE", 1, "charge code under review")
-            r.his_ae_answers += 1
+            if rng.random() < 0.5:
+                h.his.answer_next("AE", 1, "charge code under review")
+                r.his_ae_answers += 1
+            else:
+                h.his.answer_next("AR", 1, "message rejected")
+                r.his_ar_answers += 1
         elif kind == "his_wrong_id":
             h.his.wrong_control_id_next(1)
             r.his_wrong_ids += 1
@@ -542,6 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gateway-kills", type=int, default=20)
     p.add_argument("--his-dropped-acks", type=int, default=12)
     p.add_argument("--network-cuts", type=int, default=10)
+    p.add_argument("--his-long-outage", type=float, default=20.0, help="seconds of one long HIS outage (0: none)")
     p.add_argument("--cabinets", type=int, default=2)
     p.add_argument("--cabinet-power", type=int, default=1, help="cabinets whose data directory can lose power")
     p.add_argument("--his-fault-scale", type=int, default=1,
@@ -553,7 +569,8 @@ def main(argv: list[str] | None = None) -> int:
         seed=a.seed, devices=a.devices, scans_per_device=a.scans_per_device, rate=a.rate,
         power_devices=a.power_devices, agent_kills=a.agent_kills, power_cuts=a.power_cuts,
         broker_kills=a.broker_kills, gateway_kills=a.gateway_kills, his_dropped_acks=a.his_dropped_acks,
-        network_cuts=a.network_cuts, cabinets=a.cabinets, cabinet_power=a.cabinet_power,
+        network_cuts=a.network_cuts, his_long_outage_s=a.his_long_outage, cabinets=a.cabinets,
+        cabinet_power=a.cabinet_power,
         his_outages=5 * a.his_fault_scale, his_slow_periods=3 * a.his_fault_scale,
         his_ae_answers=5 * a.his_fault_scale, his_wrong_ids=5 * a.his_fault_scale,
         settle_timeout_s=600.0 if a.scans_per_device > 5000 else 240.0,

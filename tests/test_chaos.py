@@ -25,6 +25,7 @@ def test_nothing_lost_doubled_or_invented_under_faults(tmp_path: Path) -> None:
     assert report.broker_kills >= 20
     assert report.gateway_kills >= 20
     assert report.his_dropped_acks >= 10
+    assert report.his_long_outage_s >= 20 and report.his_ae_answers > 0 and report.his_ar_answers > 0
     assert report.integrity_checks >= report.agent_kills + report.power_cuts
     assert report.integrity_failures == []
     assert (report.lost, report.lost_on_device, report.duplicated, report.invented) == (0, 0, 0, 0)

@@ -74,7 +74,7 @@ from device.cabinet.allowlist import AllowListError, parse_allowlist, write_allo
 from device.catalog_cache import CatalogCache, CatalogCacheError
 from device.config import ConfigError, DeviceConfig, RemoteConfig, load_config, parse_config
 from device.credentials import CredentialError, CredentialFiles, finish_pending_swap, rotate
-from device.durable import fsync_dir, write_atomic
+from device.durable import write_atomic
 from device.eventlog import EventLog
 from device.remote import (
     CommandKind,
@@ -430,7 +430,6 @@ class CabinetRemote:
         st = path.stat()
         if st.st_mtime_ns == before:  # rewritten within the file system's timestamp granularity: reload anyway
             os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
-        _fsync(path)
         allowlist = self.agent.allowlist
         allowlist.reload_if_changed()
         if allowlist.version != version:
@@ -442,16 +441,6 @@ class CabinetRemote:
         self.log.append(EventKind.ALARM.value, {
             "type": "component_refused", "component": name[:32], "version": version if isinstance(version, int)
             else None, "seq": cmd.seq, "reason": err.reason, "detail": err.message[:200]})
-
-
-def _fsync(path: Path) -> None:
-    """Make a file written by rename durable: the file, then its directory."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    fsync_dir(path.parent)
 
 
 def x509_serial(cert_file: Path) -> str:

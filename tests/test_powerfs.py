@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from device.durable import fsync_dir
 from hw_sim.powerfs import PowerLossFs, fuse_unavailable
 
 pytestmark = pytest.mark.skipif(fuse_unavailable() is not None, reason=str(fuse_unavailable()))
@@ -26,14 +27,6 @@ def _write(path: Path, data: bytes, *, fsync: bool, flags: int = os.O_CREAT | os
         os.write(fd, data)
         if fsync:
             os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -106,7 +99,7 @@ def test_open_with_truncate_is_not_durable_without_fsync(fs: PowerLossFs) -> Non
 def test_directory_fsync_persists_a_new_name_but_not_its_data(fs: PowerLossFs) -> None:
     f = fs.mount_dir / "new.txt"
     _write(f, b"not synced", fsync=False)
-    _fsync_dir(fs.mount_dir)
+    fsync_dir(fs.mount_dir)
     fs.power_cut()
     assert f.exists()
     assert f.read_bytes() == b""
@@ -120,7 +113,7 @@ def test_unlink_is_undone_unless_the_directory_is_synced(fs: PowerLossFs) -> Non
     fs.power_cut()
     assert a.read_bytes() == b"A"
     b.unlink()
-    _fsync_dir(fs.mount_dir)
+    fsync_dir(fs.mount_dir)
     fs.power_cut()
     assert not b.exists()
 
@@ -134,14 +127,14 @@ def test_synced_rename_keeps_the_durable_content_under_the_new_name(fs: PowerLos
     fs.power_cut()
     assert final.read_bytes() == b"v1" and tmp.read_bytes() == b"v2"
     os.rename(tmp, final)
-    _fsync_dir(fs.mount_dir)
+    fsync_dir(fs.mount_dir)
     fs.power_cut()
     assert final.read_bytes() == b"v2" and not tmp.exists()
 
 
 def test_new_directory_needs_a_sync_to_survive(fs: PowerLossFs) -> None:
     (fs.mount_dir / "kept").mkdir()
-    _fsync_dir(fs.mount_dir)
+    fsync_dir(fs.mount_dir)
     (fs.mount_dir / "lost").mkdir()
     fs.power_cut()
     assert sorted(p.name for p in fs.mount_dir.iterdir()) == ["kept"]

@@ -27,6 +27,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final
 
+from device.durable import write_atomic
+
 log = logging.getLogger(__name__)
 
 SCRYPT_N: Final = 2**14
@@ -194,6 +196,4 @@ def write_allowlist(path: str | Path, entries: list[Badge], *, version: int = 1)
     doc = {"version": version, "badges": [
         {"badge": b.badge, "user": b.user, "role": b.role.value, **({"pin_hash": b.pin_hash} if b.pin_hash else {})}
         for b in entries]}
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
-    os.replace(tmp, p)
+    write_atomic(p, json.dumps(doc, indent=1).encode("utf-8"))

@@ -26,6 +26,9 @@ from device.wire import GENESIS_HASH, Event, check_id, event_hash
 
 log = logging.getLogger(__name__)
 
+FAILURE_LOG_INTERVAL_S = 60.0
+"""While appends keep failing, one ERROR line at the first failure and then at most one per this interval."""
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS head (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -79,6 +82,11 @@ class EventLog:
         self.retention_s = retention_s
         self._clock = clock
         self._lock = threading.Lock()
+        # failed appends since the last success: callers retry (a cabinet every second), so a full disk
+        # must not write one ERROR per retry into the journal it shares the disk with
+        self._failures = 0
+        self._failing_since = 0.0
+        self._failure_logged_at = 0.0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -120,11 +128,32 @@ class EventLog:
             return []
         with self._lock:
             try:
-                return self._append_locked(ts, rows)
+                out = self._append_locked(ts, rows)
             except sqlite3.OperationalError as err:  # SQLITE_FULL, SQLITE_IOERR, SQLITE_BUSY past the timeout
-                log.error("event log %s: append failed: %s", self.path, err)
+                self._note_failure(err)
                 what = "event" if len(rows) == 1 else f"{len(rows)} events"
                 raise LogWriteFailed(f"{what} not recorded: {err}") from err
+            if self._failures:
+                log.warning("event log %s: writable again after %d failed appends over %.0f s",
+                            self.path, self._failures, time.monotonic() - self._failing_since)
+                self._failures = 0
+            return out
+
+    @property
+    def failing(self) -> int:
+        """Appends that failed since the last one that succeeded (0: the log is writable)."""
+        return self._failures
+
+    def _note_failure(self, err: sqlite3.OperationalError) -> None:
+        now = time.monotonic()
+        self._failures += 1
+        if self._failures == 1:
+            self._failing_since = self._failure_logged_at = now
+            log.error("event log %s: append failed: %s", self.path, err)
+        elif now - self._failure_logged_at >= FAILURE_LOG_INTERVAL_S:
+            self._failure_logged_at = now
+            log.error("event log %s: still failing (%d appends over %.0f s): %s",
+                      self.path, self._failures, now - self._failing_since, err)
 
     def _append_locked(self, ts: int, rows: list[tuple[str, str, dict[str, Any]]]) -> list[Event]:
         db = self._db

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import subprocess
 import sys
@@ -122,3 +123,44 @@ def test_disk_full_refuses_the_scan_records_nothing_and_recovers(tmp_path: Path)
     out = hh.scan_pair("ZY2026000001", udi.replace("S1", "S999"))
     assert out.accepted and out.event is not None and out.event.seq == log.last_seq
     assert [e.seq for e in log.events()] == list(range(1, log.last_seq + 1))
+
+
+def test_a_failing_log_writes_one_error_not_one_per_retry(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A cabinet retries every second while the disk is full: the journal gets one ERROR, then the recovery."""
+    from device.eventlog import LogWriteFailed
+
+    log = EventLog(tmp_path / "d.db", device="HH01")
+    log.append("consume", {"i": 0})
+    pages = log._db.execute("PRAGMA page_count").fetchone()[0]
+    log._db.execute(f"PRAGMA max_page_count = {pages}")
+    caplog.set_level(logging.INFO, logger="device.eventlog")
+    for _ in range(50):
+        with pytest.raises(LogWriteFailed):
+            log.append("consume", {"x": "y" * 100_000})
+    assert log.failing == 50
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "append failed" in errors[0].getMessage()
+    log._db.execute("PRAGMA max_page_count = 1073741823")
+    log.append("consume", {"i": 1})
+    assert log.failing == 0
+    recovered = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(recovered) == 1 and "writable again after 50 failed appends" in recovered[0]
+
+
+def test_a_long_failure_is_reminded_once_per_interval(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import device.eventlog as eventlog
+
+    log = EventLog(tmp_path / "d.db", device="HH01")
+    log.append("consume", {"i": 0})
+    log._db.execute(f"PRAGMA max_page_count = {log._db.execute('PRAGMA page_count').fetchone()[0]}")
+    now = [1000.0]
+    monkeypatch.setattr(eventlog.time, "monotonic", lambda: now[0])
+    caplog.set_level(logging.ERROR, logger="device.eventlog")
+    for _ in range(300):  # five minutes of one retry a second
+        with pytest.raises(eventlog.LogWriteFailed):
+            log.append("consume", {"x": "y" * 100_000})
+        now[0] += 1.0
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 + 4  # the first failure, then a reminder at 60, 120, 180, 240 s
+    assert "still failing (61 appends over 60 s)" in messages[1]

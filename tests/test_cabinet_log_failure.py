@@ -459,3 +459,28 @@ def test_inventory_snapshot_survives_a_power_cut_so_items_taken_while_down_are_r
         finally:
             again.stop()
             log.close()
+
+
+def test_refused_swipes_past_the_held_limit_are_counted_and_recorded_as_one(
+        cab: SimCabinet, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Someone badging again and again while the disk is full does not grow the cabinet's memory without end."""
+    import device.cabinet.session as session
+
+    monkeypatch.setattr(session, "HELD_LIMIT", 5)
+    disk = _disk(cab)
+    disk.full = True
+    for i in range(17):
+        cab.agent.scan_text(f"STRANGER{i:02d}")
+    assert _until(lambda: cab.agent.cabinet.unrecorded == 5 + 1, 3.0)
+    assert len(cab.agent.cabinet._unrecorded) == 5
+    assert any("only counted" in r.getMessage() for r in caplog.records)
+    disk.heal()
+    assert _until(lambda: cab.agent.cabinet.unrecorded == 0, 3.0)
+    refusals = cab.events("access")
+    assert [e.body["badge"] for e in refusals[:5]] == [f"STRANGER{i:02d}" for i in range(5)]
+    summary = refusals[5]
+    assert len(refusals) == 6 and summary.body["reason"] == "not_held"
+    assert summary.body["refusals"] == {"unknown_badge": 12}
+    assert summary.body["first_ms"] <= summary.body["last_ms"] == summary.ts_ms
+    assert _handler_failures(caplog) == []
+    assert cab.log.verify_chain() == []

@@ -155,6 +155,16 @@ class Timings:
     log_retry_s: float = 1.0  # how often events the log could not take are tried again
 
 
+HELD_LIMIT = 1000
+"""Entries the cabinet holds for a failing log before refused badge swipes are only counted.
+
+Everything else it holds is bounded by the physical world (a door opens only
+for a recorded grant, a count follows a door); refused swipes are not, so past
+this many held entries they are summed per reason and recorded as one refused
+access with ``refusals`` once the log takes writes again.
+"""
+
+
 @dataclass(slots=True)
 class _Unrecorded:
     """Events the log could not take yet: committed together, then ``then`` runs with them."""
@@ -197,6 +207,8 @@ class Cabinet:
         self._retry_at = 0.0
         self._log_failing = False
         self._held_count: int | None = None  # the count whose events wait for the log
+        self._refusals_not_held: dict[str, int] = {}  # reason -> refused swipes past HELD_LIMIT
+        self._refusals_span_ms: tuple[int, int] = (0, 0)
         self._doors_open: dict[str, float] = {}
         self._ajar_alarmed: dict[str, float] = {}
         self._door_names = list(doors)
@@ -356,7 +368,7 @@ class Cabinet:
 
     def tick(self, now: float) -> None:
         """Run timeouts and periodic checks; the loop calls this a few times a second."""
-        if self._unrecorded and now >= self._retry_at:
+        if (self._unrecorded or self._refusals_not_held) and now >= self._retry_at:
             self._retry_at = now + self.timings.log_retry_s
             self.record_unrecorded()
         if self.state is SessionState.AWAIT_PIN and now > self._deadline:
@@ -391,8 +403,8 @@ class Cabinet:
 
     @property
     def unrecorded(self) -> int:
-        """How many events wait for the log."""
-        return sum(len(u.events) for u in self._unrecorded)
+        """How many events wait for the log (refused swipes past :data:`HELD_LIMIT` wait as one)."""
+        return sum(len(u.events) for u in self._unrecorded) + (1 if self._refusals_not_held else 0)
 
     def record_unrecorded(self) -> bool:
         """Commit what the log could not take before, oldest first; True once nothing is left.
@@ -408,8 +420,9 @@ class Cabinet:
         count after it still runs. :meth:`tick` retries every
         ``timings.log_retry_s``; anything about to be recorded, a grant, or a
         wristband + item scan at the cabinet tries first. Entries keep the time
-        they happened. The queue lives in memory: a restart loses it, and the
-        start-up count then records the items of a lost count unattributed.
+        they happened. The queue lives in memory, bounded by :data:`HELD_LIMIT`:
+        a restart loses it, and the start-up count then records the items of a
+        lost count unattributed.
         """
         while self._unrecorded:
             held = self._unrecorded[0]
@@ -421,6 +434,8 @@ class Cabinet:
             self._unrecorded.popleft()
             if held.then is not None:
                 held.then(evs)
+        if self._refusals_not_held and not self._record_refusal_summary():
+            return False
         if self._log_failing:
             self._log_failing = False
             log.warning("event log writable again: held events recorded")
@@ -508,7 +523,32 @@ class Cabinet:
         return body
 
     def _access(self, result: AccessResult, **fields: Any) -> None:
+        if result is AccessResult.REFUSED and len(self._unrecorded) >= HELD_LIMIT:
+            self._count_refusal(str(fields.get("reason", "unknown")))
+            return
         self._record_together([(EventKind.ACCESS, self._access_body(result, **fields))])
+
+    def _count_refusal(self, reason: str) -> None:
+        now_ms = self._wall_ms()
+        if not self._refusals_not_held:
+            log.warning("%d events wait for the event log: further refused badge swipes are only counted",
+                        len(self._unrecorded))
+            self._refusals_span_ms = (now_ms, now_ms)
+        self._refusals_not_held[reason] = self._refusals_not_held.get(reason, 0) + 1
+        self._refusals_span_ms = (self._refusals_span_ms[0], now_ms)
+
+    def _record_refusal_summary(self) -> bool:
+        """Record the swipes counted while the queue was full as one refused access; True once recorded."""
+        first_ms, last_ms = self._refusals_span_ms
+        body = self._access_body(AccessResult.REFUSED, reason="not_held", refusals=dict(self._refusals_not_held),
+                                 first_ms=first_ms, last_ms=last_ms)
+        try:
+            self.ports.record_many([(EventKind.ACCESS, body)], ts_ms=last_ms)
+        except LogWriteFailed as err:
+            self._note_log_failing(err)
+            return False
+        self._refusals_not_held = {}
+        return True
 
     def _alarm_body(self, code: AlarmCode, **fields: Any) -> dict[str, Any]:
         body: dict[str, Any] = {"alarm": code.value, "dept": self.dept}

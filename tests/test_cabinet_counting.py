@@ -237,3 +237,13 @@ def test_a_count_that_loses_one_answer_is_counted_again_without_an_offline_alarm
         assert c.events("alarm") == []
     finally:
         c.stop()
+
+
+def test_the_not_linked_deadline_rebuilt_after_a_restart_is_clamped_against_clock_steps() -> None:
+    from device.cabinet.agent import link_deadline
+
+    taken_ms, within = 1_700_000_000_000, 1800.0
+    wall = taken_ms / 1000
+    assert link_deadline(taken_ms, within, wall=wall + 600, mono=50.0) == 50.0 + 1200  # 10 min gone, 20 left
+    assert link_deadline(taken_ms, within, wall=wall - 86400, mono=50.0) == 50.0 + within  # clock set back a day
+    assert link_deadline(taken_ms, within, wall=wall + 86400, mono=50.0) == 50.0  # clock set forward: due now

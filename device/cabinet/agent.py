@@ -60,6 +60,18 @@ POLL_ATTEMPTS = 3  # failed idle polls (or counts) in a row before the reader is
 POLL_RETRY_S = 0.1
 
 
+def link_deadline(taken_ms: int, within_s: float, *, wall: float, mono: float) -> float:
+    """The monotonic deadline of a taken item's not-linked alarm, rebuilt after a restart from its wall-clock time.
+
+    Only the wall clock spans a restart, and it may have stepped meanwhile
+    (NTP after a flat RTC battery): the time left is clamped to ``[0,
+    within_s]``, so a clock set back cannot postpone the alarm beyond a full
+    period from now, and one set forward fires it at once rather than never.
+    """
+    left = taken_ms / 1000 + within_s - wall
+    return mono + min(max(left, 0.0), within_s)
+
+
 class CabinetAgent:
     """One cabinet controller. ``start()`` brings it up, ``stop()`` drains the loop and releases the hardware."""
 
@@ -459,7 +471,7 @@ class CabinetAgent:
         for ev in self._events_after(0):
             body = ev.body
             if ev.kind == EventKind.TAKEN and body.get("role") != "restocker" and "gtin" in body:
-                deadline = mono + (ev.ts_ms / 1000 + self.config.alarms.link_within_s - wall)
+                deadline = link_deadline(ev.ts_ms, self.config.alarms.link_within_s, wall=wall, mono=mono)
                 pending[(body["gtin"], body["serial"])] = PendingLink(deadline, str(body.get("session")),
                                                                      body.get("user"), str(body.get("epc")))
             elif ev.kind in (EventKind.RETURNED, EventKind.RESTOCKED) and "gtin" in body:

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
-from types import TracebackType
 
 import hl7  # python-hl7: the simulator reads messages with a parser that is not the gateway's
 
 from gateway.his.ack import AckCode, build_ack
 from gateway.his.mllp import MllpDecoder, MllpError, frame_text
+from hw_sim.his_base import SimulatedHisBase
 from hw_sim.his_runner import serve_until_stopped
 
 logger = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ class _Refusal(Exception):
         self.text = text
 
 
-class SimulatedHis:
+class SimulatedHis(SimulatedHisBase):
     """An MLLP listener on 127.0.0.1 that books charges like a HIS and de-duplicates resends.
 
     Every message is recorded in `received`; a DFT^P03 is booked in `charges` once per FT1-2
@@ -163,6 +163,8 @@ class SimulatedHis:
     Fault controls may be called from any thread while it runs.  One thread accepts, one thread
     serves each connection; the SQLite connection is shared under one lock.
     """
+
+    kind = "HIS (MLLP)"
 
     def __init__(
         self,
@@ -172,94 +174,45 @@ class SimulatedHis:
         port: int = 0,
         encoding: str = "utf-8",
     ) -> None:
-        self.host = host
+        super().__init__(db_path, host=host, port=port)
         self.encoding = encoding
-        self._requested_port = port
-        self._port: int | None = None
-        self._db_path = Path(db_path)
-        self._lock = threading.Lock()
-        self._db: sqlite3.Connection | None = None
         self._listener: socket.socket | None = None
         self._accept_thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
         self._threads: set[threading.Thread] = set()
-        self._down = threading.Event()
         self._forced: deque[tuple[AckCode, str]] = deque()
-        self._rejected_codes: set[str] = set()
-        self._drop_after_store = 0
-        self._wrong_id_next = 0
-        self._delay_s = 0.0
         self._ack_seq = 0
         self._acks_sent = 0
         self._acks_dropped = 0
-        self._rejected = 0
-        self._wrong_ids_sent = 0
-        self._connections_accepted = 0
 
     # -- life cycle -----------------------------------------------------------------
 
-    @property
-    def port(self) -> int:
-        """The TCP port it listens on (chosen at the first `start` when created with port 0)."""
-        if self._port is None:
-            raise SimulatedHisStateError("not_started", "the simulated HIS has not been started")
-        return self._port
+    def _not_started(self, message: str) -> Exception:
+        return SimulatedHisStateError("not_started", message)
+
+    def _open(self, db: sqlite3.Connection) -> None:
+        db.executescript(_SCHEMA)
 
     @property
     def is_up(self) -> bool:
         """True while it accepts connections."""
         return self._listener is not None
 
-    def start(self) -> SimulatedHis:
-        """Open the database and start listening."""
-        if self._db is None:
-            self._db = sqlite3.connect(self._db_path, check_same_thread=False, isolation_level=None)
-            # the simulator's records survive its process crashing (WAL); it is never power-cut
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
-        self.come_up()
-        return self
-
-    def stop(self) -> None:
-        """Stop listening, drop every connection, join the threads and close the database."""
-        self.go_down()
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-
-    def __enter__(self) -> SimulatedHis:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    def come_up(self) -> None:
-        """Listen again, on the same port as before."""
-        if self._db is None:
-            raise SimulatedHisStateError("not_started", "call start() first")
-        if self._listener is not None:
-            return
+    def _listen(self) -> int:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((self.host, self._port if self._port is not None else self._requested_port))
         listener.listen(16)
         listener.settimeout(_POLL_S)
-        self._port = listener.getsockname()[1]
-        self._down.clear()
+        port = int(listener.getsockname()[1])
         self._listener = listener
         self._accept_thread = threading.Thread(
-            target=self._accept_loop, args=(listener,), name=f"his-sim-accept-{self._port}", daemon=True
+            target=self._accept_loop, args=(listener,), name=f"his-sim-accept-{port}", daemon=True
         )
         self._accept_thread.start()
-        logger.info("simulated HIS listening on %s:%d", self.host, self._port)
+        return port
 
-    def go_down(self) -> None:
-        """Stop listening and drop every open connection (a HIS outage)."""
-        self._down.set()
+    def _unlisten(self) -> bool:
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.close()
@@ -273,14 +226,13 @@ class SimulatedHis:
             _shutdown(conn)
         for thread in threads:
             thread.join(timeout=5)
-        logger.info("simulated HIS down")
+        return listener is not None
 
     # -- fault controls -------------------------------------------------------------
 
     def drop_acks_after_store(self, n: int) -> None:
         """Book the next `n` charges (more, if drops are already pending), then close without answering."""
-        with self._lock:
-            self._drop_after_store += n
+        self._drop_after_store_more(n)
 
     def answer_next(self, code: str, n: int = 1, text: str = "") -> None:
         """Answer the next `n` messages with `code` (e.g. AE, AR) and `text`, booking nothing."""
@@ -288,20 +240,9 @@ class SimulatedHis:
         with self._lock:
             self._forced.extend([(ack_code, text)] * n)
 
-    def reject_charge_codes(self, codes: set[str] | frozenset[str]) -> None:
-        """Answer AE (unknown key identifier) to every charge with one of these charge codes."""
-        with self._lock:
-            self._rejected_codes = set(codes)
-
-    def set_delay(self, seconds: float) -> None:
-        """Wait this long after booking before answering (a slow HIS)."""
-        with self._lock:
-            self._delay_s = max(0.0, seconds)
-
     def wrong_control_id_next(self, n: int) -> None:
         """Book the next `n` charges (more, if some are already pending) but echo a wrong control id in MSA-2."""
-        with self._lock:
-            self._wrong_id_next += n
+        self._wrong_id_more(n)
 
     # -- read side ------------------------------------------------------------------
 
@@ -546,11 +487,6 @@ class SimulatedHis:
     def _record(self, dft: _Dft | None, raw: str, received_at: str, answer: str) -> None:
         with self._lock:
             self._insert_received(dft, raw, received_at, answer)
-
-    def _require_db(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise SimulatedHisStateError("not_started", "the simulated HIS database is not open")
-        return self._db
 
 
 def _read_dft(text: str) -> _Dft:

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
+from hw_sim.his_base import SimulatedHisBase
 from hw_sim.his_runner import serve_until_stopped
 
 logger = logging.getLogger(__name__)
@@ -182,138 +182,83 @@ class _Refusal(Exception):
         self.answer = _Answer(status, {"error": error, "message": message})
 
 
-class SimulatedHttpHis:
+class SimulatedHttpHis(SimulatedHisBase):
     """An HTTP listener on 127.0.0.1 that books charges like a HIS and de-duplicates resends by charge id.
 
     Fault controls may be called from any thread while it runs.  One thread accepts, one thread serves
     each connection; the SQLite connection is shared under one lock.
     """
 
+    kind = "HIS (HTTP)"
+
     def __init__(
         self, db_path: str | Path, *, host: str = "127.0.0.1", port: int = 0, token: str | None = None
     ) -> None:
-        self.host = host
+        super().__init__(db_path, host=host, port=port)
         self.token = token
-        self._requested_port = port
-        self._port: int | None = None
-        self._db_path = Path(db_path)
-        self._lock = threading.Lock()
-        self._db: sqlite3.Connection | None = None
         self._server: _Server | None = None
         self._serve_thread: threading.Thread | None = None
-        self._down = threading.Event()
         self._forced: deque[_Answer] = deque()
-        self._rejected_codes: set[str] = set()
-        self._drop_after_store = 0
-        self._wrong_id_next = 0
-        self._delay_s = 0.0
         self._ref_seq = 0
         self._responses_sent = 0
         self._responses_dropped = 0
-        self._rejected = 0
-        self._wrong_ids_sent = 0
-        self._connections_accepted = 0
 
     # -- life cycle -----------------------------------------------------------------
-
-    @property
-    def port(self) -> int:
-        """The TCP port it listens on (chosen at the first `start` when created with port 0)."""
-        if self._port is None:
-            raise SimulatedHttpHisStateError("not_started", "the simulated HIS has not been started")
-        return self._port
 
     @property
     def url(self) -> str:
         """The base URL to configure the adapter with."""
         return f"http://{self.host}:{self.port}/his/api"
 
+    def _not_started(self, message: str) -> Exception:
+        return SimulatedHttpHisStateError("not_started", message)
+
+    def _open(self, db: sqlite3.Connection) -> None:
+        db.executescript(_SCHEMA)
+        (count,) = db.execute("SELECT COUNT(*) FROM charges").fetchone()
+        self._ref_seq = int(count)
+
     @property
     def is_up(self) -> bool:
+        """True while it accepts connections."""
         return self._server is not None
 
-    def start(self) -> SimulatedHttpHis:
-        """Open the database and start listening."""
-        if self._db is None:
-            self._db = sqlite3.connect(self._db_path, check_same_thread=False, isolation_level=None)
-            self._db.executescript(_SCHEMA)
-            (count,) = self._db.execute("SELECT COUNT(*) FROM charges").fetchone()
-            self._ref_seq = int(count)
-        self.come_up()
-        return self
-
-    def stop(self) -> None:
-        """Stop listening, cut every connection and close the database."""
-        self.go_down()
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-
-    def __enter__(self) -> SimulatedHttpHis:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    def come_up(self) -> None:
-        """Listen again, on the same port as before."""
-        if self._db is None:
-            raise SimulatedHttpHisStateError("not_started", "call start() first")
-        if self._server is not None:
-            return
+    def _listen(self) -> int:
         server = _Server((self.host, self._port if self._port is not None else self._requested_port), self)
-        self._port = int(server.server_address[1])
-        self._down.clear()
+        port = int(server.server_address[1])
         self._server = server
         self._serve_thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"his-http-sim-{self._port}", daemon=True
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"his-http-sim-{port}", daemon=True
         )
         self._serve_thread.start()
-        logger.info("simulated HTTP HIS listening on %s:%d", self.host, self._port)
+        return port
 
-    def go_down(self) -> None:
-        """Stop listening and cut every open connection (a HIS outage)."""
-        self._down.set()
+    def _unlisten(self) -> bool:
         server, self._server = self._server, None
         if server is None:
-            return
+            return False
         server.shutdown()
         server.cut_connections()
         server.server_close()
         if self._serve_thread is not None:
             self._serve_thread.join()
             self._serve_thread = None
-        logger.info("simulated HTTP HIS down")
+        return True
 
     # -- fault controls -------------------------------------------------------------
 
     def drop_responses_after_store(self, n: int) -> None:
-        """Book the next `n` charges, then close their connection without answering."""
-        with self._lock:
-            self._drop_after_store = n
+        """Book the next `n` charges (more, if drops are already pending), then close their connection unanswered."""
+        self._drop_after_store_more(n)
 
     def answer_next(self, status: int, n: int = 1, *, error: str = "forced", message: str = "") -> None:
         """Answer the next `n` requests with this HTTP status and error body, booking nothing."""
         with self._lock:
             self._forced.extend([_Answer(status, {"error": error, "message": message})] * n)
 
-    def reject_charge_codes(self, codes: set[str] | frozenset[str]) -> None:
-        """Answer 422 ``unknown_charge_code`` to every charge with one of these charge codes."""
-        with self._lock:
-            self._rejected_codes = set(codes)
-
-    def set_delay(self, seconds: float) -> None:
-        """Wait this long after booking before answering (a slow HIS)."""
-        with self._lock:
-            self._delay_s = max(0.0, seconds)
-
     def wrong_charge_id_next(self, n: int) -> None:
-        """Book the next `n` charges but echo another charge id in the answer."""
-        with self._lock:
-            self._wrong_id_next = n
+        """Book the next `n` charges (more, if some are already pending) but echo another charge id."""
+        self._wrong_id_more(n)
 
     # -- read side ------------------------------------------------------------------
 
@@ -459,11 +404,6 @@ class SimulatedHttpHis:
             "INSERT INTO received (charge_id, status, answer, raw, received_at) VALUES (?, ?, ?, ?, ?)",
             (charge_id, answer.status, label, raw, received_at),
         )
-
-    def _require_db(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise SimulatedHttpHisStateError("not_started", "the simulated HIS database is not open")
-        return self._db
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -78,7 +78,8 @@ def _revoke(a: argparse.Namespace) -> int:
         AuditLog(store).record(_actor(a), AuditAction.CERT_REVOKED, device=a.device, reason=a.reason, count=n)
         store.close()
     print(f"revoked {n} certificate(s) of {a.device}; CRL written to {ca.crl_path}. "
-          "Reload the broker (systemctl reload mosquitto) for it to take effect.")
+          "Copy it to the broker and restart it (systemctl restart mosquitto): Mosquitto reads the CRL "
+          "only at start-up, and a revoked device already connected stays connected until then.")
     return 0
 
 
@@ -86,7 +87,8 @@ def _crl(a: argparse.Namespace) -> int:
     from gateway.pki import SiteCA
 
     path = SiteCA.load(a.ca_dir).write_crl(valid_days=a.valid_days)
-    print(f"CRL written to {path}, valid {a.valid_days} days; copy it to the broker and reload it")
+    print(f"CRL written to {path}, valid {a.valid_days} days; copy it to the broker and restart it "
+          "(systemctl restart mosquitto: Mosquitto reads the CRL only at start-up)")
     return 0
 
 

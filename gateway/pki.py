@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from device.durable import write_atomic
 from device.wire import ID_PATTERN
 
 log = logging.getLogger(__name__)
@@ -122,15 +123,7 @@ def write_private_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_atomic(path, data, mode=0o600)
 
 
 def make_csr(key: ec.EllipticCurvePrivateKey, name: str) -> bytes:
@@ -184,7 +177,7 @@ class SiteCA:
         key = generate_key()
         cert = cls._self_signed(key, site, valid_days)
         write_private_key(d / "ca.key", key)
-        (d / "ca.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        write_atomic(d / "ca.crt", cert.public_bytes(serialization.Encoding.PEM))
         ca = cls(d, key, cert)
         ca.write_crl()
         log.info("site CA created for %s in %s (fingerprint %s)", site, d, ca.fingerprint)
@@ -387,11 +380,12 @@ class SiteCA:
         return builder.sign(self._key, hashes.SHA256())
 
     def write_crl(self, *, valid_days: int = 30) -> Path:
-        """Write ``crl.pem`` atomically. The broker must be reloaded to see it; renew it before it expires."""
+        """Write ``crl.pem`` atomically and durably (a power cut cannot bring back the CRL before a revocation).
+
+        The broker must be restarted to see it; renew it before it expires.
+        """
         crl = self.build_crl(valid_days=valid_days)
-        tmp = self.crl_path.with_suffix(".tmp")
-        tmp.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
-        os.replace(tmp, self.crl_path)
+        write_atomic(self.crl_path, crl.public_bytes(serialization.Encoding.PEM))
         return self.crl_path
 
     # ------------------------------------------------------------ verification

@@ -130,7 +130,7 @@ def test_revoked_certificate_is_refused_once_the_broker_loads_the_crl(
     assert before.connected
     before.close()
     assert secure.ca.revoke_name("CAB09") == 1
-    secure.restart()  # production: systemctl reload mosquitto after the CRL changes
+    secure.restart()  # production: systemctl restart mosquitto after the CRL changes (SIGHUP does not reread it)
     after = probe(secure, lost, "CAB09")
     assert not after.connected
     after.close()

@@ -1,22 +1,27 @@
-"""The demo (``make demo``): handhelds scan while the broker, the gateway and the HIS fail; nothing is lost or doubled.
+"""The demo (``make demo``): handhelds and a cabinet work while the broker, the gateway, the HIS and the cabinet's
+controller fail; nothing is lost or doubled, and the cabinet's records match its shelves.
 
 Starts a private Mosquitto on a free loopback port, the simulated HIS, the
-gateway and several simulated handhelds as separate processes; part way
-through it kills and restarts the broker, kills the gateway with SIGKILL and
-restarts it, makes the HIS drop ACKs after storing charges and then go down
-for a while. It then waits for the system to settle, prints a readable
-summary, and as its last line one JSON object counted from the records of
-the devices, the gateway and the HIS.
+gateway, several simulated handhelds and a smart cabinet (the real cabinet
+agent on simulated pins with an R2000 reader on a pty, badged into by
+scripted nurses and a restocker) as separate processes; part way through it
+kills and restarts the broker, kills the gateway with SIGKILL and restarts
+it, kills the cabinet's controller and restarts it, makes the HIS drop ACKs
+after storing charges and then go down for a while. It then waits for the
+system to settle, prints a readable summary, and as its last line one JSON
+object counted from the records of the devices, the gateway and the HIS.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from hw_sim.harness import SpineHarness, summary_json
 
@@ -25,15 +30,30 @@ def _say(msg: str, t0: float) -> None:
     print(f"[{time.monotonic() - t0:6.1f}s] {msg}", flush=True)
 
 
-def run_demo(workdir: Path, *, handhelds: int, scans: int, rate: float, seed: int) -> int:
+def run_demo(workdir: Path, *, handhelds: int, scans: int, rate: float, seed: int, cabinets: int = 1) -> int:
     t0 = time.monotonic()
     h = SpineHarness(workdir, seed=seed)
+    cabinet_dir = workdir / "cabinets"
+    cabinet_ids = [f"CB{i:02d}" for i in range(1, cabinets + 1)]
+    until = 0.0  # wall-clock time the cabinets' staff stop: when the handhelds do
+
+    def start_cabinet(device: str) -> None:
+        h.start_cabinet(device, until_wall=until, data_dir=cabinet_dir / f"{device}-data", world_dir=cabinet_dir,
+                        extra_args=("--report", str(cabinet_dir / f"{device}-report.json"),
+                                    "--corrupt-rate", "0.02", "--garbage-rate", "0.01"))
+
     try:
         h.start()
         _say(f"broker on 127.0.0.1:{h.broker.port}, simulated HIS on 127.0.0.1:{h.his.port}, gateway started", t0)
+        until = time.time() + scans / rate
         for i in range(1, handhelds + 1):
             h.start_handheld(f"HH{i:02d}", scans=scans, rate=rate, garbage_rate=0.02)
         _say(f"{handhelds} handhelds scanning: {scans} scans each at {rate}/s (2% unreadable codes)", t0)
+        for dev in cabinet_ids:
+            start_cabinet(dev)
+        if cabinet_ids:
+            _say(f"{cabinets} cabinet(s) in use: nurses badge in, take items, scan wristband + item; a restocker "
+                 "refills (reader: 2% corrupted frames, 1% garbage)", t0)
 
         time.sleep(4)
         _say("fault: broker killed (SIGKILL); restarting in 2s", t0)
@@ -49,6 +69,13 @@ def run_demo(workdir: Path, *, handhelds: int, scans: int, rate: float, seed: in
         h.start_gateway()
         _say("gateway back", t0)
 
+        if cabinet_ids:
+            time.sleep(2)
+            _say(f"fault: cabinet controller {cabinet_ids[0]} killed (SIGKILL); restarting", t0)
+            h.cabinets[cabinet_ids[0]].kill()
+            start_cabinet(cabinet_ids[0])
+            _say("cabinet controller back: it recounts its shelves and resends what the gateway has not acked", t0)
+
         time.sleep(2)
         _say("fault: HIS stores the next 3 charges and drops their ACKs", t0)
         h.his.drop_acks_after_store(3)
@@ -60,17 +87,21 @@ def run_demo(workdir: Path, *, handhelds: int, scans: int, rate: float, seed: in
         _say("HIS back", t0)
 
         h.wait_handhelds(timeout_s=300)
-        _say("handhelds finished scanning and drained their logs; waiting for charges to settle", t0)
+        for dev in cabinet_ids:
+            h.cabinets[dev].wait(timeout=300)
+        _say("devices finished and drained their logs; waiting for charges to settle", t0)
         t = h.wait_settled(timeout_s=180)
         stats = h.his.stats()
     finally:
         h.close()
+    cabinet_reports = [_cabinet_report(cabinet_dir / f"{dev}-report.json") for dev in cabinet_ids]
+    cabinets_ok = all(r.get("drained") and _matches(r) for r in cabinet_reports)
 
     print()
     print("spd-edge demo summary")
     print("---------------------")
-    print(f"scans committed on handhelds (nurse told 'ok'): {t.scans}")
-    print(f"scans refused at the handheld with a reason:    {t.refused_at_scan}")
+    print(f"scans committed on devices (nurse told 'ok'):   {t.scans}")
+    print(f"scans refused at the device with a reason:      {t.refused_at_scan}")
     print(f"stored at the gateway:                          {t.stored}")
     print(f"charged at the HIS (unique charges):            {t.charged}")
     print(f"refused by the charging bridge:                 {t.refused_by_bridge}")
@@ -79,10 +110,37 @@ def run_demo(workdir: Path, *, handhelds: int, scans: int, rate: float, seed: in
     print(f"HIS messages received / resends recognised:     {t.his_messages_received} / {t.his_resends_recognised}")
     print(f"HIS ACKs dropped on purpose:                    {stats.acks_dropped}")
     print(f"hash-chain breaks:                              {t.chain_breaks}")
+    for dev, r in zip(cabinet_ids, cabinet_reports, strict=True):
+        if not r:
+            print(f"cabinet {dev}: NO FINAL REPORT (see {workdir / (dev + '.log')})")
+            continue
+        match = "records match the shelves" if _matches(r) else "RECORDS DIFFER FROM SHELVES"
+        print(f"cabinet {dev}: {r['sessions']} sessions, {r['used']} items scanned to a patient at it; "
+              f"staff took {r['taken']} items, put in {r['added']}; "
+              f"the cabinet recorded {r['taken_recorded']} taken, {r['added_recorded']} returned or restocked "
+              f"({r['corrupted_frames']} corrupted reader frames): {match}")
     print(f"LOST: {t.lost}   DUPLICATES: {t.duplicates}   INVENTED: {t.invented}")
     print(f"records kept in {workdir}")
-    print(summary_json(t))
-    return 0 if t.lost == 0 and t.duplicates == 0 and t.invented == 0 else 1
+    summary = json.loads(summary_json(t))
+    summary["cabinets"] = [{"device": dev, "sessions": r.get("sessions"), "records_match_shelves": _matches(r)}
+                           for dev, r in zip(cabinet_ids, cabinet_reports, strict=True)]
+    print(json.dumps(summary))
+    return 0 if t.lost == 0 and t.duplicates == 0 and t.invented == 0 and cabinets_ok else 1
+
+
+def _matches(r: dict[str, Any]) -> bool:
+    """The cabinet's inventory is its shelves, and it recorded every item staff took out or put in."""
+    return bool(r) and r["inventory_missing"] == [] and r["inventory_extra"] == [] and (
+        r["taken"], r["added"]) == (r["taken_recorded"], r["added_recorded"])
+
+
+def _cabinet_report(path: Path) -> dict[str, Any]:
+    """A cabinet process's final report (what its staff did and what it recorded), or {} if it wrote none."""
+    try:
+        doc: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return doc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,12 +148,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--handhelds", type=int, default=5)
     p.add_argument("--scans", type=int, default=300, help="scans per handheld")
     p.add_argument("--rate", type=float, default=15.0, help="scans per second per handheld")
+    p.add_argument("--cabinets", type=int, default=1, help="smart cabinets in use alongside the handhelds")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--workdir", type=Path, default=None)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     workdir = a.workdir or Path(tempfile.mkdtemp(prefix="spd-demo-"))
-    rc = run_demo(workdir, handhelds=a.handhelds, scans=a.scans, rate=a.rate, seed=a.seed)
+    rc = run_demo(workdir, handhelds=a.handhelds, scans=a.scans, rate=a.rate, seed=a.seed, cabinets=a.cabinets)
     sys.stdout.flush()
     return rc
 

@@ -317,12 +317,13 @@ class Cabinet:
         present = dict(self.inventory)
 
         def committed(evs: list[Event]) -> None:
-            self.ports.save_inventory(present, evs[-1].seq if evs else 0)
             if self._held_count == count_id:
                 self._held_count = None
             if count_id == self._count_id and self.state in (SessionState.COUNTING, SessionState.FAULT):
                 self.ports.signal(Signal.DONE)
                 self.state = SessionState.IDLE
+            # last: whoever sees the count reported (the agent's ``counts``) sees the session ended
+            self.ports.save_inventory(present, evs[-1].seq if evs else 0)
 
         if not self._record_together(events, then=committed):
             self._held_count = count_id

@@ -284,7 +284,8 @@ def _value(draw: st.DrawFn, ai: str) -> str:
     if ai in ("00", "01", "02"):
         return _with_check(draw(st.text(_DIGITS, min_size=spec.max_len - 1, max_size=spec.max_len - 1)))
     if ai == "253":
-        return _with_check(draw(st.text(_DIGITS, min_size=12, max_size=12))) + draw(st.text(_CSET82, max_size=17))
+        return _with_check(draw(st.text(_DIGITS, min_size=12, max_size=12))) + draw(
+            st.text(_CSET82, max_size=17).filter(lambda v: "<GS>" not in v))
     if ai == "8006":
         total = draw(st.integers(1, 99))
         piece = draw(st.integers(1, total))
@@ -295,7 +296,9 @@ def _value(draw: st.DrawFn, ai: str) -> str:
     if part.lint == "yymmd0":
         return draw(_yymmdd(day_zero=True))
     alphabet = _DIGITS if part.charset == "N" else _CSET82
-    return draw(st.text(alphabet, min_size=part.min_len, max_size=part.max_len))
+    # "<GS>" is all character-set-82 text, but the parser reads it as the separator some scanners send for
+    # FNC1 (DEFAULT_GS_ALIASES): a value holding it is ambiguous by design, so it is no valid element here
+    return draw(st.text(alphabet, min_size=part.min_len, max_size=part.max_len).filter(lambda v: "<GS>" not in v))
 
 
 @st.composite
@@ -371,3 +374,12 @@ def test_mutated_codes_raise_only_gs1_error(elements: list[tuple[str, str]], dat
         parse_gs1(mutated)
     except Gs1Error as err:
         assert err.reason in Gs1Reason
+
+
+def test_a_lot_spelling_the_gs_alias_reads_as_a_separator_unless_aliases_are_off() -> None:
+    """Found by the round-trip property: "<GS>" is valid lot text and also what some scanners send for FNC1."""
+    text = to_element_string([("01", "09506000134352"), ("10", "<GS>")])
+    with pytest.raises(Gs1Error) as err:
+        parse_gs1(text)
+    assert err.value.reason is Gs1Reason.FIELD_TOO_SHORT and err.value.ai == "10"
+    assert list(parse_gs1(text, gs_aliases=()).elements) == [("01", "09506000134352"), ("10", "<GS>")]

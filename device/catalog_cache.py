@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from device.durable import fsync_dir
+from device.durable import write_atomic
 from device.udi.gs1 import is_valid_gtin
 
 log = logging.getLogger(__name__)
@@ -143,16 +142,10 @@ class CatalogCache:
         return True
 
     def _write(self, doc: Mapping[str, Any]) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
         data = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-            fsync_dir(self.path.parent)
+            write_atomic(self.path, data)
         except OSError as err:
             raise CatalogCacheIOError("write_failed", f"cannot write {self.path}: {err}") from err
 

@@ -44,6 +44,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from device.eventlog import EventLog
+from hw_sim.chaos_cabinet import read_report, report_mismatches
 from hw_sim.harness import ManagedProcess, SpineHarness, Tally
 from hw_sim.netproxy import FaultProxy
 
@@ -512,22 +513,14 @@ class ChaosRun:
             elog.close()
         self._check_db("gateway at the end", h.gateway_db)
         for dev in self.cabinets:
-            rf = self.cabinet_dir / f"{dev}-report.json"
-            if not rf.exists():
+            cab = read_report(self.cabinet_dir / f"{dev}-report.json")
+            if cab is None:
                 r.cabinet_inventory_mismatches.append(f"{dev}: no final report")
                 continue
-            cab = json.loads(rf.read_text(encoding="utf-8"))
             r.cabinet_sessions += int(cab["sessions"])
             r.corrupted_frames += int(cab["corrupted_frames"])
             r.garbage_bursts += int(cab["garbage_bursts"])
-            if (cab["taken"], cab["added"]) != (cab["taken_recorded"], cab["added_recorded"]):
-                r.cabinet_inventory_mismatches.append(
-                    f"{dev}: staff took {cab['taken']} and put in {cab['added']} items, the cabinet recorded "
-                    f"{cab['taken_recorded']} taken and {cab['added_recorded']} returned or restocked; "
-                    f"first items that differ: {cab['moves_differ'][:3]}")
-            if cab["inventory_missing"] or cab["inventory_extra"]:
-                r.cabinet_inventory_mismatches.append(f"{dev}: not counted {cab['inventory_missing'][:5]}, "
-                                                      f"counted but not there {cab['inventory_extra'][:5]}")
+            r.cabinet_inventory_mismatches += report_mismatches(dev, cab)
         r.cabinet_scans = sum(1 for d, _ in on_device if d in self.cabinets)
         r.events = t.events
         r.events_not_stored = t.events_not_stored

@@ -33,6 +33,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from device.cabinet.session import SessionState
 from device.durable import write_atomic
@@ -47,6 +48,28 @@ log = logging.getLogger(__name__)
 ANTENNAS = (1, 2, 3, 4)
 RESTOCK_BELOW = 12
 SCAN_ATTEMPTS = 5  # a nurse whose scan is refused for a full disk tries again later; a few times
+
+
+def read_report(path: Path) -> dict[str, Any] | None:
+    """A cabinet process's final report (what its staff did and what it recorded), or None if it wrote none."""
+    try:
+        doc: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc
+
+
+def report_mismatches(device: str, report: dict[str, Any]) -> list[str]:
+    """How a cabinet's records differ from its shelves, from its final report; [] when they match item by item."""
+    out: list[str] = []
+    if (report["taken"], report["added"]) != (report["taken_recorded"], report["added_recorded"]):
+        out.append(f"{device}: staff took {report['taken']} and put in {report['added']} items, the cabinet recorded "
+                   f"{report['taken_recorded']} taken and {report['added_recorded']} returned or restocked; "
+                   f"first items that differ: {report['moves_differ'][:3]}")
+    if report["inventory_missing"] or report["inventory_extra"]:
+        out.append(f"{device}: not counted {report['inventory_missing'][:5]}, "
+                   f"counted but not there {report['inventory_extra'][:5]}")
+    return out
 
 
 def _item_doc(it: SimTaggedItem) -> dict[str, object]:

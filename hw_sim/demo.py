@@ -21,8 +21,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
+from hw_sim.chaos_cabinet import read_report, report_mismatches
 from hw_sim.harness import SpineHarness, summary_json
 
 
@@ -94,8 +94,10 @@ def run_demo(workdir: Path, *, handhelds: int, scans: int, rate: float, seed: in
         stats = h.his.stats()
     finally:
         h.close()
-    cabinet_reports = [_cabinet_report(cabinet_dir / f"{dev}-report.json") for dev in cabinet_ids]
-    cabinets_ok = all(r.get("drained") and _matches(r) for r in cabinet_reports)
+    cabinet_reports = {dev: read_report(cabinet_dir / f"{dev}-report.json") for dev in cabinet_ids}
+    differ = {dev: report_mismatches(dev, r) if r is not None else [f"{dev}: no final report"]
+              for dev, r in cabinet_reports.items()}
+    cabinets_ok = all(r is not None and r["drained"] and not differ[dev] for dev, r in cabinet_reports.items())
 
     print()
     print("spd-edge demo summary")
@@ -110,11 +112,12 @@ def run_demo(workdir: Path, *, handhelds: int, scans: int, rate: float, seed: in
     print(f"HIS messages received / resends recognised:     {t.his_messages_received} / {t.his_resends_recognised}")
     print(f"HIS ACKs dropped on purpose:                    {stats.acks_dropped}")
     print(f"hash-chain breaks:                              {t.chain_breaks}")
-    for dev, r in zip(cabinet_ids, cabinet_reports, strict=True):
-        if not r:
+    for dev, r in cabinet_reports.items():
+        if r is None:
             print(f"cabinet {dev}: NO FINAL REPORT (see {workdir / (dev + '.log')})")
             continue
-        match = "records match the shelves" if _matches(r) else "RECORDS DIFFER FROM SHELVES"
+        match = "records match the shelves" if not differ[dev] else "RECORDS DIFFER FROM SHELVES: " + "; ".join(
+            differ[dev])
         print(f"cabinet {dev}: {r['sessions']} sessions, {r['used']} items scanned to a patient at it; "
               f"staff took {r['taken']} items, put in {r['added']}; "
               f"the cabinet recorded {r['taken_recorded']} taken, {r['added_recorded']} returned or restocked "
@@ -122,25 +125,10 @@ def run_demo(workdir: Path, *, handhelds: int, scans: int, rate: float, seed: in
     print(f"LOST: {t.lost}   DUPLICATES: {t.duplicates}   INVENTED: {t.invented}")
     print(f"records kept in {workdir}")
     summary = json.loads(summary_json(t))
-    summary["cabinets"] = [{"device": dev, "sessions": r.get("sessions"), "records_match_shelves": _matches(r)}
-                           for dev, r in zip(cabinet_ids, cabinet_reports, strict=True)]
+    summary["cabinets"] = [{"device": dev, "sessions": r["sessions"] if r else None,
+                            "records_match_shelves": not differ[dev]} for dev, r in cabinet_reports.items()]
     print(json.dumps(summary))
     return 0 if t.lost == 0 and t.duplicates == 0 and t.invented == 0 and cabinets_ok else 1
-
-
-def _matches(r: dict[str, Any]) -> bool:
-    """The cabinet's inventory is its shelves, and it recorded every item staff took out or put in."""
-    return bool(r) and r["inventory_missing"] == [] and r["inventory_extra"] == [] and (
-        r["taken"], r["added"]) == (r["taken_recorded"], r["added_recorded"])
-
-
-def _cabinet_report(path: Path) -> dict[str, Any]:
-    """A cabinet process's final report (what its staff did and what it recorded), or {} if it wrote none."""
-    try:
-        doc: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return doc
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,16 @@ The document (``schema`` = :data:`DOC_SCHEMA`) is built by ``gateway.catalog_exp
      "recalled_lots": [{"gtin", "lot" ("*" = every lot), "reason"}],
      "dept_stock": {"OR-3": ["<gtin>", ...]},           # departments without a list are absent
      "consumed_serials": ["<gtin>/<serial>", ...],      # consumed items the gateway knows of
-     "patients": {"in_house": [...], "discharged": [...]} | null}   # null: the gateway cannot tell
+     "patients": {"in_house": [...], "discharged": [...],      # null: the gateway cannot tell
+                  "discharge_grace_s": 86400,                 # optional (absent: refused at discharge)
+                  "records": {"<admission>": {"initials", "ward", "dept", "bed",
+                                              "discharged_at": <epoch s> | null}}} | null}   # optional
+
+A discharged patient's wristband stays chargeable for ``discharge_grace_s`` after ``discharged_at``
+(the last consumables of a discharge day reach the bill); the device decides with its own clock, so the
+grace period ends on time while it is offline. A discharged admission without ``discharged_at``, or a
+document without ``discharge_grace_s`` (older gateways), is refused at once, as before. ``records``
+carries name initials only (privacy), never a full name. Documents without the optional keys parse.
 
 ``digest`` covers everything but ``version``, ``digest`` and ``generated_at`` (:func:`content_digest`).
 :meth:`CatalogCache.apply` validates a document completely before it replaces the file (temp file,
@@ -22,6 +31,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -62,7 +72,8 @@ class PatientStatus(StrEnum):
     """What the cached census says about an admission number."""
 
     IN_HOUSE = "in_house"
-    DISCHARGED = "discharged"
+    RECENTLY_DISCHARGED = "recently_discharged"  # discharged, still within the grace period: chargeable
+    DISCHARGED = "discharged"  # discharged and past the grace period (or no discharge time known)
     UNKNOWN = "unknown"  # a census is cached and the admission is not in it
     NO_CENSUS = "no_census"  # nothing cached: the device cannot tell
 
@@ -81,6 +92,31 @@ class CachedItem:
 
 
 @dataclass(frozen=True, slots=True)
+class PatientRecord:
+    """What the document says of one admission (initials only, never a name)."""
+
+    initials: str = ""
+    ward: str = ""
+    dept: str = ""
+    bed: str = ""
+    discharged_at: int | None = None  # epoch seconds
+
+
+@dataclass(frozen=True, slots=True)
+class PatientInfo:
+    """One admission as the handheld shows it after the wristband scan."""
+
+    admission: str
+    status: PatientStatus
+    initials: str
+    ward: str
+    dept: str
+    bed: str
+    discharged_at: float | None  # epoch seconds, None while in house (or when the gateway did not say)
+    chargeable_until: float | None  # end of the grace period of a discharged patient, None otherwise
+
+
+@dataclass(frozen=True, slots=True)
 class _Snapshot:
     version: int
     digest: str
@@ -91,6 +127,8 @@ class _Snapshot:
     consumed: frozenset[str]
     in_house: frozenset[str] | None
     discharged: frozenset[str] | None
+    records: dict[str, PatientRecord]
+    grace_s: int | None
 
 
 def content_digest(doc: Mapping[str, Any]) -> str:
@@ -188,15 +226,38 @@ class CatalogCache:
         snap = self._snap
         return snap is not None and f"{gtin}/{serial}" in snap.consumed
 
-    def patient_status(self, admission: str) -> PatientStatus:
+    def patient_status(self, admission: str, *, now: float | None = None) -> PatientStatus:
+        """The census verdict for `admission` at `now` (epoch seconds, default the device's clock)."""
         snap = self._snap
         if snap is None or snap.in_house is None or snap.discharged is None:
             return PatientStatus.NO_CENSUS
         if admission in snap.in_house:
             return PatientStatus.IN_HOUSE
         if admission in snap.discharged:
-            return PatientStatus.DISCHARGED
+            until = _chargeable_until(snap, admission)
+            at = time.time() if now is None else now
+            return PatientStatus.RECENTLY_DISCHARGED if until is not None and at < until else \
+                PatientStatus.DISCHARGED
         return PatientStatus.UNKNOWN
+
+    def patient(self, admission: str, *, now: float | None = None) -> PatientInfo | None:
+        """Admission, initials, ward, department and status for the screen; None when the census lacks it."""
+        status = self.patient_status(admission, now=now)
+        snap = self._snap
+        if snap is None or status in (PatientStatus.NO_CENSUS, PatientStatus.UNKNOWN):
+            return None
+        rec = snap.records.get(admission, PatientRecord())
+        discharged = status is not PatientStatus.IN_HOUSE
+        return PatientInfo(admission, status, rec.initials, rec.ward, rec.dept, rec.bed,
+                           float(rec.discharged_at) if discharged and rec.discharged_at is not None else None,
+                           _chargeable_until(snap, admission) if discharged else None)
+
+
+def _chargeable_until(snap: _Snapshot, admission: str) -> float | None:
+    rec = snap.records.get(admission)
+    if rec is None or rec.discharged_at is None or snap.grace_s is None:
+        return None
+    return float(rec.discharged_at + snap.grace_s)
 
 
 # -- validation ---------------------------------------------------------------------------
@@ -298,9 +359,31 @@ def _snapshot(doc: Any) -> _Snapshot:
     patients = doc.get("patients")
     in_house: frozenset[str] | None = None
     discharged: frozenset[str] | None = None
+    records: dict[str, PatientRecord] = {}
+    grace_s: int | None = None
     if patients is not None:
         if not isinstance(patients, Mapping):
             raise _bad("doc.patients must be an object or null")
         in_house = _strings(patients.get("in_house"), "patients.in_house")
         discharged = _strings(patients.get("discharged"), "patients.discharged")
-    return _Snapshot(version, digest, dept, items, recalls, stock, consumed, in_house, discharged)
+        grace_s = _int(patients, "discharge_grace_s", "patients", optional=True)
+        records = _patient_records(patients.get("records"))
+    return _Snapshot(version, digest, dept, items, recalls, stock, consumed, in_house, discharged, records, grace_s)
+
+
+def _patient_records(raw: Any) -> dict[str, PatientRecord]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise _bad("patients.records must be an object")
+    out: dict[str, PatientRecord] = {}
+    for admission, rec in raw.items():
+        where = f"patients.records[{admission!r}]"
+        if not isinstance(rec, Mapping):
+            raise _bad(f"{where} must be an object")
+        texts = {k: rec.get(k, "") for k in ("initials", "ward", "dept", "bed")}
+        if not all(isinstance(t, str) for t in texts.values()):
+            raise _bad(f"{where}: initials, ward, dept and bed must be strings")
+        out[str(admission)] = PatientRecord(texts["initials"], texts["ward"], texts["dept"], texts["bed"],
+                                            _int(rec, "discharged_at", where, optional=True))
+    return out

@@ -8,7 +8,8 @@ Checks, in this order (the first failing one is the reason given to the nurse):
 4. missing serial — a high-value item (one item, one code) whose code carries no serial;
 5. serial already consumed — known consumed at the gateway, or consumed earlier on this device;
 6. not stocked in this department — a stock list is cached for the department and lacks the GTIN;
-7. discharged / unknown patient — a census is cached and says so (no census: no refusal).
+7. discharged / unknown patient — a census is cached and says so (no census: no refusal); a patient
+   discharged less than the document's grace period ago is still accepted (the day's last items).
 
 The device's own consumptions are kept in a small SQLite table (:class:`ConsumedSerials`), written
 after each consume commits and caught up from the event log at start, so a crash between the two
@@ -179,8 +180,12 @@ class ScanPolicy:
                                  f"{name} is not stocked in department {dept}: check the item, call the SPD desk.")
         status = self.cache.patient_status(admission)
         if status is PatientStatus.DISCHARGED:
+            info = self.cache.patient(admission)
+            when = ""
+            if info is not None and info.discharged_at is not None:
+                when = f" on {dt.datetime.fromtimestamp(info.discharged_at).strftime('%Y-%m-%d %H:%M')}"
             return PolicyRefusal(ScanRefusal.PATIENT_DISCHARGED,
-                                 f"Patient {admission} has been discharged: check the wristband.")
+                                 f"Patient {admission} has been discharged{when}: check the wristband.")
         if status is PatientStatus.UNKNOWN:
             return PolicyRefusal(ScanRefusal.PATIENT_UNKNOWN,
                                  f"Patient {admission} is not an admitted inpatient: check the wristband.")

@@ -11,6 +11,10 @@ Threads and what each owns:
 * ``paho`` network thread of the fleet link (:class:`FleetLink`, only with a
   command-signing key) — reads device state (applied versions), publishes
   signed commands and re-sends desired state to devices that are behind;
+* ``adt-accept`` and ``adt-conn-N`` (:class:`AdtListener`, only with ``adt_port``) — the HIS's ADT
+  feed over MLLP, kept in the patient census;
+* ``catalog-publisher`` (:class:`CatalogPublisher`, with the ADT listener and the fleet link) — pushes
+  the device catalog document again after census changes, debounced;
 * the main thread — start-up, signals, shutdown.
 
 The store is shared; SQLite serialises the writers.
@@ -28,6 +32,8 @@ from typing import Literal
 
 from device.sync import TlsSettings
 from gateway import bridge
+from gateway.adt import AdtListener
+from gateway.catalog_publish import CatalogPublisher
 from gateway.charging import ChargingWorker
 from gateway.commands import CommandSigner, load_signing_key
 from gateway.fleet import Fleet, FleetLink
@@ -62,6 +68,9 @@ class GatewayConfig:
     sending_facility: str = "SPD"
     tls: TlsSettings | None = None
     signing_key: Path | None = None  # the command-signing key: run the fleet link (state in, commands out)
+    adt_host: str = "127.0.0.1"
+    adt_port: int | None = None  # None = no ADT listener
+    discharge_grace_s: float = 86400.0  # a discharged patient's wristband is still charged this long
 
 
 def make_his_adapter(config: GatewayConfig) -> HisAdapter:
@@ -120,12 +129,20 @@ class Gateway:
             on_stored=lambda n: self.charging.notify(),
         )
         self.fleet_link = make_fleet_link(self.store, config) if config.signing_key is not None else None
+        self.publisher = CatalogPublisher(self.store, lambda: self.fleet, discharge_grace_s=config.discharge_grace_s) \
+            if self.fleet_link is not None else None
+        self.adt = AdtListener(self.store, host=config.adt_host, port=config.adt_port,
+                               on_change=self._census_changed) if config.adt_port is not None else None
         self._stopped = threading.Event()
 
     @property
     def fleet(self) -> Fleet | None:
         """Pushes, unlocks and the device listing; None when the gateway runs without a signing key."""
         return self.fleet_link.fleet if self.fleet_link is not None else None
+
+    def _census_changed(self) -> None:
+        if self.publisher is not None:
+            self.publisher.changed()
 
     def _notify_senders(self) -> None:
         for sender in self.senders:
@@ -139,9 +156,17 @@ class Gateway:
         self.ingest.start()
         if self.fleet_link is not None:
             self.fleet_link.start()
+        if self.publisher is not None:
+            self.publisher.start()
+        if self.adt is not None:
+            self.adt.start()
         return self
 
     def stop(self) -> None:
+        if self.adt is not None:
+            self.adt.stop()
+        if self.publisher is not None:
+            self.publisher.stop()
         if self.fleet_link is not None:
             self.fleet_link.stop()
         self.ingest.stop()
@@ -162,8 +187,9 @@ class Gateway:
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
         self.start()
-        log.info("gateway: running (bridge: %s, fleet link %s)", bridge.IMPLEMENTATION,
-                 "on" if self.fleet_link is not None else "off")
+        log.info("gateway: running (bridge: %s, fleet link %s, ADT listener %s)", bridge.IMPLEMENTATION,
+                 "on" if self.fleet_link is not None else "off",
+                 f"on {self.config.adt_host}:{self.config.adt_port}" if self.adt is not None else "off")
         while not self._stopped.wait(1.0):
             pass
         self.stop()

@@ -1,7 +1,10 @@
 """Builds the versioned catalog document the gateway pushes to devices (validated by ``device.catalog_cache``).
 
 A document holds the item dictionary, the recalled lots, the departments' stock lists, the item
-serials the gateway has charged recently, and the patient census when the gateway has one. Its
+serials the gateway has charged recently, and the patient census when the gateway has one (in-house
+admissions, and admissions discharged in the last `DISCHARGED_KEPT_DAYS` with their discharge time and
+the grace period during which their wristbands are still charged; initials, ward and department, never a
+name). Its
 ``version`` is a per-department counter kept in the store that moves only when the content (its
 ``digest``) changes, so an unchanged catalog is never pushed twice and devices can refuse an older one.
 """
@@ -14,10 +17,13 @@ from collections.abc import Callable
 from typing import Any
 
 from device.catalog_cache import DOC_SCHEMA, content_digest
-from gateway.catalog import load_catalog_entries, load_dept_stock, load_patient_census, load_recalled_lots
+from gateway.catalog import load_catalog_entries, load_dept_stock, load_recalled_lots
+from gateway.census import PatientState, load_census
 from gateway.store import GatewayStore
 
 DEFAULT_CONSUMED_WINDOW_DAYS = 90
+DEFAULT_DISCHARGE_GRACE_S = 86400.0
+DISCHARGED_KEPT_DAYS = 30  # older discharges leave the document (their wristbands are then unknown: refused too)
 
 _VERSIONS = (
     "CREATE TABLE IF NOT EXISTS device_catalog_versions (dept TEXT PRIMARY KEY, version INTEGER NOT NULL, "
@@ -30,6 +36,7 @@ def build_device_catalog(
     *,
     dept: str | None,
     consumed_window_days: int = DEFAULT_CONSUMED_WINDOW_DAYS,
+    discharge_grace_s: float = DEFAULT_DISCHARGE_GRACE_S,
     clock: Callable[[], float] = time.time,
 ) -> dict[str, Any]:
     """The document for the devices of `dept` (every department's stock list when None).
@@ -50,7 +57,7 @@ def build_device_catalog(
         "recalled_lots": [{"gtin": r.gtin, "lot": r.lot, "reason": r.reason} for r in load_recalled_lots(store)],
         "dept_stock": load_dept_stock(store, dept),
         "consumed_serials": _consumed_serials(store, since=now - consumed_window_days * 86400),
-        "patients": _patients(store),
+        "patients": _patients(store, grace_s=discharge_grace_s, since=now - DISCHARGED_KEPT_DAYS * 86400),
     }
     digest = content_digest(content)
     version = _version(store, dept or "", digest, now)
@@ -91,9 +98,23 @@ def _consumed_serials(store: GatewayStore, *, since: float) -> list[str]:
     return [str(r[0]) for r in rows]
 
 
-def _patients(store: GatewayStore) -> dict[str, list[str]] | None:
-    census = load_patient_census(store)
+def _patients(store: GatewayStore, *, grace_s: float, since: float) -> dict[str, Any] | None:
+    census = load_census(store)
     if census is None:
         return None
-    in_house, discharged = census
-    return {"in_house": in_house, "discharged": discharged}
+    kept = [r for r in census if r.status is PatientState.IN_HOUSE or r.discharged_at is None
+            or r.discharged_at >= since]
+    records: dict[str, Any] = {}
+    for r in kept:
+        rec: dict[str, Any] = {k: v for k, v in (("initials", r.initials), ("ward", r.ward), ("dept", r.dept),
+                                                  ("bed", r.bed)) if v}
+        if r.status is PatientState.DISCHARGED and r.discharged_at is not None:
+            rec["discharged_at"] = int(r.discharged_at)
+        if rec:
+            records[r.admission] = rec
+    return {
+        "in_house": [r.admission for r in kept if r.status is PatientState.IN_HOUSE],
+        "discharged": [r.admission for r in kept if r.status is PatientState.DISCHARGED],
+        "discharge_grace_s": int(grace_s),
+        "records": records,
+    }

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from device.sync import TlsSettings
 from gateway import fieldops_cli
@@ -53,6 +54,9 @@ def _run(a: argparse.Namespace) -> int:
         his_lanes=a.his_lanes,
         tls=tls,
         signing_key=a.signing_key,
+        adt_host=a.adt_host,
+        adt_port=a.adt_port,
+        discharge_grace_s=a.discharge_grace,
     )
     Gateway(cfg).run_forever()
     return 0
@@ -88,6 +92,56 @@ def _recall_import(a: argparse.Namespace) -> int:
     n = import_recalled_lots(store, lots, replace=not a.add)
     store.close()
     print(f"imported {n} recalled lots, {len(errors)} row errors")
+    return 1 if errors else 0
+
+
+def _print_row_errors(path: Path, errors: list[Any]) -> None:
+    for e in errors:
+        print(f"{path}:{e.line}: {e.column}: {e.reason}", file=sys.stderr)
+
+
+def _staff_import(a: argparse.Namespace) -> int:
+    from gateway.staff import import_staff, read_staff_file
+
+    try:
+        members, errors = read_staff_file(a.file)
+    except CatalogImportError as err:
+        print(f"{a.file}: {err.message} [{err.reason}]", file=sys.stderr)
+        return 2
+    _print_row_errors(a.file, errors)
+    if errors and not a.partial:
+        print("staff list not imported (the people on bad rows would lose cabinet access): fix the rows above, "
+              "or pass --partial", file=sys.stderr)
+        return 1
+    store = GatewayStore(a.db)
+    n = import_staff(store, members)
+    store.close()
+    roles = ", ".join(f"{r}: {sum(m.role.value == r for m in members)}"
+                      for r in sorted({m.role.value for m in members}))
+    print(f"imported {n} staff ({roles or 'none'}), {len(errors)} row errors; "
+          "publish with: spd-gateway push --component allowlist --build --dept DEPT")
+    return 1 if errors else 0
+
+
+def _census_import(a: argparse.Namespace) -> int:
+    from gateway.census import PatientState, import_census, read_census_file
+
+    try:
+        records, errors = read_census_file(a.file)
+    except CatalogImportError as err:
+        print(f"{a.file}: {err.message} [{err.reason}]", file=sys.stderr)
+        return 2
+    _print_row_errors(a.file, errors)
+    if errors and not a.partial:
+        print("census not imported (patients on bad rows would be refused at the bedside): fix the rows above, "
+              "or pass --partial", file=sys.stderr)
+        return 1
+    store = GatewayStore(a.db)
+    n = import_census(store, records, replace_all=not a.add)
+    store.close()
+    in_house = sum(r.status is PatientState.IN_HOUSE for r in records)
+    print(f"imported {n} admissions ({in_house} in house, {n - in_house} discharged), {len(errors)} row errors; "
+          "publish with: spd-gateway push --component catalog --build")
     return 1 if errors else 0
 
 
@@ -145,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="parallel HIS connections (a patient's charges always share one)")
     run.add_argument("--lease-ttl", type=float, default=6.0,
                      help="seconds before another instance may take over charging when this one dies")
+    run.add_argument("--adt-port", type=int, default=None,
+                     help="listen for the HIS's HL7 ADT feed (MLLP) on this port: the patient census")
+    run.add_argument("--adt-host", default="127.0.0.1", help="address the ADT listener binds to")
+    run.add_argument("--discharge-grace", type=float, default=86400.0, metavar="SECONDS",
+                     help="how long a discharged patient's wristband is still charged (default one day)")
     run.set_defaults(func=_run)
 
     cat = sub.add_parser("catalog-import", help="import the item dictionary from CSV or XLSX (by extension)")
@@ -158,6 +217,20 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--partial", action="store_true", help="import the good rows even when some rows are bad")
     rec.add_argument("file", type=Path)
     rec.set_defaults(func=_recall_import)
+
+    st = sub.add_parser("staff-import", help="replace the staff list (badges, PINs, roles, departments) "
+                        "from CSV or XLSX")
+    st.add_argument("--db", type=Path, required=True)
+    st.add_argument("--partial", action="store_true", help="import the good rows even when some rows are bad")
+    st.add_argument("file", type=Path)
+    st.set_defaults(func=_staff_import)
+
+    cen = sub.add_parser("census-import", help="replace the patient census from CSV or XLSX (sites without ADT)")
+    cen.add_argument("--db", type=Path, required=True)
+    cen.add_argument("--add", action="store_true", help="add to the census instead of replacing it")
+    cen.add_argument("--partial", action="store_true", help="import the good rows even when some rows are bad")
+    cen.add_argument("file", type=Path)
+    cen.set_defaults(func=_census_import)
 
     cnt = sub.add_parser("counts", help="print the store's counters as JSON")
     cnt.add_argument("--db", type=Path, required=True)

@@ -155,11 +155,31 @@ def _fleet(a: argparse.Namespace) -> Iterator[Any]:
 
 
 def _push(a: argparse.Namespace) -> int:
-    doc = json.loads(Path(a.file).read_text(encoding="utf-8"))
+    from gateway.catalog_publish import publish_allowlist, publish_catalog
+
+    component = Component(a.component)
     targets = [(a.site, d) for d in a.device] if a.device else None
+    if a.build and component is Component.CONFIG:
+        raise SystemExit("spd-gateway push: --build makes the catalog or the allow-list; a config is pushed --file")
+    if a.build and component is Component.ALLOWLIST and not a.dept:
+        raise SystemExit("spd-gateway push: --component allowlist --build needs --dept (whose staff to list)")
     with _fleet(a) as fleet:
-        for device, version in fleet.push(Component(a.component), doc, requested_by=_actor(a), devices=targets).items():
-            print(f"{device}: {a.component} version {version} published")
+        if not a.build:
+            doc = json.loads(Path(a.file).read_text(encoding="utf-8"))
+            versions = fleet.push(component, doc, requested_by=_actor(a), devices=targets)
+        elif component is Component.CATALOG:
+            doc, versions = publish_catalog(fleet, fleet.store, requested_by=_actor(a), dept=a.dept, devices=targets,
+                                            discharge_grace_s=a.discharge_grace)
+            print(f"catalog document version {doc['version']} ({doc['digest'][:19]}): {len(doc['items'])} items, "
+                  f"{len(doc['recalled_lots'])} recalled lots, {len(doc['consumed_serials'])} consumed serials, "
+                  + ("no census" if doc["patients"] is None else
+                     f"{len(doc['patients']['in_house'])} patients in house"))
+        else:
+            doc, versions = publish_allowlist(fleet, fleet.store, dept=a.dept, requested_by=_actor(a),
+                                              devices=targets)
+            print(f"allow-list of {a.dept}: {len(doc['badges'])} badges")
+    for device, version in versions.items():
+        print(f"{device}: {a.component} version {version} published")
     return 0
 
 
@@ -320,7 +340,15 @@ def register(sub: Any) -> None:
         by(p)
         if name == "push":
             p.add_argument("--component", required=True, choices=[c.value for c in Component])
-            p.add_argument("--file", type=Path, required=True, help="the component as JSON")
+            source = p.add_mutually_exclusive_group(required=True)
+            source.add_argument("--file", type=Path, help="the component as JSON")
+            source.add_argument("--build", action="store_true",
+                                help="build it from the gateway's tables: the catalog document (items, recalls, "
+                                     "stock lists, consumed serials, census) or the allow-list of --dept")
+            p.add_argument("--dept", default=None, help="with --build: the department (allow-list: whose staff; "
+                                                        "catalog: only its stock list)")
+            p.add_argument("--discharge-grace", type=float, default=86400.0, metavar="SECONDS",
+                           help="with --build of the catalog: how long a discharged wristband is still charged")
             p.add_argument("--device", action="append", help="only these devices (default: all known)")
         elif name == "unlock":
             p.add_argument("--device", required=True)

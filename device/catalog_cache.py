@@ -7,6 +7,7 @@ The document (``schema`` = :data:`DOC_SCHEMA`) is built by ``gateway.catalog_exp
      "items": [{"gtin", "item_code", "charge_code", "name", "spec", "manufacturer", "price_fen",
                 "chargeable", "high_value", "supplier", "vbp", "vbp_price_fen"}],
      "recalled_lots": [{"gtin", "lot" ("*" = every lot), "reason"}],
+     "lot_expiry": [{"gtin", "lot", "expiry": "YYYY-MM-DD"}],   # optional: for codes without an expiry date
      "dept_stock": {"OR-3": ["<gtin>", ...]},           # departments without a list are absent
      "consumed_serials": ["<gtin>/<serial>", ...],      # consumed items the gateway knows of
      "patients": {"in_house": [...], "discharged": [...],      # null: the gateway cannot tell
@@ -27,6 +28,7 @@ fsync, rename, fsync of the directory), so a power cut leaves either the old or 
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -123,6 +125,7 @@ class _Snapshot:
     dept: str | None
     items: dict[str, CachedItem]
     recalls: dict[tuple[str, str], str]
+    expiries: dict[tuple[str, str], dt.date]
     stock: dict[str, frozenset[str]]
     consumed: frozenset[str]
     in_house: frozenset[str] | None
@@ -216,6 +219,11 @@ class CatalogCache:
         if lot is not None and (gtin, lot) in snap.recalls:
             return snap.recalls[(gtin, lot)]
         return snap.recalls.get((gtin, ALL_LOTS))
+
+    def lot_expiry(self, gtin: str, lot: str | None) -> dt.date | None:
+        """The expiry date the gateway's list gives for this lot, or None when it has none."""
+        snap = self._snap
+        return snap.expiries.get((gtin, lot)) if snap is not None and lot is not None else None
 
     def stock_list(self, dept: str) -> frozenset[str] | None:
         """The GTINs `dept` stocks, or None when no list is cached for it."""
@@ -351,6 +359,19 @@ def _snapshot(doc: Any) -> _Snapshot:
         if not lot:
             raise _bad(f"{where}.lot is empty")
         recalls[(_gtin(_str(rec, "gtin", where), f"{where}.gtin"), lot)] = _str(rec, "reason", where)
+    expiries: dict[tuple[str, str], dt.date] = {}
+    raw_expiry = doc.get("lot_expiry", [])
+    if not isinstance(raw_expiry, list):
+        raise _bad("doc.lot_expiry must be a list")
+    for i, rec in enumerate(raw_expiry):
+        where = f"lot_expiry[{i}]"
+        if not isinstance(rec, Mapping):
+            raise _bad(f"{where} must be an object")
+        try:
+            day = dt.date.fromisoformat(_str(rec, "expiry", where))
+        except ValueError:
+            raise _bad(f"{where}.expiry must be a date YYYY-MM-DD") from None
+        expiries[(_gtin(_str(rec, "gtin", where), f"{where}.gtin"), _str(rec, "lot", where))] = day
     raw_stock = doc.get("dept_stock")
     if not isinstance(raw_stock, Mapping):
         raise _bad("doc.dept_stock must be an object")
@@ -368,7 +389,8 @@ def _snapshot(doc: Any) -> _Snapshot:
         discharged = _strings(patients.get("discharged"), "patients.discharged")
         grace_s = _int(patients, "discharge_grace_s", "patients", optional=True)
         records = _patient_records(patients.get("records"))
-    return _Snapshot(version, digest, dept, items, recalls, stock, consumed, in_house, discharged, records, grace_s)
+    return _Snapshot(version, digest, dept, items, recalls, expiries, stock, consumed, in_house, discharged, records,
+                     grace_s)
 
 
 def _patient_records(raw: Any) -> dict[str, PatientRecord]:

@@ -4,7 +4,8 @@ Checks, in this order (the first failing one is the reason given to the nurse):
 
 1. unknown item — the GTIN is not in the cached catalog (skipped while no catalog is cached);
 2. recalled lot — the lot, or every lot of the GTIN, is on the cached recall list;
-3. expired — the expiry date is before today at the device (usable on its expiry day);
+3. expired — the expiry date is before today at the device (usable on its expiry day); a code without
+   an expiry date is checked against the lot's date in the cached expiry list;
 4. missing serial — a high-value item (one item, one code) whose code carries no serial;
 5. serial already consumed — known consumed at the gateway, or consumed earlier on this device;
 6. not stocked in this department — a stock list is cached for the department and lacks the GTIN;
@@ -22,6 +23,7 @@ import datetime as dt
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -145,10 +147,12 @@ class ScanPolicy:
         consumed: ConsumedSerials,
         *,
         today: Callable[[], dt.date] = dt.date.today,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.cache = cache
         self.consumed = consumed
         self._today = today
+        self._clock = clock  # the discharge grace period ends by this clock
 
     def check(self, *, admission: str, udi: Udi | HibcCode, dept: str) -> PolicyRefusal | None:
         """The refusal for this scan, or None when it may be consumed."""
@@ -164,9 +168,10 @@ class ScanPolicy:
             return PolicyRefusal(ScanRefusal.RECALLED_LOT,
                                  f"Lot {udi.lot or '-'} of {name} is recalled{why}. Do not use; return it to the SPD.")
         today = self._today()
-        if udi.expiry is not None and udi.expiry < today:
+        expiry = udi.expiry if udi.expiry is not None else self.cache.lot_expiry(key, udi.lot) if udi.gtin else None
+        if expiry is not None and expiry < today:
             return PolicyRefusal(ScanRefusal.EXPIRED,
-                                 f"{name} expired on {udi.expiry.isoformat()}. Do not use; return it to the SPD.")
+                                 f"{name} expired on {expiry.isoformat()}. Do not use; return it to the SPD.")
         if item is not None and item.high_value and not udi.serial:
             return PolicyRefusal(ScanRefusal.MISSING_SERIAL,
                                  f"The code of {name} has no serial number: scan the item's full UDI label.")
@@ -178,9 +183,10 @@ class ScanPolicy:
         if stock is not None and key not in stock:
             return PolicyRefusal(ScanRefusal.NOT_STOCKED_IN_DEPT,
                                  f"{name} is not stocked in department {dept}: check the item, call the SPD desk.")
-        status = self.cache.patient_status(admission)
+        now = self._clock()
+        status = self.cache.patient_status(admission, now=now)
         if status is PatientStatus.DISCHARGED:
-            info = self.cache.patient(admission)
+            info = self.cache.patient(admission, now=now)
             when = ""
             if info is not None and info.discharged_at is not None:
                 when = f" on {dt.datetime.fromtimestamp(info.discharged_at).strftime('%Y-%m-%d %H:%M')}"

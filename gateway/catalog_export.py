@@ -1,12 +1,12 @@
 """Builds the versioned catalog document the gateway pushes to devices (validated by ``device.catalog_cache``).
 
-A document holds the item dictionary, the recalled lots, the departments' stock lists, the item
-serials the gateway has charged recently, and the patient census when the gateway has one (in-house
-admissions, and admissions discharged in the last `DISCHARGED_KEPT_DAYS` with their discharge time and
-the grace period during which their wristbands are still charged; initials, ward and department, never a
-name). Its
-``version`` is a per-department counter kept in the store that moves only when the content (its
-``digest``) changes, so an unchanged catalog is never pushed twice and devices can refuse an older one.
+A document holds the item dictionary, the recalled lots, the expiry dates of lots in stock, the
+departments' stock lists, the item serials the gateway has charged recently, and the patient census when
+the gateway has one (in-house admissions, and admissions discharged in the last `DISCHARGED_KEPT_DAYS`
+with their discharge time and the grace period during which their wristbands are still charged;
+initials, ward and department, never a name). Its ``version`` is a per-department counter kept in the
+store that moves only when the content (its ``digest``) changes, so an unchanged catalog is never pushed
+twice and devices can refuse an older one.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 from device.catalog_cache import DOC_SCHEMA, content_digest
 from gateway.catalog import load_catalog_entries, load_dept_stock, load_recalled_lots
 from gateway.census import PatientState, load_census
+from gateway.lot_expiry import load_lot_expiry
 from gateway.store import GatewayStore
 
 DEFAULT_CONSUMED_WINDOW_DAYS = 90
@@ -55,6 +56,7 @@ def build_device_catalog(
             for e in load_catalog_entries(store)
         ],
         "recalled_lots": [{"gtin": r.gtin, "lot": r.lot, "reason": r.reason} for r in load_recalled_lots(store)],
+        "lot_expiry": [{"gtin": e.gtin, "lot": e.lot, "expiry": e.expiry.isoformat()} for e in load_lot_expiry(store)],
         "dept_stock": load_dept_stock(store, dept),
         "consumed_serials": _consumed_serials(store, since=now - consumed_window_days * 86400),
         "patients": _patients(store, grace_s=discharge_grace_s, since=now - DISCHARGED_KEPT_DAYS * 86400),

@@ -145,6 +145,25 @@ def _census_import(a: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def _expiry_import(a: argparse.Namespace) -> int:
+    from gateway.lot_expiry import import_lot_expiry, read_expiry_file
+
+    try:
+        lots, errors = read_expiry_file(a.file)
+    except CatalogImportError as err:
+        print(f"{a.file}: {err.message} [{err.reason}]", file=sys.stderr)
+        return 2
+    _print_row_errors(a.file, errors)
+    if errors and not a.partial:
+        print("expiry list not imported: fix the rows above, or pass --partial", file=sys.stderr)
+        return 1
+    store = GatewayStore(a.db)
+    n = import_lot_expiry(store, lots)
+    store.close()
+    print(f"imported {n} lot expiry dates, {len(errors)} row errors")
+    return 1 if errors else 0
+
+
 def _counts(a: argparse.Namespace) -> int:
     store = GatewayStore(a.db)
     print(json.dumps(store.counts(), indent=2))
@@ -231,6 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
     cen.add_argument("--partial", action="store_true", help="import the good rows even when some rows are bad")
     cen.add_argument("file", type=Path)
     cen.set_defaults(func=_census_import)
+
+    exp = sub.add_parser("expiry-import", help="replace the lots' expiry dates (for codes without one) from CSV "
+                         "or XLSX")
+    exp.add_argument("--db", type=Path, required=True)
+    exp.add_argument("--partial", action="store_true", help="import the good rows even when some rows are bad")
+    exp.add_argument("file", type=Path)
+    exp.set_defaults(func=_expiry_import)
 
     cnt = sub.add_parser("counts", help="print the store's counters as JSON")
     cnt.add_argument("--db", type=Path, required=True)

@@ -1,0 +1,90 @@
+"""Expiry dates of the lots in stock, from the SPD's receiving records: the device's expiry list.
+
+A GS1 UDI carries its expiry date (AI 17) and the device checks it; many codes do not (a bare GTIN,
+an HIBC label without expiry, a hospital's own label). For those the device looks the lot up in the
+expiry list of its catalog document. ``spd-gateway expiry-import`` replaces the list from CSV or XLSX:
+columns ``gtin``, ``lot``, ``expiry`` (``YYYY-MM-DD``, or a date cell), one row per lot.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.catalog import RowError, Table, _check_header, _gtin, _record, _shown, _text, read_table
+from gateway.store import GatewayStore
+
+EXPIRY_COLUMNS = ("gtin", "lot", "expiry")
+_SCHEMA = ("CREATE TABLE IF NOT EXISTS lot_expiry (gtin TEXT NOT NULL, lot TEXT NOT NULL, expiry TEXT NOT NULL, "
+           "PRIMARY KEY (gtin, lot))")
+
+
+@dataclass(frozen=True, slots=True)
+class LotExpiry:
+    gtin: str
+    lot: str
+    expiry: dt.date
+
+
+def parse_expiry_table(table: Table) -> tuple[list[LotExpiry], list[RowError]]:
+    header, rows = table
+    names, problem = _check_header(header, EXPIRY_COLUMNS, ())
+    if problem is not None:
+        return [], [problem]
+    out: list[LotExpiry] = []
+    errors: list[RowError] = []
+    seen: set[tuple[str, str]] = set()
+    for line, values in rows:
+        rec = _record(names, values)
+        before = len(errors)
+        gtin = _gtin(rec.get("gtin"))
+        if gtin is None:
+            errors.append(RowError(line, "gtin", f"not a valid GTIN: {_shown(rec.get('gtin'))}"))
+        lot = _text(rec.get("lot"))
+        if not lot or lot == "*":
+            errors.append(RowError(line, "lot", "a lot number is needed"))
+        expiry = _date(rec.get("expiry"))
+        if expiry is None:
+            errors.append(RowError(line, "expiry", f"not a date (YYYY-MM-DD): {_shown(rec.get('expiry'))}"))
+        if gtin is not None and (gtin, lot) in seen:
+            errors.append(RowError(line, "lot", f"lot {lot} of {gtin} listed twice"))
+        if len(errors) > before or gtin is None or expiry is None:
+            continue
+        seen.add((gtin, lot))
+        out.append(LotExpiry(gtin, lot, expiry))
+    return out, errors
+
+
+def read_expiry_file(path: Path) -> tuple[list[LotExpiry], list[RowError]]:
+    return parse_expiry_table(read_table(path))
+
+
+def _date(value: Any) -> dt.date | None:
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(_text(value))
+    except ValueError:
+        return None
+
+
+def import_lot_expiry(store: GatewayStore, lots: Sequence[LotExpiry]) -> int:
+    """Replace the expiry list."""
+    with store.transaction() as db:
+        db.execute(_SCHEMA)
+        db.execute("DELETE FROM lot_expiry")
+        db.executemany("INSERT INTO lot_expiry (gtin, lot, expiry) VALUES (?, ?, ?)",
+                       [(e.gtin, e.lot, e.expiry.isoformat()) for e in lots])
+    return len(lots)
+
+
+def load_lot_expiry(store: GatewayStore) -> list[LotExpiry]:
+    with store.transaction() as db:
+        db.execute(_SCHEMA)
+    rows = store.query("SELECT gtin, lot, expiry FROM lot_expiry ORDER BY gtin, lot")
+    return [LotExpiry(g, lot, dt.date.fromisoformat(e)) for g, lot, e in rows]

@@ -10,6 +10,7 @@ COMMANDS = {
     "demo": "hw_sim.demo",
     "his": "hw_sim.his",
     "his-http": "hw_sim.his_http",
+    "adt": "hw_sim.adt",
     "handheld": "hw_sim.handheld",
     "bench": "hw_sim.bench",
     "ward": "hw_sim.ward",

@@ -238,3 +238,14 @@ def test_hl7_timestamps(text: str, expected: float) -> None:
 def test_bad_hl7_timestamps(text: str) -> None:
     with pytest.raises(ValueError):
         parse_hl7_time(text)
+
+
+def test_the_simulated_his_sends_adt_from_the_command_line(rig: Rig, capsys: pytest.CaptureFixture[str]) -> None:
+    from hw_sim.cli import main as sim_main
+
+    port = str(rig.listener.port)
+    assert sim_main(["adt", "--port", port, "admit", PATIENT, "--name", "Zhang^San", "--ward", "5A"]) == 0
+    assert capsys.readouterr().out.strip() == f"AA A01 {PATIENT} applied"
+    assert sim_main(["adt", "--port", port, "discharge", PATIENT]) == 0
+    rec = census_record(rig.store, PATIENT)
+    assert rec is not None and (rec.status, rec.initials, rec.ward) == (PatientState.DISCHARGED, "Z.S.", "5A")

@@ -244,7 +244,8 @@ def _service(a: argparse.Namespace) -> int:
     # desired state re-sent to devices that come back behind
     gw = Gateway(GatewayConfig(db_path=a.db, broker_host=a.broker_host, broker_port=a.broker_port,
                                his_host=a.his_host, his_port=a.his_port, facility=a.facility, tls=tls,
-                               signing_key=a.signing_key))
+                               signing_key=a.signing_key, adt_host=a.adt_host, adt_port=a.adt_port,
+                               discharge_grace_s=a.discharge_grace))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -375,6 +376,9 @@ def register(sub: Any) -> None:
     p.add_argument("--his-port", type=int, default=2575)
     p.add_argument("--facility", default="HOSP")
     p.add_argument("--signing-key", type=Path, default=None, help="command-signing key: also run the fleet link")
+    p.add_argument("--adt-port", type=int, default=None, help="listen for the HIS's HL7 ADT feed (docs/census.md)")
+    p.add_argument("--adt-host", default="127.0.0.1")
+    p.add_argument("--discharge-grace", type=float, default=86400.0, metavar="SECONDS")
     p.set_defaults(func=_service)
 
     p = sub.add_parser("devices", help="list devices: online/offline, last seen, version, backlog, alarms")

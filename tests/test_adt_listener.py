@@ -249,3 +249,14 @@ def test_the_simulated_his_sends_adt_from_the_command_line(rig: Rig, capsys: pyt
     assert sim_main(["adt", "--port", port, "discharge", PATIENT]) == 0
     rec = census_record(rig.store, PATIENT)
     assert rec is not None and (rec.status, rec.initials, rec.ward) == (PatientState.DISCHARGED, "Z.S.", "5A")
+
+
+def test_run_and_service_take_the_adt_options() -> None:
+    from gateway.cli import build_parser
+
+    for cmd in ("run", "service"):
+        a = build_parser().parse_args([cmd, "--db", "gw.db", "--adt-port", "2576", "--adt-host", "0.0.0.0",
+                                       "--discharge-grace", "3600"])
+        assert (a.adt_port, a.adt_host, a.discharge_grace) == (2576, "0.0.0.0", 3600.0)
+        a = build_parser().parse_args([cmd, "--db", "gw.db"])
+        assert (a.adt_port, a.adt_host, a.discharge_grace) == (None, "127.0.0.1", 86400.0)

@@ -24,7 +24,7 @@ from gateway.store import GatewayStore
 
 DEFAULT_CONSUMED_WINDOW_DAYS = 90
 DEFAULT_DISCHARGE_GRACE_S = 86400.0
-DISCHARGED_KEPT_DAYS = 30  # older discharges leave the document (their wristbands are then unknown: refused too)
+DISCHARGED_KEPT_DAYS = 7  # older discharges leave the document (their wristbands are then unknown: refused too)
 
 _VERSIONS = (
     "CREATE TABLE IF NOT EXISTS device_catalog_versions (dept TEXT PRIMARY KEY, version INTEGER NOT NULL, "

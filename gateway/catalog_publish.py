@@ -7,8 +7,10 @@ them; the running gateway calls :class:`CatalogPublisher` after each census chan
 
 :class:`CatalogPublisher` debounces: an ADT burst (a morning of admissions, a ward transfer of twenty
 patients) becomes one push once the feed has been quiet for `debounce_s`, and at most `max_delay_s`
-after the first change, so a steady trickle still reaches the handhelds. A document whose content did
-not change (same digest) is not pushed again.
+after the first change, so a steady trickle still reaches the handhelds; and never sooner than
+`min_interval_s` after the previous push, because every push carries the whole document (items,
+lists and census: megabytes at a large hospital) to every device. A document whose content did not
+change (same digest) is not pushed again.
 
 Threads: ``catalog-publisher`` builds and pushes; :meth:`CatalogPublisher.changed` may be called from
 any thread (the ADT connections).
@@ -51,12 +53,13 @@ class CatalogPublisher:
     """Re-publishes the catalog document after census changes, debounced; see the module docstring."""
 
     def __init__(self, store: GatewayStore, fleet: Callable[[], Fleet | None], *, debounce_s: float = 2.0,
-                 max_delay_s: float = 15.0, discharge_grace_s: float = DEFAULT_DISCHARGE_GRACE_S,
-                 requested_by: str = "census") -> None:
+                 max_delay_s: float = 15.0, min_interval_s: float = 60.0,
+                 discharge_grace_s: float = DEFAULT_DISCHARGE_GRACE_S, requested_by: str = "census") -> None:
         self.store = store
         self.fleet = fleet
         self.debounce_s = debounce_s
         self.max_delay_s = max_delay_s
+        self.min_interval_s = min_interval_s
         self.discharge_grace_s = discharge_grace_s
         self.requested_by = requested_by
         self.published = 0  # pushes made
@@ -66,6 +69,7 @@ class CatalogPublisher:
         self._stop = threading.Event()
         self._first: float | None = None
         self._last = 0.0
+        self._pushed_at: float | None = None  # monotonic time of the last push
         self._thread: threading.Thread | None = None
 
     def changed(self) -> None:
@@ -93,7 +97,10 @@ class CatalogPublisher:
             if self._first is None:
                 return None
             now = time.monotonic()
-            return max(0.0, min(self._last + self.debounce_s, self._first + self.max_delay_s) - now)
+            due = min(self._last + self.debounce_s, self._first + self.max_delay_s)
+            if self._pushed_at is not None:
+                due = max(due, self._pushed_at + self.min_interval_s)
+            return max(0.0, due - now)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -124,6 +131,7 @@ class CatalogPublisher:
         if doc["digest"] == self.last_digest:
             return False
         versions = fleet.push(Component.CATALOG, doc, requested_by=self.requested_by)
+        self._pushed_at = time.monotonic()
         self.last_digest = doc["digest"]
         self.published += 1
         log.info("catalog publisher: document version %d pushed to %d device(s)", doc["version"], len(versions))

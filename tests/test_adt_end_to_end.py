@@ -114,6 +114,8 @@ def site(tmp_path: Path) -> Iterator[Site]:
                                     his_port=1, his_backoff_max_s=60.0, adt_port=0, discharge_grace_s=GRACE_S))
     import_catalog(gateway.store, [CatalogEntry(GAUZE, "HC00007", "33100007", "Haemostatic gauze", "5x7.5cm", "Maker",
                                                 21800, True, False)])
+    assert gateway.publisher is not None
+    gateway.publisher.min_interval_s = 0.0  # the site default (one push a minute at most) would only slow the test
     gateway.start()
     assert gateway.fleet_link is not None and gateway.fleet_link.wait_connected()
     handheld = SimHandheldDevice(tmp_path, broker, command_key)

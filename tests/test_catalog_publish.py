@@ -169,6 +169,21 @@ def test_a_steady_trickle_is_still_published_within_the_maximum_delay(tmp_path: 
         store.close()
 
 
+def test_pushes_are_spaced_by_the_minimum_interval(tmp_path: Path) -> None:
+    store = GatewayStore(tmp_path / "gw.db")
+    fleet = FakeFleet()
+    publisher = CatalogPublisher(store, lambda: fleet, debounce_s=0.0, max_delay_s=0.0, min_interval_s=3600.0)
+    apply_adt(store, AdtUpdate(AdtEvent.ADMIT, "ZY1"), control_id="M1")
+    publisher.changed()
+    assert publisher._due_in() == 0.0  # nothing pushed yet: due at once
+    assert publisher.publish_now()
+    apply_adt(store, AdtUpdate(AdtEvent.ADMIT, "ZY2"), control_id="M2")
+    publisher.changed()
+    due = publisher._due_in()
+    assert due is not None and due > 3500  # the next push waits for the interval, the change is kept
+    store.close()
+
+
 def test_without_a_fleet_nothing_is_published(tmp_path: Path) -> None:
     store = GatewayStore(tmp_path / "gw.db")
     assert CatalogPublisher(store, lambda: None).publish_now() is False

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway import adt as adt_module
 from gateway.adt import AdtListener, parse_hl7_time
@@ -260,3 +262,15 @@ def test_run_and_service_take_the_adt_options() -> None:
         assert (a.adt_port, a.adt_host, a.discharge_grace) == (2576, "0.0.0.0", 3600.0)
         a = build_parser().parse_args([cmd, "--db", "gw.db"])
         assert (a.adt_port, a.adt_host, a.discharge_grace) == (None, "127.0.0.1", 86400.0)
+
+
+_ADT_PIECES = ["MSH|^~\\&|HIS|HOSP|SPD|SPD|20261203||ADT^A01|M1|P|2.5", "MSH|", "EVN|A03|2026", "PID|1||ZY1||Li^Na",
+               "PID|1||", "PV1|1|I|5A^^3||||||||CARD", "ADT^A99", "^~\\&", "|", "\r", "\n", "\\X0D\\", "中文", "\x00"]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.one_of(st.text(max_size=300), st.lists(st.sampled_from(_ADT_PIECES), max_size=12).map("".join)))
+def test_any_text_gets_an_ack_and_never_an_exception(rig: Rig, text: str) -> None:
+    ack, result = rig.listener.handler.handle(text)
+    assert result.code.value in ("AA", "AE", "AR")
+    assert msa(ack)[1] == result.code.value

@@ -20,7 +20,7 @@ import datetime as dt
 import logging
 import time
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
@@ -230,7 +230,7 @@ def _next_record(old: CensusRecord | None, u: AdtUpdate) -> CensusRecord | None:
 # -- the CSV / XLSX import --------------------------------------------------------------------
 
 
-def parse_census_table(table: Table, *, now: float | None = None) -> tuple[list[CensusRecord], list[RowError]]:
+def parse_census_table(table: Table) -> tuple[list[CensusRecord], list[RowError]]:
     header, rows = table
     names, problem = _check_header(header, CENSUS_COLUMNS, CENSUS_OPTIONAL_COLUMNS)
     if problem is not None:
@@ -241,7 +241,7 @@ def parse_census_table(table: Table, *, now: float | None = None) -> tuple[list[
     for line, values in rows:
         rec = _record(names, values)
         row_errors: list[RowError] = []
-        record = _census_row(line, rec, seen, row_errors, now)
+        record = _census_row(line, rec, seen, row_errors)
         if row_errors or record is None:
             errors.extend(row_errors)
             continue
@@ -255,8 +255,7 @@ def read_census_file(path: Path) -> tuple[list[CensusRecord], list[RowError]]:
     return parse_census_table(read_table(path))
 
 
-def _census_row(line: int, rec: dict[str, Any], seen: set[str], errors: list[RowError],
-                now: float | None) -> CensusRecord | None:
+def _census_row(line: int, rec: dict[str, Any], seen: set[str], errors: list[RowError]) -> CensusRecord | None:
     def bad(column: str, reason: str) -> None:
         errors.append(RowError(line, column, reason))
 
@@ -282,10 +281,7 @@ def _census_row(line: int, rec: dict[str, Any], seen: set[str], errors: list[Row
         bad("initials", f"initials are at most 8 characters, got {len(shown)}")
     if errors or status is None:
         return None
-    state = PatientState(status)
-    if state is PatientState.DISCHARGED and discharged_at is None and now is not None:
-        discharged_at = now
-    return CensusRecord(admission, state, shown, _text(rec.get("ward")), _text(rec.get("dept")),
+    return CensusRecord(admission, PatientState(status), shown, _text(rec.get("ward")), _text(rec.get("dept")),
                         _text(rec.get("bed")), admitted_at, discharged_at, "import")
 
 
@@ -311,7 +307,3 @@ def _when(value: Any, column: str, bad: Any) -> float | None:
     except ValueError:
         bad(column, f"not an ISO 8601 date-time: {text!r}")
         return None
-
-
-def admissions(records: Iterable[CensusRecord], state: PatientState) -> list[str]:
-    return [r.admission for r in records if r.status is state]

@@ -43,6 +43,8 @@ class AuditAction(StrEnum):
     CERT_REVOKED = "cert_revoked"
     EVENTS_IMPORTED = "events_imported"
     TOKEN_ISSUED = "token_issued"
+    STAFF_IMPORTED = "staff_imported"  # who may open the cabinets changed
+    CENSUS_IMPORTED = "census_imported"
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
 import os
@@ -12,6 +13,7 @@ from typing import Any
 
 from device.sync import TlsSettings
 from gateway import fieldops_cli
+from gateway.audit import AuditAction, AuditLog
 from gateway.catalog import (
     CatalogImportError,
     import_catalog,
@@ -95,6 +97,10 @@ def _recall_import(a: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def _actor(a: argparse.Namespace) -> str:
+    return str(a.by or getpass.getuser())
+
+
 def _print_row_errors(path: Path, errors: list[Any]) -> None:
     for e in errors:
         print(f"{path}:{e.line}: {e.column}: {e.reason}", file=sys.stderr)
@@ -115,6 +121,7 @@ def _staff_import(a: argparse.Namespace) -> int:
         return 1
     store = GatewayStore(a.db)
     n = import_staff(store, members)
+    AuditLog(store).record(_actor(a), AuditAction.STAFF_IMPORTED, file=str(a.file), staff=n, row_errors=len(errors))
     store.close()
     roles = ", ".join(f"{r}: {sum(m.role.value == r for m in members)}"
                       for r in sorted({m.role.value for m in members}))
@@ -138,6 +145,8 @@ def _census_import(a: argparse.Namespace) -> int:
         return 1
     store = GatewayStore(a.db)
     n = import_census(store, records, replace_all=not a.add)
+    AuditLog(store).record(_actor(a), AuditAction.CENSUS_IMPORTED, file=str(a.file), admissions=n,
+                           replaced=not a.add, row_errors=len(errors))
     store.close()
     in_house = sum(r.status is PatientState.IN_HOUSE for r in records)
     print(f"imported {n} admissions ({in_house} in house, {n - in_house} discharged), {len(errors)} row errors; "
@@ -241,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "from CSV or XLSX")
     st.add_argument("--db", type=Path, required=True)
     st.add_argument("--partial", action="store_true", help="import the good rows even when some rows are bad")
+    st.add_argument("--by", default=None, help="who imported (default: the login name), for the audit log")
     st.add_argument("file", type=Path)
     st.set_defaults(func=_staff_import)
 
@@ -248,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     cen.add_argument("--db", type=Path, required=True)
     cen.add_argument("--add", action="store_true", help="add to the census instead of replacing it")
     cen.add_argument("--partial", action="store_true", help="import the good rows even when some rows are bad")
+    cen.add_argument("--by", default=None, help="who imported (default: the login name), for the audit log")
     cen.add_argument("file", type=Path)
     cen.set_defaults(func=_census_import)
 

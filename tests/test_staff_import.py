@@ -9,6 +9,7 @@ import openpyxl
 import pytest
 
 from device.cabinet.allowlist import AllowList, Role, parse_allowlist
+from gateway.audit import AuditLog
 from gateway.catalog import csv_table
 from gateway.cli import main as gateway_main
 from gateway.staff import build_allowlist, import_staff, load_staff, parse_staff_table, read_staff_file
@@ -97,8 +98,13 @@ def test_staff_import_command_imports_nothing_from_a_file_with_bad_rows_unless_p
     store = GatewayStore(db)
     assert load_staff(store) == []
     store.close()
-    assert gateway_main(["staff-import", "--db", str(db), "--partial", str(f)]) == 1
+    assert gateway_main(["staff-import", "--db", str(db), "--partial", "--by", "hr.zhao", str(f)]) == 1
     assert "imported 2 staff (nurse: 1, restocker: 1), 6 row errors" in capsys.readouterr().out
+    store = GatewayStore(db)
+    entry = AuditLog(store).entries()[0]
+    assert (entry.actor, entry.action, entry.detail) == ("hr.zhao", "staff_imported",
+                                                         {"file": str(f), "staff": 2, "row_errors": 6})
+    store.close()
     bad = tmp_path / "staff.txt"
     bad.write_text("x", encoding="utf-8")
     assert gateway_main(["staff-import", "--db", str(db), str(bad)]) == 2

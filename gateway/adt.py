@@ -43,6 +43,7 @@ from gateway.store import GatewayStore
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.25
+NOT_INPATIENT = {"O": "outpatient", "E": "emergency", "P": "preadmit"}  # PV1-2, HL7 table 0004
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +121,9 @@ def read_adt(text: str) -> tuple[str, AdtUpdate | None, str]:
         event = AdtEvent(trigger)
     except ValueError:
         return control_id, None, trigger
+    patient_class = _get(msg, "PV1", 2).upper()
+    if patient_class in NOT_INPATIENT:
+        return control_id, None, f"{trigger} for an {NOT_INPATIENT[patient_class]} (PV1-2 {patient_class})"
     admission = _get(msg, "PID", 3)
     if not admission:
         raise _Refused(AckCode.AE, "101", "PID-3 admission number missing")
@@ -166,7 +170,7 @@ class AdtHandler:
             raise _Refused(AckCode.AR, "100", f"no usable MSH segment: {err}") from None
         control_id, update, trigger = read_adt(text)
         if update is None:
-            return AdtResult(AckCode.AA, f"ignored: ADT^{trigger or '?'} is not used by the SPD census")
+            return AdtResult(AckCode.AA, f"ignored: ADT^{trigger or '?'} is not used by the SPD census"[:80])
         try:
             changed = apply_adt(self.store, update, control_id=control_id)
         except Exception:

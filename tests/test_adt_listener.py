@@ -133,9 +133,13 @@ def test_a_bad_message_gets_an_error_ack_with_its_reason_and_the_connection_serv
 
 
 def test_an_event_the_census_does_not_follow_is_acknowledged_as_ignored(rig: Rig) -> None:
+    outpatient = adt_message("A01", Patient(PATIENT)).replace("PV1|1|I|", "PV1|1|O|")
     with rig.sender() as s:
         ack = s.send(adt_message("A04", Patient(PATIENT)))
-    assert (ack.code.value, ack.text) == ("AA", "ignored: ADT^A04 is not used by the SPD census")
+        assert (ack.code.value, ack.text) == ("AA", "ignored: ADT^A04 is not used by the SPD census")
+        ack = s.send(outpatient)
+        assert (ack.code.value, ack.text) == (
+            "AA", "ignored: ADT^A01 for an outpatient (PV1-2 O) is not used by the SPD census")
     assert load_census(rig.store) is None
 
 

@@ -336,6 +336,9 @@ def set_patient_census(store: GatewayStore, *, in_house: Iterable[str], discharg
         sql = "INSERT OR REPLACE INTO patient_census (admission, status, updated_at) VALUES (?, ?, ?)"
         db.executemany(sql, [(a, "discharged", now) for a in discharged])
         db.executemany(sql, [(a, "in_house", now) for a in in_house])
+    from gateway.census import mark_census_complete  # the whole census: complete (late import: census uses this module)
+
+    mark_census_complete(store, by="set_patient_census")
 
 
 def load_catalog_entries(store: GatewayStore) -> list[CatalogEntry]:

@@ -18,7 +18,7 @@ from typing import Any
 
 from device.catalog_cache import DOC_SCHEMA, content_digest
 from gateway.catalog import load_catalog_entries, load_dept_stock, load_recalled_lots
-from gateway.census import PatientState, load_census
+from gateway.census import PatientState, census_complete, load_census
 from gateway.lot_expiry import load_lot_expiry
 from gateway.store import GatewayStore
 
@@ -102,7 +102,7 @@ def _consumed_serials(store: GatewayStore, *, since: float) -> list[str]:
 
 def _patients(store: GatewayStore, *, grace_s: float, since: float) -> dict[str, Any] | None:
     census = load_census(store)
-    if census is None:
+    if census is None or not census_complete(store):
         return None
     kept = [r for r in census if r.status is PatientState.IN_HOUSE or r.discharged_at is None
             or r.discharged_at >= since]

@@ -8,6 +8,12 @@ department, bed, and the admission and discharge times. Two feeds write it:
 * ``spd-gateway census-import`` for sites without an ADT interface: a CSV or XLSX snapshot of the
   in-house (and recently discharged) patients, which by default replaces the whole census.
 
+A census is only sent to the devices once it is **complete** (:func:`census_complete`): a snapshot
+import is complete by definition; an ADT-fed census becomes complete when the site says so
+(``spd-gateway census-ready``, once the HIS has sent its initial load of the in-house patients).
+Until then the devices get no census and refuse no wristband for it: a census holding only today's
+admissions would refuse every patient admitted before the feed started.
+
 Census CSV columns (header row, any order, case-insensitive): required ``admission``; optional
 ``status`` (in_house / discharged, also admitted, 在院, 出院; default in_house), ``name`` (turned into
 initials at import, never stored), ``initials``, ``ward``, ``dept``, ``bed``, ``admitted_at`` and
@@ -41,6 +47,10 @@ _DETAIL_COLUMNS = (
     ("admitted_at", "REAL"),
     ("discharged_at", "REAL"),
     ("source", "TEXT NOT NULL DEFAULT ''"),
+)
+_STATE = (
+    "CREATE TABLE IF NOT EXISTS census_state (id INTEGER PRIMARY KEY CHECK (id = 1), complete INTEGER NOT NULL, "
+    "changed_at REAL NOT NULL, changed_by TEXT NOT NULL)"
 )
 _ADT_LOG = (
     "CREATE TABLE IF NOT EXISTS adt_messages (control_id TEXT PRIMARY KEY, received_at REAL NOT NULL, "
@@ -131,6 +141,22 @@ def ensure_census_tables(store: GatewayStore) -> None:
             if name not in have:
                 db.execute(f"ALTER TABLE patient_census ADD COLUMN {name} {sql_type}")
         db.execute(_ADT_LOG)
+        db.execute(_STATE)
+
+
+def mark_census_complete(store: GatewayStore, *, complete: bool = True, by: str = "") -> None:
+    """Say whether the census holds every inpatient (the devices get it only then)."""
+    ensure_census_tables(store)
+    with store.transaction() as db:
+        db.execute("INSERT INTO census_state (id, complete, changed_at, changed_by) VALUES (1, ?, ?, ?) "
+                   "ON CONFLICT (id) DO UPDATE SET complete = excluded.complete, changed_at = excluded.changed_at, "
+                   "changed_by = excluded.changed_by", (int(complete), time.time(), by))
+
+
+def census_complete(store: GatewayStore) -> bool:
+    ensure_census_tables(store)
+    rows = store.query("SELECT complete FROM census_state WHERE id = 1")
+    return bool(rows and rows[0][0])
 
 
 def load_census(store: GatewayStore) -> list[CensusRecord] | None:
@@ -179,6 +205,8 @@ def import_census(store: GatewayStore, records: Sequence[CensusRecord], *, repla
         if replace_all:
             db.execute("DELETE FROM patient_census")
         db.executemany(_UPSERT, [_row(r, now) for r in records])
+    if replace_all:
+        mark_census_complete(store, by="census-import")
     log.info("census: %d admissions imported%s", len(records), " (whole census replaced)" if replace_all else "")
     return len(records)
 

@@ -173,6 +173,20 @@ def _expiry_import(a: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def _census_ready(a: argparse.Namespace) -> int:
+    from gateway.census import census_complete, load_census, mark_census_complete
+
+    store = GatewayStore(a.db)
+    mark_census_complete(store, complete=not a.off, by=_actor(a))
+    records = load_census(store) or []
+    AuditLog(store).record(_actor(a), AuditAction.CENSUS_IMPORTED, ready=not a.off, admissions=len(records))
+    state = census_complete(store)
+    store.close()
+    print(f"census {'complete: sent to the devices' if state else 'not complete: devices refuse no wristband for it'}"
+          f" ({len(records)} admissions); publish with: spd-gateway push --component catalog --build")
+    return 0
+
+
 def _counts(a: argparse.Namespace) -> int:
     store = GatewayStore(a.db)
     print(json.dumps(store.counts(), indent=2))
@@ -261,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     cen.add_argument("--by", default=None, help="who imported (default: the login name), for the audit log")
     cen.add_argument("file", type=Path)
     cen.set_defaults(func=_census_import)
+
+    rdy = sub.add_parser("census-ready", help="the ADT-fed census now holds every inpatient: send it to the devices")
+    rdy.add_argument("--db", type=Path, required=True)
+    rdy.add_argument("--off", action="store_true", help="not complete (again): the devices stop checking patients")
+    rdy.add_argument("--by", default=None, help="who said so (default: the login name), for the audit log")
+    rdy.set_defaults(func=_census_ready)
 
     exp = sub.add_parser("expiry-import", help="replace the lots' expiry dates (for codes without one) from CSV "
                          "or XLSX")

@@ -30,6 +30,7 @@ from device.scan_policy import ConsumedSerials, ScanPolicy
 from device.sync import DeviceSync
 from gateway.app import Gateway, GatewayConfig
 from gateway.catalog import CatalogEntry, import_catalog
+from gateway.census import mark_census_complete
 from gateway.commands import generate_signing_key, public_key_pem
 from gateway.pki import SiteCA
 from hw_sim.adt import AdtSender, Patient, adt_message
@@ -114,6 +115,7 @@ def site(tmp_path: Path) -> Iterator[Site]:
                                     his_port=1, his_backoff_max_s=60.0, adt_port=0, discharge_grace_s=GRACE_S))
     import_catalog(gateway.store, [CatalogEntry(GAUZE, "HC00007", "33100007", "Haemostatic gauze", "5x7.5cm", "Maker",
                                                 21800, True, False)])
+    mark_census_complete(gateway.store, by="go-live")  # the HIS's initial load is done (here: nobody in house)
     assert gateway.publisher is not None
     gateway.publisher.min_interval_s = 0.0  # the site default (one push a minute at most) would only slow the test
     gateway.start()

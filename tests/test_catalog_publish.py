@@ -27,7 +27,7 @@ from device.remote import (
 from device.sync import DeviceSync
 from gateway.catalog import CatalogEntry, RecalledLot, import_catalog, import_recalled_lots
 from gateway.catalog_publish import CatalogPublisher
-from gateway.census import AdtEvent, AdtUpdate, apply_adt
+from gateway.census import AdtEvent, AdtUpdate, apply_adt, mark_census_complete
 from gateway.cli import main as gateway_main
 from gateway.commands import generate_signing_key, public_key_pem
 from gateway.pki import SiteCA
@@ -85,6 +85,7 @@ def test_push_build_publishes_the_catalog_document_and_a_departments_allow_list(
                                         False)])
     import_recalled_lots(store, [RecalledLot(GAUZE, "L9", "recall")])
     apply_adt(store, AdtUpdate(AdtEvent.ADMIT, "ZY1", initials="Z.S.", ward="5A"), control_id="M1")
+    mark_census_complete(store)
     members, _ = parse_staff_table(_staff_table("staff_id,badge,role,dept\nN1,04000001,nurse,CARD\n"
                                                 "N2,04000002,nurse,ICU\nR1,04000009,restocker,*\n"))
     import_staff(store, members)
@@ -134,6 +135,7 @@ class FakeFleet:
 def test_a_burst_of_census_changes_is_published_once_and_an_unchanged_document_not_at_all(tmp_path: Path) -> None:
     store = GatewayStore(tmp_path / "gw.db")
     fleet = FakeFleet()
+    mark_census_complete(store)
     publisher = CatalogPublisher(store, lambda: fleet, debounce_s=1.0, max_delay_s=10.0).start()  # type: ignore[arg-type]
     try:
         for n in range(20):

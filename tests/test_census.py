@@ -25,10 +25,12 @@ from gateway.census import (
     CensusRecord,
     PatientState,
     apply_adt,
+    census_complete,
     census_record,
     import_census,
     initials,
     load_census,
+    mark_census_complete,
     parse_census_table,
 )
 from gateway.charging import ChargingWorker
@@ -272,3 +274,28 @@ def test_a_document_from_an_older_gateway_still_parses(tmp_path: Path) -> None:
     info = cache.patient(PATIENT)
     assert info is not None and (info.status, info.initials, info.ward) == (PatientStatus.IN_HOUSE, "", "")
     assert cache.lot_expiry(GAUZE, "L1") is None
+
+
+def test_an_adt_fed_census_reaches_the_devices_only_once_the_site_says_it_is_complete(
+        store: GatewayStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    adt(store, AdtEvent.ADMIT, PATIENT)  # the feed started today: everyone admitted before is missing
+    assert not census_complete(store)
+    assert build_device_catalog(store, dept=None)["patients"] is None  # devices refuse nobody for it
+    mark_census_complete(store, by="interface.eng")
+    assert build_device_catalog(store, dept=None)["patients"]["in_house"] == [PATIENT]
+    store.close()
+    db = tmp_path / "gw.db"
+    assert gateway_main(["census-ready", "--db", str(db), "--off", "--by", "spd.desk"]) == 0
+    assert "census not complete: devices refuse no wristband for it (1 admissions)" in capsys.readouterr().out
+    again = GatewayStore(db)
+    assert build_device_catalog(again, dept=None)["patients"] is None
+    again.close()
+    assert gateway_main(["census-ready", "--db", str(db)]) == 0
+    assert "census complete: sent to the devices (1 admissions)" in capsys.readouterr().out
+
+
+def test_a_census_snapshot_import_is_complete(store: GatewayStore) -> None:
+    import_census(store, [CensusRecord(PATIENT)], replace_all=False)  # added to: not the whole census
+    assert not census_complete(store)
+    import_census(store, [CensusRecord(PATIENT)])
+    assert census_complete(store)

@@ -236,22 +236,12 @@ class CatalogCache:
 
     def patient_status(self, admission: str, *, now: float | None = None) -> PatientStatus:
         """The census verdict for `admission` at `now` (epoch seconds, default the device's clock)."""
-        snap = self._snap
-        if snap is None or snap.in_house is None or snap.discharged is None:
-            return PatientStatus.NO_CENSUS
-        if admission in snap.in_house:
-            return PatientStatus.IN_HOUSE
-        if admission in snap.discharged:
-            until = _chargeable_until(snap, admission)
-            at = time.time() if now is None else now
-            return PatientStatus.RECENTLY_DISCHARGED if until is not None and at < until else \
-                PatientStatus.DISCHARGED
-        return PatientStatus.UNKNOWN
+        return _patient_status(self._snap, admission, time.time() if now is None else now)
 
     def patient(self, admission: str, *, now: float | None = None) -> PatientInfo | None:
         """Admission, initials, ward, department and status for the screen; None when the census lacks it."""
-        status = self.patient_status(admission, now=now)
-        snap = self._snap
+        snap = self._snap  # one snapshot for the whole answer, even if a push lands meanwhile
+        status = _patient_status(snap, admission, time.time() if now is None else now)
         if snap is None or status in (PatientStatus.NO_CENSUS, PatientStatus.UNKNOWN):
             return None
         rec = snap.records.get(admission, PatientRecord())
@@ -259,6 +249,17 @@ class CatalogCache:
         return PatientInfo(admission, status, rec.initials, rec.ward, rec.dept, rec.bed,
                            float(rec.discharged_at) if discharged and rec.discharged_at is not None else None,
                            _chargeable_until(snap, admission) if discharged else None)
+
+
+def _patient_status(snap: _Snapshot | None, admission: str, now: float) -> PatientStatus:
+    if snap is None or snap.in_house is None or snap.discharged is None:
+        return PatientStatus.NO_CENSUS
+    if admission in snap.in_house:
+        return PatientStatus.IN_HOUSE
+    if admission in snap.discharged:
+        until = _chargeable_until(snap, admission)
+        return PatientStatus.RECENTLY_DISCHARGED if until is not None and now < until else PatientStatus.DISCHARGED
+    return PatientStatus.UNKNOWN
 
 
 def _chargeable_until(snap: _Snapshot, admission: str) -> float | None:

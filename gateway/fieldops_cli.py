@@ -210,6 +210,16 @@ def _alarms(a: argparse.Namespace) -> int:
 
 def _audit(a: argparse.Namespace) -> int:
     store = GatewayStore(a.db)
+    if a.what == "verify":
+        audit = AuditLog(store)
+        broken = audit.verify()
+        rows = store.query("SELECT COUNT(*) FROM audit_log")[0][0]
+        store.close()
+        if broken is not None:
+            print(f"BROKEN: {broken}")
+            return 1
+        print(f"audit log intact: {rows} rows, every hash and link holds")
+        return 0
     for e in AuditLog(store).entries(device=a.device, limit=a.limit):
         print(f"{e.id}\t{e.at:.0f}\t{e.actor}\t{e.action}\t{e.device}\t{e.outcome}\t{json.dumps(e.detail)}")
     store.close()
@@ -365,7 +375,10 @@ def register(sub: Any) -> None:
     p.add_argument("--db", type=Path, required=True)
     p.set_defaults(func=_alarms)
 
-    p = sub.add_parser("audit", help="who sent which command, enrolments, revocations, imports")
+    p = sub.add_parser("audit", help="who sent which command, enrolments, revocations, imports; "
+                                     "'audit verify' checks the hash chain")
+    p.add_argument("what", nargs="?", choices=["list", "verify"], default="list",
+                   help="list (default) the rows, or verify the chain: exit 1 naming the first broken row")
     p.add_argument("--db", type=Path, required=True)
     p.add_argument("--device", default=None)
     p.add_argument("--limit", type=int, default=100)

@@ -229,3 +229,86 @@ def test_a_tls_gateway_with_a_fleet_link_needs_the_fleet_links_own_certificate(b
     with pytest.raises(ValueError, match="spd-gateway-fleet"):
         make_fleet_link(store, cfg)
     store.close()
+
+
+def test_doctor_on_a_running_device_passes_and_the_device_takes_its_connection_back(
+        broker: SecureBroker, tmp_path: Path) -> None:
+    """The doctor logs in with the device's own certificate, so it now shares the device's client id."""
+    import time
+    from types import SimpleNamespace
+
+    from device.commands.doctor import Status, check_broker
+    from device.eventlog import EventLog
+    from device.sync import DeviceSync
+    from gateway.ingest import IngestService
+    from gateway.store import GatewayStore
+
+    tls = broker.client_tls("CB03")
+    store = GatewayStore(tmp_path / "gw.db")
+    gw = IngestService(store, host=broker.host, port=broker.port, tls=broker.gateway_tls()).start()
+    log = EventLog(tmp_path / "CB03.db", device="CB03")
+    sync = DeviceSync(log, site=SITE, host=broker.host, port=broker.port, tls=tls).start()
+    try:
+        assert gw.wait_connected()
+        cfg = SimpleNamespace(device_id="CB03", site=SITE, broker=SimpleNamespace(
+            host=broker.host, port=broker.port,
+            tls=SimpleNamespace(ca_file=tls.ca_file, cert_file=tls.cert_file, key_file=tls.key_file)))
+        findings = check_broker(cfg)  # type: ignore[arg-type]
+        assert [f.status for f in findings] == [Status.OK] * 3, findings
+        for i in range(5):
+            log.append("access", {"badge": f"B{i}", "outcome": "granted"})
+        deadline = time.monotonic() + 30
+        while (log.backlog() or store.counts()["events"] < 5) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (log.backlog(), store.counts()["events"]) == (0, 5), "the device delivered after the doctor left"
+    finally:
+        sync.stop()
+        gw.stop()
+        log.close()
+        store.close()
+
+
+def test_the_deployed_gateway_and_a_device_keep_their_connections_while_a_thief_tries_their_ids(
+        broker: SecureBroker, tmp_path: Path) -> None:
+    """The real gateway (ingest and fleet link, each on its own certificate) and a real device sync."""
+    import time
+
+    from device.eventlog import EventLog
+    from device.sync import DeviceSync
+    from gateway.app import Gateway, GatewayConfig
+    from gateway.commands import generate_signing_key
+    from hw_sim.broker import free_port
+
+    generate_signing_key(tmp_path / "signing.key")
+    gateway = Gateway(GatewayConfig(db_path=tmp_path / "gw.db", broker_host=broker.host, broker_port=broker.port,
+                                    tls=broker.gateway_tls(), fleet_tls=broker.gateway_tls("spd-gateway-fleet"),
+                                    signing_key=tmp_path / "signing.key", his_port=free_port())).start()
+    log = EventLog(tmp_path / "CB02.db", device="CB02")
+    sync = DeviceSync(log, site=SITE, host=broker.host, port=broker.port, tls=broker.client_tls("CB02"),
+                      reconnect_min_s=0.2, reconnect_max_s=0.5).start()
+    thieves: list[MqttProbe] = []
+    try:
+        assert gateway.ingest.wait_connected() and gateway.fleet_link is not None
+        assert gateway.fleet_link.wait_connected()
+        stolen = broker.client_tls("CB01")
+        for n, taken in enumerate(["spd-gateway", "spd-gateway-fleet", "dev-H1-CB02", "CB02"]):
+            if thieves:  # one at a time: two on CB01's certificate would close each other (same identity)
+                thieves[-1].close()
+            thieves.append(attacker(broker, stolen, taken, session_expiry_s=3600))
+            for i in range(5):
+                log.append("access", {"badge": f"B{n}{i}", "outcome": "granted"})
+            deadline = time.monotonic() + 30
+            while (log.backlog() or gateway.store.counts()["events"] < 5 * (n + 1)) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert (log.backlog(), gateway.store.counts()["events"]) == (0, 5 * (n + 1))
+        assert sync.stats.connects == 1, "the device kept its one connection"
+        connected = [line.split(" as ")[1].split(" ")[0] for line in broker.log_path.read_text().splitlines()
+                     if "New client connected" in line]
+        assert sorted(connected) == ["CB01", "CB01", "CB01", "CB01", "CB02", "spd-gateway", "spd-gateway-fleet"]
+        assert [(t.connects, t.disconnects) for t in thieves] == [(1, 1)] * 3 + [(1, 0)], "never fought off"
+    finally:
+        for t in thieves:
+            t.close()
+        sync.stop()
+        gateway.stop()
+        log.close()

@@ -89,14 +89,18 @@ HOST="$(hostname -f 2>/dev/null || hostname)"
 import sys
 from pathlib import Path
 from cryptography.hazmat.primitives import serialization
+from gateway.broker_acl import GATEWAY_CLI_IDENTITY, fleet_identity
 from gateway.pki import GATEWAY_IDENTITY, CertRole, SiteCA, write_private_key
 gw, host = Path(sys.argv[1]), sys.argv[2]
 ca = SiteCA.load(gw / "ca")
 pem = serialization.Encoding.PEM
-if not (gw / "tls" / "gateway.crt").exists():
-    key, cert = ca.issue_with_new_key(GATEWAY_IDENTITY, role=CertRole.GATEWAY)
-    write_private_key(gw / "tls" / "gateway.key", key)
-    (gw / "tls" / "gateway.crt").write_bytes(cert.public_bytes(pem))
+# one certificate per gateway connection: the broker makes the client id the certificate's CN
+for stem, name in (("gateway", GATEWAY_IDENTITY), ("gateway-fleet", fleet_identity(GATEWAY_IDENTITY)),
+                   ("gateway-cli", GATEWAY_CLI_IDENTITY)):
+    if not (gw / "tls" / f"{stem}.crt").exists():
+        key, cert = ca.issue_with_new_key(name, role=CertRole.GATEWAY)
+        write_private_key(gw / "tls" / f"{stem}.key", key)
+        (gw / "tls" / f"{stem}.crt").write_bytes(cert.public_bytes(pem))
 if not Path("/etc/mosquitto/spd/broker.crt").exists():
     key, cert = ca.issue_with_new_key("spd-broker", role=CertRole.SERVER, dns_names=(host, "localhost"),
                                       ip_addresses=("127.0.0.1",))
@@ -105,7 +109,7 @@ if not Path("/etc/mosquitto/spd/broker.crt").exists():
 (gw / "tls" / "ca.crt").write_bytes(ca.cert_pem)
 PY
 chown -R spd-gateway:spd-gateway "$GW/ca" "$GW/tls"
-chmod 0600 "$GW/tls/gateway.key"
+chmod 0600 "$GW/tls/gateway.key" "$GW/tls/gateway-fleet.key" "$GW/tls/gateway-cli.key"
 install -m 0644 "$GW/ca/ca.crt" /etc/mosquitto/spd/ca.crt
 install -m 0644 "$GW/ca/crl.pem" /etc/mosquitto/spd/crl.pem
 chown mosquitto:mosquitto /etc/mosquitto/spd/broker.key && chmod 0600 /etc/mosquitto/spd/broker.key

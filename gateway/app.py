@@ -33,6 +33,7 @@ from typing import Literal
 from device.sync import TlsSettings
 from gateway import bridge
 from gateway.adt import AdtListener
+from gateway.broker_acl import fleet_identity
 from gateway.catalog_publish import CatalogPublisher
 from gateway.charging import ChargingWorker
 from gateway.commands import CommandSigner, load_signing_key
@@ -67,6 +68,9 @@ class GatewayConfig:
     facility: str = "HOSP"
     sending_facility: str = "SPD"
     tls: TlsSettings | None = None
+    # the fleet link's own certificate (CN ``{client_id}-fleet``): the broker makes a connection's client id
+    # its certificate's CN, so the fleet link and ingest on one certificate would close each other's connection
+    fleet_tls: TlsSettings | None = None
     signing_key: Path | None = None  # the command-signing key: run the fleet link (state in, commands out)
     adt_host: str = "127.0.0.1"
     adt_port: int | None = None  # None = no ADT listener
@@ -88,8 +92,10 @@ def make_fleet_link(store: GatewayStore, config: GatewayConfig) -> FleetLink:
     """The fleet's own MQTT connection with a :class:`Fleet` that signs with ``config.signing_key``."""
     if config.signing_key is None:
         raise ValueError("the fleet link needs the command-signing key")
-    link = FleetLink(store, host=config.broker_host, port=config.broker_port, tls=config.tls,
-                     client_id=f"{config.client_id}-fleet")
+    if config.tls is not None and config.fleet_tls is None:
+        raise ValueError(f"over TLS the fleet link needs its own certificate (CN {fleet_identity(config.client_id)})")
+    link = FleetLink(store, host=config.broker_host, port=config.broker_port, tls=config.fleet_tls,
+                     client_id=fleet_identity(config.client_id))
     link.fleet = Fleet(store, CommandSigner(load_signing_key(config.signing_key)), link.publish)
     return link
 

@@ -55,6 +55,8 @@ def _run(a: argparse.Namespace) -> int:
         lease_ttl_s=a.lease_ttl,
         his_lanes=a.his_lanes,
         tls=tls,
+        fleet_tls=TlsSettings(str(a.tls_ca), str(a.fleet_tls_cert), str(a.fleet_tls_key))
+        if tls and a.fleet_tls_cert and a.fleet_tls_key else None,
         signing_key=a.signing_key,
         adt_host=a.adt_host,
         adt_port=a.adt_port,
@@ -225,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tls-ca", type=Path, default=None, help="the site CA (mutual TLS to the broker)")
     run.add_argument("--tls-cert", type=Path, default=None, help="the gateway's client certificate")
     run.add_argument("--tls-key", type=Path, default=None, help="the gateway's client key")
+    run.add_argument("--fleet-tls-cert", type=Path, default=None,
+                     help="the fleet link's own certificate (CN <client-id>-fleet), needed with TLS and --signing-key")
+    run.add_argument("--fleet-tls-key", type=Path, default=None, help="the fleet link's key")
     run.add_argument("--signing-key", type=Path, default=None,
                      help="command-signing key: also run the fleet link (applied versions, re-sends to devices behind)")
     run.add_argument("--client-id", default="spd-gateway")

@@ -19,7 +19,8 @@ from device.export import ExportError
 from device.remote import Component
 from device.sync import TlsSettings
 from gateway.audit import AuditAction, AuditLog, chain_break_alarms
-from gateway.broker_acl import DEFAULT_TEMPLATE, BrokerPaths, render_acl, render_config
+from gateway.broker_acl import DEFAULT_TEMPLATE, GATEWAY_CLI_IDENTITY, BrokerPaths, render_acl, render_config
+from gateway.pki import GATEWAY_IDENTITY
 from gateway.store import GatewayStore
 
 
@@ -101,7 +102,7 @@ def _signing_key(a: argparse.Namespace) -> int:
 
 
 def _broker_acl(a: argparse.Namespace) -> int:
-    text = render_acl(a.site)
+    text = render_acl(a.site, gateways=a.gateway or [GATEWAY_IDENTITY])
     if a.out:
         Path(a.out).write_text(text)
     else:
@@ -144,7 +145,7 @@ def _fleet(a: argparse.Namespace) -> Iterator[Any]:
 
     store = GatewayStore(a.db)
     tls = TlsSettings(a.tls_ca, a.tls_cert, a.tls_key) if a.tls_ca else None
-    link = FleetLink(store, host=a.broker_host, port=a.broker_port, tls=tls, client_id="spd-gateway-cli").start()
+    link = FleetLink(store, host=a.broker_host, port=a.broker_port, tls=tls, client_id=GATEWAY_CLI_IDENTITY).start()
     try:
         if not link.wait_connected():
             raise SystemExit("cannot reach the broker")
@@ -229,6 +230,16 @@ def _alarms(a: argparse.Namespace) -> int:
 
 def _audit(a: argparse.Namespace) -> int:
     store = GatewayStore(a.db)
+    if a.what == "verify":
+        audit = AuditLog(store)
+        broken = audit.verify()
+        rows = store.query("SELECT COUNT(*) FROM audit_log")[0][0]
+        store.close()
+        if broken is not None:
+            print(f"BROKEN: {broken}")
+            return 1
+        print(f"audit log intact: {rows} rows, every hash and link holds")
+        return 0
     for e in AuditLog(store).entries(device=a.device, limit=a.limit):
         print(f"{e.id}\t{e.at:.0f}\t{e.actor}\t{e.action}\t{e.device}\t{e.outcome}\t{json.dumps(e.detail)}")
     store.close()
@@ -240,12 +251,13 @@ def _service(a: argparse.Namespace) -> int:
     from gateway.app import Gateway, GatewayConfig
 
     tls = TlsSettings(a.tls_ca, a.tls_cert, a.tls_key) if a.tls_ca else None
+    fleet_tls = TlsSettings(a.tls_ca, a.fleet_tls_cert, a.fleet_tls_key) if a.tls_ca and a.fleet_tls_cert else None
     # with a signing key the gateway runs its fleet link: applied versions from device state,
     # desired state re-sent to devices that come back behind
     gw = Gateway(GatewayConfig(db_path=a.db, broker_host=a.broker_host, broker_port=a.broker_port,
                                his_host=a.his_host, his_port=a.his_port, facility=a.facility, tls=tls,
-                               signing_key=a.signing_key, adt_host=a.adt_host, adt_port=a.adt_port,
-                               discharge_grace_s=a.discharge_grace))
+                               fleet_tls=fleet_tls, signing_key=a.signing_key, adt_host=a.adt_host,
+                               adt_port=a.adt_port, discharge_grace_s=a.discharge_grace))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -308,6 +320,9 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("broker-acl", help="write the Mosquitto ACL for the site(s)")
     p.add_argument("--site", action="append", required=True)
+    p.add_argument("--gateway", action="append", default=None,
+                   help=f"a gateway instance's client id (default {GATEWAY_IDENTITY}); repeat for several instances: "
+                        "each gets rights for itself and its fleet link ('<id>-fleet')")
     p.add_argument("--out", type=Path, default=None)
     p.set_defaults(func=_broker_acl)
 
@@ -375,6 +390,8 @@ def register(sub: Any) -> None:
     p.add_argument("--his-host", default="127.0.0.1")
     p.add_argument("--his-port", type=int, default=2575)
     p.add_argument("--facility", default="HOSP")
+    p.add_argument("--fleet-tls-cert", help="the fleet link's own certificate (CN spd-gateway-fleet)")
+    p.add_argument("--fleet-tls-key")
     p.add_argument("--signing-key", type=Path, default=None, help="command-signing key: also run the fleet link")
     p.add_argument("--adt-port", type=int, default=None, help="listen for the HIS's HL7 ADT feed (docs/census.md)")
     p.add_argument("--adt-host", default="127.0.0.1")
@@ -390,7 +407,10 @@ def register(sub: Any) -> None:
     p.add_argument("--db", type=Path, required=True)
     p.set_defaults(func=_alarms)
 
-    p = sub.add_parser("audit", help="who sent which command, enrolments, revocations, imports")
+    p = sub.add_parser("audit", help="who sent which command, enrolments, revocations, imports; "
+                                     "'audit verify' checks the hash chain")
+    p.add_argument("what", nargs="?", choices=["list", "verify"], default="list",
+                   help="list (default) the rows, or verify the chain: exit 1 naming the first broken row")
     p.add_argument("--db", type=Path, required=True)
     p.add_argument("--device", default=None)
     p.add_argument("--limit", type=int, default=100)

@@ -37,6 +37,9 @@ GATEWAY_IDENTITY = "spd-gateway"
 """The common name of the gateway's client certificate; the ACL gives it the gateway's rights."""
 
 RESERVED_NAMES = frozenset({GATEWAY_IDENTITY, "spd-broker", "spd-enrol"})
+RESERVED_PREFIX = "spd-"
+"""No device id starts with it: the gateway's other identities (``spd-gateway-fleet``, ``spd-gateway-cli``,
+one per extra instance) get the gateway's rights in the broker ACL."""
 
 INDEX_SCHEMA = """
 CREATE TABLE IF NOT EXISTS certs (
@@ -248,7 +251,7 @@ class SiteCA:
         """Check the CSR (its own signature, common name == ``name``) and sign a certificate for it."""
         if not ID_PATTERN.match(name):
             raise BadCsr(f"name {name!r} must match {ID_PATTERN.pattern}")
-        if role is CertRole.DEVICE and name in RESERVED_NAMES:
+        if role is CertRole.DEVICE and (name in RESERVED_NAMES or name.lower().startswith(RESERVED_PREFIX)):
             raise BadCsr(f"{name!r} is reserved and cannot be a device id")
         try:
             csr = x509.load_pem_x509_csr(csr_pem)

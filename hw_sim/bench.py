@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import random
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from device.eventlog import EventLog
 from device.sync import DeviceSync
 from gateway.ingest import IngestService
 from gateway.store import GatewayStore
+from hw_sim import reaper
 from hw_sim.broker import MosquittoBroker
 from hw_sim.handheld import SimHandheld, scan_for
 from hw_sim.harness import SpineHarness
@@ -90,43 +92,66 @@ def run_fleet_worker(*, first: int, count: int, site: str, data_dir: Path, broke
     return lat
 
 
-def bench_fleet(devices: int, rate: float, duration_s: float, workers: int = 4) -> dict[str, object]:
+class BenchError(RuntimeError):
+    """A benchmark could not finish (a worker timed out or failed); everything it started has been ended."""
+
+
+def _collect_worker(p: subprocess.Popen[bytes], timeout_s: float) -> list[float]:
+    try:
+        out, _ = p.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"fleet worker pid {p.pid} did not finish within {timeout_s:.0f}s") from None
+    if p.returncode != 0:
+        raise BenchError(f"fleet worker pid {p.pid} exited with {p.returncode}")
+    return list(json.loads(out))
+
+
+def bench_fleet(devices: int, rate: float, duration_s: float, workers: int = 4, *,
+                worker_timeout_s: float | None = None) -> dict[str, object]:
     """Scan → stored at gateway and scan → HIS ACK, with ``devices`` handhelds scanning at ``rate``/s each.
 
     The handhelds run in ``workers`` child processes (as real handhelds are separate machines), the
-    gateway in its own process, the simulated HIS in this one.
+    gateway in its own process, the simulated HIS in this one. Workers, gateway and broker are ended
+    on every way out: a worker that times out or fails, an exception, SIGTERM (see :mod:`hw_sim.reaper`).
     """
+    timeout_s = duration_s + 180 if worker_timeout_s is None else worker_timeout_s
     with tempfile.TemporaryDirectory() as d:
         h = SpineHarness(Path(d))
-        h.start()
-        per = -(-devices // workers)
-        procs = []
-        t0 = time.time()
-        for w in range(workers):
-            first, count = w * per, min(per, devices - w * per)
-            if count <= 0:
-                break
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "hw_sim.bench", "fleet-worker", "--first", str(first), "--count", str(count),
-                 "--site", h.site, "--data-dir", str(h.device_dir), "--broker-port", str(h.broker.port),
-                 "--rate", str(rate), "--duration", str(duration_s)],
-                stdout=subprocess.PIPE,
-            ))
-        commit: list[float] = []
-        for p in procs:
-            out, _ = p.communicate(timeout=duration_s + 180)
-            commit += json.loads(out)
-        for path in h.device_dir.glob("*.db"):  # the workers' handhelds: count their logs in the tally
-            h.device_db_paths[path.stem] = path
-        settled = h.wait_settled(timeout_s=120)
-        db = sqlite3.connect(h.gateway_db)
-        stored = [r[0] for r in db.execute(
-            "SELECT stored_at - ts_ms / 1000.0 FROM events WHERE kind = 'consume' AND ts_ms >= ?", (t0 * 1000,))]
-        acked = [r[0] for r in db.execute(
-            "SELECT c.finished_at - e.ts_ms / 1000.0 FROM charges c JOIN events e ON e.device = c.device "
-            "AND e.seq = c.seq WHERE c.status = 'accepted'")]
-        db.close()
-        h.close()
+        procs: list[subprocess.Popen[bytes]] = []
+        try:
+            h.start()
+            per = -(-devices // workers)
+            t0 = time.time()
+            for w in range(workers):
+                first, count = w * per, min(per, devices - w * per)
+                if count <= 0:
+                    break
+                procs.append(reaper.spawn(
+                    [sys.executable, "-m", "hw_sim.bench", "fleet-worker", "--first", str(first), "--count",
+                     str(count), "--site", h.site, "--data-dir", str(h.device_dir), "--broker-port",
+                     str(h.broker.port), "--rate", str(rate), "--duration", str(duration_s)],
+                    stdout=subprocess.PIPE,
+                ))
+            commit: list[float] = []
+            deadline = time.monotonic() + timeout_s
+            for p in procs:
+                commit += _collect_worker(p, max(0.0, deadline - time.monotonic()))
+            for path in h.device_dir.glob("*.db"):  # the workers' handhelds: count their logs in the tally
+                h.device_db_paths[path.stem] = path
+            settled = h.wait_settled(timeout_s=120)
+            db = sqlite3.connect(h.gateway_db)
+            stored = [r[0] for r in db.execute(
+                "SELECT stored_at - ts_ms / 1000.0 FROM events WHERE kind = 'consume' AND ts_ms >= ?", (t0 * 1000,))]
+            acked = [r[0] for r in db.execute(
+                "SELECT c.finished_at - e.ts_ms / 1000.0 FROM charges c JOIN events e ON e.device = c.device "
+                "AND e.seq = c.seq WHERE c.status = 'accepted'")]
+            db.close()
+        finally:
+            for p in procs:
+                reaper.stop(p, sig=signal.SIGKILL)
+                if p.stdout is not None:
+                    p.stdout.close()
+            h.close()
     return {
         "figure": "fleet",
         "devices": devices,
@@ -157,20 +182,23 @@ def bench_backlog(events: int) -> dict[str, object]:
         store = GatewayStore(Path(d) / "gw.db")
         sync = DeviceSync(log, site="H1", host=broker.host, port=broker.port, batch_size=500, window=8,
                           reconnect_min_s=0.2, reconnect_max_s=0.5, resend_after_s=10)
-        sync.start()
-        time.sleep(1.0)  # the device is trying to connect; the broker is down
-        t0 = time.monotonic()
-        broker.start()
-        gw = IngestService(store, host=broker.host, port=broker.port).start()
-        while log.backlog() > 0:
-            time.sleep(0.05)
-        drain_s = time.monotonic() - t0
-        stored = store.counts()["events"]
-        sync.stop()
-        gw.stop()
-        broker.close()
-        store.close()
-        log.close()
+        gw = IngestService(store, host=broker.host, port=broker.port)
+        try:
+            sync.start()
+            time.sleep(1.0)  # the device is trying to connect; the broker is down
+            t0 = time.monotonic()
+            broker.start()
+            gw.start()
+            while log.backlog() > 0:
+                time.sleep(0.05)
+            drain_s = time.monotonic() - t0
+            stored = store.counts()["events"]
+        finally:
+            sync.stop()
+            gw.stop()
+            broker.close()
+            store.close()
+            log.close()
     return {"figure": "backlog_drain", "events": events, "fill_s": round(fill_s, 1), "drain_s": round(drain_s, 2),
             "events_per_s": round(events / drain_s), "stored": stored}
 
@@ -188,8 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=1.0)
     p.add_argument("--duration", type=float, default=60.0)
     p.add_argument("--events", type=int, default=100_000)
+    p.add_argument("--worker-timeout", type=float, default=None,
+                   help="seconds to wait for the fleet workers (default: duration + 180)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
+    reaper.exit_on_signals()  # SIGTERM/SIGHUP: unwind, so the broker, gateway and workers are ended
     if a.which == "fleet-worker":
         lat = run_fleet_worker(first=a.first, count=a.count, site=a.site, data_dir=a.data_dir,
                                broker_port=a.broker_port, rate=a.rate, duration_s=a.duration)
@@ -198,7 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     if a.which in ("commit", "all"):
         print(json.dumps(bench_commit(a.commits)), flush=True)
     if a.which in ("fleet", "all"):
-        print(json.dumps(bench_fleet(a.devices, a.rate, a.duration)), flush=True)
+        try:
+            print(json.dumps(bench_fleet(a.devices, a.rate, a.duration, worker_timeout_s=a.worker_timeout)),
+                  flush=True)
+        except BenchError as err:
+            print(f"bench fleet: {err}; its gateway, broker and workers were stopped", file=sys.stderr)
+            return 1
     if a.which in ("backlog", "all"):
         print(json.dumps(bench_backlog(a.events)), flush=True)
     return 0

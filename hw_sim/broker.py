@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from hw_sim import reaper
+
 log = logging.getLogger(__name__)
 
 
@@ -82,12 +84,7 @@ class MosquittoBroker:
             return self
         self._write_config()
         logf = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        self._proc = subprocess.Popen(
-            [find_mosquitto(), "-c", str(self.conf_path)],
-            stdout=logf,
-            stderr=logf,
-            start_new_session=True,
-        )
+        self._proc = reaper.spawn([find_mosquitto(), "-c", str(self.conf_path)], stdout=logf, stderr=logf)
         logf.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -106,19 +103,13 @@ class MosquittoBroker:
 
     def kill(self) -> None:
         """Hard-kill the broker (SIGKILL): in-memory queues and in-flight messages are lost."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGKILL)
-            self._proc.wait(timeout=10)
+        if self._proc is not None:
+            reaper.stop(self._proc, sig=signal.SIGKILL)
         self._proc = None
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(timeout=5)
+        if self._proc is not None:
+            reaper.stop(self._proc, sig=signal.SIGTERM, grace_s=5.0)
         self._proc = None
 
     def restart(self, *, down_s: float = 0.0) -> None:

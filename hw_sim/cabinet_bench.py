@@ -35,6 +35,7 @@ import device.cabinet.agent as cabinet_agent
 from device.cabinet.inventory import CountResult, InventoryPolicy, InventoryReader, count_stable
 from device.hal.rfid.r2000 import Command, Session, Target
 from device.hal.rfid.reader import InventoryResult
+from hw_sim import reaper
 from hw_sim.cabinet import SimCabinet, SimTaggedItem
 from hw_sim.rfid_reader import SimGen2Field
 
@@ -205,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hold-s", type=float, default=6.0, help="door held open per session (the reader is idle)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    reaper.exit_on_signals()  # SIGTERM/SIGHUP: unwind through the cabinets' stop()
     print(json.dumps(bench_phantoms(a.phantom_sessions, hold_s=a.hold_s)), flush=True)
     print(json.dumps(bench_phantoms(a.phantom_sessions, hold_s=a.hold_s, session=False)), flush=True)
     print(json.dumps(bench_close_to_committed(a.sessions, hold_s=a.hold_s)), flush=True)

@@ -44,6 +44,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from device.eventlog import EventLog
+from hw_sim import reaper
 from hw_sim.chaos_cabinet import read_report, report_mismatches
 from hw_sim.harness import ManagedProcess, SpineHarness, Tally
 from hw_sim.netproxy import FaultProxy
@@ -436,14 +437,16 @@ class ChaosRun:
             self._check(t)
         finally:
             self._stop_rogue.set()
-            h.close()
-            if self.proxy is not None:
-                self.proxy.close()
-            for dom in self.domains.values():
-                try:
-                    dom.close()
-                except Exception:
-                    log.exception("unmount failed")
+            try:
+                h.close()  # every process it started, even if one of them fails to stop
+            finally:
+                if self.proxy is not None:
+                    self.proxy.close()
+                for dom in self.domains.values():
+                    try:
+                        dom.close()
+                    except Exception:
+                        log.exception("unmount failed")
         return self.report
 
     def _bring_back(self) -> None:
@@ -558,6 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", type=Path, default=None)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    reaper.exit_on_signals()  # SIGTERM/SIGHUP: unwind, so broker, gateways, devices and mounts are ended
     cfg = ChaosConfig(
         seed=a.seed, devices=a.devices, scans_per_device=a.scans_per_device, rate=a.rate,
         power_devices=a.power_devices, agent_kills=a.agent_kills, power_cuts=a.power_cuts,

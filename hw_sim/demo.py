@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from hw_sim import reaper
 from hw_sim.chaos_cabinet import read_report, report_mismatches
 from hw_sim.harness import SpineHarness, summary_json
 
@@ -141,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", type=Path, default=None)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
+    reaper.exit_on_signals()  # SIGTERM/SIGHUP: unwind, so the broker, gateway and devices are ended
     workdir = a.workdir or Path(tempfile.mkdtemp(prefix="spd-demo-"))
     rc = run_demo(workdir, handhelds=a.handhelds, scans=a.scans, rate=a.rate, seed=a.seed, cabinets=a.cabinets)
     sys.stdout.flush()

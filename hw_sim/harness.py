@@ -8,6 +8,7 @@ scenario meant to do.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -17,10 +18,12 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gateway.catalog import write_catalog_csv
+from hw_sim import reaper
 from hw_sim.broker import MosquittoBroker
 from hw_sim.catalog import sim_catalog
 from hw_sim.his import SimulatedHis
@@ -151,9 +154,7 @@ class ManagedProcess:
 
     def start(self) -> ManagedProcess:
         logf = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        self.proc = subprocess.Popen(
-            self.argv, stdout=logf, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
-        )
+        self.proc = reaper.spawn(self.argv, stdout=logf, stderr=subprocess.STDOUT, env=self.env)
         logf.close()
         self.starts += 1
         return self
@@ -162,10 +163,10 @@ class ManagedProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(timeout=30)
+    def kill(self, sig: int = signal.SIGKILL, *, grace_s: float = 30.0) -> None:
+        """Send ``sig`` to its process group; SIGKILL the group if it has not ended within ``grace_s``."""
+        if self.proc is not None:
+            reaper.stop(self.proc, sig=sig, grace_s=grace_s)
 
     def wait(self, timeout: float | None = None) -> int:
         assert self.proc is not None
@@ -349,12 +350,29 @@ class SpineHarness:
             db.close()
 
     def close(self) -> None:
-        for dev in (*self.handhelds.values(), *self.cabinets.values()):
-            dev.kill()
-        for gw in self.gateways.values():
-            gw.kill(signal.SIGTERM)
-        self.his.stop()
-        self.broker.close()
+        """End every process it started and the in-process HIS, each step even if an earlier one failed."""
+        steps: list[tuple[str, Callable[[], object]]] = [
+            *((f"device {name}", dev.kill) for name, dev in (*self.handhelds.items(), *self.cabinets.items())),
+            *((f"gateway {i}", functools.partial(gw.kill, signal.SIGTERM, grace_s=15.0))
+              for i, gw in self.gateways.items()),
+            ("simulated HIS", self.his.stop),
+            ("broker", self.broker.close),
+        ]
+        failed: list[BaseException] = []
+        for what, step in steps:
+            try:
+                step()
+            except Exception as err:  # go on: what is left must still be ended
+                log.exception("harness: stopping %s failed", what)
+                failed.append(err)
+        if failed:
+            raise HarnessError(f"{len(failed)} part(s) failed to stop cleanly: {failed[0]!r}") from failed[0]
+
+    def __enter__(self) -> SpineHarness:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def summary_json(t: Tally) -> str:

@@ -15,6 +15,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives import serialization
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from device.sync import TlsSettings
@@ -24,12 +26,14 @@ from hw_sim.broker import MosquittoBroker
 
 
 class SecureBroker(MosquittoBroker):
-    """Mosquitto with mutual TLS, ``use_identity_as_username``, the site ACL and the CA's CRL."""
+    """Mosquitto with mutual TLS, client id = certificate CN, the site ACL and the CA's CRL."""
 
-    def __init__(self, ca: SiteCA, *, sites: tuple[str, ...], workdir: Path, port: int | None = None) -> None:
+    def __init__(self, ca: SiteCA, *, sites: tuple[str, ...], workdir: Path, port: int | None = None,
+                 gateways: tuple[str, ...] = (GATEWAY_IDENTITY,)) -> None:
         super().__init__(port=port, workdir=workdir)
         self.ca = ca
         self.sites = sites
+        self.gateways = gateways
         key, cert = ca.issue_with_new_key("spd-broker", role=CertRole.SERVER, dns_names=("localhost",),
                                           ip_addresses=("127.0.0.1",))
         self.cert_file = self.workdir / "broker.crt"
@@ -39,7 +43,7 @@ class SecureBroker(MosquittoBroker):
         self.acl_file = self.workdir / "acl"
 
     def _write_config(self) -> None:
-        self.acl_file.write_text(render_acl(self.sites))
+        self.acl_file.write_text(render_acl(self.sites, gateways=self.gateways))
         paths = BrokerPaths(ca_file=self.ca.ca_path, cert_file=self.cert_file, key_file=self.key_file,
                             crl_file=self.ca.crl_path, acl_file=self.acl_file, persistence_dir=self.workdir)
         text = render_config(DEFAULT_TEMPLATE.read_text(), paths, port=self.port, bind=self.host,
@@ -57,16 +61,24 @@ class SecureBroker(MosquittoBroker):
         (d / "client.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return TlsSettings(str(self.ca.ca_path), str(d / "client.crt"), str(d / "client.key"))
 
-    def gateway_tls(self) -> TlsSettings:
-        return self.client_tls(GATEWAY_IDENTITY, role=CertRole.GATEWAY)
+    def gateway_tls(self, identity: str = GATEWAY_IDENTITY) -> TlsSettings:
+        """A certificate for one of the gateway's connections (see :func:`gateway.broker_acl.gateway_identities`).
+
+        The broker makes a connection's client id its certificate's common name,
+        so each gateway connection that is up at the same time needs its own.
+        """
+        return self.client_tls(identity, role=CertRole.GATEWAY)
 
 
 class MqttProbe:
     """A blocking MQTT v5 test client that records what the broker answered: CONNACK, SUBACKs, PUBACKs, messages."""
 
     def __init__(self, host: str, port: int, *, tls: TlsSettings | None, client_id: str,
-                 tls_without_cert: bool = False, timeout_s: float = 5.0) -> None:
+                 tls_without_cert: bool = False, timeout_s: float = 5.0, session_expiry_s: int | None = None,
+                 will: tuple[str, bytes] | None = None) -> None:
         self.timeout_s = timeout_s
+        self.connects = 0  # CONNACKs that accepted the connection (paho reconnects by itself)
+        self.disconnects = 0
         self.connack: ReasonCode | None = None
         self.error: str = ""
         self.subacks: dict[int, list[ReasonCode]] = {}
@@ -82,10 +94,17 @@ class MqttProbe:
         c.on_publish = self._on_publish
         c.on_message = self._on_message
         c.on_disconnect = self._on_disconnect
+        c.reconnect_delay_set(min_delay=0.2, max_delay=0.5)  # type: ignore[arg-type]
+        if will is not None:
+            c.will_set(will[0], will[1], qos=1)
         self.dropped = False
         self.client = c
+        props = None
+        if session_expiry_s is not None:  # a persistent session, as the gateway (and mosquitto_sub -c -x) asks
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = session_expiry_s
         try:
-            c.connect(host, port, keepalive=10)
+            c.connect(host, port, keepalive=10, clean_start=session_expiry_s is None, properties=props)
         except (OSError, ssl.SSLError) as err:
             self.error = f"{type(err).__name__}: {err}"
             return
@@ -103,11 +122,13 @@ class MqttProbe:
     def _on_connect(self, c: mqtt.Client, u: Any, f: Any, rc: ReasonCode, p: Any) -> None:
         with self._cond:
             self.connack = rc
+            self.connects += 0 if rc.is_failure else 1
             self._cond.notify_all()
 
     def _on_disconnect(self, c: mqtt.Client, u: Any, f: Any, rc: ReasonCode, p: Any) -> None:
         with self._cond:
             self.dropped = True
+            self.disconnects += 1
             self.error = self.error or str(rc)
             self._cond.notify_all()
 

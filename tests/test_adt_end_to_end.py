@@ -29,10 +29,11 @@ from device.remote import (
 from device.scan_policy import ConsumedSerials, ScanPolicy
 from device.sync import DeviceSync
 from gateway.app import Gateway, GatewayConfig
+from gateway.broker_acl import fleet_identity
 from gateway.catalog import CatalogEntry, import_catalog
 from gateway.census import mark_census_complete
 from gateway.commands import generate_signing_key, public_key_pem
-from gateway.pki import SiteCA
+from gateway.pki import GATEWAY_IDENTITY, SiteCA
 from hw_sim.adt import AdtSender, Patient, adt_message
 from hw_sim.secure_broker import SecureBroker
 from hw_sim.udi_gen import make_gtin, make_udi
@@ -111,7 +112,9 @@ def site(tmp_path: Path) -> Iterator[Site]:
     command_key = tmp_path / "command-key.pem"
     command_key.write_bytes(public_key_pem(key))
     gateway = Gateway(GatewayConfig(db_path=tmp_path / "gateway.db", broker_host=broker.host, broker_port=broker.port,
-                                    tls=broker.gateway_tls(), signing_key=tmp_path / "command-signing.key",
+                                    tls=broker.gateway_tls(),
+                                    fleet_tls=broker.gateway_tls(fleet_identity(GATEWAY_IDENTITY)),
+                                    signing_key=tmp_path / "command-signing.key",
                                     his_port=1, his_backoff_max_s=60.0, adt_port=0, discharge_grace_s=GRACE_S))
     import_catalog(gateway.store, [CatalogEntry(GAUZE, "HC00007", "33100007", "Haemostatic gauze", "5x7.5cm", "Maker",
                                                 21800, True, False)])

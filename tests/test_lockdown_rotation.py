@@ -16,10 +16,11 @@ from test_remote_wiring import SITE, RunningCabinet, free_port, high_spans, wait
 from device.commands.run import run
 from device.remote import CommandKind
 from gateway.app import Gateway, GatewayConfig
+from gateway.broker_acl import GATEWAY_CLI_IDENTITY, fleet_identity
 from gateway.commands import CommandSigner, generate_signing_key, public_key_pem
 from gateway.enrol import EnrolmentService, EnrolmentSettings, EnrolmentTokens
 from gateway.fleet import Fleet
-from gateway.pki import SiteCA, common_name
+from gateway.pki import GATEWAY_IDENTITY, SiteCA, common_name
 from hw_sim.secure_broker import MqttProbe, SecureBroker
 
 BADGE = "04A1B2C3"
@@ -33,9 +34,10 @@ class Env:
         self.key = generate_signing_key(root / "command-signing.key")
         self.command_key = root / "command-key.pem"
         self.command_key.write_bytes(public_key_pem(self.key))
-        self.gw_tls = self.broker.gateway_tls()
+        self.gw_tls = self.broker.gateway_tls(GATEWAY_CLI_IDENTITY)  # the probes' own: the gateway has its own two
         self.gateway = Gateway(GatewayConfig(db_path=root / "gateway.db", broker_host=self.broker.host,
-                                             broker_port=self.broker.port, tls=self.gw_tls,
+                                             broker_port=self.broker.port, tls=self.broker.gateway_tls(),
+                                             fleet_tls=self.broker.gateway_tls(fleet_identity(GATEWAY_IDENTITY)),
                                              signing_key=root / "command-signing.key", his_port=free_port())).start()
         assert self.gateway.fleet_link is not None and self.gateway.fleet_link.wait_connected()
         assert self.gateway.fleet is not None

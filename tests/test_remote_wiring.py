@@ -26,12 +26,13 @@ from device.scan_policy import ConsumedSerials, ScanPolicy, ScanRefusal
 from device.sync import TlsSettings
 from device.udi import parse_udi
 from gateway.app import Gateway, GatewayConfig
+from gateway.broker_acl import GATEWAY_CLI_IDENTITY, fleet_identity
 from gateway.catalog import CatalogEntry, RecalledLot, import_catalog, import_recalled_lots
 from gateway.catalog_export import build_device_catalog
 from gateway.cli import build_parser
 from gateway.commands import CommandSigner, generate_signing_key, public_key_pem
 from gateway.fleet import Fleet
-from gateway.pki import SiteCA
+from gateway.pki import GATEWAY_IDENTITY, SiteCA
 from hw_sim.pins import SimCabinetDoor, SimPin, SimPinFactory
 from hw_sim.pty_serial import PtyPort
 from hw_sim.rfid_reader import SimR2000Reader
@@ -183,9 +184,11 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     key = generate_signing_key(root / "command-signing.key")
     command_key = root / "command-key.pem"
     command_key.write_bytes(public_key_pem(key))
-    gw_tls = broker.gateway_tls()
+    gw_tls = broker.gateway_tls(GATEWAY_CLI_IDENTITY)  # the tests' own probes: the gateway's connections have theirs
     db = root / "gateway.db"
-    gateway = Gateway(GatewayConfig(db_path=db, broker_host=broker.host, broker_port=broker.port, tls=gw_tls,
+    gateway = Gateway(GatewayConfig(db_path=db, broker_host=broker.host, broker_port=broker.port,
+                                    tls=broker.gateway_tls(),
+                                    fleet_tls=broker.gateway_tls(fleet_identity(GATEWAY_IDENTITY)),
                                     signing_key=root / "command-signing.key", his_port=free_port())).start()
     assert gateway.fleet_link is not None and gateway.fleet_link.wait_connected()
     fleet = gateway.fleet

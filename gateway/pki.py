@@ -246,6 +246,15 @@ class SiteCA:
                        valid_days: int = 397, dns_names: tuple[str, ...] = (),
                        ip_addresses: tuple[str, ...] = ()) -> x509.Certificate:
         """Check the CSR (its own signature, common name == ``name``) and sign a certificate for it."""
+        public = self.check_csr(csr_pem, name=name, role=role)
+        return self._sign(public, name, role, valid_days, dns_names, ip_addresses)
+
+    def check_csr(self, csr_pem: bytes, *, name: str, role: CertRole = CertRole.DEVICE) -> ec.EllipticCurvePublicKey:
+        """The CSR's public key if a certificate for ``name`` may be issued from it, else :class:`BadCsr`.
+
+        Nothing is issued or recorded: the enrolment service checks a request
+        with this before it uses up the token.
+        """
         if not ID_PATTERN.match(name):
             raise BadCsr(f"name {name!r} must match {ID_PATTERN.pattern}")
         if role is CertRole.DEVICE and name in RESERVED_NAMES:
@@ -262,7 +271,7 @@ class SiteCA:
         public = csr.public_key()
         if not isinstance(public, ec.EllipticCurvePublicKey):
             raise BadCsr("only EC keys are accepted")
-        return self._sign(public, name, role, valid_days, dns_names, ip_addresses)
+        return public
 
     def issue_with_new_key(self, name: str, *, role: CertRole, valid_days: int = 397,
                            dns_names: tuple[str, ...] = (), ip_addresses: tuple[str, ...] = ()

@@ -36,12 +36,19 @@ def _ca_init(a: argparse.Namespace) -> int:
 
 
 def _enrol_token(a: argparse.Namespace) -> int:
-    from gateway.enrol import EnrolmentTokens
+    from device.wire import WireError
+    from gateway.enrol import BadTokenRequest, EnrolmentTokens
     from gateway.pki import SiteCA
 
     ca = SiteCA.load(a.ca_dir)
     tokens = EnrolmentTokens(Path(a.ca_dir) / "tokens.db")
-    tok = tokens.issue(site=a.site, device=a.device, ttl_s=a.ttl_hours * 3600, issued_by=_actor(a))
+    try:
+        tok = tokens.issue(site=a.site, device=a.device, ttl_s=a.ttl_hours * 3600, issued_by=_actor(a))
+    except (BadTokenRequest, WireError) as err:
+        print(f"refused: {err}", file=sys.stderr)
+        return 2
+    finally:
+        tokens.close()
     if a.db:
         store = GatewayStore(a.db)
         AuditLog(store).record(_actor(a), AuditAction.TOKEN_ISSUED, device=a.device, site=a.site)

@@ -54,6 +54,7 @@ class ServerLimits:
     write_s: float = 30.0  # sending the answer
     per_client: int = 8  # open connections from one source address
     total: int = 256  # open connections in all
+    linger_s: float = 2.0  # after an early answer, input still arriving is read and dropped, this long at most
     max_head: int = 16 * 1024  # request line and headers
     max_body: int = 16 * 1024
 
@@ -81,6 +82,8 @@ class Answer:
     def error(cls, status: int, code: str, detail: str = "") -> Answer:
         return cls.json(status, {"error": code, "detail": detail})
 
+
+LINGER_QUIET_S = 0.2
 
 Route = Callable[[Request], Answer]
 """Turns a complete, well-framed request into its answer; runs in a worker thread."""
@@ -225,16 +228,32 @@ class HardenedHttpsServer:
                         limits.request_s)
             await self._send(conn, writer, Answer.error(408, "request_timeout",
                                                         f"the whole request must arrive within {limits.request_s} s"))
+            await self._linger(reader)
             return
         except _Malformed as bad:
             self.malformed_requests += 1
             log.warning("%s: malformed request from %s: %s", self._name, source, bad)
             await self._send(conn, writer, bad.answer)
+            await self._linger(reader)
             return
         if request is None:  # the client went away before sending anything
             return
         answer = await asyncio.to_thread(self._answer, request)
         await self._send(conn, writer, answer)
+
+    async def _linger(self, reader: asyncio.StreamReader) -> None:
+        """Read and drop what the client still sends, briefly, before closing.
+
+        Closing a socket with unread input makes the kernel send a reset, which
+        can destroy the answer before the client has read it (a ``413`` to a
+        client still sending its body would arrive as "connection reset").
+        """
+        deadline = time.monotonic() + self.limits.linger_s
+        with contextlib.suppress(TimeoutError, OSError, ssl.SSLError):
+            while time.monotonic() < deadline:  # until the client is quiet for a moment, or has closed
+                async with asyncio.timeout(min(LINGER_QUIET_S, deadline - time.monotonic())):
+                    if not await reader.read(65536):
+                        return
 
     def _answer(self, request: Request) -> Answer:
         try:
@@ -250,8 +269,9 @@ class HardenedHttpsServer:
         while True:
             try:
                 event = conn.next_event()
-            except h11.RemoteProtocolError as err:
-                raise _Malformed(err.error_status_hint, "bad_request", str(err)) from None
+            except h11.RemoteProtocolError as err:  # h11 hints 501 for a transfer coding it lacks: ours is a 4xx
+                status = err.error_status_hint if 400 <= err.error_status_hint < 500 else 400
+                raise _Malformed(status, "bad_request", str(err)) from None
             if event is h11.NEED_DATA:
                 conn.receive_data(await reader.read(4096))
             elif isinstance(event, h11.Request):

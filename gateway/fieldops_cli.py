@@ -60,12 +60,14 @@ def _enrol_token(a: argparse.Namespace) -> int:
 def _enrol_serve(a: argparse.Namespace) -> int:
     from gateway.commands import load_signing_key, public_key_pem
     from gateway.enrol import EnrolmentService, EnrolmentSettings, EnrolmentTokens
+    from gateway.enrol_http import ServerLimits
     from gateway.pki import SiteCA
 
     ca = SiteCA.load(a.ca_dir)
     settings = EnrolmentSettings(a.broker_host, a.broker_port, public_key_pem(load_signing_key(a.signing_key)))
+    limits = ServerLimits(per_client=a.max_per_client, request_s=a.request_timeout)
     svc = EnrolmentService(ca, EnrolmentTokens(Path(a.ca_dir) / "tokens.db"), settings, host=a.bind,
-                           port=a.port).start()
+                           port=a.port, limits=limits).start()
     print(f"enrolment service on {svc.url}; CA fingerprint {ca.fingerprint}", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -272,6 +274,10 @@ def register(sub: Any) -> None:
     p.add_argument("--broker-host", required=True)
     p.add_argument("--broker-port", type=int, default=8883)
     p.add_argument("--signing-key", type=Path, required=True)
+    p.add_argument("--max-per-client", type=int, default=8,
+                   help="open connections one address may hold (raise it if devices come through one NAT address)")
+    p.add_argument("--request-timeout", type=float, default=30.0,
+                   help="seconds a client has for the TLS handshake and its whole request")
     p.set_defaults(func=_enrol_serve)
 
     p = sub.add_parser("revoke", help="revoke a device's certificates and rewrite the CRL")

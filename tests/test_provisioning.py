@@ -308,3 +308,24 @@ def test_reset_archives_a_pending_enrolment_key(site: Site, tmp_path: Path) -> N
     (cfg_path.parent / "device.key.pending").write_bytes(b"left by an unfinished reprovision")
     reset(cfg_path)
     assert _files(cfg_path.parent) == set()
+
+
+def test_the_provision_command_says_the_same_command_resumes_and_it_does(
+        site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from device.cli import main as device_main
+
+    cfg_path = tmp_path / "etc" / "device.toml"
+    argv = ["provision", "--config", str(cfg_path), "--data-dir", str(tmp_path / "data"), "--url", site.enrol.url,
+            "--token", site.token("CAB76"), "--ca-fingerprint", site.ca.fingerprint]
+
+    def disk_full(path: Path, doc: dict[str, object]) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(provision_mod, "_write_config", disk_full)
+        assert device_main(argv) == 2
+    out = capsys.readouterr().out
+    assert out.startswith("not finished: CAB76 was enrolled")
+    assert "No space left on device" in out and "run the same command again with the same token" in out
+    assert device_main(argv) == 0
+    assert "provisioned CAB76 at site H1" in capsys.readouterr().out

@@ -63,6 +63,8 @@ KEY_FILE, CERT_FILE, CA_FILE, COMMAND_KEY_FILE = "device.key", "device.crt", "ca
 PENDING_KEY_FILE = KEY_FILE + ".pending"
 """The key of an enrolment not finished yet: kept (0600) so that the next try resumes it."""
 NO_ANSWER = "no_answer"
+INCOMPLETE = "provision_incomplete"
+"""Reasons of a provisioning that the same command, run again with the same token, resumes."""
 IDENTITY_FILES = (KEY_FILE, CERT_FILE, CA_FILE, COMMAND_KEY_FILE)
 CORE_SECTIONS = ("device", "broker", "remote")
 
@@ -330,7 +332,7 @@ def _enrol_and_write(cfg_path: Path, *, url: str, token: str, ca_fingerprint: st
         raise ProvisionError(
             f"{device} was enrolled (certificate {serial}) but provisioning failed: {err}. Nothing was kept but "
             f"the key in {pending_key}: fix the cause and run the same command again with the same token; it "
-            "resumes with that key and the gateway sends the same certificate again.", "provision_incomplete",
+            "resumes with that key and the gateway sends the same certificate again.", INCOMPLETE,
         ) from err
     pending_key.unlink(missing_ok=True)
     fsync_dir(etc)
@@ -515,7 +517,8 @@ def _cmd(fn: Any) -> Any:
         try:
             return int(fn(a))
         except (ProvisionError, ConfigError) as err:
-            print(f"refused: {err}")
+            resumable = getattr(err, "reason", "") in (NO_ANSWER, INCOMPLETE)
+            print(f"{'not finished' if resumable else 'refused'}: {err}")
             return 3 if isinstance(err, UnsyncedEvents) else 2
     return run
 

@@ -40,13 +40,23 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from device.wire import check_id
 from gateway.enrol_http import Answer, HardenedHttpsServer, Request, ServerLimits
-from gateway.pki import RESERVED_NAMES, BadCsr, CertRole, PkiError, SiteCA, common_name, write_private_key
+from gateway.pki import (
+    RESERVED_NAMES,
+    BadCsr,
+    CertRole,
+    PkiError,
+    RevocationReason,
+    SiteCA,
+    common_name,
+    write_private_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -324,7 +334,13 @@ class EnrolmentService:
             try:
                 self.ca.verify_issued(current)
             except PkiError as err:
-                raise TokenRefused("certificate_refused", str(err)) from None
+                resumed = self._renewed_already(current, name, csr.encode())
+                if resumed is None:
+                    raise TokenRefused("certificate_refused", str(err)) from None
+                log.info("device %s resumed its renewal: certificate serial %x sent again", name,
+                         resumed.serial_number)
+                return {"v": 1, "device": name, "resumed": True, "ca": self.ca.cert_pem.decode(),
+                        "cert": resumed.public_bytes(serialization.Encoding.PEM).decode()}
             try:
                 asked = x509.load_pem_x509_csr(csr.encode())
             except ValueError as err:
@@ -336,8 +352,37 @@ class EnrolmentService:
                                  valid_days=self.settings.cert_valid_days)
         log.info("renewed device %s: certificate serial %x replaces %x", name, cert.serial_number,
                  current.serial_number)
-        return {"v": 1, "device": name, "cert": cert.public_bytes(serialization.Encoding.PEM).decode(),
-                "ca": self.ca.cert_pem.decode()}
+        return {"v": 1, "device": name, "resumed": False, "ca": self.ca.cert_pem.decode(),
+                "cert": cert.public_bytes(serialization.Encoding.PEM).decode()}
+
+    def _renewed_already(self, current: x509.Certificate, name: str, csr_pem: bytes) -> x509.Certificate | None:
+        """The live certificate that superseded ``current`` for the CSR's key: a renewal whose answer was lost.
+
+        Only for a certificate revoked as *superseded* (never after a revocation
+        by an operator) and only to the holder of the new key (the CSR's own
+        signature proves it).
+        """
+        try:
+            current.verify_directly_issued_by(self.ca.cert)
+        except (ValueError, TypeError, InvalidSignature):
+            return None
+        if self.ca.revocation_reason(current) is not RevocationReason.SUPERSEDED:
+            return None
+        try:
+            key_sha = _key_sha256(self.ca.check_csr(csr_pem, name=name, role=CertRole.DEVICE))
+        except BadCsr:
+            return None
+        for issued in self.ca.issued(name=name):
+            cert = x509.load_pem_x509_certificate(issued.pem)
+            public = cert.public_key()
+            if issued.revoked or not isinstance(public, ec.EllipticCurvePublicKey) or _key_sha256(public) != key_sha:
+                continue
+            try:
+                self.ca.verify_issued(cert)
+            except PkiError:
+                continue
+            return cert
+        return None
 
 
 def _key_sha256(public: ec.EllipticCurvePublicKey) -> str:

@@ -362,6 +362,12 @@ class SiteCA:
         self.write_crl()
         return len(live)
 
+    def revocation_reason(self, cert: x509.Certificate) -> RevocationReason | None:
+        """Why ``cert`` was revoked, or None if it is not (or was not issued here)."""
+        row = self._db.execute("SELECT revoked_at, revocation_reason FROM certs WHERE serial = ?",
+                               (format(cert.serial_number, "x"),)).fetchone()
+        return RevocationReason(row[1]) if row is not None and row[0] is not None else None
+
     def is_revoked(self, cert: x509.Certificate) -> bool:
         row = self._db.execute("SELECT revoked_at FROM certs WHERE serial = ?",
                                (format(cert.serial_number, "x"),)).fetchone()

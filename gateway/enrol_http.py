@@ -197,7 +197,17 @@ class HardenedHttpsServer:
                 del self._open[source]
             else:
                 self._open[source] -= 1
-            writer.transport.abort()
+            await self._close(writer)
+
+    @staticmethod
+    async def _close(writer: asyncio.StreamWriter) -> None:
+        """TLS close_notify and FIN when the client lets us, within a second; else just drop the connection."""
+        if not writer.transport.is_closing() and writer.get_extra_info("ssl_object") is not None:
+            writer.close()
+            with contextlib.suppress(TimeoutError, OSError, ssl.SSLError, asyncio.CancelledError):
+                async with asyncio.timeout(1.0):
+                    await writer.wait_closed()
+        writer.transport.abort()
 
     def _refuse(self, source: str, writer: asyncio.StreamWriter) -> None:
         self.refused_connections += 1

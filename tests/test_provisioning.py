@@ -329,3 +329,24 @@ def test_the_provision_command_says_the_same_command_resumes_and_it_does(
     assert "No space left on device" in out and "run the same command again with the same token" in out
     assert device_main(argv) == 0
     assert "provisioned CAB76 at site H1" in capsys.readouterr().out
+
+
+def test_a_service_failure_after_issuing_is_resumed_like_a_lost_answer(site: Site, tmp_path: Path) -> None:
+    failures = ["the gateway store is locked"]
+
+    def on_enrolled(site_id: str, device: str, serial: str) -> None:
+        if failures:
+            raise RuntimeError(failures.pop())
+
+    svc = EnrolmentService(site.ca, site.tokens, EnrolmentSettings(
+        site.broker.host, site.broker.port, public_key_pem(site.signing)), on_enrolled=on_enrolled).start()
+    try:
+        token, cfg_path = site.token("CAB77"), tmp_path / "etc" / "device.toml"
+        with pytest.raises(EnrolmentFailed) as err:
+            provision(cfg_path, url=svc.url, token=token, ca_fingerprint=site.ca.fingerprint, data_dir=tmp_path)
+        assert err.value.reason == "no_answer" and "(500)" in str(err.value)
+        assert _files(cfg_path.parent) == {"device.key.pending"}
+        provision(cfg_path, url=svc.url, token=token, ca_fingerprint=site.ca.fingerprint, data_dir=tmp_path)
+        assert len(site.ca.issued(name="CAB77")) == 1
+    finally:
+        svc.stop()

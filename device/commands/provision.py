@@ -147,6 +147,8 @@ def request_certificate(url: str, ca_pem: bytes, token: str, csr_pem: bytes, *,
         conn.close()
     if not isinstance(doc, dict):
         raise EnrolmentFailed(f"the enrolment service answered {resp.status} without a JSON object", NO_ANSWER)
+    if resp.status >= 500:  # it failed on its side, perhaps after issuing: as good as no answer
+        raise EnrolmentFailed(f"the enrolment service failed ({resp.status}): {doc.get('detail', '')}.", NO_ANSWER)
     if resp.status != 200:
         raise EnrolmentFailed(f"enrolment refused: {doc.get('error')}: {doc.get('detail', '')}",
                               str(doc.get("error", "refused")))

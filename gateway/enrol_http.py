@@ -115,6 +115,7 @@ class HardenedHttpsServer:
         self._open_total = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._refusal_logged: dict[str, float] = {}
+        self.requests_begun = 0  # request heads read
         self.refused_connections = 0  # over a bound (per client or total)
         self.malformed_requests = 0
         self.timed_out = 0
@@ -240,6 +241,9 @@ class HardenedHttpsServer:
                                                         f"the whole request must arrive within {limits.request_s} s"))
             await self._linger(reader)
             return
+        except (OSError, ssl.SSLError) as err:  # reset, broken TLS record: nothing left to answer
+            log.info("%s: %s went away mid-request: %s", self._name, source, err or type(err).__name__)
+            return
         except _Malformed as bad:
             self.malformed_requests += 1
             log.warning("%s: malformed request from %s: %s", self._name, source, bad)
@@ -286,6 +290,7 @@ class HardenedHttpsServer:
                 conn.receive_data(await reader.read(4096))
             elif isinstance(event, h11.Request):
                 head = event
+                self.requests_begun += 1
                 self._check_head(event)
                 if conn.they_are_waiting_for_100_continue:
                     writer.write(conn.send(h11.InformationalResponse(status_code=100, headers=[])))

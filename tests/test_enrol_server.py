@@ -236,3 +236,20 @@ def test_a_non_numeric_content_length_gets_400_not_a_closed_connection(make_site
     status, body = exchange(site, b"POST /v1/enrol HTTP/1.1\r\nHost: e\r\nContent-Length: twelve\r\n\r\n{}")
     assert status == 400
     assert "Content-Length" in json.loads(body)["detail"]
+
+
+def test_a_client_that_resets_mid_request_is_logged_as_gone_not_as_a_server_error(
+        make_site: Callable[..., Site], caplog: pytest.LogCaptureFixture) -> None:
+    import struct
+
+    site = make_site()
+    caplog.set_level(logging.INFO, logger="gateway.enrol_http")
+    sock = _tls(site, "127.0.1.1")
+    sock.sendall(b"POST /v1/enrol HTTP/1.1\r\nHost: e\r\nContent-Length: 100\r\n\r\n{")
+    wait_until(lambda: site.enrol.server.requests_begun == 1)  # the server is waiting for the rest of the body
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+    sock.close()
+    wait_until(lambda: site.enrol.server.open_connections() == 0)
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert "127.0.1.1 went away mid-request" in caplog.text
+    assert exchange(site, b"GET /v1/ca HTTP/1.1\r\nHost: enrol\r\n\r\n")[0] == 200

@@ -215,6 +215,8 @@ class HardenedHttpsServer:
         writer.transport.abort()
         now = time.monotonic()
         if now - self._refusal_logged.get(source, -60.0) >= 60.0:  # one line a minute per source, not a flood
+            if len(self._refusal_logged) >= 4096:  # many sources: forget those not heard of for a minute
+                self._refusal_logged = {k: t for k, t in self._refusal_logged.items() if now - t < 60.0}
             self._refusal_logged[source] = now
             log.warning("%s: refused connection from %s: %d open from it (limit %d), %d in all (limit %d)",
                         self._name, source, self._open.get(source, 0), self.limits.per_client,

@@ -350,3 +350,16 @@ def test_a_service_failure_after_issuing_is_resumed_like_a_lost_answer(site: Sit
         assert len(site.ca.issued(name="CAB77")) == 1
     finally:
         svc.stop()
+
+
+def test_a_reprovision_with_a_broken_layout_is_refused_before_events_are_exported(site: Site, tmp_path: Path) -> None:
+    cfg_path = _provision(site, tmp_path, "CAB78")
+    _fill(cfg_path, 2)
+    export = tmp_path / "out.jsonl"
+    with pytest.raises(ConfigError, match="allowlist_file"):
+        reprovision(cfg_path, url=site.enrol.url, token=site.token("CAB79"), ca_fingerprint=site.ca.fingerprint,
+                    export_to=export, layout={"cabinet": {k: v for k, v in LAYOUT["cabinet"].items()
+                                                          if k != "allowlist_file"}})
+    assert not export.exists()
+    assert load_config(cfg_path).device_id == "CAB78"
+    assert site.ca.issued(name="CAB79") == []

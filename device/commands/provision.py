@@ -283,16 +283,8 @@ def provision(config_path: str | Path, *, url: str, token: str, ca_fingerprint: 
 def _enrol_and_write(cfg_path: Path, *, url: str, token: str, ca_fingerprint: str, data_dir: Path, kind: str,
                      sections: dict[str, Any], timeout_s: float, owner: str | None = None) -> DeviceConfig:
     """Enrol and write the identity files and the config; see "A provisioning that fails" in the module docstring."""
-    parts = token.strip().split("/")
-    if len(parts) != 3 or not all(ID_PATTERN.match(p) for p in parts[:2]):
-        raise ProvisionError("an enrolment token looks like SITE/DEVICE/SECRET", "bad_token")
-    site, device = parts[0], parts[1]
+    site, device = _precheck(cfg_path, token=token, kind=kind, data_dir=data_dir, sections=sections, owner=owner)
     etc = cfg_path.parent
-    # everything that can be checked here is checked before the token is sent
-    if owner:
-        _owner_ids(owner)
-    doc = _config_doc(site, device, kind, data_dir, {"host": "127.0.0.1", "port": 8883}, sections)
-    _parse_doc(cfg_path, doc)
     etc.mkdir(parents=True, exist_ok=True)
     ca_pem = fetch_pinned_ca(url, ca_fingerprint, timeout_s=timeout_s)
     pending_key = etc / PENDING_KEY_FILE
@@ -340,6 +332,19 @@ def _enrol_and_write(cfg_path: Path, *, url: str, token: str, ca_fingerprint: st
     fsync_dir(etc)
     log.info("provisioned %s at site %s%s", device, site, " (resumed)" if answer.get("resumed") else "")
     return cfg
+
+
+def _precheck(cfg_path: Path, *, token: str, kind: str, data_dir: Path, sections: dict[str, Any],
+              owner: str | None) -> tuple[str, str]:
+    """What can be checked before the token is sent: its form, the config it will make, the owner; (site, device)."""
+    parts = token.strip().split("/")
+    if len(parts) != 3 or not all(ID_PATTERN.match(p) for p in parts[:2]):
+        raise ProvisionError("an enrolment token looks like SITE/DEVICE/SECRET", "bad_token")
+    site, device = parts[0], parts[1]
+    if owner:
+        _owner_ids(owner)
+    _parse_doc(cfg_path, _config_doc(site, device, kind, data_dir, {"host": "127.0.0.1", "port": 8883}, sections))
+    return site, device
 
 
 def _config_doc(site: str, device: str, kind: str, data_dir: Path, broker: dict[str, Any],
@@ -459,12 +464,13 @@ def reprovision(config_path: str | Path, *, url: str, token: str, ca_fingerprint
     register_sections()
     old = load_config(cfg_path)
     old_doc = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
+    sections = {k: v for k, v in old_doc.items() if k not in CORE_SECTIONS}
+    sections.update(layout or {})
+    _precheck(cfg_path, token=token, kind=old.kind, data_dir=old.data_dir, sections=sections, owner=owner)
     retired = retire_events(old, export_to=export_to, deliver_timeout_s=deliver_timeout_s)
     archive = retired.archive_dir or (old.data_dir / "archive" / f"{old.site}-{old.device_id}")
     staged = archive / "config"
     _archive_identity(cfg_path, staged)
-    sections = {k: v for k, v in old_doc.items() if k not in CORE_SECTIONS}
-    sections.update(layout or {})
     try:
         cfg = _enrol_and_write(cfg_path, url=url, token=token, ca_fingerprint=ca_fingerprint, data_dir=old.data_dir,
                                kind=old.kind, sections=sections, timeout_s=timeout_s, owner=owner)

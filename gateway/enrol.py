@@ -79,6 +79,7 @@ class EnrolmentToken:
     device: str
     text: str  # what the technician types: site/device/secret
     expires_at: float
+    replaced: int = 0  # unused tokens of the same device this one made void
 
 
 MIN_TOKEN_TTL_S = 60.0
@@ -141,11 +142,21 @@ class EnrolmentTokens:
                                   f"{MAX_TOKEN_TTL_S / 3600:.0f} h, not {ttl_s / 3600:g} h")
         secret = secrets.token_urlsafe(24)
         text = f"{site}/{device}/{secret}"
-        expires = time.time() + ttl_s
+        now = time.time()
         with self._lock:
-            self._db.execute("INSERT INTO tokens (token_sha256, site, device, expires_at, issued_by) "
-                             "VALUES (?, ?, ?, ?, ?)", (_sha(text), site, device, expires, issued_by))
-        return EnrolmentToken(site, device, text, expires)
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                # a new token replaces the device's unused ones: one live token per device, never a forgotten one
+                replaced = db.execute("UPDATE tokens SET expires_at = ? WHERE site = ? AND device = ? AND "
+                                      "used_at IS NULL AND expires_at > ?", (now, site, device, now)).rowcount
+                db.execute("INSERT INTO tokens (token_sha256, site, device, expires_at, issued_by) "
+                           "VALUES (?, ?, ?, ?, ?)", (_sha(text), site, device, now + ttl_s, issued_by))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return EnrolmentToken(site, device, text, now + ttl_s, replaced)
 
     def check(self, text: str) -> TokenRecord:
         """The token's record if it was issued and has not expired (used or not), else :class:`TokenRefused`."""

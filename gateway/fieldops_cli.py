@@ -54,6 +54,8 @@ def _enrol_token(a: argparse.Namespace) -> int:
         AuditLog(store).record(_actor(a), AuditAction.TOKEN_ISSUED, device=a.device, site=a.site)
         store.close()
     print(f"token:          {tok.text}\nca-fingerprint: {ca.fingerprint}\nvalid for:      {a.ttl_hours} h, once")
+    if tok.replaced:
+        print(f"replaces:       {tok.replaced} unused token(s) of {a.device}, void from now")
     return 0
 
 

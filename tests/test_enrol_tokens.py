@@ -153,3 +153,25 @@ def test_enrol_token_command_refuses_reserved_names_and_bad_lifetimes(
     assert gateway_main(["enrol-token", "--ca-dir", str(tmp_path / "ca"), "--site", "H1", "--device", "CAB01",
                          "--ttl-hours", "0.5"]) == 0
     assert _token_rows(tmp_path / "ca") == 1
+
+
+def test_a_new_token_for_a_device_voids_its_unused_one(site: Site) -> None:
+    first = site.tokens.issue(site="H1", device="CAB30").text
+    other = site.tokens.issue(site="H1", device="CAB31").text
+    second = site.tokens.issue(site="H1", device="CAB30")
+    assert second.replaced == 1
+    with pytest.raises(EnrolmentFailed) as err:
+        site.ask(first, make_csr(_key(), "CAB30"))  # the paper with the old token, found later
+    assert err.value.reason == "token_expired"
+    assert site.ask(second.text, make_csr(_key(), "CAB30"))["device"] == "CAB30"
+    assert site.ask(other, make_csr(_key(), "CAB31"))["device"] == "CAB31"  # other devices' tokens untouched
+
+
+def test_enrol_token_command_says_which_unused_tokens_it_replaces(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    SiteCA.create(tmp_path / "ca", site="H1").close()
+    argv = ["enrol-token", "--ca-dir", str(tmp_path / "ca"), "--site", "H1", "--device", "CAB01"]
+    assert gateway_main(argv) == 0
+    assert "replaces" not in capsys.readouterr().out
+    assert gateway_main(argv) == 0
+    assert "replaces:       1 unused token(s) of CAB01" in capsys.readouterr().out

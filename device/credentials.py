@@ -10,7 +10,10 @@ the same common name, carrying the new public key; it is written
 place and the directory fsynced. A crash between the two renames is
 finished by :func:`finish_pending_swap` at the next start: a ``{cert}.new``
 only exists once the renewal succeeded. On any failure before the renames
-the current pair stays in force and the pending files are removed.
+the current pair stays in force; the pending files are removed, except the
+new key when no answer came, which the next rotation resumes with (the
+service may have renewed to it and revoked the current certificate as
+superseded: without the key the device could never renew again).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from device.durable import fsync_dir
 log = logging.getLogger(__name__)
 
 PENDING_SUFFIX = ".new"
+UNREACHABLE = "unreachable"
+"""No answer from the enrolment service: it may or may not have renewed."""
 
 
 class CredentialError(Exception):
@@ -95,7 +100,7 @@ def request_renewal(url: str, files: CredentialFiles, csr_pem: bytes, *, timeout
         resp = conn.getresponse()
         doc = json.loads(resp.read())
     except (OSError, ValueError) as err:
-        raise RenewalFailed("unreachable", f"cannot renew at {url}: {err}") from None
+        raise RenewalFailed(UNREACHABLE, f"cannot renew at {url}: {err}") from None
     finally:
         conn.close()
     if resp.status != 200 or not isinstance(doc, dict) or not isinstance(doc.get("cert"), str):
@@ -122,12 +127,33 @@ def _check(cert_pem: bytes, *, ca: x509.Certificate, name: str, key: ec.Elliptic
     return cert
 
 
-def rotate(files: CredentialFiles, *, name: str, url: str, timeout_s: float = 10.0) -> x509.Certificate:
-    """Renew this device's certificate with a new key and swap both into place; returns the new certificate."""
+def _pending_or_new_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    """The key of a renewal whose answer never came (to resume it), else a new one written there (0600)."""
+    if path.exists():
+        try:
+            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        except ValueError:
+            key = None  # torn by a crash while it was written: replaced below
+        if isinstance(key, ec.EllipticCurvePrivateKey):
+            log.warning("resuming an unfinished credential rotation with the key in %s", path)
+            return key
     key = ec.generate_private_key(ec.SECP256R1())
+    _write(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                   serialization.NoEncryption()), 0o600)
+    return key
+
+
+def rotate(files: CredentialFiles, *, name: str, url: str, timeout_s: float = 10.0) -> x509.Certificate:
+    """Renew this device's certificate with a new key and swap both into place; returns the new certificate.
+
+    When no answer comes (``unreachable``) the service may have renewed the
+    certificate, and revoked the current one as superseded, without the
+    device knowing: the new key stays in ``{key}.new`` and the next rotation
+    resumes with it (the service sends the certificate it issued for that key
+    again). Any other failure removes the pending files.
+    """
     pending_key, pending_cert = files.pending(files.key_file), files.pending(files.cert_file)
-    _write(pending_key, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()), 0o600)
+    key = _pending_or_new_key(pending_key)
     try:
         csr = (x509.CertificateSigningRequestBuilder()
                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
@@ -136,6 +162,13 @@ def rotate(files: CredentialFiles, *, name: str, url: str, timeout_s: float = 10
         ca = x509.load_pem_x509_certificate(files.ca_file.read_bytes())
         cert = _check(pem, ca=ca, name=name, key=key)
         _write(pending_cert, pem, 0o644)
+    except RenewalFailed as err:
+        pending_cert.unlink(missing_ok=True)
+        if err.reason != UNREACHABLE:
+            pending_key.unlink(missing_ok=True)
+            raise
+        raise RenewalFailed(UNREACHABLE, f"{err.message}; the new key stays in {pending_key} and the next "
+                            "rotation resumes with it") from None
     except BaseException:
         pending_key.unlink(missing_ok=True)
         pending_cert.unlink(missing_ok=True)
@@ -147,10 +180,14 @@ def rotate(files: CredentialFiles, *, name: str, url: str, timeout_s: float = 10
 
 
 def finish_pending_swap(files: CredentialFiles) -> bool:
-    """Complete a swap a crash interrupted (or drop an unfinished renewal's key); True if a new pair was installed."""
+    """Complete a swap a crash interrupted; True if a new pair was installed.
+
+    A ``{key}.new`` without ``{cert}.new`` is a renewal whose answer never
+    came: it is kept for the next rotation to resume (see :func:`rotate`),
+    and the current pair stays in force.
+    """
     pending_key, pending_cert = files.pending(files.key_file), files.pending(files.cert_file)
     if not pending_cert.exists():
-        pending_key.unlink(missing_ok=True)  # the renewal never completed: the current pair stays
         return False
     if pending_key.exists():
         os.replace(pending_key, files.key_file)

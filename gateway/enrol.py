@@ -6,7 +6,11 @@ SHA-256 fingerprint from ``spd-gateway enrol-token``. On the device,
 checks it against the pinned fingerprint, then opens a verified TLS
 connection and ``POST /v1/enrol`` with the token and a CSR made from a key
 generated on the device. A token works once, for the identity it was issued
-for, until it expires; only its SHA-256 is stored.
+for, until it expires; only its SHA-256 is stored. A refused request (bad
+CSR, a CSR for another name) does not use it up; the device that used it may
+ask again with the same key and gets the same certificate (its answer was
+lost, or provisioning failed after it). Tokens are refused at issue for the
+site's reserved names and for lifetimes outside one minute to one week.
 
 A device rotating its credentials ``POST /v1/renew`` with a CSR for a new key,
 over mutual TLS with its *current* certificate: the client certificate must be
@@ -14,6 +18,8 @@ a live device certificate of the site CA whose common name is the CSR's;
 :meth:`SiteCA.renew` issues the new certificate and revokes the older ones as
 superseded. The handshake asks for a client certificate but does not demand
 one, so ``/v1/ca`` and ``/v1/enrol`` keep working for a device that has none.
+
+HTTP, deadlines and connection bounds: :mod:`gateway.enrol_http`.
 """
 
 from __future__ import annotations
@@ -21,27 +27,38 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import secrets
+import socket
 import sqlite3
 import ssl
 import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from device.wire import check_id
-from gateway.pki import BadCsr, CertRole, PkiError, SiteCA, common_name, write_private_key
+from gateway.enrol_http import Answer, HardenedHttpsServer, Request, ServerLimits
+from gateway.pki import (
+    RESERVED_NAMES,
+    BadCsr,
+    CertRole,
+    PkiError,
+    RevocationReason,
+    SiteCA,
+    common_name,
+    write_private_key,
+)
 
 log = logging.getLogger(__name__)
-
-MAX_REQUEST_BYTES = 16 * 1024
 
 
 class EnrolError(Exception):
@@ -62,10 +79,44 @@ class EnrolmentToken:
     device: str
     text: str  # what the technician types: site/device/secret
     expires_at: float
+    replaced: int = 0  # unused tokens of the same device this one made void
+
+
+MIN_TOKEN_TTL_S = 60.0
+MAX_TOKEN_TTL_S = 7 * 86_400.0
+"""A token lives at least a minute and at most a week: long enough to walk to a ward, short enough to matter."""
+
+
+class BadTokenRequest(EnrolError, ValueError):
+    """A token that must not be issued (reserved identity, lifetime out of bounds)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """What is stored of a token; ``serial`` and ``key_sha256`` name the certificate it was used for."""
+
+    site: str
+    device: str
+    expires_at: float
+    used_at: float | None
+    serial: str | None
+    key_sha256: str | None
 
 
 class EnrolmentTokens:
-    """One-time tokens, stored hashed."""
+    """One-time tokens, stored hashed.
+
+    A token is used up only by the request that gets a certificate with it.
+    A refused request (CSR for another name, bad CSR, reserved name) leaves
+    it as it was. The certificate and the SHA-256 of its public key are
+    recorded with the token, so that the same device asking again with the
+    same token and the same key (its answer was lost, or provisioning
+    failed after it) is handed the same certificate instead of a refusal.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self._lock = threading.Lock()
@@ -74,39 +125,59 @@ class EnrolmentTokens:
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS tokens (token_sha256 TEXT PRIMARY KEY, site TEXT NOT NULL, "
             "device TEXT NOT NULL, expires_at REAL NOT NULL, used_at REAL, issued_by TEXT NOT NULL)")
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(tokens)")}
+        for column in ("serial", "key_sha256"):  # added later: older token files get them on open
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE tokens ADD COLUMN {column} TEXT")
 
     def issue(self, *, site: str, device: str, ttl_s: float = 86_400, issued_by: str = "") -> EnrolmentToken:
+        """A new token for ``site``/``device``; refuses reserved identities and lifetimes out of bounds."""
         check_id("site", site)
         check_id("device", device)
+        if device in RESERVED_NAMES:
+            raise BadTokenRequest("reserved_name", f"{device!r} is reserved for the site's own services "
+                                  f"({', '.join(sorted(RESERVED_NAMES))}) and cannot be enrolled as a device")
+        if not (math.isfinite(ttl_s) and MIN_TOKEN_TTL_S <= ttl_s <= MAX_TOKEN_TTL_S):
+            raise BadTokenRequest("bad_ttl", f"a token lives {MIN_TOKEN_TTL_S / 60:.0f} min to "
+                                  f"{MAX_TOKEN_TTL_S / 3600:.0f} h, not {ttl_s / 3600:g} h")
         secret = secrets.token_urlsafe(24)
         text = f"{site}/{device}/{secret}"
-        expires = time.time() + ttl_s
-        with self._lock:
-            self._db.execute("INSERT INTO tokens (token_sha256, site, device, expires_at, issued_by) "
-                             "VALUES (?, ?, ?, ?, ?)", (_sha(text), site, device, expires, issued_by))
-        return EnrolmentToken(site, device, text, expires)
-
-    def redeem(self, text: str) -> tuple[str, str]:
-        """Mark the token used and return its ``(site, device)``, or raise :class:`TokenRefused`."""
+        now = time.time()
         with self._lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
-                row = db.execute("SELECT site, device, expires_at, used_at FROM tokens WHERE token_sha256 = ?",
-                                 (_sha(text),)).fetchone()
-                if row is None:
-                    raise TokenRefused("unknown_token", "this enrolment token was never issued")
-                site, device, expires, used = row
-                if used is not None:
-                    raise TokenRefused("token_used", "this enrolment token was already used")
-                if time.time() > expires:
-                    raise TokenRefused("token_expired", "this enrolment token has expired")
-                db.execute("UPDATE tokens SET used_at = ? WHERE token_sha256 = ?", (time.time(), _sha(text)))
+                # a new token replaces the device's unused ones: one live token per device, never a forgotten one
+                replaced = db.execute("UPDATE tokens SET expires_at = ? WHERE site = ? AND device = ? AND "
+                                      "used_at IS NULL AND expires_at > ?", (now, site, device, now)).rowcount
+                db.execute("INSERT INTO tokens (token_sha256, site, device, expires_at, issued_by) "
+                           "VALUES (?, ?, ?, ?, ?)", (_sha(text), site, device, now + ttl_s, issued_by))
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-        return str(site), str(device)
+        return EnrolmentToken(site, device, text, now + ttl_s, replaced)
+
+    def check(self, text: str) -> TokenRecord:
+        """The token's record if it was issued and has not expired (used or not), else :class:`TokenRefused`."""
+        with self._lock:
+            row = self._db.execute("SELECT site, device, expires_at, used_at, serial, key_sha256 FROM tokens "
+                                   "WHERE token_sha256 = ?", (_sha(text),)).fetchone()
+        if row is None:
+            raise TokenRefused("unknown_token", "this enrolment token was never issued")
+        record = TokenRecord(str(row[0]), str(row[1]), float(row[2]), row[3], row[4], row[5])
+        if time.time() > record.expires_at:
+            raise TokenRefused("token_expired", "this enrolment token has expired")
+        return record
+
+    def mark_used(self, text: str, *, serial: str, key_sha256: str) -> None:
+        """Record that the token got certificate ``serial`` for the key ``key_sha256``; refuses a used token."""
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE tokens SET used_at = ?, serial = ?, key_sha256 = ? WHERE token_sha256 = ? "
+                "AND used_at IS NULL", (time.time(), serial, key_sha256, _sha(text)))
+        if cur.rowcount != 1:
+            raise TokenRefused("token_used", "this enrolment token was already used")
 
     def close(self) -> None:
         self._db.close()
@@ -137,10 +208,11 @@ class EnrolmentSettings:
 
 
 class EnrolmentService:
-    """HTTPS on ``host:port`` (port 0 picks a free one), served from a daemon thread."""
+    """HTTPS on ``host:port`` (port 0 picks a free one); see :mod:`gateway.enrol_http` for deadlines and bounds."""
 
     def __init__(self, ca: SiteCA, tokens: EnrolmentTokens, settings: EnrolmentSettings, *,
-                 host: str = "127.0.0.1", port: int = 0, on_enrolled: Any = None) -> None:
+                 host: str = "127.0.0.1", port: int = 0, on_enrolled: Any = None,
+                 limits: ServerLimits | None = None) -> None:
         self.ca = ca
         self.tokens = tokens
         self.settings = settings
@@ -157,48 +229,105 @@ class EnrolmentService:
         ctx.load_cert_chain(cert_path, key_path)
         ctx.verify_mode = ssl.CERT_OPTIONAL  # a client certificate is required by /v1/renew only
         ctx.load_verify_locations(cadata=ca.cert_pem.decode())
-        self._server = ThreadingHTTPServer((host, port), _handler_for(self))
-        self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
-        self.host, self.port = host, int(self._server.server_address[1])
-        self._thread: threading.Thread | None = None
+        sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+        self.host, self.port = host, int(sock.getsockname()[1])
+        self.server = HardenedHttpsServer(sock, ctx, self.route, limits=limits, name="enrol-https")
 
     @property
     def url(self) -> str:
         return f"https://{self.host}:{self.port}"
 
     def start(self) -> EnrolmentService:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="enrol-https", daemon=True)
-        self._thread.start()
+        self.server.start()
         log.info("enrolment service on %s (CA fingerprint %s)", self.url, self.ca.fingerprint)
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self.server.stop()
         self._tmp.cleanup()
 
+    # ------------------------------------------------------------ requests
+
+    def route(self, request: Request) -> Answer:
+        """One complete request to its answer; refusals are logged with the requester's address."""
+        if (request.method, request.path) == ("GET", "/v1/ca"):
+            return Answer(200, self.ca.cert_pem, "application/x-pem-file")
+        if request.method != "POST" or request.path not in ("/v1/enrol", "/v1/renew"):
+            log.warning("enrolment refused from %s: %s %r is not served", request.source, request.method,
+                        request.path[:80])
+            return Answer.error(404, "not_found", f"no {request.method} {request.path[:80]!r} here")
+        try:
+            doc = json.loads(request.body)
+            if not isinstance(doc, dict):
+                raise ValueError("the body is not a JSON object")
+        except (ValueError, RecursionError) as err:
+            log.warning("enrolment refused from %s: bad JSON: %s", request.source, err)
+            return Answer.error(400, "bad_json", "the body must be a JSON object")
+        try:
+            if request.path == "/v1/renew":
+                return Answer.json(200, self.renew(request.peer_der, doc))
+            return Answer.json(200, self.enrol(doc))
+        except TokenRefused as err:
+            log.warning("enrolment refused from %s: %s (%s)", request.source, err, err.reason)
+            return Answer.error(403, err.reason, str(err))
+        except (BadCsr, ValueError) as err:
+            log.warning("enrolment refused from %s: %s", request.source, err)
+            return Answer.error(400, getattr(err, "reason", "bad_request"), str(err))
+
     def enrol(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Certificate for a token and a CSR. Only a granted request uses the token up.
+
+        The same token with a CSR for the same key after it was used gets the
+        same certificate again, while that certificate is live and the token
+        has not expired: a device whose answer was lost, or whose
+        provisioning failed afterwards, resumes instead of needing a new
+        token. Any other key is refused (``token_used``).
+        """
         token, csr = request.get("token"), request.get("csr")
         if not isinstance(token, str) or not isinstance(csr, str):
             raise TokenRefused("bad_request", "token and csr are required strings")
         parse_token(token)
-        site, device = self.tokens.redeem(token)
         with self._ca_lock:
-            cert = self.ca.renew(csr.encode(), name=device, role=CertRole.DEVICE,
-                                 valid_days=self.settings.cert_valid_days)
-        log.info("enrolled device %s at site %s, certificate serial %x", device, site, cert.serial_number)
-        if self._on_enrolled is not None:
-            self._on_enrolled(site, device, format(cert.serial_number, "x"))
+            record = self.tokens.check(token)
+            public = self.ca.check_csr(csr.encode(), name=record.device, role=CertRole.DEVICE)
+            key_sha = _key_sha256(public)
+            if record.used_at is not None:
+                cert = self._resumed(record, key_sha)
+                resumed = True
+            else:
+                cert = self.ca.renew(csr.encode(), name=record.device, role=CertRole.DEVICE,
+                                     valid_days=self.settings.cert_valid_days)
+                self.tokens.mark_used(token, serial=format(cert.serial_number, "x"), key_sha256=key_sha)
+                resumed = False
+        site, device = record.site, record.device
+        if resumed:
+            log.info("device %s at site %s resumed its enrolment: certificate serial %x sent again", device, site,
+                     cert.serial_number)
+        else:
+            log.info("enrolled device %s at site %s, certificate serial %x", device, site, cert.serial_number)
+            if self._on_enrolled is not None:
+                self._on_enrolled(site, device, format(cert.serial_number, "x"))
         return {
-            "v": 1, "site": site, "device": device,
+            "v": 1, "site": site, "device": device, "resumed": resumed,
             "cert": cert.public_bytes(serialization.Encoding.PEM).decode(),
             "ca": self.ca.cert_pem.decode(),
             "broker": {"host": self.settings.broker_host, "port": self.settings.broker_port},
             "command_key": self.settings.command_key_pem.decode(),
         }
 
+    def _resumed(self, record: TokenRecord, key_sha: str) -> x509.Certificate:
+        if not record.serial or record.key_sha256 != key_sha:
+            raise TokenRefused("token_used", "this enrolment token was already used")
+        issued = next((c for c in self.ca.issued(name=record.device) if c.serial == record.serial), None)
+        if issued is None or issued.revoked:
+            raise TokenRefused("token_used", "this enrolment token was used for a certificate that is no longer "
+                               "live; ask for a new token")
+        cert = x509.load_pem_x509_certificate(issued.pem)
+        try:
+            self.ca.verify_issued(cert)
+        except PkiError as err:
+            raise TokenRefused("token_used", f"this enrolment token was used; its certificate: {err}") from None
+        return cert
 
     def renew(self, client_der: bytes | None, request: dict[str, Any]) -> dict[str, Any]:
         """Renew the certificate of the device that authenticated with ``client_der``; see the module docstring."""
@@ -216,7 +345,13 @@ class EnrolmentService:
             try:
                 self.ca.verify_issued(current)
             except PkiError as err:
-                raise TokenRefused("certificate_refused", str(err)) from None
+                resumed = self._renewed_already(current, name, csr.encode())
+                if resumed is None:
+                    raise TokenRefused("certificate_refused", str(err)) from None
+                log.info("device %s resumed its renewal: certificate serial %x sent again", name,
+                         resumed.serial_number)
+                return {"v": 1, "device": name, "resumed": True, "ca": self.ca.cert_pem.decode(),
+                        "cert": resumed.public_bytes(serialization.Encoding.PEM).decode()}
             try:
                 asked = x509.load_pem_x509_csr(csr.encode())
             except ValueError as err:
@@ -228,60 +363,39 @@ class EnrolmentService:
                                  valid_days=self.settings.cert_valid_days)
         log.info("renewed device %s: certificate serial %x replaces %x", name, cert.serial_number,
                  current.serial_number)
-        return {"v": 1, "device": name, "cert": cert.public_bytes(serialization.Encoding.PEM).decode(),
-                "ca": self.ca.cert_pem.decode()}
+        return {"v": 1, "device": name, "resumed": False, "ca": self.ca.cert_pem.decode(),
+                "cert": cert.public_bytes(serialization.Encoding.PEM).decode()}
 
+    def _renewed_already(self, current: x509.Certificate, name: str, csr_pem: bytes) -> x509.Certificate | None:
+        """The live certificate that superseded ``current`` for the CSR's key: a renewal whose answer was lost.
 
-def _handler_for(service: EnrolmentService) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "spd-enrol"
-
-        def do_GET(self) -> None:
-            if self.path == "/v1/ca":
-                self._send(200, service.ca.cert_pem, "application/x-pem-file")
-            else:
-                self._json(404, {"error": "not_found"})
-
-        def do_POST(self) -> None:
-            if self.path not in ("/v1/enrol", "/v1/renew"):
-                self._json(404, {"error": "not_found"})
-                return
-            length = int(self.headers.get("Content-Length") or 0)
-            if not 0 < length <= MAX_REQUEST_BYTES:
-                self._json(413, {"error": "bad_length"})
-                return
+        Only for a certificate revoked as *superseded* (never after a revocation
+        by an operator) and only to the holder of the new key (the CSR's own
+        signature proves it).
+        """
+        try:
+            current.verify_directly_issued_by(self.ca.cert)
+        except (ValueError, TypeError, InvalidSignature):
+            return None
+        if self.ca.revocation_reason(current) is not RevocationReason.SUPERSEDED:
+            return None
+        try:
+            key_sha = _key_sha256(self.ca.check_csr(csr_pem, name=name, role=CertRole.DEVICE))
+        except BadCsr:
+            return None
+        for issued in self.ca.issued(name=name):
+            cert = x509.load_pem_x509_certificate(issued.pem)
+            public = cert.public_key()
+            if issued.revoked or not isinstance(public, ec.EllipticCurvePublicKey) or _key_sha256(public) != key_sha:
+                continue
             try:
-                request = json.loads(self.rfile.read(length))
-                if not isinstance(request, dict):
-                    raise ValueError("not an object")
-            except ValueError:
-                self._json(400, {"error": "bad_json"})
-                return
-            try:
-                if self.path == "/v1/renew":
-                    conn = self.connection
-                    der = conn.getpeercert(binary_form=True) if isinstance(conn, ssl.SSLSocket) else None
-                    self._json(200, service.renew(der, request))
-                else:
-                    self._json(200, service.enrol(request))
-            except TokenRefused as err:
-                log.warning("enrolment refused from %s: %s", self.client_address[0], err)
-                self._json(403, {"error": err.reason, "detail": str(err)})
-            except (BadCsr, ValueError) as err:
-                log.warning("enrolment refused from %s: %s", self.client_address[0], err)
-                self._json(400, {"error": getattr(err, "reason", "bad_request"), "detail": str(err)})
+                self.ca.verify_issued(cert)
+            except PkiError:
+                continue
+            return cert
+        return None
 
-        def _json(self, status: int, doc: dict[str, Any]) -> None:
-            self._send(status, json.dumps(doc).encode(), "application/json")
 
-        def _send(self, status: int, body: bytes, ctype: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("enrol http: " + format, *args)
-
-    return Handler
+def _key_sha256(public: ec.EllipticCurvePublicKey) -> str:
+    der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()

@@ -37,29 +37,40 @@ def _ca_init(a: argparse.Namespace) -> int:
 
 
 def _enrol_token(a: argparse.Namespace) -> int:
-    from gateway.enrol import EnrolmentTokens
+    from device.wire import WireError
+    from gateway.enrol import BadTokenRequest, EnrolmentTokens
     from gateway.pki import SiteCA
 
     ca = SiteCA.load(a.ca_dir)
     tokens = EnrolmentTokens(Path(a.ca_dir) / "tokens.db")
-    tok = tokens.issue(site=a.site, device=a.device, ttl_s=a.ttl_hours * 3600, issued_by=_actor(a))
+    try:
+        tok = tokens.issue(site=a.site, device=a.device, ttl_s=a.ttl_hours * 3600, issued_by=_actor(a))
+    except (BadTokenRequest, WireError) as err:
+        print(f"refused: {err}", file=sys.stderr)
+        return 2
+    finally:
+        tokens.close()
     if a.db:
         store = GatewayStore(a.db)
         AuditLog(store).record(_actor(a), AuditAction.TOKEN_ISSUED, device=a.device, site=a.site)
         store.close()
     print(f"token:          {tok.text}\nca-fingerprint: {ca.fingerprint}\nvalid for:      {a.ttl_hours} h, once")
+    if tok.replaced:
+        print(f"replaces:       {tok.replaced} unused token(s) of {a.device}, void from now")
     return 0
 
 
 def _enrol_serve(a: argparse.Namespace) -> int:
     from gateway.commands import load_signing_key, public_key_pem
     from gateway.enrol import EnrolmentService, EnrolmentSettings, EnrolmentTokens
+    from gateway.enrol_http import ServerLimits
     from gateway.pki import SiteCA
 
     ca = SiteCA.load(a.ca_dir)
     settings = EnrolmentSettings(a.broker_host, a.broker_port, public_key_pem(load_signing_key(a.signing_key)))
+    limits = ServerLimits(per_client=a.max_per_client, request_s=a.request_timeout)
     svc = EnrolmentService(ca, EnrolmentTokens(Path(a.ca_dir) / "tokens.db"), settings, host=a.bind,
-                           port=a.port).start()
+                           port=a.port, limits=limits).start()
     print(f"enrolment service on {svc.url}; CA fingerprint {ca.fingerprint}", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -298,6 +309,10 @@ def register(sub: Any) -> None:
     p.add_argument("--broker-host", required=True)
     p.add_argument("--broker-port", type=int, default=8883)
     p.add_argument("--signing-key", type=Path, required=True)
+    p.add_argument("--max-per-client", type=int, default=8,
+                   help="open connections one address may hold (raise it if devices come through one NAT address)")
+    p.add_argument("--request-timeout", type=float, default=30.0,
+                   help="seconds a client has for the TLS handshake and its whole request")
     p.set_defaults(func=_enrol_serve)
 
     p = sub.add_parser("revoke", help="revoke a device's certificates and rewrite the CRL")

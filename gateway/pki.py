@@ -249,6 +249,15 @@ class SiteCA:
                        valid_days: int = 397, dns_names: tuple[str, ...] = (),
                        ip_addresses: tuple[str, ...] = ()) -> x509.Certificate:
         """Check the CSR (its own signature, common name == ``name``) and sign a certificate for it."""
+        public = self.check_csr(csr_pem, name=name, role=role)
+        return self._sign(public, name, role, valid_days, dns_names, ip_addresses)
+
+    def check_csr(self, csr_pem: bytes, *, name: str, role: CertRole = CertRole.DEVICE) -> ec.EllipticCurvePublicKey:
+        """The CSR's public key if a certificate for ``name`` may be issued from it, else :class:`BadCsr`.
+
+        Nothing is issued or recorded: the enrolment service checks a request
+        with this before it uses up the token.
+        """
         if not ID_PATTERN.match(name):
             raise BadCsr(f"name {name!r} must match {ID_PATTERN.pattern}")
         if role is CertRole.DEVICE and (name in RESERVED_NAMES or name.lower().startswith(RESERVED_PREFIX)):
@@ -265,7 +274,7 @@ class SiteCA:
         public = csr.public_key()
         if not isinstance(public, ec.EllipticCurvePublicKey):
             raise BadCsr("only EC keys are accepted")
-        return self._sign(public, name, role, valid_days, dns_names, ip_addresses)
+        return public
 
     def issue_with_new_key(self, name: str, *, role: CertRole, valid_days: int = 397,
                            dns_names: tuple[str, ...] = (), ip_addresses: tuple[str, ...] = ()
@@ -355,6 +364,12 @@ class SiteCA:
             self.revoke(c.serial, reason, write=False)
         self.write_crl()
         return len(live)
+
+    def revocation_reason(self, cert: x509.Certificate) -> RevocationReason | None:
+        """Why ``cert`` was revoked, or None if it is not (or was not issued here)."""
+        row = self._db.execute("SELECT revoked_at, revocation_reason FROM certs WHERE serial = ?",
+                               (format(cert.serial_number, "x"),)).fetchone()
+        return RevocationReason(row[1]) if row is not None and row[0] is not None else None
 
     def is_revoked(self, cert: x509.Certificate) -> bool:
         row = self._db.execute("SELECT revoked_at FROM certs WHERE serial = ?",

@@ -381,6 +381,145 @@ def _camera_seeds() -> list[bytes]:
     return [bytes((32, 32, 0)) + bytes(range(256)) * 4, bytes((8, 8, 3)) + b"\xff\x00" * 96]
 
 
+# ---------------------------------------------------------------- enrolment endpoint (a live server)
+
+ENROL_ANSWER_TIMEOUT_S = 10.0
+ENROL_SITE = "H1"
+
+
+class _EnrolServer:
+    """A real enrolment service on a loopback port, with its own site CA and tokens, started at first use.
+
+    Each input is sent over a fresh TLS connection, followed by an end of
+    head and a body's worth of padding so that any request the input starts
+    is complete (an input is one request, not a slow client: deadlines
+    have their own tests). The contract: an HTTP/1.1 answer arrives, ``200``
+    or a ``4xx`` whose JSON body names the error, and the service logs no
+    error of its own.
+    """
+
+    def __init__(self) -> None:
+        import ssl
+
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        from gateway.commands import public_key_pem
+        from gateway.enrol import EnrolmentService, EnrolmentSettings, EnrolmentTokens
+        from gateway.enrol_http import ServerLimits
+        from gateway.pki import SiteCA, make_csr
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="fuzz-enrol-")
+        root = Path(self._tmp.name)
+        self.ca = SiteCA.create(root / "ca", site=ENROL_SITE)
+        self.tokens = EnrolmentTokens(root / "ca" / "tokens.db")
+        settings = EnrolmentSettings("127.0.0.1", 8883, public_key_pem(Ed25519PrivateKey.generate()))
+        self.limits = ServerLimits(per_client=64)  # inputs come one after another from one address
+        self.service = EnrolmentService(self.ca, self.tokens, settings, limits=self.limits).start()
+        self.ctx = ssl.create_default_context(cadata=self.ca.cert_pem.decode())
+        self.token = self.tokens.issue(site=ENROL_SITE, device="CAB01", ttl_s=86_400).text
+        self.csr = make_csr(ec.generate_private_key(ec.SECP256R1()), "CAB01").decode()
+        self.errors: list[str] = []
+        handler = logging.Handler(logging.ERROR)
+        handler.emit = lambda record: self.errors.append(record.getMessage())  # type: ignore[method-assign]
+        for name in ("gateway.enrol", "gateway.enrol_http"):
+            logging.getLogger(name).addHandler(handler)
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        self.service.stop()
+        self.tokens.close()
+        self.ca.close()
+        self._tmp.cleanup()
+
+    def exchange(self, data: bytes) -> tuple[int, bytes]:
+        import socket
+        import ssl
+
+        host, port = self.service.host, self.service.port
+        padding = b"\r\n\r\n" + b"\0" * (self.limits.max_body + 1)
+        with socket.create_connection((host, port), timeout=ENROL_ANSWER_TIMEOUT_S) as raw, \
+                self.ctx.wrap_socket(raw, server_hostname=host) as tls:
+            try:
+                tls.sendall(data + padding)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # answered and closed before taking it all: the answer is still there to read
+            answer = b""
+            try:
+                while b"\r\n\r\n" not in answer or len(answer) < _answer_length(answer):
+                    chunk = tls.recv(65536)
+                    if not chunk:
+                        break
+                    answer += chunk
+            except TimeoutError:
+                raise FuzzPropertyError(f"no whole answer within {ENROL_ANSWER_TIMEOUT_S} s: {answer[:200]!r}") \
+                    from None
+            except (ConnectionResetError, ssl.SSLError) as err:
+                if b"\r\n\r\n" not in answer:
+                    raise FuzzPropertyError(f"connection dropped without an answer: {err!r}") from None
+        head, _, body = answer.partition(b"\r\n\r\n")
+        match = re.match(rb"HTTP/1\.1 (\d{3}) ", head)
+        if match is None:
+            raise FuzzPropertyError(f"not an HTTP/1.1 answer: {answer[:200]!r}")
+        return int(match.group(1)), body
+
+
+def _answer_length(answer: bytes) -> int:
+    head, sep, _ = answer.partition(b"\r\n\r\n")
+    found = re.search(rb"(?im)^content-length: *(\d+)", head)
+    return len(head) + len(sep) + (int(found.group(1)) if found else 0)
+
+
+_ENROL: _EnrolServer | None = None
+
+
+def _enrol_server() -> _EnrolServer:
+    global _ENROL
+    if _ENROL is None:
+        _ENROL = _EnrolServer()
+    return _ENROL
+
+
+def _run_enrol_request(data: bytes) -> None:
+    server = _enrol_server()
+    refused = server.service.server.refused_connections
+    del server.errors[:]
+    status, body = server.exchange(data)
+    if server.errors:
+        raise FuzzPropertyError(f"the enrolment service logged an error: {server.errors[0]}")
+    if server.service.server.refused_connections != refused:
+        raise FuzzPropertyError("a lone connection was refused as over the per-client bound")
+    if status == 200:
+        return
+    if not 400 <= status < 500:
+        raise FuzzPropertyError(f"answered {status}: {body[:200]!r}")
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        raise FuzzPropertyError(f"a {status} without a JSON body: {body[:200]!r}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("error"), str) or not doc["error"]:
+        raise FuzzPropertyError(f"a {status} that names no error: {body[:200]!r}")
+
+
+def _enrol_seeds() -> list[bytes]:
+    server = _enrol_server()
+
+    def post(path: str, doc: dict[str, Any]) -> bytes:
+        body = json.dumps(doc).encode()
+        return (f"POST {path} HTTP/1.1\r\nHost: enrol\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+    return [
+        b"GET /v1/ca HTTP/1.1\r\nHost: enrol\r\n\r\n",
+        b"GET /v1/ca HTTP/1.0\r\n\r\n",
+        post("/v1/enrol", {"token": server.token, "csr": server.csr}),
+        post("/v1/enrol", {"token": f"{ENROL_SITE}/CAB02/not-issued", "csr": server.csr}),
+        post("/v1/renew", {"csr": server.csr}),
+        b"POST /v1/enrol HTTP/1.1\r\nHost: enrol\r\nContent-Length: twelve\r\n\r\n{}",
+        b"POST /v1/enrol HTTP/1.1\r\nHost: enrol\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+    ]
+
+
 TARGETS: dict[str, FuzzTarget] = {
     t.name: t
     for t in (
@@ -399,6 +538,8 @@ TARGETS: dict[str, FuzzTarget] = {
                    "device.hal.scanner LineFramer.feed + LineDecoder.decode_bytes"),
         FuzzTarget("camera_frame", _run_camera_frame, _camera_seeds,
                    "device.hal.camera.decoders (zxing-cpp, pyzbar) on arbitrary frames"),
+        FuzzTarget("enrol_request", _run_enrol_request, _enrol_seeds,
+                   "gateway.enrol EnrolmentService over TLS: h11 framing, routing, JSON, tokens, CSRs"),
     )
 }
 
@@ -561,13 +702,16 @@ def _atheris_child(name: str, libfuzzer_args: list[str]) -> None:
     import device.udi
     import device.wire
     import gateway.his.ack
-    import gateway.his.mllp  # noqa: F401
+    import gateway.his.mllp
 
     if name == "camera_frame":
         import device.hal.camera.decoders
     if name == "scanner_line":
         import device.hal.scanner.serial_scanner
         import device.hal.scanner.symbology  # noqa: F401
+    if name == "enrol_request":
+        import gateway.enrol
+        import gateway.enrol_http  # noqa: F401
 
     atheris.instrument_all()
 

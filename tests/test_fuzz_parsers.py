@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from device.udi import Gs1Error, HibcError, parse_gs1, parse_udi, parse_wristban
 from device.wire import GENESIS_HASH, Event, WireError, decode_ack, decode_batch, encode_batch, event_hash
 from gateway.his.ack import AckError, parse_ack
 from gateway.his.mllp import MllpDecoder, MllpError
-from hw_sim.fuzz import CRASHERS_DIR, DEVICE, SITE, TARGETS, TODAY, crasher_files, known_bug
+from hw_sim.fuzz import CRASHERS_DIR, DEVICE, SITE, TARGETS, TODAY, crasher_files, known_bug, run_random
 
 _OPTIONAL_MODULES = {"scanner_line": "device.hal.scanner.serial_scanner", "camera_frame": "device.hal.camera.decoders"}
 FAST = settings(max_examples=150, deadline=dt.timedelta(seconds=2), suppress_health_check=[HealthCheck.too_slow])
@@ -224,6 +225,16 @@ def test_config_of_random_tables_is_parsed_or_refused_with_config_error(doc: dic
         assert "t.toml" in str(err)
     else:
         assert cfg.device_id == doc["device"]["id"]
+
+
+# ---------------------------------------------------------------- the enrolment endpoint, live
+
+
+def test_hostile_requests_against_the_live_enrolment_server_get_a_clear_answer(tmp_path: Path) -> None:
+    """A short seeded run of the ``enrol_request`` target (``SPD_FUZZ_ENROL_INPUTS`` inputs, 300 by default)."""
+    inputs = int(os.environ.get("SPD_FUZZ_ENROL_INPUTS", "300"))
+    report = run_random(TARGETS["enrol_request"], inputs, seed=1, strict=True, out_dir=tmp_path)
+    assert report.crashers == [], [(tmp_path / name).read_bytes()[:200] for name in report.crashers]
 
 
 # ---------------------------------------------------------------- kept crashers

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+import device.commands.provision as provision_mod
 from device.commands.provision import (
     EnrolmentFailed,
     ProvisionError,
@@ -18,7 +19,7 @@ from device.commands.provision import (
     reprovision,
     reset,
 )
-from device.config import load_config
+from device.config import ConfigError, load_config
 from device.eventlog import EventLog
 from device.export import ExportError, read_export
 from device.sync import DeviceSync, TlsSettings
@@ -207,3 +208,158 @@ def test_owner_gets_the_config_and_the_key_which_stays_0600(site: Site, tmp_path
     key = cfg_path.parent / "device.key"
     assert (key.stat().st_uid, cfg_path.stat().st_uid) == (nobody.pw_uid, nobody.pw_uid)
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
+
+
+# ---------------------------------------------------------------- failed provisioning: checked first, resumed after
+
+LAYOUT = {
+    "cabinet": {
+        "dept": "OR1", "allowlist_file": "allow.json", "pin_factory": "sim",
+        "doors": [{"name": "main", "lock_pin": 17, "door_pin": 27}],
+        "reader": {"url": "loop://"},
+        "scanners": {"ports": ["loop://"]},
+    },
+}
+
+
+def _files(etc: Path) -> set[str]:
+    return {p.name for p in etc.iterdir()} if etc.exists() else set()
+
+
+def test_a_layout_missing_a_file_is_refused_before_the_token_is_sent(site: Site, tmp_path: Path) -> None:
+    token = site.token("CAB70")
+    broken = {"cabinet": {k: v for k, v in LAYOUT["cabinet"].items() if k != "allowlist_file"}}
+    cfg_path = tmp_path / "etc" / "device.toml"
+    with pytest.raises(ConfigError, match="allowlist_file"):
+        provision(cfg_path, url=site.enrol.url, token=token, ca_fingerprint=site.ca.fingerprint,
+                  data_dir=tmp_path / "data", sections=broken)
+    assert _files(cfg_path.parent) == set()
+    assert site.ca.issued(name="CAB70") == []
+    provision(cfg_path, url=site.enrol.url, token=token, ca_fingerprint=site.ca.fingerprint,
+              data_dir=tmp_path / "data", sections=LAYOUT)  # the same token, once the layout is fixed
+    assert load_config(cfg_path).device_id == "CAB70"
+
+
+def test_a_provisioning_that_fails_after_enrolment_keeps_only_its_key_and_the_same_command_resumes(
+        site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    token = site.token("CAB71")
+    cfg_path = tmp_path / "etc" / "device.toml"
+
+    def disk_full(path: Path, doc: dict[str, object]) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(provision_mod, "_write_config", disk_full)
+        with pytest.raises(ProvisionError) as err:
+            provision(cfg_path, url=site.enrol.url, token=token, ca_fingerprint=site.ca.fingerprint,
+                      data_dir=tmp_path / "data")
+    assert err.value.reason == "provision_incomplete"
+    assert "run the same command again with the same token" in str(err.value)
+    assert _files(cfg_path.parent) == {"device.key.pending"}  # no certificate, CA or config left half-done
+    assert stat.S_IMODE((cfg_path.parent / "device.key.pending").stat().st_mode) == 0o600
+    [issued] = site.ca.issued(name="CAB71")
+    cfg = provision(cfg_path, url=site.enrol.url, token=token, ca_fingerprint=site.ca.fingerprint,
+                    data_dir=tmp_path / "data")
+    assert cfg.device_id == "CAB71"
+    assert _files(cfg_path.parent) == {"device.toml", "device.key", "device.crt", "ca.crt", "command-key.pem"}
+    assert [(c.serial, c.revoked) for c in site.ca.issued(name="CAB71")] == [(issued.serial, False)]
+
+
+def test_an_answer_lost_on_bad_wifi_is_resumed_with_the_same_token(
+        site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    token = site.token("CAB72")
+    cfg_path = tmp_path / "etc" / "device.toml"
+    real = provision_mod.request_certificate
+
+    def answer_lost(*args: object, **kwargs: object) -> dict[str, object]:
+        real(*args, **kwargs)  # type: ignore[arg-type]
+        raise EnrolmentFailed("no answer from the enrolment service: timed out.", "no_answer")
+
+    with monkeypatch.context() as m:
+        m.setattr(provision_mod, "request_certificate", answer_lost)
+        with pytest.raises(EnrolmentFailed, match="run the same command again with the same token"):
+            provision(cfg_path, url=site.enrol.url, token=token, ca_fingerprint=site.ca.fingerprint,
+                      data_dir=tmp_path / "data")
+    assert _files(cfg_path.parent) == {"device.key.pending"}
+    provision(cfg_path, url=site.enrol.url, token=token, ca_fingerprint=site.ca.fingerprint,
+              data_dir=tmp_path / "data")
+    assert len(site.ca.issued(name="CAB72")) == 1
+
+
+def test_a_refused_reprovision_leaves_no_new_key_and_the_old_identity_and_log_in_place(
+        site: Site, tmp_path: Path) -> None:
+    cfg_path = _provision(site, tmp_path, "CAB73")
+    _fill(cfg_path, 3)
+    before = _files(cfg_path.parent)
+    with pytest.raises(EnrolmentFailed) as err:
+        reprovision(cfg_path, url=site.enrol.url, token="H1/CAB74/never-issued", ca_fingerprint=site.ca.fingerprint,
+                    export_to=tmp_path / "out.jsonl")
+    assert err.value.reason == "unknown_token"
+    assert _files(cfg_path.parent) == before  # no device.key.new or pending key left behind
+    cfg = load_config(cfg_path)
+    assert cfg.device_id == "CAB73"
+    log = EventLog(cfg.log_path, device="CAB73")  # the same log, not a fresh one restarting at seq 1
+    assert log.last_seq == 3
+    log.close()
+
+
+def test_reset_archives_a_pending_enrolment_key(site: Site, tmp_path: Path) -> None:
+    cfg_path = _provision(site, tmp_path, "CAB75")
+    (cfg_path.parent / "device.key.pending").write_bytes(b"left by an unfinished reprovision")
+    reset(cfg_path)
+    assert _files(cfg_path.parent) == set()
+
+
+def test_the_provision_command_says_the_same_command_resumes_and_it_does(
+        site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from device.cli import main as device_main
+
+    cfg_path = tmp_path / "etc" / "device.toml"
+    argv = ["provision", "--config", str(cfg_path), "--data-dir", str(tmp_path / "data"), "--url", site.enrol.url,
+            "--token", site.token("CAB76"), "--ca-fingerprint", site.ca.fingerprint]
+
+    def disk_full(path: Path, doc: dict[str, object]) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(provision_mod, "_write_config", disk_full)
+        assert device_main(argv) == 2
+    out = capsys.readouterr().out
+    assert out.startswith("not finished: CAB76 was enrolled")
+    assert "No space left on device" in out and "run the same command again with the same token" in out
+    assert device_main(argv) == 0
+    assert "provisioned CAB76 at site H1" in capsys.readouterr().out
+
+
+def test_a_service_failure_after_issuing_is_resumed_like_a_lost_answer(site: Site, tmp_path: Path) -> None:
+    failures = ["the gateway store is locked"]
+
+    def on_enrolled(site_id: str, device: str, serial: str) -> None:
+        if failures:
+            raise RuntimeError(failures.pop())
+
+    svc = EnrolmentService(site.ca, site.tokens, EnrolmentSettings(
+        site.broker.host, site.broker.port, public_key_pem(site.signing)), on_enrolled=on_enrolled).start()
+    try:
+        token, cfg_path = site.token("CAB77"), tmp_path / "etc" / "device.toml"
+        with pytest.raises(EnrolmentFailed) as err:
+            provision(cfg_path, url=svc.url, token=token, ca_fingerprint=site.ca.fingerprint, data_dir=tmp_path)
+        assert err.value.reason == "no_answer" and "(500)" in str(err.value)
+        assert _files(cfg_path.parent) == {"device.key.pending"}
+        provision(cfg_path, url=svc.url, token=token, ca_fingerprint=site.ca.fingerprint, data_dir=tmp_path)
+        assert len(site.ca.issued(name="CAB77")) == 1
+    finally:
+        svc.stop()
+
+
+def test_a_reprovision_with_a_broken_layout_is_refused_before_events_are_exported(site: Site, tmp_path: Path) -> None:
+    cfg_path = _provision(site, tmp_path, "CAB78")
+    _fill(cfg_path, 2)
+    export = tmp_path / "out.jsonl"
+    with pytest.raises(ConfigError, match="allowlist_file"):
+        reprovision(cfg_path, url=site.enrol.url, token=site.token("CAB79"), ca_fingerprint=site.ca.fingerprint,
+                    export_to=export, layout={"cabinet": {k: v for k, v in LAYOUT["cabinet"].items()
+                                                          if k != "allowlist_file"}})
+    assert not export.exists()
+    assert load_config(cfg_path).device_id == "CAB78"
+    assert site.ca.issued(name="CAB79") == []

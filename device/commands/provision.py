@@ -6,6 +6,25 @@ the token. A device that still holds events the gateway has not acknowledged
 is never re-identified or reset until those events are delivered, or
 exported to a file for ``spd-gateway import-events``; the old log is
 archived, never deleted.
+
+A provisioning that fails is resumed, not cleaned up by hand:
+
+* what can be checked on the device (token shape, layout and config,
+  ``--owner``) is checked before the token is sent, so a bad layout costs
+  nothing;
+* refused by the service (unknown, used or expired token, bad CSR): the
+  token is untouched by a refusal, the key made for it is removed, nothing
+  else was written;
+* no answer (link lost, timeout) or a failure after the certificate came
+  (disk full, a file that cannot be written): the files of that attempt are
+  removed, no config is written, and only the key is kept, in
+  ``device.key.pending`` (0600). Running the same command with the same
+  token resumes: the same key asks again and the service sends the same
+  certificate (a token it already used for this key, see
+  ``gateway.enrol``). ``reset`` archives the pending key with the identity.
+
+A ``reprovision`` that fails puts the previous identity and its event log
+back, so the device goes on as before.
 """
 
 from __future__ import annotations
@@ -32,7 +51,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from device.config import ConfigError, DeviceConfig, load_config, parse_config
-from device.durable import write_atomic
+from device.durable import fsync_dir, write_atomic
 from device.eventlog import EventLog
 from device.export import EventExport, write_export
 from device.sync import DeviceSync, TlsSettings
@@ -41,6 +60,11 @@ from device.wire import ID_PATTERN
 log = logging.getLogger(__name__)
 
 KEY_FILE, CERT_FILE, CA_FILE, COMMAND_KEY_FILE = "device.key", "device.crt", "ca.crt", "command-key.pem"
+PENDING_KEY_FILE = KEY_FILE + ".pending"
+"""The key of an enrolment not finished yet: kept (0600) so that the next try resumes it."""
+NO_ANSWER = "no_answer"
+INCOMPLETE = "provision_incomplete"
+"""Reasons of a provisioning that the same command, run again with the same token, resumes."""
 IDENTITY_FILES = (KEY_FILE, CERT_FILE, CA_FILE, COMMAND_KEY_FILE)
 CORE_SECTIONS = ("device", "broker", "remote")
 
@@ -117,9 +141,14 @@ def request_certificate(url: str, ca_pem: bytes, token: str, csr_pem: bytes, *,
         resp = conn.getresponse()
         doc = json.loads(resp.read())
     except (OSError, ValueError) as err:
-        raise EnrolmentFailed(f"enrolment request failed: {err}") from None
+        raise EnrolmentFailed(f"no answer from the enrolment service: {err or type(err).__name__}.",
+                              NO_ANSWER) from None
     finally:
         conn.close()
+    if not isinstance(doc, dict):
+        raise EnrolmentFailed(f"the enrolment service answered {resp.status} without a JSON object", NO_ANSWER)
+    if resp.status >= 500:  # it failed on its side, perhaps after issuing: as good as no answer
+        raise EnrolmentFailed(f"the enrolment service failed ({resp.status}): {doc.get('detail', '')}.", NO_ANSWER)
     if resp.status != 200:
         raise EnrolmentFailed(f"enrolment refused: {doc.get('error')}: {doc.get('detail', '')}",
                               str(doc.get("error", "refused")))
@@ -192,11 +221,16 @@ def register_sections() -> None:
                 raise
 
 
-def _write_config(config_path: Path, doc: dict[str, Any]) -> DeviceConfig:
-    """Write the config only after it parses and its identity files check out."""
+def _parse_doc(config_path: Path, doc: dict[str, Any]) -> tuple[str, DeviceConfig]:
+    """The config's text and what it parses to (every registered section checked), or :class:`ConfigError`."""
     register_sections()
     text = "# spd-device configuration, written by spd-device provision\n" + to_toml(doc)
-    cfg = parse_config(tomllib.loads(text), source=str(config_path), base_dir=config_path.parent)
+    return text, parse_config(tomllib.loads(text), source=str(config_path), base_dir=config_path.parent)
+
+
+def _write_config(config_path: Path, doc: dict[str, Any]) -> DeviceConfig:
+    """Write the config only after it parses and its identity files check out."""
+    text, cfg = _parse_doc(config_path, doc)
     check_identity_files(cfg)
     write_atomic(config_path, text.encode())
     return cfg
@@ -248,50 +282,120 @@ def provision(config_path: str | Path, *, url: str, token: str, ca_fingerprint: 
 
 def _enrol_and_write(cfg_path: Path, *, url: str, token: str, ca_fingerprint: str, data_dir: Path, kind: str,
                      sections: dict[str, Any], timeout_s: float, owner: str | None = None) -> DeviceConfig:
+    """Enrol and write the identity files and the config; see "A provisioning that fails" in the module docstring."""
+    site, device = _precheck(cfg_path, token=token, kind=kind, data_dir=data_dir, sections=sections, owner=owner)
+    etc = cfg_path.parent
+    etc.mkdir(parents=True, exist_ok=True)
+    ca_pem = fetch_pinned_ca(url, ca_fingerprint, timeout_s=timeout_s)
+    pending_key = etc / PENDING_KEY_FILE
+    key = _pending_or_new_key(pending_key)
+    try:
+        answer = request_certificate(url, ca_pem, token, _csr(key, device), timeout_s=timeout_s)
+    except EnrolmentFailed as err:
+        if err.reason == NO_ANSWER:  # the certificate may have been issued to this key: keep it to resume
+            raise EnrolmentFailed(f"{err} The key made for this enrolment is kept in {pending_key}: run the same "
+                                  "command again with the same token to resume.", NO_ANSWER) from None
+        pending_key.unlink(missing_ok=True)  # refused: nothing was issued to this key
+        raise
+    if answer.get("device") != device or answer.get("site") != site:
+        pending_key.unlink(missing_ok=True)
+        raise EnrolmentFailed(f"the service enrolled {answer.get('site')}/{answer.get('device')}, "
+                              f"not {site}/{device}")
+    written: list[Path] = []
+    try:
+        for name, data, mode in ((KEY_FILE, pending_key.read_bytes(), 0o600),
+                                 (CERT_FILE, str(answer["cert"]).encode(), 0o644),
+                                 (CA_FILE, ca_pem, 0o644),
+                                 (COMMAND_KEY_FILE, str(answer["command_key"]).encode(), 0o644)):
+            written.append(etc / name)
+            write_atomic(etc / name, data, mode=mode)
+        broker = answer.get("broker", {})
+        doc = _config_doc(site, device, kind, data_dir,
+                          {"host": str(broker.get("host", "127.0.0.1")), "port": int(broker.get("port", 8883))},
+                          sections)
+        if owner:
+            _chown(owner, written)
+        written.append(cfg_path)
+        cfg = _write_config(cfg_path, doc)
+        if owner:
+            _chown(owner, [cfg_path])
+    except Exception as err:
+        for p in written:
+            p.unlink(missing_ok=True)
+        serial = _serial_of(str(answer.get("cert", "")))
+        raise ProvisionError(
+            f"{device} was enrolled (certificate {serial}) but provisioning failed: {err}. Nothing was kept but "
+            f"the key in {pending_key}: fix the cause and run the same command again with the same token; it "
+            "resumes with that key and the gateway sends the same certificate again.", INCOMPLETE,
+        ) from err
+    pending_key.unlink(missing_ok=True)
+    fsync_dir(etc)
+    log.info("provisioned %s at site %s%s", device, site, " (resumed)" if answer.get("resumed") else "")
+    return cfg
+
+
+def _precheck(cfg_path: Path, *, token: str, kind: str, data_dir: Path, sections: dict[str, Any],
+              owner: str | None) -> tuple[str, str]:
+    """What can be checked before the token is sent: its form, the config it will make, the owner; (site, device)."""
     parts = token.strip().split("/")
     if len(parts) != 3 or not all(ID_PATTERN.match(p) for p in parts[:2]):
         raise ProvisionError("an enrolment token looks like SITE/DEVICE/SECRET", "bad_token")
     site, device = parts[0], parts[1]
-    etc = cfg_path.parent
-    etc.mkdir(parents=True, exist_ok=True)
-    ca_pem = fetch_pinned_ca(url, ca_fingerprint, timeout_s=timeout_s)
-    key = _new_key()
-    pending_key = etc / (KEY_FILE + ".new")
-    write_atomic(pending_key, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                serialization.NoEncryption()), mode=0o600)
-    answer = request_certificate(url, ca_pem, token, _csr(key, device), timeout_s=timeout_s)
-    if answer.get("device") != device or answer.get("site") != site:
-        raise EnrolmentFailed(f"the service enrolled {answer.get('site')}/{answer.get('device')}, "
-                              f"not {site}/{device}")
-    os.replace(pending_key, etc / KEY_FILE)
-    write_atomic(etc / CERT_FILE, str(answer["cert"]).encode())
-    write_atomic(etc / CA_FILE, ca_pem)
-    write_atomic(etc / COMMAND_KEY_FILE, str(answer["command_key"]).encode())
-    broker = answer.get("broker", {})
+    if owner:
+        _owner_ids(owner)
+    _parse_doc(cfg_path, _config_doc(site, device, kind, data_dir, {"host": "127.0.0.1", "port": 8883}, sections))
+    return site, device
+
+
+def _config_doc(site: str, device: str, kind: str, data_dir: Path, broker: dict[str, Any],
+                sections: dict[str, Any]) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "device": {"id": device, "site": site, "kind": kind, "data_dir": str(data_dir)},
-        "broker": {"host": str(broker.get("host", "127.0.0.1")), "port": int(broker.get("port", 8883)),
-                   "tls": {"ca_file": CA_FILE, "cert_file": CERT_FILE, "key_file": KEY_FILE}},
+        "broker": {**broker, "tls": {"ca_file": CA_FILE, "cert_file": CERT_FILE, "key_file": KEY_FILE}},
         "remote": {"command_key_file": COMMAND_KEY_FILE},
     }
     doc.update({k: v for k, v in sections.items() if k not in CORE_SECTIONS})
-    cfg = _write_config(cfg_path, doc)
-    if owner:
-        _chown(owner, [cfg_path, *(etc / n for n in IDENTITY_FILES)])
-    log.info("provisioned %s at site %s", device, site)
-    return cfg
+    return doc
 
 
-def _chown(owner: str, paths: list[Path]) -> None:
-    """Give the files to the agent's user (the key stays 0600: readable by that user alone)."""
+def _pending_or_new_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    """The key an earlier, unfinished enrolment made (to resume it), else a new one written there (0600)."""
+    if path.exists():
+        try:
+            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        except ValueError:
+            key = None  # a torn or foreign file: replaced below
+        if isinstance(key, ec.EllipticCurvePrivateKey):
+            log.info("resuming an unfinished enrolment with the key in %s", path)
+            return key
+    key = _new_key()
+    write_atomic(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption()), mode=0o600)
+    return key
+
+
+def _serial_of(cert_pem: str) -> str:
+    try:
+        return format(x509.load_pem_x509_certificate(cert_pem.encode()).serial_number, "x")
+    except ValueError:
+        return "?"
+
+
+def _owner_ids(owner: str) -> tuple[int, int]:
     import pwd
 
     try:
         pw = pwd.getpwnam(owner)
     except KeyError:
         raise ProvisionError(f"no user {owner!r} on this system (deploy/install.sh creates 'spd')") from None
+    return pw.pw_uid, pw.pw_gid
+
+
+def _chown(owner: str, paths: list[Path]) -> None:
+    """Give the files to the agent's user (the key stays 0600: readable by that user alone)."""
+    uid, gid = _owner_ids(owner)
     for p in paths:
-        os.chown(p, pw.pw_uid, pw.pw_gid)
+        os.chown(p, uid, gid)
 
 
 def deliver_backlog(cfg: DeviceConfig, log_: EventLog, *, timeout_s: float) -> bool:
@@ -342,9 +446,9 @@ def retire_events(cfg: DeviceConfig, *, export_to: Path | None, deliver_timeout_
     return Retirement(backlog_now, delivered, exported, archive)
 
 
-def _archive_identity(cfg_path: Path, archive: Path) -> None:
+def _archive_identity(cfg_path: Path, archive: Path, *, pending_too: bool = False) -> None:
     archive.mkdir(parents=True, exist_ok=True)
-    for name in (*IDENTITY_FILES, cfg_path.name):
+    for name in (*IDENTITY_FILES, cfg_path.name, *((PENDING_KEY_FILE,) if pending_too else ())):
         p = cfg_path.parent / name
         if p.exists():
             shutil.move(str(p), archive / name)
@@ -360,19 +464,25 @@ def reprovision(config_path: str | Path, *, url: str, token: str, ca_fingerprint
     register_sections()
     old = load_config(cfg_path)
     old_doc = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
+    sections = {k: v for k, v in old_doc.items() if k not in CORE_SECTIONS}
+    sections.update(layout or {})
+    _precheck(cfg_path, token=token, kind=old.kind, data_dir=old.data_dir, sections=sections, owner=owner)
     retired = retire_events(old, export_to=export_to, deliver_timeout_s=deliver_timeout_s)
     archive = retired.archive_dir or (old.data_dir / "archive" / f"{old.site}-{old.device_id}")
     staged = archive / "config"
     _archive_identity(cfg_path, staged)
-    sections = {k: v for k, v in old_doc.items() if k not in CORE_SECTIONS}
-    sections.update(layout or {})
     try:
         cfg = _enrol_and_write(cfg_path, url=url, token=token, ca_fingerprint=ca_fingerprint, data_dir=old.data_dir,
                                kind=old.kind, sections=sections, timeout_s=timeout_s, owner=owner)
     except Exception:
-        # enrolment failed: put the previous identity back so the device still works as before
+        # enrolment failed: put the previous identity back, and its event log with it, so the device goes on
+        # exactly as before (a fresh log would restart at seq 1, which the gateway already holds)
         for p in staged.iterdir():
             shutil.move(str(p), cfg_path.parent / p.name)
+        if retired.archive_dir is not None:
+            for p in retired.archive_dir.iterdir():
+                if p.is_file() and not (old.data_dir / p.name).exists():
+                    os.replace(p, old.data_dir / p.name)
         raise
     return cfg, retired
 
@@ -384,7 +494,7 @@ def reset(config_path: str | Path, *, export_to: Path | None = None, deliver_tim
     cfg = load_config(cfg_path)
     retired = retire_events(cfg, export_to=export_to, deliver_timeout_s=deliver_timeout_s)
     archive = retired.archive_dir or (cfg.data_dir / "archive" / f"{cfg.site}-{cfg.device_id}")
-    _archive_identity(cfg_path, archive / "config")
+    _archive_identity(cfg_path, archive / "config", pending_too=True)
     return retired
 
 
@@ -415,7 +525,8 @@ def _cmd(fn: Any) -> Any:
         try:
             return int(fn(a))
         except (ProvisionError, ConfigError) as err:
-            print(f"refused: {err}")
+            resumable = getattr(err, "reason", "") in (NO_ANSWER, INCOMPLETE)
+            print(f"{'not finished' if resumable else 'refused'}: {err}")
             return 3 if isinstance(err, UnsyncedEvents) else 2
     return run
 

@@ -199,16 +199,20 @@ class ScanStation:
         return self._charge(text, now)
 
     def on_console_line(self, text: str, now: float) -> Verdict | None:
-        """A line typed on the console keypad and Enter: a PIN when one is asked, else a staff id to log in."""
+        """A line typed on the console keypad and Enter: a PIN when one is asked, else a staff id to log in.
+
+        Logged in, another nurse's staff id hands the station over (after her PIN); anything else typed is refused:
+        wristbands and items are scanned, never typed.
+        """
         text = text.strip()
         if not text:
             return None
         if self._pin_badge is not None:
             return self._check_pin(text, now)
-        if self._badge is not None:
+        badge = self.allowlist.by_user(text)
+        if self._badge is not None and badge is None:
             return self._say(False, "USE THE SCANNER", "Codes are scanned, not typed: scan the wristband or item.",
                              Tone.REFUSED)
-        badge = self.allowlist.by_user(text)
         if badge is None:
             return self._access_refused("unknown_user", now, user=text[:64])
         if not badge.needs_pin:

@@ -19,11 +19,15 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.catalog import write_catalog_csv
 from hw_sim.broker import MosquittoBroker
 from hw_sim.catalog import sim_catalog
 from hw_sim.his import SimulatedHis
+
+if TYPE_CHECKING:
+    from hw_sim.nurse import HandheldProcess
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +208,7 @@ class SpineHarness:
         self.gateways: dict[int, ManagedProcess] = {}
         self.handhelds: dict[str, ManagedProcess] = {}
         self.cabinets: dict[str, ManagedProcess] = {}
+        self.runtimes: dict[str, HandheldProcess] = {}  # spd-device run handhelds
         self.device_db_paths: dict[str, Path] = {}
         self.env = dict(os.environ)
 
@@ -298,6 +303,15 @@ class SpineHarness:
             self.cabinets[device] = cab
         return cab.start()
 
+    def start_handheld_runtime(self, device: str, *, workdir: Path, tmux: bool = False) -> HandheldProcess:
+        """The real ``spd-device run`` handheld process on a pty scanner (:mod:`hw_sim.nurse`); its log is tallied."""
+        from hw_sim.nurse import HandheldProcess
+
+        hh = HandheldProcess(workdir, device=device, site=self.site, broker_port=self.broker.port, tmux=tmux)
+        self.device_db_paths[device] = hh.db_path
+        self.runtimes[device] = hh
+        return hh.start()
+
     def device_dbs(self) -> list[Path]:
         return [p for p in sorted(self.device_db_paths.values()) if p.exists()]
 
@@ -351,6 +365,8 @@ class SpineHarness:
     def close(self) -> None:
         for dev in (*self.handhelds.values(), *self.cabinets.values()):
             dev.kill()
+        for runtime in self.runtimes.values():
+            runtime.stop()
         for gw in self.gateways.values():
             gw.kill(signal.SIGTERM)
         self.his.stop()

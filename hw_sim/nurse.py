@@ -247,3 +247,63 @@ class HandheldProcess:
             subprocess.run(["tmux", "kill-session", "-t", self.session], capture_output=True, check=False)
         self.scanner.close()
         return rc
+
+
+class NurseShift:
+    """A nurse working a handheld for ``items`` item scans at about ``rate`` scans a second, on its own thread."""
+
+    def __init__(self, hh: HandheldProcess, *, items: int, rate: float, seed: int = 1) -> None:
+        self.hh = hh
+        self.items = items
+        self.rate = rate
+        self.seed = seed
+        self.sent: dict[str, int] = {}
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name=f"nurse-{hh.device}", daemon=True)
+
+    def start(self) -> NurseShift:
+        self._thread.start()
+        return self
+
+    def join(self, timeout_s: float) -> bool:
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+    def _work(self) -> None:
+        try:
+            period = 1.0 / self.rate if self.rate > 0 else 0.0
+            next_t = time.monotonic()
+            round_no, item_no = 0, 1
+            while item_no <= self.items:
+                scans, item_no = shift_codes(self.seed, self.hh.device, round_no, item_no)
+                round_no += 1
+                for s in scans:
+                    self.hh.scan(s.code)
+                    self.sent[s.what] = self.sent.get(s.what, 0) + 1
+                    next_t += period
+                    time.sleep(max(0.0, next_t - time.monotonic()))
+        except BaseException as err:  # reported by the caller
+            self.error = err
+
+
+def log_counts(db: Path) -> dict[str, int]:
+    """A handheld's own record, read-only: events by kind, and how many the gateway has not acknowledged yet."""
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        counts = {str(k): int(n) for k, n in conn.execute("SELECT kind, COUNT(*) FROM events GROUP BY kind")}
+        last, acked = conn.execute("SELECT last_seq, acked_seq FROM head WHERE id = 1").fetchone()
+        counts["backlog"] = int(last) - int(acked)
+        return counts
+    finally:
+        conn.close()
+
+
+def wait_drained(db: Path, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if db.exists() and log_counts(db)["backlog"] == 0:
+            return True
+        time.sleep(0.2)
+    return False

@@ -196,3 +196,11 @@ def test_wristband_initials_and_ward_come_from_named_groups(tmp_path: Path) -> N
     rig.scan(f"]C0{IN_HOUSE}|ZS|ICU-2")
     p = rig.station.view.patient
     assert p is not None and (p.admission, p.initials, p.ward) == (IN_HOUSE, "ZS", "ICU-2")
+
+
+def test_the_example_handheld_config_parses() -> None:
+    from device.config import load_config
+
+    cfg = load_config(Path(__file__).parent.parent / "deploy" / "examples" / "handheld.toml")
+    assert cfg.kind == "handheld" and cfg.handheld is not None and cfg.handheld.dept == "ICU-2"
+    assert WristbandFormat.from_mapping(cfg.handheld.wristband or {}).name == "ward-bands-2024"

@@ -87,7 +87,7 @@ def frame_lines(f: Frame, width: int, *, now: float | None = None) -> list[tuple
             out.append(("dim", _fit("PATIENT: none - scan the wristband" if v.mode is Mode.CHARGE
                                     else "PATIENT: not needed for returns", w)))
         else:
-            left = max(0, int(p.until - now))
+            left = max(0, round(p.until - now))
             who = "  ".join(x for x in (p.admission, p.initials, p.ward) if x)
             out.append(("plain", _two(f"PATIENT {who}", f"{left // 60}:{left % 60:02d}", w)))
     out.append(("dim", "-" * w))

@@ -199,6 +199,7 @@ class HandheldConfig:
     scanner_ports: tuple[str, ...] = ()  # serial / USB-CDC scanners (URLs pyserial opens)
     wedge_devices: tuple[str, ...] = ()  # USB HID keyboard-wedge scanners (/dev/input/... through evdev)
     scanner_baudrate: int = 9600
+    symbology_ids: bool = True  # the scanners send AIM identifiers (]d2, ]C1 ...): GS1 codes are told apart safely
     idle_logout_s: float = 300.0
     patient_hold_s: float = 600.0
     pin_timeout_s: float = 30.0
@@ -341,6 +342,7 @@ def _parse_handheld(h: Section, base: Path) -> HandheldConfig:
         scanner_ports=_strings(h, "scanner_ports"),
         wedge_devices=_strings(h, "wedge_devices"),
         scanner_baudrate=h.get_int("scanner_baudrate", 9600, min=1200, max=921600),
+        symbology_ids=h.get_bool("symbology_ids", True),
         idle_logout_s=h.get_float("idle_logout_s", 300.0, min=10.0, max=86400.0),
         patient_hold_s=h.get_float("patient_hold_s", 600.0, min=10.0, max=86400.0),
         pin_timeout_s=h.get_float("pin_timeout_s", 30.0, min=5.0, max=600.0),

@@ -212,10 +212,14 @@ class HandheldAgent:
         if not cfg.scanner_ports and not cfg.wedge_devices:
             log.warning("handheld: no scanner configured ([handheld] scanner_ports / wedge_devices)")
             return
-        from device.hal.scanner import ScanLine, ScannerState, SerialScanner, WedgeScanner
+        from device.hal.scanner import ScanLine, ScannerState, ScanRejected, SerialScanner, WedgeScanner
 
         def on_scan(line: ScanLine) -> None:
             self.scan_text(line.text)
+
+        def on_rejected(err: ScanRejected) -> None:
+            why = str(err.reason)
+            self.post(lambda: self.station.on_unreadable(why, time.monotonic()))
 
         def watch(name: str) -> Callable[[ScannerState], None]:
             def changed(state: ScannerState) -> None:
@@ -223,12 +227,14 @@ class HandheldAgent:
                 self._changed_now()
             return changed
 
-        scanners: list[Any] = [SerialScanner(url, baudrate=cfg.scanner_baudrate, on_scan=on_scan)
+        ids = cfg.symbology_ids
+        scanners: list[Any] = [SerialScanner(url, baudrate=cfg.scanner_baudrate, symbology_ids=ids, on_scan=on_scan)
                                for url in cfg.scanner_ports]
-        scanners += [WedgeScanner(path, on_scan=on_scan) for path in cfg.wedge_devices]
+        scanners += [WedgeScanner(path, symbology_ids=ids, on_scan=on_scan) for path in cfg.wedge_devices]
         names = [*cfg.scanner_ports, *cfg.wedge_devices]
         for name, scanner in zip(names, scanners, strict=True):
             self.scanner_states[name] = "offline"
             scanner.when_state_changed = watch(name)
+            scanner.when_rejected = on_rejected
             scanner.start()
             self._scanners.append(scanner)

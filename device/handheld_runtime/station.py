@@ -198,6 +198,12 @@ class ScanStation:
             return self._return(text)
         return self._charge(text, now)
 
+    def on_unreadable(self, why: str, now: float) -> Verdict:
+        """The scanner read something it could not pass on (cut off, garbled, no symbology identifier)."""
+        if self._badge is not None:
+            self._last_activity = now
+        return self._refuse_scan("unreadable", MESSAGES["unreadable"] + f" (scanner: {why})")
+
     def on_console_line(self, text: str, now: float) -> Verdict | None:
         """A line typed on the console keypad and Enter: a PIN when one is asked, else a staff id to log in.
 
@@ -404,7 +410,7 @@ class ScanStation:
         reason = outcome.reason
         if outcome.event is None:  # the log could not take it: say so, nothing is recorded
             return self._say(False, "NOT SAVED", MESSAGES["log_unavailable"], Tone.REFUSED, reason="log_unavailable")
-        message = MESSAGES.get(reason) if reason in ("not_logged_in", "no_patient", "unreadable") else None
+        message = outcome.detail if reason in ("not_logged_in", "no_patient", "unreadable") else None
         if message is None:
             message = outcome.detail if reason in REFUSAL_TITLES and reason not in ("bad_udi", "bad_wristband") \
                 else f"Code not accepted ({outcome.detail}). Scan again or call the SPD desk."

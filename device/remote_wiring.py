@@ -520,7 +520,10 @@ def remote_parts(config_path: Path, cfg: DeviceConfig, verifier: CommandVerifier
 
 
 def build_remote(config_path: Path, cfg: DeviceConfig, verifier: CommandVerifier, *, agent: CabinetAgent,
-                 eventlog: EventLog, config_version: int = 0) -> CabinetRemote:
-    """The remote commands of ``agent``, with their state in the device's data directory."""
+                 eventlog: EventLog, config_version: int = 0, catalog: CatalogCache | None = None) -> CabinetRemote:
+    """The remote commands of ``agent``, with their state in the device's data directory.
+
+    ``catalog`` is the cache the agent's scan policy reads: a pushed catalog then takes effect at the next scan.
+    """
     return CabinetRemote(agent=agent, **remote_parts(config_path, cfg, verifier, eventlog=eventlog,
-                                                     config_version=config_version))
+                                                     config_version=config_version, catalog=catalog))

@@ -49,7 +49,8 @@ def run(config_path: Path, *, stop: threading.Event | None = None, pin_factory: 
     agent = CabinetAgent(cab, eventlog=eventlog, data_dir=cfg.data_dir, pin_factory=pin_factory,
                          on_committed=lambda ev: sync.notify(), scan_policy=policy)
     remote = None if verifier is None else build_remote(Path(config_path), cfg, verifier, agent=agent,
-                                                        eventlog=eventlog, config_version=effective.config_version)
+                                                        eventlog=eventlog, config_version=effective.config_version,
+                                                        catalog=policy.cache)
     tls = cfg.broker.tls
     sync = DeviceSync(
         eventlog, site=cfg.site, host=cfg.broker.host, port=cfg.broker.port, batch_size=cfg.sync.batch_size,

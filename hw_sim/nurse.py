@@ -123,7 +123,8 @@ class HandheldProcess:
     """``spd-device run`` for a handheld, with a pty scanner; headless (lines on stdout) or in tmux (the screen)."""
 
     def __init__(self, workdir: Path, *, device: str = "HH01", site: str = "H1", broker_port: int,
-                 tmux: bool = False, extra_toml: str = "", data_dir: Path | None = None) -> None:
+                 tmux: bool = False, extra_toml: str = "", data_dir: Path | None = None,
+                 term: str = "xterm-256color") -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.device = device
@@ -135,6 +136,7 @@ class HandheldProcess:
                                                   broker_port=broker_port, scanner_url=self.scanner.url,
                                                   extra=extra_toml), encoding="utf-8")
         self.tmux = tmux
+        self.term = term
         self.session = f"spd-{device}-{os.getpid()}"
         self.proc: subprocess.Popen[str] | None = None
         self.lines: queue.Queue[str] = queue.Queue()
@@ -150,7 +152,7 @@ class HandheldProcess:
         if self.tmux:
             self._start_tmux()
             deadline = time.monotonic() + timeout_s
-            while "SCAN YOUR BADGE" not in self.screen():
+            while "SCAN YOUR BADGE" not in self.screen() and "running headless" not in self.log_text():
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"no screen: {self.screen()!r} {self.log_text()[-2000:]}")
                 time.sleep(0.05)
@@ -166,7 +168,7 @@ class HandheldProcess:
         if shutil.which("tmux") is None:
             raise RuntimeError("tmux is not installed (apt-get install tmux)")
         env = " ".join(f"{k}={v}" for k, v in (("PYTHONPATH", os.environ.get("PYTHONPATH", "")),) if v)
-        cmd = (f"cd {os.getcwd()} && env -u COLUMNS -u LINES {env} TERM=xterm-256color {' '.join(self.argv)} "
+        cmd = (f"cd {os.getcwd()} && env -u COLUMNS -u LINES {env} TERM={self.term} {' '.join(self.argv)} "
                f"2>>{self.workdir}/stderr.log")
         subprocess.run(["tmux", "new-session", "-d", "-s", self.session, "-x", "50", "-y", "16", cmd], check=True)
 

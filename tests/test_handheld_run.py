@@ -147,3 +147,15 @@ def test_a_thousand_scans_taken_offline_are_each_delivered_once_when_the_broker_
         assert (log.last_seq, log.acked_seq, log.backlog()) == (1002, 1002, 0)
     finally:
         log.close()
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is in the Makefile's Debian packages")
+def test_a_terminal_curses_cannot_drive_leaves_the_station_working_headless(tmp_path: Path) -> None:
+    hh = HandheldProcess(tmp_path / "hh", device="HH03", broker_port=1, tmux=True, term="no-such-terminal")
+    try:
+        hh.start()
+        hh.scan(CODE128 + NURSE_BADGE)
+        hh.wait_screen("HH03 verdict HELLO N0001")
+    finally:
+        hh.stop()
+    assert "console screen unavailable" in hh.log_text()

@@ -9,6 +9,7 @@ for SIGTERM / Ctrl-C, pruning acknowledged events now and then.
 
 from __future__ import annotations
 
+import curses
 import logging
 import os
 import signal
@@ -114,8 +115,12 @@ def run_handheld(config_path: Path, effective: EffectiveConfig, *, stop: threadi
                 "on" if remote is not None else "off")
     try:
         if mode == "console":
-            ConsoleScreen(agent, frame).run(stop)
-        else:
+            try:
+                ConsoleScreen(agent, frame).run(stop)
+            except curses.error as err:  # a terminal curses cannot drive: the station still works, headless
+                log.error("handheld %s: console screen unavailable (%s); running headless", cfg.device_id, err)
+                mode = "headless"
+        if mode == "headless":
             HeadlessScreen(agent, frame).run(stop)
     finally:
         stop.set()

@@ -202,6 +202,12 @@ class ConsoleScreen:
         return styles
 
     def _draw(self, scr: curses.window, styles: dict[str, int]) -> None:
+        try:
+            self._paint(scr, styles)
+        except curses.error:  # a terminal too small for a line, or resized while drawing: next frame redraws
+            log.debug("screen: frame not drawn", exc_info=True)
+
+    def _paint(self, scr: curses.window, styles: dict[str, int]) -> None:
         height, width = scr.getmaxyx()
         lines = frame_lines(self.frame(), width - 1)
         scr.erase()

@@ -278,7 +278,9 @@ class ScanStation:
     # ------------------------------------------------------------ log in and out
 
     def _logged_out_scan(self, text: str, code: str, now: float) -> Verdict:
-        if self._is_wristband(text) or _parses_as_udi(text):
+        if self._is_wristband(text):
+            return self._refuse_scan("not_logged_in", MESSAGES["not_logged_in"], wristband_text=text)
+        if _parses_as_udi(text):
             return self._refuse_scan("not_logged_in", MESSAGES["not_logged_in"], udi_text=text)
         if _looks_like_badge(code):
             return self._access_refused("unknown_badge", now, badge=code[:64])

@@ -11,6 +11,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from device.catalog_cache import DOC_SCHEMA, content_digest
 from device.config import parse_config_text
 from device.eventlog import EventLog
 from device.handheld_runtime.agent import HandheldAgent
@@ -21,9 +22,23 @@ from device.remote_wiring import catalog_cache_path, load_verifier, remote_parts
 from device.scan_policy import ConsumedSerials, ScanPolicy
 from gateway.commands import CommandSigner, public_key_pem
 from hw_sim.udi_gen import make_gtin, make_udi
-from tests.test_handheld_station import catalog_doc
 
 DEV, SITE = "HH01", "H1"
+STENT = make_gtin(random.Random(4))
+
+
+def catalog_doc() -> dict[str, Any]:
+    """A device catalog: one item stocked in ICU-2, one patient in house and one discharged."""
+    doc: dict[str, Any] = {
+        "schema": DOC_SCHEMA, "version": 1, "generated_at": "", "dept": None,
+        "items": [{"gtin": STENT, "item_code": "HC1", "charge_code": "C1", "name": "Stent", "spec": "",
+                   "manufacturer": "", "price_fen": 100, "chargeable": True, "high_value": True, "supplier": "",
+                   "vbp": False, "vbp_price_fen": None}],
+        "recalled_lots": [], "dept_stock": {"ICU-2": [STENT]}, "consumed_serials": [],
+        "patients": {"in_house": ["ZY0000000001"], "discharged": ["ZY0000000002"]},
+    }
+    doc["digest"] = content_digest(doc)
+    return doc
 
 
 class Station:

@@ -204,3 +204,23 @@ def test_the_example_handheld_config_parses() -> None:
     cfg = load_config(Path(__file__).parent.parent / "deploy" / "examples" / "handheld.toml")
     assert cfg.kind == "handheld" and cfg.handheld is not None and cfg.handheld.dept == "ICU-2"
     assert WristbandFormat.from_mapping(cfg.handheld.wristband or {}).name == "ward-bands-2024"
+
+
+def test_a_log_that_cannot_be_written_is_told_as_not_saved_and_nothing_is_charged(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    from device.eventlog import LogWriteFailed
+
+    rig.scan("]C004A1")
+    rig.scan(f"]C0{IN_HOUSE}")
+    before = rig.log.last_seq
+
+    def full_disk(*_args: object, **_kwargs: object) -> object:
+        raise LogWriteFailed("disk full")
+
+    monkeypatch.setattr(rig.log, "append", full_disk)
+    v = rig.scan(udi())
+    assert (v.ok, v.title, v.reason) == (False, "NOT SAVED", "log_unavailable")
+    assert "NOTHING was recorded" in v.message
+    monkeypatch.undo()
+    assert rig.log.last_seq == before
+    assert rig.scan(udi()).title == "CHARGED"  # the same item, once the log takes writes again

@@ -64,3 +64,29 @@ def test_scans_are_told_in_words_and_sounds_and_a_garbled_line_is_refused_too(tm
         kinds = [(e.kind, e.body.get("reason")) for e in log.events()]
         assert kinds == [("access", None), ("refused_scan", "unreadable"), ("consume", None)]
         log.close()
+
+
+def test_a_usb_hid_wedge_scanner_drives_the_station_like_a_serial_one(tmp_path: Path) -> None:
+    from hw_sim.scanner import SimWedgeSource
+
+    write_allowlist(tmp_path / "allow.json", [Badge("04A1B2C3", "N0001", Role.NURSE)])
+    wedge = SimWedgeSource(name="sim-hid")
+    cfg = HandheldConfig(dept="ICU-2", allowlist_file=tmp_path / "allow.json",
+                         wedge_devices=("/dev/input/spd-scanner-hid",))
+    log = EventLog(tmp_path / "events.db", device="HH01")
+    agent = HandheldAgent(cfg, eventlog=log, key_sources={"/dev/input/spd-scanner-hid": wedge})
+    told: list[Verdict] = []
+    agent.add_verdict_listener(told.append)
+    agent.start()
+    try:
+        _wait(lambda: agent.scanner_states.get("/dev/input/spd-scanner-hid") == "online")
+        assert wedge.grabbed  # its keystrokes never reach the console
+        wedge.type_scan("]C004A1B2C3")
+        wedge.type_scan("]C0ZY0000012345")
+        expiry = dt.date.today() + dt.timedelta(days=300)
+        wedge.type_scan(make_udi(gtin="06954321754613", lot="L1", serial="S1", expiry=expiry, symbology="]d2"))
+        _wait(lambda: len(told) == 3)
+        assert [v.title for v in told] == ["HELLO N0001", "PATIENT", "CHARGED"]
+    finally:
+        agent.stop()
+        log.close()

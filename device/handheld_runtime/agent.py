@@ -20,7 +20,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from device.cabinet.allowlist import AllowList
@@ -49,8 +49,12 @@ class HandheldAgent:
         policy: ScanPolicy | None = None,
         pin_factory: PinFactory | None = None,
         on_committed: Callable[[Event], None] | None = None,
+        key_sources: Mapping[str, Any] | None = None,
     ) -> None:
+        """``key_sources`` maps a ``wedge_devices`` path to a :class:`~device.hal.scanner.KeyEventSource` read
+        instead of the device (a simulator's keyboard-wedge scanner)."""
         self.config = config
+        self._key_sources = dict(key_sources or {})
         self.log = eventlog
         self.allowlist = AllowList(config.allowlist_file)
         fmt = WristbandFormat.from_mapping(config.wristband) if config.wristband else None
@@ -230,7 +234,8 @@ class HandheldAgent:
         ids = cfg.symbology_ids
         scanners: list[Any] = [SerialScanner(url, baudrate=cfg.scanner_baudrate, symbology_ids=ids, on_scan=on_scan)
                                for url in cfg.scanner_ports]
-        scanners += [WedgeScanner(path, symbology_ids=ids, on_scan=on_scan) for path in cfg.wedge_devices]
+        scanners += [WedgeScanner(self._key_sources.get(path, path), symbology_ids=ids, on_scan=on_scan)
+                     for path in cfg.wedge_devices]
         names = [*cfg.scanner_ports, *cfg.wedge_devices]
         for name, scanner in zip(names, scanners, strict=True):
             self.scanner_states[name] = "offline"

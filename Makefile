@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-DEB_PACKAGES := mosquitto libzbar0 zint fuse3
+DEB_PACKAGES := mosquitto libzbar0 zint fuse3 tmux
 STAMP  := $(VENV)/.installed
 
 .PHONY: demo test test-fast lint bench clean deps venv

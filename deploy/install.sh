@@ -2,6 +2,7 @@
 # Install spd-edge on Raspberry Pi OS / Debian: service user, directories, packages, venv, systemd units.
 #
 #   sudo deploy/install.sh --role device            a cabinet controller
+#   sudo deploy/install.sh --role device --kind handheld   a nurse's scanning station (screen on tty1)
 #   sudo deploy/install.sh --role gateway --site H1 the hospital gateway (with its Mosquitto)
 #
 # Safe to run again (upgrades the venv, keeps configuration, keys and data).
@@ -9,6 +10,7 @@ set -euo pipefail
 
 ROLE=""
 SITE=""
+KIND=cabinet
 PREFIX=/opt/spd-edge
 SRC="$(cd "$(dirname "$0")/.." && pwd)"
 
@@ -16,11 +18,13 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --role) ROLE="$2"; shift 2 ;;
         --site) SITE="$2"; shift 2 ;;
+        --kind) KIND="$2"; shift 2 ;;
         --prefix) PREFIX="$2"; shift 2 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
 [ "$ROLE" = device ] || [ "$ROLE" = gateway ] || { echo "usage: $0 --role device|gateway [--site ID]" >&2; exit 2; }
+[ "$KIND" = cabinet ] || [ "$KIND" = handheld ] || { echo "--kind is cabinet or handheld" >&2; exit 2; }
 [ "$(id -u)" -eq 0 ] || { echo "run as root (sudo)" >&2; exit 2; }
 
 log() { printf '== %s\n' "$*"; }
@@ -31,6 +35,7 @@ apt-get update -q
 PKGS="python3 python3-venv python3-dev build-essential sqlite3 ca-certificates"
 if [ "$ROLE" = device ]; then
     PKGS="$PKGS libzbar0"
+    if [ "$KIND" = handheld ]; then PKGS="$PKGS kbd console-setup"; fi  # setfont and the Terminus console fonts
     if grep -qi raspberry /proc/device-tree/model 2>/dev/null; then PKGS="$PKGS python3-rpi.gpio"; fi
 else
     PKGS="$PKGS mosquitto"
@@ -49,7 +54,8 @@ if [ "$ROLE" = device ]; then
     log "user spd and directories"
     getent group gpio >/dev/null || groupadd --system gpio
     id spd >/dev/null 2>&1 || useradd --system --home-dir /var/lib/spd-device --shell /usr/sbin/nologin spd
-    usermod -a -G dialout,gpio spd
+    getent group input >/dev/null || groupadd --system input
+    usermod -a -G dialout,gpio,input spd
     getent group video >/dev/null && usermod -a -G video spd
     install -d -m 0750 -o root -g spd /etc/spd-device
     install -d -m 0750 -o spd -g spd /var/lib/spd-device
@@ -59,6 +65,12 @@ if [ "$ROLE" = device ]; then
     udevadm control --reload || true
     install -m 0644 "$SRC/deploy/logrotate/spd" /etc/logrotate.d/spd
     install -m 0644 "$SRC/deploy/systemd/spd-device.service" /etc/systemd/system/spd-device.service
+    if [ "$KIND" = handheld ]; then
+        install -d -m 0755 /etc/systemd/system/spd-device.service.d
+        install -m 0644 "$SRC/deploy/systemd/spd-device.service.d/handheld-screen.conf" \
+            /etc/systemd/system/spd-device.service.d/handheld-screen.conf
+        systemctl disable getty@tty1.service || true
+    fi
     systemctl daemon-reload
     systemctl enable spd-device.service
     log "done. Next: provision the device (docs/deploy.md, step 3), then: systemctl start spd-device"

@@ -132,6 +132,11 @@ class Section:
             raise self.error(name, "must be an array of tables ([[...]])")
         return [Section(t, source=self._source, prefix=f"{self.key(name)}[{i}]") for i, t in enumerate(v)]
 
+    def raw(self) -> dict[str, Any]:
+        """The table as parsed, every key counted as known (for sections validated elsewhere)."""
+        self._seen.update(self._t)
+        return dict(self._t)
+
     def done(self) -> None:
         unknown = sorted(set(self._t) - self._seen)
         if unknown:
@@ -141,6 +146,7 @@ class Section:
 # ---------------------------------------------------------------- core sections
 
 _ID = re.compile(ID_PATTERN.pattern)
+_CODE = re.compile(r"^[!-~]{3,64}$")  # a printable ASCII code of 3-64 characters, no spaces
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,9 +178,35 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HandheldCodes:
+    """Texts of the mode cards at the nurses' station (any symbology; compared without the AIM identifier)."""
+
+    return_mode: str = "SPD-MODE-RETURN"
+    charge_mode: str = "SPD-MODE-CHARGE"
+    logout: str = "SPD-LOGOUT"
+
+
+@dataclass(frozen=True, slots=True)
 class HandheldConfig:
-    operator: str
+    """``[handheld]``: what ``spd-device run`` needs to drive a nurse's scanning station (see docs/handheld.md)."""
+
     dept: str
+    operator: str | None = None  # legacy: a fixed operator for library use; the runtime logs nurses in
+    allowlist_file: Path = Path("allowlist.json")
+    pin_factory: str = "rpigpio"
+    buzzer_pin: int | None = None
+    led_pin: int | None = None
+    scanner_ports: tuple[str, ...] = ()  # serial / USB-CDC scanners (URLs pyserial opens)
+    wedge_devices: tuple[str, ...] = ()  # USB HID keyboard-wedge scanners (/dev/input/... through evdev)
+    scanner_baudrate: int = 9600
+    symbology_ids: bool = True  # the scanners send AIM identifiers (]d2, ]C1 ...): GS1 codes are told apart safely
+    idle_logout_s: float = 300.0
+    patient_hold_s: float = 600.0
+    pin_timeout_s: float = 30.0
+    return_mode_s: float = 120.0
+    screen: str = "auto"  # auto: the console UI when started on a terminal, else headless; "off": always headless
+    codes: HandheldCodes = field(default_factory=HandheldCodes)
+    wristband: dict[str, Any] | None = None  # a device.udi.wristband.WristbandFormat mapping
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,7 +291,7 @@ def parse_config(doc: dict[str, Any], *, source: str = "<config>", base_dir: Pat
     handheld = None
     h = top.section("handheld", optional=True)
     if h is not None:
-        handheld = HandheldConfig(operator=h.get_str("operator", pattern=_ID), dept=h.get_str("dept", pattern=_ID))
+        handheld = _parse_handheld(h, base)
         h.done()
 
     extra: dict[str, Any] = {}
@@ -270,6 +302,55 @@ def parse_config(doc: dict[str, Any], *, source: str = "<config>", base_dir: Pat
             sec.done()
     top.done()
     return DeviceConfig(device_id, site, kind, data_dir, broker, sync, logc, handheld, source, extra)
+
+
+def _strings(s: Section, name: str) -> tuple[str, ...]:
+    values = s.get_list(name, [])
+    if any(not isinstance(v, str) or not v for v in values):
+        raise s.error(name, "must be a list of non-empty strings")
+    return tuple(values)
+
+
+def _parse_handheld(h: Section, base: Path) -> HandheldConfig:
+    codes = HandheldCodes()
+    c = h.section("codes", optional=True)
+    if c is not None:
+        codes = HandheldCodes(return_mode=c.get_str("return_mode", codes.return_mode, pattern=_CODE),
+                              charge_mode=c.get_str("charge_mode", codes.charge_mode, pattern=_CODE),
+                              logout=c.get_str("logout", codes.logout, pattern=_CODE))
+        c.done()
+        if len({codes.return_mode, codes.charge_mode, codes.logout}) != 3:
+            raise h.error("codes", "the mode card codes must differ from each other")
+    wristband = None
+    w = h.section("wristband", optional=True)
+    if w is not None:
+        wristband = w.raw()
+        from device.udi.wristband import WristbandError, WristbandFormat
+
+        try:
+            WristbandFormat.from_mapping(wristband)
+        except WristbandError as err:
+            raise h.error("wristband", str(err)) from None
+    pin_opt = {"min": 0, "max": 1023}
+    return HandheldConfig(
+        dept=h.get_str("dept", pattern=_ID),
+        operator=h.get_str("operator", None, pattern=_ID),
+        allowlist_file=_path(h, "allowlist_file", base, "allowlist.json"),
+        pin_factory=h.get_str("pin_factory", "rpigpio"),
+        buzzer_pin=h.get_int("buzzer_pin", None, **pin_opt),
+        led_pin=h.get_int("led_pin", None, **pin_opt),
+        scanner_ports=_strings(h, "scanner_ports"),
+        wedge_devices=_strings(h, "wedge_devices"),
+        scanner_baudrate=h.get_int("scanner_baudrate", 9600, min=1200, max=921600),
+        symbology_ids=h.get_bool("symbology_ids", True),
+        idle_logout_s=h.get_float("idle_logout_s", 300.0, min=10.0, max=86400.0),
+        patient_hold_s=h.get_float("patient_hold_s", 600.0, min=10.0, max=86400.0),
+        pin_timeout_s=h.get_float("pin_timeout_s", 30.0, min=5.0, max=600.0),
+        return_mode_s=h.get_float("return_mode_s", 120.0, min=5.0, max=3600.0),
+        screen=h.get_str("screen", "auto", choices=("auto", "off")),
+        codes=codes,
+        wristband=wristband,
+    )
 
 
 def parse_config_text(text: str, *, source: str = "<config>", base_dir: Path | None = None) -> DeviceConfig:

@@ -132,6 +132,13 @@ class Handheld:
         self._committed(ev)
         return ScanOutcome(ScanVerdict.ACCEPTED, ev)
 
+    def refuse(self, reason: str, detail: str, *, wristband_text: str = "", udi_text: str = "") -> ScanOutcome:
+        """Record a scan refused before it reached :meth:`scan_pair` (not logged in, no patient, unreadable ...)."""
+        try:
+            return self._commit_refusal(reason, detail, wristband_text, udi_text)
+        except LogWriteFailed as err:
+            return ScanOutcome(ScanVerdict.REFUSED, None, "log_unavailable", str(err))
+
     def _refuse(self, kind: str, err: ValueError, wristband_text: str, udi_text: str) -> ScanOutcome:
         return self._commit_refusal(str(getattr(err, "reason", kind)), str(err), wristband_text, udi_text)
 

@@ -70,7 +70,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from device.cabinet.allowlist import AllowListError, parse_allowlist, write_allowlist
+from device.cabinet.allowlist import AllowList, AllowListError, parse_allowlist, write_allowlist
 from device.catalog_cache import CatalogCache, CatalogCacheError
 from device.config import ConfigError, DeviceConfig, RemoteConfig, load_config, parse_config
 from device.credentials import CredentialError, CredentialFiles, finish_pending_swap, rotate
@@ -235,14 +235,13 @@ class LockdownStore:
 # ---------------------------------------------------------------- the cabinet's command handlers
 
 
-class CabinetRemote:
-    """Remote commands of one running cabinet agent; see the module docstring."""
+class DeviceRemote:
+    """Remote commands of one running device agent; the device kind supplies the hooks (see :class:`CabinetRemote`)."""
 
     def __init__(
         self,
         *,
         config_path: Path,
-        agent: CabinetAgent,
         eventlog: EventLog,
         verifier: CommandVerifier,
         replay: ReplayGuard,
@@ -253,7 +252,6 @@ class CabinetRemote:
         credentials: CredentialFiles | None = None,
     ) -> None:
         self.config_path = Path(config_path)
-        self.agent = agent
         self.log = eventlog
         self.replay = replay
         self.desired = desired
@@ -265,19 +263,35 @@ class CabinetRemote:
         self.credentials = credentials
         self.rotations: list[threading.Thread] = []
         handlers: dict[CommandKind, Callable[[SignedCommand], None]] = {
-            CommandKind.UNLOCK: self._unlock,
-            CommandKind.DESIRED_STATE: self._desired_state,
-        }
+            CommandKind.DESIRED_STATE: self._desired_state, **self._device_handlers()}
         if lockdown is not None:
             handlers[CommandKind.LOCKDOWN] = self._lockdown
             stored = lockdown.load()
             if stored is not None:
                 log.warning("device %s: locked down since command %s: %s", eventlog.device, stored.get("seq"),
                             stored.get("reason"))
-                agent.post(agent.cabinet.set_lockdown, str(stored.get("reason", "")))
+                self._restore_lockdown(str(stored.get("reason", "")))
         if credentials is not None:
             handlers[CommandKind.ROTATE_CREDENTIALS] = self._rotate
         self.commands = RemoteCommands(verifier, replay, eventlog, handlers=handlers)
+
+    # ------------------------------------------------------------ what the device kind supplies
+
+    def _device_handlers(self) -> dict[CommandKind, Callable[[SignedCommand], None]]:
+        """Commands only this kind of device takes (a cabinet: unlock)."""
+        return {}
+
+    def _restore_lockdown(self, reason: str) -> None:
+        """A lockdown stored before the restart is in force again."""
+        raise NotImplementedError
+
+    def _apply_lockdown(self, cmd: SignedCommand, on: bool, reason: str) -> None:
+        """Act on an accepted, already stored lockdown command (on the agent's own thread)."""
+        raise NotImplementedError
+
+    def _allowlist_target(self) -> tuple[Path, AllowList]:
+        """The allow-list file a push rewrites, and the list in memory that reloads it."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------ sync callbacks (paho's network thread)
 
@@ -303,22 +317,6 @@ class CabinetRemote:
         except Exception:
             log.exception("remote: notify callback failed")
 
-    # ------------------------------------------------------------ unlock
-
-    def _unlock(self, cmd: SignedCommand) -> None:
-        raw = cmd.args.get("seconds", self.agent.config.unlock_s)
-        if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw) or raw <= 0:
-            raise BadUnlock("bad_seconds", f"unlock seconds must be a positive number, got {raw!r}")
-        ceiling = min(d.max_energised_s for d in self.agent.config.doors)
-        seconds = min(float(raw), ceiling)
-        if seconds < raw:
-            log.warning("remote unlock %d: %.1f s asked, capped at the locks' %.1f s", cmd.seq, raw, ceiling)
-        self.agent.post(self._unlock_on_loop, cmd, seconds)
-
-    def _unlock_on_loop(self, cmd: SignedCommand, seconds: float) -> None:
-        """Cabinet loop thread: a session for the remote requester, as a badge grant would open."""
-        self.agent.cabinet.grant_remote(cmd.requested_by, seconds, time.monotonic(), via="remote", seq=cmd.seq)
-
     # ------------------------------------------------------------ lockdown
 
     def _lockdown(self, cmd: SignedCommand) -> None:
@@ -330,15 +328,7 @@ class CabinetRemote:
         # persisted before it acts, so a crash right after cannot forget a lockdown that was already acted on
         self.lockdown.save({"on": on, "reason": reason, "seq": cmd.seq, "by": cmd.requested_by,
                             "at_ms": int(time.time() * 1000)})
-        self.agent.post(self._lockdown_on_loop, cmd, on, reason)
-
-    def _lockdown_on_loop(self, cmd: SignedCommand, on: bool, reason: str) -> None:
-        cab = self.agent.cabinet
-        cab.set_lockdown(reason if on else None)
-        cab.record(EventKind.ACCESS, {"type": "lockdown", "on": on, "reason": reason, "seq": cmd.seq,
-                                            "by": cmd.requested_by, "dept": cab.dept})
-        log.warning("device %s: lockdown %s by %s (command %d): %s", self.log.device, "on" if on else "off",
-                    cmd.requested_by, cmd.seq, reason)
+        self._apply_lockdown(cmd, on, reason)
 
     # ------------------------------------------------------------ credential rotation
 
@@ -424,13 +414,12 @@ class CabinetRemote:
             _, badges = parse_allowlist(body, source="pushed allow-list")
         except AllowListError as err:
             raise ComponentRefused(err.reason, str(err)) from None
-        path = self.agent.config.allowlist_file
+        path, allowlist = self._allowlist_target()
         before = path.stat().st_mtime_ns if path.exists() else None
         write_allowlist(path, list(badges.values()), version=version)
         st = path.stat()
         if st.st_mtime_ns == before:  # rewritten within the file system's timestamp granularity: reload anyway
             os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
-        allowlist = self.agent.allowlist
         allowlist.reload_if_changed()
         if allowlist.version != version:
             raise ComponentRefused("not_loaded", f"allow-list version {version} written to {path} but not loaded")
@@ -441,6 +430,50 @@ class CabinetRemote:
         self.log.append(EventKind.ALARM.value, {
             "type": "component_refused", "component": name[:32], "version": version if isinstance(version, int)
             else None, "seq": cmd.seq, "reason": err.reason, "detail": err.message[:200]})
+
+
+class CabinetRemote(DeviceRemote):
+    """Remote commands of one running cabinet agent; see the module docstring."""
+
+    def __init__(self, *, agent: CabinetAgent, **kwargs: Any) -> None:
+        self.agent = agent
+        super().__init__(**kwargs)
+
+    def _device_handlers(self) -> dict[CommandKind, Callable[[SignedCommand], None]]:
+        return {CommandKind.UNLOCK: self._unlock}
+
+    def _restore_lockdown(self, reason: str) -> None:
+        self.agent.post(self.agent.cabinet.set_lockdown, reason)
+
+    def _apply_lockdown(self, cmd: SignedCommand, on: bool, reason: str) -> None:
+        self.agent.post(self._lockdown_on_loop, cmd, on, reason)
+
+    def _allowlist_target(self) -> tuple[Path, AllowList]:
+        return self.agent.config.allowlist_file, self.agent.allowlist
+
+    # ------------------------------------------------------------ unlock
+
+    def _unlock(self, cmd: SignedCommand) -> None:
+        raw = cmd.args.get("seconds", self.agent.config.unlock_s)
+        if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw) or raw <= 0:
+            raise BadUnlock("bad_seconds", f"unlock seconds must be a positive number, got {raw!r}")
+        ceiling = min(d.max_energised_s for d in self.agent.config.doors)
+        seconds = min(float(raw), ceiling)
+        if seconds < raw:
+            log.warning("remote unlock %d: %.1f s asked, capped at the locks' %.1f s", cmd.seq, raw, ceiling)
+        self.agent.post(self._unlock_on_loop, cmd, seconds)
+
+    def _unlock_on_loop(self, cmd: SignedCommand, seconds: float) -> None:
+        """Cabinet loop thread: a session for the remote requester, as a badge grant would open."""
+        self.agent.cabinet.grant_remote(cmd.requested_by, seconds, time.monotonic(), via="remote", seq=cmd.seq)
+
+    def _lockdown_on_loop(self, cmd: SignedCommand, on: bool, reason: str) -> None:
+        cab = self.agent.cabinet
+        cab.set_lockdown(reason if on else None)
+        cab.record(EventKind.ACCESS, {"type": "lockdown", "on": on, "reason": reason, "seq": cmd.seq,
+                                            "by": cmd.requested_by, "dept": cab.dept})
+        log.warning("device %s: lockdown %s by %s (command %d): %s", self.log.device, "on" if on else "off",
+                    cmd.requested_by, cmd.seq, reason)
 
 
 def x509_serial(cert_file: Path) -> str:
@@ -462,9 +495,12 @@ def load_verifier(cfg: DeviceConfig, *, clock: Callable[[], float] = time.time) 
     return CommandVerifier(key, device=cfg.device_id, site=cfg.site, clock=clock)
 
 
-def build_remote(config_path: Path, cfg: DeviceConfig, verifier: CommandVerifier, *, agent: CabinetAgent,
-                 eventlog: EventLog, config_version: int = 0) -> CabinetRemote:
-    """The remote commands of ``agent``, with their state in the device's data directory."""
+def remote_parts(config_path: Path, cfg: DeviceConfig, verifier: CommandVerifier, *, eventlog: EventLog,
+                 config_version: int = 0, catalog: CatalogCache | None = None) -> dict[str, Any]:
+    """The keyword arguments of a :class:`DeviceRemote`, with their state in the device's data directory.
+
+    ``catalog`` is the cache the agent's scan policy reads, so a pushed catalog takes effect at once.
+    """
     remote = remote_config(cfg)
     window = remote.replay_window if remote is not None else 0
     tls = cfg.broker.tls
@@ -473,10 +509,21 @@ def build_remote(config_path: Path, cfg: DeviceConfig, verifier: CommandVerifier
         credentials = CredentialFiles(Path(tls.ca_file), Path(tls.cert_file), Path(tls.key_file))
         if finish_pending_swap(credentials):
             log.warning("device %s: finished installing rotated credentials", cfg.device_id)
-    return CabinetRemote(
-        config_path=config_path, agent=agent, eventlog=eventlog, verifier=verifier,
-        replay=ReplayGuard(cfg.data_dir / REPLAY_DB, window=window),
-        desired=DesiredState(desired_dir(cfg)), catalog=CatalogCache(catalog_cache_path(cfg)),
-        config_version=config_version, lockdown=LockdownStore(identity_dir(cfg) / LOCKDOWN_FILE),
-        credentials=credentials,
-    )
+    return {
+        "config_path": config_path, "eventlog": eventlog, "verifier": verifier,
+        "replay": ReplayGuard(cfg.data_dir / REPLAY_DB, window=window),
+        "desired": DesiredState(desired_dir(cfg)),
+        "catalog": catalog if catalog is not None else CatalogCache(catalog_cache_path(cfg)),
+        "config_version": config_version, "lockdown": LockdownStore(identity_dir(cfg) / LOCKDOWN_FILE),
+        "credentials": credentials,
+    }
+
+
+def build_remote(config_path: Path, cfg: DeviceConfig, verifier: CommandVerifier, *, agent: CabinetAgent,
+                 eventlog: EventLog, config_version: int = 0, catalog: CatalogCache | None = None) -> CabinetRemote:
+    """The remote commands of ``agent``, with their state in the device's data directory.
+
+    ``catalog`` is the cache the agent's scan policy reads: a pushed catalog then takes effect at the next scan.
+    """
+    return CabinetRemote(agent=agent, **remote_parts(config_path, cfg, verifier, eventlog=eventlog,
+                                                     config_version=config_version, catalog=catalog))

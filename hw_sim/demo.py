@@ -2,7 +2,10 @@
 controller fail; nothing is lost or doubled, and the cabinet's records match its shelves.
 
 Starts a private Mosquitto on a free loopback port, the simulated HIS, the
-gateway, several simulated handhelds and a smart cabinet (the real cabinet
+gateway, several simulated handhelds, a real handheld (``spd-device run``
+with ``kind = "handheld"`` on a pty scanner and simulated pins, worked by a
+scripted nurse: badge, wristband, items, now and then an expired item or a
+return, log-out) and a smart cabinet (the real cabinet
 agent on simulated pins with an R2000 reader on a pty, badged into by
 scripted nurses and a restocker) as separate processes; part way through it
 kills and restarts the broker, kills the gateway with SIGKILL and restarts
@@ -25,17 +28,22 @@ from pathlib import Path
 from hw_sim import reaper
 from hw_sim.chaos_cabinet import read_report, report_mismatches
 from hw_sim.harness import SpineHarness, summary_json
+from hw_sim.nurse import NurseShift, log_counts, wait_drained
 
 
 def _say(msg: str, t0: float) -> None:
     print(f"[{time.monotonic() - t0:6.1f}s] {msg}", flush=True)
 
 
-def run_demo(workdir: Path, *, handhelds: int, scans: int, rate: float, seed: int, cabinets: int = 1) -> int:
+def run_demo(workdir: Path, *, handhelds: int, scans: int, rate: float, seed: int, cabinets: int = 1,
+             runtime_handhelds: int = 1) -> int:
     t0 = time.monotonic()
     h = SpineHarness(workdir, seed=seed)
     cabinet_dir = workdir / "cabinets"
     cabinet_ids = [f"CB{i:02d}" for i in range(1, cabinets + 1)]
+    runtime_ids = [f"HR{i:02d}" for i in range(1, runtime_handhelds + 1)]
+    shifts: dict[str, NurseShift] = {}
+    runtime_exit: dict[str, int | None] = {}
     until = 0.0  # wall-clock time the cabinets' staff stop: when the handhelds do
 
     def start_cabinet(device: str) -> None:
@@ -50,6 +58,12 @@ def run_demo(workdir: Path, *, handhelds: int, scans: int, rate: float, seed: in
         for i in range(1, handhelds + 1):
             h.start_handheld(f"HH{i:02d}", scans=scans, rate=rate, garbage_rate=0.02)
         _say(f"{handhelds} handhelds scanning: {scans} scans each at {rate}/s (2% unreadable codes)", t0)
+        for device in runtime_ids:
+            hh = h.start_handheld_runtime(device, workdir=workdir / device)
+            shifts[device] = NurseShift(hh, items=max(1, scans // 2), rate=rate, seed=seed).start()
+        if runtime_ids:
+            _say(f"{len(runtime_ids)} real handheld(s) (spd-device run, pty scanner, sim pins): a nurse logs in, "
+                 f"scans wristbands and {max(1, scans // 2)} items, now and then an expired one or a return", t0)
         for dev in cabinet_ids:
             start_cabinet(dev)
         if cabinet_ids:
@@ -88,6 +102,12 @@ def run_demo(workdir: Path, *, handhelds: int, scans: int, rate: float, seed: in
         _say("HIS back", t0)
 
         h.wait_handhelds(timeout_s=300)
+        for device, shift in shifts.items():
+            if not shift.join(300) or shift.error is not None:
+                raise RuntimeError(f"the nurse at {device} could not finish: {shift.error}")
+            if not wait_drained(h.runtimes[device].db_path, 180):
+                raise RuntimeError(f"handheld {device} did not drain its log: {h.runtimes[device].log_text()[-2000:]}")
+            runtime_exit[device] = h.runtimes[device].stop()
         for dev in cabinet_ids:
             h.cabinets[dev].wait(timeout=300)
         _say("devices finished and drained their logs; waiting for charges to settle", t0)
@@ -123,13 +143,22 @@ def run_demo(workdir: Path, *, handhelds: int, scans: int, rate: float, seed: in
               f"staff took {r['taken']} items, put in {r['added']}; "
               f"the cabinet recorded {r['taken_recorded']} taken, {r['added_recorded']} returned or restocked "
               f"({r['corrupted_frames']} corrupted reader frames): {match}")
+    runtime_counts = {dev: log_counts(h.runtimes[dev].db_path) for dev in runtime_ids}
+    for dev, c in runtime_counts.items():
+        print(f"handheld {dev} (spd-device run): {c.get('consume', 0)} items charged, {c.get('refused_scan', 0)} "
+              f"scans refused with a reason, {c.get('return_unused', 0)} returns, {c.get('access', 0)} log-ins/outs; "
+              f"backlog {c['backlog']}, exit status {runtime_exit.get(dev)}")
     print(f"LOST: {t.lost}   DUPLICATES: {t.duplicates}   INVENTED: {t.invented}")
     print(f"records kept in {workdir}")
     summary = json.loads(summary_json(t))
     summary["cabinets"] = [{"device": dev, "sessions": r["sessions"] if r else None,
                             "records_match_shelves": not differ[dev]} for dev, r in cabinet_reports.items()]
+    summary["runtime_handhelds"] = [{"device": dev, "scans": c.get("consume", 0), "refused": c.get("refused_scan", 0),
+                                     "returns": c.get("return_unused", 0), "backlog": c["backlog"],
+                                     "exit": runtime_exit.get(dev)} for dev, c in runtime_counts.items()]
     print(json.dumps(summary))
-    return 0 if t.lost == 0 and t.duplicates == 0 and t.invented == 0 and cabinets_ok else 1
+    runtimes_ok = all(runtime_exit.get(dev) == 0 and c["backlog"] == 0 for dev, c in runtime_counts.items())
+    return 0 if t.lost == 0 and t.duplicates == 0 and t.invented == 0 and cabinets_ok and runtimes_ok else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,13 +167,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scans", type=int, default=300, help="scans per handheld")
     p.add_argument("--rate", type=float, default=15.0, help="scans per second per handheld")
     p.add_argument("--cabinets", type=int, default=1, help="smart cabinets in use alongside the handhelds")
+    p.add_argument("--runtime-handhelds", type=int, default=1,
+                   help="real handhelds (spd-device run) worked by a scripted nurse on a pty scanner")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--workdir", type=Path, default=None)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     reaper.exit_on_signals()  # SIGTERM/SIGHUP: unwind, so the broker, gateway and devices are ended
     workdir = a.workdir or Path(tempfile.mkdtemp(prefix="spd-demo-"))
-    rc = run_demo(workdir, handhelds=a.handhelds, scans=a.scans, rate=a.rate, seed=a.seed, cabinets=a.cabinets)
+    rc = run_demo(workdir, handhelds=a.handhelds, scans=a.scans, rate=a.rate, seed=a.seed, cabinets=a.cabinets,
+                  runtime_handhelds=a.runtime_handhelds)
     sys.stdout.flush()
     return rc
 

@@ -21,12 +21,16 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.catalog import write_catalog_csv
 from hw_sim import reaper
 from hw_sim.broker import MosquittoBroker
 from hw_sim.catalog import sim_catalog
 from hw_sim.his import SimulatedHis
+
+if TYPE_CHECKING:
+    from hw_sim.nurse import HandheldProcess
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +209,7 @@ class SpineHarness:
         self.gateways: dict[int, ManagedProcess] = {}
         self.handhelds: dict[str, ManagedProcess] = {}
         self.cabinets: dict[str, ManagedProcess] = {}
+        self.runtimes: dict[str, HandheldProcess] = {}  # spd-device run handhelds
         self.device_db_paths: dict[str, Path] = {}
         self.env = dict(os.environ)
 
@@ -299,6 +304,15 @@ class SpineHarness:
             self.cabinets[device] = cab
         return cab.start()
 
+    def start_handheld_runtime(self, device: str, *, workdir: Path, tmux: bool = False) -> HandheldProcess:
+        """The real ``spd-device run`` handheld process on a pty scanner (:mod:`hw_sim.nurse`); its log is tallied."""
+        from hw_sim.nurse import HandheldProcess
+
+        hh = HandheldProcess(workdir, device=device, site=self.site, broker_port=self.broker.port, tmux=tmux)
+        self.device_db_paths[device] = hh.db_path
+        self.runtimes[device] = hh
+        return hh.start()
+
     def device_dbs(self) -> list[Path]:
         return [p for p in sorted(self.device_db_paths.values()) if p.exists()]
 
@@ -353,6 +367,7 @@ class SpineHarness:
         """End every process it started and the in-process HIS, each step even if an earlier one failed."""
         steps: list[tuple[str, Callable[[], object]]] = [
             *((f"device {name}", dev.kill) for name, dev in (*self.handhelds.items(), *self.cabinets.items())),
+            *((f"handheld runtime {name}", rt.stop) for name, rt in self.runtimes.items()),
             *((f"gateway {i}", functools.partial(gw.kill, signal.SIGTERM, grace_s=15.0))
               for i, gw in self.gateways.items()),
             ("simulated HIS", self.his.stop),

@@ -6,6 +6,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from device.cabinet.allowlist import Badge, Role, write_allowlist
 from device.commands.run import run
 from device.eventlog import EventLog
@@ -63,3 +65,60 @@ badge_port = "{scanner.url}"
         scanner.close()
         reader.close()
     assert not t.is_alive()
+
+
+def test_the_running_cabinet_checks_scans_against_the_catalog_its_remote_installs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One catalog cache for the remote commands and the scan policy: a pushed catalog applies at the next scan,
+    not after a restart (the remote used to install into a second cache the policy never read)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    import device.remote_wiring
+    import device.scan_policy
+    from gateway.commands import public_key_pem
+
+    seen: dict[str, object] = {}
+    real_policy, real_build = device.scan_policy.ScanPolicy, device.remote_wiring.build_remote
+
+    def policy(*args: object, **kwargs: object) -> object:
+        seen["policy"] = p = real_policy(*args, **kwargs)  # type: ignore[arg-type]
+        return p
+
+    def build(*args: object, **kwargs: object) -> object:
+        seen["remote"] = r = real_build(*args, **kwargs)  # type: ignore[arg-type]
+        return r
+
+    monkeypatch.setattr(device.scan_policy, "ScanPolicy", policy)
+    monkeypatch.setattr(device.remote_wiring, "build_remote", build)
+    reader = SimR2000Reader(tags_per_s=3000)
+    (tmp_path / "command-key.pem").write_bytes(public_key_pem(Ed25519PrivateKey.generate()))
+    write_allowlist(tmp_path / "allow.json", [Badge("04A1B2C3", "N0001", Role.NURSE)])
+    cfg = tmp_path / "cab.toml"
+    cfg.write_text(f"""
+[device]
+id = "CABCAT"
+site = "H1"
+data_dir = "data"
+[broker]
+port = 1
+[remote]
+command_key_file = "command-key.pem"
+[cabinet]
+dept = "ICU-2"
+pin_factory = "sim"
+allowlist_file = "allow.json"
+[[cabinet.doors]]
+name = "door"
+lock_pin = 5
+door_pin = 6
+[cabinet.reader]
+url = "{reader.url}"
+timeout_s = 0.3
+""", encoding="utf-8")
+    stop = threading.Event()
+    stop.set()  # assemble, start and stop at once
+    try:
+        assert run(cfg, stop=stop) == 0
+    finally:
+        reader.close()
+    assert seen["remote"].catalog is seen["policy"].cache  # type: ignore[attr-defined]

@@ -1,4 +1,7 @@
-"""The README's main job, smaller: the demo runs end to end and its last line says nothing was lost or doubled."""
+"""The README's main job, smaller: the demo runs end to end and its last line says nothing was lost or doubled.
+
+Its scans include those of a real handheld (``spd-device run``) worked by a scripted nurse.
+"""
 
 from __future__ import annotations
 
@@ -28,3 +31,5 @@ def test_the_demo_loses_nothing_doubles_nothing_and_the_cabinet_matches_its_shel
     assert cabinet["device"] == "CB01" and cabinet["sessions"] > 0 and cabinet["records_match_shelves"] is True
     assert any("cabinet controller CB01 killed" in line for line in lines)
     assert any(line.startswith("cabinet CB01:") and "records match the shelves" in line for line in lines)
+    [runtime] = summary["runtime_handhelds"]  # the real spd-device run handheld, counted in the tally above
+    assert runtime["device"] == "HR01" and runtime["scans"] > 0 and runtime["exit"] == 0 and runtime["backlog"] == 0

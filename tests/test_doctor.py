@@ -148,3 +148,31 @@ def test_watchdog_pings_systemd_only_while_healthy(tmp_path: Path, monkeypatch: 
     wd.stop()
     assert wd.pings == pings
     sock.close()
+
+
+def test_doctor_checks_a_handhelds_scanners_and_pins(tmp_path: Path) -> None:
+    from device.commands.doctor import check_gpio, check_serial
+    from device.config import parse_config_text
+    from hw_sim.pty_serial import PtyPort
+
+    port = PtyPort(name="ttyDoctorHH")
+    try:
+        cfg = parse_config_text(f"""
+[device]
+id = "HH01"
+site = "H1"
+kind = "handheld"
+[handheld]
+dept = "ICU-2"
+pin_factory = "sim"
+buzzer_pin = 22
+scanner_ports = ["{port.url}"]
+wedge_devices = ["{tmp_path / 'no-such-event-device'}"]
+""", base_dir=tmp_path)
+        serial = check_serial(cfg)
+    finally:
+        port.close()
+    assert [f.status for f in serial] == [Status.FAIL, Status.OK]
+    assert "USB HID scanner" in serial[0].message and "does not exist" in serial[0].message
+    gpio = check_gpio(cfg)
+    assert gpio.status is Status.OK and "buzzer 22" in gpio.message

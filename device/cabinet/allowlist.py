@@ -162,6 +162,12 @@ class AllowList:
         with self._lock:
             return self._badges.get(normalise_badge(badge_text))
 
+    def by_user(self, user: str) -> Badge | None:
+        """The entry of staff id ``user`` (a handheld logs in by staff id + PIN); the first badge listed wins."""
+        key = user.strip().upper()
+        with self._lock:
+            return next((b for b in self._badges.values() if b.user.upper() == key), None)
+
     def reload_if_changed(self) -> bool:
         """Load the file if its modification time changed; True when a new list took effect."""
         if self.path is None:

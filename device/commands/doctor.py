@@ -71,16 +71,33 @@ def _cabinet(cfg: DeviceConfig) -> Any:
 
 def check_serial(cfg: DeviceConfig, *, opener: Callable[..., Any] | None = None) -> list[Finding]:
     cab = _cabinet(cfg)
-    if cab is None:
-        return [Finding("serial", Status.SKIP, "no [cabinet] section: no serial readers configured")]
+    hh = cfg.handheld
+    if cab is None and hh is None:
+        return [Finding("serial", Status.SKIP, "no [cabinet] or [handheld] section: no serial readers configured")]
     import serial
 
     open_url = opener or serial.serial_for_url
-    ports: list[tuple[str, str, int]] = [("RFID reader", cab.reader.url, cab.reader.baudrate)]
-    ports += [(f"scanner {i}", p, cab.scanners.baudrate) for i, p in enumerate(cab.scanners.ports)]
-    if cab.scanners.badge_port:
-        ports.append(("badge reader", cab.scanners.badge_port, cab.scanners.baudrate))
+    ports: list[tuple[str, str, int]] = []
     out = []
+    if cab is not None:
+        ports.append(("RFID reader", cab.reader.url, cab.reader.baudrate))
+        ports += [(f"scanner {i}", p, cab.scanners.baudrate) for i, p in enumerate(cab.scanners.ports)]
+        if cab.scanners.badge_port:
+            ports.append(("badge reader", cab.scanners.badge_port, cab.scanners.baudrate))
+    if hh is not None:
+        ports += [(f"scanner {i}", p, hh.scanner_baudrate) for i, p in enumerate(hh.scanner_ports)]
+        for path in hh.wedge_devices:
+            if not os.path.exists(path):
+                out.append(_fail("serial", f"USB HID scanner {path} does not exist",
+                                 "check the USB cable and the udev rule (ls -l /dev/input/spd-*)"))
+            elif not os.access(path, os.R_OK):
+                out.append(_fail("serial", f"USB HID scanner {path} is not readable",
+                                 "the service user must be in the 'input' group (deploy/install.sh adds it)"))
+            else:
+                out.append(_ok("serial", f"USB HID scanner {path} present and readable"))
+        if not hh.scanner_ports and not hh.wedge_devices:
+            out.append(_fail("serial", "the handheld has no scanner configured",
+                             "set [handheld] scanner_ports or wedge_devices (deploy/examples/handheld.toml)"))
     for what, url, baud in ports:
         try:
             port = open_url(url, baudrate=baud, timeout=0.5)
@@ -95,16 +112,21 @@ def check_serial(cfg: DeviceConfig, *, opener: Callable[..., Any] | None = None)
 
 def check_gpio(cfg: DeviceConfig) -> Finding:
     cab = _cabinet(cfg)
-    if cab is None:
-        return Finding("gpio", Status.SKIP, "no [cabinet] section: no locks or door sensors configured")
+    hh = cfg.handheld
+    if cab is None and (hh is None or (hh.buzzer_pin is None and hh.led_pin is None)):
+        return Finding("gpio", Status.SKIP, "no locks, door sensors, buzzer or LED configured")
     from device.hal.pins import HalError, load_pin_factory
 
+    backend = cab.pin_factory if cab is not None else hh.pin_factory if hh is not None else ""
     try:
-        factory = load_pin_factory(cab.pin_factory)
+        factory = load_pin_factory(backend)
         factory.close()
     except HalError as err:
-        return _fail("gpio", f"pin backend {cab.pin_factory!r} unavailable: {err}",
+        return _fail("gpio", f"pin backend {backend!r} unavailable: {err}",
                      "on a Raspberry Pi install python3-rpi.gpio and add the service user to the 'gpio' group")
+    if cab is None:
+        assert hh is not None
+        return _ok("gpio", f"pin backend {backend} loaded; buzzer {hh.buzzer_pin}, LED {hh.led_pin}")
     doors = ", ".join(f"{d.name} (lock {d.lock_pin}, door {d.door_pin})" for d in cab.doors)
     return _ok("gpio", f"pin backend {cab.pin_factory} loaded; doors: {doors}")
 

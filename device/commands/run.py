@@ -1,4 +1,7 @@
-"""``spd-device run``: run the cabinet agent from a configuration file until SIGTERM or Ctrl-C."""
+"""``spd-device run``: run the device agent (cabinet or handheld) from a configuration file until SIGTERM or Ctrl-C.
+
+A handheld (``kind = "handheld"``) runs :func:`device.handheld_runtime.run.run_handheld`.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def run(config_path: Path, *, stop: threading.Event | None = None, pin_factory: PinFactory | None = None) -> int:
-    """Start event log, cabinet agent, remote commands and sync; block until ``stop`` is set (or a signal arrives).
+    """Start event log, device agent, remote commands and sync; block until ``stop`` is set (or a signal arrives).
 
     ``pin_factory`` overrides the configured GPIO backend (a bench or simulator passes its own bank of pins).
     """
@@ -30,8 +33,12 @@ def run(config_path: Path, *, stop: threading.Event | None = None, pin_factory: 
 
     effective = load_effective_config(config_path)
     cfg = effective.config
+    if cfg.kind == "handheld":
+        from device.handheld_runtime.run import run_handheld
+
+        return run_handheld(config_path, effective, stop=stop, pin_factory=pin_factory)
     if cfg.kind != "cabinet":
-        raise ConfigError(cfg.source, "device.kind", f"'run' drives a cabinet; this device is a {cfg.kind}")
+        raise ConfigError(cfg.source, "device.kind", f"'run' drives a cabinet or a handheld, not a {cfg.kind}")
     cab = cabinet_config(cfg)
     verifier = load_verifier(cfg)
     eventlog = EventLog(cfg.log_path, device=cfg.device_id, retention_s=cfg.log.retention_days * 86400)
@@ -42,7 +49,8 @@ def run(config_path: Path, *, stop: threading.Event | None = None, pin_factory: 
     agent = CabinetAgent(cab, eventlog=eventlog, data_dir=cfg.data_dir, pin_factory=pin_factory,
                          on_committed=lambda ev: sync.notify(), scan_policy=policy)
     remote = None if verifier is None else build_remote(Path(config_path), cfg, verifier, agent=agent,
-                                                        eventlog=eventlog, config_version=effective.config_version)
+                                                        eventlog=eventlog, config_version=effective.config_version,
+                                                        catalog=policy.cache)
     tls = cfg.broker.tls
     sync = DeviceSync(
         eventlog, site=cfg.site, host=cfg.broker.host, port=cfg.broker.port, batch_size=cfg.sync.batch_size,
@@ -100,6 +108,6 @@ def _main(a: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("run", help="run the cabinet agent")
+    p = sub.add_parser("run", help="run the device agent (cabinet or handheld, from device.kind)")
     p.add_argument("--config", type=Path, default=Path("/etc/spd-device/device.toml"))
     p.set_defaults(func=_main)

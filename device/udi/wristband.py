@@ -155,10 +155,17 @@ DEFAULT_WRISTBAND_FORMAT: Final = WristbandFormat(pattern=r"(?P<admission>ZY[0-9
 
 @dataclass(frozen=True, slots=True)
 class Wristband:
-    """A patient wristband scan: the admission number and the text as scanned."""
+    """A patient wristband scan: the admission number and the text as scanned.
+
+    ``initials`` and ``ward`` are filled when the format's pattern has named
+    groups of those names (a band printed ``ZY0000012345|ZS|ICU2``, say); the
+    handheld shows them so the nurse can check the band belongs to the patient.
+    """
 
     admission: str
     raw: str
+    initials: str = ""
+    ward: str = ""
 
 
 def parse_wristband(text: str, fmt: WristbandFormat = DEFAULT_WRISTBAND_FORMAT) -> Wristband:
@@ -188,4 +195,6 @@ def parse_wristband(text: str, fmt: WristbandFormat = DEFAULT_WRISTBAND_FORMAT) 
         if len(digits) < 2 or not checker(digits):
             raise WristbandError(WristbandReason.BAD_CHECK_DIGIT,
                                  f"admission number fails the {fmt.check.value} check ({fmt.name})")
-    return Wristband(admission=admission, raw=text)
+    groups = match.groupdict()
+    return Wristband(admission=admission, raw=text, initials=groups.get("initials") or "",
+                     ward=groups.get("ward") or "")

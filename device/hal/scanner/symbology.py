@@ -246,6 +246,7 @@ class ScanDelivery:
         self.name = name
         self.on_scan = on_scan
         self.when_state_changed: Callable[[ScannerState], None] | None = None
+        self.when_rejected: Callable[[ScanRejected], None] | None = None  # a line skipped, so the user can be told
         self.stats = ScannerStats()
         self.state = ScannerState.STOPPED
         self._queue: queue.SimpleQueue[ScanLine] = queue.SimpleQueue()
@@ -265,6 +266,12 @@ class ScanDelivery:
         self.stats.reject(err.reason)
         log.warning("%s: line skipped (%s): %s", self.name, err.reason, err.message)
         log.debug("%s: skipped line was %r", self.name, raw)
+        callback = self.when_rejected
+        if callback is not None:
+            try:
+                callback(err)
+            except Exception:
+                log.exception("%s: when_rejected callback failed", self.name)
 
     def set_state(self, state: ScannerState) -> None:
         if state is self.state:
@@ -310,6 +317,14 @@ class ScannerThread:
     @when_state_changed.setter
     def when_state_changed(self, callback: Callable[[ScannerState], None] | None) -> None:
         self._delivery.when_state_changed = callback
+
+    @property
+    def when_rejected(self) -> Callable[[ScanRejected], None] | None:
+        return self._delivery.when_rejected
+
+    @when_rejected.setter
+    def when_rejected(self, callback: Callable[[ScanRejected], None] | None) -> None:
+        self._delivery.when_rejected = callback
 
     def start(self) -> None:
         """Start the reader thread (it opens the device, retrying while it is absent)."""

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install spd-edge on Raspberry Pi OS / Debian: service user, directories, packages, venv, systemd units.
 #
-#   sudo deploy/install.sh --role device            a cabinet controller
+#   sudo deploy/install.sh --role device            a cabinet controller or handheld
+#   sudo deploy/install.sh --role device --extras camera,wedge   ... with a camera / keyboard-wedge scanner
 #   sudo deploy/install.sh --role gateway --site H1 the hospital gateway (with its Mosquitto)
 #
 # Safe to run again (upgrades the venv, keeps configuration, keys and data).
@@ -9,6 +10,7 @@ set -euo pipefail
 
 ROLE=""
 SITE=""
+EXTRAS=""
 PREFIX=/opt/spd-edge
 SRC="$(cd "$(dirname "$0")/.." && pwd)"
 
@@ -17,6 +19,7 @@ while [ $# -gt 0 ]; do
         --role) ROLE="$2"; shift 2 ;;
         --site) SITE="$2"; shift 2 ;;
         --prefix) PREFIX="$2"; shift 2 ;;
+        --extras) EXTRAS="$2"; shift 2 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -42,8 +45,15 @@ log "virtualenv in $PREFIX/venv"
 install -d -m 0755 "$PREFIX"
 rm -rf "$PREFIX/src" && cp -a "$SRC" "$PREFIX/src" && rm -rf "$PREFIX/src/.venv" "$PREFIX/src/.git"
 [ -x "$PREFIX/venv/bin/python" ] || python3 -m venv --system-site-packages "$PREFIX/venv"
-"$PREFIX/venv/bin/pip" install -q --upgrade pip setuptools wheel Cython
-"$PREFIX/venv/bin/pip" install -q "$PREFIX/src"
+# the tested versions (constraints.txt); a cabinet gets the device agent's dependencies only,
+# the gateway its extra and the compiled charging bridge, required (docs/deploy.md, "What each host installs")
+PIP=("$PREFIX/venv/bin/pip" install -q -c "$PREFIX/src/constraints.txt")
+"${PIP[@]}" --upgrade pip setuptools wheel Cython
+if [ "$ROLE" = device ]; then
+    SPD_NO_EXTENSIONS=1 "${PIP[@]}" --no-build-isolation "$PREFIX/src${EXTRAS:+[$EXTRAS]}"
+else
+    SPD_REQUIRE_COMPILED=1 "${PIP[@]}" --no-build-isolation "$PREFIX/src[gateway${EXTRAS:+,$EXTRAS}]"
+fi
 
 if [ "$ROLE" = device ]; then
     log "user spd and directories"

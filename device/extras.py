@@ -70,7 +70,8 @@ def require_extras(command: str, *extras: str) -> None:
     if missing:
         wanted = f"{DISTRIBUTION}[{','.join(extras)}]"
         raise SystemExit(
-            f"{command}: this host lacks the packages of the '{wanted}' extra (missing: {', '.join(missing)}).\n"
+            f"{command}: this host lacks the packages of the {'extras' if len(extras) > 1 else 'extra'} "
+            f"'{wanted}' (missing: {', '.join(missing)}).\n"
             f"Install them with: pip install '{wanted}' (from a source tree: pip install '.[{','.join(extras)}]'), "
             "with -c constraints.txt for the tested versions."
         )

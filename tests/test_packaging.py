@@ -97,6 +97,15 @@ def test_spd_sim_without_its_extras_names_them(fake_metadata: set[str]) -> None:
     assert "spd-edge[sim,camera]" in str(stop.value.code) and "missing: numpy" in str(stop.value.code)
 
 
+def test_spd_sim_subcommands_ask_for_the_extras_they_use() -> None:
+    assert sim_launcher.extras_for(["demo"]) == ("sim",)
+    assert sim_launcher.extras_for(["camera-bench"]) == ("sim", "camera")
+    assert sim_launcher.extras_for(["fuzz", "udi"]) == ("sim", "fuzz")
+    assert sim_launcher.extras_for(["fuzz", "udi", "--engine", "random"]) == ("sim",)
+    assert sim_launcher.extras_for(["fuzz", "all", "--engine=random"]) == ("sim", "camera")
+    assert sim_launcher.extras_for(["fuzz", "camera_frame"]) == ("sim", "fuzz", "camera")
+
+
 def test_without_installed_metadata_nothing_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     def requires(name: str) -> list[str]:
         raise metadata.PackageNotFoundError(name)

@@ -10,6 +10,7 @@ that implementation's set of charged item keys, the only kind its ``charge_compa
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from collections.abc import Sequence
@@ -56,8 +57,10 @@ def _choose() -> tuple[ModuleType, str]:
         from gateway.bridge import _cbridge
     except ImportError as err:
         if required:
+            found = importlib.util.find_spec("gateway.bridge._cbridge") is not None
+            why = f"does not load: {err}" if found else "was not built"
             raise CompiledBridgeMissing(
-                f"SPD_REQUIRE_COMPILED=1 but the compiled charging bridge cannot be imported ({err}); "
+                f"SPD_REQUIRE_COMPILED=1 but the compiled charging bridge (gateway.bridge._cbridge) {why}; "
                 "rebuild it with a C compiler and Cython (pip install -e . --no-build-isolation, or make clean test)"
             ) from err
         logger.debug("compiled charging bridge not built; using the pure-Python twin")

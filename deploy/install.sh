@@ -3,6 +3,7 @@
 #
 #   sudo deploy/install.sh --role device            a cabinet controller
 #   sudo deploy/install.sh --role device --kind handheld   a nurse's scanning station (screen on tty1)
+#   sudo deploy/install.sh --role device --extras camera,wedge   ... with a camera / keyboard-wedge scanner
 #   sudo deploy/install.sh --role gateway --site H1 the hospital gateway (with its Mosquitto)
 #
 # Safe to run again (upgrades the venv, keeps configuration, keys and data).
@@ -11,6 +12,7 @@ set -euo pipefail
 ROLE=""
 SITE=""
 KIND=cabinet
+EXTRAS=""
 PREFIX=/opt/spd-edge
 SRC="$(cd "$(dirname "$0")/.." && pwd)"
 
@@ -20,6 +22,7 @@ while [ $# -gt 0 ]; do
         --site) SITE="$2"; shift 2 ;;
         --kind) KIND="$2"; shift 2 ;;
         --prefix) PREFIX="$2"; shift 2 ;;
+        --extras) EXTRAS="$2"; shift 2 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -47,8 +50,15 @@ log "virtualenv in $PREFIX/venv"
 install -d -m 0755 "$PREFIX"
 rm -rf "$PREFIX/src" && cp -a "$SRC" "$PREFIX/src" && rm -rf "$PREFIX/src/.venv" "$PREFIX/src/.git"
 [ -x "$PREFIX/venv/bin/python" ] || python3 -m venv --system-site-packages "$PREFIX/venv"
-"$PREFIX/venv/bin/pip" install -q --upgrade pip setuptools wheel Cython
-"$PREFIX/venv/bin/pip" install -q "$PREFIX/src"
+# the tested versions (constraints.txt); a cabinet gets the device agent's dependencies only,
+# the gateway its extra and the compiled charging bridge, required (docs/deploy.md, "What each host installs")
+PIP=("$PREFIX/venv/bin/pip" install -q -c "$PREFIX/src/constraints.txt")
+"${PIP[@]}" --upgrade pip setuptools wheel Cython
+if [ "$ROLE" = device ]; then
+    SPD_NO_EXTENSIONS=1 "${PIP[@]}" --no-build-isolation "$PREFIX/src${EXTRAS:+[$EXTRAS]}"
+else
+    SPD_REQUIRE_COMPILED=1 "${PIP[@]}" --no-build-isolation "$PREFIX/src[gateway${EXTRAS:+,$EXTRAS}]"
+fi
 
 if [ "$ROLE" = device ]; then
     log "user spd and directories"

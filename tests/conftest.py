@@ -1,14 +1,88 @@
-"""Shared fixtures: a private Mosquitto per test on a free loopback port, and the spine harness."""
+"""Shared fixtures and helpers: a private Mosquitto per test on a free loopback port, the spine harness,
+and waiting on readiness signals instead of fixed sleeps.
+
+Test modules import the helpers with ``from conftest import wait_for, LogWatch`` (pytest puts this
+directory on ``sys.path``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from hw_sim.broker import MosquittoBroker
 from hw_sim.harness import SpineHarness
+
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02,
+             message: str = "condition") -> T:
+    """Poll ``predicate`` until it returns something truthy, and return that; fail the test after ``timeout`` s.
+
+    For state another thread or process changes. When that code offers an event, a condition or a
+    log line (see :class:`LogWatch`), wait on that instead of polling.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {message}")
+        time.sleep(interval)
+
+
+class LogWatch(logging.Handler):
+    """Records of one logger (and its children), to wait for what a thread announces, e.g. a scanner going online.
+
+    Start it before the code that logs; it lowers the logger's level to ``level`` while attached.
+    """
+
+    def __init__(self, logger: str, level: int = logging.INFO) -> None:
+        super().__init__(level)
+        self._logger = logging.getLogger(logger)
+        self._saved_level = self._logger.level
+        self._cond = threading.Condition()
+        self.records: list[logging.LogRecord] = []
+        self._logger.addHandler(self)
+        if self._logger.getEffectiveLevel() > level:
+            self._logger.setLevel(level)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self._cond:
+            self.records.append(record)
+            self._cond.notify_all()
+
+    def wait(self, text: str, timeout: float = 10.0) -> logging.LogRecord:
+        """The first record whose message contains ``text``, waiting up to ``timeout`` s for it."""
+
+        def found() -> logging.LogRecord | None:
+            return next((r for r in self.records if text in r.getMessage()), None)
+
+        with self._cond:
+            if not self._cond.wait_for(found, timeout):
+                raise AssertionError(f"timed out after {timeout:g} s waiting for the log line {text!r}")
+            record = found()
+            assert record is not None
+            return record
+
+    def close(self) -> None:
+        self._logger.removeHandler(self)
+        self._logger.setLevel(self._saved_level)
+        super().close()
+
+    def __enter__(self) -> LogWatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @pytest.fixture

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -38,20 +36,12 @@ from hw_sim.adt import AdtSender, Patient, adt_message
 from hw_sim.secure_broker import SecureBroker
 from hw_sim.udi_gen import make_gtin, make_udi
 
+from conftest import wait_for
+
 SITE, DEPT, HANDHELD = "H1", "CARD", "HH01"
 ADMITTED, LONG_GONE, JUST_LEFT = "ZY2026001234", "ZY2026000042", "ZY2026000043"
 GRACE_S = 6 * 3600.0
 GAUZE = make_gtin(random.Random(5))
-
-
-def wait_for(cond: Callable[[], Any], what: str, timeout_s: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class SimHandheldDevice:
@@ -127,7 +117,7 @@ def site(tmp_path: Path) -> Iterator[Site]:
     handheld.sync.start()
     fleet = gateway.fleet
     assert fleet is not None
-    wait_for(lambda: (SITE, HANDHELD) in fleet.known(), "the handheld reporting its state")
+    wait_for(lambda: (SITE, HANDHELD) in fleet.known(), message="the handheld reporting its state", timeout=20)
     yield Site(gateway, handheld)
     handheld.stop()
     gateway.stop()
@@ -139,7 +129,8 @@ def test_an_admission_over_adt_reaches_the_handheld_and_discharges_follow_the_gr
     hh = site.handheld
     assert hh.cache.patient_status(ADMITTED) is PatientStatus.NO_CENSUS
     assert site.adt("A01", Patient(ADMITTED, "Zhang^San", ward="5A", bed="12", dept=DEPT)) == "AA"
-    wait_for(lambda: hh.cache.patient_status(ADMITTED) is PatientStatus.IN_HOUSE, "the admission on the handheld")
+    wait_for(lambda: hh.cache.patient_status(ADMITTED) is PatientStatus.IN_HOUSE,
+             message="the admission on the handheld", timeout=20)
     info = hh.cache.patient(ADMITTED)
     assert info is not None and (info.initials, info.ward, info.bed, info.dept) == ("Z.S.", "5A", "12", DEPT)
     assert hh.scan(ADMITTED, "S1")[:2] == (True, "")
@@ -148,14 +139,16 @@ def test_an_admission_over_adt_reaches_the_handheld_and_discharges_follow_the_gr
     fleet = site.gateway.fleet
     assert fleet is not None
     pushed = fleet.desired(HANDHELD)[Component.CATALOG.value]
-    wait_for(lambda: fleet.applied(HANDHELD).get(Component.CATALOG.value) == pushed, "the handheld reporting it")
+    wait_for(lambda: fleet.applied(HANDHELD).get(Component.CATALOG.value) == pushed,
+             message="the handheld reporting it", timeout=20)
 
     now = dt.datetime.now().replace(microsecond=0)
     for admission in (LONG_GONE, JUST_LEFT):
         assert site.adt("A01", Patient(admission, "Li^Si", ward="7B"), when=now - dt.timedelta(days=5)) == "AA"
     assert site.adt("A03", Patient(LONG_GONE), when=now - dt.timedelta(seconds=GRACE_S + 3600)) == "AA"
     assert site.adt("A03", Patient(JUST_LEFT), when=now - dt.timedelta(hours=1)) == "AA"
-    wait_for(lambda: hh.cache.patient_status(JUST_LEFT) is PatientStatus.RECENTLY_DISCHARGED, "the discharges")
+    wait_for(lambda: hh.cache.patient_status(JUST_LEFT) is PatientStatus.RECENTLY_DISCHARGED,
+             message="the discharges", timeout=20)
     assert hh.cache.patient_status(LONG_GONE) is PatientStatus.DISCHARGED
     accepted, reason, detail = hh.scan(LONG_GONE, "S3")
     assert (accepted, reason) == (False, "patient_discharged")

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +19,9 @@ from gateway.his.mllp import frame_text
 from gateway.store import GatewayStore
 from hw_sim.adt import AdtSender, Patient, adt_message
 
+from conftest import wait_for
+
 PATIENT = "ZY2026001234"
-
-
-def wait_for(cond: Callable[[], Any], what: str, timeout_s: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Rig:
@@ -201,7 +192,7 @@ def test_idle_and_slow_clients_are_dropped_while_others_are_served(tmp_path: Pat
             except TimeoutError:
                 pass
         assert dropped, "a sender that never completes its message keeps its connection"
-        wait_for(lambda: rig.listener.connections == 0, "the dropped connections to be released")
+        wait_for(lambda: rig.listener.connections == 0, message="the dropped connections to be released")
         with rig.sender() as s:
             assert s.send(adt_message("A03", Patient(PATIENT))).code.value == "AA"
         idle.close()
@@ -214,13 +205,13 @@ def test_connections_beyond_the_limit_are_refused_and_a_freed_slot_is_reused(tmp
     rig = Rig(tmp_path, max_connections=2)
     try:
         first, second = rig.sender(), rig.sender()
-        wait_for(lambda: rig.listener.connections == 2, "two connections")
+        wait_for(lambda: rig.listener.connections == 2, message="two connections")
         third = rig.raw()
         assert closed_by_server(third)
         assert rig.listener.refused_connections == 1
         assert first.send(adt_message("A01", Patient(PATIENT))).code.value == "AA"
         first.close()
-        wait_for(lambda: rig.listener.connections == 1, "the first connection released")
+        wait_for(lambda: rig.listener.connections == 1, message="the first connection released")
         with rig.sender() as s:
             assert s.send(adt_message("A08", Patient(PATIENT, "Li^Na"))).code.value == "AA"
         second.close()

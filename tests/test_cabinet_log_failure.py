@@ -6,7 +6,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,8 @@ from device.eventlog import EventLog, LogWriteFailed
 from device.wire import Event
 from hw_sim.cabinet import LOCK_PIN, SimCabinet
 from hw_sim.powerfs import fuse_unavailable
+
+from conftest import wait_for
 
 
 class FillableDisk:
@@ -77,15 +79,6 @@ def _signals(c: SimCabinet) -> list[Signal]:
 
     c.agent._signal = spy  # type: ignore[method-assign]
     return seen
-
-
-def _until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def _summary(events: list[Event]) -> list[tuple[str, str, str | None]]:
@@ -161,7 +154,7 @@ def test_count_that_cannot_be_recorded_does_not_wedge_and_is_recorded_once_after
     cab.close_door(wait=False)
     assert cab.wait_state(SessionState.FAULT, 10.0)
     refused_before = disk.refused
-    assert _until(lambda: disk.refused > refused_before, 3.0)  # it keeps trying
+    wait_for(lambda: disk.refused > refused_before, timeout=3.0)  # it keeps trying
     assert cab.events("taken") == []  # nothing half-written
     assert cab.door.hand.try_open() is False
     cab.badge("N0002")  # nobody gets in while the count is not recorded
@@ -192,7 +185,7 @@ def test_grant_that_cannot_be_recorded_is_refused_and_the_door_stays_locked(
     signals = _signals(cab)
     disk.full = True
     cab.badge("N0001")
-    assert _until(lambda: Signal.REFUSED in signals, 3.0)
+    wait_for(lambda: Signal.REFUSED in signals, timeout=3.0)
     assert cab.wait_state(SessionState.IDLE, 2.0)
     assert cab.agent.cabinet.session is None
     assert Signal.GRANTED not in signals
@@ -219,7 +212,7 @@ def test_remote_unlock_that_cannot_be_recorded_is_refused_and_leaves_no_session(
     signals = _signals(cab)
     disk.full = True
     cab.agent.post(cab.agent.cabinet.grant_remote, "T0001", 2.0, time.monotonic())
-    assert _until(lambda: Signal.REFUSED in signals, 3.0)
+    wait_for(lambda: Signal.REFUSED in signals, timeout=3.0)
     assert cab.wait_state(SessionState.IDLE, 2.0)
     assert cab.agent.cabinet.session is None  # a forced door later is not credited to the remote requester
     assert cab.door.hand.try_open() is False
@@ -314,10 +307,10 @@ def test_an_event_recorded_directly_through_the_ports_never_goes_ahead_of_held_o
     cab.agent.scan_text("DEADBEEF01")  # an unknown badge: its refusal is held
     assert cab.wait_state(SessionState.IDLE, 2.0) and cab.agent.cabinet.unrecorded == 1
     cab.agent.post(remote_note)
-    assert _until(lambda: outcomes == ["refused"], 2.0)
+    wait_for(lambda: outcomes == ["refused"], timeout=2.0)
     disk.heal()
     cab.agent.post(remote_note)
-    assert _until(lambda: outcomes == ["refused", "recorded"], 2.0)
+    wait_for(lambda: outcomes == ["refused", "recorded"], timeout=2.0)
     assert [e.body.get("reason") or e.body.get("type") for e in cab.events()] == ["unknown_badge", "lockdown"]
     assert cab.log.verify_chain() == []
 
@@ -333,7 +326,7 @@ def test_consume_scan_at_the_cabinet_is_refused_while_the_log_fails(cab: SimCabi
     signals = _signals(cab)
     disk.full = True
     cab.scan_pair(item)
-    assert _until(lambda: Signal.REFUSED in signals, 3.0)
+    wait_for(lambda: Signal.REFUSED in signals, timeout=3.0)
     assert cab.wait_state(SessionState.IDLE, 2.0)
     assert cab.events("consume") == []
     assert key in cab.agent.pending_links()  # still waiting for its patient
@@ -341,7 +334,7 @@ def test_consume_scan_at_the_cabinet_is_refused_while_the_log_fails(cab: SimCabi
     cab.scan_pair(item)
     consume = cab.wait_event("consume", timeout_s=3.0)
     assert consume is not None and consume.body["udi"] == item.udi
-    assert _until(lambda: key not in cab.agent.pending_links() and signals[-1] is Signal.DONE, 2.0)
+    wait_for(lambda: key not in cab.agent.pending_links() and signals[-1] is Signal.DONE, timeout=2.0)
     assert cab.log.verify_chain() == []
 
 
@@ -387,7 +380,7 @@ def _alarms_while_the_log_fails(cab: SimCabinet, caplog: pytest.LogCaptureFixtur
     time.sleep(1.5)  # the door is ajar (0.4 s) and the taken item is not linked (1 s) while nothing can be written
     assert cab.events("alarm") == []
     disk.heal()
-    assert _until(lambda: len(cab.events("alarm")) >= 2, 3.0)
+    wait_for(lambda: len(cab.events("alarm")) >= 2, timeout=3.0)
     cab.close_door()
     time.sleep(0.3)
     assert sorted(str(e.body["alarm"]) for e in cab.events("alarm")) == ["door_ajar", "not_linked"]
@@ -471,11 +464,11 @@ def test_refused_swipes_past_the_held_limit_are_counted_and_recorded_as_one(
     disk.full = True
     for i in range(17):
         cab.agent.scan_text(f"STRANGER{i:02d}")
-    assert _until(lambda: cab.agent.cabinet.unrecorded == 5 + 1, 3.0)
+    wait_for(lambda: cab.agent.cabinet.unrecorded == 5 + 1, timeout=3.0)
     assert len(cab.agent.cabinet._unrecorded) == 5
     assert any("only counted" in r.getMessage() for r in caplog.records)
     disk.heal()
-    assert _until(lambda: cab.agent.cabinet.unrecorded == 0, 3.0)
+    wait_for(lambda: cab.agent.cabinet.unrecorded == 0, timeout=3.0)
     refusals = cab.events("access")
     assert [e.body["badge"] for e in refusals[:5]] == [f"STRANGER{i:02d}" for i in range(5)]
     summary = refusals[5]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,8 @@ from device.commands.run import run
 from device.eventlog import EventLog
 from hw_sim.pty_serial import PtyPort
 from hw_sim.rfid_reader import SimR2000Reader
+
+from conftest import LogWatch, wait_for
 
 
 def test_run_command_grants_a_badge_read_from_the_badge_reader(tmp_path: Path) -> None:
@@ -44,22 +45,25 @@ badge_port = "{scanner.url}"
 """, encoding="utf-8")
     stop = threading.Event()
     t = threading.Thread(target=run, args=(cfg,), kwargs={"stop": stop}, daemon=True)
+    scanners = LogWatch("device.hal.scanner")
     t.start()
     try:
         db = tmp_path / "data" / "events.db"
-        deadline = time.monotonic() + 10
-        while not (tmp_path / "data" / "inventory.json").exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(0.3)  # the scanner thread opens its port
+        wait_for(lambda: (tmp_path / "data" / "inventory.json").exists(), message="the baseline count")
+        scanners.wait(f"scanner {scanner.url} online")  # the badge reader has opened its port
         scanner.write(b"04A1B2C3\r")
-        bodies: list[dict[str, object]] = []
-        while time.monotonic() < deadline and not bodies:
+
+        def access() -> list[dict[str, object]]:
             log = EventLog(db, device="CABRUN")
-            bodies = [e.body for e in log.events() if e.kind == "access"]
-            log.close()
-            time.sleep(0.05)
+            try:
+                return [e.body for e in log.events() if e.kind == "access"]
+            finally:
+                log.close()
+
+        bodies = wait_for(access, message="the badge's access event")
         assert [(b["result"], b["user"]) for b in bodies] == [("granted", "N0001")]
     finally:
+        scanners.close()
         stop.set()
         t.join(10)
         scanner.close()

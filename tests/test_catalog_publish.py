@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,18 +35,10 @@ from gateway.store import GatewayStore
 from hw_sim.secure_broker import SecureBroker
 from hw_sim.udi_gen import make_gtin
 
+from conftest import wait_for
+
 SITE = "H1"
 GAUZE = make_gtin(random.Random(9))
-
-
-def wait_for(cond: Any, what: str, timeout_s: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -96,7 +87,7 @@ def test_push_build_publishes_the_catalog_document_and_a_departments_allow_list(
     assert "catalog document version 1 (sha256:" in out
     assert "1 items, 1 recalled lots, 0 consumed serials, 1 patients in house" in out
     assert "CAB01: catalog version 1 published" in out
-    wait_for(lambda: desired.applied().get("catalog") == 1, "the catalog applied")
+    wait_for(lambda: desired.applied().get("catalog") == 1, message="the catalog applied", timeout=15)
     cache = CatalogCache(tmp_path / "check.json")
     assert cache.apply(desired.document(Component.CATALOG))  # the pushed document is one a device accepts
     assert cache.recall_reason(GAUZE, "L9") == "recall"
@@ -105,7 +96,7 @@ def test_push_build_publishes_the_catalog_document_and_a_departments_allow_list(
 
     assert gateway_main(["push", *args, "--component", "allowlist", "--build", "--dept", "CARD"]) == 0
     assert "allow-list of CARD: 2 badges" in capsys.readouterr().out
-    wait_for(lambda: desired.applied().get("allowlist") == 1, "the allow-list applied")
+    wait_for(lambda: desired.applied().get("allowlist") == 1, message="the allow-list applied", timeout=15)
     _, badges = parse_allowlist({**desired.document(Component.ALLOWLIST), "version": 1})
     assert sorted(b.user for b in badges.values()) == ["N1", "R1"]
 
@@ -143,7 +134,7 @@ def test_a_burst_of_census_changes_is_published_once_and_an_unchanged_document_n
         for _ in range(20):  # what twenty ADT connections say after their commits
             publisher.changed()
         assert fleet.pushed.wait(10)
-        wait_for(lambda: publisher._due_in() is None, "the publication done")
+        wait_for(lambda: publisher._due_in() is None, message="the publication done", timeout=15)
         assert len(fleet.pushes) == 1
         assert len(fleet.pushes[0]["patients"]["in_house"]) == 20
         assert publisher.publish_now() is False  # same content: nothing to push

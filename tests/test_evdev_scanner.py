@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import string
 import time
-from collections.abc import Callable
 
 import pytest
 
@@ -23,6 +22,8 @@ from device.hal.scanner import (
 from device.udi import Udi, parse_udi
 from hw_sim.scanner import SimWedgeSource, WedgeGs
 from hw_sim.udi_gen import make_udi
+
+from conftest import wait_for
 
 UDI = make_udi(gtin="06954321000017", lot="2501ab-12", serial="SER/0001", expiry=dt.date(2027, 12, 31))
 DOWN, UP = KeyAction.DOWN, KeyAction.UP
@@ -43,14 +44,6 @@ def with_modifier(modifier: int, *codes: int) -> list[KeyEvent]:
 def typed(events: list[KeyEvent]) -> list[str | RejectReason]:
     decoder = KeyDecoder()
     return [out for ev in events if (out := decoder.feed(ev)) is not None]
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.01)
 
 
 def test_golden_key_codes_map_to_us_characters_with_shift() -> None:

@@ -20,16 +20,9 @@ from gateway.pki import SiteCA
 from gateway.store import GatewayStore
 from hw_sim.secure_broker import SecureBroker
 
+from conftest import wait_for
+
 SITE = "H1"
-
-
-def wait_for(cond, timeout_s: float = 10.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +75,12 @@ def test_pushed_versions_are_applied_and_reported_back(tmp_path: Path, broker: S
                                                        gateway: tuple[Fleet, FleetLink, Ed25519PrivateKey]) -> None:
     fleet, _, key = gateway
     cab = Cabinet(tmp_path, broker, "CAB01", key, broker.client_tls("CAB01")).start()
-    wait_for(lambda: fleet.known() == [(SITE, "CAB01")], what="device known")
+    wait_for(lambda: fleet.known() == [(SITE, "CAB01")], message="device known")
     assert fleet.push(Component.ALLOWLIST, [{"badge": "B1", "role": "nurse"}], requested_by="head.nurse") \
         == {"CAB01": 1}
     assert fleet.push(Component.ALLOWLIST, [{"badge": "B2", "role": "nurse"}], requested_by="head.nurse") \
         == {"CAB01": 2}
-    wait_for(lambda: fleet.applied("CAB01") == {"allowlist": 2}, what="applied v2 reported")
+    wait_for(lambda: fleet.applied("CAB01") == {"allowlist": 2}, message="applied v2 reported")
     assert cab.desired.document(Component.ALLOWLIST) == [{"badge": "B2", "role": "nurse"}]
     row = fleet.devices()[0]
     assert (row.device, row.status, row.desired, row.applied, row.in_sync) == \
@@ -95,7 +88,7 @@ def test_pushed_versions_are_applied_and_reported_back(tmp_path: Path, broker: S
     sent = [(e.actor, e.action, e.device, e.detail["seq"]) for e in fleet.audit.entries()]
     assert sent == [("head.nurse", "command_sent", "CAB01", 2), ("head.nurse", "command_sent", "CAB01", 1)]
     cab.stop()
-    wait_for(lambda: fleet.devices()[0].status == "offline", what="offline after the device stopped")
+    wait_for(lambda: fleet.devices()[0].status == "offline", message="offline after the device stopped")
 
 
 def test_a_device_offline_during_the_push_gets_it_when_it_reconnects(
@@ -105,7 +98,7 @@ def test_a_device_offline_during_the_push_gets_it_when_it_reconnects(
     fleet.push(Component.CATALOG, {"items": ["06901234567892"]}, requested_by="ops", devices=[(SITE, "CAB02")])
     fleet.push(Component.CONFIG, {"unlock_s": 8}, requested_by="ops", devices=[(SITE, "CAB02")])
     cab = Cabinet(tmp_path, broker, "CAB02", key, broker.client_tls("CAB02")).start()
-    wait_for(lambda: fleet.applied("CAB02") == {"catalog": 1, "config": 1}, what="applied after reconnect")
+    wait_for(lambda: fleet.applied("CAB02") == {"catalog": 1, "config": 1}, message="applied after reconnect")
     assert cab.remote.stats.accepted == 1  # one retained desired state carried both components
     cab.stop()
     fleet.publish("spd/v1/H1/CAB02/cmd", b"", True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 
 import pytest
 
@@ -21,6 +20,8 @@ from device.hal import (
     OutputState,
 )
 from hw_sim.pins import ManualClock, SimCabinetDoor, SimPinFactory
+
+from conftest import wait_for
 
 LOCK_PIN, DOOR_PIN, LED_PIN, BUZZER_PIN = 17, 27, 22, 23
 
@@ -146,10 +147,7 @@ def test_lock_auto_release_on_the_real_clock() -> None:
     lock = Lock(LOCK_PIN, max_energised_s=0.05, pin_factory=pins)
     lock.unlock()
     assert lock.is_unlocked
-    deadline = time.monotonic() + 2.0
-    while lock.is_unlocked and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not lock.is_unlocked
+    wait_for(lambda: not lock.is_unlocked, timeout=2.0, interval=0.01, message="the lock released on its own")
 
 
 # --- door ------------------------------------------------------------------

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from test_remote_wiring import SITE, RunningCabinet, free_port, high_spans, wait_for
+from test_remote_wiring import SITE, RunningCabinet, free_port, high_spans
 
 from device.commands.run import run
 from device.remote import CommandKind
@@ -22,6 +22,8 @@ from gateway.enrol import EnrolmentService, EnrolmentSettings, EnrolmentTokens
 from gateway.fleet import Fleet
 from gateway.pki import GATEWAY_IDENTITY, SiteCA, common_name
 from hw_sim.secure_broker import MqttProbe, SecureBroker
+
+from conftest import LogWatch, wait_for
 
 BADGE = "04A1B2C3"
 
@@ -47,7 +49,7 @@ class Env:
             self.broker.host, self.broker.port, public_key_pem(self.key))).start()
         self.cab = RunningCabinet(root, self.broker, "CAB01", self.command_key).start()
         self.exit_codes: list[int] = []
-        wait_for(lambda: (SITE, "CAB01") in self.fleet.known(), "CAB01 reporting its state")
+        wait_for(lambda: (SITE, "CAB01") in self.fleet.known(), message="CAB01 reporting its state")
 
     def restart_cabinet(self, *, already_stopping: bool = False) -> None:
         """Stop ``spd-device run`` (unless it is stopping by itself) and start it again on the same files."""
@@ -62,8 +64,13 @@ class Env:
             self.exit_codes.append(run(cab.config, stop=cab.stop_event, pin_factory=cab.factory))
 
         cab.thread = threading.Thread(target=target, daemon=True)
-        cab.thread.start()
-        time.sleep(0.5)  # the badge reader's thread opens its port
+        snapshot = cab.data / "inventory.json"
+        counted_before = snapshot.stat().st_mtime_ns
+        with LogWatch("device.hal.scanner") as scanners:
+            cab.thread.start()
+            scanners.wait(f"scanner {cab.scanner.url} online")  # the badge reader has opened its port
+        # the start-up count (changes made while the agent was down) is recorded before a badge is served
+        wait_for(lambda: snapshot.stat().st_mtime_ns != counted_before, message="the start-up count")
 
     def close(self) -> None:
         self.cab.stop()
@@ -107,7 +114,7 @@ def test_lockdown_refuses_badges_across_a_restart_until_lifted(env: Env) -> None
 
     probe = MqttProbe(env.broker.host, env.broker.port, tls=env.gw_tls, client_id="gw-lockdown-probe")
     probe.subscribe("spd/v1/H1/CAB01/state")
-    state = json.loads(wait_for(lambda: [m for m in probe.messages if b'"online"' in m[1]], "state")[-1][1])
+    state = json.loads(wait_for(lambda: [m for m in probe.messages if b'"online"' in m[1]], message="state")[-1][1])
     probe.close()
     assert state["extra"]["lockdown"]["reason"] == "theft suspected"
 
@@ -117,7 +124,7 @@ def test_lockdown_refuses_badges_across_a_restart_until_lifted(env: Env) -> None
     cab.badge(BADGE)
     granted = cab.wait_events("access", lambda b: b.get("result") == "granted", "badge opens again", after=m3)
     assert granted[0]["user"] == "N0001"
-    wait_for(lambda: cab.lock.level, "the relay energised")
+    wait_for(lambda: cab.lock.level, message="the relay energised")
     cab.wait_events("access", lambda b: b.get("result") == "expired", "the unlock runs out", after=m3)
 
 
@@ -163,7 +170,7 @@ def test_rotation_installs_a_new_certificate_revokes_the_old_and_reconnects(env:
     cab.wait_events("access", lambda b: b.get("result") == "granted", "badge after rotation", after=m2)
     wait_for(lambda: env.gateway.store.query(
         "SELECT 1 FROM events WHERE device = 'CAB01' AND kind = 'access' AND seq > ? AND body LIKE '%granted%'",
-        (m2,)), "the new event delivered with the rotated credentials", timeout_s=15)
+        (m2,)), message="the new event delivered with the rotated credentials", timeout=15)
 
 
 def test_rotation_with_the_service_unreachable_keeps_the_credentials_and_raises_an_alarm(env: Env) -> None:

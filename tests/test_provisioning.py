@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import stat
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +29,8 @@ from gateway.ingest import IngestService
 from gateway.pki import SiteCA
 from gateway.store import GatewayStore
 from hw_sim.secure_broker import SecureBroker
+
+from conftest import wait_for
 
 
 class Site:
@@ -156,10 +157,7 @@ def test_reprovision_delivers_part_then_exports_the_rest_and_the_gateway_holds_e
     sync.start()
     for i in range(400):
         log.append("consume", {"admission": f"ZY{i:08d}", "udi": f"u{i}"})
-    deadline = time.monotonic() + 20
-    while log.backlog() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert log.backlog() == 0
+    wait_for(lambda: log.backlog() == 0, timeout=20, message="the first 400 delivered")
     sync.stop()
     gw.stop()  # the gateway is now unreachable: the next 600 cannot be delivered
     for i in range(400, 1000):

@@ -39,22 +39,14 @@ from hw_sim.rfid_reader import SimR2000Reader
 from hw_sim.secure_broker import MqttProbe, SecureBroker
 from hw_sim.udi_gen import make_gtin, make_udi
 
+from conftest import LogWatch, wait_for
+
 SITE, DEPT = "H1", "ICU-2"
 LOCK_PIN, DOOR_PIN = 5, 6
 MAX_ENERGISED_S = 1.0
 _rng = random.Random(11)
 STENT, GAUZE, UNLISTED = make_gtin(_rng), make_gtin(_rng), make_gtin(_rng)
 PATIENT = "ZY2026001234"
-
-
-def wait_for(cond: Callable[[], Any], what: str, timeout_s: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def free_port() -> int:
@@ -122,9 +114,10 @@ badge_port = "{self.scanner.url}"
         return self.factory.pin(LOCK_PIN)
 
     def start(self) -> RunningCabinet:
-        self.thread.start()
-        wait_for(lambda: (self.data / "inventory.json").exists(), "the baseline count")
-        time.sleep(0.3)  # the badge reader's thread opens its port
+        with LogWatch("device.hal.scanner") as scanners:
+            self.thread.start()
+            wait_for(lambda: (self.data / "inventory.json").exists(), message="the baseline count")
+            scanners.wait(f"scanner {self.scanner.url} online")  # the badge reader has opened its port
         return self
 
     def stop(self) -> None:
@@ -157,7 +150,7 @@ badge_port = "{self.scanner.url}"
             found = [b for b in self.events(kind, after=after) if pred(b)]
             return found if len(found) >= n else None
 
-        return list(wait_for(matching, what))
+        return list(wait_for(matching, message=what))
 
     def badge(self, text: str) -> None:
         self.scanner.write(text.encode() + b"\r")
@@ -194,7 +187,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     fleet = gateway.fleet
     assert fleet is not None
     cab = RunningCabinet(root, broker, "CAB01", command_key).start()
-    wait_for(lambda: (SITE, "CAB01") in fleet.known(), "CAB01 reporting its state")
+    wait_for(lambda: (SITE, "CAB01") in fleet.known(), message="CAB01 reporting its state")
     yield Site(broker, gateway, fleet, key, command_key, gw_tls, db, cab, root)
     cab.stop()
     gateway.stop()
@@ -227,7 +220,7 @@ def test_gateway_unlock_energises_the_relay_and_the_door_opens_authorised(site: 
     cab = site.cab
     t0, m = cab.factory.clock.now(), cab.mark()
     seq = site.fleet.unlock(SITE, "CAB01", seconds=30, requested_by="nurse.li")
-    wait_for(lambda: cab.lock.level, "the lock relay energised")
+    wait_for(lambda: cab.lock.level, message="the lock relay energised")
     assert cab.door.hand.try_open()
     cab.wait_events("access", lambda b: b.get("result") == "door_opened", "door opened", after=m)
     before = (cab.data / "inventory.json").stat().st_mtime_ns
@@ -244,7 +237,7 @@ def test_gateway_unlock_energises_the_relay_and_the_door_opens_authorised(site: 
     assert cab.events("alarm", after=m) == []  # no door_forced
     spans = high_spans(cab.lock, t0)
     assert len(spans) == 1 and spans[0][1] is not None  # relocked as soon as the door opened
-    wait_for(lambda: (cab.data / "inventory.json").stat().st_mtime_ns != before, "the count after closing")
+    wait_for(lambda: (cab.data / "inventory.json").stat().st_mtime_ns != before, message="the count after closing")
 
 
 def test_unlock_longer_than_the_locks_allow_is_capped_at_their_max_energised_time(site: Site) -> None:
@@ -286,7 +279,7 @@ def test_forged_expired_and_misaddressed_unlocks_leave_the_relay_alone_and_are_r
     assert cab.events("access", after=m) == []
     stored = wait_for(lambda: (lambda rows: rows if len(rows) >= 3 else None)(site.gateway.store.query(
         "SELECT body FROM events WHERE device = 'CAB01' AND kind = 'alarm' AND seq > ? ORDER BY seq", (m,))),
-        "the refusals delivered to the gateway")
+        message="the refusals delivered to the gateway")
     assert [json.loads(r[0])["reason"] for r in stored] == ["bad_signature", "expired", "wrong_device"]
 
 
@@ -301,7 +294,7 @@ def test_allowlist_push_admits_a_new_badge_and_refuses_a_removed_one(
     pushed = {"badges": [{"badge": "04b0b0b0", "user": "N0009", "role": "nurse"}]}
     version = site.fleet.push(Component.ALLOWLIST, pushed, requested_by="head.nurse",
                               devices=[(SITE, "CAB01")])["CAB01"]
-    wait_for(lambda: site.fleet.applied("CAB01").get("allowlist") == version, "allow-list applied and reported")
+    wait_for(lambda: site.fleet.applied("CAB01").get("allowlist") == version, message="allow-list applied and reported")
     assert json.loads(cab.allowlist.read_text(encoding="utf-8")) == {
         "version": version, "badges": [{"badge": "04B0B0B0", "user": "N0009", "role": "nurse"}]}
     cab.badge("04B0B0B0")
@@ -360,7 +353,7 @@ def test_catalog_push_lands_in_the_catalog_cache_and_changes_the_scan_verdict(
 
     assert [verdict(UNLISTED, "L1"), verdict(STENT, "L9999")] == [None, None]  # no catalog cached yet
     version = site.fleet.push(Component.CATALOG, doc, requested_by="spd.desk", devices=[(SITE, "CAB01")])["CAB01"]
-    wait_for(lambda: site.fleet.applied("CAB01").get("catalog") == version, "catalog applied and reported")
+    wait_for(lambda: site.fleet.applied("CAB01").get("catalog") == version, message="catalog applied and reported")
     assert CatalogCache(cab.catalog_cache).digest == doc["digest"]
     assert [verdict(UNLISTED, "L1"), verdict(STENT, "L9999"), verdict(STENT, "L1")] == [
         ScanRefusal.UNKNOWN_ITEM, ScanRefusal.RECALLED_LOT, None]
@@ -379,7 +372,7 @@ def test_config_push_is_stored_reported_as_restart_required_and_used_at_the_next
 
     version = site.fleet.push(Component.CONFIG, {"cabinet": {"unlock_s": 0.4}}, requested_by="ops",
                               devices=[(SITE, "CAB01")])["CAB01"]
-    extra = wait_for(lambda: state().get("applied", {}).get("config") == version and state(), "config applied")
+    extra = wait_for(lambda: state().get("applied", {}).get("config") == version and state(), message="config applied")
     assert extra["restart_required"] is True
     effective = load_effective_config(cab.config)
     assert (effective.config_version, effective.config.extra["cabinet"].unlock_s) == (version, 0.4)
@@ -402,7 +395,8 @@ def test_a_cabinet_offline_during_the_pushes_catches_up_when_it_connects(
     site.fleet.push(Component.CATALOG, doc, requested_by="spd.desk", devices=target)
     cab2 = RunningCabinet(site.root, site.broker, "CAB02", site.command_key).start()
     try:
-        wait_for(lambda: site.fleet.applied("CAB02") == {"allowlist": 1, "catalog": 1}, "applied after connecting")
+        wait_for(lambda: site.fleet.applied("CAB02") == {"allowlist": 1, "catalog": 1},
+                 message="applied after connecting")
         assert json.loads(cab2.allowlist.read_text(encoding="utf-8"))["badges"] == [
             {"badge": "04D0D0D0", "user": "N0042", "role": "nurse"}]
         assert CatalogCache(cab2.catalog_cache).digest == doc["digest"]

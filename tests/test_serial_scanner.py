@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 import serial
@@ -26,19 +26,13 @@ from device.udi import Udi, parse_udi
 from hw_sim.scanner import GsStyle, SerialNoise, SimSerialScanner
 from hw_sim.udi_gen import make_udi
 
+from conftest import wait_for
+
 TODAY = dt.date(2025, 6, 1)
 UDI = make_udi(gtin="06954321000017", lot="2501AB12", serial="SER0001", expiry=dt.date(2027, 12, 31),
                production=dt.date(2025, 1, 15))
 UDI_2 = make_udi(gtin="06954321000024", lot="2502CD34", serial="SER0002", expiry=dt.date(2028, 3, 31))
 WRISTBAND = "]C0ZY0012345678"
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.01)
 
 
 @pytest.fixture

@@ -26,8 +26,11 @@ from gateway.commands import CommandSigner
 from gateway.pki import SiteCA
 from hw_sim.secure_broker import MqttProbe, SecureBroker
 
+from conftest import wait_for
+
 SITE, DEV = "H1", "CAB01"
 CMD_TOPIC = f"spd/v1/{SITE}/{DEV}/cmd"
+STATE_TOPIC = f"spd/v1/{SITE}/{DEV}/state"
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +40,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]
     b = SecureBroker(ca, sites=(SITE,), workdir=d / "broker").start()
     gw = MqttProbe(b.host, b.port, tls=b.gateway_tls(), client_id="gw")
     assert gw.connected
+    assert not gw.subscribe(STATE_TOPIC).is_failure  # each Device waits for its "online" state
     yield {"broker": b, "gw": gw, "dev_tls": b.client_tls(DEV), "key": Ed25519PrivateKey.generate()}
     gw.close()
     b.close()
@@ -64,12 +68,14 @@ class Device:
         self._cond = threading.Condition()
         self.sync = DeviceSync(self.log, site=SITE, host=b.host, port=b.port, tls=tls, on_command=self._on_command,
                                reconnect_min_s=0.2, reconnect_max_s=1.0)
+        gw = env["gw"]
+        assert isinstance(gw, MqttProbe)
+        seen = len(gw.messages)
         self.sync.start()
-        deadline = time.monotonic() + 10
-        while not self.sync.connected and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert self.sync.connected
-        time.sleep(0.1)  # the cmd subscription follows the CONNACK
+        # The device subscribes to its cmd topic, then publishes its "online" state, on one connection:
+        # the broker handles a client's packets in order, so once that state arrives the subscription is in place.
+        wait_for(lambda: any(t == STATE_TOPIC and b'"online"' in p for t, p, _ in gw.messages[seen:]),
+                 message="the device online and subscribed")
 
     def _unlock(self, cmd: SignedCommand) -> None:
         self.unlocked.append(cmd.seq)

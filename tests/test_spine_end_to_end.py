@@ -9,6 +9,8 @@ import pytest
 
 from hw_sim.harness import SpineHarness, Tally
 
+from conftest import wait_for
+
 pytestmark = pytest.mark.slow
 
 
@@ -28,12 +30,8 @@ def test_scans_become_exactly_one_charge_each(spine: SpineHarness) -> None:
 def test_device_killed_between_commit_and_publish_delivers_after_restart(spine: SpineHarness) -> None:
     spine.broker.kill()  # nothing can be published: every committed scan waits in the log
     hh = spine.start_handheld("HH01", scans=40, rate=200)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and "events" not in hh.output():
-        db_files = spine.device_dbs()
-        if db_files and _last_seq(db_files[0]) >= 40:
-            break
-        time.sleep(0.05)
+    wait_for(lambda: "events" in hh.output() or (spine.device_dbs() and _last_seq(spine.device_dbs()[0]) >= 40),
+             timeout=30, message="the 40 scans committed")
     hh.kill(signal.SIGKILL)
     assert _last_seq(spine.device_dbs()[0]) == 40
     spine.broker.start()
@@ -122,9 +120,7 @@ def test_items_returned_unused_are_credited_once(spine: SpineHarness) -> None:
     assert t.returns > 0
     assert (t.lost, t.duplicates, t.invented) == (0, 0, 0), t.as_dict()
     assert t.stored == t.charged == t.scans
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and spine.tally().credited < t.returns:
-        time.sleep(0.2)
+    wait_for(lambda: spine.tally().credited >= t.returns, timeout=30, interval=0.2, message="every return credited")
     import sqlite3
 
     db = sqlite3.connect(f"file:{spine.gateway_db}?mode=ro", uri=True)

@@ -16,14 +16,7 @@ from gateway.ingest import IngestService
 from gateway.store import GatewayStore
 from hw_sim.broker import MosquittoBroker
 
-
-def wait_for(cond, timeout_s: float = 20.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+from conftest import wait_for
 
 
 def _append(log: EventLog, n: int) -> None:
@@ -42,11 +35,12 @@ def test_events_are_acked_only_after_the_gateway_stores_them(tmp_path: Path, bro
     log, sync = _device(tmp_path, broker)
     _append(log, 30)
     sync.start()
-    time.sleep(1.0)
+    wait_for(lambda: sync.stats.events_sent >= 30, message="the 30 events published")
+    time.sleep(1.0)  # a resend period (resend_after_s) passes: still no gateway, still nothing acked
     assert log.backlog() == 30  # the broker took them, but no gateway stored them: nothing acked
     store = GatewayStore(tmp_path / "gw.db")
     gw = IngestService(store, host=broker.host, port=broker.port).start()
-    wait_for(lambda: log.backlog() == 0, what="backlog drained")
+    wait_for(lambda: log.backlog() == 0, message="backlog drained", timeout=20)
     assert store.counts()["events"] == 30
     assert store.contiguous_seq("HH01") == 30
     sync.stop()
@@ -63,7 +57,7 @@ def test_device_offline_then_back_delivers_its_backlog_once(tmp_path: Path, brok
     _append(log, 500)  # scans go on while the cabinet has no network
     assert log.backlog() == 500
     broker.start()
-    wait_for(lambda: log.backlog() == 0, timeout_s=30, what="backlog drained after the broker returned")
+    wait_for(lambda: log.backlog() == 0, timeout=30, message="backlog drained after the broker returned")
     assert store.query("SELECT COUNT(*), MIN(seq), MAX(seq) FROM events") == [(500, 1, 500)]
     sync.stop()
     gw.stop()
@@ -80,7 +74,7 @@ def test_broker_killed_mid_stream_loses_and_doubles_nothing(tmp_path: Path, brok
         broker.kill()
         _append(log, 50)
         broker.start()
-    wait_for(lambda: log.backlog() == 0, timeout_s=40, what="backlog drained")
+    wait_for(lambda: log.backlog() == 0, timeout=40, message="backlog drained")
     assert store.query("SELECT COUNT(*), COUNT(DISTINCT seq), MAX(seq) FROM events") == [(450, 450, 450)]
     sync.stop()
     gw.stop()
@@ -112,7 +106,7 @@ def test_gateway_crash_between_store_and_ack_causes_resend_not_double(
     log, sync = _device(tmp_path, broker, batch_size=20)
     _append(log, 100)
     sync.start()
-    wait_for(lambda: log.backlog() == 0, timeout_s=30, what="backlog drained")
+    wait_for(lambda: log.backlog() == 0, timeout=30, message="backlog drained")
     assert gw.crashes_left == 0
     assert gw.stats.events_duplicate > 0  # the device did resend what was stored but not acked
     assert store.query("SELECT COUNT(*), COUNT(DISTINCT seq) FROM events") == [(100, 100)]
@@ -141,8 +135,8 @@ def test_malformed_payloads_are_rejected_with_a_reason_and_ingestion_goes_on(
     for t, p in bad:
         rogue.publish(t, p, qos=1).wait_for_publish(5)
     _append(log, 20)
-    wait_for(lambda: log.backlog() == 0, what="valid events acked")
-    wait_for(lambda: store.counts()["bad_payloads"] == 4, what="bad payloads recorded")
+    wait_for(lambda: log.backlog() == 0, message="valid events acked", timeout=20)
+    wait_for(lambda: store.counts()["bad_payloads"] == 4, message="bad payloads recorded", timeout=20)
     reasons = sorted(r[0] for r in store.query("SELECT reason FROM bad_payloads"))
     assert reasons == ["bad_json", "bad_json", "identity_mismatch", "unsupported_version"]
     assert store.counts()["events"] == 40
@@ -160,10 +154,10 @@ def test_acknowledged_events_past_retention_are_pruned_by_the_agent(tmp_path: Pa
     gw = IngestService(store, host=broker.host, port=broker.port).start()
     _append(log, 10)
     sync.start()
-    wait_for(lambda: log.backlog() == 0, what="acked")
+    wait_for(lambda: log.backlog() == 0, message="acked", timeout=20)
     assert len(log.events()) == 10  # acknowledged but within retention: kept
     now[0] += 120
-    wait_for(lambda: len(log.events()) == 0, what="pruned")
+    wait_for(lambda: len(log.events()) == 0, message="pruned", timeout=20)
     _append(log, 1)
     assert log.last_seq == 11 and log.backlog() == 1  # never pruned while unacknowledged
     sync.stop()

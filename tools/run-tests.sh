@@ -5,18 +5,20 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 
+# with a C compiler present the compiled charging bridge must be there: importing
+# gateway.bridge fails otherwise (SPD_REQUIRE_COMPILED, docs/deploy.md), in both passes
+if [ -z "${SPD_REQUIRE_COMPILED:-}" ] && command -v cc >/dev/null 2>&1; then
+    export SPD_REQUIRE_COMPILED=1
+fi
+
 echo "== ruff =="
 .venv/bin/ruff check device gateway hw_sim tests
 echo "== mypy (strict, core packages) =="
 .venv/bin/mypy
 
 impl=$($PY -c "import gateway.bridge as b; print(b.IMPLEMENTATION)")
-if [ "$impl" != "compiled" ] && command -v cc >/dev/null 2>&1; then
-    echo "a C compiler is present but the compiled charging bridge did not build" >&2
-    exit 1
-fi
 
-echo "== test suite, charging bridge: $impl =="
+echo "== test suite, charging bridge: $impl (SPD_REQUIRE_COMPILED=${SPD_REQUIRE_COMPILED:-0}) =="
 $PY -m pytest -q -p no:cacheprovider "$@"
 
 echo "== test suite, charging bridge: pure-Python twin (SPD_PUREPYTHON=1) =="

@@ -2,12 +2,15 @@
 
 The compiled extension ``_cbridge`` is imported when it was built; otherwise, or when the
 environment variable ``SPD_PUREPYTHON=1`` is set, the pure-Python ``_twin`` is used. Both give
-identical output on every input. ``IMPLEMENTATION`` says which one is in use; ``ConsumedSet`` is
+identical output on every input. With ``SPD_REQUIRE_COMPILED=1`` (release builds, ``make test``
+with a compiler present) a missing extension is an error, :class:`CompiledBridgeMissing`, even
+when ``SPD_PUREPYTHON=1`` picks the twin. ``IMPLEMENTATION`` says which one is in use; ``ConsumedSet`` is
 that implementation's set of charged item keys, the only kind its ``charge_compact`` accepts.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from collections.abc import Sequence
@@ -40,16 +43,30 @@ from gateway.bridge.types import (
 logger = logging.getLogger(__name__)
 
 
+class CompiledBridgeMissing(ImportError):
+    """``SPD_REQUIRE_COMPILED=1`` and the compiled extension cannot be imported."""
+
+
 def _choose() -> tuple[ModuleType, str]:
     from gateway.bridge import _twin
 
-    if os.environ.get("SPD_PUREPYTHON") == "1":
+    required = os.environ.get("SPD_REQUIRE_COMPILED") == "1"
+    if os.environ.get("SPD_PUREPYTHON") == "1" and not required:
         return _twin, "pure"
     try:
         from gateway.bridge import _cbridge
-    except ImportError:
+    except ImportError as err:
+        if required:
+            found = importlib.util.find_spec("gateway.bridge._cbridge") is not None
+            why = f"does not load: {err}" if found else "was not built"
+            raise CompiledBridgeMissing(
+                f"SPD_REQUIRE_COMPILED=1 but the compiled charging bridge (gateway.bridge._cbridge) {why}; "
+                "rebuild it with a C compiler and Cython (pip install -e . --no-build-isolation, or make clean test)"
+            ) from err
         logger.debug("compiled charging bridge not built; using the pure-Python twin")
         return _twin, "pure"
+    if os.environ.get("SPD_PUREPYTHON") == "1":
+        return _twin, "pure"  # the twin by choice; SPD_REQUIRE_COMPILED only checked the extension is there
     return _cbridge, "compiled"
 
 
@@ -123,6 +140,7 @@ __all__ = [
     "ChargeLine",
     "ChargeReject",
     "CompactBatch",
+    "CompiledBridgeMissing",
     "ConfigError",
     "ConsumedKeys",
     "CreditRefused",

@@ -62,6 +62,9 @@ class GatewayConfig:
     sending_facility: str = "SPD"
     tls: TlsSettings | None = None
     signing_key: Path | None = None  # the command-signing key: run the fleet link (state in, commands out)
+    adt_host: str = "127.0.0.1"  # the ADT listener's bind address
+    adt_port: int | None = None  # None = no ADT listener
+    discharge_grace_s: float = 86400.0  # charges for a stay are still accepted this long after discharge
 
 
 def make_his_adapter(config: GatewayConfig) -> HisAdapter:
@@ -153,7 +156,12 @@ class Gateway:
         self._stopped.set()
 
     def run_forever(self) -> None:
-        """Run until SIGTERM or SIGINT, then shut down cleanly."""
+        """Run until SIGTERM or SIGINT, then shut down cleanly; tells systemd (Type=notify) when run by it.
+
+        ``READY=1`` once every service started, ``WATCHDOG=1`` while healthy,
+        ``STOPPING=1`` at shutdown; outside systemd these are no-ops.
+        """
+        from device.sdnotify import Watchdog, notify
 
         def _stop(signum: int, frame: FrameType | None) -> None:
             log.info("gateway: signal %d, stopping", signum)
@@ -164,6 +172,12 @@ class Gateway:
         self.start()
         log.info("gateway: running (bridge: %s, fleet link %s)", bridge.IMPLEMENTATION,
                  "on" if self.fleet_link is not None else "off")
-        while not self._stopped.wait(1.0):
-            pass
-        self.stop()
+        notify("READY=1")
+        watchdog = Watchdog(lambda: self.store.query("SELECT 1") == [(1,)]).start()
+        try:
+            while not self._stopped.wait(1.0):
+                pass
+        finally:
+            notify("STOPPING=1")
+            watchdog.stop()
+            self.stop()

@@ -101,5 +101,6 @@ def _main(a: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     p = sub.add_parser("run", help="run the cabinet agent")
-    p.add_argument("--config", type=Path, default=Path("/etc/spd-device/device.toml"))
+    p.add_argument("--config", type=Path, default=Path("/etc/spd-device/device.toml"),
+                   help="the device configuration file (TOML)")
     p.set_defaults(func=_main)

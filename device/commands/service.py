@@ -60,5 +60,6 @@ def _service(a: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     p = sub.add_parser("service", help="run the agent under systemd (Type=notify, WatchdogSec=)")
-    p.add_argument("--config", type=Path, default=Path("/etc/spd-device/device.toml"))
+    p.add_argument("--config", type=Path, default=Path("/etc/spd-device/device.toml"),
+                   help="the device configuration file (TOML)")
     p.set_defaults(func=_service)

@@ -13,7 +13,10 @@ Threads and what each owns:
   signed commands and re-sends desired state to devices that are behind;
 * the main thread — start-up, signals, shutdown.
 
-The store is shared; SQLite serialises the writers.
+The store is shared; SQLite serialises the writers. Each of these threads
+beats a heartbeat (:mod:`device.heartbeat`) named as above (``ingest-mqtt``,
+``fleet-mqtt`` for the two network threads); the systemd watchdog pings only
+while all of them beat within their deadlines.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Literal
 
+from device.heartbeat import HeartbeatRegistry
 from device.sync import TlsSettings
 from gateway import bridge
 from gateway.charging import ChargingWorker
@@ -78,12 +82,13 @@ def make_his_adapter(config: GatewayConfig) -> HisAdapter:
     raise HisConfigError("bad_protocol", f"his_protocol must be 'mllp' or 'http', got {config.his_protocol!r}")
 
 
-def make_fleet_link(store: GatewayStore, config: GatewayConfig) -> FleetLink:
+def make_fleet_link(store: GatewayStore, config: GatewayConfig, *,
+                    heartbeats: HeartbeatRegistry | None = None) -> FleetLink:
     """The fleet's own MQTT connection with a :class:`Fleet` that signs with ``config.signing_key``."""
     if config.signing_key is None:
         raise ValueError("the fleet link needs the command-signing key")
     link = FleetLink(store, host=config.broker_host, port=config.broker_port, tls=config.tls,
-                     client_id=f"{config.client_id}-fleet")
+                     client_id=f"{config.client_id}-fleet", heartbeats=heartbeats)
     link.fleet = Fleet(store, CommandSigner(load_signing_key(config.signing_key)), link.publish)
     return link
 
@@ -91,10 +96,14 @@ def make_fleet_link(store: GatewayStore, config: GatewayConfig) -> FleetLink:
 class Gateway:
     """Assembles and runs the gateway's services."""
 
-    def __init__(self, config: GatewayConfig, *, adapter: HisAdapter | None = None) -> None:
+    def __init__(self, config: GatewayConfig, *, adapter: HisAdapter | None = None,
+                 heartbeats: HeartbeatRegistry | None = None) -> None:
         self.config = config
+        # every loop that must run beats here; the systemd watchdog pings only while all of them do
+        self.heartbeats = heartbeats or HeartbeatRegistry()
         self.store = GatewayStore(config.db_path)
-        self.leadership = Leadership(self.store, config.client_id, ttl_s=config.lease_ttl_s)
+        self.leadership = Leadership(self.store, config.client_id, ttl_s=config.lease_ttl_s,
+                                     heartbeats=self.heartbeats)
         bridge_config = bridge.BridgeConfig(
             sending_facility=config.sending_facility, receiving_facility=config.facility
         )
@@ -107,11 +116,13 @@ class Gateway:
                 may_run=self.leadership.is_leader,
                 lane=lane,
                 lanes=lanes,
+                heartbeats=self.heartbeats,
             )
             for lane in range(lanes)
         ]
         self.charging = ChargingWorker(
-            self.store, bridge_config, on_charges=lambda n: self._notify_senders(), may_run=self.leadership.is_leader
+            self.store, bridge_config, on_charges=lambda n: self._notify_senders(), may_run=self.leadership.is_leader,
+            heartbeats=self.heartbeats,
         )
         self.ingest = IngestService(
             self.store,
@@ -121,8 +132,10 @@ class Gateway:
             share_group=config.share_group,
             tls=config.tls,
             on_stored=lambda n: self.charging.notify(),
+            heartbeats=self.heartbeats,
         )
-        self.fleet_link = make_fleet_link(self.store, config) if config.signing_key is not None else None
+        self.fleet_link = (make_fleet_link(self.store, config, heartbeats=self.heartbeats)
+                           if config.signing_key is not None else None)
         self._stopped = threading.Event()
 
     @property
@@ -158,7 +171,8 @@ class Gateway:
     def run_forever(self) -> None:
         """Run until SIGTERM or SIGINT, then shut down cleanly; tells systemd (Type=notify) when run by it.
 
-        ``READY=1`` once every service started, ``WATCHDOG=1`` while healthy,
+        ``READY=1`` once every service started, ``WATCHDOG=1`` while every loop
+        beats on time (:mod:`device.heartbeat`) and the store answers,
         ``STOPPING=1`` at shutdown; outside systemd these are no-ops.
         """
         from device.sdnotify import Watchdog, notify
@@ -173,7 +187,7 @@ class Gateway:
         log.info("gateway: running (bridge: %s, fleet link %s)", bridge.IMPLEMENTATION,
                  "on" if self.fleet_link is not None else "off")
         notify("READY=1")
-        watchdog = Watchdog(lambda: self.store.query("SELECT 1") == [(1,)]).start()
+        watchdog = Watchdog(lambda: self.store.query("SELECT 1") == [(1,)], heartbeats=self.heartbeats).start()
         try:
             while not self._stopped.wait(1.0):
                 pass

@@ -23,11 +23,12 @@ def _run(a: argparse.Namespace) -> int:
     """``run`` and ``service``: one code path, whether a person or systemd starts the gateway."""
     from device.config import ConfigError
     from gateway.app import Gateway
-    from gateway.config import config_from_args, describe
+    from gateway.config import check_files, config_from_args, describe
     from gateway.his.adapter import HisConfigError
 
     try:
         cfg = config_from_args(a)
+        check_files(cfg, source=str(a.config) if a.config is not None else "<command line>")
         if a.check:
             print(describe(cfg))
             return 0

@@ -35,11 +35,13 @@ import stat
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from device.config import ConfigError, Section
 from device.sync import TlsSettings
-from gateway.app import GatewayConfig
+
+if TYPE_CHECKING:  # gateway.app pulls in every service; the parser of spd-gateway's other commands need not
+    from gateway.app import GatewayConfig
 
 DEFAULT_PATH = Path("/etc/spd-gateway/gateway.toml")
 DEFAULT_TOKEN_ENV = "SPD_HIS_TOKEN"
@@ -199,6 +201,8 @@ def read_gateway_file(path: str | Path) -> dict[str, Any]:
 def build_config(file_fields: Mapping[str, Any], overrides: Mapping[str, Any], *,
                  source: str = "<command line>") -> GatewayConfig:
     """Defaults, then the file, then the flags; checked as a whole (e.g. ``http`` needs a URL)."""
+    from gateway.app import GatewayConfig
+
     fields = {**file_fields, **{k: v for k, v in overrides.items() if v is not None}}
     if fields.get("db_path") is None:
         raise ConfigError(source, "store.path", "is required (in the file, or --db)")
@@ -299,6 +303,31 @@ def config_from_args(a: argparse.Namespace) -> GatewayConfig:
         # switching protocol on the command line drops the file's HTTP settings with it
         file_fields = {k: v for k, v in file_fields.items() if k not in ("his_url", "his_token")}
     return build_config(file_fields, overrides, source=str(a.config) if a.config is not None else "<command line>")
+
+
+def check_files(cfg: GatewayConfig, *, source: str = "<config>") -> None:
+    """The files the configuration names can be read: TLS key pair and CA, the command-signing key.
+
+    Checked before anything starts (and by ``--check``), so a wrong path is one line naming the key,
+    not a traceback from deep inside a service.
+    """
+    if cfg.tls is not None:
+        for key, name in (("broker.tls.ca_file", cfg.tls.ca_file), ("broker.tls.cert_file", cfg.tls.cert_file),
+                          ("broker.tls.key_file", cfg.tls.key_file)):
+            try:
+                Path(name).read_bytes()
+            except OSError as err:
+                raise ConfigError(source, key, f"{name} cannot be read: {err.strerror}") from None
+    if cfg.signing_key is not None:
+        from gateway.commands import SigningError, load_signing_key
+
+        try:
+            load_signing_key(cfg.signing_key)
+        except OSError as err:
+            raise ConfigError(source, "fleet.signing_key",
+                              f"{cfg.signing_key} cannot be read: {err.strerror}") from None
+        except (SigningError, ValueError) as err:
+            raise ConfigError(source, "fleet.signing_key", f"{cfg.signing_key}: {err}") from None
 
 
 def describe(cfg: GatewayConfig) -> str:

@@ -162,6 +162,20 @@ def test_a_configuration_error_stops_run_with_exit_2(tmp_path: Path, capsys: pyt
     assert f"configuration error: {p}: his.colour: unknown option" in capsys.readouterr().err
 
 
+def test_run_refuses_key_and_certificate_files_it_cannot_read(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    p = _write(tmp_path, '[store]\npath = "g.db"\n[fleet]\nsigning_key = "missing.key"\n')
+    assert main(["run", "--config", str(p), "--check"]) == 2
+    assert f"{p}: fleet.signing_key: {tmp_path / 'missing.key'} cannot be read" in capsys.readouterr().err
+    (tmp_path / "not-a-key").write_text("hello")
+    assert main(["run", "--config", str(p), "--signing-key", str(tmp_path / "not-a-key"), "--check"]) == 2
+    assert "fleet.signing_key" in capsys.readouterr().err
+    p = _write(tmp_path, '[store]\npath = "g.db"\n[broker.tls]\nca_file = "ca"\ncert_file = "c"\nkey_file = "k"\n')
+    assert main(["run", "--config", str(p)]) == 2
+    assert "broker.tls.ca_file" in capsys.readouterr().err
+    assert not (tmp_path / "g.db").exists()
+
+
 def test_service_is_run() -> None:
     a = build_parser().parse_args(["service", "--config", "/etc/spd-gateway/gateway.toml"])
     b = build_parser().parse_args(["run", "--config", "/etc/spd-gateway/gateway.toml"])

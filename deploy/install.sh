@@ -145,18 +145,21 @@ log "Mosquitto: TLS listener on 8883 and the ACL for $SITE"
 # the template sets global options; the Debian default mosquitto.conf must not repeat them
 sed -i -e 's/^\(persistence \|persistence_location\|log_dest\)/#&/' /etc/mosquitto/mosquitto.conf
 
+if [ ! -f "$GW/gateway.toml" ]; then
+    # the gateway's configuration (docs/deploy.md); edit the [his] section, then restart spd-gateway
+    install -m 0640 -g spd-gateway "$SRC/deploy/examples/gateway.toml" "$GW/gateway.toml"
+fi
 if [ ! -f "$GW/gateway.env" ]; then
+    # for spd-enrol.service only
     cat > "$GW/gateway.env" <<ENV
 SPD_BROKER_HOST=127.0.0.1
 SPD_BROKER_PORT=8883
-SPD_HIS_HOST=127.0.0.1
-SPD_HIS_PORT=2575
-SPD_FACILITY=HOSP
 SPD_ENROL_BIND=0.0.0.0
 SPD_ENROL_PORT=8443
 ENV
     chmod 0640 "$GW/gateway.env" && chgrp spd-gateway "$GW/gateway.env"
 fi
+runuser -u spd-gateway -- "$BIN" run --config "$GW/gateway.toml" --check >/dev/null
 
 log "units and logrotate"
 install -m 0644 "$SRC/deploy/logrotate/spd" /etc/logrotate.d/spd

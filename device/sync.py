@@ -7,6 +7,8 @@ Threads (each owns what it names):
 * the sender thread — reads unacknowledged events from the log and publishes
   them in batches, keeping at most ``window`` batches beyond the last ack.
 
+Both beat heartbeats (:mod:`device.heartbeat`): ``sync-mqtt`` and ``sync-sender``.
+
 Delivery is at-least-once: after every (re)connect, and whenever acks stop
 coming for ``resend_after_s`` while a backlog exists, the sender rewinds to
 the last acknowledged sequence and publishes everything after it again. The
@@ -30,6 +32,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from device import __version__
 from device.eventlog import EventLog, EventLogError
+from device.heartbeat import MQTT_LOOP_DEADLINE_S, HeartbeatRegistry, watch_mqtt_loop
 from device.wire import (
     Channel,
     DeviceState,
@@ -42,6 +45,8 @@ from device.wire import (
 )
 
 log = logging.getLogger(__name__)
+
+SENDER_DEADLINE_S = 60.0  # a pass every 0.5 s; a read of the log may wait on a busy SQLite (30 s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +91,7 @@ class DeviceSync:
         on_ack: Callable[[int], None] | None = None,
         on_command: Callable[[bytes, bool], None] | None = None,
         state_extra: Callable[[], dict[str, Any]] | None = None,
+        heartbeats: HeartbeatRegistry | None = None,
     ) -> None:
         self.log = eventlog
         self.device = eventlog.device
@@ -128,11 +134,18 @@ class DeviceSync:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         self._client = client
+        hb = heartbeats or HeartbeatRegistry()
+        self._sender_beat = hb.heartbeat("sync-sender", deadline_s=SENDER_DEADLINE_S)
+        # while the broker is away paho beats once per attempt: back-off plus the connect must fit
+        self._mqtt_beat = hb.heartbeat("sync-mqtt", deadline_s=max(MQTT_LOOP_DEADLINE_S, reconnect_max_s + 30.0))
+        watch_mqtt_loop(client, self._mqtt_beat)
 
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> DeviceSync:
         self._client.connect_async(self.host, self.port, keepalive=self.keepalive_s)
+        self._mqtt_beat.watch()
+        self._sender_beat.watch()
         self._client.loop_start()
         self._thread = threading.Thread(target=self._sender, name=f"sync-{self.device}", daemon=True)
         self._thread.start()
@@ -144,6 +157,8 @@ class DeviceSync:
             self._wake.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        self._sender_beat.retire()
+        self._mqtt_beat.retire()
         if publish_offline and self._connected:
             info = self._client.publish(self._t_state, self._state_payload(DeviceStatus.OFFLINE), qos=1, retain=True)
             try:
@@ -233,6 +248,7 @@ class DeviceSync:
         next_state = time.monotonic() + self.state_every_s
         next_prune = time.monotonic() + self.prune_every_s
         while True:
+            self._sender_beat()
             with self._wake:
                 if self._stopping:
                     return

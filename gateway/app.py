@@ -17,7 +17,10 @@ Threads and what each owns:
   the device catalog document again after census changes, debounced;
 * the main thread — start-up, signals, shutdown.
 
-The store is shared; SQLite serialises the writers.
+The store is shared; SQLite serialises the writers. Each of these threads
+beats a heartbeat (:mod:`device.heartbeat`) named as above (``ingest-mqtt``,
+``fleet-mqtt`` for the two network threads); the systemd watchdog pings only
+while all of them beat within their deadlines.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Literal
 
+from device.heartbeat import HeartbeatRegistry
 from device.sync import TlsSettings
 from gateway import bridge
 from gateway.adt import AdtListener
@@ -72,9 +76,9 @@ class GatewayConfig:
     # its certificate's CN, so the fleet link and ingest on one certificate would close each other's connection
     fleet_tls: TlsSettings | None = None
     signing_key: Path | None = None  # the command-signing key: run the fleet link (state in, commands out)
-    adt_host: str = "127.0.0.1"
+    adt_host: str = "127.0.0.1"  # the ADT listener's bind address
     adt_port: int | None = None  # None = no ADT listener
-    discharge_grace_s: float = 86400.0  # a discharged patient's wristband is still charged this long
+    discharge_grace_s: float = 86400.0  # charges for a stay are still accepted this long after discharge
 
 
 def make_his_adapter(config: GatewayConfig) -> HisAdapter:
@@ -88,14 +92,15 @@ def make_his_adapter(config: GatewayConfig) -> HisAdapter:
     raise HisConfigError("bad_protocol", f"his_protocol must be 'mllp' or 'http', got {config.his_protocol!r}")
 
 
-def make_fleet_link(store: GatewayStore, config: GatewayConfig) -> FleetLink:
+def make_fleet_link(store: GatewayStore, config: GatewayConfig, *,
+                    heartbeats: HeartbeatRegistry | None = None) -> FleetLink:
     """The fleet's own MQTT connection with a :class:`Fleet` that signs with ``config.signing_key``."""
     if config.signing_key is None:
         raise ValueError("the fleet link needs the command-signing key")
     if config.tls is not None and config.fleet_tls is None:
         raise ValueError(f"over TLS the fleet link needs its own certificate (CN {fleet_identity(config.client_id)})")
     link = FleetLink(store, host=config.broker_host, port=config.broker_port, tls=config.fleet_tls,
-                     client_id=fleet_identity(config.client_id))
+                     client_id=fleet_identity(config.client_id), heartbeats=heartbeats)
     link.fleet = Fleet(store, CommandSigner(load_signing_key(config.signing_key)), link.publish)
     return link
 
@@ -103,10 +108,14 @@ def make_fleet_link(store: GatewayStore, config: GatewayConfig) -> FleetLink:
 class Gateway:
     """Assembles and runs the gateway's services."""
 
-    def __init__(self, config: GatewayConfig, *, adapter: HisAdapter | None = None) -> None:
+    def __init__(self, config: GatewayConfig, *, adapter: HisAdapter | None = None,
+                 heartbeats: HeartbeatRegistry | None = None) -> None:
         self.config = config
+        # every loop that must run beats here; the systemd watchdog pings only while all of them do
+        self.heartbeats = heartbeats or HeartbeatRegistry()
         self.store = GatewayStore(config.db_path)
-        self.leadership = Leadership(self.store, config.client_id, ttl_s=config.lease_ttl_s)
+        self.leadership = Leadership(self.store, config.client_id, ttl_s=config.lease_ttl_s,
+                                     heartbeats=self.heartbeats)
         bridge_config = bridge.BridgeConfig(
             sending_facility=config.sending_facility, receiving_facility=config.facility
         )
@@ -119,11 +128,13 @@ class Gateway:
                 may_run=self.leadership.is_leader,
                 lane=lane,
                 lanes=lanes,
+                heartbeats=self.heartbeats,
             )
             for lane in range(lanes)
         ]
         self.charging = ChargingWorker(
-            self.store, bridge_config, on_charges=lambda n: self._notify_senders(), may_run=self.leadership.is_leader
+            self.store, bridge_config, on_charges=lambda n: self._notify_senders(), may_run=self.leadership.is_leader,
+            heartbeats=self.heartbeats,
         )
         self.ingest = IngestService(
             self.store,
@@ -133,8 +144,10 @@ class Gateway:
             share_group=config.share_group,
             tls=config.tls,
             on_stored=lambda n: self.charging.notify(),
+            heartbeats=self.heartbeats,
         )
-        self.fleet_link = make_fleet_link(self.store, config) if config.signing_key is not None else None
+        self.fleet_link = (make_fleet_link(self.store, config, heartbeats=self.heartbeats)
+                           if config.signing_key is not None else None)
         self.publisher = CatalogPublisher(self.store, lambda: self.fleet, discharge_grace_s=config.discharge_grace_s) \
             if self.fleet_link is not None else None
         self.adt = AdtListener(self.store, host=config.adt_host, port=config.adt_port,
@@ -184,7 +197,13 @@ class Gateway:
         self._stopped.set()
 
     def run_forever(self) -> None:
-        """Run until SIGTERM or SIGINT, then shut down cleanly."""
+        """Run until SIGTERM or SIGINT, then shut down cleanly; tells systemd (Type=notify) when run by it.
+
+        ``READY=1`` once every service started, ``WATCHDOG=1`` while every loop
+        beats on time (:mod:`device.heartbeat`) and the store answers,
+        ``STOPPING=1`` at shutdown; outside systemd these are no-ops.
+        """
+        from device.sdnotify import Watchdog, notify
 
         def _stop(signum: int, frame: FrameType | None) -> None:
             log.info("gateway: signal %d, stopping", signum)
@@ -196,6 +215,12 @@ class Gateway:
         log.info("gateway: running (bridge: %s, fleet link %s, ADT listener %s)", bridge.IMPLEMENTATION,
                  "on" if self.fleet_link is not None else "off",
                  f"on {self.config.adt_host}:{self.config.adt_port}" if self.adt is not None else "off")
-        while not self._stopped.wait(1.0):
-            pass
-        self.stop()
+        notify("READY=1")
+        watchdog = Watchdog(lambda: self.store.query("SELECT 1") == [(1,)], heartbeats=self.heartbeats).start()
+        try:
+            while not self._stopped.wait(1.0):
+                pass
+        finally:
+            notify("STOPPING=1")
+            watchdog.stop()
+            self.stop()

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from device.heartbeat import HeartbeatRegistry
 from device.wire import Event, EventKind
 from gateway import bridge
 from gateway.store import GatewayStore, ReturnOutcome, StoredEvent
@@ -26,6 +27,7 @@ from gateway.store import GatewayStore, ReturnOutcome, StoredEvent
 log = logging.getLogger(__name__)
 
 CURSOR = "charging"
+DEADLINE_S = 90.0  # one pass: a batch through the bridge and its transaction, which may wait 30 s on a busy store
 
 
 @dataclass(slots=True)
@@ -61,6 +63,7 @@ class ChargingWorker:
         idle_wait_s: float = 0.2,
         on_charges: Callable[[int], None] | None = None,
         may_run: Callable[[], bool] = lambda: True,
+        heartbeats: HeartbeatRegistry | None = None,
     ) -> None:
         self.store = store
         self.config = config
@@ -76,6 +79,7 @@ class ChargingWorker:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._beat = (heartbeats or HeartbeatRegistry()).heartbeat("charging", deadline_s=DEADLINE_S)
 
     def reload_catalog(self) -> None:
         self._catalog = load_catalog(self.store)
@@ -240,6 +244,7 @@ class ChargingWorker:
     # ------------------------------------------------------------ thread
 
     def start(self) -> ChargingWorker:
+        self._beat.watch()
         self._thread = threading.Thread(target=self._run, name="charging", daemon=True)
         self._thread.start()
         return self
@@ -249,10 +254,12 @@ class ChargingWorker:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        self._beat.retire()
 
     def _run(self) -> None:
         leading = False
         while not self._stop.is_set():
+            self._beat()
             if not self._may_run():
                 leading = False
                 self._stop.wait(0.5)

@@ -6,12 +6,10 @@ import argparse
 import getpass
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from device.sync import TlsSettings
 from gateway import fieldops_cli
 from gateway.audit import AuditAction, AuditLog
 from gateway.catalog import (
@@ -24,45 +22,27 @@ from gateway.catalog import (
 from gateway.store import GatewayStore
 
 
-def _tls(a: argparse.Namespace) -> TlsSettings | None:
-    """Mutual TLS to the broker from --tls-ca/--tls-cert/--tls-key (all three, or none)."""
-    given = [a.tls_ca, a.tls_cert, a.tls_key]
-    if not any(given):
-        return None
-    if not all(given):
-        raise SystemExit("spd-gateway: --tls-ca, --tls-cert and --tls-key go together")
-    return TlsSettings(str(a.tls_ca), str(a.tls_cert), str(a.tls_key))
-
-
 def _run(a: argparse.Namespace) -> int:
-    from gateway.app import Gateway, GatewayConfig
+    """``run`` and ``service``: one code path, whether a person or systemd starts the gateway."""
+    from device.config import ConfigError
+    from gateway.app import Gateway
+    from gateway.config import check_files, config_from_args, describe
+    from gateway.his.adapter import HisConfigError
 
-    tls = _tls(a)
-    cfg = GatewayConfig(
-        db_path=a.db,
-        broker_host=a.broker_host,
-        broker_port=a.broker_port if a.broker_port is not None else 8883 if tls else 1883,
-        client_id=a.client_id,
-        share_group=a.share_group,
-        his_protocol=a.his_protocol,
-        his_url=a.his_url,
-        his_token=os.environ.get("SPD_HIS_TOKEN") or None,
-        his_host=a.his_host,
-        his_port=a.his_port,
-        his_timeout_s=a.his_timeout,
-        his_backoff_max_s=a.his_backoff_max,
-        facility=a.facility,
-        lease_ttl_s=a.lease_ttl,
-        his_lanes=a.his_lanes,
-        tls=tls,
-        fleet_tls=TlsSettings(str(a.tls_ca), str(a.fleet_tls_cert), str(a.fleet_tls_key))
-        if tls and a.fleet_tls_cert and a.fleet_tls_key else None,
-        signing_key=a.signing_key,
-        adt_host=a.adt_host,
-        adt_port=a.adt_port,
-        discharge_grace_s=a.discharge_grace,
-    )
-    Gateway(cfg).run_forever()
+    try:
+        cfg = config_from_args(a)
+        check_files(cfg, source=str(a.config) if a.config is not None else "<command line>")
+        if a.check:
+            print(describe(cfg))
+            return 0
+        gateway = Gateway(cfg)
+    except ConfigError as err:
+        print(f"configuration error: {err}", file=sys.stderr)
+        return 2
+    except HisConfigError as err:
+        print(f"configuration error: his: {err}", file=sys.stderr)
+        return 2
+    gateway.run_forever()
     return 0
 
 
@@ -217,93 +197,71 @@ def _charges(a: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="spd-gateway", description="spd-edge gateway")
-    p.add_argument("-v", "--verbose", action="count", default=0)
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    run = sub.add_parser("run", help="run ingest, charging and the HIS sender")
-    run.add_argument("--db", type=Path, required=True)
-    run.add_argument("--broker-host", default="127.0.0.1")
-    run.add_argument("--broker-port", type=int, default=None, help="default 8883 with TLS, else 1883")
-    run.add_argument("--tls-ca", type=Path, default=None, help="the site CA (mutual TLS to the broker)")
-    run.add_argument("--tls-cert", type=Path, default=None, help="the gateway's client certificate")
-    run.add_argument("--tls-key", type=Path, default=None, help="the gateway's client key")
-    run.add_argument("--fleet-tls-cert", type=Path, default=None,
-                     help="the fleet link's own certificate (CN <client-id>-fleet), needed with TLS and --signing-key")
-    run.add_argument("--fleet-tls-key", type=Path, default=None, help="the fleet link's key")
-    run.add_argument("--signing-key", type=Path, default=None,
-                     help="command-signing key: also run the fleet link (applied versions, re-sends to devices behind)")
-    run.add_argument("--client-id", default="spd-gateway")
-    run.add_argument("--share-group", default=None, help="MQTT 5 shared subscription group (several gateways)")
-    run.add_argument("--his-protocol", choices=["mllp", "http"], default="mllp", help="HL7 v2/MLLP or JSON/HTTP")
-    run.add_argument("--his-url", default=None, help="base URL of the HIS JSON API (--his-protocol http); "
-                     "a bearer token is read from the SPD_HIS_TOKEN environment variable")
-    run.add_argument("--his-host", default="127.0.0.1")
-    run.add_argument("--his-port", type=int, default=2575)
-    run.add_argument("--his-timeout", type=float, default=5.0)
-    run.add_argument("--his-backoff-max", type=float, default=30.0)
-    run.add_argument("--facility", default="HOSP")
-    run.add_argument("--his-lanes", type=int, default=4, choices=range(1, 65), metavar="1..64",
-                     help="parallel HIS connections (a patient's charges always share one)")
-    run.add_argument("--lease-ttl", type=float, default=6.0,
-                     help="seconds before another instance may take over charging when this one dies")
-    run.add_argument("--adt-port", type=int, default=None,
-                     help="listen for the HIS's HL7 ADT feed (MLLP) on this port: the patient census")
-    run.add_argument("--adt-host", default="127.0.0.1", help="address the ADT listener binds to")
-    run.add_argument("--discharge-grace", type=float, default=86400.0, metavar="SECONDS",
-                     help="how long a discharged patient's wristband is still charged (default one day)")
+    from gateway.config import add_arguments
+
+    run = sub.add_parser("run", help="run ingest, charging, the HIS sender and the fleet link "
+                         "(from --config, as the systemd unit does; flags override the file)")
+    add_arguments(run)
     run.set_defaults(func=_run)
+    svc = sub.add_parser("service", help="the same as run (kept for systemd units that name it)")
+    add_arguments(svc)
+    svc.set_defaults(func=_run)
 
     cat = sub.add_parser("catalog-import", help="import the item dictionary from CSV or XLSX (by extension)")
-    cat.add_argument("--db", type=Path, required=True)
-    cat.add_argument("file", type=Path)
+    cat.add_argument("--db", type=Path, required=True, help="the gateway store (SQLite)")
+    cat.add_argument("file", type=Path, help="the item dictionary, .csv or .xlsx")
     cat.set_defaults(func=_catalog_import)
 
     rec = sub.add_parser("recall-import", help="replace the recalled-lots list from CSV or XLSX (by extension)")
-    rec.add_argument("--db", type=Path, required=True)
+    rec.add_argument("--db", type=Path, required=True, help="the gateway store (SQLite)")
     rec.add_argument("--add", action="store_true", help="add to the list instead of replacing it")
     rec.add_argument("--partial", action="store_true", help="import the good rows even when some rows are bad")
-    rec.add_argument("file", type=Path)
+    rec.add_argument("file", type=Path, help="the recalled lots, .csv or .xlsx")
     rec.set_defaults(func=_recall_import)
 
     st = sub.add_parser("staff-import", help="replace the staff list (badges, PINs, roles, departments) "
                         "from CSV or XLSX")
-    st.add_argument("--db", type=Path, required=True)
+    st.add_argument("--db", type=Path, required=True, help="the gateway store (SQLite)")
     st.add_argument("--partial", action="store_true", help="import the good rows even when some rows are bad")
     st.add_argument("--by", default=None, help="who imported (default: the login name), for the audit log")
-    st.add_argument("file", type=Path)
+    st.add_argument("file", type=Path, help="the staff list, .csv or .xlsx (docs/deploy.md)")
     st.set_defaults(func=_staff_import)
 
     cen = sub.add_parser("census-import", help="replace the patient census from CSV or XLSX (sites without ADT)")
-    cen.add_argument("--db", type=Path, required=True)
+    cen.add_argument("--db", type=Path, required=True, help="the gateway store (SQLite)")
     cen.add_argument("--add", action="store_true", help="add to the census instead of replacing it")
     cen.add_argument("--partial", action="store_true", help="import the good rows even when some rows are bad")
     cen.add_argument("--by", default=None, help="who imported (default: the login name), for the audit log")
-    cen.add_argument("file", type=Path)
+    cen.add_argument("file", type=Path, help="the census, .csv or .xlsx (docs/census.md)")
     cen.set_defaults(func=_census_import)
 
     rdy = sub.add_parser("census-ready", help="the ADT-fed census now holds every inpatient: send it to the devices")
-    rdy.add_argument("--db", type=Path, required=True)
+    rdy.add_argument("--db", type=Path, required=True, help="the gateway store (SQLite)")
     rdy.add_argument("--off", action="store_true", help="not complete (again): the devices stop checking patients")
     rdy.add_argument("--by", default=None, help="who said so (default: the login name), for the audit log")
     rdy.set_defaults(func=_census_ready)
 
     exp = sub.add_parser("expiry-import", help="replace the lots' expiry dates (for codes without one) from CSV "
                          "or XLSX")
-    exp.add_argument("--db", type=Path, required=True)
+    exp.add_argument("--db", type=Path, required=True, help="the gateway store (SQLite)")
     exp.add_argument("--partial", action="store_true", help="import the good rows even when some rows are bad")
-    exp.add_argument("file", type=Path)
+    exp.add_argument("file", type=Path, help="lot expiry dates, .csv or .xlsx")
     exp.set_defaults(func=_expiry_import)
 
     cnt = sub.add_parser("counts", help="print the store's counters as JSON")
-    cnt.add_argument("--db", type=Path, required=True)
+    cnt.add_argument("--db", type=Path, required=True, help="the gateway store (SQLite)")
     cnt.set_defaults(func=_counts)
 
     ch = sub.add_parser("charges", help="list charges, or re-send parked ones")
-    ch.add_argument("--db", type=Path, required=True)
-    ch.add_argument("action", choices=["list", "resend"])
-    ch.add_argument("charge_ids", nargs="*")
-    ch.add_argument("--status", default="parked", choices=["all", "pending", "accepted", "parked"])
-    ch.add_argument("--limit", type=int, default=100)
+    ch.add_argument("--db", type=Path, required=True, help="the gateway store (SQLite)")
+    ch.add_argument("action", choices=["list", "resend"], help="list charges, or re-send parked ones")
+    ch.add_argument("charge_ids", nargs="*", help="the parked charges to re-send (resend)")
+    ch.add_argument("--status", default="parked", choices=["all", "pending", "accepted", "parked"],
+                    help="which charges to list (default parked)")
+    ch.add_argument("--limit", type=int, default=100, help="list at most this many")
     ch.set_defaults(func=_charges)
 
     fieldops_cli.register(sub)

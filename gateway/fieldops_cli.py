@@ -257,58 +257,32 @@ def _audit(a: argparse.Namespace) -> int:
     return 0
 
 
-def _service(a: argparse.Namespace) -> int:
-    from device.sdnotify import Watchdog, notify
-    from gateway.app import Gateway, GatewayConfig
-
-    tls = TlsSettings(a.tls_ca, a.tls_cert, a.tls_key) if a.tls_ca else None
-    fleet_tls = TlsSettings(a.tls_ca, a.fleet_tls_cert, a.fleet_tls_key) if a.tls_ca and a.fleet_tls_cert else None
-    # with a signing key the gateway runs its fleet link: applied versions from device state,
-    # desired state re-sent to devices that come back behind
-    gw = Gateway(GatewayConfig(db_path=a.db, broker_host=a.broker_host, broker_port=a.broker_port,
-                               his_host=a.his_host, his_port=a.his_port, facility=a.facility, tls=tls,
-                               fleet_tls=fleet_tls, signing_key=a.signing_key, adt_host=a.adt_host,
-                               adt_port=a.adt_port, discharge_grace_s=a.discharge_grace))
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    gw.start()
-    notify("READY=1")
-    watchdog = Watchdog(lambda: gw.store.query("SELECT 1") == [(1,)]).start()
-    try:
-        stop.wait()
-    finally:
-        notify("STOPPING=1")
-        watchdog.stop()
-        gw.stop()
-    return 0
-
-
 def register(sub: Any) -> None:
     def by(p: argparse.ArgumentParser) -> None:
         p.add_argument("--by", default=None, help="who asked (default: the login name)")
 
     p = sub.add_parser("ca-init", help="create the site CA")
-    p.add_argument("--ca-dir", type=Path, required=True)
-    p.add_argument("--site", required=True)
+    p.add_argument("--ca-dir", type=Path, required=True, help="the site CA directory")
+    p.add_argument("--site", required=True, help="the site id (e.g. H1)")
     p.set_defaults(func=_ca_init)
 
     p = sub.add_parser("enrol-token", help="issue a one-time enrolment token for a device")
-    p.add_argument("--ca-dir", type=Path, required=True)
-    p.add_argument("--site", required=True)
-    p.add_argument("--device", required=True)
-    p.add_argument("--ttl-hours", type=float, default=24.0)
+    p.add_argument("--ca-dir", type=Path, required=True, help="the site CA directory")
+    p.add_argument("--site", required=True, help="the device's site id")
+    p.add_argument("--device", required=True, help="the device id the token enrols")
+    p.add_argument("--ttl-hours", type=float, default=24.0, help="hours the token stays valid")
     p.add_argument("--db", type=Path, default=None, help="gateway store, for the audit log")
     by(p)
     p.set_defaults(func=_enrol_token)
 
     p = sub.add_parser("enrol-serve", help="serve enrolment over HTTPS")
-    p.add_argument("--ca-dir", type=Path, required=True)
-    p.add_argument("--bind", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8443)
-    p.add_argument("--broker-host", required=True)
-    p.add_argument("--broker-port", type=int, default=8883)
-    p.add_argument("--signing-key", type=Path, required=True)
+    p.add_argument("--ca-dir", type=Path, required=True, help="the site CA directory")
+    p.add_argument("--bind", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8443, help="HTTPS port to listen on")
+    p.add_argument("--broker-host", required=True, help="the broker address handed to enrolled devices")
+    p.add_argument("--broker-port", type=int, default=8883, help="the broker port handed to enrolled devices")
+    p.add_argument("--signing-key", type=Path, required=True,
+                   help="command-signing key; its public half is handed to enrolled devices")
     p.add_argument("--max-per-client", type=int, default=8,
                    help="open connections one address may hold (raise it if devices come through one NAT address)")
     p.add_argument("--request-timeout", type=float, default=30.0,
@@ -316,42 +290,45 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_enrol_serve)
 
     p = sub.add_parser("revoke", help="revoke a device's certificates and rewrite the CRL")
-    p.add_argument("--ca-dir", type=Path, required=True)
-    p.add_argument("--device", required=True)
+    p.add_argument("--ca-dir", type=Path, required=True, help="the site CA directory")
+    p.add_argument("--device", required=True, help="the device whose certificates are revoked")
     p.add_argument("--reason", default="cessation_of_operation",
-                   choices=["key_compromise", "superseded", "cessation_of_operation", "unspecified"])
-    p.add_argument("--db", type=Path, default=None)
+                   choices=["key_compromise", "superseded", "cessation_of_operation", "unspecified"],
+                   help="the revocation reason written to the CRL")
+    p.add_argument("--db", type=Path, default=None, help="gateway store, for the audit log")
     by(p)
     p.set_defaults(func=_revoke)
 
     p = sub.add_parser("crl", help="re-issue the CRL (do it before it expires: monthly)")
-    p.add_argument("--ca-dir", type=Path, required=True)
-    p.add_argument("--valid-days", type=int, default=30)
+    p.add_argument("--ca-dir", type=Path, required=True, help="the site CA directory")
+    p.add_argument("--valid-days", type=int, default=30, help="days until the CRL expires")
     p.set_defaults(func=_crl)
 
     p = sub.add_parser("signing-key", help="create the command-signing key; prints its public key")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="where to write the private key (mode 0600)")
     p.set_defaults(func=_signing_key)
 
     p = sub.add_parser("broker-acl", help="write the Mosquitto ACL for the site(s)")
-    p.add_argument("--site", action="append", required=True)
+    p.add_argument("--site", action="append", required=True, help="a site id; repeat for several sites")
     p.add_argument("--gateway", action="append", default=None,
                    help=f"a gateway instance's client id (default {GATEWAY_IDENTITY}); repeat for several instances: "
                         "each gets rights for itself and its fleet link ('<id>-fleet')")
-    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=None, help="write the ACL here (default: standard output)")
     p.set_defaults(func=_broker_acl)
 
     p = sub.add_parser("broker-config", help="render the Mosquitto TLS listener config")
-    p.add_argument("--template", type=Path, default=DEFAULT_TEMPLATE)
-    p.add_argument("--port", type=int, default=8883)
-    p.add_argument("--bind", default="0.0.0.0")
-    for name in ("ca-file", "cert-file", "key-file", "crl-file", "acl-file", "persistence-dir"):
-        p.add_argument(f"--{name}", type=Path, required=True)
+    p.add_argument("--template", type=Path, default=DEFAULT_TEMPLATE, help="the Mosquitto configuration template")
+    p.add_argument("--port", type=int, default=8883, help="the TLS listener's port")
+    p.add_argument("--bind", default="0.0.0.0", help="the TLS listener's address")
+    for name, what in (("ca-file", "the site CA certificate"), ("cert-file", "the broker's certificate"),
+                       ("key-file", "the broker's key"), ("crl-file", "the CRL"), ("acl-file", "the ACL"),
+                       ("persistence-dir", "Mosquitto's persistence directory")):
+        p.add_argument(f"--{name}", type=Path, required=True, help=f"{what}, as the broker sees it")
     p.set_defaults(func=_broker_config)
 
     p = sub.add_parser("import-events", help="store an spd-device export file, exactly once")
-    p.add_argument("--db", type=Path, required=True)
-    p.add_argument("file", type=Path)
+    p.add_argument("--db", type=Path, required=True, help="the gateway store (SQLite)")
+    p.add_argument("file", type=Path, help="the export file written by spd-device export-events")
     by(p)
     p.set_defaults(func=_import_events)
 
@@ -360,17 +337,18 @@ def register(sub: Any) -> None:
                                ("lockdown", _lockdown, "lock a cabinet down (refuse every badge), or lift it"),
                                ("rotate-credentials", _rotate, "have a device renew its key and certificate")):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("--db", type=Path, required=True)
-        p.add_argument("--signing-key", type=Path, required=True)
-        p.add_argument("--broker-host", default="127.0.0.1")
-        p.add_argument("--broker-port", type=int, default=8883)
-        p.add_argument("--tls-ca")
-        p.add_argument("--tls-cert")
-        p.add_argument("--tls-key")
-        p.add_argument("--site", required=True)
+        p.add_argument("--db", type=Path, required=True, help="the gateway store (SQLite)")
+        p.add_argument("--signing-key", type=Path, required=True, help="the command-signing key")
+        p.add_argument("--broker-host", default="127.0.0.1", help="the MQTT broker")
+        p.add_argument("--broker-port", type=int, default=8883, help="the MQTT broker's port")
+        p.add_argument("--tls-ca", help="the site CA (mutual TLS to the broker)")
+        p.add_argument("--tls-cert", help="the gateway's client certificate")
+        p.add_argument("--tls-key", help="the gateway's client key")
+        p.add_argument("--site", required=True, help="the device's site id")
         by(p)
         if name == "push":
-            p.add_argument("--component", required=True, choices=[c.value for c in Component])
+            p.add_argument("--component", required=True, choices=[c.value for c in Component],
+                           help="what to publish")
             source = p.add_mutually_exclusive_group(required=True)
             source.add_argument("--file", type=Path, help="the component as JSON")
             source.add_argument("--build", action="store_true",
@@ -382,51 +360,34 @@ def register(sub: Any) -> None:
                            help="with --build of the catalog: how long a discharged wristband is still charged")
             p.add_argument("--device", action="append", help="only these devices (default: all known)")
         elif name == "unlock":
-            p.add_argument("--device", required=True)
-            p.add_argument("--seconds", type=int, default=5)
+            p.add_argument("--device", required=True, help="the cabinet to unlock")
+            p.add_argument("--seconds", type=int, default=5, help="how long the latch stays released")
         elif name == "lockdown":
-            p.add_argument("--device", required=True)
+            p.add_argument("--device", required=True, help="the cabinet to lock down")
             onoff = p.add_mutually_exclusive_group(required=True)
-            onoff.add_argument("--on", dest="on", action="store_true")
-            onoff.add_argument("--off", dest="on", action="store_false")
-            p.add_argument("--reason", required=True)
+            onoff.add_argument("--on", dest="on", action="store_true", help="refuse every badge")
+            onoff.add_argument("--off", dest="on", action="store_false", help="lift the lockdown")
+            p.add_argument("--reason", required=True, help="why (recorded and shown on the device)")
         else:
-            p.add_argument("--device", required=True)
+            p.add_argument("--device", required=True, help="the device to renew its credentials")
             p.add_argument("--enrol-url", required=True, help="the enrolment service, https://host:port")
         p.set_defaults(func=fn)
 
-    p = sub.add_parser("service", help="run the gateway under systemd, over TLS (Type=notify, WatchdogSec=)")
-    p.add_argument("--db", type=Path, required=True)
-    p.add_argument("--broker-host", default="127.0.0.1")
-    p.add_argument("--broker-port", type=int, default=8883)
-    p.add_argument("--tls-ca")
-    p.add_argument("--tls-cert")
-    p.add_argument("--tls-key")
-    p.add_argument("--his-host", default="127.0.0.1")
-    p.add_argument("--his-port", type=int, default=2575)
-    p.add_argument("--facility", default="HOSP")
-    p.add_argument("--fleet-tls-cert", help="the fleet link's own certificate (CN spd-gateway-fleet)")
-    p.add_argument("--fleet-tls-key")
-    p.add_argument("--signing-key", type=Path, default=None, help="command-signing key: also run the fleet link")
-    p.add_argument("--adt-port", type=int, default=None, help="listen for the HIS's HL7 ADT feed (docs/census.md)")
-    p.add_argument("--adt-host", default="127.0.0.1")
-    p.add_argument("--discharge-grace", type=float, default=86400.0, metavar="SECONDS")
-    p.set_defaults(func=_service)
-
     p = sub.add_parser("devices", help="list devices: online/offline, last seen, version, backlog, alarms")
-    p.add_argument("--db", type=Path, required=True)
-    p.add_argument("--offline-after", type=float, default=120.0)
+    p.add_argument("--db", type=Path, required=True, help="the gateway store (SQLite)")
+    p.add_argument("--offline-after", type=float, default=120.0,
+                   help="seconds without a state report before a device is listed offline")
     p.set_defaults(func=_devices)
 
     p = sub.add_parser("alarms", help="hash-chain breaks and alarm events")
-    p.add_argument("--db", type=Path, required=True)
+    p.add_argument("--db", type=Path, required=True, help="the gateway store (SQLite)")
     p.set_defaults(func=_alarms)
 
     p = sub.add_parser("audit", help="who sent which command, enrolments, revocations, imports; "
                                      "'audit verify' checks the hash chain")
     p.add_argument("what", nargs="?", choices=["list", "verify"], default="list",
                    help="list (default) the rows, or verify the chain: exit 1 naming the first broken row")
-    p.add_argument("--db", type=Path, required=True)
-    p.add_argument("--device", default=None)
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--db", type=Path, required=True, help="the gateway store (SQLite)")
+    p.add_argument("--device", default=None, help="only entries about this device")
+    p.add_argument("--limit", type=int, default=100, help="show at most this many entries")
     p.set_defaults(func=_audit)

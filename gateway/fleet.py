@@ -27,6 +27,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from device.heartbeat import MQTT_LOOP_DEADLINE_S, HeartbeatRegistry, watch_mqtt_loop
 from device.remote import CommandKind, Component
 from device.sync import TlsSettings
 from device.wire import Channel, DeviceState, DeviceStatus, WireError, decode_state, subscription, topic
@@ -228,12 +229,13 @@ class FleetLink:
     """The fleet's MQTT connection (gateway identity): reads device state, publishes commands."""
 
     def __init__(self, store: GatewayStore, *, host: str, port: int, tls: TlsSettings | None,
-                 client_id: str = "spd-gateway-fleet") -> None:
+                 client_id: str = "spd-gateway-fleet", heartbeats: HeartbeatRegistry | None = None) -> None:
         self.store = store
         self.fleet: Fleet | None = None
         self._connected = threading.Event()
         self._network_thread = -1  # set on connect: the thread paho runs callbacks on
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        c.reconnect_delay_set(min_delay=0.5, max_delay=10)  # type: ignore[arg-type]  # within the heartbeat deadline
         if tls is not None:
             c.tls_set(ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file,
                       tls_version=ssl.PROTOCOL_TLS_CLIENT)
@@ -241,6 +243,8 @@ class FleetLink:
         c.on_message = self._on_message
         self._client = c
         self.host, self.port = host, port
+        self._beat = (heartbeats or HeartbeatRegistry()).heartbeat("fleet-mqtt", deadline_s=MQTT_LOOP_DEADLINE_S)
+        watch_mqtt_loop(c, self._beat)
 
     def publish(self, topic_text: str, payload: bytes, retain: bool) -> None:
         info = self._client.publish(topic_text, payload, qos=1, retain=retain)
@@ -249,6 +253,7 @@ class FleetLink:
 
     def start(self) -> FleetLink:
         self._client.connect_async(self.host, self.port, keepalive=15)
+        self._beat.watch()
         self._client.loop_start()
         return self
 
@@ -256,6 +261,7 @@ class FleetLink:
         return self._connected.wait(timeout_s)
 
     def stop(self) -> None:
+        self._beat.retire()
         self._client.disconnect()
         self._client.loop_stop()
 

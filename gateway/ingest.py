@@ -21,6 +21,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from device.heartbeat import MQTT_LOOP_DEADLINE_S, HeartbeatRegistry, watch_mqtt_loop
 from device.sync import TlsSettings
 from device.wire import (
     Ack,
@@ -63,6 +64,7 @@ class IngestService:
         share_group: str | None = None,
         tls: TlsSettings | None = None,
         on_stored: Callable[[int], None] | None = None,
+        heartbeats: HeartbeatRegistry | None = None,
     ) -> None:
         self.store = store
         self.stats = IngestStats()
@@ -81,11 +83,14 @@ class IngestService:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         self._client = client
+        self._beat = (heartbeats or HeartbeatRegistry()).heartbeat("ingest-mqtt", deadline_s=MQTT_LOOP_DEADLINE_S)
+        watch_mqtt_loop(client, self._beat)
 
     def start(self) -> IngestService:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = 3600  # the broker queues events while the gateway restarts
         self._client.connect_async(self.host, self.port, keepalive=15, clean_start=False, properties=props)
+        self._beat.watch()
         self._client.loop_start()
         return self
 
@@ -93,6 +98,7 @@ class IngestService:
         return self._connected.wait(timeout_s)
 
     def stop(self) -> None:
+        self._beat.retire()
         self._client.disconnect()
         self._client.loop_stop()
 

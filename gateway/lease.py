@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 
+from device.heartbeat import HeartbeatRegistry
 from gateway.store import GatewayStore
 
 log = logging.getLogger(__name__)
@@ -23,13 +24,16 @@ CHARGING_LEASE = "charging"
 class Leadership:
     """Keeps (or waits for) the ``charging`` lease in a background thread."""
 
-    def __init__(self, store: GatewayStore, holder: str, *, ttl_s: float = 6.0) -> None:
+    def __init__(self, store: GatewayStore, holder: str, *, ttl_s: float = 6.0,
+                 heartbeats: HeartbeatRegistry | None = None) -> None:
         self.store = store
         self.holder = holder
         self.ttl_s = ttl_s
         self._valid_until = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # renewals every ttl/3; one may wait 30 s on a busy store
+        self._beat = (heartbeats or HeartbeatRegistry()).heartbeat("lease", deadline_s=max(60.0, 3 * ttl_s))
 
     def is_leader(self) -> bool:
         # keep a safety margin: stop acting a third of the ttl before the lease could be taken
@@ -52,18 +56,21 @@ class Leadership:
 
     def start(self) -> Leadership:
         self.renew()
+        self._beat.watch()
         self._thread = threading.Thread(target=self._run, name="lease", daemon=True)
         self._thread.start()
         return self
 
     def _run(self) -> None:
         while not self._stop.wait(self.ttl_s / 3):
+            self._beat()
             self.renew()
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        self._beat.retire()
         if self._valid_until:
             try:
                 self.store.release_lease(CHARGING_LEASE, self.holder)

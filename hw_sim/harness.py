@@ -236,17 +236,24 @@ class SpineHarness:
         """Start (or restart) gateway ``instance``; with several, they share an MQTT 5 subscription and the store."""
         gw = self.gateways.get(instance)
         if gw is None:
-            argv = [
-                sys.executable, "-m", "gateway.cli", "-v", "run", "--db", str(self.gateway_db),
-                "--broker-port", str(self.broker.port), "--his-port", str(self.his.port),
-                "--his-timeout", "2", "--his-backoff-max", str(self.his_backoff_max_s),
-                "--client-id", f"spd-gateway-{instance}", "--lease-ttl", str(self.lease_ttl_s),
-            ]
-            if self.gateway_count > 1:
-                argv += ["--share-group", "spd-gateways"]
+            # through a configuration file, as the systemd unit starts it: the tested path is the deployed one
+            conf = self.workdir / f"gateway-{instance}.toml"
+            conf.write_text(self.gateway_toml(instance), encoding="utf-8")
+            argv = [sys.executable, "-m", "gateway.cli", "-v", "run", "--config", str(conf)]
             gw = ManagedProcess(f"gateway-{instance}", argv, self.workdir / f"gateway-{instance}.log", self.env)
             self.gateways[instance] = gw
         return gw.start()
+
+    def gateway_toml(self, instance: int = 0) -> str:
+        """The configuration file of gateway ``instance`` (the layout of deploy/examples/gateway.toml)."""
+        share = '\nshare_group = "spd-gateways"' if self.gateway_count > 1 else ""
+        return (  # a JSON string is a valid TOML basic string
+            f"[store]\npath = {json.dumps(str(self.gateway_db))}\n\n"
+            f'[broker]\nhost = "127.0.0.1"\nport = {self.broker.port}\nclient_id = "spd-gateway-{instance}"{share}\n\n'
+            f'[his]\nprotocol = "mllp"\nhost = "127.0.0.1"\nport = {self.his.port}\ntimeout_s = 2.0\n'
+            f"backoff_max_s = {float(self.his_backoff_max_s)}\n\n"
+            f"[lease]\nttl_s = {float(self.lease_ttl_s)}\n"
+        )
 
     def kill_gateway(self, instance: int = 0) -> None:
         self.gateways[instance].kill()

@@ -250,13 +250,14 @@ def test_the_simulated_his_sends_adt_from_the_command_line(rig: Rig, capsys: pyt
 
 def test_run_and_service_take_the_adt_options() -> None:
     from gateway.cli import build_parser
+    from gateway.config import config_from_args
 
     for cmd in ("run", "service"):
-        a = build_parser().parse_args([cmd, "--db", "gw.db", "--adt-port", "2576", "--adt-host", "0.0.0.0",
-                                       "--discharge-grace", "3600"])
-        assert (a.adt_port, a.adt_host, a.discharge_grace) == (2576, "0.0.0.0", 3600.0)
-        a = build_parser().parse_args([cmd, "--db", "gw.db"])
-        assert (a.adt_port, a.adt_host, a.discharge_grace) == (None, "127.0.0.1", 86400.0)
+        cfg = config_from_args(build_parser().parse_args([cmd, "--db", "gw.db", "--adt-port", "2576", "--adt-host",
+                                                          "0.0.0.0", "--discharge-grace", "3600"]))
+        assert (cfg.adt_port, cfg.adt_host, cfg.discharge_grace_s) == (2576, "0.0.0.0", 3600.0)
+        cfg = config_from_args(build_parser().parse_args([cmd, "--db", "gw.db"]))
+        assert (cfg.adt_port, cfg.adt_host, cfg.discharge_grace_s) == (None, "127.0.0.1", 86400.0)
 
 
 _ADT_PIECES = ["MSH|^~\\&|HIS|HOSP|SPD|SPD|20261203||ADT^A01|M1|P|2.5", "MSH|", "EVN|A03|2026", "PID|1||ZY1||Li^Na",

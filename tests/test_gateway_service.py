@@ -1,4 +1,4 @@
-"""``spd-gateway service`` as systemd runs it: READY and WATCHDOG over $NOTIFY_SOCKET, STOPPING on SIGTERM."""
+"""``spd-gateway run --config`` as systemd runs it: READY and WATCHDOG over $NOTIFY_SOCKET, STOPPING on SIGTERM."""
 
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ def test_service_notifies_ready_and_watchdog_and_stops_cleanly(tmp_path: Path, b
     sock.bind(sock_path)
     sock.settimeout(20)
     env = dict(os.environ, NOTIFY_SOCKET=sock_path, WATCHDOG_USEC="1000000")
+    conf = tmp_path / "gateway.toml"
+    conf.write_text(f'[store]\npath = "gw.db"\n[broker]\nport = {broker.port}\n[his]\nport = 1\n')
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "service", "--db", str(tmp_path / "gw.db"),
-         "--broker-port", str(broker.port), "--his-port", "1"],
+        [sys.executable, "-m", "gateway.cli", "run", "--config", str(conf)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     try:

@@ -15,6 +15,9 @@ Threads, and what each owns (nothing else touches what a thread owns):
 * sync threads (:class:`device.sync.DeviceSync`: paho's network thread and the
   sender) — the MQTT connection; woken after every commit.
 
+``cabinet-loop`` and ``cabinet-reader`` beat heartbeats of those names
+(:mod:`device.heartbeat`); a count declares its own, longer deadline.
+
 The event log is thread-safe; the loop is the only writer of cabinet events,
 the handheld pairing path (also on the loop) writes ``consume`` events.
 """
@@ -46,6 +49,7 @@ from device.hal.pins import PinFactory, load_pin_factory
 from device.hal.rfid.r2000 import Session
 from device.hal.rfid.reader import ReaderDisconnected, ReaderError, RfidReader
 from device.handheld import Handheld
+from device.heartbeat import HeartbeatRegistry
 from device.scan_policy import ScanPolicy
 from device.udi import Udi, parse_udi
 from device.udi.wristband import WristbandFormat, parse_wristband
@@ -58,6 +62,7 @@ WRISTBAND_HOLD_S = 120.0  # a wristband scan pairs with an item scanned within t
 _TICK_S = 0.05
 POLL_ATTEMPTS = 3  # failed idle polls (or counts) in a row before the reader is reported offline
 POLL_RETRY_S = 0.1
+LOOP_DEADLINE_S = 30.0  # the loop ticks every 50 ms; a handler's event-log write (fsync) may take seconds
 
 
 def link_deadline(taken_ms: int, within_s: float, *, wall: float, mono: float) -> float:
@@ -85,6 +90,7 @@ class CabinetAgent:
         on_committed: Callable[[Event], None] | None = None,
         wristband_format: WristbandFormat | None = None,
         scan_policy: ScanPolicy | None = None,
+        heartbeats: HeartbeatRegistry | None = None,
     ) -> None:
         self.config = config
         self.scan_policy = scan_policy
@@ -141,12 +147,21 @@ class CabinetAgent:
         self._threads: list[threading.Thread] = []
         self.counts: list[tuple[float, float]] = []  # (door closed monotonic, count committed monotonic)
         self._closed_at = 0.0
+        hb = heartbeats or HeartbeatRegistry()
+        rc = config.reader
+        self._loop_beat = hb.heartbeat("cabinet-loop", deadline_s=LOOP_DEADLINE_S)
+        # idle: a poll every poll_s, each up to POLL_ATTEMPTS answers; a count declares its own deadline
+        self._reader_beat = hb.heartbeat(
+            "cabinet-reader", deadline_s=max(60.0, 2 * rc.poll_s + 3 * POLL_ATTEMPTS * rc.timeout_s))
+        self.count_deadline_s = 60.0 + 3 * rc.max_rounds * max(1, len(rc.antennas)) * rc.timeout_s
 
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> CabinetAgent:
         self._rebuild_pending_links()
         baseline = not self.snapshot_path.exists()
+        self._loop_beat.watch()
+        self._reader_beat.watch()
         self._threads = [
             threading.Thread(target=self._loop, name="cabinet-loop", daemon=True),
             threading.Thread(target=self._reader_worker, args=(baseline,), name="cabinet-reader", daemon=True),
@@ -165,6 +180,8 @@ class CabinetAgent:
             s.stop()
         for t in self._threads:
             t.join(timeout=10)
+        self._loop_beat.retire()
+        self._reader_beat.retire()
         self._record_before_stop()
         for lock in self.locks.values():
             lock.close()
@@ -226,6 +243,7 @@ class CabinetAgent:
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
+            self._loop_beat()
             try:
                 fn, args = self._inbox.get(timeout=_TICK_S)
             except queue.Empty:
@@ -314,12 +332,14 @@ class CabinetAgent:
 
         if baseline:
             try:
-                result = count_stable(self.reader, {}, self.policy)
+                with self._reader_beat.blocking(self.count_deadline_s):
+                    result = count_stable(self.reader, {}, self.policy)
                 report(True, "")
                 self.post(self._set_baseline, result.present)
             except ReaderError as err:
                 report(False, err.message)
         while not self._stopping.is_set():
+            self._reader_beat()
             try:
                 job = self._count_jobs.get(timeout=rc.poll_s)
             except queue.Empty:
@@ -333,7 +353,8 @@ class CabinetAgent:
             failures = 0  # counts in a row the reader failed (an answer lost even after the reader's resend)
             while not self._stopping.is_set():
                 try:
-                    result = count_stable(self.reader, previous, self.policy)
+                    with self._reader_beat.blocking(self.count_deadline_s):
+                        result = count_stable(self.reader, previous, self.policy)
                 except ReaderError as err:
                     failures += 1
                     if not isinstance(err, ReaderDisconnected):

@@ -372,6 +372,8 @@ def _doctor(a: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     p = sub.add_parser("doctor", help="check config, hardware, clock, disk, log, certificate and broker")
-    p.add_argument("--config", type=Path, default=Path("/etc/spd-device/device.toml"))
-    p.add_argument("--broker-timeout", type=float, default=5.0)
+    p.add_argument("--config", type=Path, default=Path("/etc/spd-device/device.toml"),
+                   help="the device configuration file (TOML)")
+    p.add_argument("--broker-timeout", type=float, default=5.0,
+                   help="seconds to wait for the broker before reporting it unreachable")
     p.set_defaults(func=_doctor)

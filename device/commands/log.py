@@ -38,7 +38,8 @@ def _verify(a: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     p = sub.add_parser("log", help="event log status and verification")
-    p.add_argument("--config", type=Path, default=Path("/etc/spd-device/device.toml"))
+    p.add_argument("--config", type=Path, default=Path("/etc/spd-device/device.toml"),
+                   help="the device configuration file (TOML)")
     ls = p.add_subparsers(dest="log_cmd", required=True)
     ls.add_parser("status", help="backlog and sequence numbers").set_defaults(func=_status)
     ls.add_parser("verify", help="PRAGMA integrity_check and the hash chain").set_defaults(func=_verify)

@@ -583,24 +583,25 @@ def register(sub: Any) -> None:
         p.add_argument("--deliver-timeout", type=float, default=0.0, help="seconds to try delivering them first")
 
     p = sub.add_parser("provision", help="enrol this device with a one-time token")
-    p.add_argument("--config", type=Path, default=default_cfg)
-    p.add_argument("--data-dir", type=Path, default=Path("/var/lib/spd-device"))
-    p.add_argument("--kind", choices=("cabinet", "handheld"), default="cabinet")
+    p.add_argument("--config", type=Path, default=default_cfg, help="the device configuration file (TOML)")
+    p.add_argument("--data-dir", type=Path, default=Path("/var/lib/spd-device"),
+                   help="where the event log and device state live")
+    p.add_argument("--kind", choices=("cabinet", "handheld"), default="cabinet", help="what this device is")
     enrol_args(p)
     p.set_defaults(func=_cmd(_provision))
 
     r = sub.add_parser("reprovision", help="new site/identity/layout; never leaves events behind")
-    r.add_argument("--config", type=Path, default=default_cfg)
+    r.add_argument("--config", type=Path, default=default_cfg, help="the device configuration file (TOML)")
     enrol_args(r)
     retire_args(r)
     r.set_defaults(func=_cmd(_reprovision))
 
     z = sub.add_parser("reset", help="retire this device's identity; never leaves events behind")
-    z.add_argument("--config", type=Path, default=default_cfg)
+    z.add_argument("--config", type=Path, default=default_cfg, help="the device configuration file (TOML)")
     retire_args(z)
     z.set_defaults(func=_cmd(_reset))
 
     e = sub.add_parser("export-events", help="write unacknowledged events to a file for import-events")
-    e.add_argument("--config", type=Path, default=default_cfg)
-    e.add_argument("--out", type=Path, required=True)
+    e.add_argument("--config", type=Path, default=default_cfg, help="the device configuration file (TOML)")
+    e.add_argument("--out", type=Path, required=True, help="the export file to write")
     e.set_defaults(func=_cmd(_export))

@@ -15,14 +15,20 @@ from typing import Any
 from device.cabinet.config import cabinet_config
 from device.config import ConfigError
 from device.hal.pins import PinFactory
+from device.heartbeat import HeartbeatRegistry
 
 log = logging.getLogger(__name__)
 
+MAIN_DEADLINE_S = 120.0  # a pass every second; a prune of a large log may take a while
 
-def run(config_path: Path, *, stop: threading.Event | None = None, pin_factory: PinFactory | None = None) -> int:
+
+def run(config_path: Path, *, stop: threading.Event | None = None, pin_factory: PinFactory | None = None,
+        heartbeats: HeartbeatRegistry | None = None) -> int:
     """Start event log, device agent, remote commands and sync; block until ``stop`` is set (or a signal arrives).
 
     ``pin_factory`` overrides the configured GPIO backend (a bench or simulator passes its own bank of pins).
+    Every loop that must run (``cabinet-loop``, ``cabinet-reader``, ``sync-mqtt``, ``sync-sender`` and
+    this thread's ``device-main``) beats in ``heartbeats``, which ``spd-device service`` ties to the watchdog.
     """
     from device.cabinet.agent import CabinetAgent
     from device.catalog_cache import CatalogCache
@@ -40,6 +46,7 @@ def run(config_path: Path, *, stop: threading.Event | None = None, pin_factory: 
     if cfg.kind != "cabinet":
         raise ConfigError(cfg.source, "device.kind", f"'run' drives a cabinet or a handheld, not a {cfg.kind}")
     cab = cabinet_config(cfg)
+    heartbeats = heartbeats or HeartbeatRegistry()
     verifier = load_verifier(cfg)
     eventlog = EventLog(cfg.log_path, device=cfg.device_id, retention_s=cfg.log.retention_days * 86400)
     # validation at the scan: the catalog the gateway pushed, and the serials this cabinet already consumed
@@ -47,7 +54,7 @@ def run(config_path: Path, *, stop: threading.Event | None = None, pin_factory: 
     consumed.catch_up(eventlog)
     policy = ScanPolicy(CatalogCache(catalog_cache_path(cfg)), consumed)
     agent = CabinetAgent(cab, eventlog=eventlog, data_dir=cfg.data_dir, pin_factory=pin_factory,
-                         on_committed=lambda ev: sync.notify(), scan_policy=policy)
+                         on_committed=lambda ev: sync.notify(), scan_policy=policy, heartbeats=heartbeats)
     remote = None if verifier is None else build_remote(Path(config_path), cfg, verifier, agent=agent,
                                                         eventlog=eventlog, config_version=effective.config_version,
                                                         catalog=policy.cache)
@@ -59,6 +66,7 @@ def run(config_path: Path, *, stop: threading.Event | None = None, pin_factory: 
         tls=TlsSettings(str(tls.ca_file), str(tls.cert_file), str(tls.key_file)) if tls else None,
         on_command=remote.on_command if remote is not None else None,
         state_extra=remote.state_extra if remote is not None else None,
+        heartbeats=heartbeats,
     )
     if remote is not None:
         def after_command() -> None:
@@ -77,14 +85,17 @@ def run(config_path: Path, *, stop: threading.Event | None = None, pin_factory: 
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
+    main_beat = heartbeats.register("device-main", deadline_s=MAIN_DEADLINE_S)
     agent.start()
     sync.start()
     log.info("cabinet %s running (%s, reader %s, remote commands %s)", cfg.device_id, cab.pin_factory,
              cab.reader.url, "on" if remote is not None else "off")
     try:
         while not stop.wait(1.0):
+            main_beat()
             eventlog.prune()
     finally:
+        main_beat.retire()
         sync.stop()
         agent.stop()
         if remote is not None:
@@ -109,5 +120,6 @@ def _main(a: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     p = sub.add_parser("run", help="run the device agent (cabinet or handheld, from device.kind)")
-    p.add_argument("--config", type=Path, default=Path("/etc/spd-device/device.toml"))
+    p.add_argument("--config", type=Path, default=Path("/etc/spd-device/device.toml"),
+                   help="the device configuration file (TOML)")
     p.set_defaults(func=_main)

@@ -1,4 +1,5 @@
-"""``spd-device service``: ``run`` under systemd, with READY/STOPPING notifications and a health-gated watchdog."""
+"""``spd-device service``: ``run`` under systemd, with READY/STOPPING notifications and a watchdog that pings
+only while every loop of the agent beats (:mod:`device.heartbeat`) and the event log answers."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from device.config import ConfigError, load_config
+from device.heartbeat import HeartbeatRegistry
 from device.sdnotify import Watchdog, notify
 
 
@@ -46,9 +48,11 @@ def _service(a: argparse.Namespace) -> int:
             time.sleep(0.2)
 
     threading.Thread(target=announce_ready, name="sd-ready", daemon=True).start()
-    watchdog = Watchdog(lambda: log_readable(cfg.log_path)).start()
+    # pings only while every loop of the agent beats on time and the event log answers
+    heartbeats = HeartbeatRegistry()
+    watchdog = Watchdog(lambda: log_readable(cfg.log_path), heartbeats=heartbeats).start()
     try:
-        return run(a.config)
+        return run(a.config, heartbeats=heartbeats)
     except ConfigError as err:
         print(f"configuration error: {err}")
         return 2
@@ -60,5 +64,6 @@ def _service(a: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     p = sub.add_parser("service", help="run the agent under systemd (Type=notify, WatchdogSec=)")
-    p.add_argument("--config", type=Path, default=Path("/etc/spd-device/device.toml"))
+    p.add_argument("--config", type=Path, default=Path("/etc/spd-device/device.toml"),
+                   help="the device configuration file (TOML)")
     p.set_defaults(func=_service)

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from device.heartbeat import HeartbeatRegistry
 from gateway.his.adapter import HisAdapter, HisOutcome
 from gateway.store import GatewayStore, OutboxCharge
 
@@ -46,6 +47,17 @@ class SenderStats:
     accepted: int = 0
     parked: int = 0
     retries: int = 0
+
+
+LANE_DEADLINE_S = 60.0  # a lane beats at least every pass (≤ 5 s); store writes may wait 30 s on a busy store
+
+
+def send_deadline_s(adapter: HisAdapter) -> float:
+    """How long one ``adapter.send`` may legitimately block: two attempts (a kept connection found dead,
+    then a new one), each a connect, a write and the wait for the answer, plus the store write after it."""
+    timeout = float(getattr(adapter, "timeout_s", 30.0))
+    connect = float(getattr(adapter, "connect_timeout_s", timeout))
+    return 2 * (connect + 2 * timeout) + LANE_DEADLINE_S
 
 
 def lane_of(admission: str, lanes: int) -> int:
@@ -68,6 +80,7 @@ class HisSender:
         may_run: Callable[[], bool] = lambda: True,
         lane: int = 0,
         lanes: int = 1,
+        heartbeats: HeartbeatRegistry | None = None,
     ) -> None:
         if not 0 <= lane < lanes:
             raise ValueError(f"lane {lane} is not in 0..{lanes - 1}")
@@ -86,6 +99,9 @@ class HisSender:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # the lane's heartbeat; a send declares its own, longer deadline (a slow HIS is not a wedged lane)
+        self._beat = (heartbeats or HeartbeatRegistry()).heartbeat(f"his-sender-{lane}", deadline_s=LANE_DEADLINE_S)
+        self.send_deadline_s = send_deadline_s(adapter)
 
     def notify(self) -> None:
         self._wake.set()
@@ -109,7 +125,8 @@ class HisSender:
             if charge.next_attempt_at > t:
                 blocked.add(charge.admission)
                 continue
-            result = self.adapter.send(charge.charge_id, self._message(charge))
+            with self._beat.blocking(self.send_deadline_s):
+                result = self.adapter.send(charge.charge_id, self._message(charge))
             sent += 1
             self.stats.sent += 1
             if result.outcome is HisOutcome.ACCEPTED:
@@ -141,6 +158,7 @@ class HisSender:
     # ------------------------------------------------------------ thread
 
     def start(self) -> HisSender:
+        self._beat.watch()
         self._thread = threading.Thread(target=self._run, name=f"his-sender-{self.lane}", daemon=True)
         self._thread.start()
         return self
@@ -150,10 +168,12 @@ class HisSender:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=15)
+        self._beat.retire()
         self.adapter.close()
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self._beat()
             try:
                 n = self.run_once()
             except Exception:

@@ -1,0 +1,99 @@
+"""The cabinet agent's watchdog: wedge each loop that must run in turn; the pings to systemd stop and name it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.publish as mqtt_publish
+import pytest
+
+from device.cabinet.agent import CabinetAgent
+from device.cabinet.allowlist import Badge, Role, write_allowlist
+from device.cabinet.session import Cabinet
+from device.commands.run import run
+from device.eventlog import EventLog
+from device.heartbeat import HeartbeatRegistry
+from device.sdnotify import Watchdog
+from device.sync import DeviceSync
+from device.wire import Channel, topic
+from hw_sim.broker import MosquittoBroker
+from hw_sim.rfid_reader import SimR2000Reader
+from tests.watchdog_helpers import FakeClock, NotifySocket, Wedge, assert_pings_stop_naming
+
+LOOPS = ["cabinet-loop", "cabinet-reader", "sync-sender", "sync-mqtt", "device-main"]
+
+
+@pytest.fixture
+def notify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[NotifySocket]:
+    n = NotifySocket(tmp_path / "notify")
+    monkeypatch.setenv("NOTIFY_SOCKET", n.path)
+    yield n
+    n.close()
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_wedged_cabinet_loop_stops_the_pings_and_is_named(loop: str, tmp_path: Path, broker: MosquittoBroker,
+                                                            notify: NotifySocket,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    reader = SimR2000Reader(tags_per_s=3000)
+    reader.add_tag("3035A875440B5E00000F4247", antennas=(1,))
+    write_allowlist(tmp_path / "allow.json", [Badge("04A1B2C3", "N0001", Role.NURSE)])
+    cfg = tmp_path / "cab.toml"
+    cfg.write_text(f"""
+[device]
+id = "CABWD"
+site = "H1"
+data_dir = "data"
+[broker]
+port = {broker.port}
+[cabinet]
+dept = "ICU-2"
+pin_factory = "sim"
+allowlist_file = "allow.json"
+[[cabinet.doors]]
+name = "door"
+lock_pin = 5
+door_pin = 6
+[cabinet.reader]
+url = "{reader.url}"
+timeout_s = 0.3
+poll_s = 0.1
+""", encoding="utf-8")
+    wedge = Wedge()
+    # each loop hangs in a call only it makes (a deadlocked handler, a stuck read ...)
+    monkeypatch.setattr(Cabinet, "tick", wedge.hang_if("cabinet-loop", Cabinet.tick))
+    monkeypatch.setattr(CabinetAgent, "_poll_reader", wedge.hang_if("cabinet-reader", CabinetAgent._poll_reader))
+    monkeypatch.setattr(DeviceSync, "_send_some", wedge.hang_if("sync-sender", DeviceSync._send_some))
+    monkeypatch.setattr(DeviceSync, "_on_message", wedge.hang_if("sync-mqtt", DeviceSync._on_message))
+    monkeypatch.setattr(EventLog, "prune", wedge.hang_if("device-main", EventLog.prune))
+    clock = FakeClock()
+    heartbeats = HeartbeatRegistry(clock=clock)
+    stop = threading.Event()
+    t = threading.Thread(target=run, args=(cfg,), kwargs={"stop": stop, "heartbeats": heartbeats}, daemon=True)
+    t.start()
+    watchdog = Watchdog(lambda: True, interval_s=0.05, heartbeats=heartbeats).start()
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (
+                (tmp_path / "data" / "inventory.json").exists() and sorted(heartbeats.names()) == sorted(LOOPS)):
+            time.sleep(0.02)  # started, and the baseline count done
+        assert sorted(heartbeats.names()) == sorted(LOOPS)
+        wedge.target = loop
+        if loop == "sync-mqtt":  # a message (an ack) whose handler never returns, on paho's network thread
+            for _ in range(40):
+                mqtt_publish.single(topic("H1", "CABWD", Channel.ACK), b"{}", qos=1, hostname="127.0.0.1",
+                                    port=broker.port)
+                if wedge.entered.wait(0.5):
+                    break
+        assert_pings_stop_naming(watchdog, heartbeats, notify, clock, wedge, loop)
+    finally:
+        wedge.release.set()
+        stop.set()
+        t.join(20)
+        watchdog.stop()
+        reader.close()
+    assert not t.is_alive()
+    assert heartbeats.names() == []

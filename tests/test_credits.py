@@ -1,10 +1,12 @@
-"""Returns of unused items end to end: return_unused event → credit in the outbox → simulated HIS → ledger."""
+"""Returns of unused items end to end: return_unused event → credit in the outbox → simulated HIS → ledger.
+
+Every test runs against both HIS interfaces (HL7 v2 over MLLP, JSON over HTTP) through `HisUnderTest`.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +15,13 @@ import pytest
 from device.wire import GENESIS_HASH, Batch, Event, EventKind, event_hash
 from gateway import bridge
 from gateway.charging import ChargingWorker
+from gateway.his.adapter import HisAdapter
+from gateway.his.http_adapter import HttpJsonAdapter
 from gateway.his.mllp_adapter import MllpAdapter
 from gateway.his.sender import HisSender
 from gateway.store import GatewayStore
 from hw_sim.his import SimulatedHis
+from hw_sim.his_http import SimulatedHttpHis
 
 STENT = "04012345678901"
 CONFIG = bridge.BridgeConfig(sending_facility="SPD", receiving_facility="HOSP")
@@ -50,13 +55,63 @@ def udi(serial: str) -> str:
     return f"]d201{STENT}17271231\x1d10LOT-A1\x1d21{serial}"
 
 
+class HisUnderTest:
+    """One simulated HIS, over MLLP or HTTP, seen through what these tests ask of it."""
+
+    def __init__(self, protocol: str, sim: SimulatedHis | SimulatedHttpHis) -> None:
+        self.protocol, self.sim = protocol, sim
+
+    def adapter(self) -> HisAdapter:
+        if isinstance(self.sim, SimulatedHttpHis):
+            return HttpJsonAdapter(self.sim.url, timeout_s=2.0)
+        return MllpAdapter("127.0.0.1", self.sim.port, timeout_s=2.0)
+
+    def credits(self) -> list[tuple[str, str, str, str, int]]:
+        """(credit id, original charge id, admission, charge code, amount in fen, negative) as booked."""
+        if isinstance(self.sim, SimulatedHttpHis):
+            return [(c.credit_id, c.original_charge_id, c.admission, c.charge_code, c.amount_fen)
+                    for c in self.sim.credits()]
+        return [(c.txn_id, c.original_txn_id, c.admission, c.charge_code, int(c.amount * 100))
+                for c in self.sim.credits()]
+
+    def charges(self) -> list[tuple[str, str]]:
+        """(charge id, admission) as booked."""
+        if isinstance(self.sim, SimulatedHttpHis):
+            return [(c.charge_id, c.admission) for c in self.sim.charges()]
+        return [(c.txn_id, c.admission) for c in self.sim.charges()]
+
+    def answers(self) -> list[tuple[str | None, bool]]:
+        """(id, booked) for every message received, in order."""
+        if isinstance(self.sim, SimulatedHttpHis):
+            return [(cid, status == 201) for cid, status, _ in self.sim.answers()]
+        return [(cid, answer == "AA") for cid, answer in self.sim.answers()]
+
+    def refuse_next(self, text: str) -> None:
+        if isinstance(self.sim, SimulatedHttpHis):
+            self.sim.answer_next(422, error="refused", message=text)
+        else:
+            self.sim.answer_next("AE", text=text)
+
+    def message(self, request: bridge.CreditRequest, credit_id: str) -> str:
+        """The credit as the sender hands it to this HIS's adapter."""
+        if isinstance(self.sim, SimulatedHttpHis):
+            return json.dumps({**request._asdict(), "credit_id": credit_id})
+        return bridge.render_credit(request, CONFIG)
+
+    def go_down(self) -> None:
+        self.sim.go_down()
+
+    def come_up(self) -> None:
+        self.sim.come_up()
+
+
 class Gateway:
     """Store, charging worker and HIS sender of one gateway, stepped by the test."""
 
-    def __init__(self, store: GatewayStore, his: SimulatedHis) -> None:
+    def __init__(self, store: GatewayStore, his: HisUnderTest) -> None:
         self.store = store
         self.worker = ChargingWorker(store, CONFIG)
-        self.sender = HisSender(store, MllpAdapter("127.0.0.1", his.port, timeout_s=2.0), backoff_base_s=0.01)
+        self.sender = HisSender(store, his.adapter(), backoff_base_s=0.01)
 
     def settle(self) -> None:
         while self.worker.run_once():
@@ -80,13 +135,15 @@ def store(tmp_path: Path) -> Iterator[GatewayStore]:
     gateway_store.close()
 
 
-@pytest.fixture
-def his(tmp_path: Path) -> Iterator[SimulatedHis]:
-    with SimulatedHis(tmp_path / "his.db") as simulated:
-        yield simulated
+@pytest.fixture(params=["mllp", "http"])
+def his(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HisUnderTest]:
+    sim: SimulatedHis | SimulatedHttpHis = (
+        SimulatedHis(tmp_path / "his.db") if request.param == "mllp" else SimulatedHttpHis(tmp_path / "his.db"))
+    with sim:
+        yield HisUnderTest(request.param, sim)
 
 
-def test_return_after_charge_credits_the_patient_at_the_his(store: GatewayStore, his: SimulatedHis) -> None:
+def test_return_after_charge_credits_the_patient_at_the_his(store: GatewayStore, his: HisUnderTest) -> None:
     gateway, hh = Gateway(store, his), Handheld(store, "HH01")
     used = hh.consume("SN1")
     gateway.settle()
@@ -95,15 +152,14 @@ def test_return_after_charge_credits_the_patient_at_the_his(store: GatewayStore,
     charge_id = gateway.charge_id(used)
     outcome, _detail, original, credit_id = gateway.returned(back)
     assert (outcome, original) == ("credited", charge_id)
-    assert [(c.txn_id, c.original_txn_id, c.admission, c.charge_code, c.amount) for c in his.credits()] == [
-        (credit_id, charge_id, "ZY0001", "C310001", Decimal("-12345.67"))]
-    assert [c.txn_id for c in his.charges()] == [charge_id]
+    assert his.credits() == [(credit_id, charge_id, "ZY0001", "C310001", -1_234_567)]
+    assert his.charges() == [(charge_id, "ZY0001")]
     assert store.query("SELECT status FROM charges WHERE charge_id = ?", (credit_id,)) == [("accepted",)]
     assert store.query("SELECT entry, charge_id, amount_fen FROM consumption_ledger ORDER BY entry") == [
         ("charge", charge_id, 1_234_567), ("credit", credit_id, -1_234_567)]
 
 
-def test_credit_is_idempotent_on_the_return_event(store: GatewayStore, his: SimulatedHis) -> None:
+def test_credit_is_idempotent_on_the_return_event(store: GatewayStore, his: HisUnderTest) -> None:
     gateway, hh = Gateway(store, his), Handheld(store, "HH01")
     hh.consume("SN1")
     back = hh.give_back("SN1")
@@ -124,7 +180,7 @@ def render_id(key: tuple[str, int]) -> str:
     return hashlib.sha256(key[0].encode()).hexdigest()[:10].upper() + f"{key[1]:010d}"
 
 
-def test_return_while_charge_is_pending_is_sent_after_it(store: GatewayStore, his: SimulatedHis) -> None:
+def test_return_while_charge_is_pending_is_sent_after_it(store: GatewayStore, his: HisUnderTest) -> None:
     gateway, hh = Gateway(store, his), Handheld(store, "HH01")
     his.go_down()
     used = hh.consume("SN1")
@@ -135,13 +191,13 @@ def test_return_while_charge_is_pending_is_sent_after_it(store: GatewayStore, hi
     assert store.query("SELECT status FROM charges ORDER BY id") == [("pending",), ("pending",)]
     his.come_up()
     gateway.settle()  # a clock past every backoff
-    order = [control for control, answer in his.answers() if answer == "AA"]
+    order = [control for control, booked in his.answers() if booked]
     assert order == [gateway.charge_id(used), gateway.returned(back)[3]]
     assert len(his.credits()) == 1
 
 
 def test_return_of_item_never_charged_restores_stock_without_his_message(store: GatewayStore,
-                                                                         his: SimulatedHis) -> None:
+                                                                         his: HisUnderTest) -> None:
     gateway, hh = Gateway(store, his), Handheld(store, "HH01")
     back = hh.give_back("SN9")
     gateway.settle()
@@ -150,7 +206,7 @@ def test_return_of_item_never_charged_restores_stock_without_his_message(store: 
     assert store.query("SELECT COUNT(*) FROM charges")[0][0] == 0
 
 
-def test_restocked_item_may_be_used_again_once_the_credit_is_booked(store: GatewayStore, his: SimulatedHis) -> None:
+def test_restocked_item_may_be_used_again_once_the_credit_is_booked(store: GatewayStore, his: HisUnderTest) -> None:
     gateway, hh = Gateway(store, his), Handheld(store, "HH01")
     hh.consume("SN1")
     gateway.settle()
@@ -160,10 +216,10 @@ def test_restocked_item_may_be_used_again_once_the_credit_is_booked(store: Gatew
     gateway.settle()
     assert store.query("SELECT status, admission FROM charges WHERE device = ? AND seq = ?", again) == [
         ("accepted", "ZY0002")]
-    assert [c.admission for c in his.charges()] == ["ZY0001", "ZY0002"]
+    assert [admission for _, admission in his.charges()] == ["ZY0001", "ZY0002"]
 
 
-def test_item_not_restocked_stays_consumed_after_credit(store: GatewayStore, his: SimulatedHis) -> None:
+def test_item_not_restocked_stays_consumed_after_credit(store: GatewayStore, his: HisUnderTest) -> None:
     gateway, hh = Gateway(store, his), Handheld(store, "HH01")
     hh.consume("SN1")
     gateway.settle()
@@ -176,7 +232,7 @@ def test_item_not_restocked_stays_consumed_after_credit(store: GatewayStore, his
     assert len(his.credits()) == 1 and len(his.charges()) == 1
 
 
-def test_reuse_before_the_credit_is_booked_is_refused(store: GatewayStore, his: SimulatedHis) -> None:
+def test_reuse_before_the_credit_is_booked_is_refused(store: GatewayStore, his: HisUnderTest) -> None:
     gateway, hh = Gateway(store, his), Handheld(store, "HH01")
     hh.consume("SN1")
     gateway.settle()
@@ -188,7 +244,7 @@ def test_reuse_before_the_credit_is_booked_is_refused(store: GatewayStore, his: 
         ("serial_already_consumed",)]
 
 
-def test_second_return_of_the_same_charge_is_refused(store: GatewayStore, his: SimulatedHis) -> None:
+def test_second_return_of_the_same_charge_is_refused(store: GatewayStore, his: HisUnderTest) -> None:
     gateway, hh = Gateway(store, his), Handheld(store, "HH01")
     used = hh.consume("SN1")
     first = hh.give_back("SN1", restocked=False)
@@ -201,9 +257,9 @@ def test_second_return_of_the_same_charge_is_refused(store: GatewayStore, his: S
     assert len(his.credits()) == 1
 
 
-def test_return_of_parked_charge_voids_it_without_credit(store: GatewayStore, his: SimulatedHis) -> None:
+def test_return_of_parked_charge_voids_it_without_credit(store: GatewayStore, his: HisUnderTest) -> None:
     gateway, hh = Gateway(store, his), Handheld(store, "HH01")
-    his.answer_next("AE", text="patient discharged")
+    his.refuse_next("patient discharged")
     used = hh.consume("SN1")
     gateway.settle()
     back = hh.give_back("SN1")
@@ -214,7 +270,7 @@ def test_return_of_parked_charge_voids_it_without_credit(store: GatewayStore, hi
     assert his.credits() == [] and his.charges() == []
 
 
-def test_unreadable_return_is_recorded_as_refused(store: GatewayStore, his: SimulatedHis) -> None:
+def test_unreadable_return_is_recorded_as_refused(store: GatewayStore, his: HisUnderTest) -> None:
     gateway, hh = Gateway(store, his), Handheld(store, "HH01")
     back = hh.emit(EventKind.RETURN_UNUSED, {"udi": "garbage", "operator": "N1", "dept": "D"})
     flag = hh.give_back("SN1", restocked="yes")
@@ -223,19 +279,19 @@ def test_unreadable_return_is_recorded_as_refused(store: GatewayStore, his: Simu
     assert gateway.returned(flag)[:2] == ("refused", "restocked must be true or false")
 
 
-def test_simulated_his_refuses_a_credit_for_an_unknown_charge(his: SimulatedHis) -> None:
+def test_simulated_his_refuses_a_credit_for_an_unknown_charge(his: HisUnderTest) -> None:
     request = bridge.CreditRequest("CAB-01", 5, T0, "N1", "D", "AAAAAAAAAA0000000001", "ZY0001", STENT, "", "S1", "",
                                    "IT", "C310001", "n", "", "", 100)
-    adapter = MllpAdapter("127.0.0.1", his.port, timeout_s=2.0)
+    adapter = his.adapter()
     try:
-        result = adapter.send(render_id(("CAB-01", 5)), bridge.render_credit(request, CONFIG))
+        result = adapter.send(render_id(("CAB-01", 5)), his.message(request, render_id(("CAB-01", 5))))
     finally:
         adapter.close()
-    assert (result.outcome.value, result.code) == ("rejected", "AE")
+    assert (result.outcome.value, result.code) == ("rejected", "AE" if his.protocol == "mllp" else "422")
     assert his.credits() == []
 
 
-def test_credit_line_record_names_the_original(store: GatewayStore, his: SimulatedHis) -> None:
+def test_credit_line_record_names_the_original(store: GatewayStore, his: HisUnderTest) -> None:
     gateway, hh = Gateway(store, his), Handheld(store, "HH01")
     used = hh.consume("SN1")
     back = hh.give_back("SN1")

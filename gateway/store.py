@@ -451,11 +451,12 @@ class GatewayStore:
         return int(self.query("SELECT COALESCE(MAX(id), 0) FROM events")[0][0])
 
     def charging_events(self, *, after_id: int, limit: int) -> list[StoredEvent]:
-        """Consumptions and returns of unused items after ``after_id``, in store order."""
+        """Consumptions, returns of unused items and items put back in a cabinet after ``after_id``, in store order."""
         rows = self.query(
             "SELECT id, device, seq, ts_ms, kind, body, prev, hash FROM events "
-            "WHERE id > ? AND kind IN (?, ?) ORDER BY id LIMIT ?",
-            (after_id, EventKind.CONSUME.value, EventKind.RETURN_UNUSED.value, limit),
+            "WHERE id > ? AND kind IN (?, ?, ?, ?) ORDER BY id LIMIT ?",
+            (after_id, EventKind.CONSUME.value, EventKind.RETURN_UNUSED.value, EventKind.RETURNED.value,
+             EventKind.RESTOCKED.value, limit),
         )
         return [StoredEvent(r[0], Event(r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7])) for r in rows]
 

@@ -35,13 +35,16 @@ class Handheld:
         self.store, self.device, self.seq, self.prev = store, device, 0, GENESIS_HASH
 
     def emit(self, kind: EventKind, body: dict[str, Any]) -> tuple[str, int]:
+        ev = self.make(kind, body)
+        self.store.ingest(Batch(self.device, "H1", [ev]))
+        return self.device, self.seq
+
+    def make(self, kind: EventKind, body: dict[str, Any]) -> Event:
+        """The next event of this device, not yet delivered (a test delivers it when it likes)."""
         self.seq += 1
         ts = T0 + self.seq * 60_000
-        digest = event_hash(self.device, self.seq, ts, kind.value, body, self.prev)
-        self.store.ingest(Batch(self.device, "H1", [Event(self.device, self.seq, ts, kind.value, body, self.prev,
-                                                          digest)]))
-        self.prev = digest
-        return self.device, self.seq
+        prev, self.prev = self.prev, event_hash(self.device, self.seq, ts, kind.value, body, self.prev)
+        return Event(self.device, self.seq, ts, kind.value, body, prev, self.prev)
 
     def consume(self, serial: str, admission: str = "ZY0001") -> tuple[str, int]:
         return self.emit(EventKind.CONSUME, {"admission": admission, "udi": udi(serial), "operator": "N042",
@@ -301,3 +304,77 @@ def test_credit_line_record_names_the_original(store: GatewayStore, his: HisUnde
     record = json.loads(line)
     assert (record["original_charge_id"], record["credit_id"], record["price_fen"]) == (
         gateway.charge_id(used), credit_id, 1_234_567)
+
+
+# -- a charged item that comes back into a cabinet ----------------------------------
+
+
+def cabinet_item(serial: str, **extra: Any) -> dict[str, Any]:
+    """The body of a cabinet item event (`taken`, `returned`, `restocked`) as the RFID count records it."""
+    return {"epc": f"3034{serial}", "gtin": STENT, "serial": serial, "session": "S7", "user": "N0007",
+            "role": "nurse", "dept": "心内科", **extra}
+
+
+def test_charged_item_put_back_into_a_cabinet_is_credited_once(store: GatewayStore, his: HisUnderTest) -> None:
+    gateway, cab = Gateway(store, his), Handheld(store, "CB01")
+    cab.emit(EventKind.TAKEN, cabinet_item("SN1"))
+    used = cab.consume("SN1")
+    gateway.settle()
+    back = cab.emit(EventKind.RETURNED, cabinet_item("SN1"))
+    gateway.settle()
+    outcome, _detail, original, credit_id = gateway.returned(back)
+    assert (outcome, original) == ("credited", gateway.charge_id(used))
+    assert store.query("SELECT operator, restocked, reason FROM returns WHERE device = ? AND seq = ?", back) == [
+        ("N0007", 1, "put back into cabinet CB01 (returned)")]
+    assert his.credits() == [(credit_id, original, "ZY0001", "C310001", -1_234_567)]
+    # it went back into stock: the next patient may be charged for it
+    again = cab.consume("SN1", admission="ZY0002")
+    gateway.settle()
+    assert store.query("SELECT status FROM charges WHERE device = ? AND seq = ?", again) == [("accepted",)]
+    with store.transaction() as db:  # the whole history again: still one credit
+        db.execute("UPDATE cursors SET value = 0 WHERE name = 'charging'")
+    gateway.settle()
+    assert len(his.credits()) == 1
+
+
+def test_item_taken_and_put_back_uncharged_is_no_credit(store: GatewayStore, his: HisUnderTest) -> None:
+    gateway, cab = Gateway(store, his), Handheld(store, "CB01")
+    cab.emit(EventKind.TAKEN, cabinet_item("SN1"))
+    cab.emit(EventKind.RETURNED, cabinet_item("SN1"))
+    cab.emit(EventKind.RESTOCKED, cabinet_item("SN2", role="restocker"))
+    gateway.settle()
+    assert store.query("SELECT COUNT(*) FROM returns")[0][0] == 0
+    assert his.answers() == []
+
+
+def test_item_returned_unused_then_put_back_into_the_cabinet_is_credited_once(
+    store: GatewayStore, his: HisUnderTest
+) -> None:
+    gateway, hh, cab = Gateway(store, his), Handheld(store, "HH01"), Handheld(store, "CB01")
+    hh.consume("SN1")
+    gateway.settle()
+    hh.give_back("SN1", restocked=False)
+    back = cab.emit(EventKind.RETURNED, cabinet_item("SN1"))
+    gateway.settle()
+    assert gateway.returned(back)[0] == "refused"
+    assert len(his.credits()) == 1
+
+
+@pytest.mark.parametrize("kind", [EventKind.RETURN_UNUSED, EventKind.RETURNED])
+def test_return_stored_before_its_consumption_is_credited(
+    store: GatewayStore, his: HisUnderTest, kind: EventKind
+) -> None:
+    """Batches of one device can reach two gateway instances and be stored in either order."""
+    gateway, dev = Gateway(store, his), Handheld(store, "CB01")
+    consume = dev.make(EventKind.CONSUME, {"admission": "ZY0001", "udi": udi("SN1"), "operator": "N042",
+                                           "dept": "心内科"})
+    back = dev.make(kind, {"udi": udi("SN1"), "operator": "N043", "dept": "心内科"} if kind == EventKind.RETURN_UNUSED
+                    else cabinet_item("SN1"))
+    store.ingest(Batch("CB01", "H1", [back]))
+    gateway.settle()
+    store.ingest(Batch("CB01", "H1", [consume]))
+    gateway.settle()
+    outcome, _detail, original, credit_id = gateway.returned(("CB01", back.seq))
+    assert (outcome, original) == ("credited", gateway.charge_id(("CB01", consume.seq)))
+    assert [(c[0], c[1]) for c in his.credits()] == [(credit_id, original)]
+    assert store.query("SELECT COUNT(*) FROM returns")[0][0] == 1

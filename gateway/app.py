@@ -8,6 +8,9 @@ Threads and what each owns:
 * ``his-sender-N`` (:class:`HisSender`, one per lane) — one HIS connection each; drain the outbox;
 * ``lease`` (:class:`Leadership`) — renews the charging lease; with several
   instances on one store, only the holder runs charging and the sender;
+* ``link-watch`` (:class:`LinkWatch`) — the ``not_linked`` check: an item taken
+  from a cabinet and not charged on any device within ``not_linked_within_s``
+  raises one alarm (lease holder only);
 * ``paho`` network thread of the fleet link (:class:`FleetLink`, only with a
   command-signing key) — reads device state (applied versions), publishes
   signed commands and re-sends desired state to devices that are behind;
@@ -37,6 +40,7 @@ from gateway.his.mllp_adapter import MllpAdapter
 from gateway.his.sender import HisSender
 from gateway.ingest import IngestService
 from gateway.lease import Leadership
+from gateway.linking import DEFAULT_WINDOW_S, LinkWatch
 from gateway.store import GatewayStore
 
 log = logging.getLogger(__name__)
@@ -62,6 +66,7 @@ class GatewayConfig:
     sending_facility: str = "SPD"
     tls: TlsSettings | None = None
     signing_key: Path | None = None  # the command-signing key: run the fleet link (state in, commands out)
+    not_linked_within_s: float = DEFAULT_WINDOW_S  # a cabinet take not charged on any device by then: one alarm
 
 
 def make_his_adapter(config: GatewayConfig) -> HisAdapter:
@@ -120,6 +125,8 @@ class Gateway:
             on_stored=lambda n: self.charging.notify(),
         )
         self.fleet_link = make_fleet_link(self.store, config) if config.signing_key is not None else None
+        self.link_watch = LinkWatch(self.store, window_s=config.not_linked_within_s,
+                                    may_run=self.leadership.is_leader)
         self._stopped = threading.Event()
 
     @property
@@ -136,6 +143,7 @@ class Gateway:
         self.charging.start()
         for sender in self.senders:
             sender.start()
+        self.link_watch.start()
         self.ingest.start()
         if self.fleet_link is not None:
             self.fleet_link.start()
@@ -148,6 +156,7 @@ class Gateway:
         self.charging.stop()
         for sender in self.senders:
             sender.stop()
+        self.link_watch.stop()
         self.leadership.stop()
         self.store.close()
         self._stopped.set()

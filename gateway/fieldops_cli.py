@@ -20,6 +20,7 @@ from device.remote import Component
 from device.sync import TlsSettings
 from gateway.audit import AuditAction, AuditLog, chain_break_alarms
 from gateway.broker_acl import DEFAULT_TEMPLATE, BrokerPaths, render_acl, render_config
+from gateway.linking import link_alarms
 from gateway.store import GatewayStore
 
 
@@ -203,6 +204,8 @@ def _alarms(a: argparse.Namespace) -> int:
         print(al)
     for device, seq, body in store.query("SELECT device, seq, body FROM events WHERE kind = 'alarm' ORDER BY id"):
         print(f"{device} seq {seq}: {body}")
+    for link in link_alarms(store):  # decided at the gateway, from every device's events (gateway/linking.py)
+        print(link)
     store.close()
     return 1 if alarms else 0
 
@@ -354,7 +357,7 @@ def register(sub: Any) -> None:
     p.add_argument("--offline-after", type=float, default=120.0)
     p.set_defaults(func=_devices)
 
-    p = sub.add_parser("alarms", help="hash-chain breaks and alarm events")
+    p = sub.add_parser("alarms", help="hash-chain breaks, alarm events and not_linked alarms")
     p.add_argument("--db", type=Path, required=True)
     p.set_defaults(func=_alarms)
 

@@ -110,8 +110,7 @@ class ChargingWorker:
         result = bridge.charge_batch(tuples, self._catalog, self._consumed, self.config)
         now = time.time()
         dup_items: list[bridge.ChargeLine] = []
-        event_ids = {(s.event.device, s.event.seq): s.id for s in stored}
-        late_credits = 0
+        new_lines: list[bridge.ChargeLine] = []
         with self.store.transaction() as db:
             for line in result.lines:
                 cur = db.execute(
@@ -123,7 +122,7 @@ class ChargingWorker:
                     ),
                 )
                 if cur.rowcount == 1 and line.serial:
-                    late_credits += self._credit_earlier_returns(db, line, event_ids[(line.device, line.seq)], now)
+                    new_lines.append(line)
                 if cur.rowcount == 0:
                     mine = db.execute(
                         "SELECT 1 FROM charges WHERE device = ? AND seq = ?", (line.device, line.seq)
@@ -142,7 +141,9 @@ class ChargingWorker:
                     (rej.device, rej.seq, str(rej.reason), rej.detail, now),
                 )
             # after this batch's charges: a return finds charges of events stored before it, this batch's too
-            credited = late_credits + sum(self._record_return(db, ret, now) for ret in returns)
+            event_ids = {(s.event.device, s.event.seq): s.id for s in stored}
+            credited = self._credit_earlier_returns(db, new_lines, event_ids, now)
+            credited += sum(self._record_return(db, ret, now) for ret in returns)
             db.execute(
                 "INSERT INTO cursors (name, value) VALUES (?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
@@ -268,40 +269,61 @@ class ChargingWorker:
              credit_id, operator, dept, ev.ts_ms, now),
         )
 
-    def _credit_earlier_returns(self, db: sqlite3.Connection, line: bridge.ChargeLine, event_id: int,
-                                now: float) -> int:
-        """A return of this item that the same device recorded *after* this consumption but that was stored
-        before it (batches of one device can reach two gateway instances in either order) is credited now.
+    def _credit_earlier_returns(
+        self, db: sqlite3.Connection, lines: list[bridge.ChargeLine], event_ids: dict[tuple[str, int], int],
+        now: float,
+    ) -> int:
+        """Credit the returns that the same device recorded *after* one of these new charges' consumptions but
+        that were stored before it (a device's batches can reach two gateway instances in either order).
 
         A ``return_unused`` of that kind was recorded as ``not_charged``: it becomes ``credited``. A cabinet
-        ``returned``/``restocked`` got no row then; it gets one now. 1 when a credit was queued.
+        ``returned``/``restocked`` got no row then; it gets one now. One range read per device and batch
+        (never per line): the events of the device with a later seq but a smaller store id. Returns how
+        many credits were queued.
         """
-        key = item_key(line)
-        charge = (line.charge_id, "pending", json.dumps(_line_record(line), ensure_ascii=False))
-        row = db.execute(
-            "SELECT seq, reason, restocked, operator, dept FROM returns WHERE device = ? AND seq > ? "
-            "AND item_key = ? AND outcome = ? ORDER BY seq LIMIT 1",
-            (line.device, line.seq, key, ReturnOutcome.NOT_CHARGED.value),
-        ).fetchone()
-        if row is not None:
-            ev = _event_at(db, line.device, int(row[0]))
-            db.execute("DELETE FROM returns WHERE device = ? AND seq = ?", (line.device, row[0]))
-            log.info("return device %s seq %d matched to charge %s stored after it", line.device, row[0],
-                     line.charge_id)
-            return self._settle_return(db, ev, key, str(row[1]), bool(row[2]), str(row[3]), str(row[4]), charge, now)
-        for seq, body_text in db.execute(
-            "SELECT seq, body FROM events WHERE device = ? AND seq > ? AND id < ? AND kind IN (?, ?) ORDER BY seq",
-            (line.device, line.seq, event_id, *CABINET_RETURN_KINDS),
-        ).fetchall():
-            body = json.loads(body_text)
-            if (_text(body.get("gtin")), _text(body.get("serial"))) != (line.gtin, line.serial):
+        by_device: dict[str, list[bridge.ChargeLine]] = {}
+        for line in lines:
+            by_device.setdefault(line.device, []).append(line)
+        credited = 0
+        for device, mine in by_device.items():
+            first_seq = min(line.seq for line in mine)
+            last_id = max(event_ids[(device, line.seq)] for line in mine)
+            later = db.execute(
+                "SELECT id, seq, kind, body FROM events WHERE device = ? AND seq > ? AND id < ? AND kind IN (?, ?, ?) "
+                "ORDER BY seq",
+                (device, first_seq, last_id, EventKind.RETURN_UNUSED.value, *CABINET_RETURN_KINDS),
+            ).fetchall()
+            if not later:
                 continue
-            if db.execute("SELECT 1 FROM returns WHERE device = ? AND seq = ?", (line.device, seq)).fetchone():
-                return 0
-            ev = _event_at(db, line.device, int(seq))
-            return self._settle_return(db, ev, key, f"put back into cabinet {ev.device} ({ev.kind})", True,
-                                       _text(body.get("user")), _text(body.get("dept")), charge, now)
-        return 0
+            for line in mine:
+                key, line_id = item_key(line), event_ids[(device, line.seq)]
+                charge = (line.charge_id, "pending", json.dumps(_line_record(line), ensure_ascii=False))
+                for ev_id, seq, kind, body_text in later:
+                    if seq <= line.seq or ev_id >= line_id:
+                        continue
+                    body = json.loads(body_text)
+                    if kind != EventKind.RETURN_UNUSED.value and (
+                            _text(body.get("gtin")), _text(body.get("serial"))) != (line.gtin, line.serial):
+                        continue
+                    settled = db.execute("SELECT item_key, outcome, reason, restocked, operator, dept FROM returns "
+                                         "WHERE device = ? AND seq = ?", (device, seq)).fetchone()
+                    if kind == EventKind.RETURN_UNUSED.value:
+                        if settled is None or settled[0] != key or settled[1] != ReturnOutcome.NOT_CHARGED.value:
+                            continue
+                        db.execute("DELETE FROM returns WHERE device = ? AND seq = ?", (device, seq))
+                        log.info("return device %s seq %d matched to charge %s stored after it", device, seq,
+                                 line.charge_id)
+                        credited += self._settle_return(db, _event_at(db, device, int(seq)), key, str(settled[2]),
+                                                        bool(settled[3]), str(settled[4]), str(settled[5]), charge,
+                                                        now)
+                        break
+                    if settled is not None:
+                        continue
+                    credited += self._settle_return(db, _event_at(db, device, int(seq)), key,
+                                                    f"put back into cabinet {device} ({kind})", True,
+                                                    _text(body.get("user")), _text(body.get("dept")), charge, now)
+                    break
+        return credited
 
     def _queue_credit(
         self, db: sqlite3.Connection, ev: Event, charge_id: str, line: dict[str, Any], operator: str, dept: str,

@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--db", type=Path, required=True)
     ch.add_argument("action", choices=["list", "resend"])
     ch.add_argument("charge_ids", nargs="*")
-    ch.add_argument("--status", default="parked", choices=["all", "pending", "accepted", "parked"])
+    ch.add_argument("--status", default="parked", choices=["all", "pending", "accepted", "parked", "voided"])
     ch.add_argument("--limit", type=int, default=100)
     ch.set_defaults(func=_charges)
 

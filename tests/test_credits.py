@@ -360,9 +360,10 @@ def test_item_returned_unused_then_put_back_into_the_cabinet_is_credited_once(
     assert len(his.credits()) == 1
 
 
+@pytest.mark.parametrize("same_batch", [False, True])
 @pytest.mark.parametrize("kind", [EventKind.RETURN_UNUSED, EventKind.RETURNED])
 def test_return_stored_before_its_consumption_is_credited(
-    store: GatewayStore, his: HisUnderTest, kind: EventKind
+    store: GatewayStore, his: HisUnderTest, kind: EventKind, same_batch: bool
 ) -> None:
     """Batches of one device can reach two gateway instances and be stored in either order."""
     gateway, dev = Gateway(store, his), Handheld(store, "CB01")
@@ -371,10 +372,32 @@ def test_return_stored_before_its_consumption_is_credited(
     back = dev.make(kind, {"udi": udi("SN1"), "operator": "N043", "dept": "心内科"} if kind == EventKind.RETURN_UNUSED
                     else cabinet_item("SN1"))
     store.ingest(Batch("CB01", "H1", [back]))
-    gateway.settle()
+    if not same_batch:
+        gateway.settle()
     store.ingest(Batch("CB01", "H1", [consume]))
     gateway.settle()
     outcome, _detail, original, credit_id = gateway.returned(("CB01", back.seq))
     assert (outcome, original) == ("credited", gateway.charge_id(("CB01", consume.seq)))
     assert [(c[0], c[1]) for c in his.credits()] == [(credit_id, original)]
     assert store.query("SELECT COUNT(*) FROM returns")[0][0] == 1
+
+
+def test_credit_queued_behind_a_charge_the_his_then_refuses_is_voided_not_sent(
+    store: GatewayStore, his: HisUnderTest
+) -> None:
+    """The return was recorded while the charge was still pending; the HIS then refused the charge for good."""
+    gateway, hh = Gateway(store, his), Handheld(store, "HH01")
+    his.refuse_next("patient discharged")
+    used = hh.consume("SN1")
+    back = hh.give_back("SN1", restocked=False)
+    gateway.settle()
+    charge_id = gateway.charge_id(used)
+    outcome, detail, original, credit_id = gateway.returned(back)
+    assert (outcome, original) == ("voided", charge_id)
+    assert detail == f"charge {charge_id} was parked, never booked: credit {credit_id} voided"
+    assert store.query("SELECT charge_id, status FROM charges ORDER BY id") == [(charge_id, "parked"),
+                                                                                (credit_id, "voided")]
+    assert [cid for cid, _ in his.answers()] == [charge_id]  # the credit never went out
+    assert his.credits() == [] and his.charges() == []
+    assert store.requeue_parked(charge_id) is False  # its item was given back
+    assert store.counts()["credits_voided"] == 1

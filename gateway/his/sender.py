@@ -105,10 +105,13 @@ class HisSender:
             return 0
         sent = 0
         blocked: set[str] = set()
+        voided: set[str] = set()  # credits voided with a charge parked in this pass: no longer pending
         for charge in self.store.pending_charges(limit=500 * self.lanes):
             if self._stop.is_set() or not self._may_run():
                 break
             if charge.admission in blocked or lane_of(charge.admission, self.lanes) != self.lane:
+                continue
+            if charge.charge_id in voided:
                 continue
             if charge.next_attempt_at > t:
                 blocked.add(charge.admission)
@@ -122,7 +125,7 @@ class HisSender:
                 self._failures = 0
             elif result.outcome is HisOutcome.REJECTED:
                 log.warning("charge %s parked: %s: %s", charge.charge_id, result.code, result.detail)
-                self.store.mark_parked(charge.charge_id, result.code, result.detail)
+                voided.update(self.store.mark_parked(charge.charge_id, result.code, result.detail))
                 self.stats.parked += 1
                 self._failures = 0
             else:

@@ -219,14 +219,19 @@ class ChargingWorker:
 
     @staticmethod
     def _standing_charge(db: sqlite3.Connection, item_key: str, stored: StoredEvent) -> tuple[Any, ...] | None:
-        """The latest charge of this item from an event stored before the return, or recorded before it by the
-        same device (stored later, in the same batch or another: see `_credit_earlier_returns`): (id, status, line).
+        """The latest charge of this item that the return can be about: (charge id, status, line).
+
+        Of another device: one from an event stored before the return. Of the return's own device: one it
+        recorded before the return, whenever it was stored (in the same batch or later: see
+        `_credit_earlier_returns`), and never one it recorded after it (that charge is a later use of an
+        item the return had already brought back, even if its batch reached the gateway first).
         """
+        ev = stored.event
         row: tuple[Any, ...] | None = db.execute(
             "SELECT c.charge_id, c.status, c.line FROM charges c JOIN events e ON e.device = c.device "
-            "AND e.seq = c.seq WHERE c.item_key = ? AND (e.id < ? OR (c.device = ? AND c.seq < ?)) "
+            "AND e.seq = c.seq WHERE c.item_key = ? AND CASE WHEN c.device = ? THEN c.seq < ? ELSE e.id < ? END "
             "ORDER BY c.id DESC LIMIT 1",
-            (item_key, stored.id, stored.event.device, stored.event.seq),
+            (item_key, ev.device, ev.seq, stored.id),
         ).fetchone()
         return row
 

@@ -173,6 +173,13 @@ class _Server(ThreadingHTTPServer):
             self.open_connections.discard(request)
         super().shutdown_request(request)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away mid-request (a killed gateway, a cut) is normal here: no traceback on stderr."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            logger.debug("simulated HTTP HIS: client %s went away mid-request", client_address)
+            return
+        super().handle_error(request, client_address)
+
     def cut_connections(self) -> None:
         with self.connections_lock:
             connections = list(self.open_connections)

@@ -401,3 +401,20 @@ def test_credit_queued_behind_a_charge_the_his_then_refuses_is_voided_not_sent(
     assert his.credits() == [] and his.charges() == []
     assert store.requeue_parked(charge_id) is False  # its item was given back
     assert store.counts()["credits_voided"] == 1
+
+
+def test_return_recorded_before_a_later_use_is_not_matched_to_it(store: GatewayStore, his: HisUnderTest) -> None:
+    """An item put back uncharged, taken again and charged: the earlier put-back, stored late, credits nothing."""
+    gateway, cab = Gateway(store, his), Handheld(store, "CB01")
+    put_back = cab.make(EventKind.RETURNED, cabinet_item("SN1"))
+    used = cab.make(EventKind.CONSUME, {"admission": "ZY0001", "udi": udi("SN1"), "operator": "N042",
+                                        "dept": "心内科"})
+    store.ingest(Batch("CB01", "H1", [used]))  # the later batch first
+    gateway.settle()
+    store.ingest(Batch("CB01", "H1", [put_back]))
+    gateway.settle()
+    assert store.query("SELECT COUNT(*) FROM returns")[0][0] == 0 and his.credits() == []
+    back = cab.emit(EventKind.RETURNED, cabinet_item("SN1"))  # now it really comes back
+    gateway.settle()
+    assert gateway.returned(back)[:3] == ("credited", "", gateway.charge_id(("CB01", used.seq)))
+    assert len(his.credits()) == 1

@@ -143,6 +143,23 @@ def test_restocker_takes_and_history_before_the_check_existed_raise_no_alarm(
 
 
 def test_the_window_is_part_of_the_gateway_configuration(tmp_path: Path) -> None:
+    from gateway.app import Gateway
+
     assert GatewayConfig(tmp_path / "g.db").not_linked_within_s == 1800.0
+    gateway = Gateway(GatewayConfig(tmp_path / "g.db", not_linked_within_s=90.0))
+    try:
+        assert gateway.link_watch.window_s == 90.0  # the gateway process runs the check with its configured window
+    finally:
+        gateway.store.close()
     with pytest.raises(ValueError):
-        LinkWatch(GatewayStore(tmp_path / "g.db"), window_s=0)
+        LinkWatch(GatewayStore(tmp_path / "g2.db"), window_s=0)
+
+
+def test_the_cabinet_alarm_count_includes_not_linked(store: GatewayStore, clock: Clock) -> None:
+    from gateway.audit import device_alarm_counts
+
+    w = watch(store, clock)
+    Device(store, "CB01", clock).take("SN1")
+    clock.t += WINDOW + 1
+    w.run_once()
+    assert device_alarm_counts(store) == {"CB01": 1}

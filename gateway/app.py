@@ -8,6 +8,9 @@ Threads and what each owns:
 * ``his-sender-N`` (:class:`HisSender`, one per lane) — one HIS connection each; drain the outbox;
 * ``lease`` (:class:`Leadership`) — renews the charging lease; with several
   instances on one store, only the holder runs charging and the sender;
+* ``link-watch`` (:class:`LinkWatch`) — the ``not_linked`` check: an item taken
+  from a cabinet and not charged on any device within ``not_linked_within_s``
+  raises one alarm (lease holder only);
 * ``paho`` network thread of the fleet link (:class:`FleetLink`, only with a
   command-signing key) — reads device state (applied versions), publishes
   signed commands and re-sends desired state to devices that are behind;
@@ -48,6 +51,7 @@ from gateway.his.mllp_adapter import MllpAdapter
 from gateway.his.sender import HisSender
 from gateway.ingest import IngestService
 from gateway.lease import Leadership
+from gateway.linking import DEFAULT_WINDOW_S, LinkWatch
 from gateway.store import GatewayStore
 
 log = logging.getLogger(__name__)
@@ -79,6 +83,7 @@ class GatewayConfig:
     adt_host: str = "127.0.0.1"  # the ADT listener's bind address
     adt_port: int | None = None  # None = no ADT listener
     discharge_grace_s: float = 86400.0  # charges for a stay are still accepted this long after discharge
+    not_linked_within_s: float = DEFAULT_WINDOW_S  # a cabinet take not charged on any device by then: one alarm
 
 
 def make_his_adapter(config: GatewayConfig) -> HisAdapter:
@@ -152,6 +157,8 @@ class Gateway:
             if self.fleet_link is not None else None
         self.adt = AdtListener(self.store, host=config.adt_host, port=config.adt_port,
                                on_change=self._census_changed) if config.adt_port is not None else None
+        self.link_watch = LinkWatch(self.store, window_s=config.not_linked_within_s,
+                                    may_run=self.leadership.is_leader, heartbeats=self.heartbeats)
         self._stopped = threading.Event()
 
     @property
@@ -172,6 +179,7 @@ class Gateway:
         self.charging.start()
         for sender in self.senders:
             sender.start()
+        self.link_watch.start()
         self.ingest.start()
         if self.fleet_link is not None:
             self.fleet_link.start()
@@ -192,6 +200,7 @@ class Gateway:
         self.charging.stop()
         for sender in self.senders:
             sender.stop()
+        self.link_watch.stop()
         self.leadership.stop()
         self.store.close()
         self._stopped.set()

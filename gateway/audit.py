@@ -240,9 +240,13 @@ def chain_break_alarms(store: GatewayStore) -> list[ChainBreakAlarm]:
 
 
 def device_alarm_counts(store: GatewayStore) -> dict[str, int]:
-    """Per device: alarm events it reported (refused commands, forced doors ...) plus chain-break ranges."""
+    """Per device: alarm events it reported (refused commands, forced doors ...), chain-break ranges, and the
+    gateway's ``not_linked`` alarms about a cabinet's takes (gateway/linking.py)."""
     counts = {str(d): int(n) for d, n in store.query("SELECT device, COUNT(*) FROM events WHERE kind = 'alarm' "
                                                      "GROUP BY device")}
     for a in chain_break_alarms(store):
         counts[a.device] = counts.get(a.device, 0) + 1
+    if store.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'link_alarms'"):
+        for d, n in store.query("SELECT device, COUNT(*) FROM link_alarms GROUP BY device"):
+            counts[str(d)] = counts.get(str(d), 0) + int(n)
     return counts

@@ -3,8 +3,10 @@
 It reads events after its cursor, runs them through the charging bridge in
 batches, and in one transaction writes the charge lines to the outbox, the
 refusals with their reasons, the credits for items given back unused
-(``return_unused`` events), and the new cursor. A crash anywhere repeats the
-batch, and every insert is keyed on the event identity, so nothing doubles.
+(``return_unused`` events, and a charged item that comes back into a cabinet:
+``returned``/``restocked`` events), and the new cursor. A crash anywhere
+repeats the batch, and every insert is keyed on the event identity, so
+nothing doubles.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ log = logging.getLogger(__name__)
 
 CURSOR = "charging"
 DEADLINE_S = 90.0  # one pass: a batch through the bridge and its transaction, which may wait 30 s on a busy store
+RETURN_KINDS = (EventKind.RETURN_UNUSED, EventKind.RETURNED, EventKind.RESTOCKED)
+CABINET_RETURN_KINDS = (EventKind.RETURNED.value, EventKind.RESTOCKED.value)
 
 
 @dataclass(slots=True)
@@ -97,7 +101,7 @@ class ChargingWorker:
         stored = self.store.charging_events(after_id=after, limit=self.batch_size)
         if not stored:
             return 0
-        returns = [s for s in stored if s.event.kind == EventKind.RETURN_UNUSED]
+        returns = [s for s in stored if s.event.kind in RETURN_KINDS]
         tuples = [_event_tuple(s.event) for s in stored if s.event.kind == EventKind.CONSUME]
         try:
             return self._charge(stored, returns, tuples)
@@ -110,6 +114,7 @@ class ChargingWorker:
         result = bridge.charge_batch(tuples, self._catalog, self._consumed, self.config)
         now = time.time()
         dup_items: list[bridge.ChargeLine] = []
+        new_lines: list[bridge.ChargeLine] = []
         with self.store.transaction() as db:
             for line in result.lines:
                 cur = db.execute(
@@ -120,6 +125,8 @@ class ChargingWorker:
                         json.dumps(_line_record(line), ensure_ascii=False), line.message, now,
                     ),
                 )
+                if cur.rowcount == 1 and line.serial:
+                    new_lines.append(line)
                 if cur.rowcount == 0:
                     mine = db.execute(
                         "SELECT 1 FROM charges WHERE device = ? AND seq = ?", (line.device, line.seq)
@@ -138,7 +145,9 @@ class ChargingWorker:
                     (rej.device, rej.seq, str(rej.reason), rej.detail, now),
                 )
             # after this batch's charges: a return finds charges of events stored before it, this batch's too
-            credited = sum(self._record_return(db, ret, now) for ret in returns)
+            event_ids = {(s.event.device, s.event.seq): s.id for s in stored}
+            credited = self._credit_earlier_returns(db, new_lines, event_ids, now)
+            credited += sum(self._record_return(db, ret, now) for ret in returns)
             db.execute(
                 "INSERT INTO cursors (name, value) VALUES (?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
@@ -168,14 +177,21 @@ class ChargingWorker:
             self._release_cursor = release_id
 
     def _record_return(self, db: sqlite3.Connection, stored: StoredEvent, now: float) -> int:
-        """Handle one ``return_unused`` event inside the batch transaction; 1 when it queued a credit."""
+        """Handle one return event inside the batch transaction; 1 when it queued a credit.
+
+        ``return_unused`` (a handheld or a cabinet's screen) always gets a ``returns`` row. A cabinet
+        ``returned``/``restocked`` event (the RFID count saw the item come back in) gets one only when
+        the item stands charged: an item taken and put back without a charge is stock, not a credit.
+        """
         ev = stored.event
         if db.execute("SELECT 1 FROM returns WHERE device = ? AND seq = ?", (ev.device, ev.seq)).fetchone():
             return 0
+        if ev.kind != EventKind.RETURN_UNUSED:
+            return self._record_cabinet_return(db, stored, now)
         body = ev.body
         operator, dept, reason = _text(body.get("operator")), _text(body.get("dept")), _text(body.get("reason"))
         restocked = body.get("restocked", True)
-        outcome, detail, item_key, charge_id, credit_id = ReturnOutcome.REFUSED, "", "", None, None
+        item_key = ""
         try:
             if type(restocked) is not bool:
                 raise _ReturnRefused("restocked must be true or false")
@@ -184,36 +200,139 @@ class ChargingWorker:
             if not item.serial:
                 raise _ReturnRefused(f"GTIN {item.gtin} without serial cannot be matched to a charge")
             item_key = f"{item.gtin}/{item.serial}"
-            charge = db.execute(
-                "SELECT c.charge_id, c.status, c.line FROM charges c JOIN events e ON e.device = c.device "
-                "AND e.seq = c.seq WHERE c.item_key = ? AND e.id < ? ORDER BY c.id DESC LIMIT 1",
-                (item_key, stored.id),
-            ).fetchone()
-            if charge is None:
-                outcome, detail = ReturnOutcome.NOT_CHARGED, "no charge for this item: stock restored"
-            else:
-                charge_id = str(charge[0])
-                earlier = db.execute(
-                    "SELECT device, seq FROM returns WHERE charge_id = ? AND outcome IN (?, ?)",
-                    (charge_id, ReturnOutcome.CREDITED.value, ReturnOutcome.VOIDED.value),
-                ).fetchone()
-                if earlier is not None:
-                    raise _ReturnRefused(f"charge {charge_id} already returned by {earlier[0]} seq {earlier[1]}")
-                if charge[1] == "parked":
-                    outcome, detail = ReturnOutcome.VOIDED, f"charge {charge_id} was parked, never booked: voided"
-                else:
-                    credit_id = self._queue_credit(db, ev, charge_id, json.loads(charge[2]), operator, dept, now)
-                    outcome = ReturnOutcome.CREDITED
         except (_ReturnRefused, bridge.BridgeError) as refused:
-            detail = str(refused)
-            log.warning("return refused: device %s seq %d: %s", ev.device, ev.seq, detail)
+            log.warning("return refused: device %s seq %d: %s", ev.device, ev.seq, refused)
+            self._insert_return(db, ev, item_key, reason, restocked is True, ReturnOutcome.REFUSED, str(refused),
+                                None, None, operator, dept, now)
+            return 0
+        return self._settle_return(db, ev, item_key, reason, restocked, operator, dept,
+                                   self._standing_charge(db, item_key, stored), now)
+
+    def _record_cabinet_return(self, db: sqlite3.Connection, stored: StoredEvent, now: float) -> int:
+        ev = stored.event
+        gtin, serial = _text(ev.body.get("gtin")), _text(ev.body.get("serial"))
+        if not gtin or not serial:
+            return 0
+        item_key = f"{gtin}/{serial}"
+        charge = self._standing_charge(db, item_key, stored)
+        if charge is None:
+            return 0
+        reason = f"put back into cabinet {ev.device} ({ev.kind})"
+        return self._settle_return(db, ev, item_key, reason, True, _text(ev.body.get("user")),
+                                   _text(ev.body.get("dept")), charge, now)
+
+    @staticmethod
+    def _standing_charge(db: sqlite3.Connection, item_key: str, stored: StoredEvent) -> tuple[Any, ...] | None:
+        """The latest charge of this item that the return can be about: (charge id, status, line).
+
+        Of another device: one from an event stored before the return. Of the return's own device: one it
+        recorded before the return, whenever it was stored (in the same batch or later: see
+        `_credit_earlier_returns`), and never one it recorded after it (that charge is a later use of an
+        item the return had already brought back, even if its batch reached the gateway first).
+        """
+        ev = stored.event
+        row: tuple[Any, ...] | None = db.execute(
+            "SELECT c.charge_id, c.status, c.line FROM charges c JOIN events e ON e.device = c.device "
+            "AND e.seq = c.seq WHERE c.item_key = ? AND CASE WHEN c.device = ? THEN c.seq < ? ELSE e.id < ? END "
+            "ORDER BY c.id DESC LIMIT 1",
+            (item_key, ev.device, ev.seq, stored.id),
+        ).fetchone()
+        return row
+
+    def _settle_return(
+        self, db: sqlite3.Connection, ev: Event, item_key: str, reason: str, restocked: bool, operator: str,
+        dept: str, charge: tuple[Any, ...] | None, now: float,
+    ) -> int:
+        """Credit, void or record as not charged one return whose item is known; 1 when it queued a credit."""
+        outcome, detail, charge_id, credit_id = ReturnOutcome.NOT_CHARGED, "", None, None
+        if charge is None:
+            detail = "no charge for this item: stock restored"
+        else:
+            charge_id = str(charge[0])
+            earlier = db.execute(
+                "SELECT device, seq FROM returns WHERE charge_id = ? AND outcome IN (?, ?)",
+                (charge_id, ReturnOutcome.CREDITED.value, ReturnOutcome.VOIDED.value),
+            ).fetchone()
+            if earlier is not None:
+                outcome, detail = ReturnOutcome.REFUSED, f"charge {charge_id} already returned by {earlier[0]} seq " \
+                    f"{earlier[1]}"
+                log.warning("return refused: device %s seq %d: %s", ev.device, ev.seq, detail)
+            elif charge[1] == "parked":
+                outcome, detail = ReturnOutcome.VOIDED, f"charge {charge_id} was parked, never booked: voided"
+            else:
+                credit_id = self._queue_credit(db, ev, charge_id, json.loads(charge[2]), operator, dept, now)
+                outcome = ReturnOutcome.CREDITED
+        self._insert_return(db, ev, item_key, reason, restocked, outcome, detail, charge_id, credit_id, operator,
+                            dept, now)
+        return 1 if credit_id is not None else 0
+
+    @staticmethod
+    def _insert_return(
+        db: sqlite3.Connection, ev: Event, item_key: str, reason: str, restocked: bool, outcome: ReturnOutcome,
+        detail: str, charge_id: str | None, credit_id: str | None, operator: str, dept: str, now: float,
+    ) -> None:
         db.execute(
             "INSERT INTO returns (device, seq, item_key, reason, restocked, outcome, detail, charge_id, credit_id, "
             "operator, dept, returned_at_ms, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (ev.device, ev.seq, item_key, reason, 1 if restocked is True else 0, outcome.value, detail, charge_id,
+            (ev.device, ev.seq, item_key, reason, 1 if restocked else 0, outcome.value, detail, charge_id,
              credit_id, operator, dept, ev.ts_ms, now),
         )
-        return 1 if credit_id is not None else 0
+
+    def _credit_earlier_returns(
+        self, db: sqlite3.Connection, lines: list[bridge.ChargeLine], event_ids: dict[tuple[str, int], int],
+        now: float,
+    ) -> int:
+        """Credit the returns that the same device recorded *after* one of these new charges' consumptions but
+        that were stored before it (a device's batches can reach two gateway instances in either order).
+
+        A ``return_unused`` of that kind was recorded as ``not_charged``: it becomes ``credited``. A cabinet
+        ``returned``/``restocked`` got no row then; it gets one now. One range read per device and batch
+        (never per line): the events of the device with a later seq but a smaller store id. Returns how
+        many credits were queued.
+        """
+        by_device: dict[str, list[bridge.ChargeLine]] = {}
+        for line in lines:
+            by_device.setdefault(line.device, []).append(line)
+        credited = 0
+        for device, mine in by_device.items():
+            first_seq = min(line.seq for line in mine)
+            last_id = max(event_ids[(device, line.seq)] for line in mine)
+            later = db.execute(
+                "SELECT id, seq, kind, body FROM events WHERE device = ? AND seq > ? AND id < ? AND kind IN (?, ?, ?) "
+                "ORDER BY seq",
+                (device, first_seq, last_id, EventKind.RETURN_UNUSED.value, *CABINET_RETURN_KINDS),
+            ).fetchall()
+            if not later:
+                continue
+            for line in mine:
+                key, line_id = item_key(line), event_ids[(device, line.seq)]
+                charge = (line.charge_id, "pending", json.dumps(_line_record(line), ensure_ascii=False))
+                for ev_id, seq, kind, body_text in later:
+                    if seq <= line.seq or ev_id >= line_id:
+                        continue
+                    body = json.loads(body_text)
+                    if kind != EventKind.RETURN_UNUSED.value and (
+                            _text(body.get("gtin")), _text(body.get("serial"))) != (line.gtin, line.serial):
+                        continue
+                    settled = db.execute("SELECT item_key, outcome, reason, restocked, operator, dept FROM returns "
+                                         "WHERE device = ? AND seq = ?", (device, seq)).fetchone()
+                    if kind == EventKind.RETURN_UNUSED.value:
+                        if settled is None or settled[0] != key or settled[1] != ReturnOutcome.NOT_CHARGED.value:
+                            continue
+                        db.execute("DELETE FROM returns WHERE device = ? AND seq = ?", (device, seq))
+                        log.info("return device %s seq %d matched to charge %s stored after it", device, seq,
+                                 line.charge_id)
+                        credited += self._settle_return(db, _event_at(db, device, int(seq)), key, str(settled[2]),
+                                                        bool(settled[3]), str(settled[4]), str(settled[5]), charge,
+                                                        now)
+                        break
+                    if settled is not None:
+                        continue
+                    credited += self._settle_return(db, _event_at(db, device, int(seq)), key,
+                                                    f"put back into cabinet {device} ({kind})", True,
+                                                    _text(body.get("user")), _text(body.get("dept")), charge, now)
+                    break
+        return credited
 
     def _queue_credit(
         self, db: sqlite3.Connection, ev: Event, charge_id: str, line: dict[str, Any], operator: str, dept: str,
@@ -277,6 +396,13 @@ class ChargingWorker:
             if n < self.batch_size:
                 self._wake.wait(self.idle_wait_s)
                 self._wake.clear()
+
+
+def _event_at(db: sqlite3.Connection, device: str, seq: int) -> Event:
+    r = db.execute(
+        "SELECT device, seq, ts_ms, kind, body, prev, hash FROM events WHERE device = ? AND seq = ?", (device, seq)
+    ).fetchone()
+    return Event(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6])
 
 
 class _ReturnRefused(Exception):

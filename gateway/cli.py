@@ -259,8 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--db", type=Path, required=True, help="the gateway store (SQLite)")
     ch.add_argument("action", choices=["list", "resend"], help="list charges, or re-send parked ones")
     ch.add_argument("charge_ids", nargs="*", help="the parked charges to re-send (resend)")
-    ch.add_argument("--status", default="parked", choices=["all", "pending", "accepted", "parked"],
-                    help="which charges to list (default parked)")
+    ch.add_argument("--status", default="parked", choices=["all", "pending", "accepted", "parked", "voided"],
+                    help="which charges to list (default parked; voided: credits of charges the HIS refused)")
     ch.add_argument("--limit", type=int, default=100, help="list at most this many")
     ch.set_defaults(func=_charges)
 

@@ -22,6 +22,7 @@ neither is set). Sections::
     [fleet]       signing_key; cert_file, key_file (the fleet link's own certificate, CN {client_id}-fleet,
                   required with [broker.tls]: the broker makes each connection's client id its certificate's name)
     [adt]         host, port (absent: no ADT listener), discharge_grace_s
+    [alarms]      not_linked_within_s (a cabinet take charged on no device by then raises one alarm)
 
 ``deploy/examples/gateway.toml`` shows every key; docs/deploy.md explains them.
 """
@@ -181,6 +182,12 @@ def parse_gateway_config(doc: Mapping[str, Any], *, source: str = "<config>",
             out["discharge_grace_s"] = a.get_float("discharge_grace_s", min=0.0, max=30 * 86400.0)
         a.done()
 
+    al = top.section("alarms", optional=True)
+    if al is not None:
+        if al.has("not_linked_within_s"):
+            out["not_linked_within_s"] = al.get_float("not_linked_within_s", min=60.0, max=7 * 86400.0)
+        al.done()
+
     top.done()
     return out
 
@@ -284,6 +291,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--discharge-grace", type=float, default=None,
                    help="seconds after a discharge during which charges for the stay are still accepted "
                         "([adt] discharge_grace_s; default 86400)")
+    p.add_argument("--not-linked-within", type=float, default=None, metavar="SECONDS",
+                   help="a cabinet take charged on no device this long after is one not_linked alarm "
+                        "([alarms] not_linked_within_s; default 1800)")
 
 
 def _tls_flags(a: argparse.Namespace) -> TlsSettings | None:
@@ -320,7 +330,7 @@ def config_from_args(a: argparse.Namespace) -> GatewayConfig:
         "his_port": a.his_port, "his_timeout_s": a.his_timeout, "his_backoff_max_s": a.his_backoff_max,
         "his_lanes": a.his_lanes, "facility": a.facility, "sending_facility": a.sending_facility,
         "lease_ttl_s": a.lease_ttl, "adt_host": a.adt_host, "adt_port": a.adt_port,
-        "discharge_grace_s": a.discharge_grace,
+        "discharge_grace_s": a.discharge_grace, "not_linked_within_s": a.not_linked_within,
     }
     if overrides["his_protocol"] == "mllp" and file_fields.get("his_protocol") == "http":
         # switching protocol on the command line drops the file's HTTP settings with it

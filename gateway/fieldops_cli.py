@@ -20,6 +20,7 @@ from device.remote import Component
 from device.sync import TlsSettings
 from gateway.audit import AuditAction, AuditLog, chain_break_alarms
 from gateway.broker_acl import DEFAULT_TEMPLATE, GATEWAY_CLI_IDENTITY, BrokerPaths, render_acl, render_config
+from gateway.linking import link_alarms
 from gateway.pki import GATEWAY_IDENTITY
 from gateway.store import GatewayStore
 
@@ -235,6 +236,8 @@ def _alarms(a: argparse.Namespace) -> int:
         print(al)
     for device, seq, body in store.query("SELECT device, seq, body FROM events WHERE kind = 'alarm' ORDER BY id"):
         print(f"{device} seq {seq}: {body}")
+    for link in link_alarms(store):  # decided at the gateway, from every device's events (gateway/linking.py)
+        print(link)
     store.close()
     return 1 if alarms else 0
 
@@ -379,7 +382,7 @@ def register(sub: Any) -> None:
                    help="seconds without a state report before a device is listed offline")
     p.set_defaults(func=_devices)
 
-    p = sub.add_parser("alarms", help="hash-chain breaks and alarm events")
+    p = sub.add_parser("alarms", help="hash-chain breaks, alarm events and not_linked alarms")
     p.add_argument("--db", type=Path, required=True, help="the gateway store (SQLite)")
     p.set_defaults(func=_alarms)
 

@@ -118,6 +118,7 @@ CREATE TABLE IF NOT EXISTS charges (
 );
 CREATE INDEX IF NOT EXISTS charges_status ON charges (status, id);
 CREATE UNIQUE INDEX IF NOT EXISTS charges_item_once ON charges (item_key) WHERE status != 'parked';
+CREATE INDEX IF NOT EXISTS charges_item ON charges (item_key);
 CREATE TABLE IF NOT EXISTS charge_rejects (
     device TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -195,7 +196,7 @@ class ReturnOutcome(StrEnum):
     """What became of an item given back unused (``returns.outcome``)."""
 
     CREDITED = "credited"  # a credit for its charge is in the outbox
-    VOIDED = "voided"  # its charge was parked (never booked): no credit, and the charge can no longer be resent
+    VOIDED = "voided"  # its charge was parked (never booked): no credit (a queued one is voided), no resend
     NOT_CHARGED = "not_charged"  # no charge for it: stock restored, nothing sent to the HIS
     REFUSED = "refused"  # unreadable, not identifiable, or already returned
 
@@ -451,11 +452,12 @@ class GatewayStore:
         return int(self.query("SELECT COALESCE(MAX(id), 0) FROM events")[0][0])
 
     def charging_events(self, *, after_id: int, limit: int) -> list[StoredEvent]:
-        """Consumptions and returns of unused items after ``after_id``, in store order."""
+        """Consumptions, returns of unused items and items put back in a cabinet after ``after_id``, in store order."""
         rows = self.query(
             "SELECT id, device, seq, ts_ms, kind, body, prev, hash FROM events "
-            "WHERE id > ? AND kind IN (?, ?) ORDER BY id LIMIT ?",
-            (after_id, EventKind.CONSUME.value, EventKind.RETURN_UNUSED.value, limit),
+            "WHERE id > ? AND kind IN (?, ?, ?, ?) ORDER BY id LIMIT ?",
+            (after_id, EventKind.CONSUME.value, EventKind.RETURN_UNUSED.value, EventKind.RETURNED.value,
+             EventKind.RESTOCKED.value, limit),
         )
         return [StoredEvent(r[0], Event(r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7])) for r in rows]
 
@@ -493,13 +495,40 @@ class GatewayStore:
                 (next_attempt_at, detail[:1000], charge_id),
             )
 
-    def mark_parked(self, charge_id: str, code: str | None, detail: str) -> None:
+    def mark_parked(self, charge_id: str, code: str | None, detail: str) -> list[str]:
+        """Park a pending charge with the HIS's (or the adapter's) reason; the ids of the credits voided with it.
+
+        A credit already queued behind this charge (its item was given back while the charge was
+        pending) would reverse a charge the HIS never booked, so it is voided in the same transaction:
+        the credit's row gets status ``voided``, its return the outcome ``voided``, as a return of an
+        already parked charge would have. A voided credit is never sent, and the charge, whose item was
+        given back, can no longer be re-sent.
+        """
+        now = time.time()
         with self.transaction() as db:
-            db.execute(
+            parked = db.execute(
                 "UPDATE charges SET attempts = attempts + 1, status = 'parked', ack_code = ?, last_error = ?, "
                 "finished_at = ? WHERE charge_id = ? AND status = 'pending'",
-                (code, detail[:1000], time.time(), charge_id),
-            )
+                (code, detail[:1000], now, charge_id),
+            ).rowcount
+            if not parked:
+                return []
+            waiting = db.execute(
+                "SELECT r.device, r.seq, r.credit_id FROM returns r JOIN charges c ON c.charge_id = r.credit_id "
+                "WHERE r.charge_id = ? AND r.outcome = ? AND c.status = 'pending'",
+                (charge_id, ReturnOutcome.CREDITED.value),
+            ).fetchall()
+            for device, seq, credit_id in waiting:
+                why = f"charge {charge_id} was parked, never booked: credit {credit_id} voided"
+                db.execute(
+                    "UPDATE charges SET status = 'voided', last_error = ?, finished_at = ? "
+                    "WHERE charge_id = ? AND status = 'pending'",
+                    (why, now, credit_id),
+                )
+                db.execute("UPDATE returns SET outcome = ?, detail = ? WHERE device = ? AND seq = ?",
+                           (ReturnOutcome.VOIDED.value, why, device, seq))
+                log.warning("%s", why)
+        return [str(w[2]) for w in waiting]
 
     def mark_accepted(self, charge_id: str, code: str | None, his_ref: str | None) -> bool:
         """Record the HIS's acceptance and write the consumption record, in one transaction."""
@@ -594,6 +623,7 @@ class GatewayStore:
             "charges_pending": "SELECT COUNT(*) FROM charges WHERE status = 'pending'",
             "charges_accepted": "SELECT COUNT(*) FROM charges WHERE status = 'accepted'",
             "charges_parked": "SELECT COUNT(*) FROM charges WHERE status = 'parked'",
+            "credits_voided": "SELECT COUNT(*) FROM charges WHERE status = 'voided'",
             "charge_rejects": "SELECT COUNT(*) FROM charge_rejects",
             "consumption": "SELECT COUNT(*) FROM consumption",
             "returns": "SELECT COUNT(*) FROM returns",

@@ -110,7 +110,7 @@ class SimCabinet:
         reader_timeout_s: float = 0.3,
         unlock_s: float = 2.0,
         ajar_limit_s: float = 30.0,
-        link_within_s: float = 1800.0,
+        link_within_s: float = 0.0,
         pin_timeout_s: float = 5.0,
         poll_s: float = 0.5,
         staff: tuple[SimStaff, ...] = DEFAULT_STAFF,

@@ -4,9 +4,15 @@ Handhelds and cabinets (separate processes) work through a fault-injecting
 TCP proxy into a private Mosquitto; each cabinet is the real cabinet agent
 with scripted staff and a pty RFID reader that corrupts frames and mixes in
 garbage bytes (:mod:`hw_sim.chaos_cabinet`); two gateway instances share the events on an MQTT 5
-shared subscription and one store; the simulated HIS answers over MLLP.
-Faults come from one seeded schedule: agent SIGKILLs, simulated power cuts
-(devices whose data directory is on :mod:`hw_sim.powerfs`), broker kills,
+shared subscription and one store; the simulated HIS answers over MLLP and,
+through its JSON door over the same books, over HTTP: the fault phase is cut
+into equal epochs that alternate MLLP and HTTP, at each switch the gateways
+are restarted on the other protocol (and every gateway restart within an
+epoch uses the epoch's), so charges and credits, and resends of messages in
+doubt, go both ways. Handhelds give some items back unused (credits), and
+cabinet staff bring back some items already charged. Faults come from one
+seeded schedule: agent SIGKILLs, simulated power cuts (devices whose data
+directory is on :mod:`hw_sim.powerfs`), broker kills,
 gateway kills, network cuts, HIS outages, slow answers, AE answers, ACKs with
 a wrong control id, ACKs dropped after the charge was stored, device clock
 jumps, malformed MQTT payloads and corrupted serial frames.
@@ -16,7 +22,10 @@ parked charges are re-sent as an operator would, and the checker compares:
 every scan the nurse was told about is stored once at the gateway and
 charged once at the HIS (set equality), every event any device committed
 (cabinet access, counts, alarms too) is stored, nothing exists at the gateway
-or the HIS that no device produced, each cabinet's inventory equals what is
+or the HIS that no device produced, every return is settled and every
+credit the gateway queued is booked once at the HIS against its charge (no
+credit invented, none twice, no patient left charged for an item whose
+return was not credited), each cabinet's inventory equals what is
 physically on its shelves and it recorded each take and put-in exactly once,
 hash chains verify, and
 ``PRAGMA integrity_check`` passed on every device database after every
@@ -78,6 +87,8 @@ class ChaosConfig:
     cabinet_corrupt_rate: float = 0.02  # reader frames with a flipped byte
     cabinet_garbage_rate: float = 0.01  # reader frames after random bytes
     settle_timeout_s: float = 240.0
+    his_http_epochs: int = 4  # fault phase in this many epochs, alternately MLLP and HTTP (0: MLLP only)
+    return_rate: float = 0.02  # share of a handheld's scanned items given back unused (credits)
 
 
 @dataclass(slots=True)
@@ -114,6 +125,20 @@ class ChaosReport:
     malformed_payloads: int = 0
     parked_resent: int = 0
     parked_left: int = 0
+    protocol_switches: int = 0
+    gateway_starts_mllp: int = 0
+    gateway_starts_http: int = 0
+    his_messages_mllp: int = 0
+    his_messages_http: int = 0
+    returns: int = 0  # return_unused events on the handhelds
+    returns_credited: int = 0  # returns of every kind (handheld, charged item back in a cabinet) credited
+    credits_booked: int = 0
+    credits_over_http: int = 0
+    credits_lost: int = 0
+    credits_duplicated: int = 0
+    credits_invented: int = 0
+    returned_still_charged: int = 0
+    returns_unsettled: int = 0
     integrity_checks: int = 0
     integrity_failures: list[str] = field(default_factory=list)
     chain_breaks: int = 0
@@ -128,6 +153,8 @@ class ChaosReport:
             self.lost == 0 and self.lost_on_device == 0 and self.duplicated == 0 and self.invented == 0
             and not self.integrity_failures and self.chain_breaks == 0 and self.device_chain_breaks == 0
             and self.parked_left == 0 and self.events_not_stored == 0 and not self.cabinet_inventory_mismatches
+            and self.credits_lost == 0 and self.credits_duplicated == 0 and self.credits_invented == 0
+            and self.returned_still_charged == 0 and self.returns_unsettled == 0
             and self.scans > 0
         )
 
@@ -175,7 +202,8 @@ class ChaosRun:
         self.rng = random.Random(config.seed)
         self.report = ChaosReport(seed=config.seed)
         self.h = SpineHarness(workdir, seed=config.seed, gateways=config.gateways, lease_ttl_s=2.0,
-                              his_backoff_max_s=1.0)
+                              his_backoff_max_s=1.0, his_http=config.his_http_epochs > 0)
+        self._protocol = "mllp"  # of the current epoch
         self.proxy: FaultProxy | None = None
         self.domains: dict[str, PowerDomain] = {}
         self.devices = [f"CH{i:02d}" for i in range(config.devices)]  # handhelds
@@ -211,6 +239,7 @@ class ChaosRun:
             return
         self.h.start_handheld(
             device, scans=self.cfg.scans_per_device, rate=self.cfg.rate, garbage_rate=0.005,
+            return_rate=self.cfg.return_rate,
             data_dir=dom.mount_dir if dom else None, broker_port=self.proxy.port,
             extra_args=("--nurse-journal", str(self.journals / f"{device}.txt"), "--clock-jumps",
                         "--drain-timeout", "900"),
@@ -266,6 +295,9 @@ class ChaosRun:
             for _ in range(count):
                 events.append((rng.uniform(0.5, span_s), n, kind))
                 n += 1
+        for k in range(1, c.his_http_epochs):  # at fixed times: equal shares of the run on each protocol
+            events.append((span_s * k / c.his_http_epochs, n, "his_switch"))
+            n += 1
         heapq.heapify(events)
         return events
 
@@ -309,36 +341,51 @@ class ChaosRun:
             self._check_db(f"gateway after kill of instance {i}", h.gateway_db)
             r.gateway_kills += 1
             heapq.heappush(restore, (now + rng.uniform(0.2, 2.0), seq, f"gateway_up:{i}"))
-        elif kind == "his_drop_ack":
+        elif kind == "his_switch":  # the HIS interface changes: every gateway restarts on the other one
+            self._protocol = "http" if self._protocol == "mllp" else "mllp"
+            r.protocol_switches += 1
+            for i, gw in h.gateways.items():
+                if gw.running:
+                    gw.kill(signal.SIGTERM)
+                    self._start_gateway(i)
+        elif kind == "his_drop_ack":  # one-shot HIS faults are armed at both doors: whichever is in use gets it
             h.his.drop_acks_after_store(1)
+            if h.his_http is not None:
+                h.his_http.drop_responses_after_store(1)
             r.his_dropped_acks += 1
         elif kind == "his_outage":
             if not h.his.is_up:
                 self._later(kind, now, seq)
                 return
-            h.his.go_down()
+            self._his_down()
             r.his_outages += 1
             heapq.heappush(restore, (now + rng.uniform(1.0, 4.0), seq, "his_up"))
         elif kind == "his_long_outage":
             if not h.his.is_up:
                 self._later(kind, now, seq)
                 return
-            h.his.go_down()
+            self._his_down()
             r.his_long_outage_s = self.cfg.his_long_outage_s
             heapq.heappush(restore, (now + self.cfg.his_long_outage_s, seq, "his_up"))
         elif kind == "his_slow":
-            h.his.set_delay(2.5)  # beyond the gateway's 2 s timeout
+            self._his_delay(2.5)  # beyond the gateway's 2 s timeout
             r.his_slow_periods += 1
             heapq.heappush(restore, (now + rng.uniform(1.0, 3.0), seq, "his_fast"))
         elif kind == "his_ae":
             if rng.random() < 0.5:
                 h.his.answer_next("AE", 1, "charge code under review")
+                if h.his_http is not None:
+                    h.his_http.answer_next(422, error="under_review", message="charge code under review")
                 r.his_ae_answers += 1
             else:
                 h.his.answer_next("AR", 1, "message rejected")
+                if h.his_http is not None:
+                    h.his_http.answer_next(400, error="rejected", message="message rejected")
                 r.his_ar_answers += 1
         elif kind == "his_wrong_id":
             h.his.wrong_control_id_next(1)
+            if h.his_http is not None:
+                h.his_http.wrong_charge_id_next(1)
             r.his_wrong_ids += 1
         elif kind == "disk_fault":
             dev = rng.choice(list(self.domains))
@@ -356,6 +403,30 @@ class ChaosRun:
             r.network_cuts += 1
             heapq.heappush(restore, (now + rng.uniform(0.5, 3.0), seq, "network_up"))
 
+    def _his_down(self) -> None:
+        self.h.his.go_down()
+        if self.h.his_http is not None:
+            self.h.his_http.go_down()
+
+    def _his_up(self) -> None:
+        for door in (self.h.his, self.h.his_http):
+            if door is not None and not door.is_up:
+                door.come_up()
+
+    def _his_delay(self, seconds: float) -> None:
+        self.h.his.set_delay(seconds)
+        if self.h.his_http is not None:
+            self.h.his_http.set_delay(seconds)
+
+    def _start_gateway(self, i: int) -> None:
+        """(Re)start gateway instance ``i`` on the current epoch's HIS protocol."""
+        protocol = self._protocol
+        self.h.start_gateway(i, protocol=protocol)
+        if protocol == "http":
+            self.report.gateway_starts_http += 1
+        else:
+            self.report.gateway_starts_mllp += 1
+
     def _later(self, kind: str, now: float, seq: int) -> None:
         """A fault that cannot happen now (its target is already down) happens a little later."""
         heapq.heappush(self._faults, (now + self.rng.uniform(1.0, 3.0), seq, kind))
@@ -368,12 +439,11 @@ class ChaosRun:
         elif kind.startswith("gateway_up:"):
             i = int(kind.split(":")[1])
             if not h.gateways[i].running:
-                h.start_gateway(i)
+                self._start_gateway(i)
         elif kind == "his_up":
-            if not h.his.is_up:
-                h.his.come_up()
+            self._his_up()
         elif kind == "his_fast":
-            h.his.set_delay(0.0)
+            self._his_delay(0.0)
         elif kind.startswith("disk_ok:"):
             dev = kind.split(":", 1)[1]
             self.domains[dev].fs.heal()
@@ -391,6 +461,11 @@ class ChaosRun:
         cfg, h = self.cfg, self.h
         try:
             h.start()
+            for protocol in h.gateway_protocols.values():
+                if protocol == "http":
+                    self.report.gateway_starts_http += 1
+                else:
+                    self.report.gateway_starts_mllp += 1
             self.proxy = FaultProxy("127.0.0.1", h.broker.port).start()
             for dev in [*self.devices[: cfg.power_devices], *self.cabinets[: cfg.cabinet_power]]:
                 self.domains[dev] = PowerDomain(self.workdir / "power", dev)
@@ -463,10 +538,11 @@ class ChaosRun:
             h.broker.start()
         for i, gw in h.gateways.items():
             if not gw.running:
-                h.start_gateway(i)
-        if not h.his.is_up:
-            h.his.come_up()
+                self._start_gateway(i)
+        self._his_up()
         h.his.clear_faults()
+        if h.his_http is not None:
+            h.his_http.clear_faults()
 
     def _wait_devices(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -537,6 +613,27 @@ class ChaosRun:
         stats = h.his.stats()
         r.his_dropped_acks = stats.acks_dropped
         r.his_wrong_ids = stats.wrong_control_ids_sent
+        if h.his_http is not None:
+            http_stats = h.his_http.stats()
+            r.his_dropped_acks += http_stats.responses_dropped
+            r.his_wrong_ids += http_stats.wrong_charge_ids_sent
+            r.his_messages_http = http_stats.received
+        his = sqlite3.connect(f"file:{h.his_db}?mode=ro", uri=True, timeout=30)
+        try:
+            r.his_messages_mllp = int(his.execute("SELECT COUNT(*) FROM received WHERE raw LIKE 'MSH%'").fetchone()[0])
+            r.credits_over_http = int(his.execute(
+                "SELECT COUNT(DISTINCT txn_id) FROM received WHERE raw LIKE '{%' AND answer = 'AA' "
+                "AND txn_id IN (SELECT txn_id FROM credits)").fetchone()[0])
+        finally:
+            his.close()
+        r.returns = t.returns
+        r.returns_credited = t.returns_credited
+        r.credits_booked = t.credited
+        r.credits_lost = t.credits_lost
+        r.credits_duplicated = t.credits_duplicated
+        r.credits_invented = t.credits_invented
+        r.returned_still_charged = t.returned_still_charged
+        r.returns_unsettled = t.returns_unsettled
         r.tally = t.as_dict()
 
 
@@ -558,6 +655,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cabinet-power", type=int, default=1, help="cabinets whose data directory can lose power")
     p.add_argument("--his-fault-scale", type=int, default=1,
                    help="multiply HIS outages, slow periods, AE answers and wrong-id ACKs (for soak runs)")
+    p.add_argument("--his-http-epochs", type=int, default=4,
+                   help="fault phase in this many equal epochs, alternately HIS over MLLP and over HTTP (0: MLLP only)")
+    p.add_argument("--return-rate", type=float, default=0.02, help="share of handheld items given back unused")
     p.add_argument("--workdir", type=Path, default=None)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -567,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
         power_devices=a.power_devices, agent_kills=a.agent_kills, power_cuts=a.power_cuts,
         broker_kills=a.broker_kills, gateway_kills=a.gateway_kills, his_dropped_acks=a.his_dropped_acks,
         network_cuts=a.network_cuts, his_long_outage_s=a.his_long_outage, cabinets=a.cabinets,
-        cabinet_power=a.cabinet_power,
+        cabinet_power=a.cabinet_power, his_http_epochs=a.his_http_epochs, return_rate=a.return_rate,
         his_outages=5 * a.his_fault_scale, his_slow_periods=3 * a.his_fault_scale,
         his_ae_answers=5 * a.his_fault_scale, his_wrong_ids=5 * a.his_fault_scale,
         settle_timeout_s=600.0 if a.scans_per_device > 5000 else 240.0,

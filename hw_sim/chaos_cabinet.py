@@ -6,7 +6,8 @@ pty R2000 reader that corrupts frames and mixes in garbage bytes) with its own
 event log and :class:`device.sync.DeviceSync`, and scripted staff: nurses
 badge in, take one to three items, close the door, then scan the patient's
 wristband and each item's UDI at the cabinet; now and then an item goes back
-unused in a later session; a restocker refills when stock runs low.
+unused in a later session (uncharged, or after it was scanned onto a patient:
+the gateway must credit that one); a restocker refills when stock runs low.
 
 The physical world (which labelled items are in the cabinet, which are in a
 nurse's hand, which were used) outlives the process: it is kept in a small
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 ANTENNAS = (1, 2, 3, 4)
 RESTOCK_BELOW = 12
 SCAN_ATTEMPTS = 5  # a nurse whose scan is refused for a full disk tries again later; a few times
+CHARGED_BACK_RATE = 0.1  # items scanned onto a patient, then brought back unused into the cabinet (a credit)
 
 
 def read_report(path: Path) -> dict[str, Any] | None:
@@ -253,8 +255,10 @@ class ChaosCabinet:
             self._moved("in", back)
             self._save()
             returned.add(epc)
-        # not the item just put back: put in and taken out within one opening, no count could see it (nor should)
-        choice = sorted(e for e in self.shelves.inside if e not in returned)
+        # not the item just put back: put in and taken out within one opening, no count could see it (nor should);
+        # nor one already charged and brought back (the gateway credits it; it stays on the shelf)
+        choice = sorted(e for e in self.shelves.inside
+                        if e not in returned and self.shelves.inside[e].udi not in self.consumed_udis)
         picked = self.rng.sample(choice, min(self.rng.randint(1, 3), len(choice)))
         for it in self.cab.take(items=[self.shelves.inside[e] for e in picked]):
             del self.shelves.inside[it.epc]
@@ -282,7 +286,10 @@ class ChaosCabinet:
                 self.cab.wait_state(SessionState.IDLE, 5.0)
             if it.udi in self.consumed_udis:
                 del self.shelves.in_hand[epc]
-                self.shelves.used += 1
+                if self.rng.random() < CHARGED_BACK_RATE:  # charged, then not used after all: back in later
+                    self.shelves.unused[epc] = it
+                else:
+                    self.shelves.used += 1
             elif it.udi in self.refused_udis:  # refused with a reason on record (e.g. scanned before a crash)
                 del self.shelves.in_hand[epc]
                 self.shelves.given_up += 1

@@ -28,6 +28,7 @@ from hw_sim import reaper
 from hw_sim.broker import MosquittoBroker
 from hw_sim.catalog import sim_catalog
 from hw_sim.his import SimulatedHis
+from hw_sim.his_http import SimulatedHttpHis
 
 if TYPE_CHECKING:
     from hw_sim.nurse import HandheldProcess
@@ -48,7 +49,7 @@ class Tally:
     stored: int = 0  # of the scans, how many the gateway holds
     charged: int = 0  # of the scans, how many the HIS booked as a charge
     refused_by_bridge: int = 0  # stored scans the bridge refused (unknown item, expired, re-use ...)
-    parked: int = 0  # charges the HIS refused (AE/AR), waiting for a person
+    parked: int = 0  # charges the HIS refused (AE/AR), waiting for a person (not those voided by a return)
     consumption_records: int = 0
     lost: int = 0  # scans missing at the gateway, or stored and chargeable but never charged
     duplicates: int = 0  # extra charges at the HIS for one scan or one item serial, or extra rows
@@ -60,6 +61,13 @@ class Tally:
     chain_breaks: int = 0
     returns: int = 0  # items brought back unused (return_unused events on devices)
     credited: int = 0  # credits the HIS booked against an earlier charge, at most one per charge
+    returns_recorded: int = 0  # returns the gateway settled (return_unused, and charged items back in a cabinet)
+    returns_credited: int = 0  # of those, how many became a credit
+    returns_unsettled: int = 0  # return_unused events stored at the gateway without a settled return
+    credits_lost: int = 0  # credits the gateway queued that the HIS never booked
+    credits_duplicated: int = 0  # a charge credited more than once at the HIS, or a credit booked twice
+    credits_invented: int = 0  # credits at the HIS that no return produced, or against another charge
+    returned_still_charged: int = 0  # a return voided or found "not charged" whose charge the HIS holds
     lost_keys: list[tuple[str, int]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
@@ -115,6 +123,13 @@ def tally(device_dbs: list[Path], gateway_db: Path, his_db: Path) -> Tally:
     t.parked = len(parked_keys)
     t.consumption_records = gw.execute("SELECT COUNT(*) FROM consumption").fetchone()[0]
     t.chain_breaks = gw.execute("SELECT COUNT(*) FROM chain_breaks").fetchone()[0]
+
+    return_rows = _gateway_returns(gw)
+    # a parked charge whose item came back is settled (voided: never booked, nothing to re-send)
+    voided = {charge_of[str(r[4])] for r in return_rows if r[3] == "voided" and str(r[4]) in charge_of}
+    t.parked = len(parked_keys - voided)
+    gateway_credits = {str(r[0]) for r in gw.execute("SELECT charge_id FROM charges WHERE item_key LIKE 'credit:%'")}
+    return_events = _stored_return_unused(gw)
     gw.close()
 
     his = _ro(his_db)
@@ -124,8 +139,10 @@ def tally(device_dbs: list[Path], gateway_db: Path, his_db: Path) -> Tally:
         "SELECT COALESCE(SUM(times_received - 1), 0) FROM charges"
     ).fetchone()[0]
     has_credits = his.execute("SELECT 1 FROM sqlite_master WHERE name = 'credits'").fetchone()
-    t.credited = his.execute("SELECT COUNT(*) FROM credits").fetchone()[0] if has_credits else 0
+    his_credits = his.execute("SELECT txn_id, original_txn_id FROM credits").fetchall() if has_credits else []
+    t.credited = len(his_credits)
     his.close()
+    _check_credits(t, return_rows, return_events, gateway_credits, his_credits, {str(r[0]) for r in his_rows})
     per_event: Counter[tuple[str, int]] = Counter()
     for (txn,) in his_rows:
         event_key = charge_of.get(txn)
@@ -143,6 +160,51 @@ def tally(device_dbs: list[Path], gateway_db: Path, his_db: Path) -> Tally:
     t.lost = len(missing)
     t.lost_keys = sorted(missing)
     return t
+
+
+def _gateway_returns(gw: sqlite3.Connection) -> list[tuple[str, int, str, str, str | None, str | None, bool]]:
+    """(device, seq, item key, outcome, charge id, credit id, a charge of the item by that device came first)."""
+    try:
+        rows = gw.execute(
+            "SELECT r.device, r.seq, r.item_key, r.outcome, r.charge_id, r.credit_id, EXISTS (SELECT 1 FROM charges c "
+            "WHERE c.device = r.device AND c.seq < r.seq AND c.status != 'parked' AND c.item_key = r.item_key) "
+            "FROM returns r"
+        ).fetchall()
+    except sqlite3.OperationalError:  # a store from before returns existed
+        return []
+    return [(str(r[0]), int(r[1]), str(r[2]), str(r[3]), r[4], r[5], bool(r[6])) for r in rows]
+
+
+def _stored_return_unused(gw: sqlite3.Connection) -> set[tuple[str, int]]:
+    return {(str(d), int(s_)) for d, s_ in gw.execute("SELECT device, seq FROM events WHERE kind = 'return_unused'")}
+
+
+def _check_credits(
+    t: Tally,
+    returns: list[tuple[str, int, str, str, str | None, str | None, bool]],
+    return_events: set[tuple[str, int]],
+    gateway_credits: set[str],
+    his_credits: list[tuple[str, str]],
+    his_charges: set[str],
+) -> None:
+    """Every return settled once, every credit the gateway queued booked once at the HIS against its charge,
+    no credit the gateway did not queue, and no charge the HIS holds for an item whose return was not credited."""
+    t.returns_recorded = len(returns)
+    t.returns_unsettled = len(return_events - {(d, s_) for d, s_, *_ in returns})
+    booked = Counter(txn for txn, _ in his_credits)
+    per_charge = Counter(original for _, original in his_credits)
+    against = dict(his_credits)
+    t.credits_duplicated = sum(n - 1 for n in booked.values()) + sum(n - 1 for n in per_charge.values())
+    t.credits_invented = len(set(booked) - gateway_credits)
+    for _device, _seq, _key, outcome, charge_id, credit_id, charged_before in returns:
+        if outcome == "credited" and credit_id is not None:
+            t.returns_credited += 1
+            if credit_id not in booked:
+                t.credits_lost += 1
+            elif against[credit_id] != charge_id:
+                t.credits_invented += 1
+        elif (outcome == "voided" and charge_id in his_charges) or (outcome == "not_charged" and charged_before):
+            t.returned_still_charged += 1
 
 
 class ManagedProcess:
@@ -192,6 +254,8 @@ class SpineHarness:
         his_backoff_max_s: float = 2.0,
         gateways: int = 1,
         lease_ttl_s: float = 3.0,
+        his_http: bool = False,
+        his_protocol: str = "mllp",
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -201,6 +265,10 @@ class SpineHarness:
         self.broker = MosquittoBroker(workdir=self.workdir / "broker")
         self.his_db = self.workdir / "his.db"
         self.his = SimulatedHis(self.his_db)
+        # the same HIS's JSON door (same books): a gateway started with protocol "http" talks to it
+        self.his_http = SimulatedHttpHis(self.workdir / "his-http.db", ledger=self.his) if his_http else None
+        self.gateway_protocols: dict[int, str] = {}
+        self.his_protocol = his_protocol  # of the gateways `start` starts
         self.gateway_db = self.workdir / "gateway.db"
         self.device_dir = self.workdir / "devices"
         self.device_dir.mkdir(exist_ok=True)
@@ -218,6 +286,8 @@ class SpineHarness:
     def start(self) -> SpineHarness:
         self.broker.start()
         self.his.start()
+        if self.his_http is not None:
+            self.his_http.start()
         catalog_csv = self.workdir / "catalog.csv"
         catalog_csv.write_text(write_catalog_csv([i.row() for i in sim_catalog()]), encoding="utf-8")
         subprocess.run(
@@ -225,33 +295,44 @@ class SpineHarness:
             check=True, capture_output=True, env=self.env,
         )
         for i in range(self.gateway_count):
-            self.start_gateway(i)
+            self.start_gateway(i, protocol=self.his_protocol)
         return self
 
     @property
     def gateway(self) -> ManagedProcess | None:
         return self.gateways.get(0)
 
-    def start_gateway(self, instance: int = 0) -> ManagedProcess:
-        """Start (or restart) gateway ``instance``; with several, they share an MQTT 5 subscription and the store."""
+    def start_gateway(self, instance: int = 0, *, protocol: str = "mllp") -> ManagedProcess:
+        """Start (or restart) gateway ``instance``; with several, they share an MQTT 5 subscription and the store.
+
+        ``protocol`` ``"http"`` points it at the HIS's JSON door (needs ``his_http=True``), else HL7 over MLLP.
+        The gateway reads a configuration file, as the systemd unit starts it: the tested path is the deployed one.
+        """
+        if protocol == "http" and self.his_http is None:
+            raise HarnessError("a gateway over HTTP needs SpineHarness(his_http=True)")
+        conf = self.workdir / f"gateway-{instance}.toml"
+        conf.write_text(self.gateway_toml(instance, protocol=protocol), encoding="utf-8")
+        argv = [sys.executable, "-m", "gateway.cli", "-v", "run", "--config", str(conf)]
         gw = self.gateways.get(instance)
         if gw is None:
-            # through a configuration file, as the systemd unit starts it: the tested path is the deployed one
-            conf = self.workdir / f"gateway-{instance}.toml"
-            conf.write_text(self.gateway_toml(instance), encoding="utf-8")
-            argv = [sys.executable, "-m", "gateway.cli", "-v", "run", "--config", str(conf)]
             gw = ManagedProcess(f"gateway-{instance}", argv, self.workdir / f"gateway-{instance}.log", self.env)
             self.gateways[instance] = gw
+        gw.argv = argv
+        self.gateway_protocols[instance] = protocol
         return gw.start()
 
-    def gateway_toml(self, instance: int = 0) -> str:
+    def gateway_toml(self, instance: int = 0, *, protocol: str = "mllp") -> str:
         """The configuration file of gateway ``instance`` (the layout of deploy/examples/gateway.toml)."""
         share = '\nshare_group = "spd-gateways"' if self.gateway_count > 1 else ""
+        if protocol == "http":
+            assert self.his_http is not None
+            his = f'[his]\nprotocol = "http"\nurl = {json.dumps(self.his_http.url)}\n'
+        else:
+            his = f'[his]\nprotocol = "mllp"\nhost = "127.0.0.1"\nport = {self.his.port}\n'
         return (  # a JSON string is a valid TOML basic string
             f"[store]\npath = {json.dumps(str(self.gateway_db))}\n\n"
             f'[broker]\nhost = "127.0.0.1"\nport = {self.broker.port}\nclient_id = "spd-gateway-{instance}"{share}\n\n'
-            f'[his]\nprotocol = "mllp"\nhost = "127.0.0.1"\nport = {self.his.port}\ntimeout_s = 2.0\n'
-            f"backoff_max_s = {float(self.his_backoff_max_s)}\n\n"
+            f"{his}timeout_s = 2.0\nbackoff_max_s = {float(self.his_backoff_max_s)}\n\n"
             f"[lease]\nttl_s = {float(self.lease_ttl_s)}\n"
         )
 
@@ -377,6 +458,7 @@ class SpineHarness:
             *((f"handheld runtime {name}", rt.stop) for name, rt in self.runtimes.items()),
             *((f"gateway {i}", functools.partial(gw.kill, signal.SIGTERM, grace_s=15.0))
               for i, gw in self.gateways.items()),
+            *((("simulated HIS (HTTP)", self.his_http.stop),) if self.his_http is not None else ()),
             ("simulated HIS", self.his.stop),
             ("broker", self.broker.close),
         ]

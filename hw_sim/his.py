@@ -1,6 +1,8 @@
 """A simulated HIS charging endpoint: an MLLP server that stores DFT^P03 charges once per FT1 id, with faults.
 
 Credits (FT1-6 ``CD``) are booked apart, once per FT1-2, against the charge named in FT1-23.
+:meth:`SimulatedHis.book_from_other_door` lets the simulated HTTP HIS book into the same books, as a
+HIS that offers both interfaces does (the chaos run switches the gateway between them).
 """
 
 from __future__ import annotations
@@ -143,6 +145,19 @@ class _Dft:
     @property
     def amount(self) -> Decimal:
         return (self.qty * self.unit_price).quantize(_CENT, rounding=ROUND_HALF_UP)
+
+
+@dataclass(frozen=True)
+class OtherDoorBooking:
+    """A charge (or, with `credit`, a credit against `original_txn_id`) as another interface received it."""
+
+    txn_id: str
+    admission: str
+    charge_code: str
+    qty: int
+    unit_price_fen: int
+    credit: bool = False
+    original_txn_id: str = ""
 
 
 class _Refusal(Exception):
@@ -404,7 +419,45 @@ class SimulatedHis(SimulatedHisBase):
 
     def _is_booked(self, dft: _Dft) -> bool:
         db = self._require_db()
-        return db.execute("SELECT 1 FROM charges WHERE txn_id = ?", (dft.txn_id,)).fetchone() is not None
+        table = "credits" if dft.txn_type == "CD" else "charges"
+        return db.execute(f"SELECT 1 FROM {table} WHERE txn_id = ?", (dft.txn_id,)).fetchone() is not None
+
+    def is_booked(self, txn_id: str, *, credit: bool = False) -> bool:
+        """True when this transaction id is booked (as a credit, with `credit`)."""
+        with self._lock:
+            table = "credits" if credit else "charges"
+            row = self._require_db().execute(f"SELECT 1 FROM {table} WHERE txn_id = ?", (txn_id,)).fetchone()
+        return row is not None
+
+    def book_from_other_door(self, booking: OtherDoorBooking, raw: str) -> tuple[str, str, str]:
+        """Book a charge or credit that reached this HIS by another interface (its HTTP door), in these books.
+
+        The same rules as for a DFT^P03: a transaction id is booked once, a credit must name a booked
+        charge of the same patient and amount that is not yet credited. Faults are the other door's own.
+        Returns ``(outcome, his_ref, reason)``: outcome ``booked``, ``resend`` (his_ref of the first
+        booking) or ``refused`` (with the reason).
+        """
+        dft = _Dft(control_id=booking.txn_id, txn_id=booking.txn_id, admission=booking.admission,
+                   charge_code=booking.charge_code, qty=Decimal(booking.qty),
+                   unit_price=Decimal(booking.unit_price_fen) / 100, txn_type="CD" if booking.credit else "CG",
+                   original_txn_id=booking.original_txn_id)
+        received_at = datetime.now(UTC).isoformat(timespec="milliseconds")
+        with self._lock:
+            db = self._require_db()
+            if dft.txn_type == "CD":
+                refusal = self._credit_refusal(dft)
+                if refusal is not None:
+                    self._rejected += 1
+                    self._insert_received(dft, raw, received_at, refusal.code.value)
+                    return "refused", "", refusal.text
+            table = "credits" if dft.txn_type == "CD" else "charges"
+            first = db.execute(f"SELECT his_ref FROM {table} WHERE txn_id = ?", (dft.txn_id,)).fetchone()
+            self._ack_seq += 1
+            self._book(dft, received_at, f"HIS{self._ack_seq:08d}")
+            self._insert_received(dft, raw, received_at, AckCode.AA.value)
+            if first is not None:
+                return "resend", str(first[0]), ""
+            return "booked", f"HIS{self._ack_seq:08d}", ""
 
     def _credit_refusal(self, dft: _Dft) -> _Refusal | None:
         """Why a credit cannot be booked: no such charge, another patient or amount, already credited."""

@@ -16,6 +16,7 @@ class _RunnableHis(Protocol):
     def set_delay(self, seconds: float) -> None: ...
     def reject_charge_codes(self, codes: set[str] | frozenset[str]) -> None: ...
     def stats(self) -> Any: ...
+    def credits(self) -> list[Any]: ...
 
 
 def serve_until_stopped(
@@ -46,8 +47,9 @@ def serve_until_stopped(
         pass
     finally:
         stats = his.stats()
+        credits = len(his.credits())
         his.stop()
         signal.signal(signal.SIGTERM, previous)
-    print(f"received {stats.received}, charges {stats.unique_charges}, duplicates {stats.duplicates_received}",
-          flush=True)
+    print(f"received {stats.received}, charges {stats.unique_charges}, duplicates {stats.duplicates_received}, "
+          f"credits {credits}", flush=True)
     return 0

@@ -27,7 +27,7 @@ def test_example_config_parses_with_paths_relative_to_the_file() -> None:
     assert [(d.name, d.lock_pin, d.door_pin, d.door_pull) for d in cab.doors] == [("door", 17, 27, Pull.UP)]
     assert cab.reader.antennas == (1, 2, 3, 4)
     assert (cab.reader.miss_rate, cab.reader.phantom_target) == (0.05, 1e-5)
-    assert cab.alarms.link_within_s == 1800.0
+    assert cab.alarms.link_within_s == 0.0  # off: the gateway decides not_linked
     assert cab.scanners.badge_port is not None
 
 

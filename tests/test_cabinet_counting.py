@@ -89,6 +89,20 @@ def test_taken_item_not_linked_in_time_raises_alarm_and_linked_one_does_not(tmp_
         c.stop()
 
 
+def test_by_default_the_cabinet_leaves_not_linked_to_the_gateway(tmp_path: Path) -> None:
+    """A handheld in the ward may charge what was taken here: only the gateway sees that (gateway/linking.py)."""
+    c = SimCabinet(tmp_path, items=10).start()
+    try:
+        c.badge("N0001")
+        assert c.open_door()
+        c.take(1)
+        c.close_door()
+        assert c.wait_event("taken") is not None
+        assert c.agent.pending_links() == {}  # no local deadline: no false alarm for a charge made elsewhere
+    finally:
+        c.stop()
+
+
 def test_unknown_tag_and_expired_item_raise_alarms(tmp_path: Path) -> None:
     c = SimCabinet(tmp_path, items=6).start()
     try:

@@ -57,7 +57,7 @@ class FillableDisk:
 
 @pytest.fixture
 def cab(tmp_path: Path) -> Iterator[SimCabinet]:
-    c = SimCabinet(tmp_path, items=12).start()
+    c = SimCabinet(tmp_path, items=12, link_within_s=1800.0).start()  # with the cabinet's own not_linked check on
     yield c
     c.stop()
 

@@ -1,4 +1,5 @@
-"""The CI-sized chaos run: ≥10,000 scans from handhelds and cabinets under every fault, zero tolerance."""
+"""The CI-sized chaos run: ≥10,000 scans from handhelds and cabinets under every fault, over MLLP and HTTP, with
+returns and credits; zero tolerance."""
 
 from __future__ import annotations
 
@@ -37,3 +38,10 @@ def test_nothing_lost_doubled_or_invented_under_faults(tmp_path: Path) -> None:
     assert report.cabinet_inventory_mismatches == []
     assert report.events > report.scans and report.events_not_stored == 0
     assert report.drain_s < 180
+    # the HIS over HTTP for a fixed share of the run as well as over MLLP, charges and credits both ways
+    assert report.protocol_switches == 3 and report.gateway_starts_http > 0 and report.gateway_starts_mllp > 0
+    assert report.his_messages_http > 1000 and report.his_messages_mllp > 1000
+    assert report.returns > 0 and report.credits_booked >= report.returns and report.credits_over_http > 0
+    assert (report.credits_lost, report.credits_duplicated, report.credits_invented) == (0, 0, 0)
+    assert (report.returned_still_charged, report.returns_unsettled) == (0, 0)
+    assert report.credits_booked == report.returns_credited

@@ -46,7 +46,7 @@ def notify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[NotifySo
     n.close()
 
 
-LOOPS = ["ingest-mqtt", "fleet-mqtt", "charging", "his-sender-0", "lease"]
+LOOPS = ["ingest-mqtt", "fleet-mqtt", "charging", "his-sender-0", "lease", "link-watch"]
 
 
 @pytest.mark.parametrize("loop", LOOPS)
@@ -56,7 +56,7 @@ def test_a_wedged_gateway_loop_stops_the_pings_and_is_named(loop: str, tmp_path:
     clock = FakeClock()
     heartbeats = HeartbeatRegistry(clock=clock)
     cfg = GatewayConfig(db_path=tmp_path / "gw.db", broker_port=broker.port, lease_ttl_s=1.5,
-                        signing_key=tmp_path / "command-signing.key")
+                        signing_key=tmp_path / "command-signing.key", not_linked_within_s=0.4)
     gw = Gateway(cfg, adapter=QuietHis(), heartbeats=heartbeats)
     assert sorted(heartbeats.names()) == []  # nothing is watched before it starts
     wedge = Wedge()
@@ -65,6 +65,7 @@ def test_a_wedged_gateway_loop_stops_the_pings_and_is_named(loop: str, tmp_path:
     store.charging_events = wedge.hang_if("charging", store.charging_events)  # type: ignore[method-assign]
     store.pending_charges = wedge.hang_if("his-sender-0", store.pending_charges)  # type: ignore[method-assign]
     store.hold_lease = wedge.hang_if("lease", store.hold_lease)  # type: ignore[method-assign]
+    gw.link_watch.run_once = wedge.hang_if("link-watch", gw.link_watch.run_once)  # type: ignore[method-assign]
     gw.start()
     assert sorted(heartbeats.names()) == sorted(LOOPS)
     watchdog = Watchdog(lambda: True, interval_s=0.05, heartbeats=heartbeats).start()
@@ -136,7 +137,7 @@ def test_the_gateway_process_pings_until_stopped(tmp_path: Path, broker: Mosquit
     try:
         notify.wait_for(lambda m: m == "READY=1")
         notify.wait_for(lambda m: m == "WATCHDOG=1")
-        assert sorted(gw.heartbeats.names()) == ["charging", "his-sender-0", "ingest-mqtt", "lease"]
+        assert sorted(gw.heartbeats.names()) == ["charging", "his-sender-0", "ingest-mqtt", "lease", "link-watch"]
     finally:
         gw._stopped.set()
         t.join(20)

@@ -290,7 +290,7 @@ def test_main_runs_as_a_process_until_terminated(tmp_path: Path) -> None:
             process.kill()
             process.wait()
     assert process.returncode == 0
-    assert out.strip() == "received 1, charges 1, duplicates 0"
+    assert out.strip() == "received 1, charges 1, duplicates 0, credits 0"
 
 
 def test_main_reports_a_port_it_cannot_listen_on(tmp_path: Path) -> None:

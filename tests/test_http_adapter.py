@@ -244,3 +244,123 @@ def test_sender_hands_the_outbox_line_to_the_http_adapter(tmp_path: Path, his: S
     assert his.stats().unique_charges == 1
     sender.adapter.close()
     store.close()
+
+
+# -- credits ------------------------------------------------------------------------
+
+CREDIT_ID = "F0E1D2C3B40000000043"
+
+
+def credit_line(credit_id: str = CREDIT_ID, *, original: str = CHARGE_ID, price_fen: int = 589000,
+                admission: str = "ZY2026001234") -> dict[str, object]:
+    """A credit line as the charging worker stores it in the outbox (`bridge.CreditRequest` + its id)."""
+    return {
+        "device": "HH-0001", "seq": 43, "ts_ms": 1795920000000, "operator": "N0002", "dept": "OR-3",
+        "original_charge_id": original, "admission": admission, "gtin": "06901234567892", "lot": "L2211",
+        "serial": "SN0001", "expiry": "2028-05-31", "item_code": "HC00001", "charge_code": "33100001",
+        "name": "冠脉药物洗脱支架", "spec": "3.0x18mm", "manufacturer": "ACME", "price_fen": price_fen,
+        "credit_id": credit_id,
+    }
+
+
+def credit_msg(credit_id: str = CREDIT_ID, **kw: object) -> str:
+    return json.dumps(credit_line(credit_id, **kw), ensure_ascii=False)  # type: ignore[arg-type]
+
+
+def test_credit_is_posted_to_credits_with_the_original_charge_and_booked_once(
+    his: SimulatedHttpHis, adapter: HttpJsonAdapter
+) -> None:
+    adapter.send(CHARGE_ID, msg())
+    result = adapter.send(CREDIT_ID, credit_msg())
+    assert result == HisResult(HisOutcome.ACCEPTED, "201", "booked by HIS", "HTTPHIS00000002")
+    assert [(c.credit_id, c.original_charge_id, c.admission, c.amount_fen, c.times_received) for c in his.credits()] \
+        == [(CREDIT_ID, CHARGE_ID, "ZY2026001234", -589000, 1)]
+    assert his.answers()[-1] == (CREDIT_ID, 201, "booked")
+    again = adapter.send(CREDIT_ID, credit_msg())  # a resend: recognised, not booked twice
+    assert again == HisResult(HisOutcome.ACCEPTED, "409", f"HIS had already booked {CREDIT_ID}", "HTTPHIS00000002")
+    assert [c.times_received for c in his.credits()] == [2]
+    assert adapter.credit_request(CREDIT_ID, credit_msg()) == {
+        "credit_id": CREDIT_ID, "original_charge_id": CHARGE_ID, "admission": "ZY2026001234",
+        "item_code": "HC00001", "charge_code": "33100001", "item_name": "冠脉药物洗脱支架", "qty": 1,
+        "unit_price_fen": 589000, "amount_fen": 589000,
+        "udi": {"gtin": "06901234567892", "lot": "L2211", "serial": "SN0001", "expiry": "2028-05-31"},
+        "operator": "N0002", "dept": "OR-3", "returned_at": "2026-11-29T10:40:00.000+08:00",
+        "source": {"device": "HH-0001", "seq": 43},
+    }
+
+
+def test_credit_dropped_answer_is_retried_and_the_resend_books_once(
+    his: SimulatedHttpHis, adapter: HttpJsonAdapter
+) -> None:
+    adapter.send(CHARGE_ID, msg())
+    his.drop_responses_after_store(1)
+    # the kept connection is cut unanswered: the adapter sends once more on a new one, the HIS recognises it
+    result = adapter.send(CREDIT_ID, credit_msg())
+    assert (result.outcome, result.code) == (HisOutcome.ACCEPTED, "409")
+    assert [c.times_received for c in his.credits()] == [2]
+
+
+@pytest.mark.parametrize(
+    ("line_kw", "error"),
+    [({"original": "A" * 20}, "unknown_charge"), ({"price_fen": 1}, "credit_mismatch"),
+     ({"admission": "ZY9"}, "credit_mismatch")],
+)
+def test_credit_the_his_cannot_match_is_rejected(
+    his: SimulatedHttpHis, adapter: HttpJsonAdapter, line_kw: dict[str, object], error: str
+) -> None:
+    adapter.send(CHARGE_ID, msg())
+    result = adapter.send(CREDIT_ID, credit_msg(**line_kw))
+    assert (result.outcome, result.code) == (HisOutcome.REJECTED, "422")
+    assert error in result.detail
+    assert his.credits() == []
+
+
+def test_second_credit_of_one_charge_is_rejected(his: SimulatedHttpHis, adapter: HttpJsonAdapter) -> None:
+    adapter.send(CHARGE_ID, msg())
+    adapter.send(CREDIT_ID, credit_msg())
+    result = adapter.send("F" * 20, credit_msg("F" * 20))
+    assert (result.outcome, result.code) == (HisOutcome.REJECTED, "422")
+    assert "already_credited" in result.detail and len(his.credits()) == 1
+
+
+def test_credit_line_missing_a_field_is_a_caller_error(adapter: HttpJsonAdapter) -> None:
+    rec = credit_line()
+    del rec["original_charge_id"]
+    with pytest.raises(HisMessageError) as err:
+        adapter.send(CREDIT_ID, json.dumps(rec))
+    assert "original_charge_id" in err.value.message
+
+
+def test_forced_refusal_does_not_hit_the_resend_of_a_booked_charge(
+    his: SimulatedHttpHis, adapter: HttpJsonAdapter
+) -> None:
+    adapter.send(CHARGE_ID, msg())
+    his.answer_next(422, error="under_review")
+    assert adapter.send(CHARGE_ID, msg()).outcome is HisOutcome.ACCEPTED  # the HIS holds it: it says so
+    assert adapter.send("C" * 20, msg("C" * 20)).outcome is HisOutcome.REJECTED
+
+
+def test_http_door_books_into_the_mllp_his_books(tmp_path: Path) -> None:
+    """One HIS with two interfaces: a charge booked over MLLP is a resend over HTTP, and credits see it."""
+    from gateway import bridge
+    from hw_sim.his import SimulatedHis
+
+    config = bridge.BridgeConfig(sending_facility="SPD", receiving_facility="HOSP")
+    catalog = bridge.Catalog([bridge.CatalogItem("06901234567892", "HC00001", "33100001", "支架", "", "", 589000,
+                                                 True, True)])
+    result = bridge.charge_batch(
+        [("HH-0001", 42, 1795918320000, "ZY2026001234",
+          "]d201069012345678921728053110L2211\x1d21SN0001", "N0001", "OR-3")],
+        catalog, bridge.new_consumed_set(set()), config)
+    [charge] = result.lines
+    rec = {**line(charge.charge_id), "price_fen": charge.price_fen}
+    with SimulatedHis(tmp_path / "his.db") as mllp, SimulatedHttpHis(tmp_path / "door.db", ledger=mllp) as door, \
+            MllpAdapter("127.0.0.1", mllp.port, timeout_s=2.0) as over_mllp, \
+            HttpJsonAdapter(door.url, timeout_s=2.0) as over_http:
+        assert over_mllp.send(charge.charge_id, charge.message).outcome is HisOutcome.ACCEPTED
+        again = over_http.send(charge.charge_id, json.dumps(rec))
+        assert (again.outcome, again.code) == (HisOutcome.ACCEPTED, "409")
+        credit = over_http.send(CREDIT_ID, credit_msg(original=charge.charge_id, price_fen=charge.price_fen))
+        assert (credit.outcome, credit.code) == (HisOutcome.ACCEPTED, "201")
+        assert [(c.txn_id, c.original_txn_id) for c in mllp.credits()] == [(CREDIT_ID, charge.charge_id)]
+        assert [c.times_received for c in mllp.charges()] == [2]

@@ -129,3 +129,24 @@ def test_items_returned_unused_are_credited_once(spine: SpineHarness) -> None:
                          "(SELECT credit_id FROM returns)").fetchall()
     db.close()
     assert spine.tally().credited == t.returns, (returns, credits)  # every return credited, none twice
+
+
+def test_items_returned_unused_are_credited_once_over_http(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The reproduction from the README's CLIs, as processes: 200 scans, 10% returns, the HIS over HTTP."""
+    h = SpineHarness(tmp_path_factory.mktemp("spine-http"), his_http=True, his_protocol="http").start()
+    try:
+        assert h.his_http is not None
+        h.start_handheld("HH01", scans=200, rate=100, return_rate=0.1)
+        h.wait_handhelds(60)
+        t = h.wait_settled(60)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and h.tally().credited < t.returns:
+            time.sleep(0.2)
+        t = h.tally()
+        assert t.returns > 0 and t.credited == t.returns == t.returns_credited, t.as_dict()
+        assert (t.lost, t.duplicates, t.invented, t.credits_lost, t.credits_duplicated) == (0, 0, 0, 0, 0)
+        assert t.stored == t.charged == t.scans
+        assert h._pending_charges() == 0
+        assert h.his_http.stats().received >= t.scans + t.returns  # it all went over HTTP
+    finally:
+        h.close()

@@ -487,6 +487,8 @@ class CabinetAgent:
 
     def _rebuild_pending_links(self) -> None:
         """Taken items not yet linked (from the log), so the not-linked alarm survives a restart."""
+        if self.config.alarms.link_within_s <= 0:
+            return  # the cabinet's own check is off: the gateway decides
         mono, wall = time.monotonic(), time.time()
         pending: dict[ItemKey, PendingLink] = {}
         for ev in self._events_after(0):

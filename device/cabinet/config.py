@@ -75,7 +75,7 @@ DEFAULT_CAMERA_SYMBOLOGIES = ("GS1_DATAMATRIX", "GS1_128", "GS1_QR", "QR")
 
 @dataclass(frozen=True, slots=True)
 class AlarmConfig:
-    link_within_s: float = 1800.0
+    link_within_s: float = 0.0  # 0: off, the gateway decides not_linked from every device's events
     expiry_check_s: float = 3600.0
     ajar_repeat_s: float = 300.0
 
@@ -194,7 +194,7 @@ def parse_cabinet(sec: Section) -> CabinetConfig:
     a = sec.section("alarms", optional=True)
     if a is not None:
         alarms = AlarmConfig(
-            link_within_s=a.get_float("link_within_s", 1800.0, min=0.05, max=7 * 86400.0),
+            link_within_s=a.get_float("link_within_s", 0.0, min=0.0, max=7 * 86400.0),
             expiry_check_s=a.get_float("expiry_check_s", 3600.0, min=0.05, max=7 * 86400.0),
             ajar_repeat_s=a.get_float("ajar_repeat_s", 300.0, min=0.05, max=86400.0),
         )

@@ -148,7 +148,7 @@ class Timings:
     pin_timeout_s: float = 15.0
     ajar_limits_s: dict[str, float] = field(default_factory=dict)
     ajar_repeat_s: float = 300.0
-    link_within_s: float = 1800.0
+    link_within_s: float = 0.0  # the cabinet's own not_linked check; 0: off (the gateway's check decides)
     expiry_check_s: float = 3600.0
     lockout_s: float = 30.0
     door_grace_s: float = 0.5
@@ -573,7 +573,7 @@ class Cabinet:
             if sg is None:
                 continue
             events.append((EventKind.TAKEN, self._item_body(epc, sg)))
-            if sess is not None and not is_restock:
+            if sess is not None and not is_restock and self.timings.link_within_s > 0:
                 self.pending_links[sg.item_key] = PendingLink(now + self.timings.link_within_s, sess.id,
                                                               taker, epc)
         added_kind = EventKind.RESTOCKED if is_restock else EventKind.RETURNED

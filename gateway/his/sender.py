@@ -9,8 +9,12 @@ order while different patients' charges go out in parallel. Outcomes:
 
 * accepted (HL7 AA, HTTP 2xx) → charge accepted and the consumption record
   written, in one transaction;
-* rejected (AE/AR) → parked with the HIS's reason, for a person to look at
-  and re-send (``spd-gateway charges resend``);
+* rejected (AE/AR, HTTP 4xx) → parked with the HIS's reason, for a person to
+  look at and re-send (``spd-gateway charges resend``);
+* a row the adapter cannot send at all (it raises `HisMessageError` while
+  rendering it, or fails unexpectedly) → parked with the adapter's reason, at
+  once: no attempt of it can ever succeed, and the rows behind it in the lane
+  go on (``spd-gateway charges list --status parked`` shows the reason);
 * retry (timeout, connection refused, an ACK for another message) → the
   charge waits with exponential backoff, and the lane pauses as a whole,
   because a HIS that does not answer one charge will not answer the next.
@@ -28,7 +32,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from device.heartbeat import HeartbeatRegistry
-from gateway.his.adapter import HisAdapter, HisOutcome
+from gateway.his.adapter import HisAdapter, HisAdapterClosed, HisError, HisOutcome, HisResult
 from gateway.store import GatewayStore, OutboxCharge
 
 log = logging.getLogger(__name__)
@@ -117,16 +121,19 @@ class HisSender:
             return 0
         sent = 0
         blocked: set[str] = set()
+        voided: set[str] = set()  # credits voided with a charge parked in this pass: no longer pending
         for charge in self.store.pending_charges(limit=500 * self.lanes):
             if self._stop.is_set() or not self._may_run():
                 break
             if charge.admission in blocked or lane_of(charge.admission, self.lanes) != self.lane:
                 continue
+            if charge.charge_id in voided:
+                continue
             if charge.next_attempt_at > t:
                 blocked.add(charge.admission)
                 continue
             with self._beat.blocking(self.send_deadline_s):
-                result = self.adapter.send(charge.charge_id, self._message(charge))
+                result = self._send(charge)
             sent += 1
             self.stats.sent += 1
             if result.outcome is HisOutcome.ACCEPTED:
@@ -134,8 +141,8 @@ class HisSender:
                 self.stats.accepted += 1
                 self._failures = 0
             elif result.outcome is HisOutcome.REJECTED:
-                log.warning("charge %s parked: HIS answered %s: %s", charge.charge_id, result.code, result.detail)
-                self.store.mark_parked(charge.charge_id, result.code, result.detail)
+                log.warning("charge %s parked: %s: %s", charge.charge_id, result.code, result.detail)
+                voided.update(self.store.mark_parked(charge.charge_id, result.code, result.detail))
                 self.stats.parked += 1
                 self._failures = 0
             else:
@@ -149,6 +156,27 @@ class HisSender:
                 break
             t = time.time()
         return sent
+
+    def _send(self, charge: OutboxCharge) -> HisResult:
+        """One attempt; a row the adapter cannot send at all comes back REJECTED with the adapter's reason.
+
+        `HisMessageError` (and any other `HisError` but `HisAdapterClosed`) means the adapter refused
+        this row's content, so every later attempt would fail the same way. Any other exception is a
+        fault of the adapter with this row; it is parked too rather than retried, because retrying
+        would hold every row behind it in the lane for ever. Either way nothing reached the HIS that
+        it could book (or, if it did, a re-send is recognised by the charge id).
+        """
+        try:
+            return self.adapter.send(charge.charge_id, self._message(charge))
+        except HisAdapterClosed:
+            raise
+        except HisError as err:
+            return HisResult(HisOutcome.REJECTED, f"unsendable:{err.reason}",
+                             f"{type(self.adapter).__name__} cannot send this row: {err.message}")
+        except Exception as err:
+            log.exception("HIS adapter failed on %s", charge.charge_id)
+            return HisResult(HisOutcome.REJECTED, "adapter_error",
+                             f"{type(self.adapter).__name__} failed on this row: {type(err).__name__}: {err}")
 
     def _message(self, charge: OutboxCharge) -> str:
         if getattr(self.adapter, "outbox_payload", OutboxPayload.HL7) is not OutboxPayload.CHARGE_LINE:

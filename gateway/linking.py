@@ -1,0 +1,325 @@
+"""The ``not_linked`` check: an item taken from a cabinet must be charged to a patient, on any device, in time.
+
+Only the gateway sees every fact: the cabinet's ``taken`` event, a ``consume``
+scanned at that cabinet or on a handheld in the ward, the item coming back
+into a cabinet. :class:`LinkWatch` follows the stored events with its own
+cursor and keeps, per take, whether it is still open:
+
+* a ``taken`` event (not by a restocker) opens a take of its item
+  (``gtin/serial``, the same key a UDI scan gives) — unless a scan of that
+  item was already stored within the window before it (a handheld's batch
+  can arrive before the cabinet's);
+* a ``consume`` of the item, from any device, links every open take of it;
+* a ``returned``/``restocked`` event of the item, at any cabinet, closes it:
+  the item is back in stock;
+* a take still open ``window_s`` after it was stored raises one alarm
+  (``link_alarms``), naming the cabinet, the item, who opened the door and in
+  which session. A scan that arrives after the alarm does not withdraw it: it
+  is noted on the alarm (``resolved_by``), so the on-call technician sees
+  both that it was late and that it was charged.
+
+Time is the gateway's clock (``events.stored_at``), not the devices': device
+clocks step, and a cabinet that was offline delivers its takes late.
+At the first start on a store that already holds events, takes stored more
+than one window before that start are not alarmed (no flood of alarms for
+history).
+
+Several gateway instances may share a store: every write is keyed on the
+event identity, and only the charging lease holder runs the check.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from device.heartbeat import HeartbeatRegistry
+from device.wire import EventKind
+from gateway import bridge
+from gateway.store import GatewayStore
+
+log = logging.getLogger(__name__)
+
+CURSOR = "linking"
+SINCE = "linking_since"  # cursors row: takes stored before this (unix seconds) are never alarmed
+DEFAULT_WINDOW_S = 1800.0  # as the cabinet's own link_within_s used to default to
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS cabinet_takes (
+    device TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    item_key TEXT NOT NULL,
+    epc TEXT NOT NULL DEFAULT '',
+    user TEXT NOT NULL DEFAULT '',
+    session TEXT NOT NULL DEFAULT '',
+    dept TEXT NOT NULL DEFAULT '',
+    taken_ms INTEGER NOT NULL,
+    stored_at REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'open',
+    closed_by TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (device, seq)
+);
+CREATE INDEX IF NOT EXISTS cabinet_takes_item ON cabinet_takes (item_key, state);
+CREATE INDEX IF NOT EXISTS cabinet_takes_open ON cabinet_takes (state, stored_at);
+CREATE TABLE IF NOT EXISTS item_scans (
+    device TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    item_key TEXT NOT NULL,
+    stored_at REAL NOT NULL,
+    PRIMARY KEY (device, seq)
+);
+CREATE INDEX IF NOT EXISTS item_scans_item ON item_scans (item_key, stored_at);
+CREATE TABLE IF NOT EXISTS link_alarms (
+    device TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    item_key TEXT NOT NULL,
+    epc TEXT NOT NULL,
+    user TEXT NOT NULL,
+    session TEXT NOT NULL,
+    dept TEXT NOT NULL,
+    taken_ms INTEGER NOT NULL,
+    window_s REAL NOT NULL,
+    raised_at REAL NOT NULL,
+    resolved_by TEXT NOT NULL DEFAULT '',
+    resolved_at REAL,
+    PRIMARY KEY (device, seq)
+);
+"""
+"""``cabinet_takes``: one row per ``taken`` event, state ``open``, ``linked`` (charged: ``closed_by`` is the
+``consume`` as "device seq"), ``back`` (returned into a cabinet) or ``alarmed``. ``item_scans``: the item of
+every ``consume``. ``link_alarms``: one row per alarmed take."""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkAlarm:
+    """One ``not_linked`` alarm: the take (cabinet, seq) that was not charged within ``window_s``."""
+
+    cabinet: str
+    seq: int
+    item_key: str
+    epc: str
+    user: str
+    session: str
+    dept: str
+    taken_ms: int
+    window_s: float
+    raised_at: float
+    resolved_by: str
+
+    def __str__(self) -> str:
+        taken = dt.datetime.fromtimestamp(self.taken_ms / 1000).astimezone().isoformat(timespec="seconds")
+        who = self.user or "an unknown user (door opened without a session)"
+        text = (f"not_linked: cabinet {self.cabinet} item {self.item_key} (EPC {self.epc or '?'}) taken by {who}"
+                f"{f' in session {self.session}' if self.session else ''} at {taken} (cabinet seq {self.seq}),"
+                f" not charged to a patient within {self.window_s:g} s")
+        if self.resolved_by:
+            text += f"; later {self.resolved_by}"
+        return text
+
+
+def ensure_schema(store: GatewayStore) -> None:
+    """Create the check's tables in the gateway store (idempotent)."""
+    with store.transaction() as db:
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                db.execute(statement)
+
+
+def link_alarms(store: GatewayStore) -> list[LinkAlarm]:
+    """Every ``not_linked`` alarm, oldest first."""
+    ensure_schema(store)
+    rows = store.query(
+        "SELECT device, seq, item_key, epc, user, session, dept, taken_ms, window_s, raised_at, resolved_by "
+        "FROM link_alarms ORDER BY raised_at, device, seq"
+    )
+    return [LinkAlarm(*r) for r in rows]
+
+
+class LinkWatch:
+    """Follows stored events and raises ``not_linked`` alarms; :meth:`run_once` is one pass."""
+
+    def __init__(
+        self,
+        store: GatewayStore,
+        *,
+        window_s: float = DEFAULT_WINDOW_S,
+        check_every_s: float | None = None,
+        batch_size: int = 2000,
+        utc_offset_minutes: int = 480,
+        may_run: Callable[[], bool] = lambda: True,
+        clock: Callable[[], float] = time.time,
+        heartbeats: HeartbeatRegistry | None = None,
+    ) -> None:
+        if window_s <= 0:
+            raise ValueError("window_s must be positive")
+        self.store = store
+        self.window_s = window_s
+        self.check_every_s = check_every_s if check_every_s is not None else max(0.05, min(30.0, window_s / 4))
+        self.batch_size = batch_size
+        self.utc_offset_minutes = utc_offset_minutes
+        self.alarms_raised = 0
+        self._may_run = may_run
+        self._clock = clock
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        # a pass waits at most check_every_s (<= 30 s), then one batch loop that may wait on a busy store
+        self._beat = (heartbeats or HeartbeatRegistry()).heartbeat("link-watch", deadline_s=self.check_every_s + 90.0)
+        ensure_schema(store)
+        with store.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO cursors (name, value) VALUES (?, ?)",
+                       (SINCE, int(self._clock() - window_s)))
+
+    # ------------------------------------------------------------ one pass
+
+    def run_once(self) -> int:
+        """Read new events, then raise the alarms that are due; returns how many events it read."""
+        n = 0
+        while True:
+            read = self._follow()
+            n += read
+            if read < self.batch_size:
+                break
+        self.raise_due()
+        return n
+
+    def _follow(self) -> int:
+        after = self.store.cursor(CURSOR)
+        rows = self.store.query(
+            "SELECT id, device, seq, ts_ms, kind, body, stored_at FROM events WHERE id > ? AND kind IN (?, ?, ?, ?) "
+            "ORDER BY id LIMIT ?",
+            (after, EventKind.TAKEN.value, EventKind.CONSUME.value, EventKind.RETURNED.value,
+             EventKind.RESTOCKED.value, self.batch_size),
+        )
+        if not rows:
+            return 0
+        with self.store.transaction() as db:
+            for _id, device, seq, ts_ms, kind, body_text, stored_at in rows:
+                body = json.loads(body_text)
+                if kind == EventKind.TAKEN.value:
+                    self._taken(db, device, seq, ts_ms, body, stored_at)
+                elif kind == EventKind.CONSUME.value:
+                    self._scanned(db, device, seq, ts_ms, body, stored_at)
+                else:
+                    self._back(db, device, seq, body)
+            db.execute("INSERT INTO cursors (name, value) VALUES (?, ?) "
+                       "ON CONFLICT (name) DO UPDATE SET value = excluded.value", (CURSOR, rows[-1][0]))
+        return len(rows)
+
+    def _taken(self, db: sqlite3.Connection, device: str, seq: int, ts_ms: int, body: dict[str, object],
+               stored_at: float) -> None:
+        key = _cabinet_item_key(body)
+        if key is None or body.get("role") == "restocker":
+            return
+        scan = db.execute(
+            "SELECT device, seq FROM item_scans WHERE item_key = ? AND stored_at >= ? ORDER BY stored_at DESC LIMIT 1",
+            (key, stored_at - self.window_s),
+        ).fetchone()
+        state, closed_by = ("linked", f"charged by {scan[0]} seq {scan[1]}") if scan else ("open", "")
+        db.execute(
+            "INSERT OR IGNORE INTO cabinet_takes (device, seq, item_key, epc, user, session, dept, taken_ms, "
+            "stored_at, state, closed_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (device, seq, key, _s(body.get("epc")), _s(body.get("user")), _s(body.get("session")),
+             _s(body.get("dept")), ts_ms, stored_at, state, closed_by),
+        )
+
+    def _scanned(self, db: sqlite3.Connection, device: str, seq: int, ts_ms: int, body: dict[str, object],
+                 stored_at: float) -> None:
+        udi = body.get("udi")
+        if not isinstance(udi, str):
+            return
+        year = (dt.datetime(1970, 1, 1) + dt.timedelta(milliseconds=ts_ms + self.utc_offset_minutes * 60_000)).year
+        try:
+            item = bridge.read_item(udi, reference_year=year)
+        except bridge.BridgeError:
+            return  # unreadable: refused by the bridge with its reason; it links nothing
+        if not item.serial:
+            return
+        key = f"{item.gtin}/{item.serial}"
+        db.execute("INSERT OR IGNORE INTO item_scans (device, seq, item_key, stored_at) VALUES (?, ?, ?, ?)",
+                   (device, seq, key, stored_at))
+        by = f"charged by {device} seq {seq}"
+        db.execute("UPDATE cabinet_takes SET state = 'linked', closed_by = ? WHERE item_key = ? AND state = 'open'",
+                   (by, key))
+        self._resolve(db, key, by)
+
+    def _back(self, db: sqlite3.Connection, device: str, seq: int, body: dict[str, object]) -> None:
+        key = _cabinet_item_key(body)
+        if key is None:
+            return
+        by = f"put back into cabinet {device} (seq {seq})"
+        db.execute("UPDATE cabinet_takes SET state = 'back', closed_by = ? WHERE item_key = ? AND state = 'open'",
+                   (by, key))
+        self._resolve(db, key, by)
+
+    def _resolve(self, db: sqlite3.Connection, key: str, by: str) -> None:
+        db.execute("UPDATE link_alarms SET resolved_by = ?, resolved_at = ? WHERE item_key = ? AND resolved_by = ''",
+                   (by, self._clock(), key))
+
+    def raise_due(self) -> list[LinkAlarm]:
+        """Alarm every take still open one window after it was stored; the new alarms."""
+        now = self._clock()
+        since = self.store.cursor(SINCE)
+        raised: list[LinkAlarm] = []
+        with self.store.transaction() as db:
+            due = db.execute(
+                "SELECT device, seq, item_key, epc, user, session, dept, taken_ms, stored_at FROM cabinet_takes "
+                "WHERE state = 'open' AND stored_at <= ? ORDER BY stored_at",
+                (now - self.window_s,),
+            ).fetchall()
+            for device, seq, key, epc, user, session, dept, taken_ms, stored_at in due:
+                if stored_at < since:  # history from before the check existed: closed without an alarm
+                    db.execute("UPDATE cabinet_takes SET state = 'expired' WHERE device = ? AND seq = ?",
+                               (device, seq))
+                    continue
+                db.execute("UPDATE cabinet_takes SET state = 'alarmed' WHERE device = ? AND seq = ?", (device, seq))
+                db.execute(
+                    "INSERT OR IGNORE INTO link_alarms (device, seq, item_key, epc, user, session, dept, taken_ms, "
+                    "window_s, raised_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (device, seq, key, epc, user, session, dept, taken_ms, self.window_s, now),
+                )
+                raised.append(LinkAlarm(device, seq, key, epc, user, session, dept, taken_ms, self.window_s, now, ""))
+        for alarm in raised:
+            log.warning("%s", alarm)
+        self.alarms_raised += len(raised)
+        return raised
+
+    # ------------------------------------------------------------ thread
+
+    def start(self) -> LinkWatch:
+        self._beat.watch()
+        self._thread = threading.Thread(target=self._run, name="link-watch", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._beat.retire()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.check_every_s):
+            self._beat()
+            if not self._may_run():
+                continue
+            try:
+                self.run_once()
+            except Exception:
+                log.exception("not_linked check failed; retrying")
+
+
+def _cabinet_item_key(body: dict[str, object]) -> str | None:
+    gtin, serial = body.get("gtin"), body.get("serial")
+    if isinstance(gtin, str) and isinstance(serial, str) and gtin and serial:
+        return f"{gtin}/{serial}"
+    return None
+
+
+def _s(value: object) -> str:
+    return value if isinstance(value, str) else ""

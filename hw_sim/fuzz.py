@@ -8,6 +8,7 @@ as a crash.
 
     python -m hw_sim.fuzz all --inputs 1000000
     python -m hw_sim.fuzz r2000 --inputs 1000000 --engine random --seed 7
+    python -m hw_sim.fuzz ingest --inputs 1000000 --engine random --seed 1   # batches, end to end
 
 Crashing inputs are kept under ``tests/data/crashers/<target>/``;
 ``tests/test_fuzz_parsers.py`` replays every one of them.
@@ -381,6 +382,21 @@ def _camera_seeds() -> list[bytes]:
     return [bytes((32, 32, 0)) + bytes(range(256)) * 4, bytes((8, 8, 3)) + b"\xff\x00" * 96]
 
 
+# ---------------------------------------------------------------- gateway ingest, end to end
+
+
+def _run_ingest(data: bytes) -> None:
+    from hw_sim.fuzz_ingest import run_one
+
+    run_one(data)
+
+
+def _ingest_seeds() -> list[bytes]:
+    from hw_sim.fuzz_ingest import seeds
+
+    return seeds()
+
+
 TARGETS: dict[str, FuzzTarget] = {
     t.name: t
     for t in (
@@ -399,6 +415,9 @@ TARGETS: dict[str, FuzzTarget] = {
                    "device.hal.scanner LineFramer.feed + LineDecoder.decode_bytes"),
         FuzzTarget("camera_frame", _run_camera_frame, _camera_seeds,
                    "device.hal.camera.decoders (zxing-cpp, pyzbar) on arbitrary frames"),
+        FuzzTarget("ingest", _run_ingest, _ingest_seeds,
+                   "one generated batch (valid and hostile events) through gateway.ingest.IngestService.handle "
+                   "into a real GatewayStore; see hw_sim/fuzz_ingest.py"),
     )
 }
 
@@ -561,10 +580,13 @@ def _atheris_child(name: str, libfuzzer_args: list[str]) -> None:
     import device.udi
     import device.wire
     import gateway.his.ack
-    import gateway.his.mllp  # noqa: F401
+    import gateway.his.mllp
 
     if name == "camera_frame":
         import device.hal.camera.decoders
+    if name == "ingest":
+        import gateway.ingest  # noqa: F401
+        import hw_sim.fuzz_ingest  # noqa: F401
     if name == "scanner_line":
         import device.hal.scanner.serial_scanner
         import device.hal.scanner.symbology  # noqa: F401
@@ -602,6 +624,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         report = engine(TARGETS[name], opts.inputs, seed=opts.seed, strict=opts.strict, out_dir=opts.crashers / name)
         print(report.line(), flush=True)
+        if name == "ingest" and opts.engine == "random":
+            from hw_sim.fuzz_ingest import fuzzer_summary
+
+            print(f"ingest: {fuzzer_summary()}", flush=True)
         failed = failed or bool(report.crashers)
     return 1 if failed else 0
 

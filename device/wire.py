@@ -205,6 +205,7 @@ class Batch:
     site: str
     events: list[Event]
     invalid: list[InvalidEvent] = field(default_factory=list)
+    checked: bool = False  # every event passed check_event and its hash (decode_batch); the store need not repeat it
 
 
 def encode_batch(site: str, device: str, events: list[Event]) -> bytes:
@@ -240,7 +241,7 @@ def decode_batch(topic_text: str, payload: bytes) -> Batch:
         except Exception as err:  # one event's fault, whatever it is, must not lose its batch
             detail = f"event could not be checked: {type(err).__name__}: {shown(str(err), 200)}"
             invalid.append(InvalidEvent(readable_seq(raw), "bad_event", detail, raw))
-    return Batch(addr.device, addr.site, events, invalid)
+    return Batch(addr.device, addr.site, events, invalid, checked=True)
 
 
 def readable_seq(raw: Any) -> int | None:
@@ -266,14 +267,16 @@ def _decode_event(device: str, raw: Any) -> Event:
     prev: Any = raw.get("prev")
     digest: Any = raw.get("hash")
     ev = Event(device, seq, ts, kind, body, prev, digest)
-    check_event(ev)
-    if not ev.hash_ok():
-        raise WireError("bad_hash", f"event {ev.seq} hash does not match its content")
+    body_bytes = check_event(ev)
+    if digest != _event_digest(device, seq, ts, kind, body_bytes, prev):
+        raise WireError("bad_hash", f"event {seq} hash does not match its content")
     return ev
 
 
-def check_event(ev: Event) -> None:
+def check_event(ev: Event) -> bytes:
     """The contract's rules for one event's fields (all but the hash itself); raises :class:`WireError`.
+
+    Returns the body's canonical bytes, from which the decoder computes the hash.
 
     Used by the decoder and again by the gateway store, so events built in code
     (an export file being imported) meet the same rules as events off the wire.
@@ -287,59 +290,65 @@ def check_event(ev: Event) -> None:
         raise WireError("unknown_kind", f"event kind {shown(kind)} is not one of {sorted(_KINDS)}")
     if not isinstance(body, dict):
         raise WireError("bad_event", f"body must be an object, got {shown(body)}")
-    _check_body(body)
-    if len(canonical(body)) > MAX_BODY_BYTES:
+    body_bytes = _canonical_body(body)
+    if len(body_bytes) > MAX_BODY_BYTES:
         raise WireError("bad_event", f"body larger than {MAX_BODY_BYTES} bytes")
     if not isinstance(prev, str) or not _HEX64.fullmatch(prev):
         raise WireError("bad_event", f"prev must be 64 lowercase hex digits, got {shown(prev)}")
     if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
         raise WireError("bad_event", f"hash must be 64 lowercase hex digits, got {shown(digest)}")
+    return body_bytes
 
 
 _KINDS = frozenset(k.value for k in EventKind)
 
 
-def _check_body(body: dict[str, Any]) -> None:
-    """Refuse a body that could not be hashed, stored or read back as it came.
+def _canonical_body(body: dict[str, Any]) -> bytes:
+    """The body's canonical bytes, or :class:`WireError` for a body that could not be hashed or stored as it came.
 
-    Walked iteratively (no recursion): nesting at most :data:`MAX_BODY_DEPTH`;
-    every string and key valid UTF-8 (a lone surrogate such as ``"\\ud800"``
-    cannot be hashed or stored); integers within 64 bits; no ``NaN`` or
-    ``Infinity`` (Python's JSON reader accepts them, JSON does not). Any other
+    Nesting at most :data:`MAX_BODY_DEPTH` and integers within 64 bits are
+    checked by an iterative walk (no recursion); the canonical encoding itself
+    then refuses lone surrogates such as ``"\\ud800"`` (no UTF-8 form) and ``NaN``
+    or ``Infinity`` (Python's JSON reader accepts them, JSON does not). Any other
     character, NUL and the GS separator included, is kept as it came.
     """
     stack: list[tuple[Any, int]] = [(body, 1)]
     while stack:
         value, depth = stack.pop()
-        if isinstance(value, dict):
+        kind = type(value)
+        if kind is str or kind is float or kind is bool or value is None:
+            continue
+        if kind is int:
+            if not INT64_MIN <= value <= INT64_MAX:
+                raise WireError("bad_event", f"body integer {shown(value)} is outside 64 bits")
+        elif kind is dict:
             if depth > MAX_BODY_DEPTH:
                 raise WireError("bad_event", f"body nests deeper than {MAX_BODY_DEPTH} levels")
             for key, item in value.items():
-                if not isinstance(key, str):  # JSON keys are strings; a body built in code may not be
+                if type(key) is not str:  # JSON keys are strings; a body built in code may not be
                     raise WireError("bad_event", f"body key {shown(key)} is not a string")
-                _check_text(key)
                 stack.append((item, depth + 1))
-        elif isinstance(value, list):
+        elif kind is list:
             if depth > MAX_BODY_DEPTH:
                 raise WireError("bad_event", f"body nests deeper than {MAX_BODY_DEPTH} levels")
             stack.extend((item, depth + 1) for item in value)
-        elif isinstance(value, str):
-            _check_text(value)
-        elif isinstance(value, bool) or value is None:
-            continue
-        elif isinstance(value, int):
-            if not INT64_MIN <= value <= INT64_MAX:
-                raise WireError("bad_event", f"body integer {shown(value)} is outside 64 bits")
-        elif isinstance(value, float):
-            if value != value or value in (float("inf"), float("-inf")):
-                raise WireError("bad_event", f"body number {value!r} is not finite")
         else:
-            raise WireError("bad_event", f"body value of type {type(value).__name__} is not JSON")
+            raise WireError("bad_event", f"body value of type {kind.__name__} is not JSON")
+    try:
+        text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return text.encode()
+    except UnicodeEncodeError as err:
+        bad = err.object[err.start:err.end] if isinstance(err.object, str) else ""
+        raise WireError("bad_event", f"body text is not valid UTF-8 (lone surrogate {shown(bad)})") from None
+    except ValueError:  # allow_nan=False
+        raise WireError("bad_event", "body holds a number that is not finite (NaN or Infinity)") from None
 
 
-def _check_text(text: str) -> None:
-    if not _encodable(text):
-        raise WireError("bad_event", f"body text {shown(text)} is not valid UTF-8 (a lone surrogate)")
+def _event_digest(device: str, seq: int, ts_ms: int, kind: str, body_bytes: bytes, prev: str) -> str:
+    """:func:`event_hash` from the body's canonical bytes (a list's canonical form is its items' joined by commas)."""
+    head = canonical([device, seq, ts_ms, kind])[:-1]
+    return hashlib.sha256(head + b"," + body_bytes + b"," + canonical(prev) + b"]").hexdigest()
+
 
 # ---------------------------------------------------------------- acks
 

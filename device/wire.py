@@ -31,7 +31,17 @@ GENESIS_HASH: Final = "0" * 64
 MAX_BATCH_EVENTS: Final = 1000
 MAX_PAYLOAD_BYTES: Final = 4 * 1024 * 1024
 MAX_BODY_BYTES: Final = 16 * 1024
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+MAX_SEQ: Final = 9_999_999_999
+"""Largest event sequence number: the charge id carries it as 10 digits (``gateway.bridge.types.MAX_SEQ``)."""
+MAX_TS_MS: Final = 253_402_300_799_999
+"""Latest event time, 9999-12-31T23:59:59.999Z: later ones have no four-digit year."""
+MAX_BODY_DEPTH: Final = 32
+"""Deepest nesting of objects and lists inside an event body (real bodies are one or two levels)."""
+INT64_MIN: Final = -(2**63)
+INT64_MAX: Final = 2**63 - 1
+MAX_DETAIL_CHARS: Final = 300
+"""Longest ``WireError.detail``: a detail quotes the offending value, shortened to this."""
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class WireError(ValueError):
@@ -112,9 +122,28 @@ def parse_topic(text: str) -> TopicAddress:
 
 
 def check_id(what: str, value: str) -> str:
-    if not isinstance(value, str) or not ID_PATTERN.match(value):
-        raise WireError("bad_id", f"{what} id {value!r} must match {ID_PATTERN.pattern}")
+    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
+        raise WireError("bad_id", f"{what} id {shown(value)} must match {ID_PATTERN.pattern}")
     return value
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` for an error detail, at most ``limit`` characters, never failing.
+
+    Details quote what a device sent; a hostile value can be megabytes long, nested
+    beyond the recursion limit, or a 4,000-digit integer, and must not make the
+    error itself fail or grow without bound. ``repr`` escapes lone surrogates and
+    control characters, so the result is always storable text.
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"<integer of {value.bit_length()} bits>"
+    if isinstance(value, str | bytes) and len(value) > limit:
+        value = value[:limit]
+    try:
+        text = repr(value)
+    except Exception:  # RecursionError on deep nesting, or an int over the digit limit inside a container
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ---------------------------------------------------------------- events
@@ -176,6 +205,7 @@ class Batch:
     site: str
     events: list[Event]
     invalid: list[InvalidEvent] = field(default_factory=list)
+    checked: bool = False  # every event passed check_event and its hash (decode_batch); the store need not repeat it
 
 
 def encode_batch(site: str, device: str, events: list[Event]) -> bytes:
@@ -207,41 +237,118 @@ def decode_batch(topic_text: str, payload: bytes) -> Batch:
         try:
             events.append(_decode_event(addr.device, raw))
         except WireError as err:
-            seq = raw.get("seq") if isinstance(raw, dict) else None
-            seq = seq if isinstance(seq, int) and not isinstance(seq, bool) and seq > 0 else None
-            invalid.append(InvalidEvent(seq, err.reason, err.detail, raw))
-    return Batch(addr.device, addr.site, events, invalid)
+            invalid.append(InvalidEvent(readable_seq(raw), err.reason, err.detail[:MAX_DETAIL_CHARS], raw))
+        except Exception as err:  # one event's fault, whatever it is, must not lose its batch
+            detail = f"event could not be checked: {type(err).__name__}: {shown(str(err), 200)}"
+            invalid.append(InvalidEvent(readable_seq(raw), "bad_event", detail, raw))
+    return Batch(addr.device, addr.site, events, invalid, checked=True)
+
+
+def readable_seq(raw: Any) -> int | None:
+    """The ``seq`` of a (possibly invalid) raw event when it is a usable identity, else None.
+
+    Usable means an integer in ``1..MAX_SEQ``: such an event can be kept in
+    quarantine under its identity and covered by the cumulative ack.
+    """
+    seq = raw.get("seq") if isinstance(raw, dict) else None
+    return seq if _is_int(seq) and 1 <= seq <= MAX_SEQ else None
 
 
 def _decode_event(device: str, raw: Any) -> Event:
     if not isinstance(raw, dict):
-        raise WireError("bad_event", "event is not an object")
+        raise WireError("bad_event", f"event is not an object: {shown(raw)}")
     extra = set(raw) - {"seq", "ts", "kind", "body", "prev", "hash"}
     if extra:
-        raise WireError("bad_event", f"unknown event fields {sorted(extra)}")
-    seq, ts, kind, body = raw.get("seq"), raw.get("ts"), raw.get("kind"), raw.get("body")
-    prev, digest = raw.get("prev"), raw.get("hash")
-    if not _is_int(seq) or seq < 1:
-        raise WireError("bad_event", f"seq must be a positive integer, got {seq!r}")
-    if not _is_int(ts) or ts < 0:
-        raise WireError("bad_event", f"ts must be a non-negative integer (ms), got {ts!r}")
-    if not isinstance(kind, str) or kind not in _KINDS:
-        raise WireError("unknown_kind", f"event kind {kind!r} is not one of {sorted(_KINDS)}")
-    if not isinstance(body, dict):
-        raise WireError("bad_event", "body must be an object")
-    if len(canonical(body)) > MAX_BODY_BYTES:
-        raise WireError("bad_event", f"body larger than {MAX_BODY_BYTES} bytes")
-    if not isinstance(prev, str) or not _HEX64.match(prev):
-        raise WireError("bad_event", "prev must be 64 lowercase hex digits")
-    if not isinstance(digest, str) or not _HEX64.match(digest):
-        raise WireError("bad_event", "hash must be 64 lowercase hex digits")
+        raise WireError("bad_event", f"unknown event fields {shown(sorted(extra))}")
+    seq: Any = raw.get("seq")  # types unchecked until check_event
+    ts: Any = raw.get("ts")
+    kind: Any = raw.get("kind")
+    body: Any = raw.get("body")
+    prev: Any = raw.get("prev")
+    digest: Any = raw.get("hash")
     ev = Event(device, seq, ts, kind, body, prev, digest)
-    if not ev.hash_ok():
+    body_bytes = check_event(ev)
+    if digest != _event_digest(device, seq, ts, kind, body_bytes, prev):
         raise WireError("bad_hash", f"event {seq} hash does not match its content")
     return ev
 
 
+def check_event(ev: Event) -> bytes:
+    """The contract's rules for one event's fields (all but the hash itself); raises :class:`WireError`.
+
+    Returns the body's canonical bytes, from which the decoder computes the hash.
+
+    Used by the decoder and again by the gateway store, so events built in code
+    (an export file being imported) meet the same rules as events off the wire.
+    """
+    seq, ts, kind, body, prev, digest = ev.seq, ev.ts_ms, ev.kind, ev.body, ev.prev, ev.hash
+    if not _is_int(seq) or not 1 <= seq <= MAX_SEQ:
+        raise WireError("bad_event", f"seq must be an integer in 1..{MAX_SEQ}, got {shown(seq)}")
+    if not _is_int(ts) or not 0 <= ts <= MAX_TS_MS:
+        raise WireError("bad_event", f"ts must be an integer in 0..{MAX_TS_MS} (ms), got {shown(ts)}")
+    if not isinstance(kind, str) or kind not in _KINDS:
+        raise WireError("unknown_kind", f"event kind {shown(kind)} is not one of {sorted(_KINDS)}")
+    if not isinstance(body, dict):
+        raise WireError("bad_event", f"body must be an object, got {shown(body)}")
+    body_bytes = _canonical_body(body)
+    if len(body_bytes) > MAX_BODY_BYTES:
+        raise WireError("bad_event", f"body larger than {MAX_BODY_BYTES} bytes")
+    if not isinstance(prev, str) or not _HEX64.fullmatch(prev):
+        raise WireError("bad_event", f"prev must be 64 lowercase hex digits, got {shown(prev)}")
+    if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
+        raise WireError("bad_event", f"hash must be 64 lowercase hex digits, got {shown(digest)}")
+    return body_bytes
+
+
 _KINDS = frozenset(k.value for k in EventKind)
+
+
+def _canonical_body(body: dict[str, Any]) -> bytes:
+    """The body's canonical bytes, or :class:`WireError` for a body that could not be hashed or stored as it came.
+
+    Nesting at most :data:`MAX_BODY_DEPTH` and integers within 64 bits are
+    checked by an iterative walk (no recursion); the canonical encoding itself
+    then refuses lone surrogates such as ``"\\ud800"`` (no UTF-8 form) and ``NaN``
+    or ``Infinity`` (Python's JSON reader accepts them, JSON does not). Any other
+    character, NUL and the GS separator included, is kept as it came.
+    """
+    stack: list[tuple[Any, int]] = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        kind = type(value)
+        if kind is str or kind is float or kind is bool or value is None:
+            continue
+        if kind is int:
+            if not INT64_MIN <= value <= INT64_MAX:
+                raise WireError("bad_event", f"body integer {shown(value)} is outside 64 bits")
+        elif kind is dict:
+            if depth > MAX_BODY_DEPTH:
+                raise WireError("bad_event", f"body nests deeper than {MAX_BODY_DEPTH} levels")
+            for key, item in value.items():
+                if type(key) is not str:  # JSON keys are strings; a body built in code may not be
+                    raise WireError("bad_event", f"body key {shown(key)} is not a string")
+                stack.append((item, depth + 1))
+        elif kind is list:
+            if depth > MAX_BODY_DEPTH:
+                raise WireError("bad_event", f"body nests deeper than {MAX_BODY_DEPTH} levels")
+            stack.extend((item, depth + 1) for item in value)
+        else:
+            raise WireError("bad_event", f"body value of type {kind.__name__} is not JSON")
+    try:
+        text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return text.encode()
+    except UnicodeEncodeError as err:
+        bad = err.object[err.start:err.end] if isinstance(err.object, str) else ""
+        raise WireError("bad_event", f"body text is not valid UTF-8 (lone surrogate {shown(bad)})") from None
+    except ValueError:  # allow_nan=False
+        raise WireError("bad_event", "body holds a number that is not finite (NaN or Infinity)") from None
+
+
+def _event_digest(device: str, seq: int, ts_ms: int, kind: str, body_bytes: bytes, prev: str) -> str:
+    """:func:`event_hash` from the body's canonical bytes (a list's canonical form is its items' joined by commas)."""
+    head = canonical([device, seq, ts_ms, kind])[:-1]
+    return hashlib.sha256(head + b"," + body_bytes + b"," + canonical(prev) + b"]").hexdigest()
+
 
 # ---------------------------------------------------------------- acks
 
@@ -282,15 +389,15 @@ def decode_ack(device: str, payload: bytes) -> Ack:
     if doc.get("device") != device:
         raise WireError("identity_mismatch", f"ack for {doc.get('device')!r} received by {device!r}")
     acked = doc.get("acked")
-    if not _is_int(acked) or acked < 0:
-        raise WireError("bad_ack", f"acked must be a non-negative integer, got {acked!r}")
+    if not _is_int(acked) or not 0 <= acked <= MAX_SEQ:
+        raise WireError("bad_ack", f"acked must be an integer in 0..{MAX_SEQ}, got {shown(acked)}")
     rejected_raw = doc.get("rejected", [])
     if not isinstance(rejected_raw, list):
         raise WireError("bad_ack", "rejected must be a list")
     rejected = []
     for r in rejected_raw:
-        if not isinstance(r, dict) or not _is_int(r.get("seq")) or not isinstance(r.get("reason"), str):
-            raise WireError("bad_ack", f"bad rejected entry {r!r}")
+        if not isinstance(r, dict) or readable_seq(r) is None or not isinstance(r.get("reason"), str):
+            raise WireError("bad_ack", f"bad rejected entry {shown(r)}")
         rejected.append(Rejection(r["seq"], r["reason"]))
     return Ack(device, acked, tuple(rejected))
 
@@ -327,22 +434,28 @@ def encode_state(state: DeviceState) -> bytes:
     )
 
 
+_STATUSES = frozenset(s.value for s in DeviceStatus)
+
+
 def decode_state(topic_text: str, payload: bytes) -> DeviceState:
     addr = parse_topic(topic_text)
     doc = _load(payload)
     _check_version(doc)
     if doc.get("device") != addr.device:
         raise WireError("identity_mismatch", "state payload device differs from the topic")
-    try:
-        status = DeviceStatus(str(doc.get("status")))
-    except ValueError:
-        raise WireError("bad_state", f"unknown status {doc.get('status')!r}") from None
+    status_text = doc.get("status")
+    if not isinstance(status_text, str) or status_text not in _STATUSES:
+        raise WireError("bad_state", f"unknown status {shown(status_text)}")
+    status = DeviceStatus(status_text)
     backlog, ts = doc.get("backlog", 0), doc.get("ts", 0)
-    if not _is_int(backlog) or not _is_int(ts):
-        raise WireError("bad_state", "backlog and ts must be integers")
+    if not _is_int(backlog) or not _is_int(ts) or not 0 <= backlog <= INT64_MAX or not INT64_MIN <= ts <= INT64_MAX:
+        raise WireError("bad_state", "backlog and ts must be 64-bit integers, backlog not negative")
+    version = doc.get("version", "")
+    if not isinstance(version, str) or len(version) > 64 or not _encodable(version):
+        raise WireError("bad_state", f"version must be UTF-8 text of at most 64 characters, got {shown(version)}")
     extra = doc.get("extra", {})
     extra = extra if isinstance(extra, dict) else {}
-    return DeviceState(addr.device, status, backlog, str(doc.get("version", "")), ts, extra)
+    return DeviceState(addr.device, status, backlog, version, ts, extra)
 
 
 # ---------------------------------------------------------------- helpers
@@ -350,6 +463,14 @@ def decode_state(topic_text: str, payload: bytes) -> DeviceState:
 
 def _is_int(x: Any) -> TypeGuard[int]:
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _dump(doc: dict[str, Any]) -> bytes:

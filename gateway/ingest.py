@@ -3,12 +3,20 @@
 Runs on paho's network thread: decode → :meth:`GatewayStore.ingest` (one
 committed transaction) → publish the ack with the highest contiguous sequence
 stored for that device. A malformed payload is stored in ``bad_payloads``
-with its reason, logged and counted; ingestion goes on.
+with its reason, logged and counted; ingestion goes on. A malformed event is
+kept in quarantine with its reason and the rest of its batch is stored and
+acknowledged. Only a failure of the store itself withholds the ack: the
+device resends and nothing is lost.
+
+:meth:`IngestService.handle` is the whole path from topic and payload to the
+ack; the MQTT callback only calls it, and the ingest fuzzer
+(``hw_sim/fuzz_ingest.py``) drives it with a publish function of its own.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import ssl
 import threading
 from collections.abc import Callable
@@ -45,9 +53,11 @@ class IngestStats:
     events_new: int = 0
     events_duplicate: int = 0
     quarantined: int = 0
+    unidentified: int = 0  # refused events without a usable seq (kept in bad_payloads)
     bad_payloads: int = 0
     acks_sent: int = 0
     chain_breaks: int = 0
+    store_failures: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
 
 
@@ -65,8 +75,11 @@ class IngestService:
         tls: TlsSettings | None = None,
         on_stored: Callable[[int], None] | None = None,
         heartbeats: HeartbeatRegistry | None = None,
+        publish: Callable[[str, bytes], None] | None = None,
     ) -> None:
+        """``publish(topic, payload)`` sends an ack; by default on this service's MQTT client at QoS 1."""
         self.store = store
+        self._publish = publish if publish is not None else self._publish_mqtt
         self.stats = IngestStats()
         self.share_group = share_group
         self._on_stored = on_stored
@@ -120,18 +133,30 @@ class IngestService:
         log.info("gateway: disconnected from broker (%s)", rc)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        payload = bytes(msg.payload)
         try:
-            addr = parse_topic(msg.topic)
-            if addr.channel is Channel.EVENTS:
-                self._handle_events(msg.topic, payload)
-            elif addr.channel is Channel.STATE and payload:  # an empty retained message clears state
-                self.store.update_device_state(addr.site, decode_state(msg.topic, payload))
-        except WireError as err:
-            self._bad(msg.topic, err.reason, err.detail, payload)
-        except Exception:
-            # storage failed: no ack goes out, the device resends, nothing is lost
+            self.handle(msg.topic, bytes(msg.payload))
+        except Exception:  # a bug: logged, no ack, and paho's network thread lives on
             log.exception("gateway: failed to handle message on %s", msg.topic)
+
+    def handle(self, topic_text: str, payload: bytes) -> None:
+        """One message from the broker: an events batch is stored and acked, a state recorded.
+
+        A payload-level fault is recorded in ``bad_payloads`` and not acked; a
+        failure of the store is logged and not acked (the device resends).
+        Anything else that escapes is a bug.
+        """
+        try:
+            addr = parse_topic(topic_text)
+            if addr.channel is Channel.EVENTS:
+                self._handle_events(topic_text, payload)
+            elif addr.channel is Channel.STATE and payload:  # an empty retained message clears state
+                self.store.update_device_state(addr.site, decode_state(topic_text, payload))
+        except WireError as err:
+            self._bad(topic_text, err.reason, err.detail, payload)
+        except (sqlite3.Error, OSError, MemoryError):
+            # storage failed: nothing of the batch is committed, no ack goes out, the device resends
+            self.stats.store_failures += 1
+            log.exception("gateway: store failed while handling %s; not acknowledged", topic_text)
 
     def _handle_events(self, topic_text: str, payload: bytes) -> None:
         batch = decode_batch(topic_text, payload)
@@ -140,14 +165,18 @@ class IngestService:
         self.stats.events_new += res.new
         self.stats.events_duplicate += res.duplicates
         self.stats.quarantined += res.quarantined
+        self.stats.unidentified += res.unidentified
         self.stats.chain_breaks += len(res.chain_breaks)
         for r in res.rejected:
             self.stats.reasons[r.reason] = self.stats.reasons.get(r.reason, 0) + 1
         ack = Ack(batch.device, res.contiguous, tuple(res.rejected))
-        self._client.publish(topic(batch.site, batch.device, Channel.ACK), encode_ack(ack), qos=1)
+        self._publish(topic(batch.site, batch.device, Channel.ACK), encode_ack(ack))
         self.stats.acks_sent += 1
         if res.new and self._on_stored is not None:
             self._on_stored(res.new)
+
+    def _publish_mqtt(self, topic_text: str, payload: bytes) -> None:
+        self._client.publish(topic_text, payload, qos=1)
 
     def _bad(self, topic_text: str, reason: str, detail: str, payload: bytes) -> None:
         self.stats.bad_payloads += 1

@@ -25,7 +25,19 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from device.wire import GENESIS_HASH, Batch, DeviceState, Event, EventKind, InvalidEvent, Rejection
+from device.wire import (
+    GENESIS_HASH,
+    Batch,
+    DeviceState,
+    Event,
+    EventKind,
+    InvalidEvent,
+    Rejection,
+    WireError,
+    check_event,
+    readable_seq,
+    shown,
+)
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +217,27 @@ class StoreError(RuntimeError):
     """The gateway store refused an operation."""
 
 
+EVENT_FAULTS: tuple[type[BaseException], ...] = (
+    ValueError,  # WireError, UnicodeEncodeError, an integer past the digit limit
+    TypeError,
+    OverflowError,  # an integer past SQLite's 64 bits
+    RecursionError,
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,  # a value of a type SQLite cannot bind
+)
+"""What storing one event can raise because of that event. Anything else (``OperationalError``: disk
+full, I/O error, database locked past its timeout; a corrupt database) is a failure of the store and
+fails the whole batch, so no ack goes out and the device resends. Taking a store failure for an event
+fault is harmless: the quarantine row written instead fails the same way and the batch still fails."""
+
+MAX_RAW_CHARS = 65536
+"""Longest raw form of a quarantined event or refused payload that is kept (a valid body is at most 16 KiB)."""
+MAX_DETAIL_CHARS = 1000
+MAX_REASON_CHARS = 40
+
+
 @dataclass(slots=True)
 class IngestResult:
     new: int = 0
@@ -212,6 +245,7 @@ class IngestResult:
     quarantined: int = 0
     conflicts: int = 0
     contiguous: int = 0
+    unidentified: int = 0  # refused events without a usable seq, kept in bad_payloads
     rejected: list[Rejection] = field(default_factory=list)
     chain_breaks: list[tuple[int, str]] = field(default_factory=list)
 
@@ -240,11 +274,12 @@ class StoredEvent:
 class GatewayStore:
     """SQLite store shared by the gateway's threads."""
 
-    def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
+    def __init__(self, path: str | Path, *, synchronous: str = "FULL", busy_timeout_s: float = 30.0) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                   timeout=busy_timeout_s)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.execute("PRAGMA foreign_keys=ON")
@@ -281,7 +316,13 @@ class GatewayStore:
     # ------------------------------------------------------------ ingest
 
     def ingest(self, batch: Batch, *, now: float | None = None) -> IngestResult:
-        """Store a batch once per ``(device, seq)``, verify links, and advance the device's contiguous seq."""
+        """Store a batch once per ``(device, seq)``, verify links, and advance the device's contiguous seq.
+
+        Each event is stored on its own (a savepoint): one whose fields break the
+        contract or cannot be stored is kept in quarantine with its reason, and the
+        events around it are stored. Only a failure of the store itself raises, and
+        then nothing of the batch is committed.
+        """
         at = time.time() if now is None else now
         res = IngestResult()
         with self.transaction() as db:
@@ -291,11 +332,36 @@ class GatewayStore:
                 (batch.device, batch.site, at),
             )
             for ev in batch.events:
-                self._insert_event(db, batch.site, ev, at, res)
+                self._store_event(db, batch.site, ev, at, res, checked=batch.checked)
             for bad in batch.invalid:
                 self._quarantine(db, batch.device, bad, at, res)
             res.contiguous = self._advance(db, batch.device)
         return res
+
+    def _store_event(
+        self, db: sqlite3.Connection, site: str, ev: Event, at: float, res: IngestResult, *, checked: bool
+    ) -> None:
+        part = IngestResult()
+        db.execute("SAVEPOINT event")
+        try:
+            if not checked:  # built in code (an imported export), not by decode_batch
+                check_event(ev)
+            self._insert_event(db, site, ev, at, part)
+        except EVENT_FAULTS as err:
+            db.execute("ROLLBACK TO event")
+            db.execute("RELEASE event")
+            if isinstance(err, WireError):
+                reason, detail = err.reason, err.detail
+            else:
+                reason, detail = "unstorable", f"{type(err).__name__}: {shown(str(err), 200)}"
+            raw = {"seq": ev.seq, "ts": ev.ts_ms, "kind": ev.kind, "body": ev.body, "prev": ev.prev, "hash": ev.hash}
+            self._quarantine(db, ev.device, InvalidEvent(readable_seq(raw), reason, detail, raw), at, res)
+            return
+        db.execute("RELEASE event")
+        res.new += part.new
+        res.duplicates += part.duplicates
+        res.conflicts += part.conflicts
+        res.chain_breaks += part.chain_breaks
 
     def _insert_event(self, db: sqlite3.Connection, site: str, ev: Event, at: float, res: IngestResult) -> None:
         cur = db.execute(
@@ -326,23 +392,33 @@ class GatewayStore:
             self._chain_break(db, ev.device, ev.seq + 1, "prev does not match the stored predecessor", at, res)
 
     def _quarantine(self, db: sqlite3.Connection, device: str, bad: InvalidEvent, at: float, res: IngestResult) -> None:
-        log.warning("device %s: event seq=%s quarantined: %s (%s)", device, bad.seq, bad.reason, bad.detail)
-        if bad.seq is None:
+        """Keep a refused event with its reason: under its seq when that is usable, else as a bad payload.
+
+        Every value written is bounded, escaped text (``raw`` is ASCII JSON), so the
+        row can be written whatever the event held; if it still fails, the store failed.
+        """
+        reason = _safe_text(bad.reason, MAX_REASON_CHARS) or "bad_event"
+        detail = _safe_text(bad.detail, MAX_DETAIL_CHARS)
+        raw = raw_text(bad.raw)
+        seq = bad.seq if bad.seq is not None and readable_seq({"seq": bad.seq}) is not None else None
+        log.warning("device %s: event seq=%s quarantined: %s (%s)", device, seq, reason, detail)
+        if seq is None:
             db.execute(
                 "INSERT INTO bad_payloads (topic, reason, detail, payload, received_at) VALUES (?, ?, ?, ?, ?)",
-                (f"device:{device}", bad.reason, bad.detail, json.dumps(bad.raw, default=repr).encode(), at),
+                (f"device:{device}", reason, detail, raw.encode("ascii"), at),
             )
+            res.unidentified += 1
             return
-        exists = db.execute("SELECT 1 FROM events WHERE device = ? AND seq = ?", (device, bad.seq)).fetchone()
+        exists = db.execute("SELECT 1 FROM events WHERE device = ? AND seq = ?", (device, seq)).fetchone()
         if exists:  # a valid copy is already stored; the bad copy adds nothing
             res.duplicates += 1
             return
         cur = db.execute(
             "INSERT OR IGNORE INTO quarantine (device, seq, reason, detail, raw, stored_at) VALUES (?, ?, ?, ?, ?, ?)",
-            (device, bad.seq, bad.reason, bad.detail, json.dumps(bad.raw, default=repr, ensure_ascii=False), at),
+            (device, seq, reason, detail, raw, at),
         )
         res.quarantined += cur.rowcount
-        res.rejected.append(Rejection(bad.seq, bad.reason))
+        res.rejected.append(Rejection(seq, reason))
 
     def _chain_break(
         self, db: sqlite3.Connection, device: str, seq: int, detail: str, at: float, res: IngestResult
@@ -372,7 +448,8 @@ class GatewayStore:
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO bad_payloads (topic, reason, detail, payload, received_at) VALUES (?, ?, ?, ?, ?)",
-                (topic_text, reason, detail, payload[:65536], time.time()),
+                (_safe_text(topic_text, 300), _safe_text(reason, MAX_REASON_CHARS),
+                 _safe_text(detail, MAX_DETAIL_CHARS), bytes(payload[:MAX_RAW_CHARS]), time.time()),
             )
 
     def update_device_state(self, site: str, state: DeviceState) -> None:
@@ -633,3 +710,25 @@ class GatewayStore:
 
     def integrity_check(self) -> str:
         return str(self.query("PRAGMA integrity_check")[0][0])
+
+
+def _safe_text(text: object, limit: int) -> str:
+    """``text`` as storable UTF-8 of at most ``limit`` characters (lone surrogates and the like escaped)."""
+    value = text if isinstance(text, str) else shown(text, limit)
+    value = value[:limit]
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")[:limit]
+
+
+def raw_text(raw: object) -> str:
+    """The raw form of a refused event as ASCII JSON (``\\uXXXX`` escapes), at most :data:`MAX_RAW_CHARS`.
+
+    Never fails: a value JSON cannot write (nested past the recursion limit, a
+    type built in code) falls back to its shortened ``repr``.
+    """
+    try:
+        text = json.dumps(raw, ensure_ascii=True, allow_nan=True, default=repr)
+    except (ValueError, TypeError, RecursionError):
+        text = shown(raw, MAX_RAW_CHARS)
+    if len(text) > MAX_RAW_CHARS:
+        text = text[: MAX_RAW_CHARS - 40] + f"...<{len(text) - MAX_RAW_CHARS + 40} more chars cut>"
+    return text.encode("ascii", "backslashreplace").decode("ascii")

@@ -8,6 +8,7 @@ as a crash.
 
     python -m hw_sim.fuzz all --inputs 1000000
     python -m hw_sim.fuzz r2000 --inputs 1000000 --engine random --seed 7
+    python -m hw_sim.fuzz ingest --inputs 1000000 --engine random --seed 1   # batches, end to end
 
 Crashing inputs are kept under ``tests/data/crashers/<target>/``;
 ``tests/test_fuzz_parsers.py`` replays every one of them.
@@ -520,6 +521,21 @@ def _enrol_seeds() -> list[bytes]:
     ]
 
 
+# ---------------------------------------------------------------- gateway ingest, end to end
+
+
+def _run_ingest(data: bytes) -> None:
+    from hw_sim.fuzz_ingest import run_one
+
+    run_one(data)
+
+
+def _ingest_seeds() -> list[bytes]:
+    from hw_sim.fuzz_ingest import seeds
+
+    return seeds()
+
+
 TARGETS: dict[str, FuzzTarget] = {
     t.name: t
     for t in (
@@ -540,6 +556,9 @@ TARGETS: dict[str, FuzzTarget] = {
                    "device.hal.camera.decoders (zxing-cpp, pyzbar) on arbitrary frames"),
         FuzzTarget("enrol_request", _run_enrol_request, _enrol_seeds,
                    "gateway.enrol EnrolmentService over TLS: h11 framing, routing, JSON, tokens, CSRs"),
+        FuzzTarget("ingest", _run_ingest, _ingest_seeds,
+                   "one generated batch (valid and hostile events) through gateway.ingest.IngestService.handle "
+                   "into a real GatewayStore; see hw_sim/fuzz_ingest.py"),
     )
 }
 
@@ -706,6 +725,9 @@ def _atheris_child(name: str, libfuzzer_args: list[str]) -> None:
 
     if name == "camera_frame":
         import device.hal.camera.decoders
+    if name == "ingest":
+        import gateway.ingest
+        import hw_sim.fuzz_ingest  # noqa: F401
     if name == "scanner_line":
         import device.hal.scanner.serial_scanner
         import device.hal.scanner.symbology  # noqa: F401
@@ -746,6 +768,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         report = engine(TARGETS[name], opts.inputs, seed=opts.seed, strict=opts.strict, out_dir=opts.crashers / name)
         print(report.line(), flush=True)
+        if name == "ingest" and opts.engine == "random":
+            from hw_sim.fuzz_ingest import fuzzer_summary
+
+            print(f"ingest: {fuzzer_summary()}", flush=True)
         failed = failed or bool(report.crashers)
     return 1 if failed else 0
 

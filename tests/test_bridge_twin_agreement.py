@@ -19,6 +19,7 @@ from gateway.bridge.types import (
     Catalog,
     CatalogItem,
     CompactBatch,
+    ConfigError,
     CreditRequest,
 )
 
@@ -261,3 +262,50 @@ def test_boundary_timestamps_give_identical_credits(offset: int) -> None:
     compiled = cbridge.credit_compact(credits, config)
     assert (compiled.status, compiled.details, compiled.messages, compiled.ends, compiled.udi) == (
         pure.status, pure.details, pure.messages, pure.ends, pure.udi)
+
+
+class LyingTuple(tuple[Any, ...]):
+    """A tuple subclass whose Python-level view differs from what it stores."""
+
+    def __iter__(self) -> Any:
+        return iter(("CAB-09", 9, 0, "ZY9", "x", "y", "z"))
+
+    def __getitem__(self, i: Any) -> Any:
+        return "lie"
+
+    def __len__(self) -> int:
+        return 3
+
+
+class FakeTuple:
+    """Not a tuple, but isinstance(FakeTuple(), tuple) is True."""
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        return tuple
+
+    def __len__(self) -> int:
+        return 7
+
+    def __iter__(self) -> Any:
+        return iter(("CAB-09", 9, 1_735_700_000_000, "ZY9", f"01{GTINS[2]}21S9", "N", "D"))
+
+
+def test_tuple_subclasses_are_read_by_what_they_store_and_look_alikes_are_refused() -> None:
+    stored = ("CAB-01", 1, 1_735_700_000_000, "ZY1", f"01{GTINS[2]}21S1", "N", "D")
+    pure, _ = run_both([LyingTuple(stored), FakeTuple(), LyingTuple(stored[:6])], set(), CONFIGS[0])
+    assert pure.status == bytes([0, 1, 1])
+    assert b"CAB-01" in pure.messages
+
+
+def test_a_tampered_utc_offset_is_refused_by_both() -> None:
+    assert cbridge is not None
+    for minutes in (841, -841, 10**10, 10**20, True):
+        config = BridgeConfig()
+        object.__setattr__(config, "utc_offset_minutes", minutes)
+        batch = [("CAB-01", 1, -minutes * 60_000, "ZY1", f"01{GTINS[2]}21S1", "N", "D")]
+        for module in (_twin, cbridge):
+            with pytest.raises(ConfigError):
+                module.charge_compact(batch, CATALOG, module.ConsumedSet(), config)
+            with pytest.raises(ConfigError):
+                module.credit_compact([], config)

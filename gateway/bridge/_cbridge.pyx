@@ -13,6 +13,7 @@ from gateway.bridge.types import (
     MAX_CREDIT_FEN as _PY_MAX_CREDIT_FEN,
     MAX_LOCAL_MS as _PY_MAX_LOCAL_MS,
     MAX_SEQ as _PY_MAX_SEQ,
+    utc_offset_ms,
     CompactBatch,
     CreditRequest,
     ItemKeyError,
@@ -1140,7 +1141,10 @@ cdef ConsumedSet consumed_set(object consumed):
 
 def charge_compact(events, catalog, consumed, config):
     """Charge a batch of events; see gateway.bridge.types.CompactBatch for the result layout."""
+    # inputs are checked in the twin's order, so that both raise the same error for the same call
+    cdef ConsumedSet used = consumed_set(consumed)
     fragments, slots = message_template(config)
+    cdef long long offset_ms = utc_offset_ms(config)  # within ±14 h (local_time_ok relies on it)
     cdef NativeCatalog cat = native_catalog(catalog)
     # A tuple of the events: the batch holds its own reference to every event for the whole call. The
     # events are read through borrowed references and UTF-8 pointers, and the call can let other
@@ -1148,8 +1152,6 @@ def charge_compact(events, catalog, consumed, config):
     # reading the caller's list, a thread clearing it would free the events under our feet.
     cdef tuple evs = tuple(events)
     cdef Py_ssize_t n_events = len(evs), e, k, n_frag = len(fragments), fixed_len = 0, need, idx
-    cdef long long offset_ms = <long long>config.utc_offset_minutes * 60000
-    cdef ConsumedSet used = consumed_set(consumed)
     cdef ItemKey item_key
     cdef Buf status, ends, udi_out
     cdef Buf messages
@@ -1468,9 +1470,9 @@ cdef char* put_amount(char* out, long long fen) noexcept:
 def credit_compact(credits, config):
     """Render credits (FT1-6 CD) for items given back unused; see gateway.bridge.types.CreditRequest."""
     fragments, slots = credit_template(config)
+    cdef long long offset_ms = utc_offset_ms(config)
     cdef tuple reqs = tuple(credits)  # our own references for the whole call (see charge_compact)
     cdef Py_ssize_t n = len(reqs), e, k, n_frag = len(fragments), fixed_len = 0, need, text_len
-    cdef long long offset_ms = <long long>config.utc_offset_minutes * 60000
     cdef Buf status, ends, udi_out, messages
     cdef const char* frag_data[40]
     cdef Py_ssize_t frag_len[40]

@@ -381,6 +381,18 @@ def _camera_seeds() -> list[bytes]:
     return [bytes((32, 32, 0)) + bytes(range(256)) * 4, bytes((8, 8, 3)) + b"\xff\x00" * 96]
 
 
+def _run_bridge_diff(data: bytes) -> None:
+    from hw_sim.fuzz_bridge import run_fuzz_input
+
+    run_fuzz_input(data)
+
+
+def _bridge_seeds() -> list[bytes]:
+    from hw_sim.fuzz_bridge import fuzz_seeds
+
+    return fuzz_seeds()
+
+
 TARGETS: dict[str, FuzzTarget] = {
     t.name: t
     for t in (
@@ -399,6 +411,8 @@ TARGETS: dict[str, FuzzTarget] = {
                    "device.hal.scanner LineFramer.feed + LineDecoder.decode_bytes"),
         FuzzTarget("camera_frame", _run_camera_frame, _camera_seeds,
                    "device.hal.camera.decoders (zxing-cpp, pyzbar) on arbitrary frames"),
+        FuzzTarget("bridge_diff", _run_bridge_diff, _bridge_seeds,
+                   "gateway.bridge: compiled charge_compact/credit_compact against the pure twin (hw_sim.fuzz_bridge)"),
     )
 }
 
@@ -563,6 +577,8 @@ def _atheris_child(name: str, libfuzzer_args: list[str]) -> None:
     import gateway.his.ack
     import gateway.his.mllp  # noqa: F401
 
+    if name == "bridge_diff":
+        import hw_sim.fuzz_bridge  # noqa: F401
     if name == "camera_frame":
         import device.hal.camera.decoders
     if name == "scanner_line":

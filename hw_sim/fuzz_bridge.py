@@ -299,6 +299,26 @@ def compare_credits(compiled: ModuleType, credits: Sequence[Any], config: Bridge
         raise Mismatch(f"credit_compact differs: {_difference(pure, comp)}")
 
 
+def compare_consumed_ops(compiled: ModuleType, hostile: Hostile, serials: list[str]) -> None:
+    """add / discard / in on both ConsumedSets with item keys and values that are none; same answers."""
+    rng = hostile.rng
+    sets = (_twin.ConsumedSet(), compiled.ConsumedSet())
+    for _ in range(20):
+        value: Any = rng.choice((f"{rng.choice(GTINS)}/{rng.choice(serials)}", hostile.text(), [1], None, 7,
+                                 StrSub(f"{GTINS[0]}/S1"), f"{GTINS[0]}/S1".encode()))
+        op = rng.choice(("add", "discard", "contains"))
+        answers = []
+        for consumed in sets:
+            try:
+                answers.append(("ok", value in consumed if op == "contains" else getattr(consumed, op)(value)))
+            except Exception as exc:  # compared
+                answers.append(("raised", type(exc).__name__))
+        if answers[0] != answers[1]:
+            raise Mismatch(f"ConsumedSet.{op}({value!r:.80}): twin {answers[0]}, compiled {answers[1]}")
+    if sorted(sets[0]) != sorted(sets[1]) or len(sets[0]) != len(sets[1]):
+        raise Mismatch("ConsumedSets differ after the same operations")
+
+
 def _difference(pure: tuple[str, Any], compiled: tuple[str, Any]) -> str:
     """The first thing that differs, briefly."""
     if pure[0] != compiled[0] or pure[0] == "raised":
@@ -378,6 +398,7 @@ def run_differential(events: int, *, seed: int, compiled: ModuleType | None = No
                 credits = credits_from(batch, hostile)
                 report.credits += len(credits)
                 compare_credits(compiled, credits, config)
+                compare_consumed_ops(compiled, hostile, serials)
         except Mismatch as exc:
             report.mismatches.append(f"seed {seed} batch {report.batches}: {exc}")
             if stop_on_mismatch:

@@ -309,3 +309,18 @@ def test_a_tampered_utc_offset_is_refused_by_both() -> None:
                 module.charge_compact(batch, CATALOG, module.ConsumedSet(), config)
             with pytest.raises(ConfigError):
                 module.credit_compact([], config)
+
+
+class KeyLike(str):
+    """A str subclass equal to an item key."""
+
+
+def test_consumed_sets_answer_alike_for_values_that_are_no_item_key() -> None:
+    assert cbridge is not None
+    key = f"{GTINS[2]}/S1"
+    for module in (_twin, cbridge):
+        consumed = module.ConsumedSet([key])
+        for value in ([1], {}, 5, None, KeyLike(key), key + "\x00", key.encode()):
+            assert value not in consumed
+            consumed.discard(value)
+        assert key in consumed and len(consumed) == 1

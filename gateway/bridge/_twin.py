@@ -65,7 +65,8 @@ class ConsumedSet:
 
     def discard(self, key: str) -> None:
         """Remove an item key if present (an item given back unused and restocked)."""
-        self._keys.discard(key)
+        if is_item_key(key):  # anything else is in no set (an unhashable value included), as in the C set
+            self._keys.discard(key)
 
     def copy(self) -> ConsumedSet:
         """An independent copy."""
@@ -74,7 +75,7 @@ class ConsumedSet:
         return other
 
     def __contains__(self, key: object) -> bool:
-        return key in self._keys
+        return is_item_key(key) and key in self._keys
 
     def __len__(self) -> int:
         return len(self._keys)

@@ -203,7 +203,7 @@ class Hostile:
 
     def event(self, offset_minutes: int, serials: list[str]) -> Any:
         rng = self.rng
-        if rng.random() < 0.4:  # a well-formed scan: only the UDI is hostile, so that many lines are charged
+        if rng.random() < 0.5:  # a well-formed scan: only the UDI is hostile, so that many lines are charged
             return (f"CAB-{rng.randrange(20):02d}", rng.randrange(MAX_SEQ + 1),
                     rng.randrange(946_684_800_000, 4_102_444_800_000), f"ZY{rng.randrange(10**6):06d}",
                     self.udi(serials), "N042", "心内科")
@@ -377,7 +377,7 @@ def run_differential(events: int, *, seed: int, compiled: ModuleType | None = No
     while report.events < events:
         if report.batches % 50 == 0:
             catalog, config = hostile.catalog(), hostile.config()
-            if rng.random() < 0.1:  # a frozen configuration changed behind its validation: both refuse it
+            if rng.random() < 0.02:  # a frozen configuration changed behind its validation: both refuse it
                 object.__setattr__(config, "utc_offset_minutes", rng.choice((841, -841, 10**12, 10**20, True)))
         if type(config.utc_offset_minutes) is not int or abs(config.utc_offset_minutes) > 840:
             ts_offset = 0

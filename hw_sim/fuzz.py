@@ -536,6 +536,18 @@ def _ingest_seeds() -> list[bytes]:
     return seeds()
 
 
+def _run_bridge_diff(data: bytes) -> None:
+    from hw_sim.fuzz_bridge import run_fuzz_input
+
+    run_fuzz_input(data)
+
+
+def _bridge_seeds() -> list[bytes]:
+    from hw_sim.fuzz_bridge import fuzz_seeds
+
+    return fuzz_seeds()
+
+
 TARGETS: dict[str, FuzzTarget] = {
     t.name: t
     for t in (
@@ -559,6 +571,8 @@ TARGETS: dict[str, FuzzTarget] = {
         FuzzTarget("ingest", _run_ingest, _ingest_seeds,
                    "one generated batch (valid and hostile events) through gateway.ingest.IngestService.handle "
                    "into a real GatewayStore; see hw_sim/fuzz_ingest.py"),
+        FuzzTarget("bridge_diff", _run_bridge_diff, _bridge_seeds,
+                   "gateway.bridge: compiled charge_compact/credit_compact against the pure twin (hw_sim.fuzz_bridge)"),
     )
 }
 
@@ -723,6 +737,8 @@ def _atheris_child(name: str, libfuzzer_args: list[str]) -> None:
     import gateway.his.ack
     import gateway.his.mllp
 
+    if name == "bridge_diff":
+        import hw_sim.fuzz_bridge
     if name == "camera_frame":
         import device.hal.camera.decoders
     if name == "ingest":

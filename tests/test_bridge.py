@@ -264,3 +264,27 @@ def test_catalog_refuses_duplicate_gtin() -> None:
     with pytest.raises(CatalogError) as raised:
         Catalog([item, item])
     assert raised.value.reason == "duplicate_gtin"
+
+
+@pytest.mark.parametrize(("offset", "local"), [
+    (-840, (9999, 12, 31, 23, 59, 59)),  # 10000-01-01 13:59:59 UTC: only the local time is bounded
+    (-840, (9999, 12, 31, 20, 0, 0)),
+    (840, (1970, 1, 1, 0, 0, 0)),  # a negative ts_ms
+    (0, (9999, 12, 31, 23, 59, 59)),
+])
+def test_scan_times_at_the_ends_of_the_local_range(catalog: Catalog, offset: int, local: tuple[int, ...]) -> None:
+    import datetime as dt
+
+    from gateway.bridge.types import MAX_LOCAL_MS
+
+    zone = dt.timezone(dt.timedelta(minutes=offset))
+    ts = (dt.datetime(*local, tzinfo=zone) - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(milliseconds=1)
+    end = MAX_LOCAL_MS - offset * 60_000  # 10000-01-01 00:00 local
+    start = -offset * 60_000  # 1970-01-01 00:00 local
+    result = charge_batch([event(1, f"01{CATHETER}21S1", ts=ts), event(2, f"01{CATHETER}21S2", ts=end),
+                           event(3, f"01{CATHETER}21S3", ts=start - 1)],
+                          catalog, new_consumed_set(), BridgeConfig(utc_offset_minutes=offset))
+    [line] = result.lines
+    assert line.seq == 1
+    assert "|{:04d}{:02d}{:02d}{:02d}{:02d}{:02d}|".format(*local) in line.message.replace("\r", "|")
+    assert [(r.seq, r.detail) for r in result.rejects] == [(2, "ts_ms out of range"), (3, "ts_ms out of range")]

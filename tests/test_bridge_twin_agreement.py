@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib
 from types import ModuleType
 from typing import Any
@@ -11,7 +12,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.bridge import _twin
-from gateway.bridge.types import BridgeConfig, Catalog, CatalogItem, CompactBatch
+from gateway.bridge.types import (
+    MAX_LOCAL_MS,
+    MAX_SEQ,
+    BridgeConfig,
+    Catalog,
+    CatalogItem,
+    CompactBatch,
+    ConfigError,
+    CreditRequest,
+)
 
 
 def _compiled() -> ModuleType | None:
@@ -176,3 +186,141 @@ def test_consumed_must_be_the_implementations_own_set() -> None:
         cbridge.charge_compact(batch, CATALOG, set(), CONFIGS[0])
     with pytest.raises(TypeError):
         _twin.charge_compact(batch, CATALOG, set(), CONFIGS[0])  # type: ignore[arg-type]
+
+
+# ---- time and integer boundaries: both implementations take the same events ---------------------------------
+
+OFFSETS = [-840, -210, 0, 345, 480, 840]
+INT64 = 2**63
+
+
+def _utc_ms(*local: int, offset_minutes: int) -> int:
+    """Unix ms of a local wall-clock time (year, month, day, hour, minute, second, ms) at the given offset."""
+    when = dt.datetime(*local[:6], local[6] * 1000, tzinfo=dt.timezone(dt.timedelta(minutes=offset_minutes)))
+    return (when - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(milliseconds=1)
+
+
+def boundary_timestamps(offset_minutes: int) -> list[int]:
+    """Scan times at and around the ends of the local range (1970-01-01 .. 9999-12-31), the int64 limits,
+    the old compiled pre-check at +-MAX_LOCAL_MS, and the small-int fast path's limits."""
+    off = offset_minutes * 60_000
+    return [
+        -off - 1, -off, -off + 1, -1, 0, 1,
+        MAX_LOCAL_MS - off - 1, MAX_LOCAL_MS - off, MAX_LOCAL_MS - off - 3_600_000,
+        _utc_ms(9999, 12, 31, 20, 0, 0, 0, offset_minutes=offset_minutes),
+        _utc_ms(9999, 12, 31, 23, 59, 59, 999, offset_minutes=offset_minutes),
+        MAX_LOCAL_MS - 1, MAX_LOCAL_MS, MAX_LOCAL_MS + 1, -MAX_LOCAL_MS - 1, -MAX_LOCAL_MS,
+        2 * MAX_LOCAL_MS, 2 * MAX_LOCAL_MS + 1, -2 * MAX_LOCAL_MS - 1,
+        2**30 - 1, 2**30, 2**60 - 1, 2**60, -(2**60), INT64 - 1, INT64, -INT64, -INT64 - 1, 2**64, -(2**64),
+        _utc_ms(2000, 2, 29, 12, 0, 0, 0, offset_minutes=offset_minutes),
+        _utc_ms(2016, 12, 31, 23, 59, 59, 999, offset_minutes=offset_minutes),  # a leap second followed
+        _utc_ms(2049, 6, 1, 0, 0, 0, 0, offset_minutes=offset_minutes),
+        _utc_ms(2051, 6, 1, 0, 0, 0, 0, offset_minutes=offset_minutes),
+        _utc_ms(9950, 1, 1, 0, 0, 0, 0, offset_minutes=offset_minutes),
+    ]
+
+
+# expiry dates whose century follows the scan's year: 00 is 10000 in 9999 (refused), 2100 in 2051 (not a
+# leap year, so 000229 is no date), 2000 in 2049 and 1970
+BOUNDARY_UDIS = [f"01{GTINS[2]}17{exp}21S{i}" for i, exp in
+                 enumerate(["991231", "991200", "000000", "000229", "691231", "700101", "491231", "500101"])]
+
+
+@pytest.mark.parametrize("offset", OFFSETS)
+def test_boundary_timestamps_give_identical_results(offset: int) -> None:
+    config = BridgeConfig(sending_facility="S", receiving_facility="H", utc_offset_minutes=offset)
+    batch = [("CAB-01", i, ts, "ZY1", udi, "N1", "D")
+             for i, (ts, udi) in enumerate((ts, udi) for ts in boundary_timestamps(offset) for udi in BOUNDARY_UDIS)]
+    run_both(batch, set(), config)
+
+
+def test_last_hours_of_year_9999_west_of_utc_are_charged_by_both() -> None:
+    # 9999-12-31 20:00 at UTC-14:00 is 10000-01-01 10:00 UTC: the compiled bridge used to refuse it (it
+    # bounded the UTC time as well as the local one) where the twin charged it.
+    config = BridgeConfig(utc_offset_minutes=-840)
+    ts = _utc_ms(9999, 12, 31, 20, 0, 0, 0, offset_minutes=-840)
+    assert ts > MAX_LOCAL_MS
+    pure, _ = run_both([("CAB-01", 1, ts, "ZY1", f"01{GTINS[2]}21S1", "N1", "D")], set(), config)
+    assert pure.status == b"\x00"
+    assert b"|99991231200000-1400|" in pure.messages
+
+
+@pytest.mark.parametrize("seq", [-1, 0, MAX_SEQ, MAX_SEQ + 1, 2**30, 2**60 - 1, 2**60, -(2**60), INT64 - 1, INT64,
+                                 -INT64, -INT64 - 1, 2**64, True, False])
+def test_boundary_sequence_numbers_give_identical_results(seq: Any) -> None:
+    run_both([("CAB-01", seq, 1_735_700_000_000, "ZY1", f"01{GTINS[2]}21S1", "N1", "D")], set(), CONFIGS[0])
+
+
+@pytest.mark.parametrize("offset", OFFSETS)
+def test_boundary_timestamps_give_identical_credits(offset: int) -> None:
+    assert cbridge is not None
+    config = BridgeConfig(utc_offset_minutes=offset)
+    credits = [CreditRequest("CAB-02", i % (MAX_SEQ + 1), ts, "N1", "D", "CF4B9C1F5E0000000007", "ZY1", GTINS[2],
+                             "L1", "S1", "9999-12-31", "IT", "C1", "n", "s", "m", 100)
+               for i, ts in enumerate(boundary_timestamps(offset))]
+    pure = _twin.credit_compact(credits, config)
+    compiled = cbridge.credit_compact(credits, config)
+    assert (compiled.status, compiled.details, compiled.messages, compiled.ends, compiled.udi) == (
+        pure.status, pure.details, pure.messages, pure.ends, pure.udi)
+
+
+class LyingTuple(tuple[Any, ...]):
+    """A tuple subclass whose Python-level view differs from what it stores."""
+
+    def __iter__(self) -> Any:
+        return iter(("CAB-09", 9, 0, "ZY9", "x", "y", "z"))
+
+    def __getitem__(self, i: Any) -> Any:
+        return "lie"
+
+    def __len__(self) -> int:
+        return 3
+
+
+class FakeTuple:
+    """Not a tuple, but isinstance(FakeTuple(), tuple) is True."""
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        return tuple
+
+    def __len__(self) -> int:
+        return 7
+
+    def __iter__(self) -> Any:
+        return iter(("CAB-09", 9, 1_735_700_000_000, "ZY9", f"01{GTINS[2]}21S9", "N", "D"))
+
+
+def test_tuple_subclasses_are_read_by_what_they_store_and_look_alikes_are_refused() -> None:
+    stored = ("CAB-01", 1, 1_735_700_000_000, "ZY1", f"01{GTINS[2]}21S1", "N", "D")
+    pure, _ = run_both([LyingTuple(stored), FakeTuple(), LyingTuple(stored[:6])], set(), CONFIGS[0])
+    assert pure.status == bytes([0, 1, 1])
+    assert b"CAB-01" in pure.messages
+
+
+def test_a_tampered_utc_offset_is_refused_by_both() -> None:
+    assert cbridge is not None
+    for minutes in (841, -841, 10**10, 10**20, True):
+        config = BridgeConfig()
+        object.__setattr__(config, "utc_offset_minutes", minutes)
+        batch = [("CAB-01", 1, -minutes * 60_000, "ZY1", f"01{GTINS[2]}21S1", "N", "D")]
+        for module in (_twin, cbridge):
+            with pytest.raises(ConfigError):
+                module.charge_compact(batch, CATALOG, module.ConsumedSet(), config)
+            with pytest.raises(ConfigError):
+                module.credit_compact([], config)
+
+
+class KeyLike(str):
+    """A str subclass equal to an item key."""
+
+
+def test_consumed_sets_answer_alike_for_values_that_are_no_item_key() -> None:
+    assert cbridge is not None
+    key = f"{GTINS[2]}/S1"
+    for module in (_twin, cbridge):
+        consumed = module.ConsumedSet([key])
+        for value in ([1], {}, 5, None, KeyLike(key), key + "\x00", key.encode()):
+            assert value not in consumed
+            consumed.discard(value)
+        assert key in consumed and len(consumed) == 1

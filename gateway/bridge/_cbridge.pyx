@@ -13,6 +13,7 @@ from gateway.bridge.types import (
     MAX_CREDIT_FEN as _PY_MAX_CREDIT_FEN,
     MAX_LOCAL_MS as _PY_MAX_LOCAL_MS,
     MAX_SEQ as _PY_MAX_SEQ,
+    utc_offset_ms,
     CompactBatch,
     CreditRequest,
     ItemKeyError,
@@ -34,6 +35,7 @@ cdef extern from "Python.h":
     char* PyBytes_AS_STRING(object)
     Py_ssize_t PyBytes_GET_SIZE(object)
     void* PyDict_GetItem(object, object)
+    Py_ssize_t PY_SSIZE_T_MAX
 
 
 # ---- constants shared with the twin -------------------------------------------------------------
@@ -159,6 +161,19 @@ cdef struct Buf:
     Py_ssize_t cap
 
 
+cdef enum:
+    FIRST_RESERVE_MAX = 32 << 20  # most a buffer reserves before anything is written
+
+
+cdef inline Py_ssize_t first_reserve(Py_ssize_t count, Py_ssize_t per_item) noexcept:
+    """About count items of per_item bytes, but no more than FIRST_RESERVE_MAX: the estimate cannot know how
+    many events will be refused or how long their texts are, so a buffer opened with it grows (doubling,
+    amortised O(1) per byte, buf_reserve) as it is written."""
+    if per_item <= 0 or count <= FIRST_RESERVE_MAX // per_item:
+        return count * per_item
+    return FIRST_RESERVE_MAX
+
+
 cdef int buf_open(Buf* b, Py_ssize_t cap) except -1:
     b.size = 0
     b.cap = cap if cap > 64 else 64
@@ -174,6 +189,8 @@ cdef int buf_reserve(Buf* b, Py_ssize_t extra) except -1:
     cdef Py_ssize_t cap = b.cap
     if want <= cap:
         return 0
+    if want > PY_SSIZE_T_MAX // 2:
+        raise MemoryError()
     while cap < want:
         cap *= 2
     if _PyBytes_Resize(&b.obj, cap) < 0:
@@ -209,7 +226,14 @@ cdef extern from *:
 
 
 cdef object buf_close_in_place(Buf* b):
-    """The written bytes as a bytes object, its block left at the reserved size; the buffer gives it up."""
+    """The written bytes as a bytes object; the buffer gives it up.
+
+    When little of the block is left over it is ended in place (no realloc, see spd_bytes_truncate);
+    otherwise (many refused events, or the last doubling went far past the end) the block is shrunk,
+    so a result never holds much more memory than its bytes.
+    """
+    if b.cap - b.size > (b.size >> 3) + 65536:
+        return buf_close(b)
     bytes_truncate(b.obj, b.size)
     result = <object>b.obj
     Py_XDECREF(b.obj)
@@ -580,7 +604,7 @@ cdef class NativeCatalog:
     cdef const char** zud
     cdef Py_ssize_t* zud_len
     cdef list keep_alive
-    cdef Py_ssize_t max_fragments
+    cdef Py_ssize_t mean_fragments  # mean FT1 + ZUD fragment length, for a first estimate of a batch's size
     cdef Py_ssize_t* slots  # open addressing: index into the arrays, -1 = empty
     cdef uint64_t mask
 
@@ -588,7 +612,8 @@ cdef class NativeCatalog:
         items = list(catalog)
         cdef Py_ssize_t n = len(items), i
         self.count = n
-        self.max_fragments = 0
+        cdef Py_ssize_t total_fragments = 0
+        self.mean_fragments = 0
         self.keep_alive = []
         self.keys = <uint64_t*>malloc((n + 1) * sizeof(uint64_t))
         self.chargeable = <unsigned char*>malloc(n + 1)
@@ -622,8 +647,9 @@ cdef class NativeCatalog:
             self.zud[i] = PyBytes_AS_STRING(zud)
             self.zud_len[i] = PyBytes_GET_SIZE(zud)
             self.slots[self.probe(self.keys[i])] = i
-            if self.ft1_len[i] + self.zud_len[i] > self.max_fragments:
-                self.max_fragments = self.ft1_len[i] + self.zud_len[i]
+            total_fragments += self.ft1_len[i] + self.zud_len[i]
+        if n:
+            self.mean_fragments = total_fragments // n
 
     def __dealloc__(self):
         free(self.slots)
@@ -1021,11 +1047,21 @@ cdef extern from "Python.h":
     bint tuple_check "PyTuple_Check"(PyObject*)
     Py_ssize_t tuple_size "PyTuple_GET_SIZE"(PyObject*)
     PyObject* tuple_item "PyTuple_GET_ITEM"(PyObject*, Py_ssize_t)
-    PyObject* list_item "PyList_GET_ITEM"(PyObject*, Py_ssize_t)
     bint unicode_check_exact "PyUnicode_CheckExact"(PyObject*)
     const char* utf8_and_size "PyUnicode_AsUTF8AndSize"(PyObject*, Py_ssize_t*)
     bint long_check_exact "PyLong_CheckExact"(PyObject*)
     long long long_as_ll "PyLong_AsLongLongAndOverflow"(PyObject*, int*)
+
+
+cdef inline bint local_time_ok(long long ts_ms, long long offset_ms) noexcept:
+    """0 <= ts_ms + offset_ms < MAX_LOCAL_MS, the twin's rule, without overflowing near the int64 limits.
+
+    Only the local time is bounded: a scan at 9999-12-31 20:00 local west of UTC has a UTC time in year
+    10000, one at 1970-01-01 03:00 local east of UTC a negative one; both are valid.
+    """
+    if ts_ms < -2 * MAX_LOCAL_MS or ts_ms > 2 * MAX_LOCAL_MS:  # |offset_ms| <= 14 h, far below MAX_LOCAL_MS
+        return False
+    return 0 <= ts_ms + offset_ms < MAX_LOCAL_MS
 
 
 cdef enum:
@@ -1061,8 +1097,7 @@ cdef int check_event(PyObject* raw, long long offset_ms, const unsigned char** t
                     return BAD_SEQ_RANGE
                 seq[0] = value
             else:
-                if overflow or value < -MAX_LOCAL_MS or value > MAX_LOCAL_MS or not (
-                        0 <= value + offset_ms < MAX_LOCAL_MS):
+                if overflow or not local_time_ok(value, offset_ms):
                     return BAD_TS_RANGE
                 ts[0] = value
             continue
@@ -1106,12 +1141,17 @@ cdef ConsumedSet consumed_set(object consumed):
 
 def charge_compact(events, catalog, consumed, config):
     """Charge a batch of events; see gateway.bridge.types.CompactBatch for the result layout."""
-    fragments, slots = message_template(config)
-    cdef NativeCatalog cat = native_catalog(catalog)
-    cdef list evs = events if type(events) is list else list(events)
-    cdef Py_ssize_t n_events = len(evs), e, k, n_frag = len(fragments), fixed_len = 0, need, idx
-    cdef long long offset_ms = <long long>config.utc_offset_minutes * 60000
+    # inputs are checked in the twin's order, so that both raise the same error for the same call
     cdef ConsumedSet used = consumed_set(consumed)
+    fragments, slots = message_template(config)
+    cdef long long offset_ms = utc_offset_ms(config)  # within ±14 h (local_time_ok relies on it)
+    cdef NativeCatalog cat = native_catalog(catalog)
+    # A tuple of the events: the batch holds its own reference to every event for the whole call. The
+    # events are read through borrowed references and UTF-8 pointers, and the call can let other
+    # threads run (hashing a long device id releases the GIL, any allocation can run a finaliser);
+    # reading the caller's list, a thread clearing it would free the events under our feet.
+    cdef tuple evs = tuple(events)
+    cdef Py_ssize_t n_events = len(evs), e, k, n_frag = len(fragments), fixed_len = 0, need, idx
     cdef ItemKey item_key
     cdef Buf status, ends, udi_out
     cdef Buf messages
@@ -1144,15 +1184,15 @@ def charge_compact(events, catalog, consumed, config):
     status.obj = ends.obj = udi_out.obj = NULL
     messages.obj = NULL
     try:
-        buf_open(&status, n_events + 1)
-        buf_open(&messages, n_events * (fixed_len + 3 * 14 + 2 * 20 + 22 + cat.max_fragments + 96))
-        used.reserve(n_events)
-        buf_open(&ends, n_events * 8 + 8)
-        buf_open(&udi_out, n_events * 40 + 64)
+        buf_open(&status, n_events + 1)  # one byte per event, written without a check
+        buf_open(&messages, first_reserve(n_events, fixed_len + 3 * 14 + 2 * 20 + 22 + cat.mean_fragments + 96))
+        used.reserve(n_events if n_events < 65536 else 65536)  # more as they are charged (insert grows it)
+        buf_open(&ends, first_reserve(n_events + 1, 8))
+        buf_open(&udi_out, first_reserve(n_events, 40))
         for e in range(n_events):
-            raw = list_item(<PyObject*>evs, e)
+            raw = tuple_item(<PyObject*>evs, e)
             if e + 2 < n_events:
-                prefetch_event(list_item(<PyObject*>evs, e + 1), list_item(<PyObject*>evs, e + 2))
+                prefetch_event(tuple_item(<PyObject*>evs, e + 1), tuple_item(<PyObject*>evs, e + 2))
             bad = check_event(raw, offset_ms, text, size, &seq, &ts, &bad_field)
             if bad != BAD_NONE:
                 status.data[status.size] = ST_BAD_EVENT
@@ -1380,8 +1420,7 @@ cdef str check_credit(PyObject* raw, long long offset_ms, const unsigned char** 
             value = long_as_ll(field, &overflow)
             if i == CF_SEQ and (overflow or value < 0 or value > MAX_SEQ):
                 return f"seq out of range 0..{MAX_SEQ}"
-            if i == CF_TS and (overflow or value < -MAX_LOCAL_MS or value > MAX_LOCAL_MS
-                               or not (0 <= value + offset_ms < MAX_LOCAL_MS)):
+            if i == CF_TS and (overflow or not local_time_ok(value, offset_ms)):
                 return "ts_ms out of range"
             if i == CF_PRICE and (overflow or value < 0 or value > MAX_CREDIT_FEN):
                 return f"price_fen out of range 0..{MAX_CREDIT_FEN}"
@@ -1431,9 +1470,9 @@ cdef char* put_amount(char* out, long long fen) noexcept:
 def credit_compact(credits, config):
     """Render credits (FT1-6 CD) for items given back unused; see gateway.bridge.types.CreditRequest."""
     fragments, slots = credit_template(config)
-    cdef list reqs = credits if type(credits) is list else list(credits)
+    cdef long long offset_ms = utc_offset_ms(config)
+    cdef tuple reqs = tuple(credits)  # our own references for the whole call (see charge_compact)
     cdef Py_ssize_t n = len(reqs), e, k, n_frag = len(fragments), fixed_len = 0, need, text_len
-    cdef long long offset_ms = <long long>config.utc_offset_minutes * 60000
     cdef Buf status, ends, udi_out, messages
     cdef const char* frag_data[40]
     cdef Py_ssize_t frag_len[40]
@@ -1463,11 +1502,11 @@ def credit_compact(credits, config):
     status.obj = ends.obj = udi_out.obj = messages.obj = NULL
     try:
         buf_open(&status, n + 1)
-        buf_open(&messages, n * (fixed_len + 600) + 64)
-        buf_open(&ends, n * 8 + 8)
-        buf_open(&udi_out, n * 64 + 64)
+        buf_open(&messages, first_reserve(n, fixed_len + 600))
+        buf_open(&ends, first_reserve(n + 1, 8))
+        buf_open(&udi_out, first_reserve(n, 64))
         for e in range(n):
-            raw = list_item(<PyObject*>reqs, e)
+            raw = tuple_item(<PyObject*>reqs, e)
             detail = check_credit(raw, offset_ms, text, size, ints, &code)
             if detail is not None:
                 status.data[status.size] = code

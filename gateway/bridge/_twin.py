@@ -34,6 +34,7 @@ from gateway.bridge.types import (
     RejectReason,
     gtin_check_digit_ok,
     is_item_key,
+    utc_offset_ms,
 )
 
 GS = 0x1D
@@ -64,7 +65,8 @@ class ConsumedSet:
 
     def discard(self, key: str) -> None:
         """Remove an item key if present (an item given back unused and restocked)."""
-        self._keys.discard(key)
+        if is_item_key(key):  # anything else is in no set (an unhashable value included), as in the C set
+            self._keys.discard(key)
 
     def copy(self) -> ConsumedSet:
         """An independent copy."""
@@ -73,7 +75,7 @@ class ConsumedSet:
         return other
 
     def __contains__(self, key: object) -> bool:
-        return key in self._keys
+        return is_item_key(key) and key in self._keys
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -276,10 +278,17 @@ class EventRefused(Exception):
         self.detail = detail
 
 
+def _tuple_items(value: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The items a tuple (or tuple subclass) stores, whatever its ``__iter__``/``__getitem__`` say, as the
+    compiled bridge reads them."""
+    return tuple(tuple.__iter__(value))
+
+
 def _check_event(event: Any, offset_ms: int) -> _Event:
     """Validate the shape of one event tuple; raise EventRefused(BAD_EVENT) naming the first bad field."""
-    if not isinstance(event, tuple) or len(event) != 7:
+    if not issubclass(type(event), tuple) or tuple.__len__(event) != 7:
         raise EventRefused(RejectReason.BAD_EVENT, "event is not a 7-tuple")
+    event = _tuple_items(event)
     encoded: dict[str, bytes] = {}
     for name, value in zip(_FIELDS, event, strict=True):
         if name in ("seq", "ts_ms"):
@@ -332,14 +341,14 @@ def charge_compact(
     if type(consumed) is not ConsumedSet:
         raise TypeError(f"consumed must be gateway.bridge._twin.ConsumedSet, not {type(consumed).__name__}")
     fragments, slots = message_template(config)
+    offset_ms = utc_offset_ms(config)
     entries = _catalog_entries(catalog)
-    offset_ms = config.utc_offset_minutes * 60_000
     status = bytearray()
     messages = bytearray()
     ends: array[int] = array("q")
     udi_out = bytearray()
     details: list[str] = []
-    for raw in events:
+    for raw in tuple(events):  # the events as they are now, whatever another thread does to the list
         try:
             event = _check_event(raw, offset_ms)
             local = _EPOCH + dt.timedelta(milliseconds=event.ts_ms + offset_ms)
@@ -441,8 +450,9 @@ def _credit_field_problem(name: str, value: str) -> str | None:
 
 def _check_credit(credit: Any, offset_ms: int) -> dict[str, Any]:
     """The credit's fields, text as UTF-8 bytes; raise EventRefused naming the first bad field."""
-    if not isinstance(credit, tuple) or len(credit) != len(CreditRequest._fields):
+    if not issubclass(type(credit), tuple) or tuple.__len__(credit) != len(CreditRequest._fields):
         raise EventRefused(RejectReason.BAD_EVENT, f"credit is not a {len(CreditRequest._fields)}-tuple")
+    credit = _tuple_items(credit)
     fields: dict[str, Any] = {}
     for name, value in zip(CreditRequest._fields, credit, strict=True):
         if name in _CREDIT_INTS:
@@ -476,13 +486,13 @@ def credit_compact(credits: Sequence[Any], config: BridgeConfig) -> CompactBatch
     Status 0 is a rendered credit; a refused request has ``bad_event`` or ``missing_patient``.
     """
     fragments, slots = credit_template(config)
-    offset_ms = config.utc_offset_minutes * 60_000
+    offset_ms = utc_offset_ms(config)
     status = bytearray()
     messages = bytearray()
     ends: array[int] = array("q")
     udi_out = bytearray()
     details: list[str] = []
-    for raw in credits:
+    for raw in tuple(credits):
         try:
             c = _check_credit(raw, offset_ms)
         except EventRefused as refused:

@@ -1,12 +1,15 @@
 """Benchmark: compiled bridge vs pure twin vs biip parse-only, events/s on one core, in one run on one batch.
 
 Run: ``python -m gateway.bridge.bench [--events N] [--twin-events N] [--biip-events N] [--repeat R]
-[--clock wall|cpu]``.
+[--clock wall|cpu] [--baseline PATH]``. ``--baseline`` adds another build of the extension (a
+``_cbridge*.so`` file, e.g. built from an earlier commit) to the same interleaved rounds, so that
+a change is measured before and after in one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import random
 import sys
@@ -80,6 +83,16 @@ def rate(run: Callable[[Sequence[Any]], object], events: Sequence[Any], budget_s
     return len(events) / best
 
 
+def load_build(path: str) -> Any:
+    """Another build of the compiled bridge, from its shared object, beside the one imported normally."""
+    spec = importlib.util.spec_from_file_location("spd_bridge_baseline._cbridge", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"not an extension module: {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=20_000, help="batch size for the compiled bridge")
@@ -88,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=10, help="interleaved rounds")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                         help="wall time, or cpu: the time the benchmark thread ran")
+    parser.add_argument("--baseline", metavar="PATH",
+                        help="another build of _cbridge (.so) to run in the same rounds, e.g. the previous commit's")
     args = parser.parse_args(argv)
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
@@ -111,6 +126,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         check = _cbridge.charge_compact(events, catalog, _cbridge.ConsumedSet(), config)
         assert not any(check.status), "benchmark events must all be charged"
         contestants["compiled"] = (compiled, events)
+    if args.baseline:
+        baseline = load_build(args.baseline)
+
+        def baseline_run(batch: Sequence[Any]) -> object:
+            return baseline.charge_compact(batch, catalog, baseline.ConsumedSet(), config)
+
+        if baseline_run(events) != check:
+            print("baseline build: its result differs from the compiled bridge's")
+        contestants["baseline"] = (baseline_run, events)
     subset = events[: args.twin_events]
     contestants["pure"] = (lambda batch: _twin.charge_compact(batch, catalog, _twin.ConsumedSet(), config), subset)
     try:
@@ -131,6 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if check is not None:
         print(f"compiled bridge  : {results['compiled']:>12,.0f} events/s  (parse + lookup + HL7 render, "
               f"{len(events)} events, {len(check.messages) / len(events):.0f} bytes/message)")
+    if "baseline" in results:
+        print(f"baseline build   : {results['baseline']:>12,.0f} events/s  ({args.baseline}; "
+              f"compiled / baseline {results['compiled'] / results['baseline']:.3f})")
     scope = ("the same batch" if len(subset) == len(events)
              else f"the first {len(subset)} events, per-event rate extrapolated")
     print(f"pure twin        : {results['pure']:>12,.0f} events/s  (measured on {scope})")

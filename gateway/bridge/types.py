@@ -229,6 +229,22 @@ class Catalog:
         return gtin in self._items
 
 
+MAX_UTC_OFFSET_MINUTES = 14 * 60
+
+
+def utc_offset_ms(config: BridgeConfig) -> int:
+    """The configured UTC offset in ms; ConfigError unless it is an int within ±14 h.
+
+    Checked when a configuration is made and again by each batch (a frozen dataclass can still be
+    changed with ``object.__setattr__``): the compiled bridge does its time arithmetic in 64 bits and
+    relies on the bound.
+    """
+    minutes = config.utc_offset_minutes
+    if type(minutes) is not int or not -MAX_UTC_OFFSET_MINUTES <= minutes <= MAX_UTC_OFFSET_MINUTES:
+        raise ConfigError("utc_offset_minutes must be an int within ±840", reason="bad_utc_offset")
+    return minutes * 60_000
+
+
 @dataclass(frozen=True, slots=True)
 class BridgeConfig:
     """Who sends and receives the HL7 messages, and the local time zone of the hospital."""
@@ -244,8 +260,7 @@ class BridgeConfig:
         for name in ("sending_app", "sending_facility", "receiving_app", "receiving_facility"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"{name} must be a str")
-        if type(self.utc_offset_minutes) is not int or not -14 * 60 <= self.utc_offset_minutes <= 14 * 60:
-            raise ConfigError("utc_offset_minutes must be an int within ±840", reason="bad_utc_offset")
+        utc_offset_ms(self)
         if self.processing_id not in ("P", "T", "D"):
             raise ConfigError("processing_id must be P, T or D", reason="bad_processing_id")
 

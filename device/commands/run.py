@@ -28,7 +28,9 @@ def run(config_path: Path, *, stop: threading.Event | None = None, pin_factory: 
 
     ``pin_factory`` overrides the configured GPIO backend (a bench or simulator passes its own bank of pins).
     Every loop that must run (``cabinet-loop``, ``cabinet-reader``, ``sync-mqtt``, ``sync-sender`` and
-    this thread's ``device-main``) beats in ``heartbeats``, which ``spd-device service`` ties to the watchdog.
+    this thread's ``device-main``; on a handheld ``handheld-loop``, ``handheld-screen``,
+    ``handheld-housekeeping`` and the two sync loops) beats in ``heartbeats``, which ``spd-device service``
+    ties to the watchdog.
     """
     from device.cabinet.agent import CabinetAgent
     from device.catalog_cache import CatalogCache
@@ -42,7 +44,7 @@ def run(config_path: Path, *, stop: threading.Event | None = None, pin_factory: 
     if cfg.kind == "handheld":
         from device.handheld_runtime.run import run_handheld
 
-        return run_handheld(config_path, effective, stop=stop, pin_factory=pin_factory)
+        return run_handheld(config_path, effective, stop=stop, pin_factory=pin_factory, heartbeats=heartbeats)
     if cfg.kind != "cabinet":
         raise ConfigError(cfg.source, "device.kind", f"'run' drives a cabinet or a handheld, not a {cfg.kind}")
     cab = cabinet_config(cfg)

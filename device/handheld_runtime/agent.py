@@ -6,10 +6,14 @@ Threads, and what each owns:
   the buzzer and the LED. Every input (scan, typed line, key, lockdown) reaches
   it as a call posted to its queue; it ticks the station's time-outs between
   inputs and publishes the new :class:`StationView` after each change. One
-  plain loop with one queue, so a heartbeat can be added where it waits.
+  plain loop with one queue; it beats the ``handheld-loop`` heartbeat
+  (:mod:`device.heartbeat`) on every pass, at least every ``_TICK_S`` while no
+  input comes, so an idle station (no scan for hours) keeps beating.
 * scanner threads (:class:`~device.hal.scanner.SerialScanner` per serial port,
   :class:`~device.hal.scanner.WedgeScanner` per USB HID device) — read lines
-  and post them to the loop.
+  and post them to the loop. No heartbeat, as on a cabinet: a scanner
+  unplugged or stuck is shown on the screen (SCANNER NOT CONNECTED), and a
+  restart would not bring it back.
 * the screen (console UI or headless) reads :attr:`HandheldAgent.view` and
   waits on :meth:`HandheldAgent.wait_changed`; it never touches the station.
 """
@@ -29,6 +33,7 @@ from device.eventlog import EventLog
 from device.hal.indicator import BeepPattern, Buzzer, Indicator
 from device.hal.pins import PinFactory, load_pin_factory
 from device.handheld_runtime.station import Key, ScanStation, StationView, Tone, Verdict
+from device.heartbeat import HeartbeatRegistry
 from device.scan_policy import ScanPolicy
 from device.udi.wristband import WristbandFormat
 from device.wire import Event
@@ -36,6 +41,7 @@ from device.wire import Event
 log = logging.getLogger(__name__)
 
 _TICK_S = 0.1
+LOOP_DEADLINE_S = 30.0  # a pass every 0.1 s; a handler's event-log write (fsync) may take seconds
 
 
 class HandheldAgent:
@@ -50,9 +56,11 @@ class HandheldAgent:
         pin_factory: PinFactory | None = None,
         on_committed: Callable[[Event], None] | None = None,
         key_sources: Mapping[str, Any] | None = None,
+        heartbeats: HeartbeatRegistry | None = None,
     ) -> None:
         """``key_sources`` maps a ``wedge_devices`` path to a :class:`~device.hal.scanner.KeyEventSource` read
-        instead of the device (a simulator's keyboard-wedge scanner)."""
+        instead of the device (a simulator's keyboard-wedge scanner); the loop beats ``handheld-loop`` in
+        ``heartbeats`` (a private registry when nobody watches)."""
         self.config = config
         self._key_sources = dict(key_sources or {})
         self.log = eventlog
@@ -80,6 +88,7 @@ class HandheldAgent:
         self._thread: threading.Thread | None = None
         self._next_allowlist_check = 0.0
         self._listeners: list[Callable[[], None]] = []
+        self._beat = (heartbeats or HeartbeatRegistry()).heartbeat("handheld-loop", deadline_s=LOOP_DEADLINE_S)
 
     def add_verdict_listener(self, callback: Callable[[Verdict], None]) -> None:
         """Called on the loop thread with every verdict, after it is recorded and before the beep."""
@@ -102,6 +111,7 @@ class HandheldAgent:
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> HandheldAgent:
+        self._beat.watch()
         self._thread = threading.Thread(target=self._loop, name="handheld-loop", daemon=True)
         self._thread.start()
         self._start_scanners()
@@ -113,6 +123,7 @@ class HandheldAgent:
             s.stop()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        self._beat.retire()
         for out in (self.buzzer, self.led):
             if out is not None:
                 out.close()
@@ -165,6 +176,7 @@ class HandheldAgent:
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
+            self._beat()
             try:
                 fn, args = self._inbox.get(timeout=_TICK_S)
             except queue.Empty:

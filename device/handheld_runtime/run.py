@@ -3,8 +3,15 @@
 The same durable log and sync as a cabinet; the scan policy reads the catalog
 cache the gateway pushes (one :class:`CatalogCache` shared with the remote
 commands, so a push takes effect at the next scan). The screen runs on the
-main thread; with no terminal it is headless and the main thread only waits
-for SIGTERM / Ctrl-C, pruning acknowledged events now and then.
+main thread; with no terminal it is headless and prints a line per verdict.
+The ``handheld-housekeeping`` thread counts the backlog for the screen and
+prunes acknowledged events now and then.
+
+Every loop that must run beats in ``heartbeats`` (:mod:`device.heartbeat`),
+which ``spd-device service`` ties to the systemd watchdog: ``handheld-loop``
+(the agent), ``handheld-screen`` (the main thread), ``handheld-housekeeping``,
+``sync-sender`` and ``sync-mqtt``. Each waits with a timeout, so a station
+nobody scans at for hours keeps beating.
 """
 
 from __future__ import annotations
@@ -19,14 +26,20 @@ from pathlib import Path
 
 from device.config import ConfigError
 from device.hal.pins import PinFactory
+from device.heartbeat import HeartbeatRegistry
 from device.remote_wiring import EffectiveConfig
 
 log = logging.getLogger(__name__)
 
+SCREEN_DEADLINE_S = 60.0  # a pass at least every second; a redraw on a slow console takes milliseconds
+HOUSEKEEPING_DEADLINE_S = 120.0  # a pass every 0.5 s; a prune of a large log may take a while
+
 
 def run_handheld(config_path: Path, effective: EffectiveConfig, *, stop: threading.Event | None = None,
-                 pin_factory: PinFactory | None = None, screen: str | None = None) -> int:
-    """Run until ``stop`` is set (or a signal arrives); ``screen`` forces ``console`` or ``headless``."""
+                 pin_factory: PinFactory | None = None, screen: str | None = None,
+                 heartbeats: HeartbeatRegistry | None = None) -> int:
+    """Run until ``stop`` is set (or a signal arrives); ``screen`` forces ``console`` or ``headless``; the loops
+    beat in ``heartbeats`` (see the module docstring)."""
     from device.catalog_cache import CatalogCache
     from device.eventlog import EventLog
     from device.handheld_runtime.agent import HandheldAgent
@@ -37,6 +50,7 @@ def run_handheld(config_path: Path, effective: EffectiveConfig, *, stop: threadi
     from device.sync import DeviceSync, TlsSettings
 
     cfg = effective.config
+    heartbeats = heartbeats or HeartbeatRegistry()
     hh = cfg.handheld
     if hh is None:
         raise ConfigError(cfg.source, "handheld", "a handheld needs a [handheld] section (docs/handheld.md)")
@@ -56,7 +70,8 @@ def run_handheld(config_path: Path, effective: EffectiveConfig, *, stop: threadi
         if sync is not None:
             sync.notify()
 
-    agent = HandheldAgent(hh, eventlog=eventlog, policy=policy, pin_factory=pin_factory, on_committed=committed)
+    agent = HandheldAgent(hh, eventlog=eventlog, policy=policy, pin_factory=pin_factory, on_committed=committed,
+                          heartbeats=heartbeats)
     remote = None
     if verifier is not None:
         remote = HandheldRemote(agent=agent, **remote_parts(Path(config_path), cfg, verifier, eventlog=eventlog,
@@ -70,6 +85,7 @@ def run_handheld(config_path: Path, effective: EffectiveConfig, *, stop: threadi
         tls=TlsSettings(str(tls.ca_file), str(tls.cert_file), str(tls.key_file)) if tls else None,
         on_command=remote.on_command if remote is not None else None,
         state_extra=remote.state_extra if remote is not None else None,
+        heartbeats=heartbeats,
     )
     stop = stop or threading.Event()
     restart = threading.Event()
@@ -95,9 +111,13 @@ def run_handheld(config_path: Path, effective: EffectiveConfig, *, stop: threadi
     def frame() -> Frame:
         return Frame(cfg.device_id, hh.dept, agent.view, Link(sync.connected, backlog[0]), dict(agent.scanner_states))
 
+    keeper_beat = heartbeats.heartbeat("handheld-housekeeping", deadline_s=HOUSEKEEPING_DEADLINE_S)
+    screen_beat = heartbeats.heartbeat("handheld-screen", deadline_s=SCREEN_DEADLINE_S)
+
     def housekeeping() -> None:  # the backlog count and pruning, off the screen's and the loop's threads
         ticks = 0
         while not stop.wait(0.5):
+            keeper_beat()
             try:
                 backlog[0] = eventlog.backlog()
                 ticks += 1
@@ -108,6 +128,8 @@ def run_handheld(config_path: Path, effective: EffectiveConfig, *, stop: threadi
 
     agent.start()
     sync.start()
+    keeper_beat.watch()
+    screen_beat.watch()
     keeper = threading.Thread(target=housekeeping, name="handheld-housekeeping", daemon=True)
     keeper.start()
     log.warning("handheld %s running (dept %s, scanners %s, screen %s, remote commands %s)", cfg.device_id, hh.dept,
@@ -116,15 +138,17 @@ def run_handheld(config_path: Path, effective: EffectiveConfig, *, stop: threadi
     try:
         if mode == "console":
             try:
-                ConsoleScreen(agent, frame).run(stop)
+                ConsoleScreen(agent, frame, beat=screen_beat).run(stop)
             except curses.error as err:  # a terminal curses cannot drive: the station still works, headless
                 log.error("handheld %s: console screen unavailable (%s); running headless", cfg.device_id, err)
                 mode = "headless"
         if mode == "headless":
-            HeadlessScreen(agent, frame).run(stop)
+            HeadlessScreen(agent, frame, beat=screen_beat).run(stop)
     finally:
         stop.set()
+        screen_beat.retire()
         keeper.join(timeout=5)
+        keeper_beat.retire()
         sync.stop()
         agent.stop()
         if remote is not None:

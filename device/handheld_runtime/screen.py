@@ -18,6 +18,10 @@ F1 or ``/`` charge mode, F2 or ``*`` return mode, F10 or ``-`` log out
 
 Headless (no terminal, or ``screen = "off"``): one line per verdict and per
 link or scanner change on standard output (the journal under systemd).
+
+Either screen runs on the main thread and calls ``beat`` (the
+``handheld-screen`` heartbeat, :mod:`device.heartbeat`) once per pass; each
+pass waits at most a second for a key or a change, so an idle screen beats.
 """
 
 from __future__ import annotations
@@ -136,9 +140,11 @@ class ConsoleScreen:
     KEYS = {curses.KEY_F1: Key.CHARGE_MODE, curses.KEY_F2: Key.RETURN_MODE, curses.KEY_F10: Key.LOGOUT}
     PAD_KEYS = {ord("/"): Key.CHARGE_MODE, ord("*"): Key.RETURN_MODE, ord("-"): Key.LOGOUT}
 
-    def __init__(self, agent: HandheldAgent, frame: Callable[[], Frame]) -> None:
+    def __init__(self, agent: HandheldAgent, frame: Callable[[], Frame], *,
+                 beat: Callable[[], None] = lambda: None) -> None:
         self.agent = agent
         self.frame = frame
+        self.beat = beat
         self._typed = ""
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -161,6 +167,7 @@ class ConsoleScreen:
         scr.keypad(True)
         styles = self._styles()
         while not stop.is_set():
+            self.beat()
             self._draw(scr, styles)
             ready, _, _ = select.select([sys.stdin, self._wake_r], [], [], 1.0)
             if self._wake_r in ready:
@@ -221,11 +228,12 @@ class ConsoleScreen:
 class HeadlessScreen:
     """No display: the same news as lines on standard output (verdicts, link and scanner changes)."""
 
-    def __init__(self, agent: HandheldAgent, frame: Callable[[], Frame], *, out: Callable[[str], None] | None = None
-                 ) -> None:
+    def __init__(self, agent: HandheldAgent, frame: Callable[[], Frame], *, out: Callable[[str], None] | None = None,
+                 beat: Callable[[], None] = lambda: None) -> None:
         self.agent = agent
         self.frame = frame
         self.out = out or _print
+        self.beat = beat
 
     def run(self, stop: threading.Event) -> None:
         verdicts: queue.Queue[tuple[Verdict, StationView]] = queue.Queue()
@@ -234,6 +242,7 @@ class HeadlessScreen:
         link: tuple[bool, bool] | None = None
         scanners: dict[str, str] = {}
         while not stop.is_set():
+            self.beat()
             try:
                 v, view = verdicts.get(timeout=0.25)
                 self._verdict(v, view)

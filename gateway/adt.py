@@ -21,6 +21,13 @@ answered ``AR`` and skipped, and a client that does not read its ACKs is dropped
 
 Threads: ``adt-accept`` accepts; one ``adt-conn-N`` thread per connection, each parsing its messages
 and writing through the shared store (SQLite serialises the writers).
+
+``adt-accept`` beats the heartbeat of that name (:mod:`device.heartbeat`): it wakes every 0.25 s,
+connection or not, so a feed quiet all night keeps it beating; when it is wedged no HIS can connect
+and the watchdog restarts the gateway. The ``adt-conn-N`` threads have none: they come and go with
+the HIS's connections, each ends on its own (`idle_timeout_s`, `frame_timeout_s`, `send_timeout_s`),
+the one thing they can wait on for longer is the store, whose writers (``ingest-mqtt``, ``charging``)
+are watched already, and one stuck connection holds only its own one of `max_connections` slots.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from dataclasses import dataclass
 
 import hl7
 
+from device.heartbeat import HeartbeatRegistry
 from gateway.census import MAX_ADMISSION_LEN, AdtEvent, AdtUpdate, apply_adt, initials
 from gateway.his.ack import AckCode, Hl7Error, build_ack, parse_msh, split_segments
 from gateway.his.mllp import DEFAULT_MAX_FRAME_BYTES, MllpDecoder, MllpError, frame_text
@@ -43,6 +51,7 @@ from gateway.store import GatewayStore
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.25
+ACCEPT_DEADLINE_S = 60.0  # a pass every _POLL_S; accepting and starting a thread takes milliseconds
 NOT_INPATIENT = {"O": "outpatient", "E": "emergency", "P": "preadmit"}  # PV1-2, HL7 table 0004
 
 
@@ -205,7 +214,8 @@ class AdtListener:
     def __init__(self, store: GatewayStore, *, host: str = "127.0.0.1", port: int = 0,
                  on_change: Callable[[], None] | None = None, max_connections: int = 8,
                  idle_timeout_s: float = 300.0, frame_timeout_s: float = 30.0, send_timeout_s: float = 10.0,
-                 max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, encoding: str = "utf-8") -> None:
+                 max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, encoding: str = "utf-8",
+                 heartbeats: HeartbeatRegistry | None = None) -> None:
         self.handler = AdtHandler(store, on_change=on_change)
         self.host, self._port = host, port
         self.max_connections = max_connections
@@ -222,6 +232,7 @@ class AdtListener:
         self._conns: dict[int, tuple[socket.socket, threading.Thread]] = {}
         self._next = 0
         self._accept_thread: threading.Thread | None = None
+        self._beat = (heartbeats or HeartbeatRegistry()).heartbeat("adt-accept", deadline_s=ACCEPT_DEADLINE_S)
 
     @property
     def port(self) -> int:
@@ -237,6 +248,7 @@ class AdtListener:
         sock = socket.create_server((self.host, self._port), reuse_port=False, backlog=16)
         sock.settimeout(_POLL_S)
         self._sock = sock
+        self._beat.watch()
         self._accept_thread = threading.Thread(target=self._accept_loop, name="adt-accept", daemon=True)
         self._accept_thread.start()
         log.info("adt: listening for ADT over MLLP on %s:%d", self.host, self.port)
@@ -246,6 +258,7 @@ class AdtListener:
         self._stop.set()
         if self._accept_thread is not None:
             self._accept_thread.join(5)
+        self._beat.retire()
         if self._sock is not None:
             self._sock.close()
         with self._lock:
@@ -257,6 +270,7 @@ class AdtListener:
     def _accept_loop(self) -> None:
         assert self._sock is not None
         while not self._stop.is_set():
+            self._beat()
             try:
                 conn, peer = self._sock.accept()
             except TimeoutError:

@@ -16,13 +16,15 @@ Threads and what each owns:
   signed commands and re-sends desired state to devices that are behind;
 * ``adt-accept`` and ``adt-conn-N`` (:class:`AdtListener`, only with ``adt_port``) — the HIS's ADT
   feed over MLLP, kept in the patient census;
-* ``catalog-publisher`` (:class:`CatalogPublisher`, with the ADT listener and the fleet link) — pushes
+* ``catalog-publisher`` (:class:`CatalogPublisher`, with the fleet link; woken by the ADT listener) — pushes
   the device catalog document again after census changes, debounced;
 * the main thread — start-up, signals, shutdown.
 
 The store is shared; SQLite serialises the writers. Each of these threads
 beats a heartbeat (:mod:`device.heartbeat`) named as above (``ingest-mqtt``,
-``fleet-mqtt`` for the two network threads); the systemd watchdog pings only
+``fleet-mqtt`` for the two network threads), except the ``adt-conn-N``
+connection threads, which come and go with the HIS's connections and end on
+their own time-outs (see :mod:`gateway.adt`); the systemd watchdog pings only
 while all of them beat within their deadlines.
 """
 
@@ -153,10 +155,10 @@ class Gateway:
         )
         self.fleet_link = (make_fleet_link(self.store, config, heartbeats=self.heartbeats)
                            if config.signing_key is not None else None)
-        self.publisher = CatalogPublisher(self.store, lambda: self.fleet, discharge_grace_s=config.discharge_grace_s) \
-            if self.fleet_link is not None else None
-        self.adt = AdtListener(self.store, host=config.adt_host, port=config.adt_port,
-                               on_change=self._census_changed) if config.adt_port is not None else None
+        self.publisher = CatalogPublisher(self.store, lambda: self.fleet, discharge_grace_s=config.discharge_grace_s,
+                                          heartbeats=self.heartbeats) if self.fleet_link is not None else None
+        self.adt = AdtListener(self.store, host=config.adt_host, port=config.adt_port, on_change=self._census_changed,
+                               heartbeats=self.heartbeats) if config.adt_port is not None else None
         self.link_watch = LinkWatch(self.store, window_s=config.not_linked_within_s,
                                     may_run=self.leadership.is_leader, heartbeats=self.heartbeats)
         self._stopped = threading.Event()

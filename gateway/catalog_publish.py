@@ -13,7 +13,9 @@ lists and census: megabytes at a large hospital) to every device. A document who
 change (same digest) is not pushed again.
 
 Threads: ``catalog-publisher`` builds and pushes; :meth:`CatalogPublisher.changed` may be called from
-any thread (the ADT connections).
+any thread (the ADT connections). The thread beats the ``catalog-publisher`` heartbeat
+(:mod:`device.heartbeat`): while idle it wakes every `IDLE_WAKE_S` to beat (a quiet census may last a
+night), and a build and push declares its own, longer deadline (`PUBLISH_DEADLINE_S`).
 """
 
 from __future__ import annotations
@@ -24,12 +26,19 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from device.heartbeat import HeartbeatRegistry
 from device.remote import Component
 from gateway.catalog_export import DEFAULT_DISCHARGE_GRACE_S, build_device_catalog
 from gateway.fleet import Fleet
 from gateway.store import GatewayStore
 
 log = logging.getLogger(__name__)
+
+IDLE_WAKE_S = 5.0  # the longest wait between two passes, pending or not
+LOOP_DEADLINE_S = 60.0  # a pass every IDLE_WAKE_S; reading what is due takes a lock held for microseconds
+PUBLISH_DEADLINE_S = 300.0
+"""One build and push: the whole catalog and census read from the store (which may wait out its 30 s busy
+timeout), a document of megabytes signed and written to the fleet's desired state."""
 
 
 def publish_catalog(fleet: Fleet, store: GatewayStore, *, requested_by: str, dept: str | None = None,
@@ -54,7 +63,8 @@ class CatalogPublisher:
 
     def __init__(self, store: GatewayStore, fleet: Callable[[], Fleet | None], *, debounce_s: float = 2.0,
                  max_delay_s: float = 15.0, min_interval_s: float = 60.0,
-                 discharge_grace_s: float = DEFAULT_DISCHARGE_GRACE_S, requested_by: str = "census") -> None:
+                 discharge_grace_s: float = DEFAULT_DISCHARGE_GRACE_S, requested_by: str = "census",
+                 heartbeats: HeartbeatRegistry | None = None) -> None:
         self.store = store
         self.fleet = fleet
         self.debounce_s = debounce_s
@@ -71,6 +81,7 @@ class CatalogPublisher:
         self._last = 0.0
         self._pushed_at: float | None = None  # monotonic time of the last push
         self._thread: threading.Thread | None = None
+        self._beat = (heartbeats or HeartbeatRegistry()).heartbeat("catalog-publisher", deadline_s=LOOP_DEADLINE_S)
 
     def changed(self) -> None:
         """The census (or another part of the document) changed: publish soon."""
@@ -81,6 +92,7 @@ class CatalogPublisher:
         self._wake.set()
 
     def start(self) -> CatalogPublisher:
+        self._beat.watch()
         self._thread = threading.Thread(target=self._loop, name="catalog-publisher", daemon=True)
         self._thread.start()
         return self
@@ -90,6 +102,7 @@ class CatalogPublisher:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(10)
+        self._beat.retire()
 
     def _due_in(self) -> float | None:
         """Seconds until the pending publication is due; None when nothing is pending."""
@@ -104,19 +117,17 @@ class CatalogPublisher:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            self._beat()
             due = self._due_in()
-            if due is None:
-                self._wake.wait()
-                self._wake.clear()
-                continue
-            if due > 0:
-                self._wake.wait(due)
+            if due is None or due > 0:
+                self._wake.wait(IDLE_WAKE_S if due is None else min(due, IDLE_WAKE_S))
                 self._wake.clear()
                 continue
             with self._lock:
                 self._first = None
             try:
-                self.publish_now()
+                with self._beat.blocking(PUBLISH_DEADLINE_S):
+                    self.publish_now()
             except Exception:
                 log.exception("catalog publisher: publication failed; retrying in %.0f s", self.debounce_s)
                 self.changed()

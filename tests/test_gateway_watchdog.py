@@ -6,10 +6,12 @@ A slow HIS is not a wedged lane: a send within its declared deadline keeps the p
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.publish as mqtt_publish
 import pytest
@@ -46,7 +48,19 @@ def notify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[NotifySo
     n.close()
 
 
-LOOPS = ["ingest-mqtt", "fleet-mqtt", "charging", "his-sender-0", "lease", "link-watch"]
+LOOPS = ["ingest-mqtt", "fleet-mqtt", "charging", "his-sender-0", "lease", "link-watch", "adt-accept",
+         "catalog-publisher"]
+
+
+class StuckAccept:
+    """The ADT listener's socket, whose ``accept`` hangs while the wedge targets ``adt-accept``."""
+
+    def __init__(self, sock: socket.socket, wedge: Wedge) -> None:
+        self._sock = sock
+        self.accept = wedge.hang_if("adt-accept", sock.accept)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
 
 
 @pytest.mark.parametrize("loop", LOOPS)
@@ -56,7 +70,7 @@ def test_a_wedged_gateway_loop_stops_the_pings_and_is_named(loop: str, tmp_path:
     clock = FakeClock()
     heartbeats = HeartbeatRegistry(clock=clock)
     cfg = GatewayConfig(db_path=tmp_path / "gw.db", broker_port=broker.port, lease_ttl_s=1.5,
-                        signing_key=tmp_path / "command-signing.key", not_linked_within_s=0.4)
+                        signing_key=tmp_path / "command-signing.key", not_linked_within_s=0.4, adt_port=0)
     gw = Gateway(cfg, adapter=QuietHis(), heartbeats=heartbeats)
     assert sorted(heartbeats.names()) == []  # nothing is watched before it starts
     wedge = Wedge()
@@ -66,7 +80,11 @@ def test_a_wedged_gateway_loop_stops_the_pings_and_is_named(loop: str, tmp_path:
     store.pending_charges = wedge.hang_if("his-sender-0", store.pending_charges)  # type: ignore[method-assign]
     store.hold_lease = wedge.hang_if("lease", store.hold_lease)  # type: ignore[method-assign]
     gw.link_watch.run_once = wedge.hang_if("link-watch", gw.link_watch.run_once)  # type: ignore[method-assign]
+    assert gw.publisher is not None and gw.adt is not None
+    gw.publisher._due_in = wedge.hang_if("catalog-publisher", gw.publisher._due_in)  # type: ignore[method-assign]
     gw.start()
+    assert gw.adt._sock is not None
+    gw.adt._sock = StuckAccept(gw.adt._sock, wedge)  # type: ignore[assignment]
     assert sorted(heartbeats.names()) == sorted(LOOPS)
     watchdog = Watchdog(lambda: True, interval_s=0.05, heartbeats=heartbeats).start()
     try:
@@ -81,6 +99,8 @@ def test_a_wedged_gateway_loop_stops_the_pings_and_is_named(loop: str, tmp_path:
                                     port=broker.port)
                 if wedge.entered.wait(0.5):
                     break
+        if loop == "catalog-publisher":  # a census change wakes it at once (else within its idle wake)
+            gw.publisher.changed()
         assert_pings_stop_naming(watchdog, heartbeats, notify, clock, wedge, loop)
     finally:
         wedge.release.set()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -158,3 +159,24 @@ def test_cli_migrate_check_then_apply(old_store: Path, capsys: pytest.CaptureFix
     assert f"schema version 0 -> {CURRENT}" in capsys.readouterr().out
     assert gateway_cli(["migrate", "--db", str(old_store), "--check"]) == 0
     assert "up to date" in capsys.readouterr().out
+
+
+def test_the_enrolment_token_file_is_versioned_and_made_as_the_previous_release_made_it(tmp_path: Path) -> None:
+    from gateway.data.tokens import TOKEN_MIGRATIONS, TokenStore
+
+    previous = tmp_path / "previous.db"  # what the release before versioning did on a new token file
+    with closing(sqlite3.connect(previous)) as db:
+        db.execute("CREATE TABLE IF NOT EXISTS tokens (token_sha256 TEXT PRIMARY KEY, site TEXT NOT NULL, "
+                   "device TEXT NOT NULL, expires_at REAL NOT NULL, used_at REAL, issued_by TEXT NOT NULL)")
+        db.execute("ALTER TABLE tokens ADD COLUMN serial TEXT")
+        db.execute("ALTER TABLE tokens ADD COLUMN key_sha256 TEXT")
+        db.execute("INSERT INTO tokens VALUES ('ab', 'H1', 'CAB1', 1.0, NULL, 'ops', NULL, NULL)")
+        db.commit()
+    made_then = schema_of(previous)
+    upgraded = TokenStore(previous)
+    assert upgraded.schema.legacy and upgraded.schema.after == len(TOKEN_MIGRATIONS)
+    assert upgraded.get("ab") == ("H1", "CAB1", 1.0, None, None, None)
+    upgraded.close()
+    TokenStore(tmp_path / "fresh.db").close()
+    assert schema_of(tmp_path / "fresh.db") == schema_of(previous)
+    assert {s for s in schema_of(previous) if s[1] != "schema_migrations"} == made_then

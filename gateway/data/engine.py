@@ -18,13 +18,30 @@ from typing import Any, Protocol
 Row = tuple[Any, ...]
 
 
+class Cursor(Protocol):
+    """What a statement run in a transaction gives back (a DB-API cursor: sqlite3's, psycopg's)."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Transaction(Protocol):
+    """What a transaction yields: statements run in it (``sqlite3.Connection``, a psycopg connection)."""
+
+    def execute(self, sql: str, params: Sequence[Any] = (), /) -> Cursor: ...
+
+
 class Engine(Protocol):
-    """What the data layer needs of a database."""
+    """What the migration runner needs of a database; the stores take a concrete engine (SQLite today)."""
 
     name: str
     """The dialect a migration picks its SQL by: ``sqlite`` (``postgresql`` to come)."""
 
-    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+    def transaction(self) -> AbstractContextManager[Transaction]:
         """One write transaction: committed when the block ends, rolled back if it raises."""
         ...
 
@@ -32,14 +49,14 @@ class Engine(Protocol):
         """The rows of one read, outside a transaction."""
         ...
 
-    def columns(self, db: sqlite3.Connection, table: str) -> set[str]:
+    def columns(self, db: Transaction, table: str) -> set[str]:
         """The column names of ``table`` as the database has them now (empty if there is no such table)."""
         ...
 
-    def has_table(self, db: sqlite3.Connection, table: str) -> bool:
+    def has_table(self, db: Transaction, table: str) -> bool:
         ...
 
-    def tables(self, db: sqlite3.Connection) -> set[str]:
+    def tables(self, db: Transaction) -> set[str]:
         """The names of the tables in the store (the engine's own bookkeeping tables left out)."""
         ...
 
@@ -84,10 +101,10 @@ class SqliteEngine:
         with self._lock:
             return self._db.execute(sql, params).fetchall()
 
-    def columns(self, db: sqlite3.Connection, table: str) -> set[str]:
-        return {str(row[1]) for row in db.execute(f"PRAGMA table_info({table})")}
+    def columns(self, db: Transaction, table: str) -> set[str]:
+        return {str(row[1]) for row in db.execute(f"PRAGMA table_info({table})").fetchall()}
 
-    def has_table(self, db: sqlite3.Connection, table: str) -> bool:
+    def has_table(self, db: Transaction, table: str) -> bool:
         return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone() \
             is not None
 
@@ -95,9 +112,9 @@ class SqliteEngine:
         """The database answers a trivial read."""
         return self.query("SELECT 1") == [(1,)]
 
-    def tables(self, db: sqlite3.Connection) -> set[str]:
+    def tables(self, db: Transaction) -> set[str]:
         return {str(r[0]) for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
-                                              "AND name NOT LIKE 'sqlite_%'")}
+                                              "AND name NOT LIKE 'sqlite_%'").fetchall()}
 
     def integrity_check(self) -> str:
         return str(self.query("PRAGMA integrity_check")[0][0])

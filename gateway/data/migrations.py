@@ -17,13 +17,12 @@ migrations run only on stores whose version says what they hold, and need neithe
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from gateway.data.engine import Engine, statements
+from gateway.data.engine import Engine, Transaction, statements
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +104,7 @@ def current_version(engine: Engine) -> int:
         return _version(engine, db)
 
 
-def _version(engine: Engine, db: sqlite3.Connection) -> int:
+def _version(engine: Engine, db: Transaction) -> int:
     if not engine.has_table(db, VERSION_TABLE):
         return 0
     row = db.execute(f"SELECT COALESCE(MAX(version), 0) FROM {VERSION_TABLE}").fetchone()
@@ -144,7 +143,7 @@ def migrate(engine: Engine, migrations: Sequence[Migration], *, now: float | Non
     return MigrationReport(before, current_version(engine), applied, legacy)
 
 
-def _apply(engine: Engine, db: sqlite3.Connection, step: Step) -> None:
+def _apply(engine: Engine, db: Transaction, step: Step) -> None:
     if isinstance(step, AddColumns):
         have = engine.columns(db, step.table)
         for name, sql_type in step.columns:

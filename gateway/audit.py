@@ -9,9 +9,10 @@ content and ``prev``; ``audit_head`` holds the last id and hash, so a row
 removed from the end shows too. :func:`verify_audit_chain` (``spd-gateway
 audit verify``) names the first row that does not hold.
 
-A store made before the chain existed is upgraded in place the first time an
-:class:`AuditLog` opens it: the columns are added and the existing rows are
-chained, oldest first, in one transaction (the update trigger is dropped and
+A store made before the chain existed is upgraded in place: opening the store
+adds the columns (migration ``0004_audit_chain``), and the first time an
+:class:`AuditLog` opens it the existing rows are chained, oldest first, in one
+transaction (the update trigger is dropped and
 re-created inside it), and an ``audit_chained`` row records how many rows were
 chained then. Those older rows are vouched for only from that moment on.
 

@@ -227,7 +227,7 @@ class Gateway:
                  "on" if self.fleet_link is not None else "off",
                  f"on {self.config.adt_host}:{self.config.adt_port}" if self.adt is not None else "off")
         notify("READY=1")
-        watchdog = Watchdog(lambda: self.store.query("SELECT 1") == [(1,)], heartbeats=self.heartbeats).start()
+        watchdog = Watchdog(self.store.alive, heartbeats=self.heartbeats).start()
         try:
             while not self._stopped.wait(1.0):
                 pass

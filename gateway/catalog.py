@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from device.udi.gs1 import is_valid_gtin
+from gateway.data.catalog import RecallRow, TermsRow
+from gateway.data.census import CensusRow
 from gateway.store import GatewayStore
 
 log = logging.getLogger(__name__)
@@ -44,17 +46,6 @@ _BOOL = {"1": True, "true": True, "yes": True, "y": True, "0": False, "false": F
 
 CatalogRow = tuple[str, str, str, str, str, str, int, int, int]
 """The row `GatewayStore.upsert_catalog` takes."""
-
-_SIDE_TABLES = (
-    "CREATE TABLE IF NOT EXISTS catalog_terms (gtin TEXT PRIMARY KEY, supplier TEXT NOT NULL DEFAULT '', "
-    "vbp INTEGER NOT NULL DEFAULT 0, vbp_price_fen INTEGER CHECK (vbp_price_fen >= 0))",
-    "CREATE TABLE IF NOT EXISTS recalled_lots (gtin TEXT NOT NULL, lot TEXT NOT NULL, reason TEXT NOT NULL "
-    "DEFAULT '', recalled_on TEXT NOT NULL DEFAULT '', PRIMARY KEY (gtin, lot))",
-    "CREATE TABLE IF NOT EXISTS dept_stock (dept TEXT NOT NULL, gtin TEXT NOT NULL, PRIMARY KEY (dept, gtin))",
-    "CREATE TABLE IF NOT EXISTS patient_census (admission TEXT PRIMARY KEY, status TEXT NOT NULL "
-    "CHECK (status IN ('in_house', 'discharged')), updated_at REAL NOT NULL)",
-)
-
 
 class CatalogImportError(Exception):
     """Root of the catalog import errors; `reason` is a stable code."""
@@ -284,99 +275,58 @@ def read_recall_file(path: Path) -> tuple[list[RecalledLot], list[RowError]]:
 # -- storing ------------------------------------------------------------------------------
 
 
-def ensure_tables(store: GatewayStore) -> None:
-    """Create the tables kept beside the catalog (purchase terms, recalls, stock lists, patient census)."""
-    with store.transaction() as db:
-        for ddl in _SIDE_TABLES:
-            db.execute(ddl)
-
-
 def import_catalog(store: GatewayStore, entries: Sequence[CatalogEntry]) -> int:
     """Upsert items and their purchase terms; idempotent, so a failed import is simply run again."""
-    ensure_tables(store)
     n = store.upsert_catalog([e.row() for e in entries])
-    with store.transaction() as db:
-        db.executemany(
-            "INSERT INTO catalog_terms (gtin, supplier, vbp, vbp_price_fen) VALUES (?, ?, ?, ?) ON CONFLICT (gtin) "
-            "DO UPDATE SET supplier = excluded.supplier, vbp = excluded.vbp, vbp_price_fen = excluded.vbp_price_fen",
-            [(e.gtin, e.supplier, int(e.vbp), e.vbp_price_fen) for e in entries],
-        )
+    store.catalog.upsert_terms([TermsRow(e.gtin, e.supplier, e.vbp, e.vbp_price_fen) for e in entries])
     log.info("catalog: %d items imported", n)
     return n
 
 
 def import_recalled_lots(store: GatewayStore, lots: Sequence[RecalledLot], *, replace: bool = True) -> int:
     """Store the recall list; with `replace` it becomes the whole list (lifted recalls disappear)."""
-    ensure_tables(store)
-    with store.transaction() as db:
-        if replace:
-            db.execute("DELETE FROM recalled_lots")
-        db.executemany(
-            "INSERT INTO recalled_lots (gtin, lot, reason, recalled_on) VALUES (?, ?, ?, ?) ON CONFLICT (gtin, lot) "
-            "DO UPDATE SET reason = excluded.reason, recalled_on = excluded.recalled_on",
-            [(r.gtin, r.lot, r.reason, r.recalled_on) for r in lots],
-        )
+    store.catalog.store_recalls([RecallRow(r.gtin, r.lot, r.reason, r.recalled_on) for r in lots], replace=replace)
     return len(lots)
 
 
 def set_dept_stock(store: GatewayStore, dept: str, gtins: Iterable[str]) -> None:
     """Replace the list of items a department stocks (its cabinets' and store's assortment)."""
-    ensure_tables(store)
-    with store.transaction() as db:
-        db.execute("DELETE FROM dept_stock WHERE dept = ?", (dept,))
-        db.executemany("INSERT OR IGNORE INTO dept_stock (dept, gtin) VALUES (?, ?)", [(dept, g) for g in gtins])
+    store.catalog.set_dept_stock(dept, gtins)
 
 
 def set_patient_census(store: GatewayStore, *, in_house: Iterable[str], discharged: Iterable[str]) -> None:
     """Replace the patient census the devices check wristbands against (fed from the HIS's ADT)."""
-    ensure_tables(store)
-    now = time.time()
-    with store.transaction() as db:
-        db.execute("DELETE FROM patient_census")
-        sql = "INSERT OR REPLACE INTO patient_census (admission, status, updated_at) VALUES (?, ?, ?)"
-        db.executemany(sql, [(a, "discharged", now) for a in discharged])
-        db.executemany(sql, [(a, "in_house", now) for a in in_house])
+    rows = [CensusRow(a, "discharged") for a in discharged] + [CensusRow(a, "in_house") for a in in_house]
+    store.census.store(rows, replace_all=True, now=time.time())
     from gateway.census import mark_census_complete  # the whole census: complete (late import: census uses this module)
 
     mark_census_complete(store, by="set_patient_census")
 
 
 def load_catalog_entries(store: GatewayStore) -> list[CatalogEntry]:
-    ensure_tables(store)
-    rows = store.query(
-        "SELECT c.gtin, c.item_code, c.charge_code, c.name, c.spec, c.manufacturer, c.price_fen, c.chargeable, "
-        "c.high_value, COALESCE(t.supplier, ''), COALESCE(t.vbp, 0), t.vbp_price_fen FROM catalog c "
-        "LEFT JOIN catalog_terms t ON t.gtin = c.gtin ORDER BY c.gtin"
-    )
-    return [CatalogEntry(r[0], r[1], r[2], r[3], r[4], r[5], int(r[6]), bool(r[7]), bool(r[8]), r[9], bool(r[10]),
-                         None if r[11] is None else int(r[11])) for r in rows]
+    return [CatalogEntry(*r) for r in store.catalog.items()]
 
 
 def load_recalled_lots(store: GatewayStore) -> list[RecalledLot]:
-    ensure_tables(store)
-    rows = store.query("SELECT gtin, lot, reason, recalled_on FROM recalled_lots ORDER BY gtin, lot")
-    return [RecalledLot(*r) for r in rows]
+    return [RecalledLot(*r) for r in store.catalog.recalls()]
 
 
 def load_dept_stock(store: GatewayStore, dept: str | None = None) -> dict[str, list[str]]:
     """Stock lists by department (only `dept`'s when given); a department without a list is absent."""
-    ensure_tables(store)
-    rows = store.query(
-        "SELECT dept, gtin FROM dept_stock WHERE (? IS NULL OR dept = ?) ORDER BY dept, gtin", (dept, dept)
-    )
     out: dict[str, list[str]] = {}
-    for d, g in rows:
+    for d, g in store.catalog.dept_stock(dept):
         out.setdefault(d, []).append(g)
     return out
 
 
 def load_patient_census(store: GatewayStore) -> tuple[list[str], list[str]] | None:
     """(in-house, discharged) admission numbers, or None when the gateway has no census."""
-    ensure_tables(store)
-    rows = store.query("SELECT admission, status FROM patient_census ORDER BY admission")
+    rows = store.census.all()
     if not rows:
         return None
-    return [a for a, s in rows if s == "in_house"], [a for a, s in rows if s == "discharged"]
+    in_house = [r.admission for r in rows if r.status == "in_house"]
+    return in_house, [r.admission for r in rows if r.status == "discharged"]
+
 
 
 # -- cells --------------------------------------------------------------------------------

@@ -26,10 +26,6 @@ DEFAULT_CONSUMED_WINDOW_DAYS = 90
 DEFAULT_DISCHARGE_GRACE_S = 86400.0
 DISCHARGED_KEPT_DAYS = 7  # older discharges leave the document (their wristbands are then unknown: refused too)
 
-_VERSIONS = (
-    "CREATE TABLE IF NOT EXISTS device_catalog_versions (dept TEXT PRIMARY KEY, version INTEGER NOT NULL, "
-    "digest TEXT NOT NULL, changed_at REAL NOT NULL)"
-)
 
 
 def build_device_catalog(
@@ -69,35 +65,15 @@ def build_device_catalog(
 
 def catalog_version(store: GatewayStore, *, dept: str | None) -> tuple[int, str] | None:
     """(version, digest) of the last document built for `dept`, or None if none was built."""
-    with store.transaction() as db:
-        db.execute(_VERSIONS)
-    rows = store.query("SELECT version, digest FROM device_catalog_versions WHERE dept = ?", (dept or "",))
-    return (int(rows[0][0]), str(rows[0][1])) if rows else None
+    return store.catalog.document_version(dept or "")
 
 
 def _version(store: GatewayStore, key: str, digest: str, now: float) -> int:
-    with store.transaction() as db:
-        db.execute(_VERSIONS)
-        row = db.execute("SELECT version, digest FROM device_catalog_versions WHERE dept = ?", (key,)).fetchone()
-        if row is not None and row[1] == digest:
-            return int(row[0])
-        version = 1 if row is None else int(row[0]) + 1
-        db.execute(
-            "INSERT INTO device_catalog_versions (dept, version, digest, changed_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (dept) DO UPDATE SET version = excluded.version, digest = excluded.digest, "
-            "changed_at = excluded.changed_at",
-            (key, version, digest, now),
-        )
-        return version
+    return store.catalog.bump_document_version(key, digest, now)
 
 
 def _consumed_serials(store: GatewayStore, *, since: float) -> list[str]:
-    rows = store.query(
-        "SELECT item_key FROM charges WHERE status != 'parked' AND item_key NOT LIKE 'charge:%' AND created_at >= ? "
-        "ORDER BY item_key",
-        (since,),
-    )
-    return [str(r[0]) for r in rows]
+    return store.charges.consumed_item_keys(since=since)
 
 
 def _patients(store: GatewayStore, *, grace_s: float, since: float) -> dict[str, Any] | None:

@@ -32,30 +32,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from gateway.catalog import RowError, Table, _check_header, _record, _text, ensure_tables, read_table
+from gateway.catalog import RowError, Table, _check_header, _record, _text, read_table
+from gateway.data.census import CensusRow
 from gateway.store import GatewayStore
 
 log = logging.getLogger(__name__)
 
 CENSUS_COLUMNS = ("admission",)
 CENSUS_OPTIONAL_COLUMNS = ("status", "name", "initials", "ward", "dept", "bed", "admitted_at", "discharged_at")
-_DETAIL_COLUMNS = (
-    ("initials", "TEXT NOT NULL DEFAULT ''"),
-    ("ward", "TEXT NOT NULL DEFAULT ''"),
-    ("dept", "TEXT NOT NULL DEFAULT ''"),
-    ("bed", "TEXT NOT NULL DEFAULT ''"),
-    ("admitted_at", "REAL"),
-    ("discharged_at", "REAL"),
-    ("source", "TEXT NOT NULL DEFAULT ''"),
-)
-_STATE = (
-    "CREATE TABLE IF NOT EXISTS census_state (id INTEGER PRIMARY KEY CHECK (id = 1), complete INTEGER NOT NULL, "
-    "changed_at REAL NOT NULL, changed_by TEXT NOT NULL)"
-)
-_ADT_LOG = (
-    "CREATE TABLE IF NOT EXISTS adt_messages (control_id TEXT PRIMARY KEY, received_at REAL NOT NULL, "
-    "event TEXT NOT NULL, admission TEXT NOT NULL, outcome TEXT NOT NULL)"
-)
 _STATUS_WORDS = {"in_house": "in_house", "inhouse": "in_house", "admitted": "in_house", "in": "in_house",
                  "在院": "in_house", "discharged": "discharged", "out": "discharged", "出院": "discharged"}
 MAX_ADMISSION_LEN = 64
@@ -132,79 +116,41 @@ def _is_cjk(char: str) -> bool:
 # -- the table ------------------------------------------------------------------------------
 
 
-def ensure_census_tables(store: GatewayStore) -> None:
-    """The census table with its detail columns (added to older stores) and the ADT message log."""
-    ensure_tables(store)
-    have = {row[1] for row in store.query("PRAGMA table_info(patient_census)")}
-    with store.transaction() as db:
-        for name, sql_type in _DETAIL_COLUMNS:
-            if name not in have:
-                db.execute(f"ALTER TABLE patient_census ADD COLUMN {name} {sql_type}")
-        db.execute(_ADT_LOG)
-        db.execute(_STATE)
-
-
 def mark_census_complete(store: GatewayStore, *, complete: bool = True, by: str = "") -> None:
     """Say whether the census holds every inpatient (the devices get it only then)."""
-    ensure_census_tables(store)
-    with store.transaction() as db:
-        db.execute("INSERT INTO census_state (id, complete, changed_at, changed_by) VALUES (1, ?, ?, ?) "
-                   "ON CONFLICT (id) DO UPDATE SET complete = excluded.complete, changed_at = excluded.changed_at, "
-                   "changed_by = excluded.changed_by", (int(complete), time.time(), by))
+    store.census.set_complete(complete, by=by, now=time.time())
 
 
 def census_complete(store: GatewayStore) -> bool:
-    ensure_census_tables(store)
-    rows = store.query("SELECT complete FROM census_state WHERE id = 1")
-    return bool(rows and rows[0][0])
+    return store.census.complete()
 
 
 def load_census(store: GatewayStore) -> list[CensusRecord] | None:
     """Every admission in the census, or None when the gateway has no census at all."""
-    ensure_census_tables(store)
-    rows = store.query(
-        "SELECT admission, status, initials, ward, dept, bed, admitted_at, discharged_at, source "
-        "FROM patient_census ORDER BY admission"
-    )
+    rows = store.census.all()
     if not rows:
         return None
     return [_from_row(r) for r in rows]
 
 
 def census_record(store: GatewayStore, admission: str) -> CensusRecord | None:
-    ensure_census_tables(store)
-    rows = store.query(
-        "SELECT admission, status, initials, ward, dept, bed, admitted_at, discharged_at, source "
-        "FROM patient_census WHERE admission = ?", (admission,))
-    return _from_row(rows[0]) if rows else None
+    row = store.census.get(admission)
+    return _from_row(row) if row else None
 
 
-def _from_row(r: Sequence[Any]) -> CensusRecord:
-    return CensusRecord(r[0], PatientState(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8])
+def _from_row(r: CensusRow) -> CensusRecord:
+    return CensusRecord(r.admission, PatientState(r.status), r.initials, r.ward, r.dept, r.bed, r.admitted_at,
+                        r.discharged_at, r.source)
 
 
-_UPSERT = (
-    "INSERT INTO patient_census (admission, status, updated_at, initials, ward, dept, bed, admitted_at, "
-    "discharged_at, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (admission) DO UPDATE SET "
-    "status = excluded.status, updated_at = excluded.updated_at, initials = excluded.initials, "
-    "ward = excluded.ward, dept = excluded.dept, bed = excluded.bed, admitted_at = excluded.admitted_at, "
-    "discharged_at = excluded.discharged_at, source = excluded.source"
-)
-
-
-def _row(rec: CensusRecord, now: float) -> tuple[Any, ...]:
-    return (rec.admission, rec.status.value, now, rec.initials, rec.ward, rec.dept, rec.bed, rec.admitted_at,
-            rec.discharged_at, rec.source)
+def _row(rec: CensusRecord) -> CensusRow:
+    return CensusRow(rec.admission, rec.status.value, rec.initials, rec.ward, rec.dept, rec.bed, rec.admitted_at,
+                     rec.discharged_at, rec.source)
 
 
 def import_census(store: GatewayStore, records: Sequence[CensusRecord], *, replace_all: bool = True) -> int:
     """Store a census snapshot; with `replace_all` it becomes the whole census (absent admissions go)."""
-    ensure_census_tables(store)
-    now = time.time()
-    with store.transaction() as db:
-        if replace_all:
-            db.execute("DELETE FROM patient_census")
-        db.executemany(_UPSERT, [_row(r, now) for r in records])
+    store.census.store([_row(r) for r in records], replace_all=replace_all, now=time.time())
     if replace_all:
         mark_census_complete(store, by="census-import")
     log.info("census: %d admissions imported%s", len(records), " (whole census replaced)" if replace_all else "")
@@ -217,25 +163,12 @@ def apply_adt(store: GatewayStore, update: AdtUpdate, *, control_id: str) -> boo
     The message is logged under its control id in the same transaction as its effect, so a sender
     that re-sends after a lost ACK never applies an event twice.
     """
-    ensure_census_tables(store)
-    now = time.time()
-    with store.transaction() as db:
-        if control_id and db.execute("SELECT 1 FROM adt_messages WHERE control_id = ?", (control_id,)).fetchone():
-            return False
-        row = db.execute(
-            "SELECT admission, status, initials, ward, dept, bed, admitted_at, discharged_at, source "
-            "FROM patient_census WHERE admission = ?", (update.admission,)).fetchone()
-        old = _from_row(row) if row else None
-        new = _next_record(old, update)
-        if new is None:
-            db.execute("DELETE FROM patient_census WHERE admission = ?", (update.admission,))
-        elif new != old:
-            db.execute(_UPSERT, _row(new, now))
-        if control_id:
-            db.execute("INSERT INTO adt_messages (control_id, received_at, event, admission, outcome) "
-                       "VALUES (?, ?, ?, ?, ?)", (control_id, now, update.event.value, update.admission,
-                                                  "changed" if new != old else "unchanged"))
-    return new != old
+    def decide(row: CensusRow | None) -> CensusRow | None:
+        new = _next_record(_from_row(row) if row else None, update)
+        return None if new is None else _row(new)
+
+    changed = store.census.apply_adt(control_id, update.event.value, update.admission, decide, now=time.time())
+    return bool(changed)
 
 
 def _next_record(old: CensusRecord | None, u: AdtUpdate) -> CensusRecord | None:

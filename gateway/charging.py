@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from typing import Any
 from device.heartbeat import HeartbeatRegistry
 from device.wire import Event, EventKind
 from gateway import bridge
+from gateway.data.charges import ChargingBatch, ReturnRow, StandingCharge
 from gateway.store import GatewayStore, ReturnOutcome, StoredEvent
 
 log = logging.getLogger(__name__)
@@ -115,44 +115,24 @@ class ChargingWorker:
         now = time.time()
         dup_items: list[bridge.ChargeLine] = []
         new_lines: list[bridge.ChargeLine] = []
-        with self.store.transaction() as db:
+        with self.store.charges.batch() as db:
             for line in result.lines:
-                cur = db.execute(
-                    "INSERT OR IGNORE INTO charges (charge_id, device, seq, admission, item_key, line, message, "
-                    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        line.charge_id, line.device, line.seq, line.admission, item_key(line),
-                        json.dumps(_line_record(line), ensure_ascii=False), line.message, now,
-                    ),
-                )
-                if cur.rowcount == 1 and line.serial:
+                added = db.add_charge(line.charge_id, line.device, line.seq, line.admission, item_key(line),
+                                      json.dumps(_line_record(line), ensure_ascii=False), line.message, now)
+                if added and line.serial:
                     new_lines.append(line)
-                if cur.rowcount == 0:
-                    mine = db.execute(
-                        "SELECT 1 FROM charges WHERE device = ? AND seq = ?", (line.device, line.seq)
-                    ).fetchone()
-                    if mine is None:  # the item key is already charged by another event
-                        dup_items.append(line)
-                        db.execute(
-                            "INSERT OR IGNORE INTO charge_rejects (device, seq, reason, detail, at) "
-                            "VALUES (?, ?, ?, ?, ?)",
-                            (line.device, line.seq, "serial_already_consumed",
-                             f"item {line.gtin}/{line.serial} is already charged", now),
-                        )
+                if not added and not db.has_charge(line.device, line.seq):
+                    # the item key is already charged by another event
+                    dup_items.append(line)
+                    db.reject(line.device, line.seq, "serial_already_consumed",
+                              f"item {line.gtin}/{line.serial} is already charged", now)
             for rej in [*result.rejects, *result.uncharged]:
-                db.execute(
-                    "INSERT OR IGNORE INTO charge_rejects (device, seq, reason, detail, at) VALUES (?, ?, ?, ?, ?)",
-                    (rej.device, rej.seq, str(rej.reason), rej.detail, now),
-                )
+                db.reject(rej.device, rej.seq, str(rej.reason), rej.detail, now)
             # after this batch's charges: a return finds charges of events stored before it, this batch's too
             event_ids = {(s.event.device, s.event.seq): s.id for s in stored}
             credited = self._credit_earlier_returns(db, new_lines, event_ids, now)
             credited += sum(self._record_return(db, ret, now) for ret in returns)
-            db.execute(
-                "INSERT INTO cursors (name, value) VALUES (?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                (CURSOR, stored[-1].id),
-            )
+            db.set_cursor(CURSOR, stored[-1].id)
         for line in dup_items:
             log.error("charge refused: item %s/%s already charged (device %s seq %d)",
                       line.gtin, line.serial, line.device, line.seq)
@@ -176,7 +156,7 @@ class ChargingWorker:
             self._consumed.discard(key)
             self._release_cursor = release_id
 
-    def _record_return(self, db: sqlite3.Connection, stored: StoredEvent, now: float) -> int:
+    def _record_return(self, db: ChargingBatch, stored: StoredEvent, now: float) -> int:
         """Handle one return event inside the batch transaction; 1 when it queued a credit.
 
         ``return_unused`` (a handheld or a cabinet's screen) always gets a ``returns`` row. A cabinet
@@ -184,7 +164,7 @@ class ChargingWorker:
         the item stands charged: an item taken and put back without a charge is stock, not a credit.
         """
         ev = stored.event
-        if db.execute("SELECT 1 FROM returns WHERE device = ? AND seq = ?", (ev.device, ev.seq)).fetchone():
+        if db.has_return(ev.device, ev.seq):
             return 0
         if ev.kind != EventKind.RETURN_UNUSED:
             return self._record_cabinet_return(db, stored, now)
@@ -208,7 +188,7 @@ class ChargingWorker:
         return self._settle_return(db, ev, item_key, reason, restocked, operator, dept,
                                    self._standing_charge(db, item_key, stored), now)
 
-    def _record_cabinet_return(self, db: sqlite3.Connection, stored: StoredEvent, now: float) -> int:
+    def _record_cabinet_return(self, db: ChargingBatch, stored: StoredEvent, now: float) -> int:
         ev = stored.event
         gtin, serial = _text(ev.body.get("gtin")), _text(ev.body.get("serial"))
         if not gtin or not serial:
@@ -222,7 +202,7 @@ class ChargingWorker:
                                    _text(ev.body.get("dept")), charge, now)
 
     @staticmethod
-    def _standing_charge(db: sqlite3.Connection, item_key: str, stored: StoredEvent) -> tuple[Any, ...] | None:
+    def _standing_charge(db: ChargingBatch, item_key: str, stored: StoredEvent) -> StandingCharge | None:
         """The latest charge of this item that the return can be about: (charge id, status, line).
 
         Of another device: one from an event stored before the return. Of the return's own device: one it
@@ -230,18 +210,11 @@ class ChargingWorker:
         `_credit_earlier_returns`), and never one it recorded after it (that charge is a later use of an
         item the return had already brought back, even if its batch reached the gateway first).
         """
-        ev = stored.event
-        row: tuple[Any, ...] | None = db.execute(
-            "SELECT c.charge_id, c.status, c.line FROM charges c JOIN events e ON e.device = c.device "
-            "AND e.seq = c.seq WHERE c.item_key = ? AND CASE WHEN c.device = ? THEN c.seq < ? ELSE e.id < ? END "
-            "ORDER BY c.id DESC LIMIT 1",
-            (item_key, ev.device, ev.seq, stored.id),
-        ).fetchone()
-        return row
+        return db.standing_charge(item_key, stored.event.device, stored.event.seq, stored.id)
 
     def _settle_return(
-        self, db: sqlite3.Connection, ev: Event, item_key: str, reason: str, restocked: bool, operator: str,
-        dept: str, charge: tuple[Any, ...] | None, now: float,
+        self, db: ChargingBatch, ev: Event, item_key: str, reason: str, restocked: bool, operator: str,
+        dept: str, charge: StandingCharge | None, now: float,
     ) -> int:
         """Credit, void or record as not charged one return whose item is known; 1 when it queued a credit."""
         outcome, detail, charge_id, credit_id = ReturnOutcome.NOT_CHARGED, "", None, None
@@ -249,10 +222,7 @@ class ChargingWorker:
             detail = "no charge for this item: stock restored"
         else:
             charge_id = str(charge[0])
-            earlier = db.execute(
-                "SELECT device, seq FROM returns WHERE charge_id = ? AND outcome IN (?, ?)",
-                (charge_id, ReturnOutcome.CREDITED.value, ReturnOutcome.VOIDED.value),
-            ).fetchone()
+            earlier = db.returned_by(charge_id)
             if earlier is not None:
                 outcome, detail = ReturnOutcome.REFUSED, f"charge {charge_id} already returned by {earlier[0]} seq " \
                     f"{earlier[1]}"
@@ -268,18 +238,14 @@ class ChargingWorker:
 
     @staticmethod
     def _insert_return(
-        db: sqlite3.Connection, ev: Event, item_key: str, reason: str, restocked: bool, outcome: ReturnOutcome,
+        db: ChargingBatch, ev: Event, item_key: str, reason: str, restocked: bool, outcome: ReturnOutcome,
         detail: str, charge_id: str | None, credit_id: str | None, operator: str, dept: str, now: float,
     ) -> None:
-        db.execute(
-            "INSERT INTO returns (device, seq, item_key, reason, restocked, outcome, detail, charge_id, credit_id, "
-            "operator, dept, returned_at_ms, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (ev.device, ev.seq, item_key, reason, 1 if restocked else 0, outcome.value, detail, charge_id,
-             credit_id, operator, dept, ev.ts_ms, now),
-        )
+        db.add_return(ReturnRow(ev.device, ev.seq, item_key, reason, restocked, outcome, detail, charge_id, credit_id,
+                                operator, dept, ev.ts_ms, now))
 
     def _credit_earlier_returns(
-        self, db: sqlite3.Connection, lines: list[bridge.ChargeLine], event_ids: dict[tuple[str, int], int],
+        self, db: ChargingBatch, lines: list[bridge.ChargeLine], event_ids: dict[tuple[str, int], int],
         now: float,
     ) -> int:
         """Credit the returns that the same device recorded *after* one of these new charges' consumptions but
@@ -297,16 +263,13 @@ class ChargingWorker:
         for device, mine in by_device.items():
             first_seq = min(line.seq for line in mine)
             last_id = max(event_ids[(device, line.seq)] for line in mine)
-            later = db.execute(
-                "SELECT id, seq, kind, body FROM events WHERE device = ? AND seq > ? AND id < ? AND kind IN (?, ?, ?) "
-                "ORDER BY seq",
-                (device, first_seq, last_id, EventKind.RETURN_UNUSED.value, *CABINET_RETURN_KINDS),
-            ).fetchall()
+            later = db.later_events(device, after_seq=first_seq, before_id=last_id,
+                                    kinds=(EventKind.RETURN_UNUSED.value, *CABINET_RETURN_KINDS))
             if not later:
                 continue
             for line in mine:
                 key, line_id = item_key(line), event_ids[(device, line.seq)]
-                charge = (line.charge_id, "pending", json.dumps(_line_record(line), ensure_ascii=False))
+                charge = StandingCharge(line.charge_id, "pending", json.dumps(_line_record(line), ensure_ascii=False))
                 for ev_id, seq, kind, body_text in later:
                     if seq <= line.seq or ev_id >= line_id:
                         continue
@@ -314,28 +277,27 @@ class ChargingWorker:
                     if kind != EventKind.RETURN_UNUSED.value and (
                             _text(body.get("gtin")), _text(body.get("serial"))) != (line.gtin, line.serial):
                         continue
-                    settled = db.execute("SELECT item_key, outcome, reason, restocked, operator, dept FROM returns "
-                                         "WHERE device = ? AND seq = ?", (device, seq)).fetchone()
+                    settled = db.settled_return(device, seq)
                     if kind == EventKind.RETURN_UNUSED.value:
                         if settled is None or settled[0] != key or settled[1] != ReturnOutcome.NOT_CHARGED.value:
                             continue
-                        db.execute("DELETE FROM returns WHERE device = ? AND seq = ?", (device, seq))
+                        db.delete_return(device, seq)
                         log.info("return device %s seq %d matched to charge %s stored after it", device, seq,
                                  line.charge_id)
-                        credited += self._settle_return(db, _event_at(db, device, int(seq)), key, str(settled[2]),
+                        credited += self._settle_return(db, db.event_at(device, int(seq)), key, str(settled[2]),
                                                         bool(settled[3]), str(settled[4]), str(settled[5]), charge,
                                                         now)
                         break
                     if settled is not None:
                         continue
-                    credited += self._settle_return(db, _event_at(db, device, int(seq)), key,
+                    credited += self._settle_return(db, db.event_at(device, int(seq)), key,
                                                     f"put back into cabinet {device} ({kind})", True,
                                                     _text(body.get("user")), _text(body.get("dept")), charge, now)
                     break
         return credited
 
     def _queue_credit(
-        self, db: sqlite3.Connection, ev: Event, charge_id: str, line: dict[str, Any], operator: str, dept: str,
+        self, db: ChargingBatch, ev: Event, charge_id: str, line: dict[str, Any], operator: str, dept: str,
         now: float,
     ) -> str:
         """Render the credit for a charge and put it in the outbox behind it (same patient); its credit id."""
@@ -351,12 +313,8 @@ class ChargingWorker:
         message = bridge.render_credit(request, self.config)
         credit_id = message.split("|", 10)[9]
         record = {**request._asdict(), "credit_id": credit_id}
-        db.execute(
-            "INSERT INTO charges (charge_id, device, seq, admission, item_key, line, message, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (credit_id, ev.device, ev.seq, request.admission, f"credit:{credit_id}",
-             json.dumps(record, ensure_ascii=False), message, now),
-        )
+        db.add_credit(credit_id, ev.device, ev.seq, request.admission, json.dumps(record, ensure_ascii=False), message,
+                      now)
         log.info("credit %s queued for charge %s (device %s seq %d)", credit_id, charge_id, ev.device, ev.seq)
         return credit_id
 
@@ -396,13 +354,6 @@ class ChargingWorker:
             if n < self.batch_size:
                 self._wake.wait(self.idle_wait_s)
                 self._wake.clear()
-
-
-def _event_at(db: sqlite3.Connection, device: str, seq: int) -> Event:
-    r = db.execute(
-        "SELECT device, seq, ts_ms, kind, body, prev, hash FROM events WHERE device = ? AND seq = ?", (device, seq)
-    ).fetchone()
-    return Event(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6])
 
 
 class _ReturnRefused(Exception):

@@ -19,6 +19,9 @@ from gateway.catalog import (
     read_catalog_file,
     read_recall_file,
 )
+from gateway.data.engine import SqliteEngine
+from gateway.data.migrations import MigrationError, current_version, migrate, pending
+from gateway.data.schema import MIGRATIONS
 from gateway.store import GatewayStore
 
 
@@ -180,12 +183,7 @@ def _charges(a: argparse.Namespace) -> int:
     store = GatewayStore(a.db)
     try:
         if a.action == "list":
-            rows = store.query(
-                "SELECT charge_id, device, seq, status, attempts, ack_code, last_error FROM charges "
-                "WHERE (? = 'all' OR status = ?) ORDER BY id LIMIT ?",
-                (a.status, a.status, a.limit),
-            )
-            for r in rows:
+            for r in store.charges.listing(status=None if a.status == "all" else a.status, limit=a.limit):
                 print("\t".join("" if v is None else str(v) for v in r))
             return 0
         ok = all(store.requeue_parked(cid) for cid in a.charge_ids)
@@ -193,6 +191,36 @@ def _charges(a: argparse.Namespace) -> int:
         return 0 if ok else 1
     finally:
         store.close()
+
+
+def _migrate(a: argparse.Namespace) -> int:
+    """Bring the store's schema to this release's version (``--check``: only say whether that is needed)."""
+    if a.check and not a.db.exists():
+        print(f"{a.db}: no store (a new one is created at version {len(MIGRATIONS)} when the gateway starts)")
+        return 1
+    engine = SqliteEngine(a.db)
+    try:
+        if a.check:
+            todo = pending(engine, MIGRATIONS)
+            version = current_version(engine)
+            if not todo:
+                print(f"{a.db}: schema version {version}, up to date")
+                return 0
+            print(f"{a.db}: schema version {version} of {len(MIGRATIONS)}; pending: "
+                  + ", ".join(m.label for m in todo))
+            return 1
+        report = migrate(engine, MIGRATIONS)
+    except MigrationError as err:
+        print(f"{a.db}: {err}", file=sys.stderr)
+        return 2
+    finally:
+        engine.close()
+    if not report.applied:
+        print(f"{a.db}: schema version {report.after}, up to date")
+        return 0
+    how = " (a store without schema version, from an earlier release: upgraded in place)" if report.legacy else ""
+    print(f"{a.db}: schema version {report.before} -> {report.after}{how}; applied: {', '.join(report.applied)}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -263,6 +291,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="which charges to list (default parked; voided: credits of charges the HIS refused)")
     ch.add_argument("--limit", type=int, default=100, help="list at most this many")
     ch.set_defaults(func=_charges)
+
+    mig = sub.add_parser("migrate", help="bring the store's schema to this release's version (the gateway also "
+                         "does so when it starts); docs/data.md")
+    mig.add_argument("--db", type=Path, required=True, help="the gateway store (SQLite)")
+    mig.add_argument("--check", action="store_true",
+                     help="only tell whether migrations are pending (exit 1 if so), apply nothing")
+    mig.set_defaults(func=_migrate)
 
     fieldops_cli.register(sub)
     return p

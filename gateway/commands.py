@@ -22,8 +22,6 @@ from device.remote import COMMAND_VERSION, MAX_LIFETIME_MS, CommandKind, signing
 from device.wire import canonical, check_id
 from gateway.store import GatewayStore
 
-SEQ_SCHEMA = "CREATE TABLE IF NOT EXISTS command_seq (device TEXT PRIMARY KEY, seq INTEGER NOT NULL)"
-
 DEFAULT_LIFETIME_MS = {CommandKind.UNLOCK: 60_000, CommandKind.DESIRED_STATE: 7 * 86_400_000,
                        CommandKind.LOCKDOWN: 60_000, CommandKind.ROTATE_CREDENTIALS: 300_000}
 
@@ -95,12 +93,6 @@ class CommandSequence:
 
     def __init__(self, store: GatewayStore) -> None:
         self.store = store
-        with store.transaction() as db:
-            db.execute(SEQ_SCHEMA)
 
     def next(self, device: str) -> int:
-        with self.store.transaction() as db:
-            db.execute("INSERT INTO command_seq (device, seq) VALUES (?, 1) "
-                       "ON CONFLICT (device) DO UPDATE SET seq = seq + 1", (device,))
-            (seq,) = db.execute("SELECT seq FROM command_seq WHERE device = ?", (device,)).fetchone()
-        return int(seq)
+        return self.store.devices.next_command_seq(device)

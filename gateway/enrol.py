@@ -30,7 +30,6 @@ import logging
 import math
 import secrets
 import socket
-import sqlite3
 import ssl
 import tempfile
 import threading
@@ -46,6 +45,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from device.wire import check_id
+from gateway.data.tokens import TokenStore
 from gateway.enrol_http import Answer, HardenedHttpsServer, Request, ServerLimits
 from gateway.pki import (
     RESERVED_NAMES,
@@ -120,15 +120,7 @@ class EnrolmentTokens:
 
     def __init__(self, path: str | Path) -> None:
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS tokens (token_sha256 TEXT PRIMARY KEY, site TEXT NOT NULL, "
-            "device TEXT NOT NULL, expires_at REAL NOT NULL, used_at REAL, issued_by TEXT NOT NULL)")
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(tokens)")}
-        for column in ("serial", "key_sha256"):  # added later: older token files get them on open
-            if column not in columns:
-                self._db.execute(f"ALTER TABLE tokens ADD COLUMN {column} TEXT")
+        self._tokens = TokenStore(path)
 
     def issue(self, *, site: str, device: str, ttl_s: float = 86_400, issued_by: str = "") -> EnrolmentToken:
         """A new token for ``site``/``device``; refuses reserved identities and lifetimes out of bounds."""
@@ -144,28 +136,18 @@ class EnrolmentTokens:
         text = f"{site}/{device}/{secret}"
         now = time.time()
         with self._lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                # a new token replaces the device's unused ones: one live token per device, never a forgotten one
-                replaced = db.execute("UPDATE tokens SET expires_at = ? WHERE site = ? AND device = ? AND "
-                                      "used_at IS NULL AND expires_at > ?", (now, site, device, now)).rowcount
-                db.execute("INSERT INTO tokens (token_sha256, site, device, expires_at, issued_by) "
-                           "VALUES (?, ?, ?, ?, ?)", (_sha(text), site, device, now + ttl_s, issued_by))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            # a new token replaces the device's unused ones: one live token per device, never a forgotten one
+            replaced = self._tokens.add(_sha(text), site, device, expires_at=now + ttl_s, issued_by=issued_by,
+                                        now=now)
         return EnrolmentToken(site, device, text, now + ttl_s, replaced)
 
     def check(self, text: str) -> TokenRecord:
         """The token's record if it was issued and has not expired (used or not), else :class:`TokenRefused`."""
         with self._lock:
-            row = self._db.execute("SELECT site, device, expires_at, used_at, serial, key_sha256 FROM tokens "
-                                   "WHERE token_sha256 = ?", (_sha(text),)).fetchone()
+            row = self._tokens.get(_sha(text))
         if row is None:
             raise TokenRefused("unknown_token", "this enrolment token was never issued")
-        record = TokenRecord(str(row[0]), str(row[1]), float(row[2]), row[3], row[4], row[5])
+        record = TokenRecord(*row)
         if time.time() > record.expires_at:
             raise TokenRefused("token_expired", "this enrolment token has expired")
         return record
@@ -173,14 +155,12 @@ class EnrolmentTokens:
     def mark_used(self, text: str, *, serial: str, key_sha256: str) -> None:
         """Record that the token got certificate ``serial`` for the key ``key_sha256``; refuses a used token."""
         with self._lock:
-            cur = self._db.execute(
-                "UPDATE tokens SET used_at = ?, serial = ?, key_sha256 = ? WHERE token_sha256 = ? "
-                "AND used_at IS NULL", (time.time(), serial, key_sha256, _sha(text)))
-        if cur.rowcount != 1:
+            used = self._tokens.mark_used(_sha(text), serial=serial, key_sha256=key_sha256, now=time.time())
+        if not used:
             raise TokenRefused("token_used", "this enrolment token was already used")
 
     def close(self) -> None:
-        self._db.close()
+        self._tokens.close()
 
 
 def _sha(text: str) -> str:

@@ -234,7 +234,7 @@ def _alarms(a: argparse.Namespace) -> int:
     alarms = chain_break_alarms(store)
     for al in alarms:
         print(al)
-    for device, seq, body in store.query("SELECT device, seq, body FROM events WHERE kind = 'alarm' ORDER BY id"):
+    for device, seq, body in store.devices.alarm_events():
         print(f"{device} seq {seq}: {body}")
     for link in link_alarms(store):  # decided at the gateway, from every device's events (gateway/linking.py)
         print(link)
@@ -247,7 +247,7 @@ def _audit(a: argparse.Namespace) -> int:
     if a.what == "verify":
         audit = AuditLog(store)
         broken = audit.verify()
-        rows = store.query("SELECT COUNT(*) FROM audit_log")[0][0]
+        rows = store.audit.count()
         store.close()
         if broken is not None:
             print(f"BROKEN: {broken}")

@@ -37,14 +37,6 @@ from gateway.store import GatewayStore
 
 log = logging.getLogger(__name__)
 
-FLEET_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS fleet_desired (device TEXT NOT NULL, site TEXT NOT NULL, component TEXT NOT NULL, "
-    "version INTEGER NOT NULL, doc TEXT NOT NULL, pushed_at REAL NOT NULL, pushed_by TEXT NOT NULL, "
-    "PRIMARY KEY (device, component))",
-    "CREATE TABLE IF NOT EXISTS fleet_applied (device TEXT PRIMARY KEY, applied TEXT NOT NULL, reported_at REAL "
-    "NOT NULL)",
-)
-
 Publish = Callable[[str, bytes, bool], None]
 """(topic, payload, retain) -> None; QoS 1."""
 
@@ -82,19 +74,15 @@ class Fleet:
         self.resend_after_s = resend_after_s
         self._last_sent: dict[str, float] = {}
         self._lock = threading.Lock()
-        with store.transaction() as db:
-            for s in FLEET_SCHEMA:
-                db.execute(s)
 
     # ------------------------------------------------------------ pushes and commands
 
     def register(self, site: str, device: str) -> None:
         """Make a device known before it ever reports (at enrolment)."""
-        with self.store.transaction() as db:
-            db.execute("INSERT OR IGNORE INTO devices (device, site) VALUES (?, ?)", (device, site))
+        self.store.devices.register(site, device)
 
     def known(self) -> list[tuple[str, str]]:
-        return [(str(s), str(d)) for d, s in self.store.query("SELECT device, site FROM devices ORDER BY device")]
+        return self.store.devices.known()
 
     def push(self, component: Component, doc: Any, *, requested_by: str,
              devices: list[tuple[str, str]] | None = None) -> dict[str, int]:
@@ -104,23 +92,14 @@ class Fleet:
         text = json.dumps(doc, sort_keys=True, ensure_ascii=False)
         with self._lock:
             for site, device in targets:
-                with self.store.transaction() as db:
-                    row = db.execute("SELECT version FROM fleet_desired WHERE device = ? AND component = ?",
-                                     (device, component.value)).fetchone()
-                    version = (row[0] if row else 0) + 1
-                    db.execute(
-                        "INSERT INTO fleet_desired (device, site, component, version, doc, pushed_at, pushed_by) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device, component) DO UPDATE SET "
-                        "version = excluded.version, doc = excluded.doc, pushed_at = excluded.pushed_at, "
-                        "pushed_by = excluded.pushed_by, site = excluded.site",
-                        (device, site, component.value, version, text, time.time(), requested_by))
-                versions[device] = version
+                versions[device] = self.store.devices.push_desired(site, device, component.value, text,
+                                                                    by=requested_by, now=time.time())
                 self._send_desired(site, device, requested_by)
         return versions
 
     def _send_desired(self, site: str, device: str, requested_by: str) -> int:
-        rows = self.store.query("SELECT component, version, doc FROM fleet_desired WHERE device = ?", (device,))
-        components = {c: {"version": v, "doc": json.loads(d)} for c, v, d in rows}
+        components = {r.component: {"version": r.version, "doc": json.loads(r.doc)}
+                      for r in self.store.devices.desired(device)}
         seq = self.sequence.next(device)
         payload = self.signer.sign(CommandKind.DESIRED_STATE, device=device, site=site, seq=seq,
                                    requested_by=requested_by, args={"components": components})
@@ -166,18 +145,14 @@ class Fleet:
     # ------------------------------------------------------------ what devices report
 
     def desired(self, device: str) -> dict[str, int]:
-        return {str(c): int(v) for c, v in self.store.query(
-            "SELECT component, version FROM fleet_desired WHERE device = ?", (device,))}
+        return {r.component: r.version for r in self.store.devices.desired(device)}
 
     def record_state(self, site: str, state: DeviceState) -> None:
         """Note the versions a device applied; re-send its desired state if it came online behind."""
         applied_raw = state.extra.get("applied", {})
         applied = {str(k): int(v) for k, v in applied_raw.items() if isinstance(v, int)} \
             if isinstance(applied_raw, dict) else {}
-        with self.store.transaction() as db:
-            db.execute("INSERT INTO fleet_applied (device, applied, reported_at) VALUES (?, ?, ?) "
-                       "ON CONFLICT (device) DO UPDATE SET applied = excluded.applied, "
-                       "reported_at = excluded.reported_at", (state.device, json.dumps(applied), time.time()))
+        self.store.devices.record_applied(state.device, applied, now=time.time())
         desired = self.desired(state.device)
         behind = [c for c, v in desired.items() if applied.get(c, 0) < v]
         if state.status is not DeviceStatus.ONLINE or not behind:
@@ -189,15 +164,13 @@ class Fleet:
             self._send_desired(site, state.device, "fleet")
 
     def applied(self, device: str) -> dict[str, int]:
-        rows = self.store.query("SELECT applied FROM fleet_applied WHERE device = ?", (device,))
-        return {str(k): int(v) for k, v in json.loads(rows[0][0]).items()} if rows else {}
+        return self.store.devices.applied(device)
 
     def devices(self, *, now: float | None = None) -> list[DeviceRow]:
         at = time.time() if now is None else now
         alarms = device_alarm_counts(self.store)
         out = []
-        for device, site, last_seen, status, backlog, version in self.store.query(
-                "SELECT device, site, last_seen, status, backlog, version FROM devices ORDER BY site, device"):
+        for device, site, last_seen, status, backlog, version in self.store.devices.states():
             fresh = last_seen is not None and at - last_seen <= self.offline_after_s
             shown = DeviceStatus.ONLINE.value if status == DeviceStatus.ONLINE.value and fresh else \
                 DeviceStatus.OFFLINE.value if last_seen is not None else "unknown"

@@ -33,7 +33,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -42,6 +41,7 @@ from dataclasses import dataclass
 from device.heartbeat import HeartbeatRegistry
 from device.wire import EventKind
 from gateway import bridge
+from gateway.data.links import LinkBatch, TakeRow
 from gateway.store import GatewayStore
 
 log = logging.getLogger(__name__)
@@ -49,52 +49,6 @@ log = logging.getLogger(__name__)
 CURSOR = "linking"
 SINCE = "linking_since"  # cursors row: takes stored before this (unix seconds) are never alarmed
 DEFAULT_WINDOW_S = 1800.0  # as the cabinet's own link_within_s used to default to
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS cabinet_takes (
-    device TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    item_key TEXT NOT NULL,
-    epc TEXT NOT NULL DEFAULT '',
-    user TEXT NOT NULL DEFAULT '',
-    session TEXT NOT NULL DEFAULT '',
-    dept TEXT NOT NULL DEFAULT '',
-    taken_ms INTEGER NOT NULL,
-    stored_at REAL NOT NULL,
-    state TEXT NOT NULL DEFAULT 'open',
-    closed_by TEXT NOT NULL DEFAULT '',
-    PRIMARY KEY (device, seq)
-);
-CREATE INDEX IF NOT EXISTS cabinet_takes_item ON cabinet_takes (item_key, state);
-CREATE INDEX IF NOT EXISTS cabinet_takes_open ON cabinet_takes (state, stored_at);
-CREATE TABLE IF NOT EXISTS item_scans (
-    device TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    item_key TEXT NOT NULL,
-    stored_at REAL NOT NULL,
-    PRIMARY KEY (device, seq)
-);
-CREATE INDEX IF NOT EXISTS item_scans_item ON item_scans (item_key, stored_at);
-CREATE TABLE IF NOT EXISTS link_alarms (
-    device TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    item_key TEXT NOT NULL,
-    epc TEXT NOT NULL,
-    user TEXT NOT NULL,
-    session TEXT NOT NULL,
-    dept TEXT NOT NULL,
-    taken_ms INTEGER NOT NULL,
-    window_s REAL NOT NULL,
-    raised_at REAL NOT NULL,
-    resolved_by TEXT NOT NULL DEFAULT '',
-    resolved_at REAL,
-    PRIMARY KEY (device, seq)
-);
-"""
-"""``cabinet_takes``: one row per ``taken`` event, state ``open``, ``linked`` (charged: ``closed_by`` is the
-``consume`` as "device seq"), ``back`` (returned into a cabinet) or ``alarmed``. ``item_scans``: the item of
-every ``consume``. ``link_alarms``: one row per alarmed take."""
-
 
 @dataclass(frozen=True, slots=True)
 class LinkAlarm:
@@ -123,22 +77,9 @@ class LinkAlarm:
         return text
 
 
-def ensure_schema(store: GatewayStore) -> None:
-    """Create the check's tables in the gateway store (idempotent)."""
-    with store.transaction() as db:
-        for statement in SCHEMA.split(";"):
-            if statement.strip():
-                db.execute(statement)
-
-
 def link_alarms(store: GatewayStore) -> list[LinkAlarm]:
     """Every ``not_linked`` alarm, oldest first."""
-    ensure_schema(store)
-    rows = store.query(
-        "SELECT device, seq, item_key, epc, user, session, dept, taken_ms, window_s, raised_at, resolved_by "
-        "FROM link_alarms ORDER BY raised_at, device, seq"
-    )
-    return [LinkAlarm(*r) for r in rows]
+    return [LinkAlarm(*r) for r in store.links.alarms()]
 
 
 class LinkWatch:
@@ -170,10 +111,7 @@ class LinkWatch:
         self._thread: threading.Thread | None = None
         # a pass waits at most check_every_s (<= 30 s), then one batch loop that may wait on a busy store
         self._beat = (heartbeats or HeartbeatRegistry()).heartbeat("link-watch", deadline_s=self.check_every_s + 90.0)
-        ensure_schema(store)
-        with store.transaction() as db:
-            db.execute("INSERT OR IGNORE INTO cursors (name, value) VALUES (?, ?)",
-                       (SINCE, int(self._clock() - window_s)))
+        store.devices.init_cursor(SINCE, int(self._clock() - window_s))
 
     # ------------------------------------------------------------ one pass
 
@@ -190,45 +128,34 @@ class LinkWatch:
 
     def _follow(self) -> int:
         after = self.store.cursor(CURSOR)
-        rows = self.store.query(
-            "SELECT id, device, seq, ts_ms, kind, body, stored_at FROM events WHERE id > ? AND kind IN (?, ?, ?, ?) "
-            "ORDER BY id LIMIT ?",
-            (after, EventKind.TAKEN.value, EventKind.CONSUME.value, EventKind.RETURNED.value,
-             EventKind.RESTOCKED.value, self.batch_size),
-        )
+        rows = self.store.events.events_of_kinds(
+            (EventKind.TAKEN.value, EventKind.CONSUME.value, EventKind.RETURNED.value, EventKind.RESTOCKED.value),
+            after_id=after, limit=self.batch_size)
         if not rows:
             return 0
-        with self.store.transaction() as db:
-            for _id, device, seq, ts_ms, kind, body_text, stored_at in rows:
-                body = json.loads(body_text)
-                if kind == EventKind.TAKEN.value:
-                    self._taken(db, device, seq, ts_ms, body, stored_at)
-                elif kind == EventKind.CONSUME.value:
-                    self._scanned(db, device, seq, ts_ms, body, stored_at)
+        with self.store.links.batch() as db:
+            for row in rows:
+                body = json.loads(row.body)
+                if row.kind == EventKind.TAKEN.value:
+                    self._taken(db, row.device, row.seq, row.ts_ms, body, row.stored_at)
+                elif row.kind == EventKind.CONSUME.value:
+                    self._scanned(db, row.device, row.seq, row.ts_ms, body, row.stored_at)
                 else:
-                    self._back(db, device, seq, body)
-            db.execute("INSERT INTO cursors (name, value) VALUES (?, ?) "
-                       "ON CONFLICT (name) DO UPDATE SET value = excluded.value", (CURSOR, rows[-1][0]))
+                    self._back(db, row.device, row.seq, body)
+            db.set_cursor(CURSOR, rows[-1].id)
         return len(rows)
 
-    def _taken(self, db: sqlite3.Connection, device: str, seq: int, ts_ms: int, body: dict[str, object],
+    def _taken(self, db: LinkBatch, device: str, seq: int, ts_ms: int, body: dict[str, object],
                stored_at: float) -> None:
         key = _cabinet_item_key(body)
         if key is None or body.get("role") == "restocker":
             return
-        scan = db.execute(
-            "SELECT device, seq FROM item_scans WHERE item_key = ? AND stored_at >= ? ORDER BY stored_at DESC LIMIT 1",
-            (key, stored_at - self.window_s),
-        ).fetchone()
+        scan = db.latest_scan(key, stored_since=stored_at - self.window_s)
         state, closed_by = ("linked", f"charged by {scan[0]} seq {scan[1]}") if scan else ("open", "")
-        db.execute(
-            "INSERT OR IGNORE INTO cabinet_takes (device, seq, item_key, epc, user, session, dept, taken_ms, "
-            "stored_at, state, closed_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (device, seq, key, _s(body.get("epc")), _s(body.get("user")), _s(body.get("session")),
-             _s(body.get("dept")), ts_ms, stored_at, state, closed_by),
-        )
+        db.add_take(TakeRow(device, seq, key, _s(body.get("epc")), _s(body.get("user")), _s(body.get("session")),
+                            _s(body.get("dept")), ts_ms, stored_at, state, closed_by))
 
-    def _scanned(self, db: sqlite3.Connection, device: str, seq: int, ts_ms: int, body: dict[str, object],
+    def _scanned(self, db: LinkBatch, device: str, seq: int, ts_ms: int, body: dict[str, object],
                  stored_at: float) -> None:
         udi = body.get("udi")
         if not isinstance(udi, str):
@@ -241,49 +168,20 @@ class LinkWatch:
         if not item.serial:
             return
         key = f"{item.gtin}/{item.serial}"
-        db.execute("INSERT OR IGNORE INTO item_scans (device, seq, item_key, stored_at) VALUES (?, ?, ?, ?)",
-                   (device, seq, key, stored_at))
-        by = f"charged by {device} seq {seq}"
-        db.execute("UPDATE cabinet_takes SET state = 'linked', closed_by = ? WHERE item_key = ? AND state = 'open'",
-                   (by, key))
-        self._resolve(db, key, by)
+        db.add_scan(device, seq, key, stored_at)
+        db.close_open_takes(key, "linked", f"charged by {device} seq {seq}", at=self._clock())
 
-    def _back(self, db: sqlite3.Connection, device: str, seq: int, body: dict[str, object]) -> None:
+    def _back(self, db: LinkBatch, device: str, seq: int, body: dict[str, object]) -> None:
         key = _cabinet_item_key(body)
         if key is None:
             return
-        by = f"put back into cabinet {device} (seq {seq})"
-        db.execute("UPDATE cabinet_takes SET state = 'back', closed_by = ? WHERE item_key = ? AND state = 'open'",
-                   (by, key))
-        self._resolve(db, key, by)
-
-    def _resolve(self, db: sqlite3.Connection, key: str, by: str) -> None:
-        db.execute("UPDATE link_alarms SET resolved_by = ?, resolved_at = ? WHERE item_key = ? AND resolved_by = ''",
-                   (by, self._clock(), key))
+        db.close_open_takes(key, "back", f"put back into cabinet {device} (seq {seq})", at=self._clock())
 
     def raise_due(self) -> list[LinkAlarm]:
         """Alarm every take still open one window after it was stored; the new alarms."""
         now = self._clock()
         since = self.store.cursor(SINCE)
-        raised: list[LinkAlarm] = []
-        with self.store.transaction() as db:
-            due = db.execute(
-                "SELECT device, seq, item_key, epc, user, session, dept, taken_ms, stored_at FROM cabinet_takes "
-                "WHERE state = 'open' AND stored_at <= ? ORDER BY stored_at",
-                (now - self.window_s,),
-            ).fetchall()
-            for device, seq, key, epc, user, session, dept, taken_ms, stored_at in due:
-                if stored_at < since:  # history from before the check existed: closed without an alarm
-                    db.execute("UPDATE cabinet_takes SET state = 'expired' WHERE device = ? AND seq = ?",
-                               (device, seq))
-                    continue
-                db.execute("UPDATE cabinet_takes SET state = 'alarmed' WHERE device = ? AND seq = ?", (device, seq))
-                db.execute(
-                    "INSERT OR IGNORE INTO link_alarms (device, seq, item_key, epc, user, session, dept, taken_ms, "
-                    "window_s, raised_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (device, seq, key, epc, user, session, dept, taken_ms, self.window_s, now),
-                )
-                raised.append(LinkAlarm(device, seq, key, epc, user, session, dept, taken_ms, self.window_s, now, ""))
+        raised = [LinkAlarm(*r) for r in self.store.links.raise_due(now=now, window_s=self.window_s, since=since)]
         for alarm in raised:
             log.warning("%s", alarm)
         self.alarms_raised += len(raised)

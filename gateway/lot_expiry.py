@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from gateway.catalog import RowError, Table, _check_header, _gtin, _record, _shown, _text, read_table
+from gateway.data.catalog import LotExpiryRow
 from gateway.store import GatewayStore
 
 EXPIRY_COLUMNS = ("gtin", "lot", "expiry")
-_SCHEMA = ("CREATE TABLE IF NOT EXISTS lot_expiry (gtin TEXT NOT NULL, lot TEXT NOT NULL, expiry TEXT NOT NULL, "
-           "PRIMARY KEY (gtin, lot))")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,16 +74,9 @@ def _date(value: Any) -> dt.date | None:
 
 def import_lot_expiry(store: GatewayStore, lots: Sequence[LotExpiry]) -> int:
     """Replace the expiry list."""
-    with store.transaction() as db:
-        db.execute(_SCHEMA)
-        db.execute("DELETE FROM lot_expiry")
-        db.executemany("INSERT INTO lot_expiry (gtin, lot, expiry) VALUES (?, ?, ?)",
-                       [(e.gtin, e.lot, e.expiry.isoformat()) for e in lots])
+    store.catalog.replace_lot_expiry([LotExpiryRow(e.gtin, e.lot, e.expiry.isoformat()) for e in lots])
     return len(lots)
 
 
 def load_lot_expiry(store: GatewayStore) -> list[LotExpiry]:
-    with store.transaction() as db:
-        db.execute(_SCHEMA)
-    rows = store.query("SELECT gtin, lot, expiry FROM lot_expiry ORDER BY gtin, lot")
-    return [LotExpiry(g, lot, dt.date.fromisoformat(e)) for g, lot, e in rows]
+    return [LotExpiry(r.gtin, r.lot, dt.date.fromisoformat(r.expiry)) for r in store.catalog.lot_expiry()]

@@ -16,7 +16,6 @@ import datetime as dt
 import hashlib
 import logging
 import os
-import sqlite3
 from dataclasses import dataclass
 from enum import StrEnum
 from ipaddress import ip_address
@@ -30,6 +29,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from device.durable import write_atomic
 from device.wire import ID_PATTERN
+from gateway.data.ca_index import CertIndex
 
 log = logging.getLogger(__name__)
 
@@ -40,21 +40,6 @@ RESERVED_NAMES = frozenset({GATEWAY_IDENTITY, "spd-broker", "spd-enrol"})
 RESERVED_PREFIX = "spd-"
 """No device id starts with it: the gateway's other identities (``spd-gateway-fleet``, ``spd-gateway-cli``,
 one per extra instance) get the gateway's rights in the broker ACL."""
-
-INDEX_SCHEMA = """
-CREATE TABLE IF NOT EXISTS certs (
-    serial TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    role TEXT NOT NULL,
-    not_before REAL NOT NULL,
-    not_after REAL NOT NULL,
-    pem TEXT NOT NULL,
-    revoked_at REAL,
-    revocation_reason TEXT
-);
-CREATE INDEX IF NOT EXISTS certs_name ON certs (name, not_after);
-"""
-
 
 class PkiError(Exception):
     """Root of the site CA's errors; ``reason`` is a stable code."""
@@ -163,9 +148,7 @@ class SiteCA:
         self.directory = directory
         self._key = key
         self.cert = cert
-        self._db = sqlite3.connect(directory / "index.db", isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(INDEX_SCHEMA)
+        self._index = CertIndex(directory / "index.db")
 
     # ------------------------------------------------------------ lifecycle
 
@@ -225,7 +208,7 @@ class SiteCA:
         return cls(d, key, cert)
 
     def close(self) -> None:
-        self._db.close()
+        self._index.close()
 
     @property
     def fingerprint(self) -> str:
@@ -315,11 +298,10 @@ class SiteCA:
         if sans:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         cert = builder.sign(self._key, hashes.SHA256())
-        self._db.execute(
-            "INSERT INTO certs (serial, name, role, not_before, not_after, pem) VALUES (?, ?, ?, ?, ?, ?)",
-            (format(cert.serial_number, "x"), name, role.value, cert.not_valid_before_utc.timestamp(),
-             cert.not_valid_after_utc.timestamp(), cert.public_bytes(serialization.Encoding.PEM).decode()),
-        )
+        self._index.add(format(cert.serial_number, "x"), name, role.value,
+                        not_before=cert.not_valid_before_utc.timestamp(),
+                        not_after=cert.not_valid_after_utc.timestamp(),
+                        pem=cert.public_bytes(serialization.Encoding.PEM).decode())
         log.info("issued %s certificate for %s, serial %x", role.value, name, cert.serial_number)
         return cert
 
@@ -336,20 +318,13 @@ class SiteCA:
     # ------------------------------------------------------------ revocation
 
     def issued(self, *, name: str | None = None) -> list[IssuedCert]:
-        rows = self._db.execute(
-            "SELECT serial, name, role, not_after, revoked_at, pem FROM certs WHERE (? IS NULL OR name = ?) "
-            "ORDER BY not_before", (name, name)).fetchall()
-        return [IssuedCert(r[0], r[1], CertRole(r[2]), dt.datetime.fromtimestamp(r[3], dt.UTC), r[4] is not None,
-                           r[5].encode()) for r in rows]
+        return [IssuedCert(r.serial, r.name, CertRole(r.role), dt.datetime.fromtimestamp(r.not_after, dt.UTC),
+                           r.revoked_at is not None, r.pem.encode()) for r in self._index.issued(name=name)]
 
     def revoke(self, serial: str, reason: RevocationReason = RevocationReason.UNSPECIFIED, *,
                write: bool = True) -> None:
         """Revoke one certificate by hex serial and (by default) publish a new CRL."""
-        cur = self._db.execute(
-            "UPDATE certs SET revoked_at = ?, revocation_reason = ? WHERE serial = ? AND revoked_at IS NULL",
-            (_now().timestamp(), reason.value, serial.lower()))
-        if cur.rowcount == 0 and not self._db.execute("SELECT 1 FROM certs WHERE serial = ?",
-                                                      (serial.lower(),)).fetchone():
+        if self._index.revoke(serial.lower(), reason.value, at=_now().timestamp()) is None:
             raise UnknownCertificate(f"no certificate with serial {serial} was issued by this CA")
         log.warning("revoked certificate %s (%s)", serial, reason.value)
         if write:
@@ -367,14 +342,11 @@ class SiteCA:
 
     def revocation_reason(self, cert: x509.Certificate) -> RevocationReason | None:
         """Why ``cert`` was revoked, or None if it is not (or was not issued here)."""
-        row = self._db.execute("SELECT revoked_at, revocation_reason FROM certs WHERE serial = ?",
-                               (format(cert.serial_number, "x"),)).fetchone()
-        return RevocationReason(row[1]) if row is not None and row[0] is not None else None
+        revoked = self._index.revocation(format(cert.serial_number, "x"))
+        return None if revoked is None else RevocationReason(revoked.reason)
 
     def is_revoked(self, cert: x509.Certificate) -> bool:
-        row = self._db.execute("SELECT revoked_at FROM certs WHERE serial = ?",
-                               (format(cert.serial_number, "x"),)).fetchone()
-        return row is not None and row[0] is not None
+        return self._index.revocation(format(cert.serial_number, "x")) is not None
 
     def build_crl(self, *, valid_days: int = 30) -> x509.CertificateRevocationList:
         now = _now()
@@ -384,9 +356,7 @@ class SiteCA:
             .last_update(now - dt.timedelta(minutes=5))
             .next_update(now + dt.timedelta(days=valid_days))
         )
-        rows = self._db.execute(
-            "SELECT serial, revoked_at, revocation_reason FROM certs WHERE revoked_at IS NOT NULL").fetchall()
-        for serial, at, reason in rows:
+        for serial, at, reason in self._index.revoked():
             entry = (
                 x509.RevokedCertificateBuilder()
                 .serial_number(int(serial, 16))

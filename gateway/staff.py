@@ -26,6 +26,7 @@ from typing import Any
 
 from device.cabinet.allowlist import AllowListError, Role, hash_pin, normalise_badge, parse_allowlist
 from gateway.catalog import RowError, Table, _bool, _check_header, _record, _text, read_table
+from gateway.data.census import StaffRow
 from gateway.store import GatewayStore
 
 log = logging.getLogger(__name__)
@@ -36,10 +37,6 @@ ALL_DEPTS = "*"
 MAX_BADGE_LEN = 64
 _ROLES = {r.value: r for r in Role} | {"护士": Role.NURSE, "补货员": Role.RESTOCKER, "配送员": Role.RESTOCKER,
                                        "工程师": Role.TECHNICIAN, "技术员": Role.TECHNICIAN}
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS staff (staff_id TEXT PRIMARY KEY, badge TEXT NOT NULL UNIQUE, role TEXT NOT NULL, "
-    "depts TEXT NOT NULL, pin_hash TEXT, imported_at REAL NOT NULL)"
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,28 +115,16 @@ def _member(line: int, rec: dict[str, Any], ids: set[str], badges: set[str],
     return StaffMember(staff_id, badge, role, depts, hash_pin(pin) if pin else None)
 
 
-def ensure_staff_table(store: GatewayStore) -> None:
-    with store.transaction() as db:
-        db.execute(_SCHEMA)
-
-
 def import_staff(store: GatewayStore, members: Sequence[StaffMember]) -> int:
     """Replace the staff list with `members`."""
-    ensure_staff_table(store)
-    now = time.time()
-    with store.transaction() as db:
-        db.execute("DELETE FROM staff")
-        db.executemany(
-            "INSERT INTO staff (staff_id, badge, role, depts, pin_hash, imported_at) VALUES (?, ?, ?, ?, ?, ?)",
-            [(m.staff_id, m.badge, m.role.value, ";".join(m.depts), m.pin_hash, now) for m in members])
+    store.staff.replace([StaffRow(m.staff_id, m.badge, m.role.value, tuple(m.depts), m.pin_hash) for m in members],
+                        now=time.time())
     log.info("staff: %d people imported", len(members))
     return len(members)
 
 
 def load_staff(store: GatewayStore) -> list[StaffMember]:
-    ensure_staff_table(store)
-    rows = store.query("SELECT staff_id, badge, role, depts, pin_hash FROM staff ORDER BY badge")
-    return [StaffMember(r[0], r[1], Role(r[2]), tuple(r[3].split(";")), r[4]) for r in rows]
+    return [StaffMember(r.staff_id, r.badge, Role(r.role), r.depts, r.pin_hash) for r in store.staff.all()]
 
 
 def build_allowlist(store: GatewayStore, *, dept: str) -> dict[str, Any]:

@@ -565,8 +565,8 @@ class ChaosRun:
 
         store = GatewayStore(self.h.gateway_db)
         try:
-            for (cid,) in store.query("SELECT charge_id FROM charges WHERE status = 'parked'"):
-                if store.requeue_parked(cid):
+            for parked in store.charges.listing(status="parked", limit=1_000_000):
+                if store.requeue_parked(parked.charge_id):
                     self.report.parked_resent += 1
         finally:
             store.close()

@@ -32,6 +32,7 @@ import logging
 import shutil
 import sqlite3
 import tempfile
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -373,7 +374,7 @@ class IngestFuzzer:
     def _check_refused_payload(self, topic_text: str, reason: str) -> None:
         acks = len(self.acks)
         self.bad_payloads += 1
-        row = self.store.query("SELECT topic, reason FROM bad_payloads ORDER BY id DESC LIMIT 1")
+        row = self._read("SELECT topic, reason FROM bad_payloads ORDER BY id DESC LIMIT 1")
         _require(row == [(topic_text, reason)], f"refused payload recorded as {row}, expected {reason}")
         _require(len(self.acks) == acks, "a refused payload was acked")
         self._check_totals()
@@ -403,7 +404,7 @@ class IngestFuzzer:
         _require(ack.acked == expected, f"{model.device}: acked {ack.acked}, expected {expected}")
         model.acked = expected
         for ev in new_valid:
-            row = self.store.query("SELECT hash, body FROM events WHERE device = ? AND seq = ?",
+            row = self._read("SELECT hash, body FROM events WHERE device = ? AND seq = ?",
                                    (model.device, ev["seq"]))
             _require(len(row) == 1 and row[0][0] == ev["hash"] and json.loads(row[0][1]) == ev["body"],
                      f"{model.device}: valid event {ev['seq']} not stored as sent")
@@ -411,21 +412,26 @@ class IngestFuzzer:
             if bad.seq is not None and bad.reason != "forged" and bad.seq in model.quarantined:
                 self._check_quarantine_row(model.device, bad.seq)
             if bad.reason == "forged":
-                (stored,) = self.store.query("SELECT hash FROM events WHERE device = ? AND seq = ?",
+                (stored,) = self._read("SELECT hash FROM events WHERE device = ? AND seq = ?",
                                              (model.device, bad.seq))[0]
                 _require(stored == model.stored[bad.seq], f"{model.device}: forged copy of {bad.seq} replaced it")
         self._check_totals()
 
     def _check_quarantine_row(self, device: str, seq: int) -> None:
-        row = self.store.query("SELECT reason, detail, raw FROM quarantine WHERE device = ? AND seq = ?", (device, seq))
+        row = self._read("SELECT reason, detail, raw FROM quarantine WHERE device = ? AND seq = ?", (device, seq))
         _require(len(row) == 1, f"{device}: hostile seq {seq} not quarantined")
         reason, detail, raw = row[0]
         _require(reason in _REASONS and len(reason) <= MAX_REASON_CHARS, f"quarantine reason {reason!r}")
         _require(0 < len(detail) <= MAX_DETAIL_CHARS, f"quarantine detail of {len(detail)} chars")
         _require(raw.isascii() and len(raw) <= MAX_RAW_CHARS, "quarantine raw not bounded ASCII")
 
+    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """The oracle's own read of the store file (a second connection: it checks what was committed)."""
+        with closing(sqlite3.connect(self.store.path)) as db:
+            return db.execute(sql, params).fetchall()
+
     def _check_totals(self) -> None:
-        counts = {name: int(self.store.query(f"SELECT COUNT(*) FROM {name}")[0][0])  # fixed table names
+        counts = {name: int(self._read(f"SELECT COUNT(*) FROM {name}")[0][0])  # fixed table names
                   for name in ("events", "quarantine", "bad_payloads", "chain_breaks")}
         counts["quarantined"] = counts["quarantine"]
         stored = sum(len(m.stored) for m in self.models.values())
@@ -434,7 +440,7 @@ class IngestFuzzer:
         _require(counts["quarantined"] == quarantined, f"{counts['quarantined']} quarantined, {quarantined} expected")
         _require(counts["bad_payloads"] == self.bad_payloads,
                  f"{counts['bad_payloads']} bad payloads, {self.bad_payloads} expected")
-        breaks = {(d, s) for d, s, detail in self.store.query("SELECT device, seq, detail FROM chain_breaks")
+        breaks = {(d, s) for d, s, detail in self._read("SELECT device, seq, detail FROM chain_breaks")
                   if detail == _FORGED}
         _require(breaks == self.forged and counts["chain_breaks"] == len(self.forged),
                  f"chain breaks {counts['chain_breaks']} differ from the forged copies sent {len(self.forged)}")

@@ -60,7 +60,7 @@ def tamper(db: Path, *statements: str) -> None:
 def test_rows_are_chained_and_verify(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = tmp_path / "gw.db"
     store = filled(db)
-    rows = store.query("SELECT id, prev, hash FROM audit_log ORDER BY id")
+    rows = store._engine.query("SELECT id, prev, hash FROM audit_log ORDER BY id")
     assert [r[0] for r in rows] == [1, 2, 3, 4, 5]
     assert all(r[2] and len(r[2]) == 64 for r in rows)
     assert [r[1] for r in rows[1:]] == [r[2] for r in rows[:-1]], "each row links to the one before"
@@ -104,8 +104,7 @@ def test_a_recomputed_row_hash_still_breaks_the_link_after_it(
 
 def test_a_store_from_before_the_chain_is_chained_in_place_on_first_open(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    db = tmp_path / "gw.db"
-    GatewayStore(db).close()
+    db = tmp_path / "gw.db"  # a store without schema version, its audit log from before the chain
     con = sqlite3.connect(db)
     con.executescript(PRE_CHAIN_SCHEMA)
     old = [(1700000000.5 + i, f"ops.{i}", "cert_revoked", f"CAB{i}", "ok", json.dumps({"serial": f"a{i}"}))
@@ -118,18 +117,18 @@ def test_a_store_from_before_the_chain_is_chained_in_place_on_first_open(
     store = GatewayStore(db)
     audit = AuditLog(store)
     audit.record("nurse.li", AuditAction.COMMAND_SENT, device="CAB01", seq=7)
-    rows = store.query("SELECT at, actor, action, device, outcome, detail FROM audit_log ORDER BY id")
+    rows = store._engine.query("SELECT at, actor, action, device, outcome, detail FROM audit_log ORDER BY id")
     assert [tuple(r) for r in rows[:3]] == old, "the old rows keep their content"
     assert [(r[2], json.loads(r[5])) for r in rows[3:]] == [("audit_chained", {"rows": 3}),
                                                               ("command_sent", {"seq": 7})]
     assert verify_audit_chain(store) is None
-    with pytest.raises(sqlite3.DatabaseError, match="append-only"), store.transaction() as db_:
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"), store._engine.transaction() as db_:
         db_.execute("UPDATE audit_log SET actor = 'x' WHERE id = 1")
     store.close()
 
     again = GatewayStore(db)
     AuditLog(again)  # a second open chains nothing and records nothing
-    assert again.query("SELECT COUNT(*) FROM audit_log") == [(5,)]
+    assert again._engine.query("SELECT COUNT(*) FROM audit_log") == [(5,)]
     again.close()
     assert verify_cli(db, capsys)[0] == 0
     tamper(db, "UPDATE audit_log SET device = 'CAB9' WHERE id = 2")  # an upgraded row is protected like any other

@@ -99,7 +99,7 @@ def test_a_resent_message_is_applied_once(store: GatewayStore) -> None:
     assert not adt(store, AdtEvent.ADMIT, cid="MSG1", ward="5A")  # the ACK was lost, the HIS sends it again
     rec = census_record(store, PATIENT)
     assert rec is not None and rec.status is PatientState.DISCHARGED
-    assert store.query("SELECT control_id, event, outcome FROM adt_messages ORDER BY control_id") == [
+    assert store._engine.query("SELECT control_id, event, outcome FROM adt_messages ORDER BY control_id") == [
         ("MSG1", "A01", "changed"), ("MSG2", "A03", "changed")]
 
 

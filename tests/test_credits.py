@@ -123,10 +123,10 @@ class Gateway:
             pass
 
     def charge_id(self, key: tuple[str, int]) -> str:
-        return str(self.store.query("SELECT charge_id FROM charges WHERE device = ? AND seq = ?", key)[0][0])
+        return str(self.store._engine.query("SELECT charge_id FROM charges WHERE device = ? AND seq = ?", key)[0][0])
 
     def returned(self, key: tuple[str, int]) -> tuple[Any, ...]:
-        return self.store.query(
+        return self.store._engine.query(
             "SELECT outcome, detail, charge_id, credit_id FROM returns WHERE device = ? AND seq = ?", key)[0]
 
 
@@ -157,8 +157,8 @@ def test_return_after_charge_credits_the_patient_at_the_his(store: GatewayStore,
     assert (outcome, original) == ("credited", charge_id)
     assert his.credits() == [(credit_id, charge_id, "ZY0001", "C310001", -1_234_567)]
     assert his.charges() == [(charge_id, "ZY0001")]
-    assert store.query("SELECT status FROM charges WHERE charge_id = ?", (credit_id,)) == [("accepted",)]
-    assert store.query("SELECT entry, charge_id, amount_fen FROM consumption_ledger ORDER BY entry") == [
+    assert store._engine.query("SELECT status FROM charges WHERE charge_id = ?", (credit_id,)) == [("accepted",)]
+    assert store._engine.query("SELECT entry, charge_id, amount_fen FROM consumption_ledger ORDER BY entry") == [
         ("charge", charge_id, 1_234_567), ("credit", credit_id, -1_234_567)]
 
 
@@ -169,11 +169,11 @@ def test_credit_is_idempotent_on_the_return_event(store: GatewayStore, his: HisU
     gateway.settle()
     credit_id = gateway.returned(back)[3]
     assert credit_id == render_id(back)
-    with store.transaction() as db:
+    with store._engine.transaction() as db:
         db.execute("UPDATE cursors SET value = 0 WHERE name = 'charging'")
     gateway.settle()  # the whole history again: no second credit, no second charge
-    assert store.query("SELECT COUNT(*) FROM charges")[0][0] == 2
-    assert store.query("SELECT COUNT(*) FROM returns")[0][0] == 1
+    assert store._engine.query("SELECT COUNT(*) FROM charges")[0][0] == 2
+    assert store._engine.query("SELECT COUNT(*) FROM returns")[0][0] == 1
     assert len(his.credits()) == 1
 
 
@@ -191,7 +191,7 @@ def test_return_while_charge_is_pending_is_sent_after_it(store: GatewayStore, hi
     while gateway.worker.run_once():
         pass
     gateway.sender.run_once(now=1e12)  # HIS down: the charge waits for a retry, the credit behind it
-    assert store.query("SELECT status FROM charges ORDER BY id") == [("pending",), ("pending",)]
+    assert store._engine.query("SELECT status FROM charges ORDER BY id") == [("pending",), ("pending",)]
     his.come_up()
     gateway.settle()  # a clock past every backoff
     order = [control for control, booked in his.answers() if booked]
@@ -206,7 +206,7 @@ def test_return_of_item_never_charged_restores_stock_without_his_message(store: 
     gateway.settle()
     assert gateway.returned(back) == ("not_charged", "no charge for this item: stock restored", None, None)
     assert his.answers() == []
-    assert store.query("SELECT COUNT(*) FROM charges")[0][0] == 0
+    assert store._engine.query("SELECT COUNT(*) FROM charges")[0][0] == 0
 
 
 def test_restocked_item_may_be_used_again_once_the_credit_is_booked(store: GatewayStore, his: HisUnderTest) -> None:
@@ -217,7 +217,7 @@ def test_restocked_item_may_be_used_again_once_the_credit_is_booked(store: Gatew
     gateway.settle()
     again = hh.consume("SN1", admission="ZY0002")
     gateway.settle()
-    assert store.query("SELECT status, admission FROM charges WHERE device = ? AND seq = ?", again) == [
+    assert store._engine.query("SELECT status, admission FROM charges WHERE device = ? AND seq = ?", again) == [
         ("accepted", "ZY0002")]
     assert [admission for _, admission in his.charges()] == ["ZY0001", "ZY0002"]
 
@@ -230,7 +230,7 @@ def test_item_not_restocked_stays_consumed_after_credit(store: GatewayStore, his
     gateway.settle()
     again = hh.consume("SN1", admission="ZY0002")
     gateway.settle()
-    assert store.query("SELECT reason FROM charge_rejects WHERE device = ? AND seq = ?", again) == [
+    assert store._engine.query("SELECT reason FROM charge_rejects WHERE device = ? AND seq = ?", again) == [
         ("serial_already_consumed",)]
     assert len(his.credits()) == 1 and len(his.charges()) == 1
 
@@ -243,7 +243,7 @@ def test_reuse_before_the_credit_is_booked_is_refused(store: GatewayStore, his: 
     again = hh.consume("SN1", admission="ZY0002")
     while gateway.worker.run_once():
         pass
-    assert store.query("SELECT reason FROM charge_rejects WHERE device = ? AND seq = ?", again) == [
+    assert store._engine.query("SELECT reason FROM charge_rejects WHERE device = ? AND seq = ?", again) == [
         ("serial_already_consumed",)]
 
 
@@ -300,7 +300,7 @@ def test_credit_line_record_names_the_original(store: GatewayStore, his: HisUnde
     back = hh.give_back("SN1")
     gateway.settle()
     credit_id = gateway.returned(back)[3]
-    [(line,)] = store.query("SELECT line FROM charges WHERE charge_id = ?", (credit_id,))
+    [(line,)] = store._engine.query("SELECT line FROM charges WHERE charge_id = ?", (credit_id,))
     record = json.loads(line)
     assert (record["original_charge_id"], record["credit_id"], record["price_fen"]) == (
         gateway.charge_id(used), credit_id, 1_234_567)
@@ -324,14 +324,15 @@ def test_charged_item_put_back_into_a_cabinet_is_credited_once(store: GatewaySto
     gateway.settle()
     outcome, _detail, original, credit_id = gateway.returned(back)
     assert (outcome, original) == ("credited", gateway.charge_id(used))
-    assert store.query("SELECT operator, restocked, reason FROM returns WHERE device = ? AND seq = ?", back) == [
+    assert store._engine.query("SELECT operator, restocked, reason FROM returns WHERE device = ? AND seq = ?",
+                               back) == [
         ("N0007", 1, "put back into cabinet CB01 (returned)")]
     assert his.credits() == [(credit_id, original, "ZY0001", "C310001", -1_234_567)]
     # it went back into stock: the next patient may be charged for it
     again = cab.consume("SN1", admission="ZY0002")
     gateway.settle()
-    assert store.query("SELECT status FROM charges WHERE device = ? AND seq = ?", again) == [("accepted",)]
-    with store.transaction() as db:  # the whole history again: still one credit
+    assert store._engine.query("SELECT status FROM charges WHERE device = ? AND seq = ?", again) == [("accepted",)]
+    with store._engine.transaction() as db:  # the whole history again: still one credit
         db.execute("UPDATE cursors SET value = 0 WHERE name = 'charging'")
     gateway.settle()
     assert len(his.credits()) == 1
@@ -343,7 +344,7 @@ def test_item_taken_and_put_back_uncharged_is_no_credit(store: GatewayStore, his
     cab.emit(EventKind.RETURNED, cabinet_item("SN1"))
     cab.emit(EventKind.RESTOCKED, cabinet_item("SN2", role="restocker"))
     gateway.settle()
-    assert store.query("SELECT COUNT(*) FROM returns")[0][0] == 0
+    assert store._engine.query("SELECT COUNT(*) FROM returns")[0][0] == 0
     assert his.answers() == []
 
 
@@ -379,7 +380,7 @@ def test_return_stored_before_its_consumption_is_credited(
     outcome, _detail, original, credit_id = gateway.returned(("CB01", back.seq))
     assert (outcome, original) == ("credited", gateway.charge_id(("CB01", consume.seq)))
     assert [(c[0], c[1]) for c in his.credits()] == [(credit_id, original)]
-    assert store.query("SELECT COUNT(*) FROM returns")[0][0] == 1
+    assert store._engine.query("SELECT COUNT(*) FROM returns")[0][0] == 1
 
 
 def test_credit_queued_behind_a_charge_the_his_then_refuses_is_voided_not_sent(
@@ -395,7 +396,7 @@ def test_credit_queued_behind_a_charge_the_his_then_refuses_is_voided_not_sent(
     outcome, detail, original, credit_id = gateway.returned(back)
     assert (outcome, original) == ("voided", charge_id)
     assert detail == f"charge {charge_id} was parked, never booked: credit {credit_id} voided"
-    assert store.query("SELECT charge_id, status FROM charges ORDER BY id") == [(charge_id, "parked"),
+    assert store._engine.query("SELECT charge_id, status FROM charges ORDER BY id") == [(charge_id, "parked"),
                                                                                 (credit_id, "voided")]
     assert [cid for cid, _ in his.answers()] == [charge_id]  # the credit never went out
     assert his.credits() == [] and his.charges() == []
@@ -413,7 +414,7 @@ def test_return_recorded_before_a_later_use_is_not_matched_to_it(store: GatewayS
     gateway.settle()
     store.ingest(Batch("CB01", "H1", [put_back]))
     gateway.settle()
-    assert store.query("SELECT COUNT(*) FROM returns")[0][0] == 0 and his.credits() == []
+    assert store._engine.query("SELECT COUNT(*) FROM returns")[0][0] == 0 and his.credits() == []
     back = cab.emit(EventKind.RETURNED, cabinet_item("SN1"))  # now it really comes back
     gateway.settle()
     assert gateway.returned(back)[:3] == ("credited", "", gateway.charge_id(("CB01", used.seq)))

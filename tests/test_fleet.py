@@ -118,7 +118,7 @@ def test_listing_shows_status_last_seen_version_backlog_and_alarms(tmp_path: Pat
     fleet = Fleet(store, CommandSigner(Ed25519PrivateKey.generate()), lambda t, p, r: None)
     store.update_device_state(SITE, DeviceState("CAB07", DeviceStatus.ONLINE, backlog=12, version="0.1.0"))
     store.update_device_state(SITE, DeviceState("CAB08", DeviceStatus.OFFLINE, backlog=3, version="0.1.0"))
-    with store.transaction() as db:
+    with store._engine.transaction() as db:
         db.executemany("INSERT INTO chain_breaks (device, seq, detail, detected_at) VALUES (?, ?, ?, ?)",
                        [("CAB07", 40, "prev does not match the stored predecessor", 1.0),
                         ("CAB07", 41, "prev does not match the stored predecessor", 1.0),
@@ -139,6 +139,6 @@ def test_listing_shows_status_last_seen_version_backlog_and_alarms(tmp_path: Pat
                                      {"catalog": 2})], now=now).splitlines()
     assert text[1].split() == ["CAB07", "H1", "online", "5s", "ago", "0.1.0", "12", "2", "catalog:2/3"]
     AuditLog(store).record("ops", AuditAction.CERT_REVOKED, device="CAB08", serial="ab12")
-    with pytest.raises(Exception, match="append-only"), store.transaction() as db:
+    with pytest.raises(Exception, match="append-only"), store._engine.transaction() as db:
         db.execute("DELETE FROM audit_log")
     store.close()

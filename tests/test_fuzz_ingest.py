@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.store import GatewayStore, IngestResult
+from gateway.data.events import EventStore, IngestResult
 from hw_sim import fuzz
 from hw_sim.fuzz_ingest import ByteDraw, FuzzCheckFailed, IngestFuzzer
 
@@ -66,40 +66,40 @@ def test_the_fuzz_command_runs_the_ingest_target(tmp_path: Path, capsys: pytest.
 
 
 def test_an_ack_beyond_what_is_stored_is_caught(fuzzer: IngestFuzzer, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = GatewayStore._advance
+    real = EventStore._advance
 
-    def over(self: GatewayStore, db: sqlite3.Connection, device: str) -> int:
+    def over(self: EventStore, db: sqlite3.Connection, device: str) -> int:
         return real(self, db, device) + 1
 
-    monkeypatch.setattr(GatewayStore, "_advance", over)
+    monkeypatch.setattr(EventStore, "_advance", over)
     with pytest.raises(FuzzCheckFailed, match=r"ack|committed"):
         _run(fuzzer, 200, seed=2)
 
 
 def test_a_hostile_event_dropped_without_quarantine_is_caught(fuzzer: IngestFuzzer,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    real = GatewayStore._quarantine
+    real = EventStore._quarantine
 
-    def drop_bad_hash(self: GatewayStore, db: sqlite3.Connection, device: str, bad: object, at: float,
+    def drop_bad_hash(self: EventStore, db: sqlite3.Connection, device: str, bad: object, at: float,
                       res: IngestResult) -> None:
         if getattr(bad, "reason", "") != "bad_hash":
             real(self, db, device, bad, at, res)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(GatewayStore, "_quarantine", drop_bad_hash)
+    monkeypatch.setattr(EventStore, "_quarantine", drop_bad_hash)
     with pytest.raises(FuzzCheckFailed):
         _run(fuzzer, 500, seed=3)
 
 
 def test_a_batch_failing_whole_on_one_event_is_caught(fuzzer: IngestFuzzer, monkeypatch: pytest.MonkeyPatch) -> None:
     """The reported bug put back: an unstorable event raises out of the store and the batch is not acked."""
-    real = GatewayStore._quarantine
+    real = EventStore._quarantine
 
-    def overflow(self: GatewayStore, db: sqlite3.Connection, device: str, bad: object, at: float,
+    def overflow(self: EventStore, db: sqlite3.Connection, device: str, bad: object, at: float,
                  res: IngestResult) -> None:
         if getattr(bad, "seq", 0) is None:
             raise OverflowError("Python int too large to convert to SQLite INTEGER")
         real(self, db, device, bad, at, res)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(GatewayStore, "_quarantine", overflow)
+    monkeypatch.setattr(EventStore, "_quarantine", overflow)
     with pytest.raises(OverflowError):
         _run(fuzzer, 500, seed=4)

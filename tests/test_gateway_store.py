@@ -48,7 +48,7 @@ def test_invalid_event_is_quarantined_and_does_not_block_the_ack(tmp_path: Path)
     res = store.ingest(batch)
     assert (res.new, res.quarantined, res.contiguous) == (2, 1, 3)
     assert [(r.seq, r.reason) for r in res.rejected] == [(2, "bad_hash")]
-    assert store.query("SELECT seq, reason FROM quarantine") == [(2, "bad_hash")]
+    assert store._engine.query("SELECT seq, reason FROM quarantine") == [(2, "bad_hash")]
 
 
 def test_chain_break_is_flagged_with_device_and_seq(tmp_path: Path) -> None:
@@ -62,7 +62,7 @@ def test_chain_break_is_flagged_with_device_and_seq(tmp_path: Path) -> None:
                   event_hash(bogus.device, 3, bogus.ts_ms, bogus.kind, bogus.body, bogus.prev))
     res = store.ingest(_batch([bogus]))  # type: ignore[arg-type]
     assert res.chain_breaks == [(3, "prev does not match the stored predecessor")]
-    assert store.query("SELECT device, seq FROM chain_breaks") == [("HH01", 3)]
+    assert store._engine.query("SELECT device, seq FROM chain_breaks") == [("HH01", 3)]
 
 
 def test_same_seq_with_different_content_is_a_conflict_not_an_overwrite(tmp_path: Path) -> None:
@@ -76,7 +76,7 @@ def test_same_seq_with_different_content_is_a_conflict_not_an_overwrite(tmp_path
     store.ingest(_batch(a))  # type: ignore[arg-type]
     res = store.ingest(_batch([b0]))  # type: ignore[arg-type]
     assert res.conflicts == 1 and res.new == 0
-    assert store.query("SELECT hash FROM events") == [(a[0].hash,)]
+    assert store._engine.query("SELECT hash FROM events") == [(a[0].hash,)]
     del b
 
 
@@ -108,16 +108,16 @@ def test_a_charging_batch_that_fails_to_commit_leaves_its_items_chargeable(tmp_p
                                              "dept": "OR"}))
     store.ingest(_batch(events))  # type: ignore[arg-type]
     worker = ChargingWorker(store, bridge.BridgeConfig(sending_facility="SPD", receiving_facility="HOSP"))
-    real = store.transaction
+    real = store._engine.transaction
 
     def failing() -> object:
         raise OSError("disk I/O error")
 
-    store.transaction = failing  # type: ignore[method-assign,assignment]
+    store._engine.transaction = failing  # type: ignore[method-assign,assignment]
     try:
         worker.run_once()
     except OSError:
         pass
-    store.transaction = real  # type: ignore[method-assign]
+    store._engine.transaction = real  # type: ignore[method-assign]
     assert worker.run_once() == 3
     assert store.counts()["charges"] == 3 and store.counts()["charge_rejects"] == 0

@@ -112,7 +112,7 @@ def test_a_wedged_gateway_loop_stops_the_pings_and_is_named(loop: str, tmp_path:
 def test_a_slow_his_within_its_deadline_keeps_the_lane_beating(tmp_path: Path) -> None:
     """The lane waits on the HIS up to its timeout; only a send past its declared deadline is a wedge."""
     store = GatewayStore(tmp_path / "gw.db")
-    with store.transaction() as db:
+    with store._engine.transaction() as db:
         db.execute(
             "INSERT INTO charges (charge_id, device, seq, admission, item_key, line, message, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

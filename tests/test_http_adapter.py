@@ -225,7 +225,7 @@ def test_gateway_config_selects_the_adapter_by_protocol(tmp_path: Path) -> None:
 def test_sender_hands_the_outbox_line_to_the_http_adapter(tmp_path: Path, his: SimulatedHttpHis) -> None:
     store = GatewayStore(tmp_path / "gateway.db")
     rec = line()
-    with store.transaction() as db:
+    with store._engine.transaction() as db:
         db.execute(
             "INSERT INTO charges (charge_id, device, seq, admission, item_key, line, message, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -235,10 +235,11 @@ def test_sender_hands_the_outbox_line_to_the_http_adapter(tmp_path: Path, his: S
     his.drop_responses_after_store(1)
     sender = HisSender(store, HttpJsonAdapter(his.url, timeout_s=1.0), backoff_base_s=0.0, backoff_max_s=0.0)
     assert sender.run_once() == 1
-    assert store.query("SELECT status, attempts FROM charges") == [("pending", 1)]
+    assert store._engine.query("SELECT status, attempts FROM charges") == [("pending", 1)]
     assert sender.run_once(now=time.time() + 1) == 1
-    assert store.query("SELECT status, ack_code, his_ref FROM charges") == [("accepted", "409", "HTTPHIS00000001")]
-    assert store.query("SELECT charge_id, serial, his_ref FROM consumption") == [
+    assert store._engine.query("SELECT status, ack_code, his_ref FROM charges") == [
+        ("accepted", "409", "HTTPHIS00000001")]
+    assert store._engine.query("SELECT charge_id, serial, his_ref FROM consumption") == [
         (CHARGE_ID, "SN0001", "HTTPHIS00000001")
     ]
     assert his.stats().unique_charges == 1

@@ -58,13 +58,14 @@ class Rig:
         return self.acks[-1][1] if len(self.acks) > before else None
 
     def stored(self, device: str = DEVICE) -> list[int]:
-        return [r[0] for r in self.store.query("SELECT seq FROM events WHERE device = ? ORDER BY seq", (device,))]
+        return [r[0] for r in self.store._engine.query("SELECT seq FROM events WHERE device = ? ORDER BY seq",
+                                                       (device,))]
 
     def quarantine(self) -> list[tuple[int, str]]:
-        return [(r[0], r[1]) for r in self.store.query("SELECT seq, reason FROM quarantine ORDER BY seq")]
+        return [(r[0], r[1]) for r in self.store._engine.query("SELECT seq, reason FROM quarantine ORDER BY seq")]
 
     def unidentified(self) -> list[tuple[str, str]]:
-        return [(r[0], r[1]) for r in self.store.query(
+        return [(r[0], r[1]) for r in self.store._engine.query(
             "SELECT reason, detail FROM bad_payloads WHERE topic = ? ORDER BY id", (f"device:{DEVICE}",))]
 
 
@@ -107,7 +108,7 @@ def test_an_event_whose_seq_is_2_to_the_70_is_refused_alone_and_the_batch_is_ack
     assert rig.stored() == [1, 2]
     [(reason, detail)] = rig.unidentified()  # no usable seq: kept as a bad payload of this device
     assert reason == "bad_event" and "seq" in detail
-    raw = rig.store.query("SELECT payload FROM bad_payloads")[0][0]
+    raw = rig.store._engine.query("SELECT payload FROM bad_payloads")[0][0]
     assert json.loads(raw)["seq"] == 2**70
 
 
@@ -118,7 +119,7 @@ def test_a_lone_surrogate_in_a_body_is_refused_alone_and_the_batch_is_acked(rig:
     assert ack is not None and ack.acked == 3
     assert [(r.seq, r.reason) for r in ack.rejected] == [(3, "bad_event")]
     assert rig.stored() == [1, 2] and rig.quarantine() == [(3, "bad_event")]
-    (raw,) = rig.store.query("SELECT raw FROM quarantine")[0]
+    (raw,) = rig.store._engine.query("SELECT raw FROM quarantine")[0]
     assert raw.isascii() and "\\ud800lone" in raw  # kept, escaped
     # the device resends 3 fixed: it is stored beside its quarantined copy and the ack holds
     assert rig.send(chain(4)[2:]) == Ack(DEVICE, 4, ())
@@ -184,7 +185,7 @@ def test_one_hostile_field_refuses_only_its_event(rig: Rig, field: str, value: A
     else:
         assert ack.acked == 5 and [(r.seq, r.reason) for r in ack.rejected] == [(3, expected)]
         assert rig.stored() == [1, 2, 4, 5] and rig.quarantine() == [(3, expected)]
-        detail, raw = rig.store.query("SELECT detail, raw FROM quarantine")[0]
+        detail, raw = rig.store._engine.query("SELECT detail, raw FROM quarantine")[0]
         assert 0 < len(detail) <= MAX_DETAIL_CHARS and raw.isascii() and len(raw) <= MAX_RAW_CHARS
 
 
@@ -205,7 +206,7 @@ def test_nul_bytes_control_characters_and_64_bit_extremes_in_a_body_are_stored_a
             "f": 1.5e308, "deep": json.loads("[" * 31 + "]" * 31)}
     ev = rehash({"seq": 1, "ts": MAX_TS_MS, "kind": "alarm", "body": body, "prev": GENESIS_HASH, "hash": ""})
     assert rig.send([ev]) == Ack(DEVICE, 1, ())
-    (stored,) = rig.store.query("SELECT body FROM events")[0]
+    (stored,) = rig.store._engine.query("SELECT body FROM events")[0]
     assert json.loads(stored) == body and canonical(json.loads(stored)) == canonical(body)
 
 
@@ -229,8 +230,9 @@ def test_two_different_valid_contents_for_one_seq_keep_the_first_and_record_a_ch
     good = chain(2)
     forged = rehash({**good[1], "body": {"udi": "forged"}})
     assert rig.send([good[0], good[1], forged]) == Ack(DEVICE, 2, ())
-    assert rig.store.query("SELECT hash FROM events WHERE seq = 2") == [(good[1]["hash"],)]
-    assert rig.store.query("SELECT seq, detail FROM chain_breaks") == [(2, "same seq received with different content")]
+    assert rig.store._engine.query("SELECT hash FROM events WHERE seq = 2") == [(good[1]["hash"],)]
+    assert rig.store._engine.query("SELECT seq, detail FROM chain_breaks") == [
+        (2, "same seq received with different content")]
 
 
 def test_a_gap_holds_the_ack_until_it_is_filled_and_a_quarantined_event_counts_as_stored(rig: Rig) -> None:
@@ -246,7 +248,7 @@ def test_a_gap_holds_the_ack_until_it_is_filled_and_a_quarantined_event_counts_a
 def test_a_batch_naming_another_device_than_its_topic_is_refused_whole_without_an_ack(rig: Rig) -> None:
     ack = rig.send(chain(2), device="HH02")  # published on HH01's topic
     assert ack is None and rig.stored() == [] and rig.stored("HH02") == []
-    assert rig.store.query("SELECT topic, reason FROM bad_payloads") == [(TOPIC, "identity_mismatch")]
+    assert rig.store._engine.query("SELECT topic, reason FROM bad_payloads") == [(TOPIC, "identity_mismatch")]
     assert rig.send(chain(1), site="H2") is None  # site differs from the topic: refused the same way
 
 
@@ -268,7 +270,7 @@ def test_a_payload_that_is_not_a_batch_is_recorded_and_not_acked(rig: Rig, paylo
 def test_a_hostile_state_message_is_recorded_as_a_bad_payload(rig: Rig, state: dict[str, Any]) -> None:
     payload = json.dumps({"v": 1, "device": DEVICE, **state}).encode()
     rig.service.handle(f"spd/v1/{SITE}/{DEVICE}/state", payload)
-    assert [r[0] for r in rig.store.query("SELECT reason FROM bad_payloads")] == ["bad_state"]
+    assert [r[0] for r in rig.store._engine.query("SELECT reason FROM bad_payloads")] == ["bad_state"]
     assert rig.service.stats.store_failures == 0
 
 
@@ -278,12 +280,12 @@ def test_a_hostile_state_message_is_recorded_as_a_bad_payload(rig: Rig, state: d
 def test_a_full_disk_withholds_the_ack_and_the_resend_is_stored_once_space_is_back(tmp_path: Path) -> None:
     rig = Rig(tmp_path / "gw.db")
     rig.send(chain(1))
-    pages = rig.store.query("PRAGMA page_count")[0][0]
-    rig.store.query(f"PRAGMA max_page_count = {pages}")  # the disk is now full
+    pages = rig.store._engine.query("PRAGMA page_count")[0][0]
+    rig.store._engine.query(f"PRAGMA max_page_count = {pages}")  # the disk is now full
     big = chain(40)
     assert rig.send(big) is None and rig.service.stats.store_failures == 1
     assert rig.stored() == [1]  # nothing of the failed batch was committed
-    rig.store.query("PRAGMA max_page_count = 1073741823")
+    rig.store._engine.query("PRAGMA max_page_count = 1073741823")
     assert rig.send(big) == Ack(DEVICE, 40, ())
     assert rig.stored() == list(range(1, 41))
 

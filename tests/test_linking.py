@@ -76,7 +76,7 @@ def test_item_charged_on_a_handheld_in_the_ward_raises_no_alarm(store: GatewaySt
     clock.t += WINDOW * 3
     w.run_once()
     assert link_alarms(store) == []
-    assert store.query("SELECT state, closed_by FROM cabinet_takes") == [("linked", "charged by HH07 seq 1")]
+    assert store._engine.query("SELECT state, closed_by FROM cabinet_takes") == [("linked", "charged by HH07 seq 1")]
 
 
 def test_item_not_charged_in_time_raises_one_alarm_naming_cabinet_item_and_user(

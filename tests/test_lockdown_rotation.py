@@ -168,7 +168,7 @@ def test_rotation_installs_a_new_certificate_revokes_the_old_and_reconnects(env:
     m2 = cab.mark()
     cab.badge(BADGE)  # a new event, delivered to the gateway over TLS with the new pair
     cab.wait_events("access", lambda b: b.get("result") == "granted", "badge after rotation", after=m2)
-    wait_for(lambda: env.gateway.store.query(
+    wait_for(lambda: env.gateway.store._engine.query(
         "SELECT 1 FROM events WHERE device = 'CAB01' AND kind = 'access' AND seq > ? AND body LIKE '%granted%'",
         (m2,)), message="the new event delivered with the rotated credentials", timeout=15)
 

@@ -133,7 +133,8 @@ def test_reprovision_with_1000_unsynced_events_delivers_all_exactly_once_via_exp
     again = import_events(store, export)
     assert (first.new, first.duplicates, first.chain_breaks, first.contiguous) == (1000, 0, [], 1000)
     assert (again.new, again.duplicates) == (0, 1000)
-    assert store.query("SELECT COUNT(*), COUNT(DISTINCT seq), MIN(seq), MAX(seq) FROM events WHERE device='CAB20'") \
+    assert store._engine.query(
+        "SELECT COUNT(*), COUNT(DISTINCT seq), MIN(seq), MAX(seq) FROM events WHERE device='CAB20'") \
         == [(1000, 1000, 1, 1000)]
     assert store.counts()["chain_breaks"] == 0
     store.close()
@@ -170,7 +171,8 @@ def test_reprovision_delivers_part_then_exports_the_rest_and_the_gateway_holds_e
     assert (retired.export.first_seq, retired.export.last_seq) == (401, 1000)
     res = import_events(store, export)
     assert (res.new, res.duplicates, res.contiguous, res.chain_breaks) == (600, 0, 1000, [])
-    assert store.query("SELECT COUNT(*), COUNT(DISTINCT seq) FROM events WHERE device='CAB30'") == [(1000, 1000)]
+    assert store._engine.query("SELECT COUNT(*), COUNT(DISTINCT seq) FROM events WHERE device='CAB30'") == [
+        (1000, 1000)]
     store.close()
 
 

@@ -277,7 +277,7 @@ def test_forged_expired_and_misaddressed_unlocks_leave_the_relay_alone_and_are_r
     time.sleep(0.3)
     assert high_spans(cab.lock, t0) == []
     assert cab.events("access", after=m) == []
-    stored = wait_for(lambda: (lambda rows: rows if len(rows) >= 3 else None)(site.gateway.store.query(
+    stored = wait_for(lambda: (lambda rows: rows if len(rows) >= 3 else None)(site.gateway.store._engine.query(
         "SELECT body FROM events WHERE device = 'CAB01' AND kind = 'alarm' AND seq > ? ORDER BY seq", (m,))),
         message="the refusals delivered to the gateway")
     assert [json.loads(r[0])["reason"] for r in stored] == ["bad_signature", "expired", "wrong_device"]

@@ -145,7 +145,7 @@ def test_high_value_item_without_serial_is_refused(rig: Rig) -> None:
 
 
 def test_serial_consumed_at_the_gateway_is_refused(rig: Rig) -> None:
-    with rig.store.transaction() as db:
+    with rig.store._engine.transaction() as db:
         db.execute(
             "INSERT INTO charges (charge_id, device, seq, admission, item_key, line, message, created_at) "
             "VALUES ('C1', 'HH-0009', 1, 'ZY0000000001', ?, '{}', '', strftime('%s', 'now'))",

@@ -53,7 +53,7 @@ def _charge_rows(store: GatewayStore, n: int) -> list[str]:
     worker = ChargingWorker(store, CONFIG)
     while worker.run_once():
         pass
-    return [str(r[0]) for r in store.query("SELECT charge_id FROM charges ORDER BY id")]
+    return [str(r[0]) for r in store._engine.query("SELECT charge_id FROM charges ORDER BY id")]
 
 
 @pytest.mark.parametrize("protocol", ["mllp", "http"])
@@ -70,16 +70,16 @@ def test_a_row_the_adapter_cannot_send_is_parked_and_the_lane_goes_on(
                              else HttpJsonAdapter(sim.url, timeout_s=2.0))
         sender = HisSender(store, FailsOn(inner, ids[1], error), backoff_base_s=0.01, lanes=1)
         deadline = time.monotonic() + 10
-        while store.query("SELECT COUNT(*) FROM charges WHERE status = 'pending'")[0][0] and \
+        while store._engine.query("SELECT COUNT(*) FROM charges WHERE status = 'pending'")[0][0] and \
                 time.monotonic() < deadline:
             sender.run_once(now=1e12)
         sender.stop()
         booked = [c.txn_id for c in sim.charges()] if isinstance(sim, SimulatedHis) \
             else [c.charge_id for c in sim.charges()]
     assert booked == [ids[0], *ids[2:]]
-    rows = dict(store.query("SELECT charge_id, status FROM charges"))
+    rows = dict(store._engine.query("SELECT charge_id, status FROM charges"))
     assert rows[ids[1]] == "parked" and [rows[i] for i in ids if i != ids[1]] == ["accepted"] * 4
-    (code, reason), = store.query("SELECT ack_code, last_error FROM charges WHERE charge_id = ?", (ids[1],))
+    (code, reason), = store._engine.query("SELECT ack_code, last_error FROM charges WHERE charge_id = ?", (ids[1],))
     assert code in ("unsendable:bad_message", "adapter_error")
     assert ("'x' is missing" if isinstance(error, HisMessageError) else "KeyError") in reason
     assert gateway_cli(["charges", "list", "--db", str(store.path), "--status", "parked"]) == 0
@@ -105,7 +105,7 @@ def test_reproduction_http_returns_do_not_stop_the_lane(tmp_path: Path, store: G
             pass
         sender.stop()
         assert len(sim.charges()) == 6 and len(sim.credits()) == 3
-    assert store.query("SELECT status, COUNT(*) FROM charges GROUP BY status") == [("accepted", 9)]
+    assert store._engine.query("SELECT status, COUNT(*) FROM charges GROUP BY status") == [("accepted", 9)]
     assert store.counts()["credits_accepted"] == 3
     assert all(json.loads(line)["credit_id"] for (line,) in
-               store.query("SELECT line FROM charges WHERE item_key LIKE 'credit:%'"))
+               store._engine.query("SELECT line FROM charges WHERE item_key LIKE 'credit:%'"))

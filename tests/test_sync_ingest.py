@@ -58,7 +58,7 @@ def test_device_offline_then_back_delivers_its_backlog_once(tmp_path: Path, brok
     assert log.backlog() == 500
     broker.start()
     wait_for(lambda: log.backlog() == 0, timeout=30, message="backlog drained after the broker returned")
-    assert store.query("SELECT COUNT(*), MIN(seq), MAX(seq) FROM events") == [(500, 1, 500)]
+    assert store._engine.query("SELECT COUNT(*), MIN(seq), MAX(seq) FROM events") == [(500, 1, 500)]
     sync.stop()
     gw.stop()
 
@@ -75,7 +75,7 @@ def test_broker_killed_mid_stream_loses_and_doubles_nothing(tmp_path: Path, brok
         _append(log, 50)
         broker.start()
     wait_for(lambda: log.backlog() == 0, timeout=40, message="backlog drained")
-    assert store.query("SELECT COUNT(*), COUNT(DISTINCT seq), MAX(seq) FROM events") == [(450, 450, 450)]
+    assert store._engine.query("SELECT COUNT(*), COUNT(DISTINCT seq), MAX(seq) FROM events") == [(450, 450, 450)]
     sync.stop()
     gw.stop()
 
@@ -109,7 +109,7 @@ def test_gateway_crash_between_store_and_ack_causes_resend_not_double(
     wait_for(lambda: log.backlog() == 0, timeout=30, message="backlog drained")
     assert gw.crashes_left == 0
     assert gw.stats.events_duplicate > 0  # the device did resend what was stored but not acked
-    assert store.query("SELECT COUNT(*), COUNT(DISTINCT seq) FROM events") == [(100, 100)]
+    assert store._engine.query("SELECT COUNT(*), COUNT(DISTINCT seq) FROM events") == [(100, 100)]
     sync.stop()
     gw.stop()
 
@@ -137,7 +137,7 @@ def test_malformed_payloads_are_rejected_with_a_reason_and_ingestion_goes_on(
     _append(log, 20)
     wait_for(lambda: log.backlog() == 0, message="valid events acked", timeout=20)
     wait_for(lambda: store.counts()["bad_payloads"] == 4, message="bad payloads recorded", timeout=20)
-    reasons = sorted(r[0] for r in store.query("SELECT reason FROM bad_payloads"))
+    reasons = sorted(r[0] for r in store._engine.query("SELECT reason FROM bad_payloads"))
     assert reasons == ["bad_json", "bad_json", "identity_mismatch", "unsupported_version"]
     assert store.counts()["events"] == 40
     rogue.loop_stop()

@@ -1,0 +1,287 @@
+"""Events and ingest: device events stored once per ``(device, seq)``, quarantine, refused payloads, chain breaks.
+
+An event batch is committed before the device is acked; each event is stored on its own (a savepoint),
+so one bad event is quarantined and the rest of its batch kept. ``events(device, seq)`` is unique, so a
+resent batch stores nothing twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from device.wire import (
+    GENESIS_HASH,
+    Batch,
+    Event,
+    EventKind,
+    InvalidEvent,
+    Rejection,
+    WireError,
+    check_event,
+    readable_seq,
+    shown,
+)
+from gateway.data.engine import SqliteEngine
+
+log = logging.getLogger(__name__)
+
+EVENT_FAULTS: tuple[type[BaseException], ...] = (
+    ValueError,  # WireError, UnicodeEncodeError, an integer past the digit limit
+    TypeError,
+    OverflowError,  # an integer past SQLite's 64 bits
+    RecursionError,
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,  # a value of a type SQLite cannot bind
+)
+"""What storing one event can raise because of that event. Anything else (``OperationalError``: disk
+full, I/O error, database locked past its timeout; a corrupt database) is a failure of the store and
+fails the whole batch, so no ack goes out and the device resends. Taking a store failure for an event
+fault is harmless: the quarantine row written instead fails the same way and the batch still fails."""
+
+MAX_RAW_CHARS = 65536
+"""Longest raw form of a quarantined event or refused payload that is kept (a valid body is at most 16 KiB)."""
+MAX_DETAIL_CHARS = 1000
+MAX_REASON_CHARS = 40
+
+
+@dataclass(slots=True)
+class IngestResult:
+    new: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    conflicts: int = 0
+    contiguous: int = 0
+    unidentified: int = 0  # refused events without a usable seq, kept in bad_payloads
+    rejected: list[Rejection] = field(default_factory=list)
+    chain_breaks: list[tuple[int, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    id: int
+    event: Event
+
+
+class EventRow(NamedTuple):
+    """An event as stored, with its store id and when it was stored (``body`` the JSON text)."""
+
+    id: int
+    device: str
+    seq: int
+    ts_ms: int
+    kind: str
+    body: str
+    stored_at: float
+
+
+class ChainBreakRow(NamedTuple):
+    device: str
+    seq: int
+    detail: str
+    detected_at: float
+
+
+class EventStore:
+    """The ``events``, ``quarantine``, ``bad_payloads`` and ``chain_breaks`` tables."""
+
+    def __init__(self, engine: SqliteEngine) -> None:
+        self._engine = engine
+
+    def ingest(self, batch: Batch, *, now: float | None = None) -> IngestResult:
+        """Store a batch once per ``(device, seq)``, verify links, and advance the device's contiguous seq.
+
+        Each event is stored on its own (a savepoint): one whose fields break the
+        contract or cannot be stored is kept in quarantine with its reason, and the
+        events around it are stored. Only a failure of the store itself raises, and
+        then nothing of the batch is committed.
+        """
+        at = time.time() if now is None else now
+        res = IngestResult()
+        with self._engine.transaction() as db:
+            db.execute(
+                "INSERT INTO devices (device, site, last_seen) VALUES (?, ?, ?) "
+                "ON CONFLICT (device) DO UPDATE SET last_seen = excluded.last_seen",
+                (batch.device, batch.site, at),
+            )
+            for ev in batch.events:
+                self._store_event(db, batch.site, ev, at, res, checked=batch.checked)
+            for bad in batch.invalid:
+                self._quarantine(db, batch.device, bad, at, res)
+            res.contiguous = self._advance(db, batch.device)
+        return res
+
+    def _store_event(
+        self, db: sqlite3.Connection, site: str, ev: Event, at: float, res: IngestResult, *, checked: bool
+    ) -> None:
+        part = IngestResult()
+        db.execute("SAVEPOINT event")
+        try:
+            if not checked:  # built in code (an imported export), not by decode_batch
+                check_event(ev)
+            self._insert_event(db, site, ev, at, part)
+        except EVENT_FAULTS as err:
+            db.execute("ROLLBACK TO event")
+            db.execute("RELEASE event")
+            if isinstance(err, WireError):
+                reason, detail = err.reason, err.detail
+            else:
+                reason, detail = "unstorable", f"{type(err).__name__}: {shown(str(err), 200)}"
+            raw = {"seq": ev.seq, "ts": ev.ts_ms, "kind": ev.kind, "body": ev.body, "prev": ev.prev, "hash": ev.hash}
+            self._quarantine(db, ev.device, InvalidEvent(readable_seq(raw), reason, detail, raw), at, res)
+            return
+        db.execute("RELEASE event")
+        res.new += part.new
+        res.duplicates += part.duplicates
+        res.conflicts += part.conflicts
+        res.chain_breaks += part.chain_breaks
+
+    def _insert_event(self, db: sqlite3.Connection, site: str, ev: Event, at: float, res: IngestResult) -> None:
+        cur = db.execute(
+            "INSERT OR IGNORE INTO events (device, seq, site, ts_ms, kind, body, prev, hash, stored_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (ev.device, ev.seq, site, ev.ts_ms, ev.kind, json.dumps(ev.body, ensure_ascii=False), ev.prev, ev.hash, at),
+        )
+        if cur.rowcount == 0:
+            row = db.execute("SELECT hash FROM events WHERE device = ? AND seq = ?", (ev.device, ev.seq)).fetchone()
+            if row is not None and row[0] != ev.hash:
+                res.conflicts += 1
+                self._chain_break(db, ev.device, ev.seq, "same seq received with different content", at, res)
+            else:
+                res.duplicates += 1
+            return
+        res.new += 1
+        # verify the link backwards, and forwards if the successor arrived first
+        if ev.seq == 1:
+            if ev.prev != GENESIS_HASH:
+                self._chain_break(db, ev.device, ev.seq, "first event does not start from the genesis hash", at, res)
+        else:
+            before = db.execute("SELECT hash FROM events WHERE device = ? AND seq = ?", (ev.device, ev.seq - 1))
+            row = before.fetchone()
+            if row is not None and row[0] != ev.prev:
+                self._chain_break(db, ev.device, ev.seq, "prev does not match the stored predecessor", at, res)
+        after = db.execute("SELECT prev FROM events WHERE device = ? AND seq = ?", (ev.device, ev.seq + 1)).fetchone()
+        if after is not None and after[0] != ev.hash:
+            self._chain_break(db, ev.device, ev.seq + 1, "prev does not match the stored predecessor", at, res)
+
+    def _quarantine(self, db: sqlite3.Connection, device: str, bad: InvalidEvent, at: float, res: IngestResult) -> None:
+        """Keep a refused event with its reason: under its seq when that is usable, else as a bad payload.
+
+        Every value written is bounded, escaped text (``raw`` is ASCII JSON), so the
+        row can be written whatever the event held; if it still fails, the store failed.
+        """
+        reason = _safe_text(bad.reason, MAX_REASON_CHARS) or "bad_event"
+        detail = _safe_text(bad.detail, MAX_DETAIL_CHARS)
+        raw = raw_text(bad.raw)
+        seq = bad.seq if bad.seq is not None and readable_seq({"seq": bad.seq}) is not None else None
+        log.warning("device %s: event seq=%s quarantined: %s (%s)", device, seq, reason, detail)
+        if seq is None:
+            db.execute(
+                "INSERT INTO bad_payloads (topic, reason, detail, payload, received_at) VALUES (?, ?, ?, ?, ?)",
+                (f"device:{device}", reason, detail, raw.encode("ascii"), at),
+            )
+            res.unidentified += 1
+            return
+        exists = db.execute("SELECT 1 FROM events WHERE device = ? AND seq = ?", (device, seq)).fetchone()
+        if exists:  # a valid copy is already stored; the bad copy adds nothing
+            res.duplicates += 1
+            return
+        cur = db.execute(
+            "INSERT OR IGNORE INTO quarantine (device, seq, reason, detail, raw, stored_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (device, seq, reason, detail, raw, at),
+        )
+        res.quarantined += cur.rowcount
+        res.rejected.append(Rejection(seq, reason))
+
+    def _chain_break(
+        self, db: sqlite3.Connection, device: str, seq: int, detail: str, at: float, res: IngestResult
+    ) -> None:
+        log.error("device %s: hash chain break at seq %d: %s", device, seq, detail)
+        db.execute(
+            "INSERT OR IGNORE INTO chain_breaks (device, seq, detail, detected_at) VALUES (?, ?, ?, ?)",
+            (device, seq, detail, at),
+        )
+        res.chain_breaks.append((seq, detail))
+
+    def _advance(self, db: sqlite3.Connection, device: str) -> int:
+        (contiguous,) = db.execute("SELECT contiguous_seq FROM devices WHERE device = ?", (device,)).fetchone()
+        start = contiguous
+        while True:
+            nxt = contiguous + 1
+            if db.execute("SELECT 1 FROM events WHERE device = ? AND seq = ?", (device, nxt)).fetchone() is None \
+                    and db.execute("SELECT 1 FROM quarantine WHERE device = ? AND seq = ?", (device, nxt)).fetchone() \
+                    is None:
+                break
+            contiguous = nxt
+        if contiguous != start:
+            db.execute("UPDATE devices SET contiguous_seq = ? WHERE device = ?", (contiguous, device))
+        return int(contiguous)
+
+    def record_bad_payload(self, topic_text: str, reason: str, detail: str, payload: bytes) -> None:
+        with self._engine.transaction() as db:
+            db.execute(
+                "INSERT INTO bad_payloads (topic, reason, detail, payload, received_at) VALUES (?, ?, ?, ?, ?)",
+                (_safe_text(topic_text, 300), _safe_text(reason, MAX_REASON_CHARS),
+                 _safe_text(detail, MAX_DETAIL_CHARS), bytes(payload[:MAX_RAW_CHARS]), time.time()),
+            )
+
+    def consumption_events(self, *, after_id: int, limit: int) -> list[StoredEvent]:
+        rows = self._engine.query(
+            "SELECT id, device, seq, ts_ms, kind, body, prev, hash FROM events "
+            "WHERE id > ? AND kind = ? ORDER BY id LIMIT ?",
+            (after_id, EventKind.CONSUME.value, limit),
+        )
+        return [StoredEvent(r[0], Event(r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7])) for r in rows]
+
+    def last_event_id(self) -> int:
+        return int(self._engine.query("SELECT COALESCE(MAX(id), 0) FROM events")[0][0])
+
+    def charging_events(self, *, after_id: int, limit: int) -> list[StoredEvent]:
+        """Consumptions, returns of unused items and items put back in a cabinet after ``after_id``, in store order."""
+        rows = self._engine.query(
+            "SELECT id, device, seq, ts_ms, kind, body, prev, hash FROM events "
+            "WHERE id > ? AND kind IN (?, ?, ?, ?) ORDER BY id LIMIT ?",
+            (after_id, EventKind.CONSUME.value, EventKind.RETURN_UNUSED.value, EventKind.RETURNED.value,
+             EventKind.RESTOCKED.value, limit),
+        )
+        return [StoredEvent(r[0], Event(r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7])) for r in rows]
+
+    def events_of_kinds(self, kinds: tuple[str, ...], *, after_id: int, limit: int) -> list[EventRow]:
+        """Events of these kinds stored after ``after_id``, in store order."""
+        marks = ", ".join("?" * len(kinds))
+        rows = self._engine.query(
+            f"SELECT id, device, seq, ts_ms, kind, body, stored_at FROM events WHERE id > ? AND kind IN ({marks}) "
+            "ORDER BY id LIMIT ?", (after_id, *kinds, limit))
+        return [EventRow(*r) for r in rows]
+
+    def chain_breaks(self) -> list[ChainBreakRow]:
+        rows = self._engine.query("SELECT device, seq, detail, detected_at FROM chain_breaks ORDER BY device, seq")
+        return [ChainBreakRow(*r) for r in rows]
+
+
+def _safe_text(text: object, limit: int) -> str:
+    """``text`` as storable UTF-8 of at most ``limit`` characters (lone surrogates and the like escaped)."""
+    value = text if isinstance(text, str) else shown(text, limit)
+    value = value[:limit]
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")[:limit]
+
+
+def raw_text(raw: object) -> str:
+    """The raw form of a refused event as ASCII JSON (``\\uXXXX`` escapes), at most :data:`MAX_RAW_CHARS`.
+
+    Never fails: a value JSON cannot write (nested past the recursion limit, a
+    type built in code) falls back to its shortened ``repr``.
+    """
+    try:
+        text = json.dumps(raw, ensure_ascii=True, allow_nan=True, default=repr)
+    except (ValueError, TypeError, RecursionError):
+        text = shown(raw, MAX_RAW_CHARS)
+    if len(text) > MAX_RAW_CHARS:
+        text = text[: MAX_RAW_CHARS - 40] + f"...<{len(text) - MAX_RAW_CHARS + 40} more chars cut>"
+    return text.encode("ascii", "backslashreplace").decode("ascii")

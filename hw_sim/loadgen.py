@@ -165,6 +165,7 @@ class SimDevice:
         self.counters = DeviceCounters()
         self._rng = random.Random(f"acks/{cfg.seed}/{device}")
         self._head = GENESIS_HASH
+        self._bodies: list[dict[str, Any]] = []  # prepared scan bodies (index seq - 1)
         self._t_events = topic(cfg.site, device, Channel.EVENTS)
         self._t_ack = topic(cfg.site, device, Channel.ACK)
         self._t_state = topic(cfg.site, device, Channel.STATE)
@@ -183,13 +184,22 @@ class SimDevice:
 
     # ------------------------------------------------------------ the log
 
+    def prepare(self, scans: int) -> None:
+        """Work out the wristband and item of the next ``scans`` scans now, so scanning later costs only the
+        timestamp, the hash and the send (the generator's CPU belongs to the wire, not to making barcodes)."""
+        first = len(self._bodies) + 1
+        self._bodies.extend(self._body(seq) for seq in range(first, first + scans))
+
+    def _body(self, seq: int) -> dict[str, Any]:
+        pair = scan_for(self.cfg.seed, self.device, seq, self.catalog)
+        return {"admission": pair.wristband, "udi": pair.udi, "operator": self.cfg.operator, "dept": self.cfg.dept}
+
     def scan(self) -> Event:
         """Record the next scan (a consume event chained to the last one) and send it if the window allows."""
         seq = len(self.events) + 1
-        pair = scan_for(self.cfg.seed, self.device, seq, self.catalog)
+        body = self._bodies[seq - 1] if seq <= len(self._bodies) else self._body(seq)
         now = time.time()
         ts_ms = int(now * 1000)
-        body = {"admission": pair.wristband, "udi": pair.udi, "operator": self.cfg.operator, "dept": self.cfg.dept}
         kind = EventKind.CONSUME.value
         digest = event_hash(self.device, seq, ts_ms, kind, body, self._head)
         ev = Event(self.device, seq, ts_ms, kind, body, self._head, digest)
@@ -309,6 +319,8 @@ class LoadGenerator:
 
     async def _run(self, during: Callable[[], None] | None, during_at_s: float) -> RunTimes:
         cfg = self.cfg
+        for dev in self.devices:
+            dev.prepare(cfg.backlog or int(cfg.duration_s * cfg.rate) + 2)
         if cfg.backlog:
             for dev in self.devices:
                 for _ in range(cfg.backlog):

@@ -81,6 +81,7 @@ from device.wire import (
     event_hash,
     topic,
 )
+from gateway.catalog import write_catalog_csv
 from hw_sim import reaper
 from hw_sim.catalog import SimCatalogItem, sim_catalog
 from hw_sim.handheld import scan_for
@@ -121,10 +122,11 @@ class LoadConfig:
 
 
 def new_tag() -> str:
-    """Four characters from the clock, so runs against the same gateway never reuse a device id."""
+    """Five characters from the clock (one a second, repeating after two years), so runs against the same
+    gateway do not reuse a device id."""
     alphabet = string.digits + string.ascii_uppercase
-    n, out = int(time.time() * 10), ""
-    for _ in range(4):
+    n, out = int(time.time()), ""
+    for _ in range(5):
         n, r = divmod(n, 36)
         out = alphabet[r] + out
     return out
@@ -677,7 +679,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="host:port of a broker with a gateway already on it (default: start a private one)")
     p.add_argument("--gateway-db", type=Path, default=None, help="with --broker: the gateway's store, to count from")
     p.add_argument("--his-db", type=Path, default=None, help="with --broker: the simulated HIS's database")
+    p.add_argument("--write-catalog", type=Path, default=None, metavar="CSV",
+                   help="write the items the devices scan as a CSV for spd-gateway catalog-import, and exit")
     a = p.parse_args(argv)
+    if a.write_catalog is not None:
+        a.write_catalog.write_text(write_catalog_csv([i.row() for i in sim_catalog()]), encoding="utf-8")
+        return 0
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("gmqtt").setLevel(logging.ERROR)
     reaper.exit_on_signals()  # SIGTERM/SIGHUP: unwind, so the private broker and gateway are ended

@@ -26,6 +26,7 @@ It reports, from each party's own records:
 
 * scan → stored: from the scan's wall time to the device receiving the
   gateway's ack covering it (the gateway acks only after its commit);
+* scan → committed: from the scan to the gateway's ``stored_at`` for the event;
 * scan → HIS ACK: from the scan to the simulated HIS's ``first_received_at``
   of its charge (matched by charge id, docs/wire.md), the HIS answers at once;
 * the tally: lost, duplicated, invented, quarantined, as :func:`hw_sim.harness.tally`
@@ -36,7 +37,7 @@ It reports, from each party's own records:
 
 ``--backlog N`` is the burst mode: every device holds N events when it
 connects (as after an outage) and sends them as fast as acks allow; it
-reports events/s acknowledged and stored.
+reports events/s acknowledged, committed and charged.
 """
 
 from __future__ import annotations

@@ -689,6 +689,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--write-catalog", type=Path, default=None, metavar="CSV",
                    help="write the items the devices scan as a CSV for spd-gateway catalog-import, and exit")
     a = p.parse_args(argv)
+    if not 1 <= a.devices <= 99_999:
+        p.error("--devices must be 1 to 99,999")
+    if not a.backlog and (a.rate <= 0 or a.duration <= 0):
+        p.error("--rate and --duration must be positive (or give --backlog)")
     if a.write_catalog is not None:
         a.write_catalog.write_text(write_catalog_csv([i.row() for i in sim_catalog()]), encoding="utf-8")
         return 0

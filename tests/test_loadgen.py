@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from device.wire import GENESIS_HASH, Ack, Channel, decode_batch, encode_ack, encode_batch, topic
 from hw_sim.catalog import sim_catalog
 from hw_sim.harness import SpineHarness
-from hw_sim.loadgen import LoadConfig, SimDevice, charge_id, run_private
+from hw_sim.loadgen import LoadConfig, SimDevice, charge_id, main, run_private
 
 
 def _offline_device(name: str = "LTEST00001") -> SimDevice:
@@ -40,6 +42,15 @@ def test_ack_beyond_the_last_sequence_is_refused_and_a_good_one_marks_events_sto
 
 def test_charge_id_follows_the_wire_contract() -> None:
     assert charge_id("HH01", 42).endswith("0000000042") and len(charge_id("HH01", 42)) == 20
+
+
+def test_cli_writes_the_catalogue_its_devices_scan_and_refuses_a_zero_rate(tmp_path: Path) -> None:
+    csv = tmp_path / "sim.csv"
+    assert main(["--write-catalog", str(csv)]) == 0
+    assert csv.read_text(encoding="utf-8").count("\n") == len(sim_catalog()) + 1
+    with pytest.raises(SystemExit) as exc:
+        main(["--rate", "0"])
+    assert exc.value.code == 2
 
 
 def test_load_end_to_end_with_a_broker_restart_and_lost_acks(tmp_path: Path) -> None:

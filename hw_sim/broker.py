@@ -98,6 +98,11 @@ class MosquittoBroker:
         raise BrokerError(f"mosquitto did not listen on {self.host}:{self.port} within {timeout_s}s")
 
     @property
+    def pid(self) -> int | None:
+        """The Mosquitto process id while it runs (for CPU accounting)."""
+        return self._proc.pid if self.running and self._proc is not None else None
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 

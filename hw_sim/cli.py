@@ -16,6 +16,7 @@ COMMANDS = {
     "ward": "hw_sim.ward",
     "chaos": "hw_sim.chaos",
     "fuzz": "hw_sim.fuzz",
+    "load": "hw_sim.loadgen",
     "cabinet-bench": "hw_sim.cabinet_bench",
     "camera-bench": "hw_sim.camera_bench",
 }

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from device.wire import GENESIS_HASH, canonical
 from gateway.store import GatewayStore
+from spd_common.wire import GENESIS_HASH, canonical
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from device.remote import Component
 from gateway.catalog_export import DEFAULT_DISCHARGE_GRACE_S, build_device_catalog
 from gateway.fleet import Fleet
 from gateway.store import GatewayStore
+from spd_common.command_schema import Component
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ from gateway.store import GatewayStore
 
 def _run(a: argparse.Namespace) -> int:
     """``run`` and ``service``: one code path, whether a person or systemd starts the gateway."""
-    from device.config import ConfigError
     from gateway.app import Gateway
     from gateway.config import check_files, config_from_args, describe
     from gateway.his.adapter import HisConfigError
+    from spd_common.toml_config import ConfigError
 
     try:
         cfg = config_from_args(a)

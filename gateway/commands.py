@@ -18,9 +18,9 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from device.remote import COMMAND_VERSION, MAX_LIFETIME_MS, CommandKind, signing_bytes
-from device.wire import canonical, check_id
 from gateway.store import GatewayStore
+from spd_common.command_schema import COMMAND_VERSION, MAX_LIFETIME_MS, CommandKind, signing_bytes
+from spd_common.wire import canonical, check_id
 
 SEQ_SCHEMA = "CREATE TABLE IF NOT EXISTS command_seq (device TEXT PRIMARY KEY, seq INTEGER NOT NULL)"
 

@@ -6,7 +6,7 @@ command the test harnesses start. Command-line flags override the file, key
 by key (a site engineer trying another HIS port need not edit the file).
 
 The file is parsed as strictly as the device's (:mod:`device.config`, whose
-:class:`~device.config.Section` it reuses): an unknown section or key, a
+:class:`~spd_common.toml_config.Section` it reuses): an unknown section or key, a
 wrong type or a value out of range stops the gateway at start-up with
 ``file: key: reason``, never a silent default. Relative paths are relative
 to the file. Secrets never appear on a command line (where ``ps`` shows them
@@ -39,8 +39,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from device.config import ConfigError, Section
-from device.sync import TlsSettings
+from spd_common.mqtt import TlsSettings
+from spd_common.toml_config import ConfigError, Section
 
 if TYPE_CHECKING:  # gateway.app pulls in every service; the parser of spd-gateway's other commands need not
     from gateway.app import GatewayConfig

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from device.extras import require_extras
+from spd_common.extras import require_extras
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,10 +39,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from device.heartbeat import HeartbeatRegistry
-from device.wire import EventKind
 from gateway import bridge
 from gateway.store import GatewayStore
+from spd_common.heartbeat import HeartbeatRegistry
+from spd_common.wire import EventKind
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from device.cabinet.allowlist import AllowListError, Role, hash_pin, normalise_badge, parse_allowlist
 from gateway.catalog import RowError, Table, _bool, _check_header, _record, _text, read_table
 from gateway.store import GatewayStore
+from spd_common.allowlist import AllowListError, Role, hash_pin, normalise_badge, parse_allowlist
 
 log = logging.getLogger(__name__)
 

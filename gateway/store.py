@@ -25,7 +25,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from device.wire import (
+from spd_common.wire import (
     GENESIS_HASH,
     Batch,
     DeviceState,

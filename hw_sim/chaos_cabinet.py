@@ -37,12 +37,12 @@ from pathlib import Path
 from typing import Any
 
 from device.cabinet.session import SessionState
-from device.durable import write_atomic
 from device.eventlog import EventLog
 from device.sync import DeviceSync
-from device.wire import Event
 from hw_sim.cabinet import SimCabinet, SimTaggedItem, make_items
 from hw_sim.handheld import JumpingClock
+from spd_common.durable import write_atomic
+from spd_common.wire import Event
 
 log = logging.getLogger(__name__)
 

@@ -112,7 +112,7 @@ def bench_screen(workdir: Path, scans: int) -> dict[str, Any] | None:
 
 
 def _cabinet_rss(workdir: Path, *, camera: bool) -> tuple[float, float]:
-    from device.cabinet.allowlist import Badge, write_allowlist
+    from spd_common.allowlist import Badge, write_allowlist
 
     workdir.mkdir(parents=True, exist_ok=True)
     reader = SimR2000Reader(tags_per_s=3000)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from device.extras import require_extras
+from spd_common.extras import require_extras
 
 
 def extras_for(args: list[str]) -> tuple[str, ...]:

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from device.cabinet.config import cabinet_config
-from device.config import ConfigError
 from device.hal.pins import PinFactory
-from device.heartbeat import HeartbeatRegistry
+from spd_common.heartbeat import HeartbeatRegistry
+from spd_common.toml_config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def run(config_path: Path, *, stop: threading.Event | None = None, pin_factory: 
     from device.eventlog import EventLog
     from device.remote_wiring import build_remote, catalog_cache_path, load_effective_config, load_verifier
     from device.scan_policy import ConsumedSerials, ScanPolicy
-    from device.sync import DeviceSync, TlsSettings
+    from device.sync import DeviceSync
 
     effective = load_effective_config(config_path)
     cfg = effective.config
@@ -63,7 +63,7 @@ def run(config_path: Path, *, stop: threading.Event | None = None, pin_factory: 
         eventlog, site=cfg.site, host=cfg.broker.host, port=cfg.broker.port, batch_size=cfg.sync.batch_size,
         window=cfg.sync.window, resend_after_s=cfg.sync.resend_after_s, state_every_s=cfg.sync.state_every_s,
         keepalive_s=cfg.broker.keepalive_s,
-        tls=TlsSettings(str(tls.ca_file), str(tls.cert_file), str(tls.key_file)) if tls else None,
+        tls=tls,
         on_command=remote.on_command if remote is not None else None,
         state_extra=remote.state_extra if remote is not None else None,
         heartbeats=heartbeats,

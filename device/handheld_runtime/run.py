@@ -17,9 +17,9 @@ import sys
 import threading
 from pathlib import Path
 
-from device.config import ConfigError
 from device.hal.pins import PinFactory
 from device.remote_wiring import EffectiveConfig
+from spd_common.toml_config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def run_handheld(config_path: Path, effective: EffectiveConfig, *, stop: threadi
     from device.handheld_runtime.screen import ConsoleScreen, Frame, HeadlessScreen, Link, choose_screen
     from device.remote_wiring import RESTART_EXIT_CODE, catalog_cache_path, load_verifier, remote_parts
     from device.scan_policy import ConsumedSerials, ScanPolicy
-    from device.sync import DeviceSync, TlsSettings
+    from device.sync import DeviceSync
 
     cfg = effective.config
     hh = cfg.handheld
@@ -67,7 +67,7 @@ def run_handheld(config_path: Path, effective: EffectiveConfig, *, stop: threadi
         eventlog, site=cfg.site, host=cfg.broker.host, port=cfg.broker.port, batch_size=cfg.sync.batch_size,
         window=cfg.sync.window, resend_after_s=cfg.sync.resend_after_s, state_every_s=cfg.sync.state_every_s,
         keepalive_s=cfg.broker.keepalive_s,
-        tls=TlsSettings(str(tls.ca_file), str(tls.cert_file), str(tls.key_file)) if tls else None,
+        tls=tls,
         on_command=remote.on_command if remote is not None else None,
         state_extra=remote.state_extra if remote is not None else None,
     )

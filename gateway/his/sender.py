@@ -31,9 +31,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from device.heartbeat import HeartbeatRegistry
 from gateway.his.adapter import HisAdapter, HisAdapterClosed, HisError, HisOutcome, HisResult
 from gateway.store import GatewayStore, OutboxCharge
+from spd_common.heartbeat import HeartbeatRegistry
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,7 @@ from datetime import datetime
 from enum import Enum
 
 from gateway.his.adapter import HisError
+from gateway.hl7text import EncodingCharacters, escape
 
 _SEGMENT_BREAK = re.compile(r"\r\n|\r|\n")
 _HL7_TIMESTAMP = "%Y%m%d%H%M%S"
@@ -55,23 +56,6 @@ class AckCode(Enum):
     def is_commit(self) -> bool:
         """True for the enhanced-mode commit acknowledgements (CA, CE, CR)."""
         return self.value.startswith("C")
-
-
-@dataclass(frozen=True)
-class EncodingCharacters:
-    """The delimiters a message declares in MSH-1 and MSH-2."""
-
-    field: str = "|"
-    component: str = "^"
-    repetition: str = "~"
-    escape: str = "\\"
-    subcomponent: str = "&"
-    truncation: str | None = None  # v2.7+ fifth character; kept so it round-trips
-
-    @property
-    def msh2(self) -> str:
-        """The MSH-2 field value declaring these characters."""
-        return self.component + self.repetition + self.escape + self.subcomponent + (self.truncation or "")
 
 
 @dataclass(frozen=True)
@@ -136,23 +120,6 @@ def message_control_id(message: str) -> str:
         raise Hl7Error("empty", "message is empty")
     _, msh = parse_msh(segments[0])
     return field(msh, 10)
-
-
-def escape(value: str, chars: EncodingCharacters) -> str:
-    """Escape delimiters and line breaks in a text value (HL7 v2 section 2.7)."""
-    e = chars.escape
-    replacements = {
-        chars.escape: f"{e}E{e}",
-        chars.field: f"{e}F{e}",
-        chars.component: f"{e}S{e}",
-        chars.subcomponent: f"{e}T{e}",
-        chars.repetition: f"{e}R{e}",
-        "\r": f"{e}X0D{e}",
-        "\n": f"{e}X0A{e}",
-    }
-    if chars.truncation:
-        replacements[chars.truncation] = f"{e}P{e}"
-    return "".join(replacements.get(char, char) for char in value)
 
 
 def unescape(value: str, chars: EncodingCharacters, encoding: str = "utf-8") -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from gateway.catalog import (
     read_recall_file,
 )
 from gateway.store import GatewayStore
+from spd_common.logsetup import add_verbose_flag, setup_logging
 
 
 def _run(a: argparse.Namespace) -> int:
@@ -197,7 +197,7 @@ def _charges(a: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="spd-gateway", description="spd-edge gateway")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    add_verbose_flag(p)
     sub = p.add_subparsers(dest="cmd", required=True)
 
     from gateway.config import add_arguments
@@ -270,8 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    level = logging.DEBUG if a.verbose > 1 else logging.INFO if a.verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging(a.verbose)
     return int(a.func(a))
 
 

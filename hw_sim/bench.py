@@ -28,6 +28,7 @@ from hw_sim import reaper
 from hw_sim.broker import MosquittoBroker
 from hw_sim.handheld import SimHandheld, scan_for
 from hw_sim.harness import SpineHarness
+from spd_common.logsetup import setup_logging
 
 
 def pct(values: list[float], p: float) -> float:
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--worker-timeout", type=float, default=None,
                    help="seconds to wait for the fleet workers (default: duration + 180)")
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.ERROR)
+    setup_logging(quiet=logging.ERROR)
     reaper.exit_on_signals()  # SIGTERM/SIGHUP: unwind, so the broker, gateway and workers are ended
     if a.which == "fleet-worker":
         lat = run_fleet_worker(first=a.first, count=a.count, site=a.site, data_dir=a.data_dir,

@@ -57,6 +57,7 @@ from hw_sim import reaper
 from hw_sim.chaos_cabinet import read_report, report_mismatches
 from hw_sim.harness import ManagedProcess, SpineHarness, Tally
 from hw_sim.netproxy import FaultProxy
+from spd_common.logsetup import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -660,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--return-rate", type=float, default=0.02, help="share of handheld items given back unused")
     p.add_argument("--workdir", type=Path, default=None)
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging()
     reaper.exit_on_signals()  # SIGTERM/SIGHUP: unwind, so broker, gateways, devices and mounts are ended
     cfg = ChaosConfig(
         seed=a.seed, devices=a.devices, scans_per_device=a.scans_per_device, rate=a.rate,

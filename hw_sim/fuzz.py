@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spd_common.logsetup import setup_logging
+
 log = logging.getLogger(__name__)
 
 TODAY = dt.date(2025, 6, 1)
@@ -579,7 +581,7 @@ TARGETS: dict[str, FuzzTarget] = {
 
 _WIRE_TARGETS = ("wire_batch", "wire_ack", "wire_state")
 KNOWN_BUGS: tuple[KnownBug, ...] = (
-    # fixed: device/wire.py _load (deep nesting, 4300-digit integers), device/config.py load_config,
+    # fixed: spd_common/wire.py _load (deep nesting, 4300-digit integers), device/config.py load_config,
     # device/hal/scanner/serial_scanner.py LineFramer (max_line on complete lines); their crashers stay as
     # regression inputs under tests/data/crashers/
 )
@@ -777,7 +779,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strict", action="store_true", help="treat known, reported bugs as crashes too")
     parser.add_argument("--crashers", type=Path, default=CRASHERS_DIR)
     opts = parser.parse_args(args)
-    logging.basicConfig(level=logging.ERROR, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    setup_logging(quiet=logging.ERROR)
     names = list(TARGETS) if opts.target == "all" else [opts.target]
     engine = run_atheris if opts.engine == "atheris" else run_random
     failed = False

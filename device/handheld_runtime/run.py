@@ -19,6 +19,7 @@ from pathlib import Path
 
 from device.hal.pins import PinFactory
 from device.remote_wiring import EffectiveConfig
+from spd_common.logsetup import formatter
 from spd_common.toml_config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -151,5 +152,5 @@ def _log_beside_screen(path: Path) -> None:
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
             root.removeHandler(handler)
     file_handler = logging.FileHandler(path, encoding="utf-8")
-    file_handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    file_handler.setFormatter(formatter())
     root.addHandler(file_handler)

@@ -49,15 +49,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
 from device.eventlog import EventLog
 from hw_sim import reaper
 from hw_sim.chaos_cabinet import read_report, report_mismatches
 from hw_sim.harness import ManagedProcess, SpineHarness, Tally
 from hw_sim.netproxy import FaultProxy
 from spd_common.logsetup import setup_logging
+from spd_common.mqtt import make_client
 
 log = logging.getLogger(__name__)
 
@@ -256,8 +254,7 @@ class ChaosRun:
 
     def _rogue(self) -> None:
         """Malformed payloads mixed into the traffic, on real and unknown devices' topics."""
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="rogue")
-        client.reconnect_delay_set(0.2, 1)  # type: ignore[arg-type]
+        client = make_client("rogue", reconnect_min_s=0.2, reconnect_max_s=1.0)
         client.connect_async("127.0.0.1", self.h.broker.port)
         client.loop_start()
         rng = random.Random(self.cfg.seed + 7)

@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from spd_common.logsetup import add_verbose_flag, setup_logging
+from spd_common.logsetup import add_verbose_flag, run_command
 
 # modules that contribute commands; each defines register(subparsers)
 COMMAND_MODULES = (
@@ -39,9 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
-    setup_logging(a.verbose)
-    return int(a.func(a))
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ their own sections with :func:`register_section` (the cabinet registers
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 
 from spd_common.mqtt import TlsSettings
 from spd_common.toml_config import REQUIRED as _REQUIRED
-from spd_common.toml_config import ConfigError, Section
+from spd_common.toml_config import Section, parse_toml, read_config_text
 from spd_common.wire import ID_PATTERN
 
 # ---------------------------------------------------------------- core sections
@@ -230,24 +229,12 @@ def _parse_handheld(h: Section, base: Path) -> HandheldConfig:
 
 def parse_config_text(text: str, *, source: str = "<config>", base_dir: Path | None = None) -> DeviceConfig:
     """Parse TOML text; every problem, syntax included, is a :class:`ConfigError`."""
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(source, "(syntax)", str(err)) from None
-    except RecursionError:
-        raise ConfigError(source, "(syntax)", "nesting too deep") from None
-    return parse_config(doc, source=source, base_dir=base_dir)
+    return parse_config(parse_toml(text, source=source), source=source, base_dir=base_dir)
 
 
 def load_config(path: str | Path) -> DeviceConfig:
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(str(p), "(file)", "not found") from None
-    except UnicodeDecodeError as err:
-        raise ConfigError(str(p), "(encoding)", f"not UTF-8 ({err.reason} at byte {err.start})") from None
-    return parse_config_text(text, source=str(p), base_dir=p.parent)
+    return parse_config_text(read_config_text(p), source=str(p), base_dir=p.parent)
 
 
 # ---------------------------------------------------------------- [remote]: signed commands from the gateway

@@ -20,7 +20,7 @@ from gateway.catalog import (
     read_recall_file,
 )
 from gateway.store import GatewayStore
-from spd_common.logsetup import add_verbose_flag, setup_logging
+from spd_common.logsetup import add_verbose_flag, run_command
 
 
 def _run(a: argparse.Namespace) -> int:
@@ -250,9 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
-    setup_logging(a.verbose)
-    return int(a.func(a))
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

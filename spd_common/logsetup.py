@@ -24,6 +24,13 @@ def setup_logging(verbose: int = 0, *, quiet: int = logging.WARNING, stream: Tex
     logging.basicConfig(level=level, format=LOG_FORMAT, stream=stream)
 
 
+def run_command(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    """Parse the command line, set up logging from ``-v``, run the chosen subcommand (``args.func``)."""
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    return int(args.func(args))
+
+
 def formatter() -> logging.Formatter:
     """The same line format for a handler a command adds itself (e.g. a log file beside a screen)."""
     return logging.Formatter(LOG_FORMAT)

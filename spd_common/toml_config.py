@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import re
+import tomllib
+from pathlib import Path
 from typing import Any, Final
 
 REQUIRED: Final = object()  # the default of a getter whose key must be present
@@ -130,3 +132,25 @@ class Section:
         unknown = sorted(set(self._t) - self._seen)
         if unknown:
             raise self.error(unknown[0], "unknown option")
+
+
+def parse_toml(text: str, *, source: str) -> dict[str, Any]:
+    """Parse TOML text; a syntax error (or nesting too deep to parse) is a :class:`ConfigError`."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(source, "(syntax)", str(err)) from None
+    except RecursionError:
+        raise ConfigError(source, "(syntax)", "nesting too deep") from None
+
+
+def read_config_text(path: Path) -> str:
+    """A configuration file's text; missing, unreadable or not UTF-8 is a :class:`ConfigError` naming it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(path), "(file)", "not found") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(str(path), "(encoding)", f"not UTF-8 ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise ConfigError(str(path), "(file)", f"cannot be read: {err.strerror}") from None

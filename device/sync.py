@@ -31,7 +31,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from device import __version__
 from device.eventlog import EventLog, EventLogError
 from spd_common.heartbeat import MQTT_LOOP_DEADLINE_S, HeartbeatRegistry
-from spd_common.mqtt import TlsSettings, make_client
+from spd_common.mqtt import TlsSettings, make_client, start_loop, stop_loop
 from spd_common.wire import (
     Channel,
     DeviceState,
@@ -122,10 +122,8 @@ class DeviceSync:
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> DeviceSync:
-        self._client.connect_async(self.host, self.port, keepalive=self.keepalive_s)
-        self._mqtt_beat.watch()
         self._sender_beat.watch()
-        self._client.loop_start()
+        start_loop(self._client, self.host, self.port, self._mqtt_beat, keepalive=self.keepalive_s)
         self._thread = threading.Thread(target=self._sender, name=f"sync-{self.device}", daemon=True)
         self._thread.start()
         return self
@@ -137,15 +135,13 @@ class DeviceSync:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self._sender_beat.retire()
-        self._mqtt_beat.retire()
         if publish_offline and self._connected:
             info = self._client.publish(self._t_state, self._state_payload(DeviceStatus.OFFLINE), qos=1, retain=True)
             try:
                 info.wait_for_publish(timeout=2)
             except (RuntimeError, ValueError):
                 pass
-        self._client.disconnect()
-        self._client.loop_stop()
+        stop_loop(self._client, self._mqtt_beat)
 
     def notify(self) -> None:
         """Wake the sender: a new event was committed."""

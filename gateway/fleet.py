@@ -30,7 +30,7 @@ from gateway.commands import CommandSequence, CommandSigner
 from gateway.store import GatewayStore
 from spd_common.command_schema import CommandKind, Component
 from spd_common.heartbeat import MQTT_LOOP_DEADLINE_S, HeartbeatRegistry
-from spd_common.mqtt import TlsSettings, make_client
+from spd_common.mqtt import TlsSettings, make_client, start_loop, stop_loop
 from spd_common.wire import Channel, DeviceState, DeviceStatus, WireError, decode_state, subscription, topic
 
 log = logging.getLogger(__name__)
@@ -243,18 +243,14 @@ class FleetLink:
             info.wait_for_publish(10)
 
     def start(self) -> FleetLink:
-        self._client.connect_async(self.host, self.port, keepalive=15)
-        self._beat.watch()
-        self._client.loop_start()
+        start_loop(self._client, self.host, self.port, self._beat, keepalive=15)
         return self
 
     def wait_connected(self, timeout_s: float = 10.0) -> bool:
         return self._connected.wait(timeout_s)
 
     def stop(self) -> None:
-        self._beat.retire()
-        self._client.disconnect()
-        self._client.loop_stop()
+        stop_loop(self._client, self._beat)
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
         if rc.is_failure:

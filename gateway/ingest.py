@@ -29,7 +29,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.store import GatewayStore
 from spd_common.heartbeat import MQTT_LOOP_DEADLINE_S, HeartbeatRegistry
-from spd_common.mqtt import TlsSettings, make_client
+from spd_common.mqtt import TlsSettings, make_client, start_loop, stop_loop
 from spd_common.wire import (
     Ack,
     Channel,
@@ -92,18 +92,14 @@ class IngestService:
     def start(self) -> IngestService:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = 3600  # the broker queues events while the gateway restarts
-        self._client.connect_async(self.host, self.port, keepalive=15, clean_start=False, properties=props)
-        self._beat.watch()
-        self._client.loop_start()
+        start_loop(self._client, self.host, self.port, self._beat, keepalive=15, clean_start=False, properties=props)
         return self
 
     def wait_connected(self, timeout_s: float = 10.0) -> bool:
         return self._connected.wait(timeout_s)
 
     def stop(self) -> None:
-        self._beat.retire()
-        self._client.disconnect()
-        self._client.loop_stop()
+        stop_loop(self._client, self._beat)
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
         if rc.is_failure:

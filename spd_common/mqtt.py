@@ -61,3 +61,17 @@ def make_client(
     if heartbeat is not None:
         watch_mqtt_loop(client, heartbeat)
     return client
+
+
+def start_loop(client: mqtt.Client, host: str, port: int, heartbeat: Heartbeat, **connect: Any) -> None:
+    """Connect in the background (paho retries by itself), watch the loop's heartbeat, start the network thread."""
+    client.connect_async(host, port, **connect)
+    heartbeat.watch()
+    client.loop_start()
+
+
+def stop_loop(client: mqtt.Client, heartbeat: Heartbeat) -> None:
+    """Retire the loop's heartbeat (a stopped loop is not a wedged one), disconnect, end the network thread."""
+    heartbeat.retire()
+    client.disconnect()
+    client.loop_stop()

@@ -1,6 +1,6 @@
 """Signing remote commands for devices with the gateway's Ed25519 key, with per-device sequence numbers.
 
-The envelope and the signed bytes are defined device-side (:mod:`device.remote`),
+The envelope and the signed bytes are defined once (:mod:`spd_common.command_schema`),
 so the verifier and the signer cannot drift apart. Sequence numbers are
 allocated from the gateway store (``command_seq``), one counter per device,
 committed before the command is signed, so they never repeat after a restart.

@@ -5,8 +5,8 @@ A hospital runs exactly what was tested: ``spd-gateway run --config
 command the test harnesses start. Command-line flags override the file, key
 by key (a site engineer trying another HIS port need not edit the file).
 
-The file is parsed as strictly as the device's (:mod:`device.config`, whose
-:class:`~spd_common.toml_config.Section` it reuses): an unknown section or key, a
+The file is parsed as strictly as the device's (both read it with
+:class:`~spd_common.toml_config.Section`): an unknown section or key, a
 wrong type or a value out of range stops the gateway at start-up with
 ``file: key: reason``, never a silent default. Relative paths are relative
 to the file. Secrets never appear on a command line (where ``ps`` shows them

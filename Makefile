@@ -23,7 +23,7 @@ test: $(STAMP)
 	bash tools/run-tests.sh
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check device gateway hw_sim tests
+	$(VENV)/bin/ruff check spd_common device gateway hw_sim tests
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)

@@ -21,7 +21,8 @@ grace period ends on time while it is offline. A discharged admission without ``
 document without ``discharge_grace_s`` (older gateways), is refused at once, as before. ``records``
 carries name initials only (privacy), never a full name. Documents without the optional keys parse.
 
-``digest`` covers everything but ``version``, ``digest`` and ``generated_at`` (:func:`content_digest`).
+``digest`` covers everything but ``version``, ``digest`` and ``generated_at``
+(:func:`spd_common.catalog_doc.content_digest`).
 :meth:`CatalogCache.apply` validates a document completely before it replaces the file (temp file,
 fsync, rename, fsync of the directory), so a power cut leaves either the old or the new copy.
 """
@@ -29,7 +30,6 @@ fsync, rename, fsync of the directory), so a power cut leaves either the old or 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import threading
@@ -40,14 +40,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from device.durable import write_atomic
-from device.udi.gs1 import is_valid_gtin
+from spd_common.catalog_doc import DOC_SCHEMA, content_digest
+from spd_common.durable import write_atomic
+from spd_common.gtin import is_valid_gtin
 
 log = logging.getLogger(__name__)
 
-DOC_SCHEMA = "spd-device-catalog/1"
 ALL_LOTS = "*"
-_UNSIGNED = ("version", "digest", "generated_at")
 
 
 class CatalogCacheError(Exception):
@@ -132,13 +131,6 @@ class _Snapshot:
     discharged: frozenset[str] | None
     records: dict[str, PatientRecord]
     grace_s: int | None
-
-
-def content_digest(doc: Mapping[str, Any]) -> str:
-    """``sha256:<hex>`` of the canonical JSON of the document without its version, digest and timestamp."""
-    content = {k: v for k, v in doc.items() if k not in _UNSIGNED}
-    text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 class CatalogCache:

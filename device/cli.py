@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
+
+from spd_common.logsetup import add_verbose_flag, run_command
 
 # modules that contribute commands; each defines register(subparsers)
 COMMAND_MODULES = (
@@ -24,7 +25,7 @@ COMMAND_MODULES = (
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="spd-device", description="spd-edge cabinet and handheld agent")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    add_verbose_flag(p)
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -38,10 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
-    level = logging.DEBUG if a.verbose > 1 else logging.INFO if a.verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    return int(a.func(a))
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

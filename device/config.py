@@ -1,5 +1,7 @@
 """The device's TOML configuration: typed getters with bounds; unknown keys are errors naming the key and file.
 
+The strict reader (:class:`spd_common.toml_config.Section`) is shared with the gateway's configuration.
+
 A field technician's typo must stop the agent at start-up with a message
 that says which key in which file is wrong, never fall back to a default.
 
@@ -11,137 +13,16 @@ their own sections with :func:`register_section` (the cabinet registers
 
 from __future__ import annotations
 
-import math
 import re
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any
 
-from device.wire import ID_PATTERN
-
-T = TypeVar("T")
-_REQUIRED: Final = object()
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown, of the wrong type or out of range."""
-
-    def __init__(self, source: str, key: str, message: str) -> None:
-        super().__init__(f"{source}: {key}: {message}")
-        self.source = source
-        self.key = key
-
-
-class Section:
-    """Typed, bounded access to one TOML table; :meth:`done` rejects keys nobody asked for."""
-
-    def __init__(self, table: dict[str, Any], *, source: str, prefix: str = "") -> None:
-        if not isinstance(table, dict):
-            raise ConfigError(source, prefix or "(top)", "must be a table")
-        self._t = table
-        self._source = source
-        self._prefix = prefix
-        self._seen: set[str] = set()
-
-    @property
-    def source(self) -> str:
-        return self._source
-
-    def key(self, name: str) -> str:
-        return f"{self._prefix}.{name}" if self._prefix else name
-
-    def error(self, name: str, message: str) -> ConfigError:
-        return ConfigError(self._source, self.key(name), message)
-
-    def has(self, name: str) -> bool:
-        return name in self._t
-
-    def _get(self, name: str, default: Any) -> Any:
-        self._seen.add(name)
-        if name in self._t:
-            return self._t[name]
-        if default is _REQUIRED:
-            raise self.error(name, "is required")
-        return default
-
-    def get_str(self, name: str, default: Any = _REQUIRED, *, pattern: re.Pattern[str] | None = None,
-            choices: tuple[str, ...] | None = None) -> Any:
-        v = self._get(name, default)
-        if v is default and default is not _REQUIRED:
-            return v
-        if not isinstance(v, str):
-            raise self.error(name, f"must be a string, got {type(v).__name__}")
-        if pattern is not None and not pattern.match(v):
-            raise self.error(name, f"{v!r} does not match {pattern.pattern}")
-        if choices is not None and v not in choices:
-            raise self.error(name, f"{v!r} is not one of {', '.join(choices)}")
-        return v
-
-    def get_int(self, name: str, default: Any = _REQUIRED, *, min: int | None = None, max: int | None = None) -> Any:
-        v = self._get(name, default)
-        if v is default and default is not _REQUIRED:
-            return v
-        if not isinstance(v, int) or isinstance(v, bool):
-            raise self.error(name, f"must be an integer, got {type(v).__name__}")
-        if (min is not None and v < min) or (max is not None and v > max):
-            raise self.error(name, f"{v} is out of range [{min}, {max}]")
-        return v
-
-    def get_float(self, name: str, default: Any = _REQUIRED, *, min: float | None = None,
-              max: float | None = None) -> Any:
-        v = self._get(name, default)
-        if v is default and default is not _REQUIRED:
-            return v
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-            raise self.error(name, f"must be a number, got {v!r}")
-        if (min is not None and v < min) or (max is not None and v > max):
-            raise self.error(name, f"{v} is out of range [{min}, {max}]")
-        return float(v)
-
-    def get_bool(self, name: str, default: Any = _REQUIRED) -> Any:
-        v = self._get(name, default)
-        if v is default and default is not _REQUIRED:
-            return v
-        if not isinstance(v, bool):
-            raise self.error(name, f"must be true or false, got {v!r}")
-        return v
-
-    def get_list(self, name: str, default: Any = _REQUIRED) -> Any:
-        v = self._get(name, default)
-        if v is default and default is not _REQUIRED:
-            return v
-        if not isinstance(v, list):
-            raise self.error(name, f"must be a list, got {type(v).__name__}")
-        return v
-
-    def section(self, name: str, *, optional: bool = False) -> Section | None:
-        self._seen.add(name)
-        if name not in self._t:
-            if optional:
-                return None
-            raise self.error(name, "section is required")
-        return Section(self._t[name], source=self._source, prefix=self.key(name))
-
-    def sections(self, name: str) -> list[Section]:
-        """An array of tables (``[[name]]``)."""
-        self._seen.add(name)
-        v = self._t.get(name, [])
-        if not isinstance(v, list):
-            raise self.error(name, "must be an array of tables ([[...]])")
-        return [Section(t, source=self._source, prefix=f"{self.key(name)}[{i}]") for i, t in enumerate(v)]
-
-    def raw(self) -> dict[str, Any]:
-        """The table as parsed, every key counted as known (for sections validated elsewhere)."""
-        self._seen.update(self._t)
-        return dict(self._t)
-
-    def done(self) -> None:
-        unknown = sorted(set(self._t) - self._seen)
-        if unknown:
-            raise self.error(unknown[0], "unknown option")
-
+from spd_common.mqtt import TlsSettings
+from spd_common.toml_config import REQUIRED as _REQUIRED
+from spd_common.toml_config import Section, parse_toml, read_config_text
+from spd_common.wire import ID_PATTERN
 
 # ---------------------------------------------------------------- core sections
 
@@ -150,18 +31,11 @@ _CODE = re.compile(r"^[!-~]{3,64}$")  # a printable ASCII code of 3-64 character
 
 
 @dataclass(frozen=True, slots=True)
-class TlsConfig:
-    ca_file: Path
-    cert_file: Path
-    key_file: Path
-
-
-@dataclass(frozen=True, slots=True)
 class BrokerConfig:
     host: str = "127.0.0.1"
     port: int = 1883
     keepalive_s: int = 15
-    tls: TlsConfig | None = None
+    tls: TlsSettings | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,7 +135,7 @@ def parse_config(doc: dict[str, Any], *, source: str = "<config>", base_dir: Pat
         tls = None
         t = b.section("tls", optional=True)
         if t is not None:
-            tls = TlsConfig(_path(t, "ca_file", base), _path(t, "cert_file", base), _path(t, "key_file", base))
+            tls = TlsSettings(*(str(_path(t, name, base)) for name in ("ca_file", "cert_file", "key_file")))
             t.done()
         broker = BrokerConfig(
             host=b.get_str("host", "127.0.0.1"),
@@ -355,24 +229,12 @@ def _parse_handheld(h: Section, base: Path) -> HandheldConfig:
 
 def parse_config_text(text: str, *, source: str = "<config>", base_dir: Path | None = None) -> DeviceConfig:
     """Parse TOML text; every problem, syntax included, is a :class:`ConfigError`."""
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(source, "(syntax)", str(err)) from None
-    except RecursionError:
-        raise ConfigError(source, "(syntax)", "nesting too deep") from None
-    return parse_config(doc, source=source, base_dir=base_dir)
+    return parse_config(parse_toml(text, source=source), source=source, base_dir=base_dir)
 
 
 def load_config(path: str | Path) -> DeviceConfig:
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(str(p), "(file)", "not found") from None
-    except UnicodeDecodeError as err:
-        raise ConfigError(str(p), "(encoding)", f"not UTF-8 ({err.reason} at byte {err.start})") from None
-    return parse_config_text(text, source=str(p), base_dir=p.parent)
+    return parse_config_text(read_config_text(p), source=str(p), base_dir=p.parent)
 
 
 # ---------------------------------------------------------------- [remote]: signed commands from the gateway

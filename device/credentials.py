@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from device.durable import fsync_dir
+from spd_common.durable import fsync_dir
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from device.wire import GENESIS_HASH, Event, check_id, event_hash
+from spd_common.wire import GENESIS_HASH, Event, check_id, event_hash
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from device.eventlog import EventLog, LogWriteFailed
 from device.udi import parse_udi
 from device.udi.wristband import WristbandFormat, parse_wristband
-from device.wire import Event, EventKind
+from spd_common.wire import Event, EventKind
 
 if TYPE_CHECKING:
     from device.scan_policy import ScanPolicy

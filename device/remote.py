@@ -1,7 +1,7 @@
 """Remote commands on the device: verify the gateway's signature, target, lifetime and sequence, then local policy.
 
-A command is a JSON envelope signed by the gateway with Ed25519 (see
-:func:`signing_bytes`)::
+A command is a JSON envelope signed by the gateway with Ed25519 (the schema, shared with the gateway,
+is :mod:`spd_common.command_schema`)::
 
     {"v":1, "kind":"unlock", "device":"CAB01", "site":"H1", "seq":42,
      "iat":<ms>, "exp":<ms>, "nonce":"<hex>", "by":"nurse.li", "args":{...}, "sig":"<base64>"}
@@ -53,38 +53,15 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from device.durable import write_atomic
 from device.eventlog import EventLog
-from device.wire import EventKind, canonical
+from spd_common.command_schema import COMMAND_VERSION, MAX_LIFETIME_MS, CommandKind, Component, signing_bytes
+from spd_common.durable import write_atomic
+from spd_common.wire import EventKind
 
 log = logging.getLogger(__name__)
 
-COMMAND_VERSION: Final = 1
 CLOCK_SKEW_MS: Final = 30_000
 _FIELDS = frozenset({"v", "kind", "device", "site", "seq", "iat", "exp", "nonce", "by", "args", "sig"})
-
-
-class CommandKind(StrEnum):
-    UNLOCK = "unlock"  # open the cabinet door once (args: {"seconds": n})
-    DESIRED_STATE = "desired_state"  # retained: versioned config, catalog and allow-list
-    LOCKDOWN = "lockdown"  # lock every door and refuse every badge, or lift it (args: {"on": bool, "reason": str})
-    ROTATE_CREDENTIALS = "rotate_credentials"  # new key and certificate (args: {"url": enrolment service})
-
-
-MAX_LIFETIME_MS: Final[Mapping[CommandKind, int]] = {
-    CommandKind.UNLOCK: 120_000,
-    CommandKind.DESIRED_STATE: 30 * 86_400_000,
-    CommandKind.LOCKDOWN: 120_000,
-    CommandKind.ROTATE_CREDENTIALS: 600_000,
-}
-
-
-class Component(StrEnum):
-    """What a desired-state push carries, each with its own version."""
-
-    CONFIG = "config"
-    CATALOG = "catalog"
-    ALLOWLIST = "allowlist"
 
 
 class Refusal(StrEnum):
@@ -133,11 +110,6 @@ class SignedCommand:
     requested_by: str
     args: dict[str, Any]
     digest: str  # SHA-256 of the signed bytes
-
-
-def signing_bytes(doc: Mapping[str, Any]) -> bytes:
-    """The bytes the gateway signs: the canonical JSON of every field except ``sig``."""
-    return canonical({k: v for k, v in doc.items() if k != "sig"})
 
 
 def load_public_key(path: str | Path) -> Ed25519PublicKey:

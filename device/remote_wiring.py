@@ -70,16 +70,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from device.cabinet.allowlist import AllowList, AllowListError, parse_allowlist, write_allowlist
+from device.cabinet.allowlist import AllowList
 from device.catalog_cache import CatalogCache, CatalogCacheError
-from device.config import ConfigError, DeviceConfig, RemoteConfig, load_config, parse_config
+from device.config import DeviceConfig, RemoteConfig, load_config, parse_config
 from device.credentials import CredentialError, CredentialFiles, finish_pending_swap, rotate
-from device.durable import write_atomic
 from device.eventlog import EventLog
 from device.remote import (
-    CommandKind,
     CommandVerifier,
-    Component,
     DesiredState,
     RemoteCommands,
     RemoteError,
@@ -87,7 +84,11 @@ from device.remote import (
     SignedCommand,
     load_public_key,
 )
-from device.wire import EventKind
+from spd_common.allowlist import AllowListError, parse_allowlist, write_allowlist
+from spd_common.command_schema import CommandKind, Component
+from spd_common.durable import write_atomic
+from spd_common.toml_config import ConfigError
+from spd_common.wire import EventKind
 
 if TYPE_CHECKING:
     from device.cabinet.agent import CabinetAgent

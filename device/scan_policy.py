@@ -32,7 +32,7 @@ from pathlib import Path
 from device.catalog_cache import CatalogCache, PatientStatus
 from device.eventlog import EventLog
 from device.udi import HibcCode, Udi, parse_udi
-from device.wire import Event, EventKind
+from spd_common.wire import Event, EventKind
 
 log = logging.getLogger(__name__)
 

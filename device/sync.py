@@ -7,7 +7,7 @@ Threads (each owns what it names):
 * the sender thread — reads unacknowledged events from the log and publishes
   them in batches, keeping at most ``window`` batches beyond the last ack.
 
-Both beat heartbeats (:mod:`device.heartbeat`): ``sync-mqtt`` and ``sync-sender``.
+Both beat heartbeats (:mod:`spd_common.heartbeat`): ``sync-mqtt`` and ``sync-sender``.
 
 Delivery is at-least-once: after every (re)connect, and whenever acks stop
 coming for ``resend_after_s`` while a backlog exists, the sender rewinds to
@@ -19,7 +19,6 @@ broker PUBACK moves nothing: only the gateway's ack marks rows acknowledged.
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -27,13 +26,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from device import __version__
 from device.eventlog import EventLog, EventLogError
-from device.heartbeat import MQTT_LOOP_DEADLINE_S, HeartbeatRegistry, watch_mqtt_loop
-from device.wire import (
+from spd_common.heartbeat import MQTT_LOOP_DEADLINE_S, HeartbeatRegistry
+from spd_common.mqtt import TlsSettings, make_client, start_loop, stop_loop
+from spd_common.wire import (
     Channel,
     DeviceState,
     DeviceStatus,
@@ -47,15 +46,6 @@ from device.wire import (
 log = logging.getLogger(__name__)
 
 SENDER_DEADLINE_S = 60.0  # a pass every 0.5 s; a read of the log may wait on a busy SQLite (30 s)
-
-
-@dataclass(frozen=True, slots=True)
-class TlsSettings:
-    """Mutual TLS: the CA that signed the broker, and this device's own key pair."""
-
-    ca_file: str
-    cert_file: str
-    key_file: str
 
 
 @dataclass(slots=True)
@@ -118,35 +108,22 @@ class DeviceSync:
         self._last_progress = time.monotonic()
         self._thread: threading.Thread | None = None
 
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"dev-{site}-{self.device}",
-            protocol=mqtt.MQTTv5,
-        )
-        client.reconnect_delay_set(min_delay=reconnect_min_s, max_delay=reconnect_max_s)  # type: ignore[arg-type]
-        client.max_inflight_messages_set(window * 2)
-        client.will_set(self._t_state, self._state_payload(DeviceStatus.OFFLINE), qos=1, retain=True)
-        if tls is not None:
-            client.tls_set(
-                ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file, tls_version=ssl.PROTOCOL_TLS_CLIENT
-            )
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        self._client = client
         hb = heartbeats or HeartbeatRegistry()
         self._sender_beat = hb.heartbeat("sync-sender", deadline_s=SENDER_DEADLINE_S)
         # while the broker is away paho beats once per attempt: back-off plus the connect must fit
         self._mqtt_beat = hb.heartbeat("sync-mqtt", deadline_s=max(MQTT_LOOP_DEADLINE_S, reconnect_max_s + 30.0))
-        watch_mqtt_loop(client, self._mqtt_beat)
+        client = make_client(f"dev-{site}-{self.device}", tls=tls, reconnect_min_s=reconnect_min_s,
+                             reconnect_max_s=reconnect_max_s, on_connect=self._on_connect,
+                             on_disconnect=self._on_disconnect, on_message=self._on_message, heartbeat=self._mqtt_beat)
+        client.max_inflight_messages_set(window * 2)
+        client.will_set(self._t_state, self._state_payload(DeviceStatus.OFFLINE), qos=1, retain=True)
+        self._client = client
 
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> DeviceSync:
-        self._client.connect_async(self.host, self.port, keepalive=self.keepalive_s)
-        self._mqtt_beat.watch()
         self._sender_beat.watch()
-        self._client.loop_start()
+        start_loop(self._client, self.host, self.port, self._mqtt_beat, keepalive=self.keepalive_s)
         self._thread = threading.Thread(target=self._sender, name=f"sync-{self.device}", daemon=True)
         self._thread.start()
         return self
@@ -158,15 +135,13 @@ class DeviceSync:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self._sender_beat.retire()
-        self._mqtt_beat.retire()
         if publish_offline and self._connected:
             info = self._client.publish(self._t_state, self._state_payload(DeviceStatus.OFFLINE), qos=1, retain=True)
             try:
                 info.wait_for_publish(timeout=2)
             except (RuntimeError, ValueError):
                 pass
-        self._client.disconnect()
-        self._client.loop_stop()
+        stop_loop(self._client, self._mqtt_beat)
 
     def notify(self) -> None:
         """Wake the sender: a new event was committed."""

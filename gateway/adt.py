@@ -42,11 +42,11 @@ from dataclasses import dataclass
 
 import hl7
 
-from device.heartbeat import HeartbeatRegistry
 from gateway.census import MAX_ADMISSION_LEN, AdtEvent, AdtUpdate, apply_adt, initials
 from gateway.his.ack import AckCode, Hl7Error, build_ack, parse_msh, split_segments
 from gateway.his.mllp import DEFAULT_MAX_FRAME_BYTES, MllpDecoder, MllpError, frame_text
 from gateway.store import GatewayStore
+from spd_common.heartbeat import HeartbeatRegistry
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ Threads and what each owns:
 * the main thread — start-up, signals, shutdown.
 
 The store is shared; SQLite serialises the writers. Each of these threads
-beats a heartbeat (:mod:`device.heartbeat`) named as above (``ingest-mqtt``,
+beats a heartbeat (:mod:`spd_common.heartbeat`) named as above (``ingest-mqtt``,
 ``fleet-mqtt`` for the two network threads), except the ``adt-conn-N``
 connection threads, which come and go with the HIS's connections and end on
 their own time-outs (see :mod:`gateway.adt`); the systemd watchdog pings only
@@ -38,8 +38,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Literal
 
-from device.heartbeat import HeartbeatRegistry
-from device.sync import TlsSettings
 from gateway import bridge
 from gateway.adt import AdtListener
 from gateway.broker_acl import fleet_identity
@@ -55,6 +53,8 @@ from gateway.ingest import IngestService
 from gateway.lease import Leadership
 from gateway.linking import DEFAULT_WINDOW_S, LinkWatch
 from gateway.store import GatewayStore
+from spd_common.heartbeat import HeartbeatRegistry
+from spd_common.mqtt import TlsSettings
 
 log = logging.getLogger(__name__)
 
@@ -211,10 +211,10 @@ class Gateway:
         """Run until SIGTERM or SIGINT, then shut down cleanly; tells systemd (Type=notify) when run by it.
 
         ``READY=1`` once every service started, ``WATCHDOG=1`` while every loop
-        beats on time (:mod:`device.heartbeat`) and the store answers,
+        beats on time (:mod:`spd_common.heartbeat`) and the store answers,
         ``STOPPING=1`` at shutdown; outside systemd these are no-ops.
         """
-        from device.sdnotify import Watchdog, notify
+        from spd_common.sdnotify import Watchdog, notify
 
         def _stop(signum: int, frame: FrameType | None) -> None:
             log.info("gateway: signal %d, stopping", signum)

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from device.wire import GENESIS_HASH, canonical
 from gateway.data.audit import AuditRow
 from gateway.store import GatewayStore
+from spd_common.wire import GENESIS_HASH, canonical
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from device.wire import MAX_PAYLOAD_BYTES, TOPIC_ROOT, Channel, check_id
 from gateway.pki import GATEWAY_IDENTITY
+from spd_common.wire import MAX_PAYLOAD_BYTES, TOPIC_ROOT, Channel, check_id
 
 DEFAULT_TEMPLATE = Path(__file__).resolve().parents[1] / "deploy" / "mosquitto" / "spd.conf.template"
 

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from device.udi.gs1 import is_valid_gtin
 from gateway.data.catalog import RecallRow, TermsRow
 from gateway.data.census import CensusRow
 from gateway.store import GatewayStore
+from spd_common.gtin import is_valid_gtin
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from device.catalog_cache import DOC_SCHEMA, content_digest
 from gateway.catalog import load_catalog_entries, load_dept_stock, load_recalled_lots
 from gateway.census import PatientState, census_complete, load_census
 from gateway.lot_expiry import load_lot_expiry
 from gateway.store import GatewayStore
+from spd_common.catalog_doc import DOC_SCHEMA, content_digest
 
 DEFAULT_CONSUMED_WINDOW_DAYS = 90
 DEFAULT_DISCHARGE_GRACE_S = 86400.0

@@ -26,11 +26,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from device.heartbeat import HeartbeatRegistry
-from device.remote import Component
 from gateway.catalog_export import DEFAULT_DISCHARGE_GRACE_S, build_device_catalog
 from gateway.fleet import Fleet
 from gateway.store import GatewayStore
+from spd_common.command_schema import Component
+from spd_common.heartbeat import HeartbeatRegistry
 
 log = logging.getLogger(__name__)
 

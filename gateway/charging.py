@@ -20,11 +20,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from device.heartbeat import HeartbeatRegistry
-from device.wire import Event, EventKind
 from gateway import bridge
 from gateway.data.charges import ChargingBatch, ReturnRow, StandingCharge
 from gateway.store import GatewayStore, ReturnOutcome, StoredEvent
+from spd_common.heartbeat import HeartbeatRegistry
+from spd_common.wire import Event, EventKind
 
 log = logging.getLogger(__name__)
 
@@ -375,7 +375,7 @@ def item_key(line: bridge.ChargeLine) -> str:
 
 
 def _event_tuple(ev: object) -> bridge.EventTuple:
-    from device.wire import Event
+    from spd_common.wire import Event
 
     assert isinstance(ev, Event)
     b = ev.body

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +23,15 @@ from gateway.data.engine import SqliteEngine
 from gateway.data.migrations import MigrationError, current_version, migrate, pending
 from gateway.data.schema import MIGRATIONS
 from gateway.store import GatewayStore
+from spd_common.logsetup import add_verbose_flag, run_command
 
 
 def _run(a: argparse.Namespace) -> int:
     """``run`` and ``service``: one code path, whether a person or systemd starts the gateway."""
-    from device.config import ConfigError
     from gateway.app import Gateway
     from gateway.config import check_files, config_from_args, describe
     from gateway.his.adapter import HisConfigError
+    from spd_common.toml_config import ConfigError
 
     try:
         cfg = config_from_args(a)
@@ -49,37 +50,44 @@ def _run(a: argparse.Namespace) -> int:
     return 0
 
 
-def _catalog_import(a: argparse.Namespace) -> int:
+def _import_file(a: argparse.Namespace, read: Callable[[Path], tuple[Any, list[Any]]],
+                 store_rows: Callable[[GatewayStore, Any, list[Any]], str], *, not_imported: str | None = None) -> int:
+    """The shape of every ``import`` command: read ``a.file``, report its row errors, store, say what was stored.
+
+    A file that cannot be read at all exits 2. With ``not_imported`` a file with bad rows is refused
+    whole (exit 1) unless ``--partial``; otherwise the good rows are stored and the exit is 1.
+    """
     try:
-        entries, errors = read_catalog_file(a.file)
+        rows, errors = read(a.file)
     except CatalogImportError as err:
         print(f"{a.file}: {err.message} [{err.reason}]", file=sys.stderr)
         return 2
-    for e in errors:
-        print(f"{a.file}:{e.line}: {e.column}: {e.reason}", file=sys.stderr)
+    _print_row_errors(a.file, errors)
+    if errors and not_imported is not None and not a.partial:
+        print(f"{not_imported}: fix the rows above, or pass --partial", file=sys.stderr)
+        return 1
     store = GatewayStore(a.db)
-    n = import_catalog(store, entries)
-    store.close()
-    print(f"imported {n} items, {len(errors)} row errors")
+    try:
+        summary = store_rows(store, rows, errors)
+    finally:
+        store.close()
+    print(summary)
     return 1 if errors else 0
+
+
+def _catalog_import(a: argparse.Namespace) -> int:
+    def store_rows(store: GatewayStore, entries: Any, errors: list[Any]) -> str:
+        return f"imported {import_catalog(store, entries)} items, {len(errors)} row errors"
+
+    return _import_file(a, read_catalog_file, store_rows)
 
 
 def _recall_import(a: argparse.Namespace) -> int:
-    try:
-        lots, errors = read_recall_file(a.file)
-    except CatalogImportError as err:
-        print(f"{a.file}: {err.message} [{err.reason}]", file=sys.stderr)
-        return 2
-    for e in errors:
-        print(f"{a.file}:{e.line}: {e.column}: {e.reason}", file=sys.stderr)
-    if errors and not a.partial:
-        print("recall list not imported: fix the rows above, or pass --partial", file=sys.stderr)
-        return 1
-    store = GatewayStore(a.db)
-    n = import_recalled_lots(store, lots, replace=not a.add)
-    store.close()
-    print(f"imported {n} recalled lots, {len(errors)} row errors")
-    return 1 if errors else 0
+    def store_rows(store: GatewayStore, lots: Any, errors: list[Any]) -> str:
+        n = import_recalled_lots(store, lots, replace=not a.add)
+        return f"imported {n} recalled lots, {len(errors)} row errors"
+
+    return _import_file(a, read_recall_file, store_rows, not_imported="recall list not imported")
 
 
 def _actor(a: argparse.Namespace) -> str:
@@ -94,68 +102,41 @@ def _print_row_errors(path: Path, errors: list[Any]) -> None:
 def _staff_import(a: argparse.Namespace) -> int:
     from gateway.staff import import_staff, read_staff_file
 
-    try:
-        members, errors = read_staff_file(a.file)
-    except CatalogImportError as err:
-        print(f"{a.file}: {err.message} [{err.reason}]", file=sys.stderr)
-        return 2
-    _print_row_errors(a.file, errors)
-    if errors and not a.partial:
-        print("staff list not imported (the people on bad rows would lose cabinet access): fix the rows above, "
-              "or pass --partial", file=sys.stderr)
-        return 1
-    store = GatewayStore(a.db)
-    n = import_staff(store, members)
-    AuditLog(store).record(_actor(a), AuditAction.STAFF_IMPORTED, file=str(a.file), staff=n, row_errors=len(errors))
-    store.close()
-    roles = ", ".join(f"{r}: {sum(m.role.value == r for m in members)}"
-                      for r in sorted({m.role.value for m in members}))
-    print(f"imported {n} staff ({roles or 'none'}), {len(errors)} row errors; "
-          "publish with: spd-gateway push --component allowlist --build --dept DEPT")
-    return 1 if errors else 0
+    def store_rows(store: GatewayStore, members: Any, errors: list[Any]) -> str:
+        n = import_staff(store, members)
+        AuditLog(store).record(_actor(a), AuditAction.STAFF_IMPORTED, file=str(a.file), staff=n,
+                               row_errors=len(errors))
+        roles = ", ".join(f"{r}: {sum(m.role.value == r for m in members)}"
+                          for r in sorted({m.role.value for m in members}))
+        return (f"imported {n} staff ({roles or 'none'}), {len(errors)} row errors; "
+                "publish with: spd-gateway push --component allowlist --build --dept DEPT")
+
+    return _import_file(a, read_staff_file, store_rows,
+                        not_imported="staff list not imported (the people on bad rows would lose cabinet access)")
 
 
 def _census_import(a: argparse.Namespace) -> int:
     from gateway.census import PatientState, import_census, read_census_file
 
-    try:
-        records, errors = read_census_file(a.file)
-    except CatalogImportError as err:
-        print(f"{a.file}: {err.message} [{err.reason}]", file=sys.stderr)
-        return 2
-    _print_row_errors(a.file, errors)
-    if errors and not a.partial:
-        print("census not imported (patients on bad rows would be refused at the bedside): fix the rows above, "
-              "or pass --partial", file=sys.stderr)
-        return 1
-    store = GatewayStore(a.db)
-    n = import_census(store, records, replace_all=not a.add)
-    AuditLog(store).record(_actor(a), AuditAction.CENSUS_IMPORTED, file=str(a.file), admissions=n,
-                           replaced=not a.add, row_errors=len(errors))
-    store.close()
-    in_house = sum(r.status is PatientState.IN_HOUSE for r in records)
-    print(f"imported {n} admissions ({in_house} in house, {n - in_house} discharged), {len(errors)} row errors; "
-          "publish with: spd-gateway push --component catalog --build")
-    return 1 if errors else 0
+    def store_rows(store: GatewayStore, records: Any, errors: list[Any]) -> str:
+        n = import_census(store, records, replace_all=not a.add)
+        AuditLog(store).record(_actor(a), AuditAction.CENSUS_IMPORTED, file=str(a.file), admissions=n,
+                               replaced=not a.add, row_errors=len(errors))
+        in_house = sum(r.status is PatientState.IN_HOUSE for r in records)
+        return (f"imported {n} admissions ({in_house} in house, {n - in_house} discharged), {len(errors)} row "
+                "errors; publish with: spd-gateway push --component catalog --build")
+
+    return _import_file(a, read_census_file, store_rows,
+                        not_imported="census not imported (patients on bad rows would be refused at the bedside)")
 
 
 def _expiry_import(a: argparse.Namespace) -> int:
     from gateway.lot_expiry import import_lot_expiry, read_expiry_file
 
-    try:
-        lots, errors = read_expiry_file(a.file)
-    except CatalogImportError as err:
-        print(f"{a.file}: {err.message} [{err.reason}]", file=sys.stderr)
-        return 2
-    _print_row_errors(a.file, errors)
-    if errors and not a.partial:
-        print("expiry list not imported: fix the rows above, or pass --partial", file=sys.stderr)
-        return 1
-    store = GatewayStore(a.db)
-    n = import_lot_expiry(store, lots)
-    store.close()
-    print(f"imported {n} lot expiry dates, {len(errors)} row errors")
-    return 1 if errors else 0
+    def store_rows(store: GatewayStore, lots: Any, errors: list[Any]) -> str:
+        return f"imported {import_lot_expiry(store, lots)} lot expiry dates, {len(errors)} row errors"
+
+    return _import_file(a, read_expiry_file, store_rows, not_imported="expiry list not imported")
 
 
 def _census_ready(a: argparse.Namespace) -> int:
@@ -225,7 +206,7 @@ def _migrate(a: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="spd-gateway", description="spd-edge gateway")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    add_verbose_flag(p)
     sub = p.add_subparsers(dest="cmd", required=True)
 
     from gateway.config import add_arguments
@@ -304,10 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
-    level = logging.DEBUG if a.verbose > 1 else logging.INFO if a.verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    return int(a.func(a))
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Signing remote commands for devices with the gateway's Ed25519 key, with per-device sequence numbers.
 
-The envelope and the signed bytes are defined device-side (:mod:`device.remote`),
+The envelope and the signed bytes are defined once (:mod:`spd_common.command_schema`),
 so the verifier and the signer cannot drift apart. Sequence numbers are
 allocated from the gateway store (``command_seq``), one counter per device,
 committed before the command is signed, so they never repeat after a restart.
@@ -18,9 +18,9 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from device.remote import COMMAND_VERSION, MAX_LIFETIME_MS, CommandKind, signing_bytes
-from device.wire import canonical, check_id
 from gateway.store import GatewayStore
+from spd_common.command_schema import COMMAND_VERSION, MAX_LIFETIME_MS, CommandKind, signing_bytes
+from spd_common.wire import canonical, check_id
 
 DEFAULT_LIFETIME_MS = {CommandKind.UNLOCK: 60_000, CommandKind.DESIRED_STATE: 7 * 86_400_000,
                        CommandKind.LOCKDOWN: 60_000, CommandKind.ROTATE_CREDENTIALS: 300_000}

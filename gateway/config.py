@@ -5,8 +5,8 @@ A hospital runs exactly what was tested: ``spd-gateway run --config
 command the test harnesses start. Command-line flags override the file, key
 by key (a site engineer trying another HIS port need not edit the file).
 
-The file is parsed as strictly as the device's (:mod:`device.config`, whose
-:class:`~device.config.Section` it reuses): an unknown section or key, a
+The file is parsed as strictly as the device's (both read it with
+:class:`~spd_common.toml_config.Section`): an unknown section or key, a
 wrong type or a value out of range stops the gateway at start-up with
 ``file: key: reason``, never a silent default. Relative paths are relative
 to the file. Secrets never appear on a command line (where ``ps`` shows them
@@ -34,13 +34,12 @@ import dataclasses
 import os
 import re
 import stat
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from device.config import ConfigError, Section
-from device.sync import TlsSettings
+from spd_common.mqtt import TlsSettings
+from spd_common.toml_config import ConfigError, Section, parse_toml, read_config_text
 
 if TYPE_CHECKING:  # gateway.app pulls in every service; the parser of spd-gateway's other commands need not
     from gateway.app import GatewayConfig
@@ -195,20 +194,7 @@ def parse_gateway_config(doc: Mapping[str, Any], *, source: str = "<config>",
 def read_gateway_file(path: str | Path) -> dict[str, Any]:
     """Read and parse a configuration file; every problem is a :class:`ConfigError` naming the file."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(str(p), "(file)", "not found") from None
-    except UnicodeDecodeError as err:
-        raise ConfigError(str(p), "(encoding)", f"not UTF-8 ({err.reason} at byte {err.start})") from None
-    except OSError as err:
-        raise ConfigError(str(p), "(file)", f"cannot be read: {err.strerror}") from None
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(str(p), "(syntax)", str(err)) from None
-    except RecursionError:
-        raise ConfigError(str(p), "(syntax)", "nesting too deep") from None
+    doc = parse_toml(read_config_text(p), source=str(p))
     return parse_gateway_config(doc, source=str(p), base_dir=p.absolute().parent)
 
 

@@ -44,7 +44,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from device.wire import check_id
 from gateway.data.tokens import TokenStore
 from gateway.enrol_http import Answer, HardenedHttpsServer, Request, ServerLimits
 from gateway.pki import (
@@ -57,6 +56,7 @@ from gateway.pki import (
     common_name,
     write_private_key,
 )
+from spd_common.wire import check_id
 
 log = logging.getLogger(__name__)
 

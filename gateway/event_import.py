@@ -12,9 +12,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from device.export import read_export
-from device.wire import MAX_BATCH_EVENTS, Batch
 from gateway.store import GatewayStore
+from spd_common.export import read_export
+from spd_common.wire import MAX_BATCH_EVENTS, Batch
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class ImportResult:
 
 
 def import_events(store: GatewayStore, path: str | Path) -> ImportResult:
-    """Verify and store an export file; raises :class:`device.export.ExportError` for an untrustworthy file."""
+    """Verify and store an export file; raises :class:`spd_common.export.ExportError` for an untrustworthy file."""
     exp = read_export(path)
     new = dup = 0
     breaks: list[tuple[int, str]] = []

@@ -15,14 +15,14 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from device.export import ExportError
-from device.remote import Component
-from device.sync import TlsSettings
 from gateway.audit import AuditAction, AuditLog, chain_break_alarms
 from gateway.broker_acl import DEFAULT_TEMPLATE, GATEWAY_CLI_IDENTITY, BrokerPaths, render_acl, render_config
 from gateway.linking import link_alarms
 from gateway.pki import GATEWAY_IDENTITY
 from gateway.store import GatewayStore
+from spd_common.command_schema import Component
+from spd_common.export import ExportError
+from spd_common.mqtt import TlsSettings
 
 
 def _actor(a: argparse.Namespace) -> str:
@@ -38,9 +38,9 @@ def _ca_init(a: argparse.Namespace) -> int:
 
 
 def _enrol_token(a: argparse.Namespace) -> int:
-    from device.wire import WireError
     from gateway.enrol import BadTokenRequest, EnrolmentTokens
     from gateway.pki import SiteCA
+    from spd_common.wire import WireError
 
     ca = SiteCA.load(a.ca_dir)
     tokens = EnrolmentTokens(Path(a.ca_dir) / "tokens.db")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -24,16 +23,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from device.heartbeat import MQTT_LOOP_DEADLINE_S, HeartbeatRegistry, watch_mqtt_loop
-from device.remote import CommandKind, Component
-from device.sync import TlsSettings
-from device.wire import Channel, DeviceState, DeviceStatus, WireError, decode_state, subscription, topic
 from gateway.audit import AuditAction, AuditLog, device_alarm_counts
 from gateway.commands import CommandSequence, CommandSigner
 from gateway.store import GatewayStore
+from spd_common.command_schema import CommandKind, Component
+from spd_common.heartbeat import MQTT_LOOP_DEADLINE_S, HeartbeatRegistry
+from spd_common.mqtt import TlsSettings, make_client, start_loop, stop_loop
+from spd_common.wire import Channel, DeviceState, DeviceStatus, WireError, decode_state, subscription, topic
 
 log = logging.getLogger(__name__)
 
@@ -207,17 +205,10 @@ class FleetLink:
         self.fleet: Fleet | None = None
         self._connected = threading.Event()
         self._network_thread = -1  # set on connect: the thread paho runs callbacks on
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-        c.reconnect_delay_set(min_delay=0.5, max_delay=10)  # type: ignore[arg-type]  # within the heartbeat deadline
-        if tls is not None:
-            c.tls_set(ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file,
-                      tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        c.on_connect = self._on_connect
-        c.on_message = self._on_message
-        self._client = c
-        self.host, self.port = host, port
         self._beat = (heartbeats or HeartbeatRegistry()).heartbeat("fleet-mqtt", deadline_s=MQTT_LOOP_DEADLINE_S)
-        watch_mqtt_loop(c, self._beat)
+        self._client = make_client(client_id, tls=tls, on_connect=self._on_connect, on_message=self._on_message,
+                                   heartbeat=self._beat)
+        self.host, self.port = host, port
 
     def publish(self, topic_text: str, payload: bytes, retain: bool) -> None:
         info = self._client.publish(topic_text, payload, qos=1, retain=retain)
@@ -225,18 +216,14 @@ class FleetLink:
             info.wait_for_publish(10)
 
     def start(self) -> FleetLink:
-        self._client.connect_async(self.host, self.port, keepalive=15)
-        self._beat.watch()
-        self._client.loop_start()
+        start_loop(self._client, self.host, self.port, self._beat, keepalive=15)
         return self
 
     def wait_connected(self, timeout_s: float = 10.0) -> bool:
         return self._connected.wait(timeout_s)
 
     def stop(self) -> None:
-        self._beat.retire()
-        self._client.disconnect()
-        self._client.loop_stop()
+        stop_loop(self._client, self._beat)
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
         if rc.is_failure:

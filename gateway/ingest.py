@@ -17,21 +17,20 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from device.heartbeat import MQTT_LOOP_DEADLINE_S, HeartbeatRegistry, watch_mqtt_loop
-from device.sync import TlsSettings
-from device.wire import (
+from gateway.store import GatewayStore
+from spd_common.heartbeat import MQTT_LOOP_DEADLINE_S, HeartbeatRegistry
+from spd_common.mqtt import TlsSettings, make_client, start_loop, stop_loop
+from spd_common.wire import (
     Ack,
     Channel,
     WireError,
@@ -42,7 +41,6 @@ from device.wire import (
     subscription,
     topic,
 )
-from gateway.store import GatewayStore
 
 log = logging.getLogger(__name__)
 
@@ -85,35 +83,23 @@ class IngestService:
         self._on_stored = on_stored
         self._connected = threading.Event()
         self.host, self.port = host, port
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-        client.reconnect_delay_set(min_delay=0.5, max_delay=10)  # type: ignore[arg-type]
-        client.max_inflight_messages_set(100)
-        if tls is not None:
-            client.tls_set(
-                ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file, tls_version=ssl.PROTOCOL_TLS_CLIENT
-            )
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        self._client = client
         self._beat = (heartbeats or HeartbeatRegistry()).heartbeat("ingest-mqtt", deadline_s=MQTT_LOOP_DEADLINE_S)
-        watch_mqtt_loop(client, self._beat)
+        client = make_client(client_id, tls=tls, on_connect=self._on_connect, on_disconnect=self._on_disconnect,
+                             on_message=self._on_message, heartbeat=self._beat)
+        client.max_inflight_messages_set(100)
+        self._client = client
 
     def start(self) -> IngestService:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = 3600  # the broker queues events while the gateway restarts
-        self._client.connect_async(self.host, self.port, keepalive=15, clean_start=False, properties=props)
-        self._beat.watch()
-        self._client.loop_start()
+        start_loop(self._client, self.host, self.port, self._beat, keepalive=15, clean_start=False, properties=props)
         return self
 
     def wait_connected(self, timeout_s: float = 10.0) -> bool:
         return self._connected.wait(timeout_s)
 
     def stop(self) -> None:
-        self._beat.retire()
-        self._client.disconnect()
-        self._client.loop_stop()
+        stop_loop(self._client, self._beat)
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
         if rc.is_failure:

@@ -1,14 +1,14 @@
 """The ``spd-gateway`` entry point: check that the gateway extra is installed, then run the command line.
 
 A cabinet controller installs ``spd-edge`` without the gateway's dependencies; started there,
-``spd-gateway`` says which extra to install instead of failing on an import (device/extras.py).
+``spd-gateway`` says which extra to install instead of failing on an import (spd_common/extras.py).
 """
 
 from __future__ import annotations
 
 import sys
 
-from device.extras import require_extras
+from spd_common.extras import require_extras
 
 
 def main(argv: list[str] | None = None) -> int:

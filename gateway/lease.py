@@ -13,8 +13,8 @@ import logging
 import threading
 import time
 
-from device.heartbeat import HeartbeatRegistry
 from gateway.store import GatewayStore
+from spd_common.heartbeat import HeartbeatRegistry
 
 log = logging.getLogger(__name__)
 

@@ -38,11 +38,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from device.heartbeat import HeartbeatRegistry
-from device.wire import EventKind
 from gateway import bridge
 from gateway.data.links import LinkBatch, TakeRow
 from gateway.store import GatewayStore
+from spd_common.heartbeat import HeartbeatRegistry
+from spd_common.wire import EventKind
 
 log = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from device.durable import write_atomic
-from device.wire import ID_PATTERN
 from gateway.data.ca_index import CertIndex
+from spd_common.durable import write_atomic
+from spd_common.wire import ID_PATTERN
 
 log = logging.getLogger(__name__)
 

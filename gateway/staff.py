@@ -5,7 +5,7 @@ Columns (header row, any order, case-insensitive):
 * required: ``staff_id`` (工号, the allow-list's ``user``), ``badge`` (the card number the reader
   sends), ``role`` (nurse, restocker, technician; also 护士, 补货员, 工程师), ``dept`` (the departments
   the person works in, separated by ``;`` — ``*`` for every department, e.g. SPD restockers);
-* optional: ``pin`` (4-12 digits; hashed with scrypt at import, :func:`device.cabinet.allowlist.hash_pin`,
+* optional: ``pin`` (4-12 digits; hashed with scrypt at import, :func:`spd_common.allowlist.hash_pin`,
   and never stored or printed in clear), ``active`` (yes/no, default yes: a no row is not imported),
   ``name`` (read, never stored: the allow-list needs none).
 
@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from device.cabinet.allowlist import AllowListError, Role, hash_pin, normalise_badge, parse_allowlist
 from gateway.catalog import RowError, Table, _bool, _check_header, _record, _text, read_table
 from gateway.data.census import StaffRow
 from gateway.store import GatewayStore
+from spd_common.allowlist import AllowListError, Role, hash_pin, normalise_badge, parse_allowlist
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from device.wire import Batch, DeviceState
 from gateway.data.audit import AuditStore
 from gateway.data.catalog import CatalogStore
 from gateway.data.census import CensusStore, StaffStore
@@ -40,6 +39,7 @@ from gateway.data.links import LinkStore
 from gateway.data.migrations import MigrationReport, migrate
 from gateway.data.reports import store_counts
 from gateway.data.schema import MIGRATIONS
+from spd_common.wire import Batch, DeviceState
 
 __all__ = [
     "EVENT_FAULTS",

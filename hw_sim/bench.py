@@ -17,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+import timeit
 from pathlib import Path
 
 from device.eventlog import EventLog
@@ -27,6 +28,7 @@ from hw_sim import reaper
 from hw_sim.broker import MosquittoBroker
 from hw_sim.handheld import SimHandheld, scan_for
 from hw_sim.harness import SpineHarness
+from spd_common.logsetup import setup_logging
 
 
 def pct(values: list[float], p: float) -> float:
@@ -203,9 +205,26 @@ def bench_backlog(events: int) -> dict[str, object]:
             "events_per_s": round(events / drain_s), "stored": stored}
 
 
+ACK_AA = "MSH|^~\\&|HIS|HOSP|SPD|H1|20250101105320||ACK^P03^ACK|A0001234|P|2.5\rMSA|AA|C20250101-000001\r"
+ACK_AE = ("MSH|^~\\&|HIS|HOSP|SPD|H1|20250101105320||ACK^P03^ACK|A0001234|P|2.5\r"
+          "MSA|AE|C20250101-000001|Charge refused\\F\\duplicate\r"
+          "ERR|||207^Application internal error^HL70357|E||||duplicate charge \\T\\ lot\r")
+
+
+def bench_ack(n: int) -> dict[str, object]:
+    """Parse time of a typical HIS acknowledgement (gateway.his.ack.parse_ack), best of five rounds."""
+    from gateway.his.ack import parse_ack
+
+    figures: dict[str, object] = {"figure": "ack_parse", "parses": n}
+    for name, ack in (("aa_us", ACK_AA), ("ae_with_err_us", ACK_AE)):
+        best = min(timeit.repeat(lambda ack=ack: parse_ack(ack), number=n, repeat=5)) / n  # type: ignore[misc]
+        figures[name] = round(best * 1e6, 1)
+    return figures
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m hw_sim.bench", description=__doc__.splitlines()[0] if __doc__ else "")
-    p.add_argument("which", choices=["commit", "fleet", "backlog", "all", "fleet-worker"])
+    p.add_argument("which", choices=["commit", "fleet", "backlog", "ack", "all", "fleet-worker"])
     p.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--site", default="H1", help=argparse.SUPPRESS)
@@ -216,10 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=1.0)
     p.add_argument("--duration", type=float, default=60.0)
     p.add_argument("--events", type=int, default=100_000)
+    p.add_argument("--acks", type=int, default=20_000, help="ACK parses per round (ack)")
     p.add_argument("--worker-timeout", type=float, default=None,
                    help="seconds to wait for the fleet workers (default: duration + 180)")
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.ERROR)
+    setup_logging(quiet=logging.ERROR)
     reaper.exit_on_signals()  # SIGTERM/SIGHUP: unwind, so the broker, gateway and workers are ended
     if a.which == "fleet-worker":
         lat = run_fleet_worker(first=a.first, count=a.count, site=a.site, data_dir=a.data_dir,
@@ -237,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     if a.which in ("backlog", "all"):
         print(json.dumps(bench_backlog(a.events)), flush=True)
+    if a.which in ("ack", "all"):
+        print(json.dumps(bench_ack(a.acks)), flush=True)
     return 0
 
 

@@ -21,17 +21,17 @@ from pathlib import Path
 
 import device.cabinet.config  # noqa: F401 - registers [cabinet]
 from device.cabinet.agent import CabinetAgent
-from device.cabinet.allowlist import Badge, Role, hash_pin, write_allowlist
 from device.cabinet.config import cabinet_config
 from device.cabinet.epc import encode_sgtin96
 from device.cabinet.session import SessionState
 from device.config import parse_config
 from device.eventlog import EventLog
-from device.wire import Event
 from hw_sim.catalog import sim_catalog
 from hw_sim.pins import SimCabinetDoor, SimPinFactory
 from hw_sim.rfid_reader import SimR2000Reader
 from hw_sim.udi_gen import DEFAULT_COMPANY_PREFIX, make_udi, make_wristband
+from spd_common.allowlist import Badge, Role, hash_pin, write_allowlist
+from spd_common.wire import Event
 
 LOCK_PIN, DOOR_PIN, BUZZER_PIN, LED_PIN = 17, 27, 22, 23
 TEST_PIN_COST = 2**4  # scrypt cost for simulated staff PINs (fast); real lists use the default

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import random
 import statistics
 import sys
@@ -38,6 +37,7 @@ from device.hal.rfid.reader import InventoryResult
 from hw_sim import reaper
 from hw_sim.cabinet import SimCabinet, SimTaggedItem
 from hw_sim.rfid_reader import SimGen2Field
+from spd_common.logsetup import setup_logging
 
 
 def pct(values: list[float], p: float) -> float:
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--phantom-sessions", type=int, default=1000)
     p.add_argument("--hold-s", type=float, default=6.0, help="door held open per session (the reader is idle)")
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    setup_logging()
     reaper.exit_on_signals()  # SIGTERM/SIGHUP: unwind through the cabinets' stop()
     print(json.dumps(bench_phantoms(a.phantom_sessions, hold_s=a.hold_s)), flush=True)
     print(json.dumps(bench_phantoms(a.phantom_sessions, hold_s=a.hold_s, session=False)), flush=True)

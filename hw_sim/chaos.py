@@ -49,14 +49,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
 from device.eventlog import EventLog
 from hw_sim import reaper
 from hw_sim.chaos_cabinet import read_report, report_mismatches
 from hw_sim.harness import ManagedProcess, SpineHarness, Tally
 from hw_sim.netproxy import FaultProxy
+from spd_common.logsetup import setup_logging
+from spd_common.mqtt import make_client
 
 log = logging.getLogger(__name__)
 
@@ -255,8 +254,7 @@ class ChaosRun:
 
     def _rogue(self) -> None:
         """Malformed payloads mixed into the traffic, on real and unknown devices' topics."""
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="rogue")
-        client.reconnect_delay_set(0.2, 1)  # type: ignore[arg-type]
+        client = make_client("rogue", reconnect_min_s=0.2, reconnect_max_s=1.0)
         client.connect_async("127.0.0.1", self.h.broker.port)
         client.loop_start()
         rng = random.Random(self.cfg.seed + 7)
@@ -660,7 +658,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--return-rate", type=float, default=0.02, help="share of handheld items given back unused")
     p.add_argument("--workdir", type=Path, default=None)
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging()
     reaper.exit_on_signals()  # SIGTERM/SIGHUP: unwind, so broker, gateways, devices and mounts are ended
     cfg = ChaosConfig(
         seed=a.seed, devices=a.devices, scans_per_device=a.scans_per_device, rate=a.rate,

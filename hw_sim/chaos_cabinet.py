@@ -37,12 +37,13 @@ from pathlib import Path
 from typing import Any
 
 from device.cabinet.session import SessionState
-from device.durable import write_atomic
 from device.eventlog import EventLog
 from device.sync import DeviceSync
-from device.wire import Event
 from hw_sim.cabinet import SimCabinet, SimTaggedItem, make_items
 from hw_sim.handheld import JumpingClock
+from spd_common.durable import write_atomic
+from spd_common.logsetup import setup_logging
+from spd_common.wire import Event
 
 log = logging.getLogger(__name__)
 
@@ -374,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--drain-timeout", type=float, default=300.0)
     p.add_argument("--report", type=Path, default=None, help="write the final JSON line here too")
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging()
     cab = ChaosCabinet(device=a.device, site=a.site, data_dir=a.data_dir, world_dir=a.world_dir,
                        broker_host=a.broker_host, broker_port=a.broker_port, seed=a.seed,
                        nurse_journal=a.nurse_journal, corrupt_rate=a.corrupt_rate, garbage_rate=a.garbage_rate,

@@ -29,6 +29,7 @@ from hw_sim import reaper
 from hw_sim.chaos_cabinet import read_report, report_mismatches
 from hw_sim.harness import SpineHarness, summary_json
 from hw_sim.nurse import NurseShift, log_counts, wait_drained
+from spd_common.logsetup import setup_logging
 
 
 def _say(msg: str, t0: float) -> None:
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--workdir", type=Path, default=None)
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.ERROR)
+    setup_logging(quiet=logging.ERROR)
     reaper.exit_on_signals()  # SIGTERM/SIGHUP: unwind, so the broker, gateway and devices are ended
     workdir = a.workdir or Path(tempfile.mkdtemp(prefix="spd-demo-"))
     rc = run_demo(workdir, handhelds=a.handhelds, scans=a.scans, rate=a.rate, seed=a.seed, cabinets=a.cabinets,

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spd_common.logsetup import setup_logging
+
 log = logging.getLogger(__name__)
 
 TODAY = dt.date(2025, 6, 1)
@@ -192,7 +194,7 @@ def _wire_topic(channel: str) -> str:
 
 
 def _run_wire_batch(data: bytes) -> None:
-    from device.wire import WireError, decode_batch
+    from spd_common.wire import WireError, decode_batch
 
     try:
         batch = decode_batch(_wire_topic("events"), data)
@@ -205,7 +207,7 @@ def _run_wire_batch(data: bytes) -> None:
 
 
 def _run_wire_ack(data: bytes) -> None:
-    from device.wire import WireError, decode_ack
+    from spd_common.wire import WireError, decode_ack
 
     try:
         ack = decode_ack(DEVICE, data)
@@ -217,7 +219,7 @@ def _run_wire_ack(data: bytes) -> None:
 
 
 def _run_wire_state(data: bytes) -> None:
-    from device.wire import WireError, decode_state
+    from spd_common.wire import WireError, decode_state
 
     try:
         decode_state(_wire_topic("state"), data)
@@ -226,7 +228,7 @@ def _run_wire_state(data: bytes) -> None:
 
 
 def _wire_seeds() -> list[bytes]:
-    from device.wire import GENESIS_HASH, Ack, Event, Rejection, encode_ack, encode_batch, event_hash
+    from spd_common.wire import GENESIS_HASH, Ack, Event, Rejection, encode_ack, encode_batch, event_hash
 
     body = {"gtin": "09506000134352", "serial": "SN1"}
     digest = event_hash(DEVICE, 1, 1000, "scan", body, GENESIS_HASH)
@@ -293,7 +295,8 @@ def _mllp_seeds() -> list[bytes]:
 
 
 def _run_config(data: bytes) -> None:
-    from device.config import ConfigError, parse_config_text
+    from device.config import parse_config_text
+    from spd_common.toml_config import ConfigError
 
     try:
         parse_config_text(_text(data), source="fuzz.toml", base_dir=Path("/etc/spd"))
@@ -556,9 +559,9 @@ TARGETS: dict[str, FuzzTarget] = {
         FuzzTarget("hibc", _run_hibc, _barcode_seeds, "device.udi.parse_hibc"),
         FuzzTarget("wristband", _run_wristband, _barcode_seeds, "device.udi.parse_wristband"),
         FuzzTarget("r2000", _run_r2000, _r2000_seeds, "device.hal.rfid.r2000.R2000Codec.feed"),
-        FuzzTarget("wire_batch", _run_wire_batch, _wire_seeds, "device.wire.decode_batch"),
-        FuzzTarget("wire_ack", _run_wire_ack, _wire_seeds, "device.wire.decode_ack"),
-        FuzzTarget("wire_state", _run_wire_state, _wire_seeds, "device.wire.decode_state"),
+        FuzzTarget("wire_batch", _run_wire_batch, _wire_seeds, "spd_common.wire.decode_batch"),
+        FuzzTarget("wire_ack", _run_wire_ack, _wire_seeds, "spd_common.wire.decode_ack"),
+        FuzzTarget("wire_state", _run_wire_state, _wire_seeds, "spd_common.wire.decode_state"),
         FuzzTarget("hl7_ack", _run_hl7_ack, _hl7_seeds, "gateway.his.ack.parse_ack"),
         FuzzTarget("mllp", _run_mllp, _mllp_seeds, "gateway.his.mllp.MllpDecoder"),
         FuzzTarget("config", _run_config, _config_seeds, "tomllib + device.config.parse_config"),
@@ -578,7 +581,7 @@ TARGETS: dict[str, FuzzTarget] = {
 
 _WIRE_TARGETS = ("wire_batch", "wire_ack", "wire_state")
 KNOWN_BUGS: tuple[KnownBug, ...] = (
-    # fixed: device/wire.py _load (deep nesting, 4300-digit integers), device/config.py load_config,
+    # fixed: spd_common/wire.py _load (deep nesting, 4300-digit integers), device/config.py load_config,
     # device/hal/scanner/serial_scanner.py LineFramer (max_line on complete lines); their crashers stay as
     # regression inputs under tests/data/crashers/
 )
@@ -733,7 +736,6 @@ def _atheris_child(name: str, libfuzzer_args: list[str]) -> None:
     import device.config
     import device.hal.rfid.r2000
     import device.udi
-    import device.wire
     import gateway.his.ack
     import gateway.his.mllp
 
@@ -777,7 +779,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strict", action="store_true", help="treat known, reported bugs as crashes too")
     parser.add_argument("--crashers", type=Path, default=CRASHERS_DIR)
     opts = parser.parse_args(args)
-    logging.basicConfig(level=logging.ERROR, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    setup_logging(quiet=logging.ERROR)
     names = list(TARGETS) if opts.target == "all" else [opts.target]
     engine = run_atheris if opts.engine == "atheris" else run_random
     failed = False

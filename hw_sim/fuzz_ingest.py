@@ -37,17 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from device.wire import (
-    GENESIS_HASH,
-    MAX_SEQ,
-    MAX_TS_MS,
-    Ack,
-    EventKind,
-    decode_ack,
-    event_hash,
-)
 from gateway.ingest import IngestService
 from gateway.store import MAX_DETAIL_CHARS, MAX_RAW_CHARS, MAX_REASON_CHARS, GatewayStore
+from spd_common.wire import GENESIS_HASH, MAX_SEQ, MAX_TS_MS, Ack, EventKind, decode_ack, event_hash
 
 SITE = "site-1"
 DEVICES = ("hh-01", "hh-02", "cab-01")

@@ -24,6 +24,7 @@ from device.handheld import Handheld, ScanOutcome
 from device.sync import DeviceSync
 from hw_sim.catalog import SimCatalogItem, sim_catalog
 from hw_sim.udi_gen import make_udi
+from spd_common.logsetup import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clock-jumps", action="store_true", help="let the device clock jump now and then")
     p.add_argument("--return-rate", type=float, default=0.0, help="share of items brought back unused")
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging()
     hh = SimHandheld(
         device=a.device, site=a.site, data_dir=a.data_dir, broker_host=a.broker_host, broker_port=a.broker_port,
         seed=a.seed, garbage_rate=a.garbage_rate, resend_after_s=a.resend_after, nurse_journal=a.nurse_journal,

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import shutil
 import statistics
 import subprocess
@@ -35,6 +34,7 @@ from hw_sim.broker import free_port
 from hw_sim.cabinet import DEFAULT_STAFF
 from hw_sim.nurse import CODE128, NURSE_BADGE, HandheldProcess, item_udi
 from hw_sim.rfid_reader import SimR2000Reader
+from spd_common.logsetup import setup_logging
 
 HANDHELD_TARGET_MB = 40
 CABINET_TARGET_MB = 150
@@ -112,7 +112,7 @@ def bench_screen(workdir: Path, scans: int) -> dict[str, Any] | None:
 
 
 def _cabinet_rss(workdir: Path, *, camera: bool) -> tuple[float, float]:
-    from device.cabinet.allowlist import Badge, write_allowlist
+    from spd_common.allowlist import Badge, write_allowlist
 
     workdir.mkdir(parents=True, exist_ok=True)
     reader = SimR2000Reader(tags_per_s=3000)
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scans", type=int, default=500, help="item scans timed on the headless handheld")
     p.add_argument("--screen-scans", type=int, default=100, help="item scans timed on the console UI (tmux)")
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    setup_logging()
     with tempfile.TemporaryDirectory(prefix="spd-hh-bench-") as tmp:
         root = Path(tmp)
         headless, handheld_mem = bench_headless(root / "headless", a.scans)

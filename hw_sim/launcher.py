@@ -1,7 +1,7 @@
 """The ``spd-sim`` entry point: check that the simulators' extras are installed, then run the command.
 
 The simulators ship in the one ``spd-edge`` distribution (docs/deploy.md says why) but their
-dependencies are the ``sim`` extra; a host without it is told what to install (device/extras.py).
+dependencies are the ``sim`` extra; a host without it is told what to install (spd_common/extras.py).
 Some subcommands need more: the camera bench and the camera-frame fuzz target the ``camera``
 extra, fuzzing with the default engine (atheris) the ``fuzz`` extra.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from device.extras import require_extras
+from spd_common.extras import require_extras
 
 
 def extras_for(args: list[str]) -> tuple[str, ...]:

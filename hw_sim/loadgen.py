@@ -68,7 +68,12 @@ from gmqtt import Client as MqttClient
 from gmqtt import Message
 
 from device import __version__
-from device.wire import (
+from gateway.catalog import write_catalog_csv
+from hw_sim import reaper
+from hw_sim.catalog import SimCatalogItem, sim_catalog
+from hw_sim.handheld import scan_for
+from hw_sim.harness import SpineHarness
+from spd_common.wire import (
     GENESIS_HASH,
     Channel,
     DeviceState,
@@ -82,11 +87,6 @@ from device.wire import (
     event_hash,
     topic,
 )
-from gateway.catalog import write_catalog_csv
-from hw_sim import reaper
-from hw_sim.catalog import SimCatalogItem, sim_catalog
-from hw_sim.handheld import scan_for
-from hw_sim.harness import SpineHarness
 
 log = logging.getLogger(__name__)
 

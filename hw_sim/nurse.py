@@ -27,10 +27,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from device.cabinet.allowlist import Badge, Role, hash_pin, write_allowlist
 from hw_sim.catalog import sim_catalog
 from hw_sim.scanner import SimSerialScanner
 from hw_sim.udi_gen import make_udi
+from spd_common.allowlist import Badge, Role, hash_pin, write_allowlist
 
 CODE128 = "]C0"  # badges, wristbands and mode cards are printed as Code 128; the scanner sends its AIM identifier
 NURSE_BADGE, NURSE_USER = "04A1B2C3", "N0001"

@@ -50,6 +50,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import IO, Any
 
+from spd_common.logsetup import setup_logging
+
 log = logging.getLogger(__name__)
 
 
@@ -633,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
     srv.add_argument("backing", type=Path)
     srv.add_argument("mount", type=Path)
     opts = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    setup_logging(stream=sys.stderr)
     return serve(opts.backing.resolve(), opts.mount.resolve())
 
 

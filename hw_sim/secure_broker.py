@@ -14,15 +14,14 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives import serialization
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from device.sync import TlsSettings
 from gateway.broker_acl import DEFAULT_TEMPLATE, BrokerPaths, render_acl, render_config
 from gateway.pki import GATEWAY_IDENTITY, CertRole, SiteCA, write_private_key
 from hw_sim.broker import MosquittoBroker
+from spd_common.mqtt import TlsSettings, make_client
 
 
 class SecureBroker(MosquittoBroker):
@@ -85,16 +84,11 @@ class MqttProbe:
         self.pubacks: dict[int, ReasonCode] = {}
         self.messages: list[tuple[str, bytes, bool]] = []
         self._cond = threading.Condition()
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-        if tls is not None:
-            c.tls_set(ca_certs=tls.ca_file, certfile=None if tls_without_cert else tls.cert_file,
-                      keyfile=None if tls_without_cert else tls.key_file, tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        c.on_connect = self._on_connect
+        c = make_client(client_id, tls=tls, client_cert=not tls_without_cert, reconnect_min_s=0.2,
+                        reconnect_max_s=0.5, on_connect=self._on_connect, on_disconnect=self._on_disconnect,
+                        on_message=self._on_message)
         c.on_subscribe = self._on_subscribe
         c.on_publish = self._on_publish
-        c.on_message = self._on_message
-        c.on_disconnect = self._on_disconnect
-        c.reconnect_delay_set(min_delay=0.2, max_delay=0.5)  # type: ignore[arg-type]
         if will is not None:
             c.will_set(will[0], will[1], qos=1)
         self.dropped = False

@@ -27,6 +27,7 @@ from device.eventlog import EventLog
 from device.sync import DeviceSync
 from hw_sim.cabinet import SimCabinet, SimTaggedItem, make_items
 from hw_sim.harness import SpineHarness, summary_json
+from spd_common.logsetup import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settle", type=float, default=60.0, help="seconds to wait for acks and charges")
     p.add_argument("-v", "--verbose", action="store_true")
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING,
-                        format="%(asctime)s %(threadName)s %(name)s %(levelname)s %(message)s")
+    setup_logging(int(a.verbose))
     if a.workdir is not None:
         return run_ward(a.workdir, cabinets=a.cabinets, sessions=a.sessions, gateway=a.gateway, seed=a.seed,
                         settle_s=a.settle)

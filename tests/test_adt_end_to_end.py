@@ -14,16 +14,7 @@ import pytest
 from device.catalog_cache import CatalogCache, PatientStatus
 from device.eventlog import EventLog
 from device.handheld import Handheld
-from device.remote import (
-    CommandKind,
-    CommandVerifier,
-    Component,
-    DesiredState,
-    RemoteCommands,
-    ReplayGuard,
-    SignedCommand,
-    load_public_key,
-)
+from device.remote import CommandVerifier, DesiredState, RemoteCommands, ReplayGuard, SignedCommand, load_public_key
 from device.scan_policy import ConsumedSerials, ScanPolicy
 from device.sync import DeviceSync
 from gateway.app import Gateway, GatewayConfig
@@ -35,6 +26,7 @@ from gateway.pki import GATEWAY_IDENTITY, SiteCA
 from hw_sim.adt import AdtSender, Patient, adt_message
 from hw_sim.secure_broker import SecureBroker
 from hw_sim.udi_gen import make_gtin, make_udi
+from spd_common.command_schema import CommandKind, Component
 
 from conftest import wait_for
 

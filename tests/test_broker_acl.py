@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from device.sync import TlsSettings
 from gateway.broker_acl import render_acl
 from gateway.pki import CertRole, SiteCA
 from hw_sim.secure_broker import MqttProbe, SecureBroker
+from spd_common.mqtt import TlsSettings
 
 SITE = "H1"
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from device.sync import TlsSettings
-from device.wire import MAX_PAYLOAD_BYTES
 from gateway.broker_acl import GATEWAY_CLI_IDENTITY, fleet_identity
 from gateway.pki import GATEWAY_IDENTITY, SiteCA
 from hw_sim.secure_broker import MqttProbe, SecureBroker
+from spd_common.mqtt import TlsSettings
+from spd_common.wire import MAX_PAYLOAD_BYTES
 
 SITE = "H1"
 EVENTS = f"spd/v1/{SITE}/+/events"

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from device.cabinet.allowlist import AllowList, AllowListError, Badge, Role, hash_pin, write_allowlist
+from device.cabinet.allowlist import AllowList
+from spd_common.allowlist import AllowListError, Badge, Role, hash_pin, write_allowlist
 
 FAST = 2**4
 
@@ -31,7 +32,7 @@ def test_badge_lookup_ignores_case_and_whitespace(tmp_path: Path) -> None:
 
 
 def test_unknown_role_is_refused_with_its_position() -> None:
-    from device.cabinet.allowlist import parse_allowlist
+    from spd_common.allowlist import parse_allowlist
 
     with pytest.raises(AllowListError) as err:
         parse_allowlist({"badges": [{"badge": "1", "user": "u", "role": "surgeon"}]})

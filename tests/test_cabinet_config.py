@@ -10,8 +10,9 @@ import pytest
 
 import device.cabinet.config  # noqa: F401 - registers the section
 from device.cabinet.config import cabinet_config
-from device.config import ConfigError, load_config, parse_config
+from device.config import load_config, parse_config
 from device.hal.pins import Pull
+from spd_common.toml_config import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "deploy" / "examples" / "cabinet.toml"
 

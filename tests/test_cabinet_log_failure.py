@@ -14,9 +14,9 @@ import pytest
 
 from device.cabinet.session import SessionState, Signal
 from device.eventlog import EventLog, LogWriteFailed
-from device.wire import Event
 from hw_sim.cabinet import LOCK_PIN, SimCabinet
 from hw_sim.powerfs import fuse_unavailable
+from spd_common.wire import Event
 
 from conftest import wait_for
 
@@ -291,7 +291,7 @@ def test_door_forced_open_while_a_count_is_held_is_its_own_unattributed_session(
 
 
 def test_an_event_recorded_directly_through_the_ports_never_goes_ahead_of_held_ones(cab: SimCabinet) -> None:
-    from device.wire import EventKind
+    from spd_common.wire import EventKind
 
     disk = _disk(cab)
     outcomes: list[str] = []

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from device.cabinet.allowlist import Badge, Role, write_allowlist
 from device.commands.run import run
 from device.eventlog import EventLog
 from hw_sim.pty_serial import PtyPort
 from hw_sim.rfid_reader import SimR2000Reader
+from spd_common.allowlist import Badge, Role, write_allowlist
 
 from conftest import LogWatch, wait_for
 

@@ -11,18 +11,9 @@ from typing import Any
 
 import pytest
 
-from device.cabinet.allowlist import parse_allowlist
 from device.catalog_cache import CatalogCache
 from device.eventlog import EventLog
-from device.remote import (
-    CommandKind,
-    CommandVerifier,
-    Component,
-    DesiredState,
-    RemoteCommands,
-    ReplayGuard,
-    load_public_key,
-)
+from device.remote import CommandVerifier, DesiredState, RemoteCommands, ReplayGuard, load_public_key
 from device.sync import DeviceSync
 from gateway.catalog import CatalogEntry, RecalledLot, import_catalog, import_recalled_lots
 from gateway.catalog_publish import CatalogPublisher
@@ -34,6 +25,8 @@ from gateway.staff import import_staff, parse_staff_table
 from gateway.store import GatewayStore
 from hw_sim.secure_broker import SecureBroker
 from hw_sim.udi_gen import make_gtin
+from spd_common.allowlist import parse_allowlist
+from spd_common.command_schema import CommandKind, Component
 
 from conftest import wait_for
 

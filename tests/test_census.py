@@ -11,11 +11,10 @@ from typing import Any
 
 import pytest
 
-from device.catalog_cache import CatalogCache, PatientStatus, content_digest
+from device.catalog_cache import CatalogCache, PatientStatus
 from device.eventlog import EventLog
 from device.handheld import Handheld
 from device.scan_policy import ConsumedSerials, ScanPolicy, ScanRefusal
-from device.wire import decode_batch, encode_batch
 from gateway import bridge
 from gateway.catalog import CatalogEntry, RecalledLot, csv_table, import_catalog, import_recalled_lots
 from gateway.catalog_export import build_device_catalog
@@ -38,6 +37,8 @@ from gateway.cli import main as gateway_main
 from gateway.lot_expiry import LotExpiry, import_lot_expiry, parse_expiry_table
 from gateway.store import GatewayStore
 from hw_sim.udi_gen import make_gtin, make_udi
+from spd_common.catalog_doc import content_digest
+from spd_common.wire import decode_batch, encode_batch
 
 _rng = random.Random(23)
 STENT, GAUZE = make_gtin(_rng), make_gtin(_rng)

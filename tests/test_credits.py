@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from device.wire import GENESIS_HASH, Batch, Event, EventKind, event_hash
 from gateway import bridge
 from gateway.charging import ChargingWorker
 from gateway.his.adapter import HisAdapter
@@ -22,6 +21,7 @@ from gateway.his.sender import HisSender
 from gateway.store import GatewayStore
 from hw_sim.his import SimulatedHis
 from hw_sim.his_http import SimulatedHttpHis
+from spd_common.wire import GENESIS_HASH, Batch, Event, EventKind, event_hash
 
 STENT = "04012345678901"
 CONFIG = bridge.BridgeConfig(sending_facility="SPD", receiving_facility="HOSP")

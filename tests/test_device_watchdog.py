@@ -13,19 +13,20 @@ import paho.mqtt.publish as mqtt_publish
 import pytest
 
 from device.cabinet.agent import CabinetAgent
-from device.cabinet.allowlist import Badge, Role, write_allowlist
 from device.cabinet.session import Cabinet
 from device.commands.run import run
 from device.eventlog import EventLog
 from device.handheld_runtime import screen
 from device.handheld_runtime.station import ScanStation
-from device.heartbeat import HeartbeatRegistry
-from device.sdnotify import Watchdog
 from device.sync import DeviceSync
-from device.wire import Channel, topic
 from hw_sim.broker import MosquittoBroker
 from hw_sim.rfid_reader import SimR2000Reader
-from tests.watchdog_helpers import FakeClock, NotifySocket, Wedge, assert_pings_stop_naming
+from spd_common.allowlist import Badge, Role, write_allowlist
+from spd_common.heartbeat import HeartbeatRegistry
+from spd_common.sdnotify import Watchdog
+from spd_common.wire import Channel, topic
+
+from watchdog_helpers import FakeClock, NotifySocket, Wedge, assert_pings_stop_naming
 
 LOOPS = ["cabinet-loop", "cabinet-reader", "sync-sender", "sync-mqtt", "device-main"]
 

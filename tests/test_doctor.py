@@ -125,7 +125,7 @@ def test_watchdog_pings_systemd_only_while_healthy(tmp_path: Path, monkeypatch: 
     import socket
     import time
 
-    from device.sdnotify import Watchdog, notify
+    from spd_common.sdnotify import Watchdog, notify
 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(tmp_path / "notify"))

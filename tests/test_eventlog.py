@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from device.eventlog import EventLog, EventLogError
-from device.wire import GENESIS_HASH
+from spd_common.wire import GENESIS_HASH
 
 
 def test_append_assigns_monotonic_seq_and_chains_hashes(tmp_path: Path) -> None:

@@ -10,15 +10,17 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from device.eventlog import EventLog
-from device.remote import CommandKind, CommandVerifier, Component, DesiredState, RemoteCommands, ReplayGuard
-from device.sync import DeviceSync, TlsSettings
-from device.wire import DeviceState, DeviceStatus
+from device.remote import CommandVerifier, DesiredState, RemoteCommands, ReplayGuard
+from device.sync import DeviceSync
 from gateway.audit import AuditAction, AuditLog, chain_break_alarms
 from gateway.commands import CommandSigner
 from gateway.fleet import DeviceRow, Fleet, FleetLink, format_devices
 from gateway.pki import SiteCA
 from gateway.store import GatewayStore
 from hw_sim.secure_broker import SecureBroker
+from spd_common.command_schema import CommandKind, Component
+from spd_common.mqtt import TlsSettings
+from spd_common.wire import DeviceState, DeviceStatus
 
 from conftest import wait_for
 

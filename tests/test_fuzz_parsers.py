@@ -17,13 +17,14 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from device.config import ConfigError, parse_config
+from device.config import parse_config
 from device.hal.rfid.r2000 import R2000Codec, TagRead, encode_tag_read
 from device.udi import Gs1Error, HibcError, parse_gs1, parse_udi, parse_wristband, to_element_string
-from device.wire import GENESIS_HASH, Event, WireError, decode_ack, decode_batch, encode_batch, event_hash
 from gateway.his.ack import AckError, parse_ack
 from gateway.his.mllp import MllpDecoder, MllpError
 from hw_sim.fuzz import CRASHERS_DIR, DEVICE, SITE, TARGETS, TODAY, crasher_files, known_bug, run_random
+from spd_common.toml_config import ConfigError
+from spd_common.wire import GENESIS_HASH, Event, WireError, decode_ack, decode_batch, encode_batch, event_hash
 
 _OPTIONAL_MODULES = {"scanner_line": "device.hal.scanner.serial_scanner", "camera_frame": "device.hal.camera.decoders"}
 FAST = settings(max_examples=150, deadline=dt.timedelta(seconds=2), suppress_health_check=[HealthCheck.too_slow])

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from device.config import ConfigError
-from device.sync import TlsSettings
 from gateway.cli import build_parser, main
 from gateway.config import config_from_args, read_gateway_file
+from spd_common.mqtt import TlsSettings
+from spd_common.toml_config import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "deploy" / "examples" / "gateway.toml"
 

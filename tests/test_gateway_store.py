@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from device.eventlog import EventLog
-from device.wire import Event, decode_batch, encode_batch
 from gateway.store import GatewayStore
+from spd_common.wire import Event, decode_batch, encode_batch
 
 
 def _events(tmp_path: Path, n: int, device: str = "HH01") -> list[Event]:
@@ -57,7 +57,7 @@ def test_chain_break_is_flagged_with_device_and_seq(tmp_path: Path) -> None:
     b = _events(tmp_path / "b", 3)  # a second log with the same device id: different history
     store.ingest(_batch(a[:2]))  # type: ignore[arg-type]
     bogus = Event(b[2].device, 3, b[2].ts_ms, b[2].kind, b[2].body, "f" * 64, "")
-    from device.wire import event_hash
+    from spd_common.wire import event_hash
     bogus = Event(bogus.device, 3, bogus.ts_ms, bogus.kind, bogus.body, bogus.prev,
                   event_hash(bogus.device, 3, bogus.ts_ms, bogus.kind, bogus.body, bogus.prev))
     res = store.ingest(_batch([bogus]))  # type: ignore[arg-type]
@@ -70,7 +70,7 @@ def test_same_seq_with_different_content_is_a_conflict_not_an_overwrite(tmp_path
     a = _events(tmp_path / "a", 1)
     b = _events(tmp_path / "b", 1)
     b0 = Event("HH01", 1, a[0].ts_ms + 1, "consume", {"x": 1}, a[0].prev, "")
-    from device.wire import event_hash
+    from spd_common.wire import event_hash
     b0 = Event(b0.device, 1, b0.ts_ms, b0.kind, b0.body, b0.prev, event_hash("HH01", 1, b0.ts_ms, "consume", b0.body,
                                                                                b0.prev))
     store.ingest(_batch(a))  # type: ignore[arg-type]

@@ -16,16 +16,17 @@ from typing import Any
 import paho.mqtt.publish as mqtt_publish
 import pytest
 
-from device.heartbeat import HeartbeatRegistry
-from device.sdnotify import Watchdog
-from device.wire import Channel, topic
 from gateway.app import Gateway, GatewayConfig
 from gateway.commands import generate_signing_key
 from gateway.his.adapter import HisOutcome, HisResult, RetryReason
 from gateway.his.sender import LANE_DEADLINE_S, HisSender
 from gateway.store import GatewayStore
 from hw_sim.broker import MosquittoBroker
-from tests.watchdog_helpers import FakeClock, NotifySocket, Wedge, assert_pings_stop_naming
+from spd_common.heartbeat import HeartbeatRegistry
+from spd_common.sdnotify import Watchdog
+from spd_common.wire import Channel, topic
+
+from watchdog_helpers import FakeClock, NotifySocket, Wedge, assert_pings_stop_naming
 
 
 class QuietHis:

@@ -10,18 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from device.udi import (
-    GS,
-    Gs1Error,
-    Gs1Reason,
-    Udi,
-    gtin_check_digit,
-    is_valid_gtin,
-    parse_gs1,
-    to_element_string,
-    to_human_readable,
-)
+from device.udi import GS, Gs1Error, Gs1Reason, Udi, gtin_check_digit, parse_gs1, to_element_string, to_human_readable
 from device.udi.gs1 import AI_TABLE
+from spd_common.gtin import is_valid_gtin
 
 TODAY = dt.date(2024, 6, 1)
 

@@ -7,7 +7,6 @@ import datetime as dt
 import time
 from pathlib import Path
 
-from device.cabinet.allowlist import Badge, Role, write_allowlist
 from device.config import HandheldConfig
 from device.eventlog import EventLog
 from device.handheld_runtime.agent import HandheldAgent
@@ -15,6 +14,7 @@ from device.handheld_runtime.station import Verdict
 from hw_sim.pins import SimPinFactory
 from hw_sim.scanner import SimSerialScanner
 from hw_sim.udi_gen import make_udi
+from spd_common.allowlist import Badge, Role, write_allowlist
 
 BUZZER, LED = 22, 23
 

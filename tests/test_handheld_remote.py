@@ -11,17 +11,17 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from device.catalog_cache import DOC_SCHEMA, content_digest
 from device.config import parse_config_text
 from device.eventlog import EventLog
 from device.handheld_runtime.agent import HandheldAgent
 from device.handheld_runtime.remote import HandheldRemote
 from device.handheld_runtime.station import Verdict
-from device.remote import CommandKind
 from device.remote_wiring import catalog_cache_path, load_verifier, remote_parts
 from device.scan_policy import ConsumedSerials, ScanPolicy
 from gateway.commands import CommandSigner, public_key_pem
 from hw_sim.udi_gen import make_gtin, make_udi
+from spd_common.catalog_doc import DOC_SCHEMA, content_digest
+from spd_common.command_schema import CommandKind
 
 DEV, SITE = "HH01", "H1"
 STENT = make_gtin(random.Random(4))

@@ -9,14 +9,17 @@ from typing import Any
 
 import pytest
 
-from device.cabinet.allowlist import AllowList, Badge, Role, hash_pin
-from device.catalog_cache import DOC_SCHEMA, CatalogCache, content_digest
-from device.config import ConfigError, HandheldConfig, parse_config_text
+from device.cabinet.allowlist import AllowList
+from device.catalog_cache import CatalogCache
+from device.config import HandheldConfig, parse_config_text
 from device.eventlog import EventLog
 from device.handheld_runtime.station import Key, Mode, ScanStation, Tone
 from device.scan_policy import ConsumedSerials, ScanPolicy
 from device.udi.wristband import WristbandFormat
 from hw_sim.udi_gen import make_gtin, make_udi
+from spd_common.allowlist import Badge, Role, hash_pin
+from spd_common.catalog_doc import DOC_SCHEMA, content_digest
+from spd_common.toml_config import ConfigError
 
 _rng = random.Random(3)
 STENT, GAUZE = make_gtin(_rng), make_gtin(_rng)

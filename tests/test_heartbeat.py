@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from device.heartbeat import HeartbeatRegistry
-from device.sdnotify import Watchdog
-from tests.watchdog_helpers import FakeClock, NotifySocket
+from spd_common.heartbeat import HeartbeatRegistry
+from spd_common.sdnotify import Watchdog
+
+from watchdog_helpers import FakeClock, NotifySocket
 
 
 def test_a_loop_is_silent_past_its_deadline_and_not_before() -> None:
@@ -66,7 +67,7 @@ def test_the_watchdog_stops_pinging_names_the_loop_and_recovers(tmp_path: Path, 
     wd = Watchdog(lambda: True, interval_s=0.02, heartbeats=reg).start()
     try:
         notify.wait_for(lambda m: m == "WATCHDOG=1")
-        with caplog.at_level(logging.ERROR, logger="device.sdnotify"):
+        with caplog.at_level(logging.ERROR, logger="spd_common.sdnotify"):
             clock.advance(61)
             status = notify.wait_for(lambda m: m.startswith("STATUS=") and "loop his-sender-2 silent for" in m)
             assert status.endswith("s (deadline 60 s)")

@@ -21,17 +21,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from device.wire import (
-    GENESIS_HASH,
-    MAX_SEQ,
-    MAX_TS_MS,
-    Ack,
-    canonical,
-    decode_ack,
-    event_hash,
-)
 from gateway.ingest import IngestService
 from gateway.store import MAX_DETAIL_CHARS, MAX_RAW_CHARS, GatewayStore
+from spd_common.wire import GENESIS_HASH, MAX_SEQ, MAX_TS_MS, Ack, canonical, decode_ack, event_hash
 
 SITE, DEVICE = "H1", "HH01"
 TOPIC = f"spd/v1/{SITE}/{DEVICE}/events"
@@ -128,7 +120,7 @@ def test_a_lone_surrogate_in_a_body_is_refused_alone_and_the_batch_is_acked(rig:
 
 def test_an_event_built_in_code_with_a_huge_seq_is_quarantined_by_the_store_itself(rig: Rig) -> None:
     """The store checks each event again (an imported export does not pass the decoder) and isolates it."""
-    from device.wire import Batch, Event
+    from spd_common.wire import Batch, Event
 
     good = [Event(DEVICE, e["seq"], e["ts"], e["kind"], e["body"], e["prev"], e["hash"]) for e in chain(2)]
     huge = Event(DEVICE, 2**70, 1, "consume", {}, GENESIS_HASH, "ab" * 32)
@@ -370,7 +362,7 @@ _BODY = st.dictionaries(st.text(max_size=8), _ANY_JSON.filter(lambda v: v == v),
 @given(body=_BODY, seq=st.integers(1, MAX_SEQ), ts=st.integers(0, MAX_TS_MS), kind=st.text(max_size=12))
 def test_the_decoder_hash_from_canonical_body_bytes_equals_event_hash(body: dict[str, Any], seq: int, ts: int,
                                                                        kind: str) -> None:
-    from device.wire import WireError, _canonical_body, _event_digest
+    from spd_common.wire import WireError, _canonical_body, _event_digest
 
     try:
         body_bytes = _canonical_body(body)

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from device.wire import GENESIS_HASH, Batch, Event, EventKind, event_hash
 from gateway.app import GatewayConfig
 from gateway.linking import LinkWatch, link_alarms
 from gateway.store import GatewayStore
+from spd_common.wire import GENESIS_HASH, Batch, Event, EventKind, event_hash
 
 STENT = "04012345678901"
 T0 = 1_735_700_000_000

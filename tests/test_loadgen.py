@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from device.wire import GENESIS_HASH, Ack, Channel, decode_batch, encode_ack, encode_batch, topic
 from hw_sim.catalog import sim_catalog
 from hw_sim.harness import SpineHarness
 from hw_sim.loadgen import LoadConfig, SimDevice, charge_id, main, run_private
+from spd_common.wire import GENESIS_HASH, Ack, Channel, decode_batch, encode_ack, encode_batch, topic
 
 
 def _offline_device(name: str = "LTEST00001") -> SimDevice:

@@ -14,7 +14,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from test_remote_wiring import SITE, RunningCabinet, free_port, high_spans
 
 from device.commands.run import run
-from device.remote import CommandKind
 from gateway.app import Gateway, GatewayConfig
 from gateway.broker_acl import GATEWAY_CLI_IDENTITY, fleet_identity
 from gateway.commands import CommandSigner, generate_signing_key, public_key_pem
@@ -22,6 +21,7 @@ from gateway.enrol import EnrolmentService, EnrolmentSettings, EnrolmentTokens
 from gateway.fleet import Fleet
 from gateway.pki import GATEWAY_IDENTITY, SiteCA, common_name
 from hw_sim.secure_broker import MqttProbe, SecureBroker
+from spd_common.command_schema import CommandKind
 
 from conftest import LogWatch, wait_for
 

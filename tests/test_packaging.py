@@ -21,12 +21,12 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from device import extras
 from gateway import launcher as gateway_launcher
 from hw_sim import launcher as sim_launcher
+from spd_common import extras
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ("device", "gateway", "hw_sim", "pyproject.toml", "setup.py", "README.md")
+SOURCES = ("spd_common", "device", "gateway", "hw_sim", "pyproject.toml", "setup.py", "README.md")
 NOT_IN_DEVICE_VENV = ("hl7", "openpyxl", "numpy", "cv2", "zxingcpp", "mfusepy", "evdev", "hypothesis", "pytest")
 
 REQUIRES = [
@@ -232,9 +232,12 @@ def test_device_wheel_runs_with_only_the_base_dependencies(tmp_path: Path) -> No
         assert command in device_help.stdout
 
     probe = (
-        "import importlib, pkgutil, device, sys\n"
+        "import importlib, pkgutil, device, spd_common, sys\n"
         "assert device.__file__.startswith(sys.prefix), device.__file__\n"
-        "for m in pkgutil.walk_packages(device.__path__, 'device.'):\n"
+        "assert spd_common.__file__.startswith(sys.prefix), spd_common.__file__\n"
+        "modules = [*pkgutil.walk_packages(spd_common.__path__, 'spd_common.'),\n"
+        "           *pkgutil.walk_packages(device.__path__, 'device.')]\n"
+        "for m in modules:\n"
         "    if not m.name.startswith('device.hal.camera'):\n"  # the camera extra
         "        importlib.import_module(m.name)\n"
         f"for name in {NOT_IN_DEVICE_VENV!r}:\n"

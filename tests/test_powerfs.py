@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from device.durable import fsync_dir
 from hw_sim.powerfs import PowerLossFs, fuse_unavailable
+from spd_common.durable import fsync_dir
 
 pytestmark = pytest.mark.skipif(fuse_unavailable() is not None, reason=str(fuse_unavailable()))
 

@@ -18,10 +18,9 @@ from device.commands.provision import (
     reprovision,
     reset,
 )
-from device.config import ConfigError, load_config
+from device.config import load_config
 from device.eventlog import EventLog
-from device.export import ExportError, read_export
-from device.sync import DeviceSync, TlsSettings
+from device.sync import DeviceSync
 from gateway.commands import public_key_pem
 from gateway.enrol import EnrolmentService, EnrolmentSettings, EnrolmentTokens
 from gateway.event_import import import_events
@@ -29,6 +28,8 @@ from gateway.ingest import IngestService
 from gateway.pki import SiteCA
 from gateway.store import GatewayStore
 from hw_sim.secure_broker import SecureBroker
+from spd_common.export import ExportError, read_export
+from spd_common.toml_config import ConfigError
 
 from conftest import wait_for
 
@@ -81,7 +82,7 @@ def test_provision_writes_a_validated_config_and_a_private_key_only_the_device_r
     cfg = load_config(cfg_path)
     assert (cfg.device_id, cfg.site, cfg.broker.port) == ("CAB10", "H1", site.broker.port)
     assert cfg.broker.tls is not None
-    assert stat.S_IMODE(cfg.broker.tls.key_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(Path(cfg.broker.tls.key_file).stat().st_mode) == 0o600
     assert cfg.extra["remote"].command_key_file == cfg_path.parent / "command-key.pem"
     assert [c.name for c in site.ca.issued(name="CAB10")] == ["CAB10"]
 
@@ -148,7 +149,7 @@ def test_reprovision_delivers_part_then_exports_the_rest_and_the_gateway_holds_e
     cfg_path = _provision(site, tmp_path, "CAB30")
     cfg = load_config(cfg_path)
     assert cfg.broker.tls is not None
-    tls = TlsSettings(str(cfg.broker.tls.ca_file), str(cfg.broker.tls.cert_file), str(cfg.broker.tls.key_file))
+    tls = cfg.broker.tls
     store = GatewayStore(tmp_path / "gw.db")
     gw = IngestService(store, host=site.broker.host, port=site.broker.port, client_id="gw-prov", tls=site.gw_tls)
     gw.start()

@@ -17,13 +17,10 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from device.cabinet.allowlist import Badge, Role, write_allowlist
 from device.catalog_cache import CatalogCache
 from device.commands.run import run
-from device.remote import CommandKind, Component
 from device.remote_wiring import catalog_cache_path, load_effective_config
 from device.scan_policy import ConsumedSerials, ScanPolicy, ScanRefusal
-from device.sync import TlsSettings
 from device.udi import parse_udi
 from gateway.app import Gateway, GatewayConfig
 from gateway.broker_acl import GATEWAY_CLI_IDENTITY, fleet_identity
@@ -38,6 +35,9 @@ from hw_sim.pty_serial import PtyPort
 from hw_sim.rfid_reader import SimR2000Reader
 from hw_sim.secure_broker import MqttProbe, SecureBroker
 from hw_sim.udi_gen import make_gtin, make_udi
+from spd_common.allowlist import Badge, Role, write_allowlist
+from spd_common.command_schema import CommandKind, Component
+from spd_common.mqtt import TlsSettings
 
 from conftest import LogWatch, wait_for
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from device.catalog_cache import CatalogCache, CatalogDocumentError, PatientStatus, content_digest
+from device.catalog_cache import CatalogCache, CatalogDocumentError, PatientStatus
 from device.eventlog import EventLog
 from device.handheld import Handheld, ScanOutcome
 from device.scan_policy import ConsumedSerials, ScanPolicy, ScanRefusal
@@ -28,6 +28,7 @@ from gateway.catalog import (
 from gateway.catalog_export import build_device_catalog, catalog_version
 from gateway.store import GatewayStore
 from hw_sim.udi_gen import make_gtin, make_udi
+from spd_common.catalog_doc import content_digest
 
 TODAY = dt.date(2026, 11, 23)
 PATIENT = "ZY2026001234"

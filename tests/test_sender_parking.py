@@ -17,7 +17,8 @@ from gateway.his.sender import HisSender
 from gateway.store import GatewayStore
 from hw_sim.his import SimulatedHis
 from hw_sim.his_http import SimulatedHttpHis
-from tests.test_credits import CONFIG, STENT, Handheld
+
+from test_credits import CONFIG, STENT, Handheld
 
 
 class FailsOn:

@@ -12,19 +12,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from device.eventlog import EventLog
-from device.remote import (
-    CommandKind,
-    CommandResult,
-    CommandVerifier,
-    RemoteCommands,
-    ReplayGuard,
-    SignedCommand,
-    allow_kinds,
-)
-from device.sync import DeviceSync, TlsSettings
+from device.remote import CommandResult, CommandVerifier, RemoteCommands, ReplayGuard, SignedCommand, allow_kinds
+from device.sync import DeviceSync
 from gateway.commands import CommandSigner
 from gateway.pki import SiteCA
 from hw_sim.secure_broker import MqttProbe, SecureBroker
+from spd_common.command_schema import CommandKind
+from spd_common.mqtt import TlsSettings
 
 from conftest import wait_for
 

@@ -8,12 +8,13 @@ from pathlib import Path
 import openpyxl
 import pytest
 
-from device.cabinet.allowlist import AllowList, Role, parse_allowlist
+from device.cabinet.allowlist import AllowList
 from gateway.audit import AuditLog
 from gateway.catalog import csv_table
 from gateway.cli import main as gateway_main
 from gateway.staff import build_allowlist, import_staff, load_staff, parse_staff_table, read_staff_file
 from gateway.store import GatewayStore
+from spd_common.allowlist import Role, parse_allowlist
 
 HEADER = ["staff_id", "name", "badge", "role", "dept", "pin", "active"]
 ROWS = [

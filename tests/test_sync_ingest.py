@@ -89,7 +89,7 @@ class CrashBeforeAck(IngestService):
 
     def _handle_events(self, topic_text: str, payload: bytes) -> None:
         if self.crashes_left > 0:
-            from device.wire import decode_batch
+            from spd_common.wire import decode_batch
 
             self.store.ingest(decode_batch(topic_text, payload))
             self.crashes_left -= 1

@@ -7,8 +7,9 @@ import random
 
 import biip
 
-from device.udi import GS, is_valid_gtin, parse_gs1, parse_wristband
+from device.udi import GS, parse_gs1, parse_wristband
 from hw_sim.udi_gen import ItemFactory, SimItem, make_gtin, make_udi, make_wristband
+from spd_common.gtin import is_valid_gtin
 
 TODAY = dt.date(2024, 6, 1)
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from device.wire import (
+from spd_common.wire import (
     GENESIS_HASH,
     Ack,
     Channel,

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from device.heartbeat import HeartbeatRegistry
-from device.sdnotify import Watchdog
+from spd_common.heartbeat import HeartbeatRegistry
+from spd_common.sdnotify import Watchdog
 
 
 class FakeClock:

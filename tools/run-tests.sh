@@ -12,7 +12,7 @@ if [ -z "${SPD_REQUIRE_COMPILED:-}" ] && command -v cc >/dev/null 2>&1; then
 fi
 
 echo "== ruff =="
-.venv/bin/ruff check device gateway hw_sim tests
+.venv/bin/ruff check spd_common device gateway hw_sim tests
 echo "== mypy (strict, core packages) =="
 .venv/bin/mypy
 

@@ -10,10 +10,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from device.cabinet.allowlist import AllowList, AllowListError, Badge, Role, hash_pin
+    from device.cabinet.allowlist import AllowList
     from device.cabinet.epc import EpcError, Sgtin, decode_sgtin96, encode_sgtin96
     from device.cabinet.inventory import CountResult, InventoryPolicy, count_stable
     from device.cabinet.session import AlarmCode, SessionState
+    from spd_common.allowlist import AllowListError, Badge, Role, hash_pin
 
 _HOME = {
     "AllowList": "allowlist", "AllowListError": "allowlist", "Badge": "allowlist", "Role": "allowlist",

@@ -16,7 +16,7 @@ Threads, and what each owns (nothing else touches what a thread owns):
   sender) — the MQTT connection; woken after every commit.
 
 ``cabinet-loop`` and ``cabinet-reader`` beat heartbeats of those names
-(:mod:`device.heartbeat`); a count declares its own, longer deadline.
+(:mod:`spd_common.heartbeat`); a count declares its own, longer deadline.
 
 The event log is thread-safe; the loop is the only writer of cabinet events,
 the handheld pairing path (also on the loop) writes ``consume`` events.
@@ -40,7 +40,6 @@ from device.cabinet.catalog import ItemCatalog, ItemKey
 from device.cabinet.config import CabinetConfig
 from device.cabinet.inventory import InventoryPolicy, count_stable
 from device.cabinet.session import Cabinet, PendingLink, Recordable, SessionState, Signal, Timings
-from device.durable import fsync_dir, write_atomic
 from device.eventlog import EventLog, LogWriteFailed
 from device.hal.door import DoorSensor
 from device.hal.indicator import BeepPattern, Buzzer, Indicator
@@ -49,11 +48,12 @@ from device.hal.pins import PinFactory, load_pin_factory
 from device.hal.rfid.r2000 import Session
 from device.hal.rfid.reader import ReaderDisconnected, ReaderError, RfidReader
 from device.handheld import Handheld
-from device.heartbeat import HeartbeatRegistry
 from device.scan_policy import ScanPolicy
 from device.udi import Udi, parse_udi
 from device.udi.wristband import WristbandFormat, parse_wristband
-from device.wire import Event, EventKind
+from spd_common.durable import fsync_dir, write_atomic
+from spd_common.heartbeat import HeartbeatRegistry
+from spd_common.wire import Event, EventKind
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from device.udi.gs1 import Udi, is_valid_gtin
+from device.udi.gs1 import Udi
+from spd_common.gtin import is_valid_gtin
 
 ItemKey = tuple[str, str]
 

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from device.config import ConfigError, DeviceConfig, Section, register_section
+from device.config import DeviceConfig, register_section
 from device.hal.pins import Pull
+from spd_common.toml_config import ConfigError, Section
 
 SECTION: Final = "cabinet"
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")

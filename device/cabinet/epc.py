@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
-from device.udi.gs1 import gtin_check_digit, is_valid_gtin
+from device.udi.gs1 import gtin_check_digit
+from spd_common.gtin import is_valid_gtin
 
 SGTIN96_HEADER: Final = 0x30
 SGTIN198_HEADER: Final = 0x36

@@ -40,12 +40,13 @@ from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import Any, Protocol
 
-from device.cabinet.allowlist import AllowList, Badge, Role
+from device.cabinet.allowlist import AllowList
 from device.cabinet.catalog import ItemCatalog, ItemKey
 from device.cabinet.epc import EpcError, Sgtin, decode_sgtin96
 from device.cabinet.inventory import CountResult
 from device.eventlog import LogWriteFailed
-from device.wire import Event, EventKind
+from spd_common.allowlist import Badge, Role
+from spd_common.wire import Event, EventKind
 
 log = logging.getLogger(__name__)
 

@@ -26,12 +26,13 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from cryptography import x509
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from device.config import ConfigError, DeviceConfig, RemoteConfig, load_config
+from device.config import DeviceConfig, RemoteConfig, load_config
 from device.eventlog import EventLog
-from device.wire import Channel, topic
+from spd_common.mqtt import make_client
+from spd_common.toml_config import ConfigError
+from spd_common.wire import Channel, topic
 
 EARLIEST_PLAUSIBLE = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
 CERT_WARN_DAYS = 30
@@ -150,9 +151,9 @@ def check_clock(cfg: DeviceConfig, *, now: dt.datetime | None = None) -> Finding
                      "set up time sync (timedatectl set-ntp true) or set the date; certificates and signed "
                      "commands are refused with a wrong clock")
     tls = cfg.broker.tls
-    if tls is not None and tls.cert_file.exists():
+    if tls is not None and Path(tls.cert_file).exists():
         try:
-            cert = x509.load_pem_x509_certificate(tls.cert_file.read_bytes())
+            cert = x509.load_pem_x509_certificate(Path(tls.cert_file).read_bytes())
             if t < cert.not_valid_before_utc:
                 return _fail("clock", f"the clock ({t:%Y-%m-%d %H:%M} UTC) is before the certificate was issued",
                              "fix the date (timedatectl) before anything else")
@@ -207,7 +208,7 @@ def check_certificate(cfg: DeviceConfig, *, now: dt.datetime | None = None) -> F
     if tls is None:
         return _fail("certificate", "no [broker.tls] section: the device has no identity",
                      "provision it: spd-device provision --url ... --token ... --ca-fingerprint ...")
-    missing = [str(p) for p in (tls.ca_file, tls.cert_file, tls.key_file) if not p.exists()]
+    missing = [p for p in (tls.ca_file, tls.cert_file, tls.key_file) if not Path(p).exists()]
     if missing:
         return _fail("certificate", f"missing {', '.join(missing)}", "provision the device again")
     try:
@@ -217,11 +218,11 @@ def check_certificate(cfg: DeviceConfig, *, now: dt.datetime | None = None) -> F
     except Exception as err:
         return _fail("certificate", f"certificate not issued by the site CA on file: {err}",
                      "provision the device again")
-    mode = stat.S_IMODE(tls.key_file.stat().st_mode)
+    mode = stat.S_IMODE(Path(tls.key_file).stat().st_mode)
     if mode & 0o077:
         return _fail("certificate", f"private key {tls.key_file} has mode {mode:o}, readable by others",
                      f"chmod 600 {tls.key_file}")
-    cert = x509.load_pem_x509_certificate(tls.cert_file.read_bytes())
+    cert = x509.load_pem_x509_certificate(Path(tls.cert_file).read_bytes())
     t = now or dt.datetime.now(dt.UTC)
     if t > cert.not_valid_after_utc:
         return _fail("certificate", f"expired on {cert.not_valid_after_utc:%Y-%m-%d}",
@@ -262,14 +263,7 @@ def check_broker(cfg: DeviceConfig, *, timeout_s: float = 5.0, listen_s: float =
     b = cfg.broker
     where = f"{b.host}:{b.port}"
     pr = _Probe()
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"doctor-{cfg.device_id}-{os.getpid()}",
-                    protocol=mqtt.MQTTv5)
-    if tls is not None:
-        try:
-            c.tls_set(ca_certs=str(tls.ca_file), certfile=str(tls.cert_file), keyfile=str(tls.key_file),
-                      tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        except (OSError, ssl.SSLError, ValueError) as err:
-            return [_fail("broker", f"cannot load the TLS files: {err}", "provision the device again")]
+
 
     def on_connect(cl: mqtt.Client, u: Any, f: Any, rc: ReasonCode, p: Any) -> None:
         with pr.cond:
@@ -290,8 +284,12 @@ def check_broker(cfg: DeviceConfig, *, timeout_s: float = 5.0, listen_s: float =
         with pr.cond:
             pr.topics.append(msg.topic)
 
-    c.on_connect, c.on_disconnect, c.on_publish, c.on_subscribe, c.on_message = (
-        on_connect, on_disconnect, on_ack, on_ack, on_message)
+    try:
+        c = make_client(f"doctor-{cfg.device_id}-{os.getpid()}", tls=tls, on_connect=on_connect,
+                        on_disconnect=on_disconnect, on_message=on_message)
+    except (OSError, ssl.SSLError, ValueError) as err:
+        return [_fail("broker", f"cannot load the TLS files: {err}", "provision the device again")]
+    c.on_publish, c.on_subscribe = on_ack, on_ack
     try:
         c.connect(b.host, b.port, keepalive=10)
     except (OSError, ssl.SSLError) as err:

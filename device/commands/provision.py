@@ -50,12 +50,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from device.config import ConfigError, DeviceConfig, load_config, parse_config
-from device.durable import fsync_dir, write_atomic
+from device.config import DeviceConfig, load_config, parse_config
 from device.eventlog import EventLog
-from device.export import EventExport, write_export
-from device.sync import DeviceSync, TlsSettings
-from device.wire import ID_PATTERN
+from device.sync import DeviceSync
+from spd_common.durable import fsync_dir, write_atomic
+from spd_common.export import EventExport, write_export
+from spd_common.toml_config import ConfigError
+from spd_common.wire import ID_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -241,9 +242,9 @@ def check_identity_files(cfg: DeviceConfig) -> None:
     tls = cfg.broker.tls
     if tls is None:
         raise ProvisionError("the config has no [broker.tls] section")
-    cert = x509.load_pem_x509_certificate(tls.cert_file.read_bytes())
-    key = serialization.load_pem_private_key(tls.key_file.read_bytes(), password=None)
-    ca = x509.load_pem_x509_certificate(tls.ca_file.read_bytes())
+    cert = x509.load_pem_x509_certificate(Path(tls.cert_file).read_bytes())
+    key = serialization.load_pem_private_key(Path(tls.key_file).read_bytes(), password=None)
+    ca = x509.load_pem_x509_certificate(Path(tls.ca_file).read_bytes())
     cn = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     if cn != [cfg.device_id]:
         raise ProvisionError(f"certificate names {cn}, the device is {cfg.device_id!r}", "cert_mismatch")
@@ -403,7 +404,7 @@ def deliver_backlog(cfg: DeviceConfig, log_: EventLog, *, timeout_s: float) -> b
     tls = cfg.broker.tls
     sync = DeviceSync(log_, site=cfg.site, host=cfg.broker.host, port=cfg.broker.port, reconnect_min_s=0.2,
                       reconnect_max_s=2.0, resend_after_s=2.0, batch_size=cfg.sync.batch_size,
-                      tls=TlsSettings(str(tls.ca_file), str(tls.cert_file), str(tls.key_file)) if tls else None)
+                      tls=tls)
     sync.start()
     deadline = time.monotonic() + timeout_s
     try:

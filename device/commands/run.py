@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import threading
 from pathlib import Path
 from typing import Any
 
 from device.cabinet.config import cabinet_config
-from device.config import ConfigError
 from device.hal.pins import PinFactory
-from device.heartbeat import HeartbeatRegistry
+from spd_common.heartbeat import HeartbeatRegistry
+from spd_common.toml_config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +32,8 @@ def run(config_path: Path, *, stop: threading.Event | None = None, pin_factory: 
     ties to the watchdog.
     """
     from device.cabinet.agent import CabinetAgent
-    from device.catalog_cache import CatalogCache
-    from device.eventlog import EventLog
-    from device.remote_wiring import build_remote, catalog_cache_path, load_effective_config, load_verifier
-    from device.scan_policy import ConsumedSerials, ScanPolicy
-    from device.sync import DeviceSync, TlsSettings
+    from device.remote_wiring import build_remote, load_effective_config, load_verifier
+    from device.run_parts import device_sync, open_log_and_policy, stop_on_signals, wire_remote
 
     effective = load_effective_config(config_path)
     cfg = effective.config
@@ -50,43 +46,19 @@ def run(config_path: Path, *, stop: threading.Event | None = None, pin_factory: 
     cab = cabinet_config(cfg)
     heartbeats = heartbeats or HeartbeatRegistry()
     verifier = load_verifier(cfg)
-    eventlog = EventLog(cfg.log_path, device=cfg.device_id, retention_s=cfg.log.retention_days * 86400)
     # validation at the scan: the catalog the gateway pushed, and the serials this cabinet already consumed
-    consumed = ConsumedSerials(cfg.data_dir / "consumed.db")
-    consumed.catch_up(eventlog)
-    policy = ScanPolicy(CatalogCache(catalog_cache_path(cfg)), consumed)
+    eventlog, _, policy = open_log_and_policy(cfg)
     agent = CabinetAgent(cab, eventlog=eventlog, data_dir=cfg.data_dir, pin_factory=pin_factory,
                          on_committed=lambda ev: sync.notify(), scan_policy=policy, heartbeats=heartbeats)
     remote = None if verifier is None else build_remote(Path(config_path), cfg, verifier, agent=agent,
                                                         eventlog=eventlog, config_version=effective.config_version,
                                                         catalog=policy.cache)
-    tls = cfg.broker.tls
-    sync = DeviceSync(
-        eventlog, site=cfg.site, host=cfg.broker.host, port=cfg.broker.port, batch_size=cfg.sync.batch_size,
-        window=cfg.sync.window, resend_after_s=cfg.sync.resend_after_s, state_every_s=cfg.sync.state_every_s,
-        keepalive_s=cfg.broker.keepalive_s,
-        tls=TlsSettings(str(tls.ca_file), str(tls.cert_file), str(tls.key_file)) if tls else None,
-        on_command=remote.on_command if remote is not None else None,
-        state_extra=remote.state_extra if remote is not None else None,
-        heartbeats=heartbeats,
-    )
-    if remote is not None:
-        def after_command() -> None:
-            sync.notify()
-            sync.publish_state()
-
-        remote.notify = after_command
+    sync = device_sync(cfg, eventlog, remote, heartbeats=heartbeats)
     stop = stop or threading.Event()
     restart = threading.Event()
     if remote is not None:
-        def restart_agent() -> None:  # new credentials: MQTT's TLS context must be rebuilt from the files
-            restart.set()
-            stop.set()
-
-        remote.restart = restart_agent
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+        wire_remote(remote, sync, stop, restart)
+    stop_on_signals(stop)
     main_beat = heartbeats.register("device-main", deadline_s=MAIN_DEADLINE_S)
     agent.start()
     sync.start()

@@ -1,5 +1,5 @@
 """``spd-device service``: ``run`` under systemd, with READY/STOPPING notifications and a watchdog that pings
-only while every loop of the agent beats (:mod:`device.heartbeat`) and the event log answers."""
+only while every loop of the agent beats (:mod:`spd_common.heartbeat`) and the event log answers."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from device.config import ConfigError, load_config
-from device.heartbeat import HeartbeatRegistry
-from device.sdnotify import Watchdog, notify
+from device.config import load_config
+from spd_common.heartbeat import HeartbeatRegistry
+from spd_common.sdnotify import Watchdog, notify
+from spd_common.toml_config import ConfigError
 
 
 def log_readable(path: Path) -> bool:

@@ -33,10 +33,10 @@ from device.eventlog import EventLog
 from device.hal.indicator import BeepPattern, Buzzer, Indicator
 from device.hal.pins import PinFactory, load_pin_factory
 from device.handheld_runtime.station import Key, ScanStation, StationView, Tone, Verdict
-from device.heartbeat import HeartbeatRegistry
 from device.scan_policy import ScanPolicy
 from device.udi.wristband import WristbandFormat
-from device.wire import Event
+from spd_common.heartbeat import HeartbeatRegistry
+from spd_common.wire import Event
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from device.cabinet.allowlist import AllowList
 from device.handheld_runtime.agent import HandheldAgent
 from device.remote import SignedCommand
 from device.remote_wiring import DeviceRemote
-from device.wire import EventKind
+from spd_common.wire import EventKind
 
 log = logging.getLogger(__name__)
 

@@ -19,15 +19,15 @@ from __future__ import annotations
 import curses
 import logging
 import os
-import signal
 import sys
 import threading
 from pathlib import Path
 
-from device.config import ConfigError
 from device.hal.pins import PinFactory
-from device.heartbeat import HeartbeatRegistry
 from device.remote_wiring import EffectiveConfig
+from spd_common.heartbeat import HeartbeatRegistry
+from spd_common.logsetup import formatter
+from spd_common.toml_config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +40,12 @@ def run_handheld(config_path: Path, effective: EffectiveConfig, *, stop: threadi
                  heartbeats: HeartbeatRegistry | None = None) -> int:
     """Run until ``stop`` is set (or a signal arrives); ``screen`` forces ``console`` or ``headless``; the loops
     beat in ``heartbeats`` (see the module docstring)."""
-    from device.catalog_cache import CatalogCache
-    from device.eventlog import EventLog
     from device.handheld_runtime.agent import HandheldAgent
     from device.handheld_runtime.remote import HandheldRemote
     from device.handheld_runtime.screen import ConsoleScreen, Frame, HeadlessScreen, Link, choose_screen
-    from device.remote_wiring import RESTART_EXIT_CODE, catalog_cache_path, load_verifier, remote_parts
-    from device.scan_policy import ConsumedSerials, ScanPolicy
-    from device.sync import DeviceSync, TlsSettings
+    from device.remote_wiring import RESTART_EXIT_CODE, load_verifier, remote_parts
+    from device.run_parts import device_sync, open_log_and_policy, stop_on_signals, wire_remote
+    from device.sync import DeviceSync
 
     cfg = effective.config
     heartbeats = heartbeats or HeartbeatRegistry()
@@ -59,11 +57,8 @@ def run_handheld(config_path: Path, effective: EffectiveConfig, *, stop: threadi
     mode = screen or choose_screen(hh.screen)
     if mode == "console":
         _log_beside_screen(cfg.data_dir / "handheld.log")
-    eventlog = EventLog(cfg.log_path, device=cfg.device_id, retention_s=cfg.log.retention_days * 86400)
-    consumed = ConsumedSerials(cfg.data_dir / "consumed.db")
-    consumed.catch_up(eventlog)
-    catalog = CatalogCache(catalog_cache_path(cfg))
-    policy = ScanPolicy(catalog, consumed)
+    eventlog, consumed, policy = open_log_and_policy(cfg)
+    catalog = policy.cache
     sync: DeviceSync | None = None
 
     def committed(_ev: object) -> None:
@@ -77,34 +72,12 @@ def run_handheld(config_path: Path, effective: EffectiveConfig, *, stop: threadi
         remote = HandheldRemote(agent=agent, **remote_parts(Path(config_path), cfg, verifier, eventlog=eventlog,
                                                             config_version=effective.config_version,
                                                             catalog=catalog))
-    tls = cfg.broker.tls
-    sync = DeviceSync(
-        eventlog, site=cfg.site, host=cfg.broker.host, port=cfg.broker.port, batch_size=cfg.sync.batch_size,
-        window=cfg.sync.window, resend_after_s=cfg.sync.resend_after_s, state_every_s=cfg.sync.state_every_s,
-        keepalive_s=cfg.broker.keepalive_s,
-        tls=TlsSettings(str(tls.ca_file), str(tls.cert_file), str(tls.key_file)) if tls else None,
-        on_command=remote.on_command if remote is not None else None,
-        state_extra=remote.state_extra if remote is not None else None,
-        heartbeats=heartbeats,
-    )
+    sync = device_sync(cfg, eventlog, remote, heartbeats=heartbeats)
     stop = stop or threading.Event()
     restart = threading.Event()
     if remote is not None:
-        live_sync = sync
-
-        def after_command() -> None:
-            live_sync.notify()
-            live_sync.publish_state()
-
-        def restart_agent() -> None:  # new credentials: MQTT's TLS context must be rebuilt from the files
-            restart.set()
-            stop.set()
-
-        remote.notify = after_command
-        remote.restart = restart_agent
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+        wire_remote(remote, sync, stop, restart)
+    stop_on_signals(stop)
 
     backlog = [eventlog.backlog()]
 
@@ -175,5 +148,5 @@ def _log_beside_screen(path: Path) -> None:
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
             root.removeHandler(handler)
     file_handler = logging.FileHandler(path, encoding="utf-8")
-    file_handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    file_handler.setFormatter(formatter())
     root.addHandler(file_handler)

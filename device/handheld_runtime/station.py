@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from device.cabinet.allowlist import AllowList, Badge, Role
+from device.cabinet.allowlist import AllowList
 from device.catalog_cache import PatientStatus
 from device.config import HandheldConfig
 from device.eventlog import EventLog, LogWriteFailed
@@ -45,7 +45,8 @@ from device.handheld import Handheld, ScanOutcome
 from device.scan_policy import ScanPolicy
 from device.udi import parse_udi
 from device.udi.wristband import Wristband, WristbandFormat, parse_wristband
-from device.wire import EventKind
+from spd_common.allowlist import Badge, Role
+from spd_common.wire import EventKind
 
 log = logging.getLogger(__name__)
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final
 
+from spd_common.gtin import check_digit
+
 log = logging.getLogger(__name__)
 
 GS: Final = "\x1d"
@@ -198,22 +200,11 @@ class Udi:
 
 
 def gtin_check_digit(body: str) -> int:
-    """The GS1 mod-10 check digit for ``body`` (every digit of a GTIN/SSCC/GLN except the last)."""
-    if not body or not body.isascii() or not body.isdigit():
-        raise Gs1Error(Gs1Reason.ILLEGAL_CHARACTER, f"check digit needs digits only, got {body!r}")
-    total = 0
-    weight = 3
-    for ch in reversed(body):
-        total += (ord(ch) - 48) * weight
-        weight = 4 - weight
-    return (10 - total % 10) % 10
-
-
-def is_valid_gtin(gtin: str) -> bool:
-    """True for an 8, 12, 13 or 14 digit GTIN whose check digit is right."""
-    if len(gtin) not in (8, 12, 13, 14) or not gtin.isascii() or not gtin.isdigit():
-        return False
-    return gtin_check_digit(gtin[:-1]) == ord(gtin[-1]) - 48
+    """The GS1 mod-10 check digit of ``body`` (:func:`spd_common.gtin.check_digit`); Gs1Error if not digits."""
+    try:
+        return check_digit(body)
+    except ValueError as err:
+        raise Gs1Error(Gs1Reason.ILLEGAL_CHARACTER, str(err)) from None
 
 
 def _full_year(yy: int, today: dt.date) -> int:

@@ -119,6 +119,8 @@ cdef enum:
 assert [int(s) for s in Slot] == list(range(1, 14)), "template slots changed: update _cbridge.pyx"
 
 cdef unsigned char CSET82[256]
+# HL7 escaping, a C-level copy of gateway.hl7text.escape_utf8 (kept here for speed): ESCAPE_CODE and
+# put_escaped must give the same bytes as that function; tests/test_hl7_escape.py compares them on every byte.
 cdef unsigned char ESCAPE_CODE[256]
 cdef const char* HEX = b"0123456789ABCDEF"
 
@@ -265,6 +267,7 @@ cdef extern from *:
 
 
 cdef inline char* put_escaped(char* out, const unsigned char* src, Py_ssize_t n) noexcept:
+    # must match gateway.hl7text.escape_utf8 (see ESCAPE_CODE)
     cdef Py_ssize_t i
     cdef unsigned char c, code
     for i in range(n):

@@ -13,7 +13,6 @@ from typing import Any, NamedTuple
 from gateway.bridge.hl7template import (
     Slot,
     credit_template,
-    escape,
     item_ft1_fragment,
     item_zud_fragment,
     message_template,
@@ -36,6 +35,7 @@ from gateway.bridge.types import (
     is_item_key,
     utc_offset_ms,
 )
+from gateway.hl7text import escape_utf8 as escape
 
 GS = 0x1D
 SYMBOLOGY_IDENTIFIERS = (b"]d2", b"]C1", b"]Q3", b"]e0")

@@ -1,12 +1,12 @@
-"""The DFT^P03 message template: HL7 escaping and the literal fragments both bridge implementations fill."""
+"""The DFT^P03 message template: the literal fragments both bridge implementations fill (escaping: gateway.hl7text)."""
 
 from __future__ import annotations
 
 import enum
 import functools
-import re
 
 from gateway.bridge.types import BridgeConfig, CatalogItem
+from gateway.hl7text import escape
 
 
 class Slot(enum.IntEnum):
@@ -28,30 +28,6 @@ class Slot(enum.IntEnum):
 
 
 _MARK = "\x00{}\x00"
-
-_ESCAPES: dict[int, bytes] = {
-    ord("\\"): b"\\E\\",
-    ord("|"): b"\\F\\",
-    ord("^"): b"\\S\\",
-    ord("&"): b"\\T\\",
-    ord("~"): b"\\R\\",
-}
-for _byte in [*range(0x20), 0x7F]:
-    _ESCAPES[_byte] = b"\\X%02X\\" % _byte
-_NEEDS_ESCAPE = re.compile(rb"[\\|^&~\x00-\x1f\x7f]")
-
-
-def escape(value: bytes) -> bytes:
-    """Escape a UTF-8 field value: ``| ^ & ~ \\`` as ``\\F\\ \\S\\ \\T\\ \\R\\ \\E\\``, controls as ``\\Xhh\\``."""
-    if _NEEDS_ESCAPE.search(value) is None:
-        return value
-    return _NEEDS_ESCAPE.sub(lambda m: _ESCAPES[m.group()[0]], value)
-
-
-def escape_text(value: str) -> bytes:
-    """:func:`escape` for a str (encoded as UTF-8)."""
-    return escape(value.encode("utf-8"))
-
 
 def yuan(fen: int) -> str:
     """Integer fen as yuan with exactly two decimals, without floating point."""
@@ -80,7 +56,7 @@ class TransactionType(enum.StrEnum):
 
 def _template_text(config: BridgeConfig, kind: TransactionType) -> str:
     def esc(value: str) -> str:
-        return escape_text(value).decode("utf-8")
+        return escape(value)
 
     time, cid = _mark(Slot.TIME), _mark(Slot.CHARGE_ID)
     adm, dept = _mark(Slot.ADMISSION), _mark(Slot.DEPT)
@@ -129,12 +105,12 @@ def _split(text: str) -> tuple[tuple[bytes, ...], tuple[Slot, ...]]:
 def ft1_fragment(charge_code: str, name: str, price_fen: int) -> bytes:
     """FT1-7 charge code^name, FT1-8/9 empty, FT1-10 quantity 1, FT1-11/12 amounts at purchase price."""
     amount = f"{yuan(price_fen)}&CNY".encode("ascii")
-    return b"".join([escape_text(charge_code), b"^", escape_text(name), b"|||1|", amount, b"|", amount])
+    return b"".join([escape(charge_code).encode(), b"^", escape(name).encode(), b"|||1|", amount, b"|", amount])
 
 
 def zud_fragment(item_code: str, spec: str, manufacturer: str) -> bytes:
     """ZUD-6 SPD item code, ZUD-7 spec, ZUD-8 manufacturer."""
-    return b"|".join([escape_text(item_code), escape_text(spec), escape_text(manufacturer)])
+    return b"|".join([escape(item_code).encode(), escape(spec).encode(), escape(manufacturer).encode()])
 
 
 def item_ft1_fragment(item: CatalogItem) -> bytes:

@@ -10,8 +10,8 @@ import sqlite3
 from collections.abc import Callable
 from typing import NamedTuple
 
-from device.wire import GENESIS_HASH
 from gateway.data.engine import SqliteEngine
+from spd_common.wire import GENESIS_HASH
 
 _NO_UPDATE_TRIGGER = "audit_log_no_update"
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-from device.wire import Event
 from gateway.data.engine import SqliteEngine
+from spd_common.wire import Event
 
 log = logging.getLogger(__name__)
 

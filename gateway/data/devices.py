@@ -7,8 +7,8 @@ import json
 import time
 from typing import NamedTuple
 
-from device.wire import DeviceState
 from gateway.data.engine import SqliteEngine
+from spd_common.wire import DeviceState
 
 
 class DeviceStateRow(NamedTuple):

@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from device.wire import (
+from gateway.data.engine import SqliteEngine
+from spd_common.wire import (
     GENESIS_HASH,
     Batch,
     Event,
@@ -26,7 +27,6 @@ from device.wire import (
     readable_seq,
     shown,
 )
-from gateway.data.engine import SqliteEngine
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,15 @@
-"""HL7 v2 acknowledgements: parse an ACK (MSA/ERR, any encoding characters, escapes) and build one."""
+"""HL7 v2 acknowledgements: parse an ACK (MSA/ERR, any encoding characters, escapes) and build one.
+
+An ACK is split into segments and fields by python-hl7 (``hl7.parse``), the library the ADT listener
+uses too; this module checks the MSH delimiters first (stable refusal reasons) and reads MSA and ERR.
+Measured (``python -m hw_sim.bench ack``, docs/benchmarks.md): python-hl7 takes about 0.1-0.3 ms
+per ACK where the former hand-written split took 0.01-0.05 ms, small beside a scan's 5.6 ms (p50)
+to its HIS ACK, so the library is used. Two of its habits are worked around: it strips the
+message's ends (a closing segment keeps the last field's trailing spaces), and its ``unescape``
+reads ``\\Xhh\\`` byte by byte as Latin-1, maps ``\\.br\\`` to CR and drops escapes it does not
+know, so :func:`unescape` here resolves escapes (UTF-8 hex, unknown ones kept). Escaping is
+:func:`gateway.hl7text.escape`, shared with the charge template.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +19,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 
+import hl7
+
 from gateway.his.adapter import HisError
+from gateway.hl7text import EncodingCharacters, escape
 
 _SEGMENT_BREAK = re.compile(r"\r\n|\r|\n")
 _HL7_TIMESTAMP = "%Y%m%d%H%M%S"
+_END = "ZZE"  # a closing segment of no meaning, removed after parsing
 MSA_TEXT_MAX = 80  # HL7 v2.5 length of MSA-3 (ST)
 ERR_TEXT_MAX = 250  # HL7 v2.5 length of ERR-8 (TX)
 
@@ -55,23 +70,6 @@ class AckCode(Enum):
     def is_commit(self) -> bool:
         """True for the enhanced-mode commit acknowledgements (CA, CE, CR)."""
         return self.value.startswith("C")
-
-
-@dataclass(frozen=True)
-class EncodingCharacters:
-    """The delimiters a message declares in MSH-1 and MSH-2."""
-
-    field: str = "|"
-    component: str = "^"
-    repetition: str = "~"
-    escape: str = "\\"
-    subcomponent: str = "&"
-    truncation: str | None = None  # v2.7+ fifth character; kept so it round-trips
-
-    @property
-    def msh2(self) -> str:
-        """The MSH-2 field value declaring these characters."""
-        return self.component + self.repetition + self.escape + self.subcomponent + (self.truncation or "")
 
 
 @dataclass(frozen=True)
@@ -138,23 +136,6 @@ def message_control_id(message: str) -> str:
     return field(msh, 10)
 
 
-def escape(value: str, chars: EncodingCharacters) -> str:
-    """Escape delimiters and line breaks in a text value (HL7 v2 section 2.7)."""
-    e = chars.escape
-    replacements = {
-        chars.escape: f"{e}E{e}",
-        chars.field: f"{e}F{e}",
-        chars.component: f"{e}S{e}",
-        chars.subcomponent: f"{e}T{e}",
-        chars.repetition: f"{e}R{e}",
-        "\r": f"{e}X0D{e}",
-        "\n": f"{e}X0A{e}",
-    }
-    if chars.truncation:
-        replacements[chars.truncation] = f"{e}P{e}"
-    return "".join(replacements.get(char, char) for char in value)
-
-
 def unescape(value: str, chars: EncodingCharacters, encoding: str = "utf-8") -> str:
     """Resolve HL7 escape sequences; formatting and charset escapes are dropped, unknown ones kept."""
     e = chars.escape
@@ -207,16 +188,22 @@ def parse_ack(text: str, encoding: str = "utf-8") -> HisAck:
     if not segments:
         raise AckError("empty", "acknowledgement is empty")
     try:
-        chars, msh = parse_msh(segments[0])
+        chars, _ = parse_msh(segments[0])  # the delimiters checked, with a stable reason when they are bad
     except Hl7Error as err:
         raise AckError(err.reason, f"acknowledgement has no valid MSH: {err.message}") from err
+    try:
+        # python-hl7 strips the message's ends; the closing segment keeps the last field's spaces
+        message = hl7.parse("\r".join([*segments, _END]))[:-1]
+    except hl7.ParseException as err:  # pragma: no cover - parse_msh refused what python-hl7 would
+        raise AckError("malformed", f"acknowledgement is not HL7 v2: {err}") from err
+    by_name: dict[str, list[list[str]]] = {}
+    for segment in message:
+        fields = [str(value) for value in segment]  # fields[n] is field n (MSH-n for MSH)
+        by_name.setdefault(fields[0], []).append(fields)
+    msh = by_name["MSH"][0]
     message_type = component(field(msh, 9), chars, 1)
     if message_type != "ACK":
         raise AckError("not_an_ack", f"MSH-9 message type is {message_type or 'empty'!r}, not 'ACK'")
-    by_name: dict[str, list[list[str]]] = {}
-    for segment in segments[1:]:
-        fields = segment.split(chars.field)
-        by_name.setdefault(fields[0], []).append(fields)
     if "MSA" not in by_name:
         raise AckError("missing_msa", "acknowledgement has no MSA segment")
     msa = by_name["MSA"][0]

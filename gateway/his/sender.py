@@ -31,9 +31,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from device.heartbeat import HeartbeatRegistry
 from gateway.his.adapter import HisAdapter, HisAdapterClosed, HisError, HisOutcome, HisResult
 from gateway.store import GatewayStore, OutboxCharge
+from spd_common.backoff import backoff_delay
+from spd_common.heartbeat import HeartbeatRegistry
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +112,7 @@ class HisSender:
         self._wake.set()
 
     def _backoff(self, attempts: int) -> float:
-        delay = min(self.backoff_max_s, self.backoff_base_s * (2 ** min(attempts, 16)))
-        return float(delay * (0.5 + self._rng.random() / 2))
+        return backoff_delay(attempts, first_s=self.backoff_base_s, ceiling_s=self.backoff_max_s, rng=self._rng)
 
     def run_once(self, now: float | None = None) -> int:
         """Send what is due; returns the number of charges sent (any outcome)."""

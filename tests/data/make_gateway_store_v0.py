@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from device.cabinet.allowlist import Role
-from device.wire import GENESIS_HASH, Batch, DeviceState, DeviceStatus, Event, EventKind, InvalidEvent, event_hash
 from gateway import bridge
 from gateway.audit import AuditAction, AuditLog
 from gateway.catalog import CatalogEntry, RecalledLot, import_catalog, import_recalled_lots, set_dept_stock
@@ -49,6 +48,7 @@ from gateway.lot_expiry import LotExpiry, import_lot_expiry
 from gateway.staff import StaffMember, import_staff
 from gateway.store import GatewayStore
 from hw_sim.his_http import SimulatedHttpHis
+from spd_common.wire import GENESIS_HASH, Batch, DeviceState, DeviceStatus, Event, EventKind, InvalidEvent, event_hash
 
 STENT = "04012345678901"
 T0 = 1_735_700_000_000

@@ -23,8 +23,8 @@ from device.hal.scanner.symbology import (
     ScannerState,
     ScannerThread,
     Symbology,
-    backoff_delays,
 )
+from spd_common.backoff import backoff_delays
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class CameraScanner(ScannerThread):
         self.fps_limit = fps_limit
         self.stop_at_end = stop_at_end
         self.backoff_s = backoff_s
-        backoff_delays(backoff_s)  # validates
+        backoff_delays(*backoff_s)  # validates
         self.stats = CameraStats()
         self._clock = clock
         self._dedupe = Deduplicator(dedupe_window_s)
@@ -144,7 +144,7 @@ class CameraScanner(ScannerThread):
         return self._finished.wait(timeout_s)
 
     def _run(self) -> None:
-        delays = backoff_delays(self.backoff_s)
+        delays = backoff_delays(*self.backoff_s)
         period = 1.0 / self.fps_limit if self.fps_limit else 0.0
         next_frame_at = 0.0
         try:
@@ -170,7 +170,7 @@ class CameraScanner(ScannerThread):
                     self._release()
                     self._stop.wait(next(delays))
                     continue
-                delays = backoff_delays(self.backoff_s)
+                delays = backoff_delays(*self.backoff_s)
                 try:
                     self.process_frame(frame)
                 except CameraError as err:

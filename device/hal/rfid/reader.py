@@ -32,6 +32,7 @@ from device.hal.rfid.r2000 import (
     error_name,
     frame_command,
 )
+from spd_common.backoff import backoff_delays
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +212,7 @@ class RfidReader:
     def wait_online(self, timeout_s: float) -> bool:
         """Try to open the port, backing off exponentially between attempts, for up to ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
-        delay, ceiling = self.backoff_s
+        delays = backoff_delays(*self.backoff_s)
         while True:
             try:
                 self.open()
@@ -221,8 +222,7 @@ class RfidReader:
                 if remaining <= 0:
                     log.warning("rfid reader on %s still offline: %s", self.url, err.message)
                     return False
-                time.sleep(min(delay, remaining))
-                delay = min(delay * 2, ceiling)
+                time.sleep(min(next(delays), remaining))
 
     def __enter__(self) -> RfidReader:
         return self

@@ -37,8 +37,8 @@ from device.hal.scanner.symbology import (
     ScannerThread,
     ScannerUnavailable,
     ScanRejected,
-    backoff_delays,
 )
+from spd_common.backoff import backoff_delays
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +267,7 @@ class WedgeScanner(ScannerThread):
         self.source: KeyEventSource = EvdevKeySource(source, grab=grab) if isinstance(source, str) else source
         self.line_timeout_s = line_timeout_s
         self.backoff_s = backoff_s
-        backoff_delays(backoff_s)  # validates
+        backoff_delays(*backoff_s)  # validates
         self._keys = KeyDecoder(max_line=max_line)
         self._decoder = LineDecoder(gs_substitutes=gs_substitutes, symbology_ids=symbology_ids, max_line=max_line)
         super().__init__(ScanDelivery(f"wedge scanner {self.source.name}", on_scan),
@@ -281,7 +281,7 @@ class WedgeScanner(ScannerThread):
         return self._delivery.stats
 
     def _run(self) -> None:
-        delays = backoff_delays(self.backoff_s)
+        delays = backoff_delays(*self.backoff_s)
         while not self._stop.is_set():
             if not self._open:
                 try:
@@ -291,7 +291,7 @@ class WedgeScanner(ScannerThread):
                     self._stop.wait(next(delays))
                     continue
                 self._open = True
-                delays = backoff_delays(self.backoff_s)
+                delays = backoff_delays(*self.backoff_s)
                 if self._ever_online:
                     self._delivery.stats.reconnects += 1
                 self._ever_online = True

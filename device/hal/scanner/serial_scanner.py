@@ -21,8 +21,8 @@ from device.hal.scanner.symbology import (
     ScannerStats,
     ScannerThread,
     ScanRejected,
-    backoff_delays,
 )
+from spd_common.backoff import backoff_delays
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class SerialScanner(ScannerThread):
         self.baudrate = baudrate
         self.suffix = suffix.value if isinstance(suffix, Suffix) else bytes(suffix)
         self.backoff_s = backoff_s
-        backoff_delays(backoff_s)  # validates
+        backoff_delays(*backoff_s)  # validates
         self._decoder = LineDecoder(gs_substitutes=gs_substitutes, symbology_ids=symbology_ids, max_line=max_line)
         self._framer = LineFramer(self.suffix, max_line=max_line, line_timeout_s=line_timeout_s)
         super().__init__(ScanDelivery(f"scanner {url}", on_scan), thread_name=f"scanner-{url}")
@@ -144,7 +144,7 @@ class SerialScanner(ScannerThread):
 
     # --- reader thread ------------------------------------------------------
     def _run(self) -> None:
-        delays = backoff_delays(self.backoff_s)
+        delays = backoff_delays(*self.backoff_s)
         while not self._stop.is_set():
             if self._port is None:
                 try:
@@ -153,7 +153,7 @@ class SerialScanner(ScannerThread):
                     log.debug("%s", err.message)
                     self._stop.wait(next(delays))
                     continue
-                delays = backoff_delays(self.backoff_s)
+                delays = backoff_delays(*self.backoff_s)
             try:
                 chunk = self._port.read(max(1, self._port.in_waiting))
             except (serial.SerialException, OSError, TypeError, AttributeError) as err:

@@ -369,13 +369,3 @@ class ScannerThread:
 
     def _close(self) -> None:
         raise NotImplementedError
-
-
-def backoff_delays(backoff_s: tuple[float, float]) -> Iterator[float]:
-    """Exponential reconnection delays: first, doubling, capped at the ceiling."""
-    delay, ceiling = backoff_s
-    if not 0 < delay <= ceiling:
-        raise ValueError(f"backoff must be 0 < first <= ceiling, got {backoff_s!r}")
-    while True:
-        yield delay
-        delay = min(delay * 2, ceiling)

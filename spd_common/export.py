@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from device.wire import Event, WireError, check_id, event_hash
+from spd_common.wire import Event, WireError, check_id, event_hash
 
 FORMAT: Final = "spd-event-export"
 VERSION: Final = 1

@@ -3,7 +3,7 @@
 A process can be alive and useless: a deadlocked cabinet loop, a sync thread
 stuck on a lock, an HIS lane that never returns from a socket call. systemd
 (``WatchdogSec=``) restarts a service only when its pings stop, so the pings
-(:class:`device.sdnotify.Watchdog`) are tied to these heartbeats: every loop
+(:class:`spd_common.sdnotify.Watchdog`) are tied to these heartbeats: every loop
 that must run registers here with a deadline and beats once per pass; when one
 misses its deadline the pings stop, the journal gets an ERROR naming the loop
 and how long it has been silent, and ``STATUS=`` says the same in

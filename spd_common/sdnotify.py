@@ -1,7 +1,7 @@
 """A tiny systemd notify client (``READY=1``, ``WATCHDOG=1``, ``STATUS=``, ``STOPPING=1``) over ``$NOTIFY_SOCKET``.
 
 Outside systemd (no ``$NOTIFY_SOCKET``) every call is a no-op. The watchdog
-pings only while every loop registered in its :class:`~device.heartbeat.HeartbeatRegistry`
+pings only while every loop registered in its :class:`~spd_common.heartbeat.HeartbeatRegistry`
 beats within its deadline and the health check passes, so a hung agent — a
 deadlocked loop as much as a dead disk — is restarted by systemd
 (``WatchdogSec=``) instead of being kept alive by a blind timer. When it stops
@@ -17,7 +17,7 @@ import socket
 import threading
 from collections.abc import Callable
 
-from device.heartbeat import HeartbeatRegistry
+from spd_common.heartbeat import HeartbeatRegistry
 
 log = logging.getLogger(__name__)
 

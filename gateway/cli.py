@@ -62,6 +62,9 @@ def _import_file(a: argparse.Namespace, read: Callable[[Path], tuple[Any, list[A
     except CatalogImportError as err:
         print(f"{a.file}: {err.message} [{err.reason}]", file=sys.stderr)
         return 2
+    except OSError as err:  # missing, unreadable, a directory: one line, not a traceback
+        print(f"{a.file}: cannot be read: {err.strerror or err} [unreadable]", file=sys.stderr)
+        return 2
     _print_row_errors(a.file, errors)
     if errors and not_imported is not None and not a.partial:
         print(f"{not_imported}: fix the rows above, or pass --partial", file=sys.stderr)

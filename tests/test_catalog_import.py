@@ -170,3 +170,14 @@ def test_cli_imports_both_formats_by_extension(tmp_path: Path, capsys: pytest.Ca
     assert [e.gtin for e in load_catalog_entries(store)] == [GAUZE, STENT]
     assert load_recalled_lots(store) == [RecalledLot(STENT, "L1")]
     store.close()
+
+
+@pytest.mark.parametrize("command", ["catalog-import", "recall-import", "staff-import", "census-import",
+                                     "expiry-import"])
+def test_a_file_that_is_not_there_is_one_line_not_a_traceback(command: str, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "items.csv"
+    assert main([command, "--db", str(tmp_path / "gw.db"), str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"{missing}: cannot be read: No such file or directory [unreadable]"
+    assert main([command, "--db", str(tmp_path / "gw.db"), str(tmp_path)]) == 2  # a directory

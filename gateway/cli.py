@@ -143,16 +143,28 @@ def _expiry_import(a: argparse.Namespace) -> int:
 
 
 def _census_ready(a: argparse.Namespace) -> int:
-    from gateway.census import census_complete, load_census, mark_census_complete
+    from gateway.census import PatientState, census_complete, load_census, mark_census_complete
 
     store = GatewayStore(a.db)
-    mark_census_complete(store, complete=not a.off, by=_actor(a))
-    records = load_census(store) or []
-    AuditLog(store).record(_actor(a), AuditAction.CENSUS_IMPORTED, ready=not a.off, admissions=len(records))
-    state = census_complete(store)
-    store.close()
-    print(f"census {'complete: sent to the devices' if state else 'not complete: devices refuse no wristband for it'}"
-          f" ({len(records)} admissions); publish with: spd-gateway push --component catalog --build")
+    try:
+        if not a.check:
+            mark_census_complete(store, complete=not a.off, by=_actor(a))
+            records = load_census(store) or []
+            AuditLog(store).record(_actor(a), AuditAction.CENSUS_IMPORTED, ready=not a.off, admissions=len(records))
+        records = load_census(store) or []
+        state = census_complete(store)
+    finally:
+        store.close()
+    in_house = sum(1 for r in records if r.status is PatientState.IN_HOUSE)
+    counts = f"{in_house} in house, {len(records) - in_house} discharged"
+    if a.check:
+        print(f"census {'complete' if state else 'not marked complete'}: {counts}")
+    elif state:
+        print(f"census marked complete ({counts}); devices check wristbands against it from the next catalog "
+              "push (by itself with the fleet link and ADT, or now: spd-gateway push --component catalog --build)")
+    else:
+        print(f"census marked not complete ({counts}); after the next catalog push devices refuse no wristband "
+              "for it")
     return 0
 
 
@@ -252,7 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     rdy = sub.add_parser("census-ready", help="the ADT-fed census now holds every inpatient: send it to the devices")
     rdy.add_argument("--db", type=Path, required=True, help="the gateway store (SQLite)")
-    rdy.add_argument("--off", action="store_true", help="not complete (again): the devices stop checking patients")
+    mode = rdy.add_mutually_exclusive_group()
+    mode.add_argument("--off", action="store_true", help="not complete (again): the devices stop checking patients")
+    mode.add_argument("--check", action="store_true",
+                      help="only print the census counts and whether it is marked complete; change nothing")
     rdy.add_argument("--by", default=None, help="who said so (default: the login name), for the audit log")
     rdy.set_defaults(func=_census_ready)
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import itertools
+import os
 import socket
 import sys
+import time
 from dataclasses import dataclass
 
 from gateway.his.ack import HisAck, parse_ack
@@ -33,6 +35,15 @@ class Patient:
     dept: str = ""
 
 
+def next_control_id() -> str:
+    """A fresh MSH-10 (20 characters at most): the clock in ms, this process and a counter.
+
+    The gateway takes a repeated MSH-10 as a resend and does not apply it again, so two runs of
+    ``spd-sim adt`` must never reuse one (numbering from 1 in each process did).
+    """
+    return f"A{int(time.time() * 1000):013d}{os.getpid() % 1000:03d}{next(_counter) % 1000:03d}"
+
+
 def hl7_time(when: dt.datetime | None = None) -> str:
     return (when or dt.datetime.now()).strftime("%Y%m%d%H%M%S")
 
@@ -41,7 +52,7 @@ def adt_message(trigger: str, patient: Patient, *, control_id: str | None = None
                 sending_app: str = "HIS", facility: str = "HOSP", message_type: str = "ADT") -> str:
     """An ADT message as a HIS sends it: MSH, EVN, PID, PV1 (PV1-44 admit / PV1-45 discharge time)."""
     ts = hl7_time(when)
-    cid = control_id or f"ADT{next(_counter):08d}"
+    cid = control_id or next_control_id()
     pv1 = ["PV1"] + [""] * 45  # pv1[n] is PV1-n
     pv1[1], pv1[2], pv1[3], pv1[10] = "1", "I", f"{patient.ward}^{patient.room}^{patient.bed}^{facility}", patient.dept
     if trigger == "A01":

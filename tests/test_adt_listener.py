@@ -270,3 +270,17 @@ def test_any_text_gets_an_ack_and_never_an_exception(rig: Rig, text: str) -> Non
     ack, result = rig.listener.handler.handle(text)
     assert result.code.value in ("AA", "AE", "AR")
     assert msa(ack)[1] == result.code.value
+
+
+def test_each_message_spd_sim_adt_sends_has_its_own_control_id() -> None:
+    """The gateway takes a repeated MSH-10 as a resend: two runs of spd-sim adt must never reuse one."""
+    import subprocess
+    import sys
+
+    from hw_sim.adt import next_control_id
+
+    ids = {next_control_id() for _ in range(2000)}
+    assert len(ids) == 2000 and all(len(i) <= 20 for i in ids)
+    other = subprocess.run([sys.executable, "-c", "from hw_sim.adt import next_control_id; print(next_control_id())"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert other not in ids

@@ -287,12 +287,21 @@ def test_an_adt_fed_census_reaches_the_devices_only_once_the_site_says_it_is_com
     store.close()
     db = tmp_path / "gw.db"
     assert gateway_main(["census-ready", "--db", str(db), "--off", "--by", "spd.desk"]) == 0
-    assert "census not complete: devices refuse no wristband for it (1 admissions)" in capsys.readouterr().out
+    assert "census marked not complete (1 in house, 0 discharged)" in capsys.readouterr().out
     again = GatewayStore(db)
     assert build_device_catalog(again, dept=None)["patients"] is None
     again.close()
+    # the go-live check: the counts, and nothing changes
+    assert gateway_main(["census-ready", "--db", str(db), "--check"]) == 0
+    assert capsys.readouterr().out.strip() == "census not marked complete: 1 in house, 0 discharged"
+    again = GatewayStore(db)
+    assert not census_complete(again)
+    again.close()
     assert gateway_main(["census-ready", "--db", str(db)]) == 0
-    assert "census complete: sent to the devices (1 admissions)" in capsys.readouterr().out
+    assert "census marked complete (1 in house, 0 discharged); devices check wristbands against it from the next " \
+           "catalog push" in capsys.readouterr().out
+    assert gateway_main(["census-ready", "--db", str(db), "--check"]) == 0
+    assert capsys.readouterr().out.strip() == "census complete: 1 in house, 0 discharged"
 
 
 def test_a_census_snapshot_import_is_complete(store: GatewayStore) -> None:

@@ -239,7 +239,8 @@ class FleetLink:
         try:
             state = decode_state(msg.topic, bytes(msg.payload))
             site = msg.topic.split("/")[2]
-            self.store.update_device_state(site, state)
+            # a retained state replayed at (re)subscription is old news: it does not make the device seen now
+            self.store.update_device_state(site, state, live=not msg.retain)
             self.fleet.record_state(site, state)
         except WireError as err:
             log.warning("fleet: ignored state on %s: %s", msg.topic, err)

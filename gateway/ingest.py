@@ -120,12 +120,15 @@ class IngestService:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
-            self.handle(msg.topic, bytes(msg.payload))
+            self.handle(msg.topic, bytes(msg.payload), retained=bool(msg.retain))
         except Exception:  # a bug: logged, no ack, and paho's network thread lives on
             log.exception("gateway: failed to handle message on %s", msg.topic)
 
-    def handle(self, topic_text: str, payload: bytes) -> None:
+    def handle(self, topic_text: str, payload: bytes, *, retained: bool = False) -> None:
         """One message from the broker: an events batch is stored and acked, a state recorded.
+
+        ``retained``: the broker replayed a stored message at subscription; a replayed state does not
+        make its device seen now.
 
         A payload-level fault is recorded in ``bad_payloads`` and not acked; a
         failure of the store is logged and not acked (the device resends).
@@ -136,7 +139,7 @@ class IngestService:
             if addr.channel is Channel.EVENTS:
                 self._handle_events(topic_text, payload)
             elif addr.channel is Channel.STATE and payload:  # an empty retained message clears state
-                self.store.update_device_state(addr.site, decode_state(topic_text, payload))
+                self.store.update_device_state(addr.site, decode_state(topic_text, payload), live=not retained)
         except WireError as err:
             self._bad(topic_text, err.reason, err.detail, payload)
         except (sqlite3.Error, OSError, MemoryError):

@@ -102,8 +102,8 @@ class GatewayStore:
     def last_event_id(self) -> int:
         return self.events.last_event_id()
 
-    def update_device_state(self, site: str, state: DeviceState) -> None:
-        self.devices.update_device_state(site, state)
+    def update_device_state(self, site: str, state: DeviceState, *, live: bool = True) -> None:
+        self.devices.update_device_state(site, state, live=live)
 
     def contiguous_seq(self, device: str) -> int:
         return self.devices.contiguous_seq(device)

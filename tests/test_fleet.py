@@ -15,12 +15,13 @@ from device.sync import DeviceSync
 from gateway.audit import AuditAction, AuditLog, chain_break_alarms
 from gateway.commands import CommandSigner
 from gateway.fleet import DeviceRow, Fleet, FleetLink, format_devices
+from gateway.ingest import IngestService
 from gateway.pki import SiteCA
 from gateway.store import GatewayStore
 from hw_sim.secure_broker import SecureBroker
 from spd_common.command_schema import CommandKind, Component
 from spd_common.mqtt import TlsSettings
-from spd_common.wire import DeviceState, DeviceStatus
+from spd_common.wire import Channel, DeviceState, DeviceStatus, topic
 
 from conftest import wait_for
 
@@ -143,4 +144,22 @@ def test_listing_shows_status_last_seen_version_backlog_and_alarms(tmp_path: Pat
     AuditLog(store).record("ops", AuditAction.CERT_REVOKED, device="CAB08", serial="ab12")
     with pytest.raises(Exception, match="append-only"), store._engine.transaction() as db:
         db.execute("DELETE FROM audit_log")
+    store.close()
+
+
+def test_a_state_the_broker_replays_at_subscription_does_not_make_the_device_seen_now(tmp_path: Path) -> None:
+    """After a gateway restart the broker replays every device's retained state (often its will: offline)."""
+    from spd_common.wire import encode_state
+
+    store = GatewayStore(tmp_path / "gw.db")
+    ingest = IngestService(store, host="127.0.0.1", port=1, publish=lambda t, p: None)  # never connected
+    state = encode_state(DeviceState("CAB07", DeviceStatus.OFFLINE, backlog=0, version="0.1.0", ts_ms=1_000_000))
+    ingest.handle(topic(SITE, "CAB07", Channel.STATE), state, retained=True)  # never seen: the device's own time
+    assert [(d, s, seen) for d, _site, seen, s, *_ in store.devices.states()] == [("CAB07", "offline", 1000.0)]
+    ingest.handle(topic(SITE, "CAB07", Channel.STATE),
+                  encode_state(DeviceState("CAB07", DeviceStatus.ONLINE, ts_ms=2_000_000)))  # live: seen now
+    seen_live = store.devices.states()[0][2]
+    assert seen_live is not None and seen_live > 1_700_000_000
+    ingest.handle(topic(SITE, "CAB07", Channel.STATE), state, retained=True)  # replayed again after a restart
+    assert [(d, s, seen) for d, _site, seen, s, *_ in store.devices.states()] == [("CAB07", "offline", seen_live)]
     store.close()

@@ -42,13 +42,27 @@ class DeviceStore:
     def __init__(self, engine: SqliteEngine) -> None:
         self._engine = engine
 
-    def update_device_state(self, site: str, state: DeviceState) -> None:
+    def update_device_state(self, site: str, state: DeviceState, *, live: bool = True) -> None:
+        """Record a device's state. ``live``: it just arrived, so the device was seen now.
+
+        A retained state the broker replays when the gateway (re)subscribes is not a sighting: the
+        device's ``last_seen`` stays as it was (a device never recorded gets its own timestamp).
+        """
         with self._engine.transaction() as db:
+            if live:
+                db.execute(
+                    "INSERT INTO devices (device, site, last_seen, status, backlog, version) VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (device) DO UPDATE SET last_seen = excluded.last_seen, status = excluded.status, "
+                    "backlog = excluded.backlog, version = excluded.version",
+                    (state.device, site, time.time(), state.status.value, state.backlog, state.version),
+                )
+                return
             db.execute(
                 "INSERT INTO devices (device, site, last_seen, status, backlog, version) VALUES (?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (device) DO UPDATE SET last_seen = excluded.last_seen, status = excluded.status, "
-                "backlog = excluded.backlog, version = excluded.version",
-                (state.device, site, time.time(), state.status.value, state.backlog, state.version),
+                "ON CONFLICT (device) DO UPDATE SET last_seen = COALESCE(devices.last_seen, excluded.last_seen), "
+                "status = excluded.status, backlog = excluded.backlog, version = excluded.version",
+                (state.device, site, state.ts_ms / 1000 if state.ts_ms > 0 else None, state.status.value,
+                 state.backlog, state.version),
             )
 
     def contiguous_seq(self, device: str) -> int:

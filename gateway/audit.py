@@ -45,6 +45,10 @@ class AuditAction(StrEnum):
     TOKEN_ISSUED = "token_issued"
     STAFF_IMPORTED = "staff_imported"  # who may open the cabinets changed
     CENSUS_IMPORTED = "census_imported"
+    CENSUS_MARKED = "census_marked"  # the site said the ADT-fed census is (not) complete
+    CATALOG_IMPORTED = "catalog_imported"  # prices and charge codes changed
+    RECALLS_IMPORTED = "recalls_imported"
+    LOT_EXPIRY_IMPORTED = "lot_expiry_imported"
     AUDIT_CHAINED = "audit_chained"  # rows written before the hash chain existed were chained on upgrade
 
 

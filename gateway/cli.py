@@ -80,7 +80,10 @@ def _import_file(a: argparse.Namespace, read: Callable[[Path], tuple[Any, list[A
 
 def _catalog_import(a: argparse.Namespace) -> int:
     def store_rows(store: GatewayStore, entries: Any, errors: list[Any]) -> str:
-        return f"imported {import_catalog(store, entries)} items, {len(errors)} row errors"
+        n = import_catalog(store, entries)
+        AuditLog(store).record(_actor(a), AuditAction.CATALOG_IMPORTED, file=str(a.file), items=n,
+                               row_errors=len(errors))
+        return f"imported {n} items, {len(errors)} row errors"
 
     return _import_file(a, read_catalog_file, store_rows)
 
@@ -88,6 +91,8 @@ def _catalog_import(a: argparse.Namespace) -> int:
 def _recall_import(a: argparse.Namespace) -> int:
     def store_rows(store: GatewayStore, lots: Any, errors: list[Any]) -> str:
         n = import_recalled_lots(store, lots, replace=not a.add)
+        AuditLog(store).record(_actor(a), AuditAction.RECALLS_IMPORTED, file=str(a.file), lots=n,
+                               replaced=not a.add, row_errors=len(errors))
         return f"imported {n} recalled lots, {len(errors)} row errors"
 
     return _import_file(a, read_recall_file, store_rows, not_imported="recall list not imported")
@@ -137,7 +142,10 @@ def _expiry_import(a: argparse.Namespace) -> int:
     from gateway.lot_expiry import import_lot_expiry, read_expiry_file
 
     def store_rows(store: GatewayStore, lots: Any, errors: list[Any]) -> str:
-        return f"imported {import_lot_expiry(store, lots)} lot expiry dates, {len(errors)} row errors"
+        n = import_lot_expiry(store, lots)
+        AuditLog(store).record(_actor(a), AuditAction.LOT_EXPIRY_IMPORTED, file=str(a.file), lots=n,
+                               row_errors=len(errors))
+        return f"imported {n} lot expiry dates, {len(errors)} row errors"
 
     return _import_file(a, read_expiry_file, store_rows, not_imported="expiry list not imported")
 
@@ -150,7 +158,7 @@ def _census_ready(a: argparse.Namespace) -> int:
         if not a.check:
             mark_census_complete(store, complete=not a.off, by=_actor(a))
             records = load_census(store) or []
-            AuditLog(store).record(_actor(a), AuditAction.CENSUS_IMPORTED, ready=not a.off, admissions=len(records))
+            AuditLog(store).record(_actor(a), AuditAction.CENSUS_MARKED, ready=not a.off, admissions=len(records))
         records = load_census(store) or []
         state = census_complete(store)
     finally:
@@ -237,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     cat = sub.add_parser("catalog-import", help="import the item dictionary from CSV or XLSX (by extension)")
     cat.add_argument("--db", type=Path, required=True, help="the gateway store (SQLite)")
     cat.add_argument("file", type=Path, help="the item dictionary, .csv or .xlsx")
+    cat.add_argument("--by", default=None, help="who imported (default: the login name), for the audit log")
     cat.set_defaults(func=_catalog_import)
 
     rec = sub.add_parser("recall-import", help="replace the recalled-lots list from CSV or XLSX (by extension)")
@@ -244,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--add", action="store_true", help="add to the list instead of replacing it")
     rec.add_argument("--partial", action="store_true", help="import the good rows even when some rows are bad")
     rec.add_argument("file", type=Path, help="the recalled lots, .csv or .xlsx")
+    rec.add_argument("--by", default=None, help="who imported (default: the login name), for the audit log")
     rec.set_defaults(func=_recall_import)
 
     st = sub.add_parser("staff-import", help="replace the staff list (badges, PINs, roles, departments) "
@@ -276,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--db", type=Path, required=True, help="the gateway store (SQLite)")
     exp.add_argument("--partial", action="store_true", help="import the good rows even when some rows are bad")
     exp.add_argument("file", type=Path, help="lot expiry dates, .csv or .xlsx")
+    exp.add_argument("--by", default=None, help="who imported (default: the login name), for the audit log")
     exp.set_defaults(func=_expiry_import)
 
     cnt = sub.add_parser("counts", help="print the store's counters as JSON")

@@ -181,3 +181,24 @@ def test_a_file_that_is_not_there_is_one_line_not_a_traceback(command: str, tmp_
     err = capsys.readouterr().err
     assert err.strip() == f"{missing}: cannot be read: No such file or directory [unreadable]"
     assert main([command, "--db", str(tmp_path / "gw.db"), str(tmp_path)]) == 2  # a directory
+
+
+def test_every_import_is_in_the_audit_log_with_who_did_it(tmp_path: Path) -> None:
+    from gateway.audit import AuditLog
+
+    db = str(tmp_path / "gw.db")
+    items = tmp_path / "items.csv"
+    items.write_text(",".join(HEADER[:9]) + f"\n{STENT},HC1,C1,Stent,,Maker,100,1,1\n", encoding="utf-8")
+    recalls = tmp_path / "recalls.csv"
+    recalls.write_text(f"gtin,lot\n{STENT},L9\n", encoding="utf-8")
+    expiry = tmp_path / "expiry.csv"
+    expiry.write_text(f"gtin,lot,expiry\n{STENT},L9,2027-01-31\n", encoding="utf-8")
+    assert main(["catalog-import", "--db", db, "--by", "spd.desk", str(items)]) == 0
+    assert main(["recall-import", "--db", db, "--by", "quality.li", str(recalls)]) == 0
+    assert main(["expiry-import", "--db", db, "--by", "spd.desk", str(expiry)]) == 0
+    assert main(["census-ready", "--db", db, "--by", "interface.eng"]) == 0
+    store = GatewayStore(tmp_path / "gw.db")
+    rows = [(e.actor, e.action) for e in reversed(AuditLog(store).entries())]
+    store.close()
+    assert rows == [("spd.desk", "catalog_imported"), ("quality.li", "recalls_imported"),
+                    ("spd.desk", "lot_expiry_imported"), ("interface.eng", "census_marked")]

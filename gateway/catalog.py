@@ -25,10 +25,10 @@ import importlib
 import io
 import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway.data.catalog import RecallRow, TermsRow
 from gateway.data.census import CensusRow
@@ -152,23 +152,10 @@ def read_table(path: Path) -> Table:
 
 
 def parse_catalog_table(table: Table) -> tuple[list[CatalogEntry], list[RowError]]:
-    header, rows = table
-    names, problem = _check_header(header, COLUMNS, OPTIONAL_COLUMNS)
-    if problem is not None:
-        return [], [problem]
-    entries: list[CatalogEntry] = []
-    errors: list[RowError] = []
     seen: set[str] = set()
-    for line, values in rows:
-        rec = _record(names, values)
-        row_errors: list[RowError] = []
-        entry = _catalog_entry(line, rec, seen, row_errors)
-        if row_errors or entry is None:
-            errors.extend(row_errors)
-            continue
-        seen.add(entry.gtin)
-        entries.append(entry)
-    return entries, errors
+    return parse_table(table, COLUMNS, OPTIONAL_COLUMNS,
+                       lambda line, rec, errors: _catalog_entry(line, rec, seen, errors),
+                       accepted=lambda entry: seen.add(entry.gtin))
 
 
 def parse_catalog_csv(text: str) -> tuple[list[CatalogEntry], list[RowError]]:
@@ -348,6 +335,35 @@ def _check_header(
     if twice:
         return names, RowError(1, ",".join(twice), "duplicate columns")
     return names, None
+
+
+_Row = TypeVar("_Row")
+
+
+def parse_table(table: Table, required: Sequence[str], optional: Sequence[str],
+                parse_row: Callable[[int, dict[str, Any], list[RowError]], _Row | None], *,
+                accepted: Callable[[_Row], None] = lambda row: None) -> tuple[list[_Row], list[RowError]]:
+    """The shape of every import table: check the header, then parse each row by its column names.
+
+    ``parse_row(line, record, errors)`` appends what is wrong with the row to ``errors``; a row
+    with errors, or for which it returns None (a row to leave out), is not taken. ``accepted``
+    sees each row taken, in order (to refuse a later duplicate of it).
+    """
+    header, rows = table
+    names, problem = _check_header(header, required, optional)
+    if problem is not None:
+        return [], [problem]
+    out: list[_Row] = []
+    errors: list[RowError] = []
+    for line, values in rows:
+        row_errors: list[RowError] = []
+        row = parse_row(line, _record(names, values), row_errors)
+        if row_errors or row is None:
+            errors.extend(row_errors)
+            continue
+        accepted(row)
+        out.append(row)
+    return out, errors
 
 
 def _record(names: list[str], values: list[Any]) -> dict[str, Any]:

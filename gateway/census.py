@@ -32,7 +32,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from gateway.catalog import RowError, Table, _check_header, _record, _text, read_table
+from gateway.catalog import RowError, Table, _text, parse_table, read_table
 from gateway.data.census import CensusRow
 from gateway.store import GatewayStore
 
@@ -192,23 +192,10 @@ def _next_record(old: CensusRecord | None, u: AdtUpdate) -> CensusRecord | None:
 
 
 def parse_census_table(table: Table) -> tuple[list[CensusRecord], list[RowError]]:
-    header, rows = table
-    names, problem = _check_header(header, CENSUS_COLUMNS, CENSUS_OPTIONAL_COLUMNS)
-    if problem is not None:
-        return [], [problem]
-    records: list[CensusRecord] = []
-    errors: list[RowError] = []
     seen: set[str] = set()
-    for line, values in rows:
-        rec = _record(names, values)
-        row_errors: list[RowError] = []
-        record = _census_row(line, rec, seen, row_errors)
-        if row_errors or record is None:
-            errors.extend(row_errors)
-            continue
-        seen.add(record.admission)
-        records.append(record)
-    return records, errors
+    return parse_table(table, CENSUS_COLUMNS, CENSUS_OPTIONAL_COLUMNS,
+                       lambda line, rec, errors: _census_row(line, rec, seen, errors),
+                       accepted=lambda record: seen.add(record.admission))
 
 
 def read_census_file(path: Path) -> tuple[list[CensusRecord], list[RowError]]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.catalog import RowError, Table, _bool, _check_header, _record, _text, read_table
+from gateway.catalog import RowError, Table, _bool, _text, parse_table, read_table
 from gateway.data.census import StaffRow
 from gateway.store import GatewayStore
 from spd_common.allowlist import AllowListError, Role, hash_pin, normalise_badge, parse_allowlist
@@ -52,26 +52,16 @@ class StaffMember:
 
 
 def parse_staff_table(table: Table) -> tuple[list[StaffMember], list[RowError]]:
-    header, rows = table
-    names, problem = _check_header(header, STAFF_COLUMNS, STAFF_OPTIONAL_COLUMNS)
-    if problem is not None:
-        return [], [problem]
-    members: list[StaffMember] = []
-    errors: list[RowError] = []
     ids: set[str] = set()
     badges: set[str] = set()
-    for line, values in rows:
-        row_errors: list[RowError] = []
-        member = _member(line, _record(names, values), ids, badges, row_errors)
-        if row_errors:
-            errors.extend(row_errors)
-            continue
-        if member is None:  # an inactive row
-            continue
+
+    def accepted(member: StaffMember) -> None:
         ids.add(member.staff_id)
         badges.add(member.badge)
-        members.append(member)
-    return members, errors
+
+    # _member gives None for an inactive row: left out, no error
+    return parse_table(table, STAFF_COLUMNS, STAFF_OPTIONAL_COLUMNS,
+                       lambda line, rec, errors: _member(line, rec, ids, badges, errors), accepted=accepted)
 
 
 def read_staff_file(path: Path) -> tuple[list[StaffMember], list[RowError]]:

@@ -39,6 +39,8 @@ from gateway.data.links import LinkStore
 from gateway.data.migrations import MigrationReport, migrate
 from gateway.data.reports import store_counts
 from gateway.data.schema import MIGRATIONS
+from gateway.data.stock import StockStore
+from gateway.data.terms import TermsStore
 from spd_common.wire import Batch, DeviceState
 
 __all__ = [
@@ -71,6 +73,8 @@ class GatewayStore:
         self.staff = StaffStore(self._engine)
         self.audit = AuditStore(self._engine)
         self.links = LinkStore(self._engine)
+        self.terms = TermsStore(self._engine)
+        self.stock = StockStore(self._engine)
 
     def close(self) -> None:
         self._engine.close()

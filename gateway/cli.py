@@ -23,7 +23,7 @@ from gateway.data.engine import SqliteEngine
 from gateway.data.migrations import MigrationError, current_version, migrate, pending
 from gateway.data.schema import MIGRATIONS
 from gateway.store import GatewayStore
-from spd_common.logsetup import add_verbose_flag, run_command
+from spd_common.logsetup import add_verbose_flag, run_command, service_logging
 
 
 def _run(a: argparse.Namespace) -> int:
@@ -241,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     svc = sub.add_parser("service", help="the same as run (kept for systemd units that name it)")
     add_arguments(svc)
     svc.set_defaults(func=_run)
+    service_logging(run)
+    service_logging(svc)
 
     cat = sub.add_parser("catalog-import", help="import the item dictionary from CSV or XLSX (by extension)")
     cat.add_argument("--db", type=Path, required=True, help="the gateway store (SQLite)")

@@ -35,8 +35,10 @@ from gateway.data.events import (
     StoredEvent,
     raw_text,
 )
+from gateway.data.incidents import IncidentStore
 from gateway.data.links import LinkStore
 from gateway.data.migrations import MigrationReport, migrate
+from gateway.data.monitoring import MonitoringQueries
 from gateway.data.reports import store_counts
 from gateway.data.schema import MIGRATIONS
 from spd_common.wire import Batch, DeviceState
@@ -71,6 +73,8 @@ class GatewayStore:
         self.staff = StaffStore(self._engine)
         self.audit = AuditStore(self._engine)
         self.links = LinkStore(self._engine)
+        self.incidents = IncidentStore(self._engine)
+        self.monitoring = MonitoringQueries(self._engine)
 
     def close(self) -> None:
         self._engine.close()

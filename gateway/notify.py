@@ -53,7 +53,7 @@ from spd_common.wire import EventKind
 log = logging.getLogger(__name__)
 
 CURSOR = "notify"  # the last event id the watch has looked at
-SINCE = "notify_since"  # chain breaks detected before this (unix seconds) are history
+SINCE = "notify_since"  # chain breaks detected before this (unix time in ms) are history
 ACTOR = "spd-gateway"
 BATCH = 2000
 
@@ -121,7 +121,7 @@ class IncidentWatch:
         self._beat = (heartbeats or HeartbeatRegistry()).heartbeat("notify-watch",
                                                                   deadline_s=settings.check_every_s + 90.0)
         store.devices.init_cursor(CURSOR, store.last_event_id())
-        store.devices.init_cursor(SINCE, int(clock()))
+        store.devices.init_cursor(SINCE, int(clock() * 1000))
 
     # ------------------------------------------------------------ opening and resolving
 
@@ -183,7 +183,7 @@ class IncidentWatch:
                 return
 
     def _chain_breaks(self) -> None:
-        since = float(self.store.cursor(SINCE))
+        since = self.store.cursor(SINCE) / 1000
         for device, detected_at in self.store.monitoring.last_chain_break_per_device().items():
             closed = self.store.incidents.last_resolved_at(Kind.CHAIN_BREAK, device)
             if detected_at < since or (closed is not None and detected_at <= closed):

@@ -308,3 +308,54 @@ def test_a_chain_break_stays_open_until_a_person_closes_it_and_history_raises_no
     assert [(r.doc["event"], r.doc["incident"]) for r in hook.received[2:]] == [("opened", incident_id + 1)]
     assert gateway_cli(["incidents", "--db", str(rig.path), "close", str(incident_id)]) == 1
     rig.store.close()
+
+
+# ---------------------------------------------------------------- the [notify] and [metrics] sections
+
+
+def _gateway_file(tmp_path: Path, text: str, name: str = "gateway.toml") -> Path:
+    p = tmp_path / name
+    p.write_text('[store]\npath = "gw.db"\n\n' + text, encoding="utf-8")
+    return p
+
+
+def test_notify_and_metrics_sections_are_read_strictly_and_secrets_stay_hidden(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.config import read_gateway_file
+    from spd_common.toml_config import ConfigError
+
+    for name, text in (("smtp-password", "pw-of-the-mail-account\n"), ("hook-secret", SECRET + "\n")):
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        (tmp_path / name).chmod(0o640)
+    path = _gateway_file(tmp_path, (
+        '[metrics]\nlisten = "127.0.0.1:9200"\noffline_after_s = 90.0\n\n'
+        "[notify]\noffline_after_s = 900.0\nhis_down_after_s = 120.0\n\n"
+        '[notify.smtp]\nhost = "mail.hospital.local"\nport = 587\nstarttls = true\nusername = "spd"\n'
+        'password_file = "smtp-password"\nfrom = "spd@hospital.local"\nto = ["a@hospital.local", "b@hospital.local"]\n'
+        '\n[notify.webhook]\nurl = "https://mon.hospital.local/hook"\nsecret_file = "hook-secret"\n'))
+    fields = read_gateway_file(path)
+    n = fields["notify"]
+    assert (fields["metrics_listen"], fields["metrics_offline_after_s"]) == ("127.0.0.1:9200", 90.0)
+    assert (n.offline_after_s, n.his_down_after_s, n.channels) == (900.0, 120.0, ("email", "webhook"))
+    assert n.smtp.password == "pw-of-the-mail-account" and n.smtp.recipients == ("a@hospital.local", "b@hospital.local")
+    assert n.webhook.secret == SECRET
+    assert gateway_cli(["run", "--config", str(path), "--check"]) == 0
+    shown = capsys.readouterr().out
+    assert "metrics_listen = 127.0.0.1:9200" in shown and "mail.hospital.local" in shown
+    assert "pw-of-the-mail-account" not in shown and SECRET not in shown
+
+    for text, key in (
+        ('[metrics]\nlisten = "9108"\n', "metrics.listen"),
+        ('[notify]\nbogus = 1\n', "notify.bogus"),
+        ('[notify.webhook]\nurl = "https://x/"\n', "notify.webhook.secret_file"),
+        ('[notify.smtp]\nhost = "m"\nfrom = "a@b"\nto = ["c@d"]\nusername = "u"\npassword_env = "HOME"\n',
+         "notify.smtp.starttls"),
+        ('[notify.smtp]\nhost = "m"\nfrom = "a@b"\nto = "c@d"\n', "notify.smtp.to"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            read_gateway_file(_gateway_file(tmp_path, text, "bad.toml"))
+        assert key in str(err.value), (text, str(err.value))
+    assert gateway_cli(["run", "--db", str(tmp_path / "gw.db"), "--metrics-listen", "nowhere", "--check"]) == 2
+    (tmp_path / "hook-secret").chmod(0o644)
+    with pytest.raises(ConfigError, match="readable by every user"):
+        read_gateway_file(path)

@@ -9,10 +9,14 @@ detection or the other channel:
   out when the condition clears. Opening or resolving writes the notices owed to each configured channel in
   the same transaction, so incidents and notices survive a restart: nothing is sent twice, nothing owed is
   forgotten.
-* ``notify-email``, ``notify-webhook`` (:class:`NoticeDispatcher`, one per configured channel) — send the
-  notices due, oldest first; a failed delivery waits with exponential back-off (:mod:`spd_common.backoff`)
-  and is tried again until ``give_up_after_s``; the first failure, a delivery after failures and giving up
-  are in the audit log.
+* ``notify-email``, ``notify-webhook`` (:class:`NoticeDispatcher`, one per configured channel, lease holder
+  only) — send the notices due, oldest first; a failed delivery waits with exponential back-off
+  (:mod:`spd_common.backoff`) and is tried again until ``give_up_after_s``; the first failure, a delivery
+  after failures and giving up are in the audit log.
+
+Delivery is at least once: a notice whose answer was lost (the mail server or webhook took it, then the
+connection dropped) is sent again, with the same ``Message-ID`` / ``X-SPD-Delivery`` for the receiver to
+recognise it.
 
 The incidents (kind: subject — opened when / resolved when):
 
@@ -270,10 +274,12 @@ class NoticeDispatcher:
         settings: NotifySettings,
         *,
         idle_wait_s: float = 1.0,
+        may_run: Callable[[], bool] = lambda: True,
         clock: Callable[[], float] = time.time,
         heartbeats: HeartbeatRegistry | None = None,
     ) -> None:
         self.store = store
+        self._may_run = may_run
         self.channel = channel
         self.settings = settings
         self.idle_wait_s = idle_wait_s
@@ -291,7 +297,10 @@ class NoticeDispatcher:
         self._wake.set()
 
     def run_once(self) -> int:
-        """Deliver the notices due now; how many were delivered."""
+        """Deliver the notices due now; how many were delivered (none unless this instance holds the lease: two
+        gateways on one store must not both send a notice)."""
+        if not self._may_run():
+            return 0
         delivered = 0
         for notice in self.store.incidents.due_notices(self.channel.name, now=self._clock()):
             if self._stop.is_set():
@@ -378,7 +387,8 @@ class Notifier:
             channels.append(EmailChannel(settings.smtp, gateway=gateway))
         if settings.webhook is not None:
             channels.append(WebhookChannel(settings.webhook, gateway=gateway))
-        self.dispatchers = [NoticeDispatcher(store, c, settings, heartbeats=heartbeats) for c in channels]
+        self.dispatchers = [NoticeDispatcher(store, c, settings, may_run=may_run, heartbeats=heartbeats)
+                            for c in channels]
 
     def start(self) -> Notifier:
         self.watch.start()

@@ -145,6 +145,18 @@ def test_a_forced_door_is_one_notice_per_channel_none_while_open_or_after_restar
     rig.store.close()
 
 
+def test_only_the_lease_holder_sends_a_notice(tmp_path: Path, hook: WebhookReceiver) -> None:
+    """Two gateways on one store: the one without the charging lease detects nothing and sends nothing."""
+    rig = Rig(tmp_path / "gw.db", settings(smtp_port=None, webhook_url=hook.url))
+    follower = NoticeDispatcher(rig.store, WebhookChannel(rig.settings.webhook, gateway="gw-b"),  # type: ignore[arg-type]
+                                rig.settings, may_run=lambda: False)
+    rig.ingest(DeviceFeed("CAB01"), "alarm", {"alarm": "door_forced", "dept": "ICU"})
+    rig.watch.run_once()
+    assert follower.run_once() == 0 and hook.received == []
+    assert rig.dispatchers[0].run_once() == 1 and [r.doc["gateway"] for r in hook.received] == ["gw-a"]
+    rig.store.close()
+
+
 def test_the_signature_is_over_timestamp_and_body_and_fails_for_a_changed_body_or_another_secret(
         tmp_path: Path, hook: WebhookReceiver) -> None:
     rig = Rig(tmp_path / "gw.db", settings(smtp_port=None, webhook_url=hook.url))

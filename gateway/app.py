@@ -137,7 +137,9 @@ class Gateway:
             sending_facility=config.sending_facility, receiving_facility=config.facility
         )
         lanes = 1 if adapter is not None else config.his_lanes
-        self.metrics = GatewayMetrics(self.store, lanes=lanes, protocol=config.his_protocol,
+        # a scrape reads on its own connection: in WAL mode it neither waits for nor holds up the loops' writes
+        self.metrics_store = GatewayStore(config.db_path, synchronous="NORMAL")
+        self.metrics = GatewayMetrics(self.metrics_store, lanes=lanes, protocol=config.his_protocol,
                                       offline_after_s=config.metrics_offline_after_s)
         self.senders = [
             HisSender(
@@ -225,6 +227,7 @@ class Gateway:
         self.link_watch.stop()
         self.notifier.stop()
         self.leadership.stop()
+        self.metrics_store.close()
         self.store.close()
         self._stopped.set()
 

@@ -5,15 +5,24 @@ Imported by module name (``from monitoring_helpers import ...``), like conftest'
 
 from __future__ import annotations
 
+import datetime as dt
+import ipaddress
 import json
+import ssl
 import threading
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from gateway.notify_channels import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature_valid
 from hw_sim.broker import free_port
@@ -32,13 +41,50 @@ class _Collect:
         return "250 Message accepted for delivery"
 
 
-class SmtpSink:
-    """An SMTP server (aiosmtpd) on a free loopback port that keeps every message it is handed."""
+def self_signed_tls(workdir: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 that is its own CA, and its key (PEM files)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mail.test")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = workdir / "mail.crt", workdir / "mail.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
 
-    def __init__(self, port: int | None = None) -> None:
+
+class SmtpSink:
+    """An SMTP server (aiosmtpd) on a free loopback port that keeps every message it is handed.
+
+    With ``tls`` (certificate, key) it offers STARTTLS and requires it, and with ``login`` (user, password)
+    it requires that log-in, over TLS only; ``logins`` records the accepted ones."""
+
+    def __init__(self, port: int | None = None, *, tls: tuple[Path, Path] | None = None,
+                 login: tuple[str, str] | None = None) -> None:
         self.port = port or free_port()
         self._handler = _Collect()
-        self._controller = Controller(self._handler, hostname="127.0.0.1", port=self.port)
+        self.logins: list[str] = []
+        kw: dict[str, Any] = {}
+        if tls is not None:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(str(tls[0]), str(tls[1]))
+            kw.update(tls_context=ctx, require_starttls=True)
+        if login is not None:
+            def authenticate(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+                ok = isinstance(data, LoginPassword) and (data.login.decode(), data.password.decode()) == login
+                if ok:
+                    self.logins.append(data.login.decode())
+                return AuthResult(success=ok)
+
+            kw.update(authenticator=authenticate, auth_required=True, auth_require_tls=True)
+        self._controller = Controller(self._handler, hostname="127.0.0.1", port=self.port, **kw)
 
     @property
     def messages(self) -> list[Message]:

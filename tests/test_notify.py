@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-from monitoring_helpers import DeviceFeed, SmtpSink, WebhookReceiver
+from monitoring_helpers import DeviceFeed, SmtpSink, WebhookReceiver, self_signed_tls
 
 from gateway.audit import AuditLog
 from gateway.cli import main as gateway_cli
@@ -143,6 +143,35 @@ def test_a_forced_door_is_one_notice_per_channel_none_while_open_or_after_restar
     assert len(sink.messages) == 3 and [r.doc["incident"] for r in hook.received] == [1, 1, 2]
     assert [a["kind"] for a in rig.audit("incident_opened")] == ["door_forced", "door_forced"]
     rig.store.close()
+
+
+def test_email_over_starttls_with_a_login_checks_the_servers_certificate(tmp_path: Path) -> None:
+    cert, key = self_signed_tls(tmp_path)
+    sink = SmtpSink(tls=(cert, key), login=("spd-gateway", "pw-of-the-mail-account")).start()
+    try:
+        smtp = SmtpSettings(host="127.0.0.1", port=sink.port, sender="spd-gateway@hospital.example",
+                            recipients=("spd-oncall@hospital.example",), starttls=True, ca_file=str(cert),
+                            username="spd-gateway", password="pw-of-the-mail-account", timeout_s=5.0)
+        rig = Rig(tmp_path / "gw.db", replace(settings(smtp_port=None, webhook_url=None), smtp=smtp))
+        rig.ingest(DeviceFeed("CAB01"), "alarm", {"alarm": "door_forced", "dept": "ICU"})
+        rig.tick()
+        assert [m["Subject"] for m in sink.messages] == ["[SPD OPEN] cabinet door forced open: CAB01"]
+        assert sink.logins == ["spd-gateway"]
+
+        # a server whose certificate the configured CA did not sign: not delivered, retried, audited
+        (tmp_path / "other").mkdir()
+        other, _ = self_signed_tls(tmp_path / "other")
+        wrong = Rig(tmp_path / "gw2.db", replace(settings(smtp_port=None, webhook_url=None),
+                                                 smtp=replace(smtp, ca_file=str(other))))
+        wrong.ingest(DeviceFeed("CAB02"), "alarm", {"alarm": "door_forced", "dept": "ICU"})
+        wrong.tick()
+        assert len(sink.messages) == 1
+        (failed,) = wrong.audit("notice_failed")
+        assert "CERTIFICATE_VERIFY_FAILED" in str(failed["error"])
+        rig.store.close()
+        wrong.store.close()
+    finally:
+        sink.stop()
 
 
 def test_only_the_lease_holder_sends_a_notice(tmp_path: Path, hook: WebhookReceiver) -> None:

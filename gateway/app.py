@@ -195,6 +195,8 @@ class Gateway:
             sender.notify()
 
     def start(self) -> Gateway:
+        if self.config.metrics_listen is not None:  # first: a port taken stops the start before any loop runs
+            self.metrics.serve(self.config.metrics_listen)
         self.leadership.start()
         self.charging.start()
         for sender in self.senders:
@@ -208,8 +210,6 @@ class Gateway:
             self.publisher.start()
         if self.adt is not None:
             self.adt.start()
-        if self.config.metrics_listen is not None:
-            self.metrics.serve(self.config.metrics_listen)
         return self
 
     def stop(self) -> None:

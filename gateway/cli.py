@@ -31,6 +31,7 @@ def _run(a: argparse.Namespace) -> int:
     from gateway.app import Gateway
     from gateway.config import check_files, config_from_args, describe
     from gateway.his.adapter import HisConfigError
+    from gateway.metrics import MetricsServeError
     from spd_common.toml_config import ConfigError
 
     try:
@@ -46,7 +47,11 @@ def _run(a: argparse.Namespace) -> int:
     except HisConfigError as err:
         print(f"configuration error: his: {err}", file=sys.stderr)
         return 2
-    gateway.run_forever()
+    try:
+        gateway.run_forever()
+    except MetricsServeError as err:
+        print(f"configuration error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -56,6 +56,11 @@ DEVICE_STATUSES = ("online", "offline", "unknown")
 CHARGE_STATUSES = ("pending", "accepted", "parked", "voided")
 
 
+class MetricsServeError(RuntimeError):
+    """The metrics server cannot listen where ``[metrics] listen`` says (the port is taken, the address is not
+    this host's)."""
+
+
 def device_status(status: str, last_seen: float | None, *, now: float, offline_after_s: float) -> str:
     """online / offline / unknown, by the rule of ``spd-gateway devices``: online only while it says so and was
     heard from within ``offline_after_s``."""
@@ -245,7 +250,10 @@ class GatewayMetrics:
     def serve(self, listen: str) -> tuple[str, int]:
         """Start prometheus-client's HTTP server on ``host:port`` (a thread); the address it listens on."""
         host, port = parse_listen(listen)
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        try:
+            server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as err:
+            raise MetricsServeError(f"metrics.listen: cannot listen on {listen}: {err.strerror or err}") from None
         self._server = server
         bound = server.server_address
         log.info("metrics: serving http://%s:%d/metrics", bound[0], bound[1])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import sqlite3
 import urllib.request
 from collections.abc import Iterator
@@ -205,3 +206,18 @@ async def _get(app: Any) -> tuple[int, bytes]:
     await app(scope, receive, send)
     start = next(m for m in sent if m["type"] == "http.response.start")
     return int(start["status"]), b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+
+def test_a_metrics_port_already_taken_stops_the_start_with_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.cli import main as gateway_cli
+
+    monkeypatch.setattr("signal.signal", lambda *a: None)  # pytest keeps its own handlers
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert gateway_cli(["run", "--db", str(tmp_path / "gw.db"), "--broker-port", str(free_port()),
+                            "--metrics-listen", f"127.0.0.1:{port}"]) == 2
+    assert f"metrics.listen: cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err

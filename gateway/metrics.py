@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -53,7 +54,7 @@ DEFAULT_LISTEN = "127.0.0.1:9108"
 DEFAULT_OFFLINE_AFTER_S = 120.0  # as spd-gateway devices --offline-after
 ROUND_TRIP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, float("inf"))
 DEVICE_STATUSES = ("online", "offline", "unknown")
-CHARGE_STATUSES = ("pending", "accepted", "parked", "voided")
+CHARGE_STATUSES = ("pending", "parked", "voided")  # those that wait; accepted: spd_his_sends_total, counts
 
 
 class MetricsServeError(RuntimeError):
@@ -78,6 +79,10 @@ class StoreCollector(Collector):
         self.lanes = lanes
         self.offline_after_s = offline_after_s
         self._clock = clock
+        # alarm events by alarm, kept up to date from the events stored since the last scrape (never re-read)
+        self._alarms_seen = Counter[str]()
+        self._alarms_after = 0
+        self._lock = threading.Lock()
 
     def describe(self) -> Iterable[Metric]:
         return []  # no scrape when registered
@@ -123,13 +128,14 @@ class StoreCollector(Collector):
                                    "per lane", labels=["lane"])
         for lane in range(self.lanes):
             outbox.add_metric([str(lane)], per_lane.get(lane, 0))
-        statuses = m.charges_by_status()
-        charges = GaugeMetricFamily("spd_charges", "Charges and credits in the store by status", labels=["status"])
-        for status in sorted(set(CHARGE_STATUSES) | set(statuses)):
-            charges.add_metric([status], statuses.get(status, 0))
+        statuses = {status: m.charges_in(status) for status in CHARGE_STATUSES}
+        charges = GaugeMetricFamily("spd_charges", "Charges and credits in the store that wait, by status "
+                                    "(pending, parked, voided)", labels=["status"])
+        for status in CHARGE_STATUSES:
+            charges.add_metric([status], statuses[status])
         parked = GaugeMetricFamily("spd_charges_parked", "Charges the HIS refused, waiting for a person to look "
                                    "and re-send")
-        parked.add_metric([], statuses.get("parked", 0))
+        parked.add_metric([], statuses["parked"])
         yield from (outbox, charges, parked)
 
     def _ingest(self) -> Iterable[Metric]:
@@ -153,18 +159,27 @@ class StoreCollector(Collector):
         for kind in sorted(set(open_by_kind) | {"door_forced", "chain_break", "charges_parked", "device_offline",
                                                 "his_down", "not_linked"}):
             opened.add_metric([kind], open_by_kind.get(kind, 0))
-        reported = Counter[str]()
-        for body in m.alarm_bodies():
-            try:
-                alarm: object = json.loads(body).get("alarm")
-            except (ValueError, AttributeError):
-                alarm = None
-            reported[alarm if isinstance(alarm, str) else "unknown"] += 1
+        reported = self._alarm_events()
         events = CounterMetricFamily("spd_device_alarm_events", "Alarm events devices reported, by alarm "
                                      "(door_forced, door_ajar, reader_offline ...)", labels=["alarm"])
         for kind, n in sorted(reported.items()):
             events.add_metric([kind], n)
         yield from (opened, events)
+
+    def _alarm_events(self) -> Counter[str]:
+        """Alarm events by alarm: the count of the last scrape plus the events stored since."""
+        with self._lock:
+            while True:
+                rows = self.store.monitoring.alarm_bodies(after_id=self._alarms_after)
+                for event_id, body in rows:
+                    try:
+                        alarm: object = json.loads(body).get("alarm")
+                    except (ValueError, AttributeError):
+                        alarm = None
+                    self._alarms_seen[alarm if isinstance(alarm, str) else "unknown"] += 1
+                    self._alarms_after = event_id
+                if len(rows) < 10000:
+                    return Counter(self._alarms_seen)
 
     def _notices(self) -> Iterable[Metric]:
         notices = GaugeMetricFamily("spd_incident_notices", "Incident notices by channel and status (pending, "

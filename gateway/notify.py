@@ -159,10 +159,13 @@ class IncidentWatch:
 
     def run_once(self) -> None:
         """Every check once; a check that fails is logged and the others still run."""
+        try:  # what is open now (a person may have closed one meanwhile): the checks write only on a change
+            self._open = {(i.kind, i.subject): i for i in self.store.incidents.open_incidents()}
+        except Exception:
+            log.exception("incident checks: the open incidents cannot be read; next pass retries")
+            return
         for check in (self._follow_events, self._chain_breaks, self._parked, self._offline, self._his):
             try:
-                # what is open now (a person may have closed one meanwhile): the checks write only on a change
-                self._open = {(i.kind, i.subject): i for i in self.store.incidents.open_incidents()}
                 check()
             except Exception:
                 log.exception("incident check %s failed; next pass retries", check.__name__)

@@ -26,9 +26,10 @@ class MonitoringQueries:
     def _count(self, sql: str) -> int:
         return int(self._engine.query(sql)[0][0])
 
-    def charges_by_status(self) -> dict[str, int]:
-        rows = self._engine.query("SELECT status, COUNT(*) FROM charges GROUP BY status")
-        return {str(s): int(n) for s, n in rows}
+    def charges_in(self, status: str) -> int:
+        """Charges and credits with this status: a range of the ``charges_status`` index, cheap for the few that
+        wait (pending, parked, voided); ``accepted`` holds nearly every row ever, so it is not asked at a scrape."""
+        return int(self._engine.query("SELECT COUNT(*) FROM charges WHERE status = ?", (status,))[0][0])
 
     def pending_by_admission(self) -> list[tuple[str, int]]:
         """(admission, pending charges): the outbox, for counting per HIS lane (a lane is a function of it)."""
@@ -50,9 +51,11 @@ class MonitoringQueries:
     def chain_breaks(self) -> int:
         return self._count("SELECT COUNT(*) FROM chain_breaks")
 
-    def alarm_bodies(self) -> list[str]:
-        """The body (JSON) of every ``alarm`` event, in store order."""
-        return [str(r[0]) for r in self._engine.query("SELECT body FROM events WHERE kind = 'alarm' ORDER BY id")]
+    def alarm_bodies(self, *, after_id: int = 0, limit: int = 10000) -> list[tuple[int, str]]:
+        """(id, body as JSON) of the ``alarm`` events stored after ``after_id``, in store order."""
+        rows = self._engine.query("SELECT id, body FROM events WHERE kind = 'alarm' AND id > ? ORDER BY id LIMIT ?",
+                                  (after_id, limit))
+        return [(int(i), str(b)) for i, b in rows]
 
     def open_link_alarms(self) -> int:
         """``not_linked`` alarms no scan has resolved yet."""

@@ -26,7 +26,7 @@ neither is set). Sections::
     [metrics]     enabled, listen ("host:port", default 127.0.0.1:9108), offline_after_s (docs/metrics.md)
     [notify]      offline_after_s, his_down_after_s, check_every_s, retry_first_s, retry_max_s, give_up_after_s;
                   [notify.smtp] host, port, starttls, ca_file, username, password_file | password_env, from, to,
-                  timeout_s; [notify.webhook] url, secret_file | secret_env, timeout_s (docs/notify.md)
+                  timeout_s; [notify.webhook] url, secret_file | secret_env, ca_file, timeout_s (docs/notify.md)
 
 ``deploy/examples/gateway.toml`` shows every key; docs/deploy.md explains them.
 """
@@ -273,8 +273,11 @@ def _notify_section(n: Section, base: Path, source: str) -> Any:
             raise wh.error("url", f"{url!r} is not an http:// or https:// URL")
         secret = _secret(wh, base, source, "secret", required=True)
         assert secret is not None
+        if wh.has("ca_file") and not url.startswith("https://"):
+            raise wh.error("ca_file", "only with an https:// url")
         kw["webhook"] = WebhookSettings(url=url, secret=secret,
-                                        timeout_s=wh.get_float("timeout_s", 5.0, min=0.5, max=120.0))
+                                        timeout_s=wh.get_float("timeout_s", 5.0, min=0.5, max=120.0),
+                                        ca_file=str(_path(wh, "ca_file", base)) if wh.has("ca_file") else None)
         wh.done()
     n.done()
     settings = NotifySettings(**kw)

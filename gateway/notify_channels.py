@@ -98,6 +98,7 @@ class WebhookChannel:
         self.settings = settings
         self.timeout_s = settings.timeout_s
         self.gateway = gateway
+        self._tls = ssl.create_default_context(cafile=settings.ca_file) if settings.url.startswith("https:") else None
 
     def deliver(self, notice: NoticeRow) -> None:
         body = json.dumps(notice_document(notice, gateway=self.gateway), ensure_ascii=False,
@@ -111,7 +112,7 @@ class WebhookChannel:
             SIGNATURE_HEADER: signature(self.settings.secret, stamp, body),
         })
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as answer:
+            with urllib.request.urlopen(request, timeout=self.timeout_s, context=self._tls) as answer:
                 answer.read(4096)
         except urllib.error.HTTPError as err:
             raise DeliveryError(f"webhook answered HTTP {err.code} {err.reason}") from None

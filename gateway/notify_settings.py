@@ -35,6 +35,7 @@ class WebhookSettings:
     url: str
     secret: str = field(repr=False)
     timeout_s: float = 5.0
+    ca_file: str | None = None  # for https: the CA that signed the endpoint's certificate (default: the system's)
 
 
 @dataclass(frozen=True, slots=True)

@@ -117,6 +117,7 @@ class WebhookReceiver:
 
     secret: str
     status: int = 200
+    tls: tuple[Path, Path] | None = None  # (certificate, key): serve https
     received: list[Received] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -137,7 +138,13 @@ class WebhookReceiver:
                 pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/spd-incidents"
+        scheme = "http"
+        if self.tls is not None:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(str(self.tls[0]), str(self.tls[1]))
+            self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self._server.server_address[1]}/spd-incidents"
         self._thread = threading.Thread(target=self._server.serve_forever, name="webhook-receiver", daemon=True)
         self._thread.start()
 

@@ -174,6 +174,28 @@ def test_email_over_starttls_with_a_login_checks_the_servers_certificate(tmp_pat
         sink.stop()
 
 
+def test_a_webhook_over_https_is_trusted_by_the_configured_ca_only(tmp_path: Path) -> None:
+    cert, key = self_signed_tls(tmp_path)
+    (tmp_path / "other").mkdir()
+    other, _ = self_signed_tls(tmp_path / "other")
+    hook = WebhookReceiver(SECRET, tls=(cert, key))
+    try:
+        base = settings(smtp_port=None, webhook_url=hook.url)
+        assert base.webhook is not None
+        for name, ca in (("trusted.db", cert), ("untrusted.db", other)):
+            rig = Rig(tmp_path / name, replace(base, webhook=replace(base.webhook, ca_file=str(ca))))
+            rig.ingest(DeviceFeed("CAB01"), "alarm", {"alarm": "door_forced", "dept": "ICU"})
+            rig.tick()
+            if ca == cert:
+                assert len(hook.received) == 1 and hook.received[0].signed
+            else:
+                assert len(hook.received) == 1
+                assert "CERTIFICATE_VERIFY_FAILED" in str(rig.audit("notice_failed")[0]["error"])
+            rig.store.close()
+    finally:
+        hook.stop()
+
+
 def test_only_the_lease_holder_sends_a_notice(tmp_path: Path, hook: WebhookReceiver) -> None:
     """Two gateways on one store: the one without the charging lease detects nothing and sends nothing."""
     rig = Rig(tmp_path / "gw.db", settings(smtp_port=None, webhook_url=hook.url))

@@ -111,10 +111,13 @@ class IncidentWatch:
         may_run: Callable[[], bool] = lambda: True,
         clock: Callable[[], float] = time.time,
         heartbeats: HeartbeatRegistry | None = None,
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
+        """``on_change()``: after an incident was opened or resolved (the dispatchers send at once)."""
         self.store = store
         self.settings = settings
         self.channels = settings.channels
+        self._on_change = on_change
         self._his_lanes = his_lanes
         self._may_run = may_run
         self._clock = clock
@@ -138,6 +141,7 @@ class IncidentWatch:
         incident = self.store.incidents.open(kind, subject, summary, detail, at=self._clock(), channels=self.channels)
         if incident is not None:
             self._open[(kind, subject)] = incident
+            self._on_change()
             log.warning("incident %d opened: %s %s: %s", incident.id, kind, subject, summary)
             self._audit.record(ACTOR, AuditAction.INCIDENT_OPENED, device=subject, incident=incident.id, kind=kind,
                                summary=summary, notices=list(self.channels))
@@ -150,6 +154,7 @@ class IncidentWatch:
                                                 channels=self.channels)
         self._open.pop((kind, subject), None)
         if incident is not None:
+            self._on_change()
             log.warning("incident %d resolved: %s %s: %s", incident.id, kind, subject, resolution)
             self._audit.record(ACTOR, AuditAction.INCIDENT_RESOLVED, device=subject, incident=incident.id, kind=kind,
                                resolution=resolution, notices=list(self.channels))
@@ -384,7 +389,6 @@ class Notifier:
     def __init__(self, store: GatewayStore, settings: NotifySettings, *, gateway: str,
                  his_lanes: Callable[[], Sequence[HisLane]] = lambda: (), may_run: Callable[[], bool] = lambda: True,
                  heartbeats: HeartbeatRegistry | None = None) -> None:
-        self.watch = IncidentWatch(store, settings, his_lanes=his_lanes, may_run=may_run, heartbeats=heartbeats)
         channels: list[Channel] = []
         if settings.smtp is not None:
             channels.append(EmailChannel(settings.smtp, gateway=gateway))
@@ -392,6 +396,12 @@ class Notifier:
             channels.append(WebhookChannel(settings.webhook, gateway=gateway))
         self.dispatchers = [NoticeDispatcher(store, c, settings, may_run=may_run, heartbeats=heartbeats)
                             for c in channels]
+        self.watch = IncidentWatch(store, settings, his_lanes=his_lanes, may_run=may_run, heartbeats=heartbeats,
+                                   on_change=self._wake_dispatchers)
+
+    def _wake_dispatchers(self) -> None:
+        for d in self.dispatchers:
+            d.notify()
 
     def start(self) -> Notifier:
         self.watch.start()

@@ -7,6 +7,7 @@ detection, and its notice goes out once the server is back.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -17,12 +18,14 @@ from monitoring_helpers import DeviceFeed, SmtpSink, WebhookReceiver, self_signe
 
 from gateway.audit import AuditLog
 from gateway.cli import main as gateway_cli
-from gateway.notify import IncidentWatch, NoticeDispatcher
+from gateway.notify import IncidentWatch, NoticeDispatcher, Notifier
 from gateway.notify_channels import EmailChannel, WebhookChannel, signature_valid
 from gateway.notify_settings import NotifySettings, SmtpSettings, WebhookSettings
 from gateway.store import GatewayStore
 from hw_sim.broker import free_port
 from spd_common.wire import DeviceState, DeviceStatus, decode_batch
+
+from conftest import wait_for
 
 SECRET = "s3cret-shared-with-the-monitoring-team"
 
@@ -255,6 +258,38 @@ def test_a_dead_mail_server_holds_up_neither_the_webhook_nor_detection_and_its_n
     finally:
         sink.stop()
     rig.store.close()
+
+
+def test_a_webhook_that_never_answers_holds_up_neither_the_mail_nor_detection_in_the_running_loops(
+        tmp_path: Path, sink: SmtpSink) -> None:
+    """The gateway's own threads (Notifier): the webhook's endpoint takes the connection and never answers."""
+    with socket.socket() as black_hole:
+        black_hole.bind(("127.0.0.1", 0))
+        black_hole.listen(16)
+        url = f"http://127.0.0.1:{black_hole.getsockname()[1]}/hook"
+        s = replace(settings(smtp_port=sink.port, webhook_url=url), check_every_s=0.1)
+        assert s.webhook is not None
+        s = replace(s, webhook=replace(s.webhook, timeout_s=4.0))
+        store = GatewayStore(tmp_path / "gw.db")
+        notifier = Notifier(store, s, gateway="gw-a").start()
+        try:
+            cab = DeviceFeed("CAB01")
+            started = time.monotonic()
+            store.ingest(decode_batch(*cab.batch(cab.event("alarm", {"alarm": "door_forced", "dept": "ICU"}))))
+            wait_for(lambda: len(sink.messages) == 1, 5, message="the opened e-mail")
+            store.ingest(decode_batch(*cab.batch(cab.event("access", {"result": "door_closed", "dept": "ICU"}))))
+            wait_for(lambda: len(sink.messages) == 2, 5, message="the resolved e-mail")
+            assert time.monotonic() - started < 4.0  # both went out while the webhook's first POST still waited
+            assert [m["Subject"].split("]")[0] for m in sink.messages] == ["[SPD OPEN", "[SPD RESOLVED"]
+            wait_for(lambda: rig_audit(store, "notice_failed"), 10, message="the webhook's time-out, audited")
+            assert "webhook" in str(rig_audit(store, "notice_failed")[0]["error"])
+        finally:
+            notifier.stop()
+            store.close()
+
+
+def rig_audit(store: GatewayStore, action: str) -> list[dict[str, object]]:
+    return [e.detail for e in AuditLog(store).entries(limit=100) if e.action == action]
 
 
 def test_a_failing_webhook_is_retried_with_back_off_and_given_up_after_the_limit(tmp_path: Path) -> None:

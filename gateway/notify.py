@@ -184,11 +184,16 @@ class IncidentWatch:
                 body = _json(row.body)
                 if row.kind == EventKind.ALARM.value and body.get("alarm") == Kind.DOOR_FORCED:
                     dept = body.get("dept") or "?"
-                    self.open(Kind.DOOR_FORCED, row.device,
-                              f"door {body.get('door') or 'door'} of cabinet {row.device} (dept {dept}) forced open "
-                              f"(cabinet event seq {row.seq})", seq=row.seq, dept=dept, ts_ms=row.ts_ms)
+                    acted = self.open(Kind.DOOR_FORCED, row.device,
+                                      f"door {body.get('door') or 'door'} of cabinet {row.device} (dept {dept}) "
+                                      f"forced open (cabinet event seq {row.seq})", seq=row.seq, dept=dept,
+                                      ts_ms=row.ts_ms)
                 elif row.kind == EventKind.ACCESS.value and body.get("result") == "door_closed":
-                    self.resolve(Kind.DOOR_FORCED, row.device, f"door closed (cabinet event seq {row.seq})")
+                    acted = self.resolve(Kind.DOOR_FORCED, row.device, f"door closed (cabinet event seq {row.seq})")
+                else:
+                    continue
+                if acted is not None:  # past this event for good: a failure further on does not repeat it
+                    self.store.devices.set_cursor(CURSOR, row.id)
             if rows:
                 self.store.devices.set_cursor(CURSOR, rows[-1].id)
             if len(rows) < BATCH:

@@ -110,6 +110,8 @@ def test_a_running_gateway_reports_the_store_counts_and_notifies_once_across_a_r
         publish(spine.broker.port, (cab.batch()[0], batch))
         db = spine.gateway_db
         wait_for(lambda: query(db, "SELECT COUNT(*) FROM quarantine")[0][0] == 1, 20, message="the quarantined event")
+        wait_for(lambda: query(db, "SELECT COUNT(*) FROM incident_notices WHERE status = 'sent'")[0][0] == 2, 20,
+                 message="the two notices marked sent")
         wait_for(lambda: {r.doc["kind"] for r in hook.received} >= {"door_forced", "charges_parked"}, 20,
                  message="the two incidents' notices")
 
@@ -149,7 +151,8 @@ def test_a_running_gateway_reports_the_store_counts_and_notifies_once_across_a_r
         spine.start_gateway(0)
         wait_for(lambda: _scrape_or_none(spine) is not None, 20, message="the restarted gateway's /metrics")
         publish(spine.broker.port, cab.batch(cab.event("access", {"result": "door_closed", "dept": "ICU"})))
-        wait_for(lambda: len(hook.received) >= 3, 20, message="the resolved notice")
+        wait_for(lambda: query(db, "SELECT COUNT(*) FROM incident_notices WHERE status = 'sent'")[0][0] == 3, 20,
+                 message="the resolved notice, marked sent")
         s = spine.scrape()
         assert value(s, "spd_events_ingested_total", outcome="new") == 1  # this process's own count
         assert value(s, "spd_alarms_open", kind="door_forced") == 0

@@ -50,6 +50,10 @@ class AuditAction(StrEnum):
     RECALLS_IMPORTED = "recalls_imported"
     LOT_EXPIRY_IMPORTED = "lot_expiry_imported"
     AUDIT_CHAINED = "audit_chained"  # rows written before the hash chain existed were chained on upgrade
+    INCIDENT_OPENED = "incident_opened"  # a critical alarm became an incident (gateway/notify.py)
+    INCIDENT_RESOLVED = "incident_resolved"  # its condition cleared, or a person closed it
+    NOTICE_SENT = "notice_sent"  # an incident notice delivered after failed attempts
+    NOTICE_FAILED = "notice_failed"  # an incident notice not delivered: first failure, or given up
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway import fieldops_cli
+from gateway import fieldops_cli, notify_cli
 from gateway.audit import AuditAction, AuditLog
 from gateway.catalog import (
     CatalogImportError,
@@ -31,6 +31,7 @@ def _run(a: argparse.Namespace) -> int:
     from gateway.app import Gateway
     from gateway.config import check_files, config_from_args, describe
     from gateway.his.adapter import HisConfigError
+    from gateway.metrics import MetricsServeError
     from spd_common.toml_config import ConfigError
 
     try:
@@ -46,7 +47,11 @@ def _run(a: argparse.Namespace) -> int:
     except HisConfigError as err:
         print(f"configuration error: his: {err}", file=sys.stderr)
         return 2
-    gateway.run_forever()
+    try:
+        gateway.run_forever()
+    except MetricsServeError as err:
+        print(f"configuration error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -312,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     mig.set_defaults(func=_migrate)
 
     fieldops_cli.register(sub)
+    notify_cli.register(sub)
     return p
 
 

@@ -35,8 +35,10 @@ from gateway.data.events import (
     StoredEvent,
     raw_text,
 )
+from gateway.data.incidents import IncidentStore
 from gateway.data.links import LinkStore
 from gateway.data.migrations import MigrationReport, migrate
+from gateway.data.monitoring import MonitoringQueries
 from gateway.data.reports import store_counts
 from gateway.data.schema import MIGRATIONS
 from gateway.data.stock import StockStore
@@ -75,6 +77,8 @@ class GatewayStore:
         self.links = LinkStore(self._engine)
         self.terms = TermsStore(self._engine)
         self.stock = StockStore(self._engine)
+        self.incidents = IncidentStore(self._engine)
+        self.monitoring = MonitoringQueries(self._engine)
 
     def close(self) -> None:
         self._engine.close()

@@ -12,6 +12,7 @@ from typing import Any
 
 from gateway import fieldops_cli
 from gateway.audit import AuditAction, AuditLog
+from gateway.books import cli as books_cli
 from gateway.catalog import (
     CatalogImportError,
     import_catalog,
@@ -310,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     mig.set_defaults(func=_migrate)
 
     fieldops_cli.register(sub)
+    books_cli.register(sub)
     return p
 
 

@@ -81,4 +81,4 @@ def meta(rec: Reconciliation) -> dict[str, Any]:
     return {"month": p.month, "from": p.local_time(p.start_ms), "to": p.local_time(p.end_ms),
             "grace_days": p.grace_ms // 86_400_000, "his_lines_read": rec.his_lines,
             "consumption_records_read": rec.consumption_records, "stock_movements_read": rec.movements,
-            "mismatches": len(rec.findings)}
+            "mismatch_count": len(rec.findings)}

@@ -55,10 +55,13 @@ def test_reconcile_finds_exactly_the_injected_list(month_dir: Path, tmp_path: Pa
     assert sorted((f["kind"], f["key"]) for f in found) == sorted((i["kind"], i["key"]) for i in injected)
     dept_of = {(i["kind"], i["key"]): i["dept"] for i in injected}
     assert all(f["dept"] == dept_of[(f["kind"], f["key"])] for f in found)
+    assert doc["mismatch_count"] == 40 and doc["his_charges_standing"] > 50
     by_kind = {r["kind"]: r["count"] for r in doc["by_kind"]["rows"]}
     assert by_kind == dict.fromkeys(KINDS, 5)
     # every finding carries evidence: device events for what a device saw, HIS lines for what the HIS billed
     for f in found:
+        hashes = f["event_hashes"].split()
+        assert len(hashes) == len(f["events"].split()) and all(len(h) == 64 for h in hashes), f
         if f["kind"] in ("taken_not_charged", "serial_reused"):
             assert f["events"], f
         if f["kind"] == "serial_reused":

@@ -18,6 +18,7 @@ _EVIDENCE_COLUMNS = (
     Column("kind", "Kind"), Column("key", "Key"), Column("time", "Time (local)", "time"), Column("dept", "Dept"),
     Column("operator", "Operator"), Column("admission", "Admission"), Column("gtin", "GTIN"),
     Column("serial", "Serial"), Column("amount_fen", "Amount", "fen"), Column("events", "Device events"),
+    Column("event_hashes", "Event hashes"),
     Column("charge_ids", "Gateway charges"), Column("his_ids", "HIS lines"), Column("his_refs", "HIS answers"),
     Column("detail", "Detail"),
 )
@@ -28,14 +29,14 @@ def evidence_table(rec: Reconciliation, title: str = "Mismatches") -> Table:
     for f in rec.findings:
         t.rows.append(_evidence_row(rec, f))
     t.totals = ["total", str(len(rec.findings)), None, None, None, None, None, None,
-                sum(f.amount_fen for f in rec.findings), None, None, None, None, None]
+                sum(f.amount_fen for f in rec.findings), None, None, None, None, None, None]
     return t
 
 
 def _evidence_row(rec: Reconciliation, f: Finding) -> list[Any]:
     return [f.kind, f.key, rec.period.local_time(f.at_ms), f.dept, f.operator, f.admission, f.gtin, f.serial,
-            f.amount_fen, " ".join(f.events), " ".join(f.charge_ids), " ".join(f.his_ids), " ".join(f.his_refs),
-            f.detail]
+            f.amount_fen, " ".join(f.events), " ".join(f.event_hashes), " ".join(f.charge_ids), " ".join(f.his_ids),
+            " ".join(f.his_refs), f.detail]
 
 
 def by_kind_table(rec: Reconciliation) -> Table:
@@ -81,4 +82,6 @@ def meta(rec: Reconciliation) -> dict[str, Any]:
     return {"month": p.month, "from": p.local_time(p.start_ms), "to": p.local_time(p.end_ms),
             "grace_days": p.grace_ms // 86_400_000, "his_lines_read": rec.his_lines,
             "consumption_records_read": rec.consumption_records, "stock_movements_read": rec.movements,
+            "his_charges_standing": rec.standing_charges, "his_charges_standing_fen": rec.standing_fen,
+            "items_followed": rec.items,
             "mismatch_count": len(rec.findings)}

@@ -70,6 +70,7 @@ class Finding:
     his_ids: list[str] = field(default_factory=list)  # the HIS's line ids
     his_refs: list[str] = field(default_factory=list)  # the HIS's answers (its references)
     detail: str = ""
+    event_hashes: list[str] = field(default_factory=list)  # the stored hash of each event, as the device chained it
 
     @property
     def ident(self) -> tuple[str, str]:
@@ -91,6 +92,9 @@ class Reconciliation:
     his_lines: int
     consumption_records: int
     movements: int
+    standing_charges: int  # HIS charges of high-value items not reversed by a credit
+    standing_fen: int
+    items: int  # serial-tracked items followed through their movements
 
 
 def load_catalog(store: GatewayStore) -> CatalogFacts:
@@ -119,7 +123,17 @@ def reconcile(store: GatewayStore, period: Period, *, project: bool = True) -> R
     run.check_items()
     findings = sorted((f for f in run.findings.values() if period.holds(f.at_ms)),
                       key=lambda f: (KINDS.index(f.kind), f.at_ms, f.key))
-    return Reconciliation(period, findings, len(his), len(records), len(moves))
+    _add_event_hashes(store, findings)
+    standing = [ln for lines in run.lines_of.values() for ln in lines if period.holds(ln.at_ms)]
+    return Reconciliation(period, findings, len(his), len(records), len(moves), len(standing),
+                          sum(ln.amount_fen for ln in standing), len(run.moves_of))
+
+
+def _add_event_hashes(store: GatewayStore, findings: list[Finding]) -> None:
+    keys = [(d, int(s)) for f in findings for d, _, s in (e.rpartition(":") for e in f.events)]
+    hashes = store.books.event_hashes(keys)
+    for f in findings:
+        f.event_hashes = [hashes.get((d, int(s)), "") for d, _, s in (e.rpartition(":") for e in f.events)]
 
 
 class _Run:

@@ -90,6 +90,14 @@ class BooksReads:
                     out[(r[0], int(r[1]))] = RefusedCharge(r[0], int(r[1]), r[2], r[3])
         return out
 
+    def event_hashes(self, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], str]:
+        """The stored hash of each of these (device, seq) events (the link of the device's chain)."""
+        out: dict[tuple[str, int], str] = {}
+        for device, seq in keys:
+            for r in self._engine.query("SELECT hash FROM events WHERE device = ? AND seq = ?", (device, seq)):
+                out[(device, seq)] = str(r[0])
+        return out
+
     def returns(self, start_ms: int, end_ms: int) -> list[ReturnRecord]:
         rows = self._engine.query(
             "SELECT device, seq, item_key, outcome, COALESCE(charge_id, ''), COALESCE(credit_id, ''), operator, dept, "

@@ -137,3 +137,30 @@ def _fields(raw: str) -> dict[str, str]:
             out["lot"] = f[3] if len(f) > 3 else ""
             out["serial"] = f[4] if len(f) > 4 else ""
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``spd-sim his-export``: the simulated HIS's charge and credit lines of a month, as its finance office
+    exports them for the gateway's reconciliation."""
+    import argparse
+
+    from gateway.books.legs import month_period
+
+    p = argparse.ArgumentParser(prog="spd-sim his-export", description="the simulated HIS's lines of a month (CSV)")
+    p.add_argument("--db", type=Path, required=True, help="the simulated HIS's database")
+    p.add_argument("--month", required=True, help="YYYY-MM, hospital local time")
+    p.add_argument("--grace-days", type=int, default=7, help="days before and after the month also exported")
+    p.add_argument("--utc-offset-minutes", type=int, default=480, help="hospital local time's offset (480)")
+    p.add_argument("--out", type=Path, required=True, help="the CSV to write")
+    a = p.parse_args(argv)
+    try:
+        period = month_period(a.month, grace_days=a.grace_days, utc_offset_minutes=a.utc_offset_minutes)
+    except ValueError as err:
+        p.error(str(err))
+    books = HisBooks(a.db, utc_offset_minutes=a.utc_offset_minutes)
+    try:
+        n = books.export(a.out, start_ms=period.read_from_ms, end_ms=period.read_to_ms)
+    finally:
+        books.close()
+    print(f"{n} lines written to {a.out}")
+    return 0

@@ -70,9 +70,13 @@ def _run_reconciliation(a: argparse.Namespace) -> Any:
     period = month_period(a.month, grace_days=a.grace_days, utc_offset_minutes=a.utc_offset_minutes)
     store = GatewayStore(a.db)
     try:
-        return reconcile(store, period)
+        rec = reconcile(store, period)
     finally:
         store.close()
+    if rec.his_lines == 0:
+        print(f"warning: no HIS lines loaded for {a.month}: without them every charged item looks not charged "
+              "(spd-gateway his-import first)", file=sys.stderr)
+    return rec
 
 
 def _reconcile(a: argparse.Namespace) -> int:

@@ -3,9 +3,16 @@ gateway, as the devices would have sent them, day by day.
 
 Each device is a :class:`hw_sim.loadgen.SimDevice` (one MQTT connection, batches within a window of acks,
 resend on silence) whose log is filled from the month instead of from scans now: the events keep their own
-timestamps. Days are sent in order and each day is acknowledged before the next starts, so what happened on
-a later day reaches the gateway later (a return the day after a use finds its charge). Devices marked
-offline send their whole log at the end, as a handheld that was out of range does when it comes back.
+timestamps. Hours are sent in order and each hour is acknowledged before the next starts, so what happened
+later reaches the gateway later, as with devices that are online (a restock hours before a scan is stored
+before it, a return the day after a use finds its charge). Devices marked offline send their whole log at
+the end, as a handheld that was out of range does when it comes back.
+
+The gateway relates events of *different* devices by the order it stored them: a cabinet's ``restocked``
+event for an item stored after another device's scan of it counts as the item coming back, and credits the
+charge. Sent a day at a time, a cabinet's morning restock and a handheld's afternoon scan of the same item
+raced, and a few legitimate charges were credited (reconciliation then flags them, rightly, as used and not
+charged); devices that send as they go do not race.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from collections.abc import Iterable
 
 from hw_sim.catalog import sim_catalog
 from hw_sim.loadgen import LoadConfig, SimDevice
-from hw_sim.month_world import DAY_MS, Month, SimEvent
+from hw_sim.month_world import HOUR_MS, Month, SimEvent
 from spd_common.wire import Event, event_hash
 
 
@@ -35,7 +42,7 @@ class MonthDevice(SimDevice):
 
 
 async def send_month(month: Month, host: str, port: int, *, site: str, timeout_s: float = 600.0,
-                     batch_size: int = 500) -> dict[str, float]:
+                     batch_size: int = 500, phase_ms: int = HOUR_MS) -> dict[str, float]:
     """Send every device's events; returns the figures (seconds, events, batches)."""
     cfg = LoadConfig(devices=len(month.devices), site=site, batch_size=batch_size, window=4, resend_after_s=5.0)
     catalog = sim_catalog()
@@ -52,10 +59,10 @@ async def send_month(month: Month, host: str, port: int, *, site: str, timeout_s
     pending = {d: list(evs) for d, evs in month.devices.items()}
     try:
         first = min((e.ts_ms for evs in month.devices.values() for e in evs), default=month.start_ms)
-        cutoff = month.start_ms + ((first - month.start_ms) // DAY_MS) * DAY_MS
+        cutoff = month.start_ms + ((first - month.start_ms) // phase_ms) * phase_ms
         last = max((e.ts_ms for evs in month.devices.values() for e in evs), default=month.start_ms)
         while cutoff <= last:
-            cutoff += DAY_MS
+            cutoff += phase_ms
             for name, dev in devices.items():
                 if name in month.offline:
                     continue

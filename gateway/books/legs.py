@@ -5,6 +5,9 @@
   bridge's refusals and the settled returns;
 * the stock leg: stock movements (take, return, restock, use), read through :func:`stock_leg` only.
 
+Reconciliation goes product by product (every rule is about one item, and an item is one product), so what
+it holds at once is one product's month, not the hospital's.
+
 The period is a calendar month in hospital local time. Each leg is read over the month widened by a grace
 margin on both sides, so that the other half of a pair across the boundary is found; a mismatch belongs to
 the month of its anchor (see :mod:`gateway.books.reconcile`).
@@ -77,6 +80,7 @@ def ensure_projected(store: GatewayStore) -> int:
     return movements_min.project_events(store)
 
 
-def stock_leg(store: GatewayStore, period: Period) -> list[MovementRow]:
-    """The stock movements reconciliation looks at, over the widened period, in time order."""
-    return store.stock.movements(period.read_from_ms, period.read_to_ms, STOCK_KINDS)
+def stock_leg(store: GatewayStore, period: Period, gtin: str) -> list[MovementRow]:
+    """The stock movements reconciliation looks at: one product's serial-tracked items over the widened period,
+    item by item in time order."""
+    return store.books.movements_of(gtin, period.read_from_ms, period.read_to_ms, STOCK_KINDS)

@@ -35,8 +35,9 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from gateway.books.legs import Period, ensure_projected, stock_leg
+from gateway.books.output import progress
 from gateway.data.books_reads import ConsumptionRecord, ReturnRecord
-from gateway.data.his_lines import CHARGE, CREDIT, INTERFACE, HisLineRow
+from gateway.data.his_lines import INTERFACE, HisLineRow
 from gateway.data.stock import RESTOCK, RETURN, TAKE, USE, MovementRow
 from gateway.store import GatewayStore
 
@@ -114,19 +115,31 @@ def reconcile(store: GatewayStore, period: Period, *, project: bool = True) -> R
     """Every mismatch of ``period`` between the three legs (see the module's docstring for the rules)."""
     if project:
         ensure_projected(store)
-    his = store.his_lines.lines(period.read_from_ms, period.read_to_ms)
-    records = store.books.consumption(period.read_from_ms, period.read_to_ms)
-    moves = stock_leg(store, period)
+    catalog = load_catalog(store)
+    run = _Run(store, period, catalog)
+    credits = store.his_lines.credits(period.read_from_ms, period.read_to_ms)
+    reversed_ids = run.check_credits(credits)
     returns = store.books.returns(period.read_from_ms, period.read_to_ms)
-    run = _Run(store, period, load_catalog(store), records, moves, returns)
-    run.check_his(his)
-    run.check_items()
+    codes_of: dict[str, list[str]] = defaultdict(list)
+    for code, gtin in catalog.gtin_of.items():
+        codes_of[gtin].append(code)
+    his_lines, records_read, moves_read, standing, standing_fen, items = len(credits), 0, 0, 0, 0, 0
+    for gtin in progress(sorted(catalog.code_of), total=len(catalog.code_of), description="reconciling"):
+        lines = store.his_lines.charges_of_item(gtin, codes_of[gtin], period.read_from_ms, period.read_to_ms)
+        records = store.books.consumption_of(gtin, period.read_from_ms, period.read_to_ms,
+                                             [ln.his_id for ln in lines if ln.source == INTERFACE])
+        moves = stock_leg(store, period, gtin)
+        part = run.product(records, moves, [r for r in returns if r.item_key.startswith(gtin + "/")])
+        part.check_his([ln for ln in lines if ln.his_id not in reversed_ids])
+        part.check_items()
+        his_lines, records_read, moves_read, items = (his_lines + len(lines), records_read + len(records),
+                                                      moves_read + len(moves), items + len(part.moves_of))
+        held = [ln for ls in part.lines_of.values() for ln in ls if period.holds(ln.at_ms)]
+        standing, standing_fen = standing + len(held), standing_fen + sum(ln.amount_fen for ln in held)
     findings = sorted((f for f in run.findings.values() if period.holds(f.at_ms)),
                       key=lambda f: (KINDS.index(f.kind), f.at_ms, f.key))
     _add_event_hashes(store, findings)
-    standing = [ln for lines in run.lines_of.values() for ln in lines if period.holds(ln.at_ms)]
-    return Reconciliation(period, findings, len(his), len(records), len(moves), len(standing),
-                          sum(ln.amount_fen for ln in standing), len(run.moves_of))
+    return Reconciliation(period, findings, his_lines, records_read, moves_read, standing, standing_fen, items)
 
 
 def _add_event_hashes(store: GatewayStore, findings: list[Finding]) -> None:
@@ -137,19 +150,54 @@ def _add_event_hashes(store: GatewayStore, findings: list[Finding]) -> None:
 
 
 class _Run:
-    """One reconciliation's working state."""
+    """What one reconciliation keeps across products: the findings, contract prices, lots' expiry dates."""
 
-    def __init__(self, store: GatewayStore, period: Period, catalog: CatalogFacts, records: list[ConsumptionRecord],
-                 moves: list[MovementRow], returns: list[ReturnRecord]) -> None:
+    def __init__(self, store: GatewayStore, period: Period, catalog: CatalogFacts) -> None:
         self.store = store
         self.period = period
         self.catalog = catalog
+        self.findings: dict[tuple[str, str], Finding] = {}
+        self.contract_cache: dict[tuple[str, str], int | None] = {}
+        self.lot_expiry = store.books.lot_expiry()
+
+    def add(self, f: Finding) -> None:
+        self.findings.setdefault(f.ident, f)
+
+    def check_credits(self, credits: list[HisLineRow]) -> set[str]:
+        """Flag the credits that reverse no charge the HIS holds; the ids of the charges reversed."""
+        known = self.store.his_lines.charges_named(sorted({c.reverses for c in credits}))
+        for c in credits:
+            if c.reverses in known:
+                continue
+            self.add(Finding(CREDIT_WITHOUT_CHARGE, c.his_id, c.at_ms, c.dept, c.operator, c.amount_fen,
+                             admission=c.admission, gtin=c.gtin, serial=c.serial, his_ids=[c.his_id],
+                             his_refs=_nonempty([c.his_ref]),
+                             detail=f"credit reverses HIS charge {c.reverses or '(none named)'}, which the HIS "
+                                    "does not hold"))
+        return {c.reverses for c in credits if c.reverses in known}
+
+    def product(self, records: list[ConsumptionRecord], moves: list[MovementRow],
+                returns: list[ReturnRecord]) -> _Product:
+        return _Product(self, records, moves, returns)
+
+
+class _Product:
+    """One product's month: its standing HIS charges, consumption records and items' movements."""
+
+    def __init__(self, run: _Run, records: list[ConsumptionRecord], moves: list[MovementRow],
+                 returns: list[ReturnRecord]) -> None:
+        self.run = run
+        self.store = run.store
+        self.period = run.period
+        self.catalog = run.catalog
+        self.add = run.add
         self.record_of_charge = {r.charge_id: r for r in records if r.charge_id}
         self.record_of_event = {(r.device, r.seq): r for r in records}
         self.moves_of: dict[ItemKey, list[MovementRow]] = defaultdict(list)
         for m in moves:
-            if m.serial and m.gtin in catalog.code_of:
-                self.moves_of[(m.gtin, m.serial)].append(m)
+            self.moves_of[(m.gtin, m.serial)].append(m)
+        for ms in self.moves_of.values():
+            ms.sort(key=lambda m: m.at_ms)
         self.credited_back: dict[ItemKey, list[ReturnRecord]] = defaultdict(list)
         for r in returns:
             if r.outcome == "credited" and "/" in r.item_key:
@@ -157,32 +205,12 @@ class _Run:
                 self.credited_back[(gtin, serial)].append(r)
         self.lines_of: dict[ItemKey, list[HisLineRow]] = defaultdict(list)
         self.record_of_item: dict[ItemKey, ConsumptionRecord] = {}
-        self.findings: dict[tuple[str, str], Finding] = {}
-        self._contract_cache: dict[tuple[str, str], int | None] = {}
-        self._lot_expiry = store.books.lot_expiry()
-
-    def add(self, f: Finding) -> None:
-        self.findings.setdefault(f.ident, f)
 
     # ------------------------------------------------------------ the HIS leg
 
-    def check_his(self, lines: list[HisLineRow]) -> None:
-        charges = [ln for ln in lines if ln.entry == CHARGE and ln.charge_code in self.catalog.gtin_of]
-        credits = [ln for ln in lines if ln.entry == CREDIT]
-        in_window = {ln.his_id for ln in lines if ln.entry == CHARGE}
-        named = {c.reverses for c in credits}
-        known = in_window | self.store.his_lines.charges_named(sorted(named - in_window))
-        reversed_ids: set[str] = set()
-        for c in credits:
-            if c.reverses in known:
-                reversed_ids.add(c.reverses)
-                continue
-            self.add(Finding(CREDIT_WITHOUT_CHARGE, c.his_id, c.at_ms, c.dept, c.operator, c.amount_fen,
-                             admission=c.admission, gtin=c.gtin, serial=c.serial, his_ids=[c.his_id],
-                             his_refs=_nonempty([c.his_ref]),
-                             detail=f"credit reverses HIS charge {c.reverses or '(none named)'}, which the HIS "
-                                    "does not hold"))
-        standing = [ln for ln in charges if ln.his_id not in reversed_ids]
+    def check_his(self, standing: list[HisLineRow]) -> None:
+        """``standing``: the product's HIS charges that no credit reverses, in time order."""
+        standing = [ln for ln in standing if ln.charge_code in self.catalog.gtin_of]
         # lines that name their item first; then lines without a serial, each matched to an item still out of
         # its cabinet (its last movement a take) of the billed product in the line's department, if any
         bare = [ln for ln in standing if ln.source != INTERFACE and not ln.serial]
@@ -193,21 +221,23 @@ class _Run:
         for key, ms in self.moves_of.items():
             if ms[-1].kind == TAKE and key not in self.lines_of:
                 out_by[(key[0], ms[-1].dept)].append(ms[-1])
+        for takes in out_by.values():
+            takes.sort(key=lambda m: m.at_ms)
         for ln in bare:
             self._check_charge(ln, out_by)
-        for key, standing in self.lines_of.items():
-            if len(standing) > 1:
-                second = sorted(standing, key=lambda ln: (ln.at_ms, ln.his_id))[1]
+        for key, lines in self.lines_of.items():
+            if len(lines) > 1:
+                second = sorted(lines, key=lambda ln: (ln.at_ms, ln.his_id))[1]
                 rec = self.record_of_item.get(key)
                 self.add(Finding(CHARGED_TWICE, _k(key), second.at_ms, second.dept, second.operator,
-                                 sum(ln.amount_fen for ln in standing) - standing[0].amount_fen,
+                                 sum(ln.amount_fen for ln in lines) - lines[0].amount_fen,
                                  admission=second.admission, gtin=key[0], serial=key[1],
                                  events=[f"{rec.device}:{rec.seq}"] if rec else [],
                                  charge_ids=[rec.charge_id] if rec else [],
-                                 his_ids=[ln.his_id for ln in standing],
-                                 his_refs=_nonempty([ln.his_ref for ln in standing]),
-                                 detail=f"{len(standing)} standing HIS charges for one item "
-                                        f"({', '.join(ln.source for ln in standing)})"))
+                                 his_ids=[ln.his_id for ln in lines],
+                                 his_refs=_nonempty([ln.his_ref for ln in lines]),
+                                 detail=f"{len(lines)} standing HIS charges for one item "
+                                        f"({', '.join(ln.source for ln in lines)})"))
 
     def _check_charge(self, ln: HisLineRow, out_by: dict[tuple[str, str], list[MovementRow]]) -> None:
         billed_gtin = self.catalog.gtin_of[ln.charge_code]
@@ -261,10 +291,11 @@ class _Run:
                                 f"on {day}"))
 
     def _contract_price(self, gtin: str, day: str) -> int | None:
-        if (gtin, day) not in self._contract_cache:
+        cache = self.run.contract_cache
+        if (gtin, day) not in cache:
             c = self.store.terms.contract_on(gtin, day)
-            self._contract_cache[(gtin, day)] = None if c is None else c.purchase_price_fen
-        return self._contract_cache[(gtin, day)]
+            cache[(gtin, day)] = None if c is None else c.purchase_price_fen
+        return cache[(gtin, day)]
 
     # ------------------------------------------------------------ items: stock against charges
 
@@ -329,7 +360,7 @@ class _Run:
         rec = self.record_of_item.get(key)
         uses = [m for m in self.moves_of.get(key, ()) if m.kind in (USE, TAKE)]
         lot = rec.lot if rec else (standing[0].lot or next((m.lot for m in uses if m.lot), ""))
-        expiry = self._lot_expiry.get((key[0], lot)) or (rec.expiry if rec else "")
+        expiry = self.run.lot_expiry.get((key[0], lot)) or (rec.expiry if rec else "")
         at = rec.used_at_ms if rec else (uses[0].at_ms if uses else standing[0].at_ms)
         day = self.period.local_date(at).isoformat()
         if not expiry or expiry >= day:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from gateway.data.engine import SqliteEngine
+from gateway.data.stock import MovementRow
 
 
 class ConsumptionRecord(NamedTuple):
@@ -59,6 +60,17 @@ class DeviceEvent(NamedTuple):
     body: dict[str, Any]
 
 
+_CONSUMPTION = ("device, seq, COALESCE(charge_id, ''), admission, gtin, item_code, lot, serial, expiry, price_fen, "
+                "operator, dept, used_at_ms, COALESCE(his_ref, ''), COALESCE(credit_id, ''), "
+                "COALESCE(credit_his_ref, '')")
+_MOVEMENT = "source, at_ms, kind, location, dept, gtin, lot, serial, qty, operator, admission, device, seq"
+
+
+def _record(r: Sequence[Any]) -> ConsumptionRecord:
+    return ConsumptionRecord(r[0], int(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8], int(r[9]), r[10], r[11],
+                             int(r[12]), r[13], r[14], r[15])
+
+
 class BooksReads:
     """Reads over ``consumption``, ``charge_rejects``, ``returns``, ``lot_expiry`` and ``events``."""
 
@@ -67,12 +79,32 @@ class BooksReads:
 
     def consumption(self, start_ms: int, end_ms: int) -> list[ConsumptionRecord]:
         rows = self._engine.query(
-            "SELECT device, seq, COALESCE(charge_id, ''), admission, gtin, item_code, lot, serial, expiry, price_fen, "
-            "operator, dept, used_at_ms, COALESCE(his_ref, ''), COALESCE(credit_id, ''), "
-            "COALESCE(credit_his_ref, '') FROM consumption WHERE used_at_ms >= ? AND used_at_ms < ? "
+            f"SELECT {_CONSUMPTION} FROM consumption WHERE used_at_ms >= ? AND used_at_ms < ? "
             "ORDER BY used_at_ms, device, seq", (start_ms, end_ms))
-        return [ConsumptionRecord(r[0], int(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8], int(r[9]), r[10], r[11],
-                                  int(r[12]), r[13], r[14], r[15]) for r in rows]
+        return [_record(r) for r in rows]
+
+    def consumption_of(self, gtin: str, start_ms: int, end_ms: int,
+                       charge_ids: Sequence[str] = ()) -> list[ConsumptionRecord]:
+        """The consumption records of one product used in the window, and those of ``charge_ids`` whenever."""
+        rows = self._engine.query(
+            f"SELECT {_CONSUMPTION} FROM consumption WHERE gtin = ? AND used_at_ms >= ? AND used_at_ms < ?",
+            (gtin, start_ms, end_ms))
+        have = {str(r[2]) for r in rows}
+        missing = [c for c in charge_ids if c not in have]
+        for i in range(0, len(missing), 500):
+            chunk = missing[i:i + 500]
+            rows += self._engine.query(
+                f"SELECT {_CONSUMPTION} FROM consumption WHERE charge_id IN ({', '.join('?' for _ in chunk)})", chunk)
+        return [_record(r) for r in rows]
+
+    def movements_of(self, gtin: str, start_ms: int, end_ms: int, kinds: Sequence[str]) -> list[MovementRow]:
+        """The stock movements of one product's serial-tracked items in the window, by item and time."""
+        marks = ", ".join("?" for _ in kinds)
+        rows = self._engine.query(
+            f"SELECT {_MOVEMENT} FROM stock_movements WHERE gtin = ? AND serial != '' AND at_ms >= ? AND at_ms < ? "
+            f"AND kind IN ({marks}) ORDER BY serial, at_ms, id", (gtin, start_ms, end_ms, *kinds))
+        return [MovementRow(r[0], int(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], int(r[8]), r[9], r[10], r[11],
+                            int(r[12])) for r in rows]
 
     def refused_charges(self, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], RefusedCharge]:
         """The bridge's refusals of these (device, seq) events."""

@@ -70,6 +70,28 @@ class HisLineStore:
             (start_ms, end_ms))
         return [_row(r) for r in rows]
 
+    def credits(self, start_ms: int, end_ms: int) -> list[HisLineRow]:
+        rows = self._engine.query(
+            f"SELECT {_COLUMNS} FROM his_lines WHERE entry = 'credit' AND at_ms >= ? AND at_ms < ? ORDER BY at_ms",
+            (start_ms, end_ms))
+        return [_row(r) for r in rows]
+
+    def charges_of_item(self, gtin: str, codes: Sequence[str], start_ms: int, end_ms: int) -> list[HisLineRow]:
+        """The charge lines of one product, by time: those the gateway sent for a scan of ``gtin`` (whatever
+        code they carry now), and the others that name ``gtin`` or, naming no item, bill one of ``codes``."""
+        cols = ", ".join(f"h.{c.strip()}" for c in _COLUMNS.split(","))
+        sent = self._engine.query(
+            f"SELECT {cols} FROM his_lines h JOIN consumption c ON c.charge_id = h.his_id WHERE c.gtin = ? "
+            "AND h.entry = 'charge' AND h.source = 'interface' AND h.at_ms >= ? AND h.at_ms < ?",
+            (gtin, start_ms, end_ms))
+        marks = ", ".join("?" for _ in codes) or "NULL"
+        other = self._engine.query(
+            f"SELECT {cols} FROM his_lines h WHERE h.entry = 'charge' AND h.at_ms >= ? AND h.at_ms < ? "
+            f"AND (h.gtin = ? OR (h.gtin = '' AND h.charge_code IN ({marks}))) "
+            "AND NOT (h.source = 'interface' AND EXISTS (SELECT 1 FROM consumption c WHERE c.charge_id = h.his_id))",
+            (start_ms, end_ms, gtin, *codes))
+        return sorted((_row(r) for r in (*sent, *other)), key=lambda ln: (ln.at_ms, ln.his_id))
+
     def charges_named(self, his_ids: Sequence[str]) -> set[str]:
         """Of ``his_ids``, those that are charge lines in the table (whatever their time)."""
         found: set[str] = set()

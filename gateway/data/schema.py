@@ -344,6 +344,10 @@ CREATE TABLE IF NOT EXISTS his_lines (
 );
 CREATE INDEX IF NOT EXISTS his_lines_at ON his_lines (at_ms);
 CREATE INDEX IF NOT EXISTS his_lines_reverses ON his_lines (reverses);
+CREATE INDEX IF NOT EXISTS his_lines_code ON his_lines (charge_code, at_ms);
+CREATE INDEX IF NOT EXISTS his_lines_gtin ON his_lines (gtin, at_ms);
+CREATE INDEX IF NOT EXISTS consumption_charge ON consumption (charge_id);
+CREATE INDEX IF NOT EXISTS consumption_gtin ON consumption (gtin, used_at_ms);
 """
 
 MIGRATIONS: tuple[Migration, ...] = (

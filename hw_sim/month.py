@@ -2,7 +2,7 @@
 
 ``spd-sim month --cabinets 100 --days 30 --seed N --out DIR`` makes up the month (:mod:`hw_sim.month_world`),
 starts a private Mosquitto, the simulated HIS and a real ``spd-gateway run`` (:class:`hw_sim.harness.SpineHarness`),
-sends every cabinet's and handheld's signed event batches over MQTT day by day (:mod:`hw_sim.month_wire`),
+sends every cabinet's and handheld's signed event batches over MQTT hour by hour (:mod:`hw_sim.month_wire`),
 waits until the gateway has charged every scan through its bridge and the HIS has answered, then does what
 the HIS's clerks did by hand (manual lines, edits), imports the lots' expiry dates and the purchase contracts
 into the gateway, exports the HIS's lines of the month and loads them with ``spd-gateway his-import``.

@@ -144,3 +144,14 @@ def test_his_import_refuses_a_file_with_bad_rows(tmp_path: Path, capsys: pytest.
         store.close()
     f.write_text(head.replace("his_ref\n", "\n"), encoding="utf-8")
     assert gateway.cli.main(["his-import", "--db", str(db), str(f), "--by", "test"]) == 1
+
+
+def test_a_month_is_local_calendar_month_with_its_grace_days() -> None:
+    nov, dec, jan = month_period("2026-11"), month_period("2026-12"), month_period("2027-01", grace_days=0)
+    assert nov.start_ms == 1793462400000  # 2026-10-31T16:00Z: midnight in UTC+8
+    assert nov.end_ms == dec.start_ms and dec.end_ms == jan.start_ms
+    assert nov.read_from_ms == nov.start_ms - 7 * 86_400_000 and jan.read_to_ms == jan.end_ms
+    assert nov.local_date(nov.end_ms - 1).isoformat() == "2026-11-30" and not nov.holds(nov.end_ms)
+    for bad in ("2026-13", "2026-1", "November"):
+        with pytest.raises(ValueError):
+            month_period(bad)

@@ -11,6 +11,8 @@ events through the real wire and performs the acts. Normal flows, which must giv
 * credited at the cabinet: taken, scanned, and put back the next day (the gateway credits the charge);
 * credited at the handheld: taken, scanned, and returned unused the next day to the department store;
 * manual with serial: taken, not scanned; the clerk charges it at the HIS by hand with its serial;
+* manual without serial: taken, not scanned; the clerk charges the product by hand (one of the three
+  cheapest products, kept for this: no anomaly is of those, so the match to the take is never ambiguous);
 * across the month boundary: taken before midnight on the last day of a month, scanned after it.
 
 Injected, ``per_kind`` of each (keys as ``spd-gateway reconcile`` names them):
@@ -158,6 +160,9 @@ class _Maker:
         self.handheld_of = {d: f"HH{d[3:]}" for d in self.depts}
         self.nurses = {d: [f"N{d[3:]}{k}" for k in range(1, 4)] for d in self.depts}
         self.uses_per_day = uses_per_day
+        by_price = sorted(catalog, key=lambda c: c.price_fen)
+        self.by_hand = by_price[:3]  # the cheapest, the ones clerks still charge by hand from the label
+        self.others = by_price[3:]
         self.per_kind = per_kind
         self.serial = 100_000 + seed % 1000 * 1000_000
         self.lot_no = 0
@@ -170,10 +175,11 @@ class _Maker:
         self.m.devices.setdefault(device, []).append(e)
         return e
 
-    def item(self, *, expiry: bool = True, use_ms: int = 0, expired: bool = False) -> Item:
+    def item(self, *, expiry: bool = True, use_ms: int = 0, expired: bool = False,
+             products: list[SimCatalogItem] | None = None) -> Item:
         self.serial += 1
         self.lot_no += 1
-        cat = self.rng.choice(self.catalog)
+        cat = self.rng.choice(products or self.catalog)
         lot = f"{'LX' if expired else 'L'}{self.lot_no:06d}"
         use_day = self.local_date(use_ms or self.m.start_ms)
         exp = use_day + dt.timedelta(days=self.rng.randrange(200, 900))
@@ -212,7 +218,9 @@ class _Maker:
         dept = self.dept_of[cab]
         nurse = self.rng.choice(self.nurses[dept])
         scan_ms = take_ms + self.rng.randrange(5, 90) * MIN_MS
-        it = self.item(expiry=expiry, use_ms=scan_ms, expired=expired)
+        # items charged by hand without a serial are of the products kept for that; no anomaly is of those
+        products = self.by_hand if kind == "manual_bare" else self.others if kind in INJECTED_KINDS else None
+        it = self.item(expiry=expiry, use_ms=scan_ms, expired=expired, products=products)
         f = Flow(kind, it, dept, nurse, self.admission())
         self.m.flows.append(f)
         restock_ms = take_ms - self.rng.randrange(2, 48) * HOUR_MS
@@ -230,6 +238,9 @@ class _Maker:
         elif kind == "credit_handheld":
             self.ev(hh, back_ms, "return_unused", {"udi": it.udi(), "operator": nurse, "dept": dept,
                                                    "reason": "not opened", "restocked": False})
+        elif kind == "manual_bare":  # charged by hand from the label's product, no serial: matched to the take
+            self.m.manual.append(ManualLine(self.his_id(), "charge", f.admission, it.catalog.charge_code, "", "", "",
+                                            1, it.catalog.price_fen, scan_ms, dept, f"HIS-{nurse}"))
         elif kind == "manual_serial":
             price = it.catalog.price_fen
             self.m.manual.append(ManualLine(self.his_id(), "charge", f.admission, it.catalog.charge_code, it.gtin,
@@ -252,7 +263,7 @@ class _Maker:
                     take_ms = m.start_ms + day * DAY_MS + self.rng.randrange(7 * 60, 22 * 60) * MIN_MS
                     r = self.rng.random()
                     kind = ("plain" if r < 0.80 else "put_back" if r < 0.88 else "credit_cabinet" if r < 0.93
-                            else "credit_handheld" if r < 0.97 else "manual_serial")
+                            else "credit_handheld" if r < 0.96 else "manual_serial" if r < 0.98 else "manual_bare")
                     self.flow(kind, cab, take_ms)
                     if kind == "plain" and day < m.days - 1:
                         plain.append(len(m.flows) - 1)
@@ -298,7 +309,7 @@ class _Maker:
         for _ in range(n):
             cab, at = self.some_time()
             dept = self.dept_of[cab]
-            cat = self.rng.choice([c for c in self.catalog if (c.gtin, dept) not in not_charged_at])
+            cat = self.rng.choice([c for c in self.others if (c.gtin, dept) not in not_charged_at])
             line = ManualLine(self.his_id(), "charge", self.admission(), cat.charge_code, "", "", "", 1, cat.price_fen,
                               at, dept, f"HIS-{self.rng.choice(self.nurses[dept])}")
             m.manual.append(line)

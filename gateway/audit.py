@@ -49,6 +49,7 @@ class AuditAction(StrEnum):
     CATALOG_IMPORTED = "catalog_imported"  # prices and charge codes changed
     RECALLS_IMPORTED = "recalls_imported"
     LOT_EXPIRY_IMPORTED = "lot_expiry_imported"
+    HIS_LINES_IMPORTED = "his_lines_imported"  # the HIS's charge lines for reconciliation
     AUDIT_CHAINED = "audit_chained"  # rows written before the hash chain existed were chained on upgrade
     INCIDENT_OPENED = "incident_opened"  # a critical alarm became an incident (gateway/notify.py)
     INCIDENT_RESOLVED = "incident_resolved"  # its condition cleared, or a person closed it

@@ -12,6 +12,7 @@ from typing import Any
 
 from gateway import fieldops_cli, notify_cli
 from gateway.audit import AuditAction, AuditLog
+from gateway.books import cli as books_cli
 from gateway.catalog import (
     CatalogImportError,
     import_catalog,
@@ -318,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     fieldops_cli.register(sub)
     notify_cli.register(sub)
+    books_cli.register(sub)
     return p
 
 

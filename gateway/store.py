@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.data.audit import AuditStore
+from gateway.data.books_reads import BooksReads
 from gateway.data.catalog import CatalogStore
 from gateway.data.census import CensusStore, StaffStore
 from gateway.data.charges import ChargeStore, OutboxCharge, ReturnOutcome, StoreError
@@ -35,6 +36,7 @@ from gateway.data.events import (
     StoredEvent,
     raw_text,
 )
+from gateway.data.his_lines import HisLineStore
 from gateway.data.incidents import IncidentStore
 from gateway.data.links import LinkStore
 from gateway.data.migrations import MigrationReport, migrate
@@ -79,6 +81,8 @@ class GatewayStore:
         self.stock = StockStore(self._engine)
         self.incidents = IncidentStore(self._engine)
         self.monitoring = MonitoringQueries(self._engine)
+        self.his_lines = HisLineStore(self._engine)
+        self.books = BooksReads(self._engine)
 
     def close(self) -> None:
         self._engine.close()

@@ -385,6 +385,35 @@ CREATE TABLE IF NOT EXISTS incident_notices (
 CREATE INDEX IF NOT EXISTS incident_notices_due ON incident_notices (channel, status, next_attempt_at);
 """
 
+_HIS_LINES = """
+CREATE TABLE IF NOT EXISTS his_lines (
+    his_id TEXT PRIMARY KEY,
+    entry TEXT NOT NULL CHECK (entry IN ('charge', 'credit')),
+    admission TEXT NOT NULL,
+    charge_code TEXT NOT NULL,
+    gtin TEXT NOT NULL DEFAULT '',
+    lot TEXT NOT NULL DEFAULT '',
+    serial TEXT NOT NULL DEFAULT '',
+    qty INTEGER NOT NULL,
+    unit_price_fen INTEGER NOT NULL,
+    amount_fen INTEGER NOT NULL,
+    at_ms BIGINT NOT NULL,
+    source TEXT NOT NULL CHECK (source IN ('interface', 'manual')),
+    reverses TEXT NOT NULL DEFAULT '',
+    dept TEXT NOT NULL DEFAULT '',
+    operator TEXT NOT NULL DEFAULT '',
+    his_ref TEXT NOT NULL DEFAULT '',
+    imported_from TEXT NOT NULL DEFAULT '',
+    imported_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS his_lines_at ON his_lines (at_ms);
+CREATE INDEX IF NOT EXISTS his_lines_reverses ON his_lines (reverses);
+CREATE INDEX IF NOT EXISTS his_lines_code ON his_lines (charge_code, at_ms);
+CREATE INDEX IF NOT EXISTS his_lines_gtin ON his_lines (gtin, at_ms);
+CREATE INDEX IF NOT EXISTS consumption_charge ON consumption (charge_id);
+CREATE INDEX IF NOT EXISTS consumption_gtin ON consumption (gtin, used_at_ms);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", (
         Sql.script(_EVENTS_AND_CHARGES),
@@ -418,6 +447,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     )),
     Migration(6, "incidents", (
         Sql.script(_INCIDENTS_SQLITE, _INCIDENTS_POSTGRESQL),
+    )),
+    Migration(7, "his_charge_lines", (
+        Sql.script(_HIS_LINES, _HIS_LINES.replace("imported_at REAL", "imported_at DOUBLE PRECISION")),
     )),
 )
 """Every migration, in order; the schema version of a store is the number of the last one applied."""

@@ -36,7 +36,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from gateway import bridge
 from gateway.adt import AdtListener
@@ -53,8 +53,12 @@ from gateway.ingest import IngestService
 from gateway.lease import Leadership
 from gateway.linking import DEFAULT_WINDOW_S, LinkWatch
 from gateway.store import GatewayStore
+from gateway.web.settings import WEB_OFF, WebConfig
 from spd_common.heartbeat import HeartbeatRegistry
 from spd_common.mqtt import TlsSettings
+
+if TYPE_CHECKING:
+    from gateway.web.server import WebServer as WebServerType
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +90,7 @@ class GatewayConfig:
     adt_port: int | None = None  # None = no ADT listener
     discharge_grace_s: float = 86400.0  # charges for a stay are still accepted this long after discharge
     not_linked_within_s: float = DEFAULT_WINDOW_S  # a cabinet take not charged on any device by then: one alarm
+    web: WebConfig = WEB_OFF  # the supervisor's screen; served by `run` too when web.enabled
 
 
 def make_his_adapter(config: GatewayConfig) -> HisAdapter:
@@ -161,6 +166,7 @@ class Gateway:
                                heartbeats=self.heartbeats) if config.adt_port is not None else None
         self.link_watch = LinkWatch(self.store, window_s=config.not_linked_within_s,
                                     may_run=self.leadership.is_leader, heartbeats=self.heartbeats)
+        self.web: WebServerType | None = None
         self._stopped = threading.Event()
 
     @property
@@ -189,9 +195,18 @@ class Gateway:
             self.publisher.start()
         if self.adt is not None:
             self.adt.start()
+        if self.config.web.enabled:
+            from gateway.web.server import WebServer
+            from gateway.web.unlock import fleet_unlock
+
+            fleet = self.fleet
+            self.web = WebServer(self.store, self.config.web,
+                                 unlock=fleet_unlock(fleet) if fleet is not None else None).start()
         return self
 
     def stop(self) -> None:
+        if self.web is not None:
+            self.web.stop()
         if self.adt is not None:
             self.adt.stop()
         if self.publisher is not None:

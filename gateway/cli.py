@@ -310,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     mig.set_defaults(func=_migrate)
 
     fieldops_cli.register(sub)
+    from gateway.web import cli as web_cli  # the screen's commands; FastAPI itself is imported only by `web`
+
+    web_cli.register(sub)
     return p
 
 

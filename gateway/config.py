@@ -23,6 +23,8 @@ neither is set). Sections::
                   required with [broker.tls]: the broker makes each connection's client id its certificate's name)
     [adt]         host, port (absent: no ADT listener), discharge_grace_s
     [alarms]      not_linked_within_s (a cabinet take charged on no device by then raises one alarm)
+    [web]         enabled, host, port, cert_file, key_file, session_lifetime_s, login_attempts, login_window_s,
+                  offline_after_s, utc_offset_minutes (the supervisor's screen, gateway/web/settings.py)
 
 ``deploy/examples/gateway.toml`` shows every key; docs/deploy.md explains them.
 """
@@ -186,6 +188,12 @@ def parse_gateway_config(doc: Mapping[str, Any], *, source: str = "<config>",
         if al.has("not_linked_within_s"):
             out["not_linked_within_s"] = al.get_float("not_linked_within_s", min=60.0, max=7 * 86400.0)
         al.done()
+
+    w = top.section("web", optional=True)
+    if w is not None:
+        from gateway.web.settings import parse_web_section
+
+        out["web"] = parse_web_section(w, base=base, source=source)
 
     top.done()
     return out

@@ -19,10 +19,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gateway.data.accounts import AccountStore
 from gateway.data.audit import AuditStore
 from gateway.data.catalog import CatalogStore
 from gateway.data.census import CensusStore, StaffStore
 from gateway.data.charges import ChargeStore, OutboxCharge, ReturnOutcome, StoreError
+from gateway.data.dashboard import DashboardStore
 from gateway.data.devices import DeviceStore
 from gateway.data.engine import SqliteEngine
 from gateway.data.events import (
@@ -71,6 +73,8 @@ class GatewayStore:
         self.staff = StaffStore(self._engine)
         self.audit = AuditStore(self._engine)
         self.links = LinkStore(self._engine)
+        self.accounts = AccountStore(self._engine)
+        self.dashboard = DashboardStore(self._engine)
 
     def close(self) -> None:
         self._engine.close()

@@ -264,6 +264,43 @@ _CENSUS = (
     "changed_at REAL NOT NULL, changed_by TEXT NOT NULL)",
 )
 
+# The supervisor's screen (gateway/web): local accounts, server-side sessions, API tokens for integrations and
+# acknowledgements of alarms. Secrets are stored only as hashes (password: scrypt; session and token: SHA-256 of
+# a random value). PostgreSQL gets the same text with DOUBLE PRECISION times.
+_WEB_ACCESS = """
+CREATE TABLE IF NOT EXISTS web_accounts (
+    username TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    disabled INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    changed_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS web_sessions (
+    token_hash TEXT PRIMARY KEY,
+    username TEXT NOT NULL,
+    csrf TEXT NOT NULL,
+    address TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS web_sessions_user ON web_sessions (username);
+CREATE TABLE IF NOT EXISTS web_api_tokens (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL,
+    created_by TEXT NOT NULL,
+    revoked_at REAL
+);
+CREATE TABLE IF NOT EXISTS alarm_acks (
+    alarm TEXT PRIMARY KEY,
+    acked_by TEXT NOT NULL,
+    comment TEXT NOT NULL,
+    acked_at REAL NOT NULL
+);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", (
         Sql.script(_EVENTS_AND_CHARGES),
@@ -291,5 +328,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "audit_chain", (
         AddColumns("audit_log", (("prev", "TEXT"), ("hash", "TEXT"))),
     )),
+    # assigned number 0009 for the release; numbered after the last migration of this line until then
+    Migration(5, "web_access", (Sql.script(_WEB_ACCESS, _WEB_ACCESS.replace(" REAL", " DOUBLE PRECISION")),)),
 )
 """Every migration, in order; the schema version of a store is the number of the last one applied."""

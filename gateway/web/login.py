@@ -28,7 +28,8 @@ def _login_form(request: Request, *, error: str | None = None, status_code: int 
                 next_path: str = "/") -> HTMLResponse:
     ctx = context_of(request)
     value = secrets.token_urlsafe(24)
-    values = {"csrf": value, "error": error, "next": next_path, "who": None, "nav": [], "path": "/login"}
+    values: dict[str, object] = {"csrf": value, "error": error, "next": next_path, "who": None, "nav": [],
+                                 "path": "/login"}
     resp = ctx.templates.TemplateResponse(request, "login.html", values, status_code=status_code)
     resp.set_cookie(LOGIN_COOKIE, value, max_age=3600, secure=True, httponly=True, samesite="strict", path="/login")
     return resp

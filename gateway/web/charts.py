@@ -7,6 +7,7 @@ SVG carries no inline style either.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -44,10 +45,12 @@ def per_day(rows: Sequence[DaySeries], days: Sequence[int]) -> list[Series]:
 
 
 def _nice_max(v: float) -> float:
+    """The top of the axis: four gridline steps of 1, 2, 2.5 or 5 times a power of ten, at least ``v``."""
     if v <= 0:
         return 1.0
-    step = 10 ** max(0, len(str(int(v))) - 1)
-    return float(((int(v) // step) + 1) * step)
+    magnitude = 10.0 ** math.floor(math.log10(v / 4))
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude * 4 >= v)
+    return step * 4
 
 
 def _frame(title: str, top: float, unit: str) -> list[str]:
@@ -80,6 +83,7 @@ def stacked_bars(title: str, days: Sequence[int], series: Sequence[Series]) -> M
     parts = _frame(title, top, "")
     h = HEIGHT - TOP - BOTTOM
     slot = (WIDTH - LEFT - RIGHT) / max(1, len(days))
+    every = 1 if len(days) <= 8 else 2  # day labels that do not overlap
     for i, day in enumerate(days):
         x = LEFT + i * slot + slot * 0.15
         y0 = float(TOP + h)
@@ -90,8 +94,9 @@ def stacked_bars(title: str, days: Sequence[int], series: Sequence[Series]) -> M
                 parts.append(f'<rect class="series-{k % PALETTE}" x="{x:.1f}" y="{y0:.1f}" width="{slot * 0.7:.1f}" '
                              f'height="{bh:.1f}"><title>{escape(day_label(day))} {escape(s.label)}: '
                              f'{s.values[i]:.0f}</title></rect>')
-        parts.append(f'<text class="axis" x="{x + slot * 0.35:.1f}" y="{HEIGHT - 10}" text-anchor="middle">'
-                     f'{escape(day_label(day))}</text>')
+        if (len(days) - 1 - i) % every == 0:
+            parts.append(f'<text class="axis" x="{x + slot * 0.35:.1f}" y="{HEIGHT - 10}" text-anchor="middle">'
+                         f'{escape(day_label(day))}</text>')
     _legend(parts, [s.label for s in series])
     if not any(totals):
         parts.append(f'<text class="empty" x="{(LEFT + WIDTH - RIGHT) / 2}" y="{TOP + h / 2}" text-anchor="middle">'
@@ -106,9 +111,11 @@ def lines(title: str, days: Sequence[int], series: Sequence[Series], *, unit: st
     parts = _frame(title, top, unit)
     h = HEIGHT - TOP - BOTTOM
     slot = (WIDTH - LEFT - RIGHT) / max(1, len(days))
+    every = 1 if len(days) <= 8 else 2
     for i, day in enumerate(days):
-        parts.append(f'<text class="axis" x="{LEFT + slot * (i + 0.5):.1f}" y="{HEIGHT - 10}" text-anchor="middle">'
-                     f'{escape(day_label(day))}</text>')
+        if (len(days) - 1 - i) % every == 0:
+            parts.append(f'<text class="axis" x="{LEFT + slot * (i + 0.5):.1f}" y="{HEIGHT - 10}" '
+                         f'text-anchor="middle">{escape(day_label(day))}</text>')
     for k, s in enumerate(series):
         pts = [(LEFT + slot * (i + 0.5), TOP + h - h * v / top) for i, v in enumerate(s.values) if v > 0]
         if pts:

@@ -129,3 +129,36 @@ def test_web_cert_issues_a_server_certificate_from_the_site_ca(tmp_path: Path) -
     eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert x509.oid.ExtendedKeyUsageOID.SERVER_AUTH in eku
     assert (tmp_path / "tls" / "web.key").stat().st_mode & 0o077 == 0
+
+
+def test_spd_gateway_web_serves_the_screen_from_the_gateway_file(tmp_path: Path) -> None:
+    from hw_sim.broker import free_port
+
+    port = free_port()
+    conf = _file(tmp_path, f'port = {port}')
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "web", "--config", str(conf)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        import httpx
+
+        from conftest import wait_for
+
+        def login_page() -> int:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/login", timeout=1).status_code
+            except httpx.HTTPError:
+                return 0
+
+        assert wait_for(login_page, timeout=20, interval=0.2, message="spd-gateway web listening") == 200
+        r = httpx.get(f"http://127.0.0.1:{port}/", follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"] == "/login?next=/"
+        assert (tmp_path / "gw.db").exists()  # the store named by [store] path
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=15)
+    assert proc.returncode == 0, out
+
+
+def test_spd_gateway_web_refuses_a_public_address_without_tls(tmp_path: Path) -> None:
+    r = _cli("web", "--config", str(_file(tmp_path, "")), "--host", "0.0.0.0")
+    assert r.returncode == 2 and "needs TLS" in r.stderr

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 
 import uvicorn
@@ -59,9 +60,15 @@ class WebServer:
         return self
 
     def run(self) -> None:
-        """Serve in the foreground until SIGTERM or SIGINT."""
-        log.info("web: serving the screen on %s:%d", self.config.host, self.config.port)
-        self._server.run()
+        """Serve until SIGTERM or SIGINT, then stop cleanly (exit 0, as ``spd-gateway run`` does)."""
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        self.start()
+        try:
+            stop.wait()
+        finally:
+            self.stop()
 
     def stop(self) -> None:
         self._server.should_exit = True

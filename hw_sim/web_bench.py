@@ -61,12 +61,17 @@ def fill(path: Path, *, events: int, days: int, seed: int, admissions: int) -> d
     devices = [(f"HH{i:03d}", False) for i in range(HANDHELDS)] + [(f"CB{i:03d}", True) for i in range(CABINETS)]
     per_device = events // len(devices)
     step_ms = (now_ms - start_ms) // max(1, per_device)
+    # each device's chain: (prev hash, last seq, last ts, department); batches go round the devices in time order,
+    # so the store's ids grow with the time the events were stored, as in a gateway that ran for the month
+    chains = {d: (GENESIS_HASH, 0, start_ms + r.randrange(step_ms), DEPTS[r.randrange(len(DEPTS))])
+              for d, _ in devices}
     t0 = time.perf_counter()
     charges = parked = 0
-    for device, cabinet in devices:
-        prev, seq, ts = GENESIS_HASH, 0, start_ms + r.randrange(step_ms)
-        dept = DEPTS[r.randrange(len(DEPTS))]
-        while seq < per_device:
+    while any(chains[d][1] < per_device for d, _ in devices):
+        for device, cabinet in devices:
+            prev, seq, ts, dept = chains[device]
+            if seq >= per_device:
+                continue
             batch: list[Event] = []
             consumed: list[tuple[Event, dict[str, Any]]] = []
             for _ in range(min(BATCH, per_device - seq)):
@@ -96,6 +101,7 @@ def fill(path: Path, *, events: int, days: int, seed: int, admissions: int) -> d
                                           "item_code": item.item_code, "name": item.name, "lot": "L1",
                                           "serial": serial, "expiry": "2028-12-31", "price_fen": item.price_fen,
                                           "operator": body["operator"], "dept": dept, "ts_ms": ts}))
+            chains[device] = (prev, seq, ts, dept)
             store.ingest(Batch(device, "H1", batch, checked=True), now=ts / 1000)
             with store.charges.batch() as b:
                 for ev, line in consumed:

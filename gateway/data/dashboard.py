@@ -66,10 +66,25 @@ class DashboardStore:
         rows = self._engine.query("SELECT status, COUNT(*) FROM charges GROUP BY status")
         return {str(s): int(n) for s, n in rows}
 
-    def scans_since(self, ts_ms: int) -> int:
-        """``consume`` events (a nurse's scan of an item onto a patient) made on the devices since ``ts_ms``."""
-        return int(self._engine.query("SELECT COUNT(*) FROM events WHERE kind = 'consume' AND ts_ms >= ?",
-                                      (ts_ms,))[0][0])
+    def scans_stored_since(self, at: float) -> int:
+        """``consume`` events (a nurse's scan of an item onto a patient) the gateway stored since ``at``.
+
+        Store ids grow with arrival, so the first id stored since ``at`` is found by bisection on the primary
+        key, and the count is a range of the ``events_kind`` index: no scan of the month's events.
+        """
+        lo, hi = 1, self.last_event_id() + 1  # the first id stored at or after ``at`` lies in [lo, hi]
+        while lo < hi:
+            mid = (lo + hi) // 2
+            row = self._engine.query("SELECT stored_at FROM events WHERE id >= ? ORDER BY id LIMIT 1", (mid,))
+            if not row or row[0][0] >= at:
+                hi = mid
+            else:
+                lo = mid + 1
+        return int(self._engine.query("SELECT COUNT(*) FROM events WHERE kind = 'consume' AND id >= ?",
+                                      (lo,))[0][0])
+
+    def last_event_id(self) -> int:
+        return int(self._engine.query("SELECT COALESCE(MAX(id), 0) FROM events")[0][0])
 
     def search_charges(self, *, admission: str | None = None, gtin: str | None = None, serial: str | None = None,
                        status: str | None = None, limit: int = 200) -> list[ChargeView]:
@@ -105,11 +120,13 @@ class DashboardStore:
             "ORDER BY id DESC LIMIT ?", (since, limit))
         return [(float(a), float(b)) for a, b in rows]
 
-    def cabinet_devices(self) -> list[str]:
-        """Devices that recorded cabinet events (items taken, put back or restocked), by id."""
+    def cabinet_devices(self, *, recent: int = 500) -> list[str]:
+        """Devices that are cabinets, by id: a take in ``cabinet_takes``, or an item taken, put back or restocked
+        among their ``recent`` latest events (both by index: a handheld's month of scans is never read)."""
         rows = self._engine.query(
-            "SELECT d.device FROM devices d WHERE EXISTS (SELECT 1 FROM events e WHERE e.device = d.device "
-            "AND e.kind IN ('taken', 'returned', 'restocked')) ORDER BY d.device")
+            "SELECT d.device FROM devices d WHERE EXISTS (SELECT 1 FROM cabinet_takes t WHERE t.device = d.device) "
+            "OR EXISTS (SELECT 1 FROM (SELECT kind FROM events e WHERE e.device = d.device ORDER BY e.seq DESC "
+            "LIMIT ?) WHERE kind IN ('taken', 'returned', 'restocked')) ORDER BY d.device", (recent,))
         return [str(r[0]) for r in rows]
 
     def cabinet_events(self, device: str, *, kinds: tuple[str, ...] = _CABINET_KINDS,

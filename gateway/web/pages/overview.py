@@ -44,7 +44,7 @@ def summary(ctx: WebContext, *, now: float | None = None) -> dict[str, Any]:
         "his_outbox": statuses.get("pending", 0),
         "parked_charges": statuses.get("parked", 0),
         "accepted_charges": statuses.get("accepted", 0),
-        "scans_today": ctx.store.dashboard.scans_since(today_start_ms),
+        "scans_today": ctx.store.dashboard.scans_stored_since(today_start_ms / 1000),
     }
 
 

@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,7 @@ from gateway.config import read_gateway_file
 from gateway.store import GatewayStore
 from gateway.web.auth import secret_hash
 from gateway.web.passwords import verify_password
+from gateway.web.roles import Role
 from gateway.web.settings import WebConfig
 from spd_common.toml_config import ConfigError
 
@@ -162,3 +164,58 @@ def test_spd_gateway_web_serves_the_screen_from_the_gateway_file(tmp_path: Path)
 def test_spd_gateway_web_refuses_a_public_address_without_tls(tmp_path: Path) -> None:
     r = _cli("web", "--config", str(_file(tmp_path, "")), "--host", "0.0.0.0")
     assert r.returncode == 2 and "needs TLS" in r.stderr
+
+
+def test_spd_gateway_web_alone_sends_a_supervisors_unlock_through_its_own_fleet_connection(
+        tmp_path: Path, broker: Any) -> None:
+    import httpx
+    import paho.mqtt.client as mqtt
+
+    from gateway.commands import generate_signing_key
+    from hw_sim.broker import free_port
+
+    from conftest import wait_for
+    from web_helpers import CABINET, add_accounts, add_cabinet_events
+
+    store = GatewayStore(tmp_path / "gw.db")
+    tokens = add_accounts(store)
+    add_cabinet_events(store, tmp_path)
+    store.close()
+    generate_signing_key(tmp_path / "signing.key")
+    port = free_port()
+    conf = tmp_path / "gateway.toml"
+    conf.write_text(f'[store]\npath = "gw.db"\n[broker]\nport = {broker.port}\n[fleet]\nsigning_key = "signing.key"\n'
+                    f"[web]\nport = {port}\n", encoding="utf-8")
+    commands: list[bytes] = []
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="watch")
+    sub.on_message = lambda c, u, m: commands.append(m.payload)
+    sub.connect("127.0.0.1", broker.port)
+    sub.subscribe(f"spd/v1/H1/{CABINET}/cmd", qos=1)
+    sub.loop_start()
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "web", "--config", str(conf)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}/api/v1/cabinets/{CABINET}/unlock"
+
+        def listening() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/login", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(listening, timeout=20, interval=0.2, message="spd-gateway web listening")
+        refused = httpx.post(url, json={"confirm": CABINET},
+                             headers={"Authorization": f"Bearer {tokens[Role.TECHNICIAN]}"})
+        assert refused.status_code == 403
+        r = httpx.post(url, json={"confirm": CABINET, "seconds": 4},
+                       headers={"Authorization": f"Bearer {tokens[Role.SUPERVISOR]}"}, timeout=20)
+        assert r.status_code == 200, r.text
+        wait_for(lambda: commands, timeout=10, message="the unlock on the cabinet's command topic")
+        cmd = json.loads(commands[0])
+        assert (cmd["kind"], cmd["by"], cmd["args"], cmd["seq"]) == ("unlock", "api:token:supervisor-tool",
+                                                                      {"seconds": 4}, r.json()["command_seq"])
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=15)
+        sub.loop_stop()
+        sub.disconnect()

@@ -18,13 +18,16 @@ Threads and what each owns:
   feed over MLLP, kept in the patient census;
 * ``catalog-publisher`` (:class:`CatalogPublisher`, with the fleet link; woken by the ADT listener) — pushes
   the device catalog document again after census changes, debounced;
+* ``web`` (:class:`gateway.web.server.WebServer`, only with ``[web] enabled``) — uvicorn serving the
+  supervisor's screen and its API over the same store (docs/web.md);
 * the main thread — start-up, signals, shutdown.
 
 The store is shared; SQLite serialises the writers. Each of these threads
 beats a heartbeat (:mod:`spd_common.heartbeat`) named as above (``ingest-mqtt``,
 ``fleet-mqtt`` for the two network threads), except the ``adt-conn-N``
 connection threads, which come and go with the HIS's connections and end on
-their own time-outs (see :mod:`gateway.adt`); the systemd watchdog pings only
+their own time-outs (see :mod:`gateway.adt`), and the screen's ``web`` thread (a
+screen that fails must not restart charging); the systemd watchdog pings only
 while all of them beat within their deadlines.
 """
 
@@ -238,9 +241,10 @@ class Gateway:
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
         self.start()
-        log.info("gateway: running (bridge: %s, fleet link %s, ADT listener %s)", bridge.IMPLEMENTATION,
+        log.info("gateway: running (bridge: %s, fleet link %s, ADT listener %s, screen %s)", bridge.IMPLEMENTATION,
                  "on" if self.fleet_link is not None else "off",
-                 f"on {self.config.adt_host}:{self.config.adt_port}" if self.adt is not None else "off")
+                 f"on {self.config.adt_host}:{self.config.adt_port}" if self.adt is not None else "off",
+                 f"on {self.web.url}" if self.web is not None else "off")
         notify("READY=1")
         watchdog = Watchdog(self.store.alive, heartbeats=self.heartbeats).start()
         try:

@@ -22,13 +22,16 @@ Threads and what each owns:
   (:class:`NoticeDispatcher`, one per channel in ``[notify]``) — critical alarms as incidents, one notice each
   (:mod:`gateway.notify`);
 * prometheus-client's HTTP server thread (only with ``[metrics]``) — ``/metrics`` (:mod:`gateway.metrics`);
+* ``web`` (:class:`gateway.web.server.WebServer`, only with ``[web] enabled``) — uvicorn serving the
+  supervisor's screen and its API over the same store (docs/web.md);
 * the main thread — start-up, signals, shutdown.
 
 The store is shared; SQLite serialises the writers. Each of these threads
 beats a heartbeat (:mod:`spd_common.heartbeat`) named as above (``ingest-mqtt``,
 ``fleet-mqtt`` for the two network threads), except the ``adt-conn-N``
 connection threads, which come and go with the HIS's connections and end on
-their own time-outs (see :mod:`gateway.adt`); the systemd watchdog pings only
+their own time-outs (see :mod:`gateway.adt`), and the screen's ``web`` thread (a
+screen that fails must not restart charging); the systemd watchdog pings only
 while all of them beat within their deadlines.
 """
 
@@ -40,7 +43,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from gateway import bridge
 from gateway.adt import AdtListener
@@ -60,8 +63,12 @@ from gateway.metrics import DEFAULT_OFFLINE_AFTER_S, GatewayMetrics
 from gateway.notify import Notifier
 from gateway.notify_settings import NotifySettings
 from gateway.store import GatewayStore
+from gateway.web.settings import WEB_OFF, WebConfig
 from spd_common.heartbeat import HeartbeatRegistry
 from spd_common.mqtt import TlsSettings
+
+if TYPE_CHECKING:
+    from gateway.web.server import WebServer as WebServerType
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +103,7 @@ class GatewayConfig:
     metrics_listen: str | None = None  # host:port of the /metrics HTTP server; None: not served
     metrics_offline_after_s: float = DEFAULT_OFFLINE_AFTER_S  # silent this long: counted offline in the metrics
     notify: NotifySettings = field(default_factory=NotifySettings)  # incident checks and notice channels
+    web: WebConfig = WEB_OFF  # the supervisor's screen; served by `run` too when web.enabled
 
 
 def make_his_adapter(config: GatewayConfig) -> HisAdapter:
@@ -179,6 +187,7 @@ class Gateway:
         self.notifier = Notifier(self.store, config.notify, gateway=config.client_id, his_lanes=lambda: self.senders,
                                  may_run=self.leadership.is_leader, heartbeats=self.heartbeats)
         self.metrics.watch(self)
+        self.web: WebServerType | None = None
         self._stopped = threading.Event()
 
     @property
@@ -210,10 +219,19 @@ class Gateway:
             self.publisher.start()
         if self.adt is not None:
             self.adt.start()
+        if self.config.web.enabled:
+            from gateway.web.server import WebServer
+            from gateway.web.unlock import fleet_unlock
+
+            fleet = self.fleet
+            self.web = WebServer(self.store, self.config.web,
+                                 unlock=fleet_unlock(fleet) if fleet is not None else None).start()
         return self
 
     def stop(self) -> None:
         self.metrics.stop()
+        if self.web is not None:
+            self.web.stop()
         if self.adt is not None:
             self.adt.stop()
         if self.publisher is not None:
@@ -247,9 +265,10 @@ class Gateway:
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
         self.start()
-        log.info("gateway: running (bridge: %s, fleet link %s, ADT listener %s)", bridge.IMPLEMENTATION,
+        log.info("gateway: running (bridge: %s, fleet link %s, ADT listener %s, screen %s)", bridge.IMPLEMENTATION,
                  "on" if self.fleet_link is not None else "off",
-                 f"on {self.config.adt_host}:{self.config.adt_port}" if self.adt is not None else "off")
+                 f"on {self.config.adt_host}:{self.config.adt_port}" if self.adt is not None else "off",
+                 f"on {self.web.url}" if self.web is not None else "off")
         notify("READY=1")
         watchdog = Watchdog(self.store.alive, heartbeats=self.heartbeats).start()
         try:

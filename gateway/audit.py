@@ -50,6 +50,13 @@ class AuditAction(StrEnum):
     RECALLS_IMPORTED = "recalls_imported"
     LOT_EXPIRY_IMPORTED = "lot_expiry_imported"
     HIS_LINES_IMPORTED = "his_lines_imported"  # the HIS's charge lines for reconciliation
+    WEB_SIGN_IN = "web_sign_in"  # the supervisor's screen: outcome ok or failed (with why)
+    WEB_SIGN_OUT = "web_sign_out"
+    CHARGE_RESENT = "charge_resent"  # a parked charge put back in the HIS outbox (screen or API)
+    ALARM_ACKNOWLEDGED = "alarm_acknowledged"
+    UNLOCK_REFUSED = "unlock_refused"  # a remote unlock asked for on the screen and not sent (role, no fleet link)
+    WEB_ACCOUNT_CHANGED = "web_account_changed"  # spd-gateway user add/passwd/disable
+    API_TOKEN_CHANGED = "api_token_changed"  # spd-gateway web-token create/revoke
     AUDIT_CHAINED = "audit_chained"  # rows written before the hash chain existed were chained on upgrade
     INCIDENT_OPENED = "incident_opened"  # a critical alarm became an incident (gateway/notify.py)
     INCIDENT_RESOLVED = "incident_resolved"  # its condition cleared, or a person closed it

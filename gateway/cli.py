@@ -320,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     fieldops_cli.register(sub)
     notify_cli.register(sub)
     books_cli.register(sub)
+    from gateway.web import cli as web_cli  # the screen's commands; FastAPI itself is imported only by `web`
+
+    web_cli.register(sub)
     return p
 
 

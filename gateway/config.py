@@ -27,6 +27,8 @@ neither is set). Sections::
     [notify]      offline_after_s, his_down_after_s, check_every_s, retry_first_s, retry_max_s, give_up_after_s;
                   [notify.smtp] host, port, starttls, ca_file, username, password_file | password_env, from, to,
                   timeout_s; [notify.webhook] url, secret_file | secret_env, ca_file, timeout_s (docs/notify.md)
+    [web]         enabled, host, port, cert_file, key_file, session_lifetime_s, login_attempts, login_window_s,
+                  offline_after_s, utc_offset_minutes (the supervisor's screen, gateway/web/settings.py)
 
 ``deploy/examples/gateway.toml`` shows every key; docs/deploy.md explains them.
 """
@@ -197,6 +199,11 @@ def parse_gateway_config(doc: Mapping[str, Any], *, source: str = "<config>",
     n = top.section("notify", optional=True)
     if n is not None:
         out["notify"] = _notify_section(n, base, source)
+    w = top.section("web", optional=True)
+    if w is not None:
+        from gateway.web.settings import parse_web_section
+
+        out["web"] = parse_web_section(w, base=base, source=source)
 
     top.done()
     return out

@@ -19,11 +19,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gateway.data.accounts import AccountStore
 from gateway.data.audit import AuditStore
 from gateway.data.books_reads import BooksReads
 from gateway.data.catalog import CatalogStore
 from gateway.data.census import CensusStore, StaffStore
 from gateway.data.charges import ChargeStore, OutboxCharge, ReturnOutcome, StoreError
+from gateway.data.dashboard import DashboardStore
 from gateway.data.devices import DeviceStore
 from gateway.data.engine import SqliteEngine
 from gateway.data.events import (
@@ -83,6 +85,8 @@ class GatewayStore:
         self.monitoring = MonitoringQueries(self._engine)
         self.his_lines = HisLineStore(self._engine)
         self.books = BooksReads(self._engine)
+        self.accounts = AccountStore(self._engine)
+        self.dashboard = DashboardStore(self._engine)
 
     def close(self) -> None:
         self._engine.close()

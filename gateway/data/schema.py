@@ -414,6 +414,47 @@ CREATE INDEX IF NOT EXISTS consumption_charge ON consumption (charge_id);
 CREATE INDEX IF NOT EXISTS consumption_gtin ON consumption (gtin, used_at_ms);
 """
 
+# The supervisor's screen (gateway/web): local accounts, server-side sessions, API tokens for integrations and
+# acknowledgements of alarms. Secrets are stored only as hashes (password: scrypt; session and token: SHA-256 of
+# a random value). PostgreSQL gets the same text with DOUBLE PRECISION times. Two indexes serve the screen's
+# reads over a month of data: charges by admission (the charges search), the consumption list by time with its
+# department (the uses-per-day chart, read from the index alone).
+_WEB_ACCESS = """
+CREATE TABLE IF NOT EXISTS web_accounts (
+    username TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    disabled INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    changed_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS web_sessions (
+    token_hash TEXT PRIMARY KEY,
+    username TEXT NOT NULL,
+    csrf TEXT NOT NULL,
+    address TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS web_sessions_user ON web_sessions (username);
+CREATE TABLE IF NOT EXISTS web_api_tokens (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL,
+    created_by TEXT NOT NULL,
+    revoked_at REAL
+);
+CREATE INDEX IF NOT EXISTS charges_admission ON charges (admission, id);
+CREATE INDEX IF NOT EXISTS consumption_day_dept ON consumption (used_at_ms, dept);
+CREATE TABLE IF NOT EXISTS alarm_acks (
+    alarm TEXT PRIMARY KEY,
+    acked_by TEXT NOT NULL,
+    comment TEXT NOT NULL,
+    acked_at REAL NOT NULL
+);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", (
         Sql.script(_EVENTS_AND_CHARGES),
@@ -451,5 +492,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "his_charge_lines", (
         Sql.script(_HIS_LINES, _HIS_LINES.replace("imported_at REAL", "imported_at DOUBLE PRECISION")),
     )),
+    Migration(8, "web_access", (Sql.script(_WEB_ACCESS, _WEB_ACCESS.replace(" REAL", " DOUBLE PRECISION")),)),
 )
 """Every migration, in order; the schema version of a store is the number of the last one applied."""

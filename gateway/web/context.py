@@ -1,0 +1,54 @@
+"""What every page and API route works with: the store, the audit log, the settings, the remote unlock."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import Request
+from fastapi.templating import Jinja2Templates
+
+from gateway.audit import AuditLog
+from gateway.store import GatewayStore
+from gateway.web.ratelimit import LoginLimiter
+from gateway.web.settings import WebConfig
+
+TEMPLATES_DIR = Path(__file__).parent / "templates"
+STATIC_DIR = Path(__file__).parent / "static"
+
+Unlock = Callable[[str, str, int, str], int]
+"""(site, device, seconds, requested by) -> the signed command's sequence number
+(:meth:`gateway.fleet.Fleet.unlock`)."""
+
+
+@dataclass
+class WebContext:
+    store: GatewayStore
+    config: WebConfig
+    unlock: Unlock | None = None  # None: no fleet link (no command-signing key); unlocks are refused
+    audit: AuditLog = field(init=False)
+    limiter: LoginLimiter = field(init=False)
+    templates: Jinja2Templates = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.audit = AuditLog(self.store)
+        self.limiter = LoginLimiter(self.config.login_attempts, self.config.login_window_s)
+        self.templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
+        self.templates.env.filters["when"] = self.local_time
+
+    @property
+    def tz(self) -> dt.timezone:
+        return dt.timezone(dt.timedelta(minutes=self.config.utc_offset_minutes))
+
+    def local_time(self, ts: float | None) -> str:
+        """A Unix time as the site's local time, ``YYYY-MM-DD HH:MM:SS``; '-' for none."""
+        if ts is None:
+            return "-"
+        return dt.datetime.fromtimestamp(ts, self.tz).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def context_of(request: Request) -> WebContext:
+    ctx: WebContext = request.app.state.web
+    return ctx

@@ -1,0 +1,18 @@
+"""The roles of the supervisor's screen and what each may do (docs/web.md has the table)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    SUPERVISOR = "supervisor"  # the SPD supervisor: everything, including a remote unlock
+    FINANCE = "finance"  # billing: re-sends parked charges
+    INSPECTOR = "inspector"  # audit and inspection: reads everything, changes nothing
+    TECHNICIAN = "technician"  # on-call technician: acknowledges alarms
+
+
+EVERYONE: tuple[Role, ...] = tuple(Role)
+RESEND_CHARGE: tuple[Role, ...] = (Role.SUPERVISOR, Role.FINANCE)
+ACKNOWLEDGE_ALARM: tuple[Role, ...] = (Role.SUPERVISOR, Role.TECHNICIAN)
+REMOTE_UNLOCK: tuple[Role, ...] = (Role.SUPERVISOR,)

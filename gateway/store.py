@@ -26,6 +26,7 @@ from gateway.data.catalog import CatalogStore
 from gateway.data.census import CensusStore, StaffStore
 from gateway.data.charges import ChargeStore, OutboxCharge, ReturnOutcome, StoreError
 from gateway.data.dashboard import DashboardStore
+from gateway.data.evidence import EvidenceReads
 from gateway.data.devices import DeviceStore
 from gateway.data.engine import SqliteEngine
 from gateway.data.events import (
@@ -87,6 +88,7 @@ class GatewayStore:
         self.books = BooksReads(self._engine)
         self.accounts = AccountStore(self._engine)
         self.dashboard = DashboardStore(self._engine)
+        self.evidence = EvidenceReads(self._engine)  # the screen's drill-down into a finding
 
     def close(self) -> None:
         self._engine.close()

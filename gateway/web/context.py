@@ -11,6 +11,7 @@ from fastapi import Request
 from fastapi.templating import Jinja2Templates
 
 from gateway.audit import AuditLog
+from gateway.books.output import yuan
 from gateway.store import GatewayStore
 from gateway.web.ratelimit import LoginLimiter
 from gateway.web.settings import WebConfig
@@ -37,6 +38,7 @@ class WebContext:
         self.limiter = LoginLimiter(self.config.login_attempts, self.config.login_window_s)
         self.templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
         self.templates.env.filters["when"] = self.local_time
+        self.templates.env.filters["yuan"] = yuan  # integer fen as yuan with two decimals (the books' money)
 
     @property
     def tz(self) -> dt.timezone:

@@ -20,6 +20,9 @@ PAGE_MODULES: tuple[str, ...] = (
     "gateway.web.pages.cabinets",
     "gateway.web.pages.charges",
     "gateway.web.pages.alarms",
+    # the books (docs/web.md): each seen by the roles its NAV names
+    "gateway.web.pages.reconciliation",
+    "gateway.web.pages.inspection",
 )
 
 

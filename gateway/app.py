@@ -18,6 +18,8 @@ Threads and what each owns:
   feed over MLLP, kept in the patient census;
 * ``catalog-publisher`` (:class:`CatalogPublisher`, with the fleet link; woken by the ADT listener) — pushes
   the device catalog document again after census changes, debounced;
+* ``stock-ledger`` (:class:`~gateway.books.projection.StockProjection`) — turns stored events into stock
+  movements from its cursor (lease holder only);
 * the main thread — start-up, signals, shutdown.
 
 The store is shared; SQLite serialises the writers. Each of these threads
@@ -33,13 +35,15 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Literal
 
 from gateway import bridge
 from gateway.adt import AdtListener
+from gateway.books.projection import StockProjection
+from gateway.books.settings import BooksSettings
 from gateway.broker_acl import fleet_identity
 from gateway.catalog_publish import CatalogPublisher
 from gateway.charging import ChargingWorker
@@ -86,6 +90,7 @@ class GatewayConfig:
     adt_port: int | None = None  # None = no ADT listener
     discharge_grace_s: float = 86400.0  # charges for a stay are still accepted this long after discharge
     not_linked_within_s: float = DEFAULT_WINDOW_S  # a cabinet take not charged on any device by then: one alarm
+    books: BooksSettings = field(default_factory=BooksSettings)  # [books]: stock alerts and replenishment
 
 
 def make_his_adapter(config: GatewayConfig) -> HisAdapter:
@@ -161,6 +166,8 @@ class Gateway:
                                heartbeats=self.heartbeats) if config.adt_port is not None else None
         self.link_watch = LinkWatch(self.store, window_s=config.not_linked_within_s,
                                     may_run=self.leadership.is_leader, heartbeats=self.heartbeats)
+        self.stock_ledger = StockProjection(self.store, utc_offset_minutes=config.books.utc_offset_minutes,
+                                            may_run=self.leadership.is_leader, heartbeats=self.heartbeats)
         self._stopped = threading.Event()
 
     @property
@@ -182,6 +189,7 @@ class Gateway:
         for sender in self.senders:
             sender.start()
         self.link_watch.start()
+        self.stock_ledger.start()
         self.ingest.start()
         if self.fleet_link is not None:
             self.fleet_link.start()
@@ -203,6 +211,7 @@ class Gateway:
         for sender in self.senders:
             sender.stop()
         self.link_watch.stop()
+        self.stock_ledger.stop()
         self.leadership.stop()
         self.store.close()
         self._stopped.set()

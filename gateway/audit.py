@@ -49,6 +49,12 @@ class AuditAction(StrEnum):
     CATALOG_IMPORTED = "catalog_imported"  # prices and charge codes changed
     RECALLS_IMPORTED = "recalls_imported"
     LOT_EXPIRY_IMPORTED = "lot_expiry_imported"
+    STOCK_RECEIPTS_IMPORTED = "stock_receipts_imported"  # delivery and restock notes into the stock ledger
+    STOCK_COUNT_IMPORTED = "stock_count_imported"  # a stock-take: the ledger adjusted to what was counted
+    PAR_LEVELS_IMPORTED = "par_levels_imported"
+    ROUTES_IMPORTED = "routes_imported"
+    REPLENISH_REQUESTED = "replenish_requested"  # an urgent request from a ward
+    REPLENISH_DELIVERED = "replenish_delivered"
     AUDIT_CHAINED = "audit_chained"  # rows written before the hash chain existed were chained on upgrade
 
 

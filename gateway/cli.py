@@ -310,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     mig.set_defaults(func=_migrate)
 
     fieldops_cli.register(sub)
+    from gateway.books import ledger_cli
+
+    ledger_cli.register(sub)
     return p
 
 

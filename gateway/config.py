@@ -23,6 +23,8 @@ neither is set). Sections::
                   required with [broker.tls]: the broker makes each connection's client id its certificate's name)
     [adt]         host, port (absent: no ADT listener), discharge_grace_s
     [alarms]      not_linked_within_s (a cabinet take charged on no device by then raises one alarm)
+    [books]       expiry_windows_days, abnormal_*, replenish_*, utc_offset_minutes; [books.routes]
+                  (stock alerts and replenishment, :mod:`gateway.books.settings`)
 
 ``deploy/examples/gateway.toml`` shows every key; docs/deploy.md explains them.
 """
@@ -180,6 +182,12 @@ def parse_gateway_config(doc: Mapping[str, Any], *, source: str = "<config>",
         if a.has("discharge_grace_s"):
             out["discharge_grace_s"] = a.get_float("discharge_grace_s", min=0.0, max=30 * 86400.0)
         a.done()
+
+    bk = top.section("books", optional=True)
+    if bk is not None:
+        from gateway.books.settings import parse_books_section
+
+        out["books"] = parse_books_section(bk)
 
     al = top.section("alarms", optional=True)
     if al is not None:

@@ -39,8 +39,11 @@ from gateway.data.links import LinkStore
 from gateway.data.migrations import MigrationReport, migrate
 from gateway.data.reports import store_counts
 from gateway.data.schema import MIGRATIONS
+from gateway.data.replenishment import ReplenishmentStore
 from gateway.data.stock import StockStore
+from gateway.data.stocktake import StocktakeStore
 from gateway.data.terms import TermsStore
+from gateway.data.trace import TraceStore
 from spd_common.wire import Batch, DeviceState
 
 __all__ = [
@@ -75,6 +78,9 @@ class GatewayStore:
         self.links = LinkStore(self._engine)
         self.terms = TermsStore(self._engine)
         self.stock = StockStore(self._engine)
+        self.stocktake = StocktakeStore(self._engine)
+        self.replenishment = ReplenishmentStore(self._engine)
+        self.trace = TraceStore(self._engine)
 
     def close(self) -> None:
         self._engine.close()

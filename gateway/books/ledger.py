@@ -150,7 +150,7 @@ def record_count(store: GatewayStore, location: str, counted: Sequence[CountedIt
         found[k] = (c.gtin, lot, c.serial, prior[3] + c.counted)
     lines = []
     for k in sorted(set(expected) | set(found)):
-        gtin, lot, serial, exp = expected.get(k, (*found[k][:3], 0))
+        gtin, lot, serial, exp = expected[k] if k in expected else (*found[k][:3], 0)
         got = found[k][3] if k in found else 0
         lines.append(CountLine(gtin, lot or (found[k][1] if k in found else ""), serial, exp, got))
     dept = location[5:] if location.startswith("dept:") else store.stock.location_depts().get(location, "")

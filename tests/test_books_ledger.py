@@ -1,0 +1,172 @@
+"""The stock ledger: device events become movements, balances per location, receipts, counts, packs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from books_helpers import CATHETER, GAUZE, PATIENT, STENT, CabinetFeed, Clock, HandheldFeed, Site, gs1
+
+from gateway import cli
+from gateway.books.imports import read_count, read_receipts
+from gateway.books.ledger import discrepancies, import_count, on_hand, record_receipts
+from gateway.books.projection import CURSOR, catch_up
+from gateway.store import GatewayStore
+
+EXP = dt.date(2027, 6, 30)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[GatewayStore]:
+    s = GatewayStore(tmp_path / "gateway.db", synchronous="OFF")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def site(tmp_path: Path, store: GatewayStore) -> Site:
+    return Site(tmp_path, store, Clock())
+
+
+def _held(store: GatewayStore, **kw: str) -> dict[tuple[str, str, str], int]:
+    return {(s.location, s.gtin, s.serial or s.lot): s.qty for s in on_hand(store, **kw)}  # type: ignore[arg-type]
+
+
+def _receive_stents(store: GatewayStore, tmp: Path, serials: list[str]) -> None:
+    rows = "".join(f"DN-1,receipt,,{STENT},1,L7,{s},2027-06-30,2026-11-17\n" for s in serials)
+    path = tmp / "receipts.csv"
+    path.write_text("ref,kind,location,gtin,qty,lot,serial,expiry,at\n" + rows, encoding="utf-8")
+    lines, errors = read_receipts(path)
+    assert errors == []
+    record_receipts(store, lines, by="SPD01")
+
+
+def test_cabinet_and_handheld_events_balance_per_location(tmp_path: Path, store: GatewayStore, site: Site) -> None:
+    _receive_stents(store, tmp_path, ["SN1", "SN2", "SN3"])
+    cabinet, handheld = CabinetFeed(site, "CB01", "ICU"), HandheldFeed(site, "HH01", "ICU")
+    for s in ("SN1", "SN2", "SN3"):
+        cabinet.restock(STENT, s, lot="L7", expiry=EXP)
+    cabinet.take(STENT, "SN1")
+    handheld.consume(PATIENT, gs1(STENT, lot="L7", serial="SN1", expiry=EXP))
+    cabinet.take(STENT, "SN2")
+    cabinet.put_back(STENT, "SN2")
+    cabinet.take(STENT, "SN3")  # in a nurse's hands, not used yet
+    catch_up(store)
+    assert _held(store) == {("CB01", STENT, "SN2"): 1, ("dept:ICU", STENT, "SN3"): 1}
+    assert [(s.lot, s.expiry, s.dept) for s in on_hand(store, location="CB01")] == [("L7", "2027-06-30", "ICU")]
+    takes = store.stock.movements(0, 2**62, ["take"])
+    assert [(m.location, m.qty, m.serial, m.counterpart) for m in takes] == [
+        ("CB01", -1, "SN1", "dept:ICU"), ("CB01", -1, "SN2", "dept:ICU"), ("CB01", -1, "SN3", "dept:ICU")]
+    (use,) = store.stock.movements(0, 2**62, ["use"])
+    assert (use.location, use.qty, use.admission, use.operator, use.lot, use.serial, use.source) == (
+        "dept:ICU", -1, PATIENT, "N0001", "L7", "SN1", "HH01:1")
+    # the projection again, and every batch resent: nothing moves twice
+    site.deliver(cabinet.log)
+    store.devices.set_cursor(CURSOR, 0)
+    catch_up(store)
+    assert _held(store) == {("CB01", STENT, "SN2"): 1, ("dept:ICU", STENT, "SN3"): 1}
+
+
+def test_the_projection_goes_on_from_its_cursor(store: GatewayStore, site: Site) -> None:
+    cabinet = CabinetFeed(site, "CB02", "OR")
+    cabinet.restock(CATHETER, "C1")
+    assert catch_up(store) == 1
+    cabinet.restock(CATHETER, "C2")
+    cabinet.take(CATHETER, "C1")
+    assert catch_up(store) == 2
+    assert catch_up(store) == 0
+    assert store.cursor(CURSOR) == store.last_event_id()
+    assert _held(store, location="CB02") == {("CB02", CATHETER, "C2"): 1}
+    assert _held(store, location="operator") == {("operator", CATHETER, "C1"): -1, ("operator", CATHETER, "C2"): -1}
+
+
+def test_an_item_returned_unused_comes_back_to_the_department_unless_discarded(store: GatewayStore,
+                                                                               site: Site) -> None:
+    handheld = HandheldFeed(site, "HH02", "ICU")
+    for serial in ("A", "B"):
+        handheld.consume(PATIENT, gs1(CATHETER, lot="L1", serial=serial, expiry=EXP))
+    handheld.return_unused(gs1(CATHETER, lot="L1", serial="A", expiry=EXP))
+    handheld.return_unused(gs1(CATHETER, lot="L1", serial="B", expiry=EXP), restocked=False)
+    catch_up(store)
+    assert _held(store) == {("dept:ICU", CATHETER, "B"): -1}  # A is back at 0; B used, discarded: gone
+
+
+def test_a_count_lists_expected_against_counted_and_brings_the_ledger_to_the_shelf(
+        tmp_path: Path, store: GatewayStore, site: Site) -> None:
+    notes = tmp_path / "restock.csv"
+    notes.write_text("ref,kind,location,gtin,qty,lot\nRN-9,restock,dept:ICU,%s,10,G1\n" % GAUZE, encoding="utf-8")
+    lines, errors = read_receipts(notes)
+    assert errors == []
+    record_receipts(store, lines, by="SPD01", now_ms=site.clock.ms())
+    record_receipts(store, lines, by="SPD01", now_ms=site.clock.ms())  # the same note again: recorded once
+    handheld = HandheldFeed(site, "HH03", "ICU")
+    for _ in range(3):
+        handheld.consume(PATIENT, gs1(GAUZE, lot="G1"))
+    cabinet = CabinetFeed(site, "CB03", "ICU")
+    cabinet.restock(STENT, "X1")
+    cabinet.restock(STENT, "X2")
+    catch_up(store)
+    assert _held(store, location="dept:ICU") == {("dept:ICU", GAUZE, "G1"): 7}
+    sheet = tmp_path / "count.csv"
+    sheet.write_text(f"location,gtin,lot,serial,counted\ndept:ICU,{GAUZE},G1,,6\nCB03,{STENT},,X1,1\n",
+                     encoding="utf-8")
+    counted, errors = read_count(sheet)
+    assert errors == []
+    at = site.clock.ms() + 1000
+    outcomes = import_count(store, counted, at_ms=at, by="SPD02", origin="import:count.csv")
+    assert [(o.location, o.recorded) for o in outcomes] == [("CB03", True), ("dept:ICU", True)]
+    assert [(d.location, d.gtin, d.serial or d.lot, d.expected, d.counted, d.difference)
+            for d in discrepancies(store)] == [("CB03", STENT, "X2", 1, 0, -1), ("dept:ICU", GAUZE, "G1", 7, 6, -1)]
+    assert _held(store, location="dept:ICU") == {("dept:ICU", GAUZE, "G1"): 6}
+    assert _held(store, location="CB03") == {("CB03", STENT, "X1"): 1}
+    again = import_count(store, counted, at_ms=at, by="SPD02", origin="import:count.csv")
+    assert [o.recorded for o in again] == [False, False]
+    assert len(discrepancies(store)) == 2
+    adjust = store.stock.movements(0, 2**62, ["count_adjust"])
+    assert sorted((m.location, m.qty) for m in adjust) == [("CB03", -1), ("dept:ICU", -1)]
+
+
+def test_import_files_report_bad_rows_with_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "r.csv"
+    path.write_text("ref,kind,location,gtin,qty,serial\n"
+                    f"DN-1,receipt,,{STENT},1,S1\n"
+                    f"DN-1,transfer,,{STENT},1,S2\n"
+                    "DN-1,receipt,,12345,1,S3\n"
+                    f"DN-1,restock,,{STENT},1,S4\n"
+                    f"DN-1,receipt,,{STENT},2,S5\n"
+                    f"DN-1,receipt,,{STENT},1,S1\n", encoding="utf-8")
+    lines, errors = read_receipts(path)
+    assert [ln.serial for ln in lines] == ["S1"]
+    assert [(e.line, e.column) for e in errors] == [(3, "kind"), (4, "gtin"), (5, "location"), (6, "qty"),
+                                                     (7, "ref")]
+
+
+def test_a_pack_opened_on_the_handheld_is_the_departments_use_once(store: GatewayStore, site: Site) -> None:
+    handheld = HandheldFeed(site, "HH04", "WARD-3")
+    label = gs1(GAUZE, lot="G2", serial="PK0001", count=20)
+    handheld.open_pack(label)
+    handheld.open_pack(label)  # the same pack scanned again
+    handheld.open_pack(gs1(GAUZE, lot="G2", serial="PK0002", count=20))
+    (first, *_) = handheld.log.events()
+    assert (first.kind, first.body["qty"], first.body["gtin"], first.body["dept"]) == ("pack_opened", 20, GAUZE,
+                                                                                      "WARD-3")
+    assert not handheld.handheld.open_pack(gs1(GAUZE, lot="G2", serial="S1")).accepted  # no count: not a pack
+    catch_up(store)
+    packs = store.stock.movements(0, 2**62, ["pack_open"])
+    assert [(m.location, m.qty, m.source) for m in packs] == [("dept:WARD-3", -20, f"pack:{GAUZE}/PK0001"),
+                                                              ("dept:WARD-3", -20, f"pack:{GAUZE}/PK0002")]
+    assert store.stock.outflow(0, 2**62) == [("dept:WARD-3", GAUZE, 40)]
+
+
+def test_stock_command_brings_a_fresh_store_up_to_date_first(tmp_path: Path, site: Site,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    CabinetFeed(site, "CB05", "ICU").restock(STENT, "Z9", lot="L1", expiry=EXP)
+    site.store.close()
+    assert cli.main(["stock", "--db", str(tmp_path / "gateway.db"), "--dept", "ICU", "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [(r["location"], r["serial"], r["qty"], r["expiry"]) for r in doc["stock_on_hand"]["rows"]] == [
+        ("CB05", "Z9", 1, "2027-06-30")]
+    site.store = GatewayStore(tmp_path / "gateway.db")

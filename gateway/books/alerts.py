@@ -13,7 +13,8 @@ Each alert is an :class:`Alert` (kind, severity, subject, detail, evidence). Kin
   ``not_linked`` alarms (:mod:`gateway.linking`) not resolved since, reported here, never raised twice.
 * ``abnormal_use`` (warning) — a department's use of an item in the last 7 days above mean + k·stdev of the
   ``abnormal_weeks`` weeks before it (population standard deviation, weeks without use counting 0), and at
-  least ``abnormal_min_count``. Needs that much history: with less, nothing is reported.
+  least ``abnormal_min_count``. Needs that much history (the ledger reaching back into the first of those
+  weeks): with less, nothing is reported.
 
 Expired and recalled stock at the operator's store counts as well as in cabinets; quantities at or below 0 (a
 location that gave more than the ledger knew it had) raise nothing here (the count shows them).
@@ -165,7 +166,7 @@ def abnormal_use_alerts(store: GatewayStore, settings: BooksSettings, now_ms: in
     weeks = settings.abnormal_weeks
     start = now_ms - (weeks + 1) * WEEK_MS
     first = store.stock.first_at_ms()
-    if first is None or first > start:
+    if first is None or first >= start + WEEK_MS:  # the ledger must reach back into the first of those weeks
         return []
     per: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0] * (weeks + 1))
     for u in store.stock.use_per_period(start, now_ms + 1, WEEK_MS):

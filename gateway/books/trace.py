@@ -47,7 +47,7 @@ class ItemTrace:
     name: str
     uses: list[TraceRecord]  # more than one: the serial was consumed twice (re-use, or a duplicate charge)
     movements: list[MovementRow]  # its whole life in the ledger, oldest first
-    on_hand: list[StockLine]  # where it is now (empty once used)
+    on_hand: list[StockLine]  # where it is now (empty once used; a store that gave it without a receipt is not)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +89,7 @@ def _records(store: GatewayStore, rows: list[UseRow]) -> list[TraceRecord]:
 def trace_item(store: GatewayStore, gtin: str, serial: str) -> ItemTrace:
     """One serialised item: who received it, and everything that moved it."""
     uses = _records(store, store.trace.uses(gtin=gtin, serial=serial))
-    stock = [line for line in on_hand(store, gtin=gtin) if line.serial == serial]
+    stock = [line for line in on_hand(store, gtin=gtin) if line.serial == serial and line.qty > 0]
     return ItemTrace(gtin, serial, item_names(store).get(gtin, ""), uses, store.stock.of_item(gtin, serial=serial),
                      stock)
 

@@ -37,9 +37,9 @@ from gateway.data.events import (
 )
 from gateway.data.links import LinkStore
 from gateway.data.migrations import MigrationReport, migrate
+from gateway.data.replenishment import ReplenishmentStore
 from gateway.data.reports import store_counts
 from gateway.data.schema import MIGRATIONS
-from gateway.data.replenishment import ReplenishmentStore
 from gateway.data.stock import StockStore
 from gateway.data.stocktake import StocktakeStore
 from gateway.data.terms import TermsStore

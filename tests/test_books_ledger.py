@@ -97,7 +97,7 @@ def test_an_item_returned_unused_comes_back_to_the_department_unless_discarded(s
 def test_a_count_lists_expected_against_counted_and_brings_the_ledger_to_the_shelf(
         tmp_path: Path, store: GatewayStore, site: Site) -> None:
     notes = tmp_path / "restock.csv"
-    notes.write_text("ref,kind,location,gtin,qty,lot\nRN-9,restock,dept:ICU,%s,10,G1\n" % GAUZE, encoding="utf-8")
+    notes.write_text(f"ref,kind,location,gtin,qty,lot\nRN-9,restock,dept:ICU,{GAUZE},10,G1\n", encoding="utf-8")
     lines, errors = read_receipts(notes)
     assert errors == []
     record_receipts(store, lines, by="SPD01", now_ms=site.clock.ms())

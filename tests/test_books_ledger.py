@@ -15,6 +15,7 @@ from gateway.books.imports import read_count, read_receipts
 from gateway.books.ledger import discrepancies, import_count, on_hand, record_receipts
 from gateway.books.projection import CURSOR, catch_up
 from gateway.store import GatewayStore
+from spd_common.wire import decode_batch, encode_batch
 
 EXP = dt.date(2027, 6, 30)
 
@@ -170,3 +171,64 @@ def test_stock_command_brings_a_fresh_store_up_to_date_first(tmp_path: Path, sit
     assert [(r["location"], r["serial"], r["qty"], r["expiry"]) for r in doc["stock_on_hand"]["rows"]] == [
         ("CB05", "Z9", 1, "2027-06-30")]
     site.store = GatewayStore(tmp_path / "gateway.db")
+
+
+def test_a_cabinet_snapshot_after_a_full_count_counts_the_cabinet_in_the_ledger(tmp_path: Path,
+                                                                                store: GatewayStore) -> None:
+    from hw_sim.cabinet import SimCabinet
+
+    cab = SimCabinet(tmp_path / "cab", device="CB09", items=6, extra_toml="[cabinet.stock]\nsnapshot_s = 3600\n")
+    cab.start()
+    try:
+        cab.badge("N0001")
+        assert cab.open_door()
+        (gone,) = cab.take(1)
+        cab.close_door()
+        events = cab.events()
+    finally:
+        cab.stop()
+    snapshots = [e for e in events if e.kind == "stock_counted"]
+    assert len(snapshots) == 1  # the baseline's; the next count is within the hour
+    assert (snapshots[0].body["total"], snapshots[0].body["part"], snapshots[0].body["parts"]) == (6, 1, 1)
+    # the gateway gets the cabinet's log: the baseline opens its balance, the take moves one out
+    store.ingest(decode_batch("spd/v1/H1/CB09/events", encode_batch("H1", "CB09", events)))
+    catch_up(store)
+    held = on_hand(store, location="CB09")
+    assert len(held) == 5 and all(s.qty == 1 for s in held) and gone.serial not in {s.serial for s in held}
+    (count,) = store.stocktake.counts()
+    assert (count.location, count.counted_by, count.origin) == ("CB09", "rfid", "device:CB09")
+    assert [(d.expected, d.counted) for d in discrepancies(store)] == [(0, 1)] * 6  # the opening balance
+
+
+def test_a_snapshot_in_parts_is_counted_once_with_every_part(store: GatewayStore, site: Site) -> None:
+    cabinet = CabinetFeed(site, "CB10", "OR")
+    for s in ("P1", "P2", "P3"):
+        cabinet.restock(STENT, s)
+    cabinet.log.append_many([("stock_counted", {"dept": "OR", "items": [[STENT, "P1"]], "part": 1, "parts": 2,
+                                                "total": 3}),
+                             ("stock_counted", {"dept": "OR", "items": [[STENT, "P2"], [STENT, "P9"]], "part": 2,
+                                                "parts": 2, "total": 3})])
+    site.deliver(cabinet.log)
+    catch_up(store)
+    assert [(d.serial, d.expected, d.counted) for d in discrepancies(store)] == [("P3", 1, 0), ("P9", 0, 1)]
+    assert {s.serial for s in on_hand(store, location="CB10")} == {"P1", "P2", "P9"}
+    assert [c.count_id for c in store.stocktake.counts()] == ["CB10:5"]
+
+
+def test_the_nurse_scans_a_pack_label_as_it_is_opened_no_patient_needed(tmp_path: Path) -> None:
+    from device.cabinet.allowlist import AllowList
+    from device.config import HandheldConfig
+    from device.eventlog import EventLog
+    from device.handheld_runtime.station import ScanStation
+    from spd_common.allowlist import Badge, Role
+
+    log = EventLog(tmp_path / "hh.db", device="HH09")
+    station = ScanStation(HandheldConfig(dept="WARD-3"), eventlog=log,
+                          allowlist=AllowList.from_entries([Badge("04A1", "N0001", Role.NURSE)]))
+    station.on_scan("]C004A1", 1.0)
+    opened = station.on_scan(gs1(GAUZE, lot="G1", serial="PK1", count=10), 2.0)
+    assert opened is not None and (opened.ok, opened.title) == (True, "PACK OPENED")
+    refused = station.on_scan(gs1(GAUZE, lot="G1", serial="S1"), 3.0)  # an item, not a pack: needs a patient
+    assert refused is not None and refused.reason == "no_patient"
+    kinds = [(e.kind, e.body.get("qty"), e.body.get("operator")) for e in log.events()]
+    assert kinds[1] == ("pack_opened", 10, "N0001")

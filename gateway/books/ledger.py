@@ -132,15 +132,18 @@ def _key(gtin: str, lot: str, serial: str) -> tuple[str, str]:
 
 
 def record_count(store: GatewayStore, location: str, counted: Sequence[CountedItem], *, at_ms: int, by: str,
-                 origin: str, count_id: str | None = None) -> CountOutcome:
+                 origin: str, count_id: str | None = None, serialised_only: bool = False) -> CountOutcome:
     """Count a whole location: expected (the ledger at ``at_ms``) against counted, recorded with the
-    ``count_adjust`` movements of the differences. An item expected and not in ``counted`` was counted 0."""
+    ``count_adjust`` movements of the differences. An item expected and not in ``counted`` was counted 0
+    (with ``serialised_only``, an RFID count, items kept per lot are not counted at all)."""
     if count_id is None:
         digest = hashlib.sha256(repr((location, at_ms, sorted((c.gtin, c.lot, c.serial, c.counted)
                                                               for c in counted))).encode()).hexdigest()
         count_id = f"C{digest[:16]}"
     expected: dict[tuple[str, str], tuple[str, str, str, int]] = {}
     for b in store.stock.balances(location=location, as_of_ms=at_ms + 1):
+        if serialised_only and not b.serial:
+            continue
         expected[_key(b.gtin, b.lot, b.serial)] = (b.gtin, b.lot, b.serial, b.qty)
     found: dict[tuple[str, str], tuple[str, str, str, int]] = {}
     for c in counted:

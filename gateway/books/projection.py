@@ -15,7 +15,14 @@ event               kind          location                     qty   counterpart
 ``return_unused``   return        ``dept:X``                   +1    none (only when ``restocked``: a discarded
                                                                      item does not come back)
 ``pack_opened``     pack_open     ``dept:X``                   -N    none: N from the label's count (AI 30)
+``stock_counted``   count_adjust  the cabinet                  ±n    none: a count (below)
 ==================  ============  ===========================  ====  ==========================================
+
+A ``stock_counted`` event (a cabinet's full RFID inventory, in parts committed together) is a count of the
+cabinet's serialised items (:func:`gateway.books.ledger.record_count`, id ``<device>:<seq of the last
+part>``, by ``rfid``): the movements before it are recorded first, then what the ledger expected there is
+compared with what the reader saw, and the differences become ``count_adjust`` movements and discrepancies.
+The first snapshot of a cabinet whose stock predates the ledger is its opening balance.
 
 A movement's ``source`` is ``device:seq`` (a pack's is ``pack:<gtin>/<pack serial>``, so a pack scanned twice
 is opened once), and recording a source again changes nothing: the projection can run any number of times,
@@ -50,7 +57,8 @@ log = logging.getLogger(__name__)
 CURSOR = "stock_ledger"
 OPERATOR_STORE = "operator"
 KINDS = (EventKind.TAKEN.value, EventKind.RETURNED.value, EventKind.RESTOCKED.value, EventKind.CONSUME.value,
-         EventKind.RETURN_UNUSED.value, EventKind.PACK_OPENED.value)
+         EventKind.RETURN_UNUSED.value, EventKind.PACK_OPENED.value, EventKind.STOCK_COUNTED.value)
+RFID = "rfid"  # who counted, for a cabinet's own count
 
 
 def dept_store(dept: str) -> str:
@@ -95,6 +103,11 @@ class StockProjection:
         movements: list[MovementRow] = []
         for row in rows:
             try:
+                if row.kind == EventKind.STOCK_COUNTED.value:
+                    self.store.stock.record(movements)  # the count compares with everything before it
+                    movements = []
+                    self._counted(row)
+                    continue
                 movements += self.movements_of(row)
             except (ValueError, TypeError, KeyError) as err:  # a body this code cannot read moves nothing
                 self.skipped += 1
@@ -146,6 +159,25 @@ class StockProjection:
         src = f"pack:{item.gtin}/{item.serial}" if item.serial else source
         return [move(PACK_OPEN, dept_store(dept), -qty, item.gtin, item.lot, "", operator=operator,
                      expiry=item.expiry, src=src)]
+
+    def _counted(self, row: EventRow) -> None:
+        """The last part of a cabinet's snapshot: count the cabinet with every part's items."""
+        from gateway.books.ledger import CountedItem, record_count
+
+        body: dict[str, Any] = json.loads(row.body)
+        part, parts = body.get("part"), body.get("parts")
+        if type(part) is not int or type(parts) is not int or not 1 <= part <= parts:
+            raise ValueError("stock_counted without part/parts")
+        if part != parts:
+            return  # the count is taken with its last part
+        rows = self.store.events.device_events(row.device, EventKind.STOCK_COUNTED.value,
+                                               first_seq=row.seq - parts + 1, last_seq=row.seq)
+        bodies = [json.loads(r.body) for r in rows]
+        if [b.get("part") for b in bodies] != list(range(1, parts + 1)):
+            raise ValueError(f"stock_counted parts missing before seq {row.seq}")
+        counted = [CountedItem(str(gtin), "", str(serial), 1) for b in bodies for gtin, serial in b["items"]]
+        record_count(self.store, row.device, counted, at_ms=row.ts_ms, by=RFID, origin=f"device:{row.device}",
+                     count_id=f"{row.device}:{row.seq}", serialised_only=True)
 
     def _item(self, body: dict[str, Any], ts_ms: int) -> bridge.ItemFields:
         udi = body.get("udi")

@@ -232,3 +232,20 @@ def test_the_nurse_scans_a_pack_label_as_it_is_opened_no_patient_needed(tmp_path
     assert refused is not None and refused.reason == "no_patient"
     kinds = [(e.kind, e.body.get("qty"), e.body.get("operator")) for e in log.events()]
     assert kinds[1] == ("pack_opened", 10, "N0001")
+
+
+def test_the_gateway_thread_keeps_the_ledger_up_to_date_with_a_heartbeat(store: GatewayStore, site: Site) -> None:
+    from conftest import wait_for
+
+    from gateway.books.projection import StockProjection
+    from spd_common.heartbeat import HeartbeatRegistry
+
+    beats = HeartbeatRegistry()
+    projection = StockProjection(store, every_s=0.05, heartbeats=beats).start()
+    try:
+        assert beats.names() == ["stock-ledger"]
+        CabinetFeed(site, "CB11", "ICU").restock(STENT, "Q1")
+        wait_for(lambda: len(on_hand(store, location="CB11")) == 1, timeout=10)
+    finally:
+        projection.stop()
+    assert beats.names() == []

@@ -50,7 +50,7 @@ def notify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[NotifySo
 
 
 LOOPS = ["ingest-mqtt", "fleet-mqtt", "charging", "his-sender-0", "lease", "link-watch", "adt-accept",
-         "catalog-publisher"]
+         "catalog-publisher", "stock-ledger"]
 
 
 class StuckAccept:
@@ -81,6 +81,7 @@ def test_a_wedged_gateway_loop_stops_the_pings_and_is_named(loop: str, tmp_path:
     store.pending_charges = wedge.hang_if("his-sender-0", store.pending_charges)  # type: ignore[method-assign]
     store.hold_lease = wedge.hang_if("lease", store.hold_lease)  # type: ignore[method-assign]
     gw.link_watch.run_once = wedge.hang_if("link-watch", gw.link_watch.run_once)  # type: ignore[method-assign]
+    gw.stock_ledger.run_once = wedge.hang_if("stock-ledger", gw.stock_ledger.run_once)  # type: ignore[method-assign]
     assert gw.publisher is not None and gw.adt is not None
     gw.publisher._due_in = wedge.hang_if("catalog-publisher", gw.publisher._due_in)  # type: ignore[method-assign]
     gw.start()
@@ -158,7 +159,8 @@ def test_the_gateway_process_pings_until_stopped(tmp_path: Path, broker: Mosquit
     try:
         notify.wait_for(lambda m: m == "READY=1")
         notify.wait_for(lambda m: m == "WATCHDOG=1")
-        assert sorted(gw.heartbeats.names()) == ["charging", "his-sender-0", "ingest-mqtt", "lease", "link-watch"]
+        assert sorted(gw.heartbeats.names()) == ["charging", "his-sender-0", "ingest-mqtt", "lease", "link-watch",
+                                                 "stock-ledger"]
     finally:
         gw._stopped.set()
         t.join(20)

@@ -87,6 +87,7 @@ class StockProjection:
         n = 0
         while True:
             read = self._step()
+            self._beat()  # a first pass over a large store is many steps, each one batch
             n += read
             if read < self.batch_size:
                 return n
@@ -209,8 +210,7 @@ class StockProjection:
             if not self._may_run():
                 continue
             try:
-                with self._beat.blocking(600.0):  # a first pass over a large store
-                    self.run_once()
+                self.run_once()
             except Exception:
                 log.exception("stock ledger projection failed; retrying")
 

@@ -235,10 +235,10 @@ def test_the_nurse_scans_a_pack_label_as_it_is_opened_no_patient_needed(tmp_path
 
 
 def test_the_gateway_thread_keeps_the_ledger_up_to_date_with_a_heartbeat(store: GatewayStore, site: Site) -> None:
-    from conftest import wait_for
-
     from gateway.books.projection import StockProjection
     from spd_common.heartbeat import HeartbeatRegistry
+
+    from conftest import wait_for
 
     beats = HeartbeatRegistry()
     projection = StockProjection(store, every_s=0.05, heartbeats=beats).start()

@@ -249,3 +249,33 @@ def test_the_gateway_thread_keeps_the_ledger_up_to_date_with_a_heartbeat(store: 
     finally:
         projection.stop()
     assert beats.names() == []
+
+
+def test_the_projections_quick_udi_reader_reads_as_the_bridge_does() -> None:
+    import random
+
+    from gateway import bridge
+    from gateway.books.projection import read_item
+
+    rng = random.Random(5)
+    alphabet = "0123456789ABCxyz-./_!%\x1d "
+    codes = []
+    for _ in range(2000):
+        code = gs1(rng.choice([STENT, GAUZE]), lot="".join(rng.choices("AB12-./", k=rng.randint(0, 6))),
+                   serial="".join(rng.choices("XY89_", k=rng.randint(0, 5))),
+                   expiry=rng.choice([None, dt.date(2027, 2, 28), dt.date(1999, 12, 31)]),
+                   symbology=rng.choice(["]d2", "]C1", "", "]Q3"]))
+        if rng.random() < 0.5:  # damaged: a character changed, dropped or added
+            i = rng.randrange(len(code))
+            code = code[:i] + rng.choice(["", rng.choice(alphabet)]) + code[i + rng.randint(0, 1):]
+        codes.append(code)
+    for code in codes:
+        try:
+            expected: object = bridge.read_item(code, reference_year=2026)
+        except bridge.UdiUnreadable:
+            expected = "unreadable"
+        try:
+            got: object = read_item(code, 2026)
+        except bridge.UdiUnreadable:
+            got = "unreadable"
+        assert got == expected, repr(code)

@@ -28,7 +28,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 
-from gateway.books.ledger import item_names, on_hand
+from gateway.books.ledger import StockLine, item_names, on_hand
 from gateway.books.settings import BooksSettings
 from gateway.linking import link_alarms
 from gateway.store import GatewayStore
@@ -80,11 +80,12 @@ def _expiry_alert(kind: str, what: str, expiry: str, today: dt.date, windows: tu
                  f"expires {expiry}, in {left} days (within {window})", evidence)
 
 
-def stock_expiry_alerts(store: GatewayStore, settings: BooksSettings, now_ms: int) -> list[Alert]:
+def stock_expiry_alerts(store: GatewayStore, settings: BooksSettings, now_ms: int,
+                        stock: list[StockLine] | None = None) -> list[Alert]:
     today = _today(now_ms, settings)
     lot_expiry = {(r.gtin, r.lot): r.expiry for r in store.catalog.lot_expiry()}
     groups: dict[tuple[str, str, str, str], list[tuple[str, int]]] = defaultdict(list)
-    for line in on_hand(store):
+    for line in on_hand(store) if stock is None else stock:
         if line.qty <= 0:
             continue
         expiry = line.expiry or lot_expiry.get((line.gtin, line.lot), "")
@@ -102,7 +103,7 @@ def stock_expiry_alerts(store: GatewayStore, settings: BooksSettings, now_ms: in
     return out
 
 
-def recall_alerts(store: GatewayStore) -> list[Alert]:
+def recall_alerts(store: GatewayStore, stock: list[StockLine] | None = None) -> list[Alert]:
     recalls = store.catalog.recalls()
     if not recalls:
         return []
@@ -111,7 +112,7 @@ def recall_alerts(store: GatewayStore) -> list[Alert]:
         by_item[r.gtin][r.lot] = r.reason
     names = item_names(store)
     groups: dict[tuple[str, str, str], list[tuple[str, int]]] = defaultdict(list)
-    for line in on_hand(store):
+    for line in on_hand(store) if stock is None else stock:
         lots = by_item.get(line.gtin)
         if line.qty <= 0 or lots is None or (line.lot not in lots and "*" not in lots):
             continue
@@ -192,7 +193,9 @@ def alerts(store: GatewayStore, settings: BooksSettings | None = None, *, now_ms
     """Every alert, most severe first (then by kind and subject)."""
     cfg = settings or BooksSettings()
     now = int(time.time() * 1000) if now_ms is None else now_ms
-    found = (stock_expiry_alerts(store, cfg, now) + recall_alerts(store) + document_alerts(store, cfg, now)
+    stock = on_hand(store)
+    found = (stock_expiry_alerts(store, cfg, now, stock) + recall_alerts(store, stock)
+             + document_alerts(store, cfg, now)
              + not_charged_alerts(store) + abnormal_use_alerts(store, cfg, now))
     if kinds:
         found = [a for a in found if a.kind in kinds]

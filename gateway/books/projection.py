@@ -38,8 +38,10 @@ projected is still right.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -59,6 +61,41 @@ OPERATOR_STORE = "operator"
 KINDS = (EventKind.TAKEN.value, EventKind.RETURNED.value, EventKind.RESTOCKED.value, EventKind.CONSUME.value,
          EventKind.RETURN_UNUSED.value, EventKind.PACK_OPENED.value, EventKind.STOCK_COUNTED.value)
 RFID = "rfid"  # who counted, for a cabinet's own count
+_TAKEN, _RETURNED, _RESTOCKED = EventKind.TAKEN.value, EventKind.RETURNED.value, EventKind.RESTOCKED.value
+_CONSUME, _RETURN_UNUSED = EventKind.CONSUME.value, EventKind.RETURN_UNUSED.value
+_STOCK_COUNTED = EventKind.STOCK_COUNTED.value
+_CABINET_KINDS = (_TAKEN, _RETURNED, _RESTOCKED)
+
+
+_CSET82 = "!\"%&'()*+,-./0123456789:;<=>?ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz"
+_X = f"[{re.escape(_CSET82)}]"
+_PLAIN_UDI = re.compile(rf"(?:\]d2|\]C1|\]Q3|\]e0)?01([0-9]{{14}})(?:17([0-9]{{6}}))?(?:10({_X}{{1,20}})(?:\x1d|$))?"
+                        rf"(?:21({_X}{{1,20}}))?")
+
+
+def read_item(udi: str, reference_year: int) -> bridge.ItemFields:
+    """GTIN, lot, serial and expiry of a UDI, as :func:`gateway.bridge.read_item` reads it.
+
+    The usual label, (01)(17)(10)(21) in that order, is read by one regular expression (the projection reads
+    every scanned code; this is most of its time); anything else goes to the bridge's reader. Raises
+    :class:`gateway.bridge.UdiUnreadable`.
+    """
+    m = _PLAIN_UDI.fullmatch(udi)
+    if m is None or not _check_digit_ok(m.group(1)):
+        return bridge.read_item(udi, reference_year=reference_year)
+    gtin, yymmdd, lot, serial = m.groups()
+    return bridge.ItemFields(gtin, lot or "", serial or "", _expiry(yymmdd, reference_year) if yymmdd else "")
+
+
+@functools.lru_cache(maxsize=65536)
+def _check_digit_ok(gtin: str) -> bool:
+    total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(gtin[:13]))
+    return (10 - total % 10) % 10 == int(gtin[13])
+
+
+@functools.lru_cache(maxsize=4096)
+def _expiry(yymmdd: str, reference_year: int) -> str:
+    return bridge.read_item(f"01{'0' * 14}17{yymmdd}", reference_year=reference_year).expiry
 
 
 def dept_store(dept: str) -> str:
@@ -104,7 +141,7 @@ class StockProjection:
         movements: list[MovementRow] = []
         for row in rows:
             try:
-                if row.kind == EventKind.STOCK_COUNTED.value:
+                if row.kind == _STOCK_COUNTED:
                     self.store.stock.record(movements)  # the count compares with everything before it
                     movements = []
                     self._counted(row)
@@ -128,16 +165,16 @@ class StockProjection:
             return MovementRow(src, row.ts_ms, kind, location, dept, gtin, lot, serial, qty, operator, admission,
                                row.device, row.seq, counterpart, expiry)
 
-        if row.kind in (EventKind.TAKEN.value, EventKind.RETURNED.value, EventKind.RESTOCKED.value):
+        if row.kind in _CABINET_KINDS:
             gtin, serial = _text(body.get("gtin")), _text(body.get("serial"))
             if not gtin:
                 raise ValueError("no gtin")
             lot, expiry, user = _text(body.get("lot")), _text(body.get("expiry")), _text(body.get("user"))
-            if row.kind == EventKind.TAKEN.value:
+            if row.kind == _TAKEN:
                 back_to = OPERATOR_STORE if body.get("role") == "restocker" else dept_store(dept)
                 return [move(TAKE, row.device, -1, gtin, lot, serial, operator=user, counterpart=back_to,
                              expiry=expiry)]
-            if row.kind == EventKind.RETURNED.value:
+            if row.kind == _RETURNED:
                 return [move(RETURN, row.device, 1, gtin, lot, serial, operator=user, counterpart=dept_store(dept),
                              expiry=expiry)]
             return [move(RESTOCK, row.device, 1, gtin, lot, serial, operator=user, counterpart=OPERATOR_STORE,
@@ -146,10 +183,10 @@ class StockProjection:
         operator = _text(body.get("operator"))
         if not dept:
             raise ValueError("no dept")
-        if row.kind == EventKind.CONSUME.value:
+        if row.kind == _CONSUME:
             return [move(USE, dept_store(dept), -1, item.gtin, item.lot, item.serial, operator=operator,
                          admission=_text(body.get("admission")), expiry=item.expiry)]
-        if row.kind == EventKind.RETURN_UNUSED.value:
+        if row.kind == _RETURN_UNUSED:
             if body.get("restocked", True) is not True:
                 return []
             return [move(RETURN, dept_store(dept), 1, item.gtin, item.lot, item.serial, operator=operator,
@@ -186,7 +223,7 @@ class StockProjection:
             raise ValueError("no udi")
         year = (dt.datetime(1970, 1, 1) + dt.timedelta(milliseconds=ts_ms + self.utc_offset_minutes * 60_000)).year
         try:
-            return bridge.read_item(udi, reference_year=year)
+            return read_item(udi, year)
         except bridge.BridgeError as err:
             raise ValueError(str(err)) from None
 

@@ -124,3 +124,15 @@ def test_par_import_and_the_printable_pick_list(tmp_path: Path, store: GatewaySt
     assert cli.main(["replenish", "--db", db, "--format", "xlsx", "--output", str(out)]) == 0
     assert out.stat().st_size > 0
     site.store = GatewayStore(tmp_path / "gateway.db")
+
+
+def test_an_item_taken_from_a_cabinet_and_used_is_the_cabinets_use_not_the_ward_stores(
+        store: GatewayStore, site: Site) -> None:
+    cabinet, handheld = CabinetFeed(site, "CB01", "ICU"), HandheldFeed(site, "HH01", "ICU")
+    for i in range(4):
+        cabinet.restock(STENT, f"T{i}")
+        cabinet.take(STENT, f"T{i}")
+        handheld.consume(PATIENT, gs1(STENT, lot="L", serial=f"T{i}"))
+    catch_up(store)
+    assert store.stock.outflow(0, 2**62) == [("CB01", STENT, 4)]
+    assert [(s.location, s.qty) for s in suggestions(store, now_ms=site.clock.ms())] == [("CB01", 1)]

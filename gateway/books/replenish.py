@@ -4,7 +4,8 @@ For each location and item the suggestion is ``target - on hand - already reques
 ``target`` is the par level when one is set (``spd-gateway replenish par-import``) and otherwise the average
 use over the last ``[books] replenish_history_days`` (28) scaled to one period of ``replenish_period_days``
 (7: a weekly round), rounded up: enough for the next period. Use is what left the location for patients:
-takes less returns at a cabinet, use and opened packs at a department store.
+takes less returns at a cabinet; use and opened packs at a department store less what its staff took out of
+cabinets (an item taken from a cabinet and used is the cabinet's use).
 Urgent requests from a ward (``spd-gateway replenish request``) are stored, in the audit log, and listed
 first, each its own line. A pick list groups the lines by route (from ``replenish route-import`` or ``[books.
 routes]``; a location on no route is on route ``-``), urgent lines first, then in walking order: route stop,

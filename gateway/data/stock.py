@@ -150,12 +150,15 @@ class StockStore:
         return [UsePerPeriod(r[0], r[1], int(r[2]), int(r[3])) for r in rows]
 
     def outflow(self, start_ms: int, end_ms: int) -> list[tuple[str, str, int]]:
-        """(location, gtin, qty) that left each location for use in the window: takes from cabinets less what came
-        back, use and opened packs at department stores (what replenishment refills); never below 0."""
+        """(location, gtin, qty) that left each location for use in the window, never below 0: takes from a
+        cabinet less what came back, and at a department store use and opened packs less what its staff took
+        out of cabinets for it (an item taken from a cabinet and used is the cabinet's outflow, not the store's)."""
         rows = self._engine.query(
-            "SELECT location, gtin, -SUM(qty) FROM stock_movements WHERE kind IN (?, ?, ?, ?) "
-            "AND at_ms >= ? AND at_ms < ? GROUP BY location, gtin HAVING -SUM(qty) > 0 ORDER BY location, gtin",
-            (TAKE, RETURN, USE, PACK_OPEN, start_ms, end_ms))
+            "SELECT location, gtin, -SUM(qty) FROM (SELECT location, gtin, qty FROM stock_movements "
+            "WHERE kind IN (?, ?, ?, ?) AND at_ms >= ? AND at_ms < ? UNION ALL SELECT counterpart, gtin, -qty "
+            "FROM stock_movements WHERE kind IN (?, ?) AND counterpart LIKE 'dept:%' AND at_ms >= ? AND at_ms < ?) "
+            "AS used GROUP BY location, gtin HAVING -SUM(qty) > 0 ORDER BY location, gtin",
+            (TAKE, RETURN, USE, PACK_OPEN, start_ms, end_ms, TAKE, RETURN, start_ms, end_ms))
         return [(str(r[0]), str(r[1]), int(r[2])) for r in rows]
 
 

@@ -14,6 +14,7 @@ from gateway import cli
 from gateway.books.imports import read_count, read_receipts
 from gateway.books.ledger import discrepancies, import_count, on_hand, record_receipts
 from gateway.books.projection import CURSOR, catch_up
+from gateway.data.catalog import RecallRow
 from gateway.store import GatewayStore
 from spd_common.wire import decode_batch, encode_batch
 
@@ -279,3 +280,32 @@ def test_the_projections_quick_udi_reader_reads_as_the_bridge_does() -> None:
         except bridge.UdiUnreadable:
             got = "unreadable"
         assert got == expected, repr(code)
+
+
+def test_count_import_and_discrepancies_commands(tmp_path: Path, site: Site,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    cabinet = CabinetFeed(site, "CB12", "ICU")
+    cabinet.restock(STENT, "M1")
+    cabinet.restock(STENT, "M2")
+    site.store.close()
+    db = str(tmp_path / "gateway.db")
+    sheet = tmp_path / "take.csv"
+    sheet.write_text(f"location,gtin,serial,counted\nCB12,{STENT},M1,1\nCB12,{STENT},M7,2\n", encoding="utf-8")
+    assert cli.main(["stock", "count-import", "--db", db, "--by", "SPD02", str(sheet)]) == 1  # a bad row
+    assert "take.csv:3: counted: a serialised item is there (1) or not (0)" in capsys.readouterr().err
+    sheet.write_text(f"location,gtin,serial,counted\nCB12,{STENT},M1,1\n", encoding="utf-8")
+    assert cli.main(["stock", "--db", db, "count-import", "--at", "2026-11-19T08:00", str(sheet)]) == 0
+    assert "1 discrepancies" in capsys.readouterr().out
+    assert cli.main(["stock", "discrepancies", "--db", db, "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["count_discrepancies"]["rows"]
+    assert [(r["location"], r["serial"], r["expected"], r["counted"], r["difference"]) for r in rows] == [
+        ("CB12", "M2", 1, 0, -1)]
+    assert cli.main(["stock", "discrepancies"]) == 2
+    assert cli.main(["alerts", "--db", db, "--format", "json", "--fail-on-critical"]) == 0
+    assert json.loads(capsys.readouterr().out)["alert_count"] == 0
+    site.store = GatewayStore(tmp_path / "gateway.db")
+    site.store.catalog.store_recalls([RecallRow(STENT, "*", "field safety notice", "2026-11-19")], replace=True)
+    site.store.close()
+    assert cli.main(["alerts", "--db", db, "--format", "csv", "--fail-on-critical"]) == 1
+    assert "recalled_in_stock" in capsys.readouterr().out
+    site.store = GatewayStore(tmp_path / "gateway.db")

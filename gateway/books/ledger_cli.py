@@ -156,7 +156,7 @@ def _alerts(a: argparse.Namespace) -> int:
     table = Table("Alerts", [Column("severity", "Severity"), Column("kind", "Kind"), Column("subject", "Subject"),
                              Column("detail", "Detail"), Column("evidence", "Evidence")],
                   [(x.severity, x.kind, x.subject, x.detail, "; ".join(x.evidence)) for x in found])
-    code = _write(a, [table], {"alerts": len(found)})
+    code = _write(a, [table], {"alert_count": len(found)})
     return code or (1 if a.fail_on_critical and any(x.severity == "critical" for x in found) else 0)
 
 
@@ -317,13 +317,28 @@ def _db(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     p.add_argument("--db", type=Path, required=required, default=None, help="the gateway store (SQLite)")
 
 
+def _sub_db(p: argparse.ArgumentParser) -> None:
+    """``--db`` of a subcommand: given before the subcommand (on ``stock``/``replenish``) or after it."""
+    p.add_argument("--db", type=Path, default=argparse.SUPPRESS, help="the gateway store (SQLite)")
+
+
+def _needs_db(handler: Any) -> Any:
+    def run(a: argparse.Namespace) -> int:
+        if getattr(a, "db", None) is None:
+            print("error: --db is required", file=sys.stderr)
+            return 2
+        return int(handler(a))
+
+    return run
+
+
 def _config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, default=None,
                    help="the gateway configuration, for its [books] settings (default: the built-in ones)")
 
 
 def _import_args(p: argparse.ArgumentParser, what: str) -> None:
-    _db(p)
+    _sub_db(p)
     p.add_argument("file", type=Path, help=f"{what}, .csv or .xlsx (docs/books.md)")
     p.add_argument("--partial", action="store_true", help="import the good rows even when some rows are bad")
     p.add_argument("--by", default=None, help="who imported (default: the login name), for the audit log")
@@ -343,20 +358,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ri = st_sub.add_parser("receipt-import", help="record delivery notes (receipts into the operator's store) and "
                            "restock notes (from it to cabinets and department stores)")
     _import_args(ri, "receipt and restock lines")
-    ri.set_defaults(func=_receipt_import)
+    ri.set_defaults(func=_needs_db(_receipt_import))
     ci = st_sub.add_parser("count-import", help="record a stock-take: expected vs counted per location, the ledger "
                            "adjusted to the count")
     _import_args(ci, "counted items per location")
     ci.add_argument("--at", default=None, help="when the count was taken (YYYY-MM-DD[THH:MM], hospital time; "
                     "default now)")
-    ci.set_defaults(func=_count_import)
+    ci.set_defaults(func=_needs_db(_count_import))
     di = st_sub.add_parser("discrepancies", help="list every counted item that differed from the ledger")
-    _db(di)
-    _config(di)
-    di.add_argument("--location", default=None, help="only counts of this location")
+    _sub_db(di)
+    di.add_argument("--config", type=Path, default=argparse.SUPPRESS,
+                    help="the gateway configuration, for its [books] settings (default: the built-in ones)")
+    di.add_argument("--location", default=argparse.SUPPRESS, help="only counts of this location")
     di.add_argument("--count", default=None, help="only this count (its id)")
     add_format_option(di)
-    di.set_defaults(func=_discrepancies)
+    di.set_defaults(func=_needs_db(_discrepancies))
 
     al = sub.add_parser("alerts", help="expiring and recalled stock, licences and certificates, items not charged, "
                         "abnormal use (docs/books.md)")
@@ -379,23 +395,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rp_sub = rp.add_subparsers(dest="replenish_action", required=False)
     pi = rp_sub.add_parser("par-import", help="set par levels per location and item")
     _import_args(pi, "par levels")
-    pi.set_defaults(func=_par_import)
+    pi.set_defaults(func=_needs_db(_par_import))
     ro = rp_sub.add_parser("route-import", help="replace the routes (locations in walking order)")
     _import_args(ro, "routes")
-    ro.set_defaults(func=_route_import)
+    ro.set_defaults(func=_needs_db(_route_import))
     rq = rp_sub.add_parser("request", help="an urgent request from a ward: stored, audited, first on the pick list")
-    _db(rq)
+    _sub_db(rq)
     rq.add_argument("--location", required=True, help="where it is needed (a cabinet id or dept:<code>)")
     rq.add_argument("--gtin", required=True, help="the item")
     rq.add_argument("--qty", type=int, required=True, help="how many units")
     rq.add_argument("--by", required=True, help="the staff id of who asks")
     rq.add_argument("--note", default="", help="why, for the picker")
-    rq.set_defaults(func=_request)
+    rq.set_defaults(func=_needs_db(_request))
     dn = rp_sub.add_parser("done", help="an urgent request was delivered: off the pick list")
-    _db(dn)
+    _sub_db(dn)
     dn.add_argument("request_id", type=int, help="the request's number")
     dn.add_argument("--by", default=None, help="who delivered (default: the login name), for the audit log")
-    dn.set_defaults(func=_request_done)
+    dn.set_defaults(func=_needs_db(_request_done))
 
     tr = sub.add_parser("trace", help="an item to its patient, a patient to every item, a lot to every patient "
                         "(docs/books.md)")

@@ -151,12 +151,21 @@ class Handheld:
     def open_pack(self, udi_text: str) -> ScanOutcome:
         """Record a fixed-quantity pack opened in the department (its label's count is the department's use).
 
-        No patient: a pack of non-chargeable items is consumed by the department, not charged.
+        No patient: a pack of non-chargeable items is consumed by the department, not charged. With a scan
+        policy an unknown item, a recalled lot or an expired pack is refused (recorded as a ``refused_scan``).
         """
         qty = pack_count(udi_text)
         if qty is None:
             return self.refuse("not_a_pack", "not a pack label (a GS1 code with a count, AI 30)", udi_text=udi_text)
         udi = parse_udi(udi_text)
+        try:
+            if self.policy is not None:
+                refusal = self.policy.check_pack(udi=udi)
+                if refusal is not None:
+                    return self._commit_refusal(refusal.reason.value, refusal.message, "", udi_text,
+                                                catalog_version=self.policy.cache.version)
+        except LogWriteFailed as err:
+            return ScanOutcome(ScanVerdict.REFUSED, None, "log_unavailable", str(err))
         body: dict[str, object] = {"udi": udi_text, "operator": self.operator, "dept": self.dept, "qty": qty,
                                    "gtin": udi.gtin or "", "lot": udi.lot or ""}
         try:

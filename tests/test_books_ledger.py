@@ -309,3 +309,32 @@ def test_count_import_and_discrepancies_commands(tmp_path: Path, site: Site,
     assert cli.main(["alerts", "--db", db, "--format", "csv", "--fail-on-critical"]) == 1
     assert "recalled_in_stock" in capsys.readouterr().out
     site.store = GatewayStore(tmp_path / "gateway.db")
+
+
+def test_an_expired_or_recalled_pack_is_refused_at_the_handheld(tmp_path: Path) -> None:
+    from device.catalog_cache import CatalogCache
+    from device.eventlog import EventLog
+    from device.handheld import Handheld
+    from device.scan_policy import ConsumedSerials, ScanPolicy
+    from spd_common.catalog_doc import DOC_SCHEMA, content_digest
+
+    item = {"item_code": "HC9", "charge_code": "C9", "spec": "", "manufacturer": "", "price_fen": 0,
+            "chargeable": False, "high_value": False, "supplier": "", "vbp": False, "vbp_price_fen": None}
+    doc: dict[str, object] = {
+        "schema": DOC_SCHEMA, "version": 1, "generated_at": "", "dept": None,
+        "items": [{**item, "gtin": GAUZE, "name": "Gauze"}],
+        "recalled_lots": [{"gtin": GAUZE, "lot": "BAD", "reason": "torn wrap"}], "dept_stock": {},
+        "consumed_serials": [], "patients": {"in_house": [], "discharged": []},
+    }
+    doc["digest"] = content_digest(doc)
+    cache = CatalogCache(tmp_path / "catalog.json")
+    cache.apply(doc)
+    policy = ScanPolicy(cache, ConsumedSerials(tmp_path / "consumed.db"), today=lambda: dt.date(2026, 11, 18))
+    hh = Handheld(EventLog(tmp_path / "hh.db", device="HH10"), operator="N0001", dept="WARD-3", policy=policy)
+    assert hh.open_pack(gs1(GAUZE, lot="OK", serial="P1", count=10, expiry=dt.date(2027, 1, 1))).accepted
+    recalled = hh.open_pack(gs1(GAUZE, lot="BAD", serial="P2", count=10))
+    expired = hh.open_pack(gs1(GAUZE, lot="OK", serial="P3", count=10, expiry=dt.date(2026, 11, 1)))
+    unknown = hh.open_pack(gs1(STENT, lot="OK", serial="P4", count=10))
+    assert [(o.accepted, o.reason) for o in (recalled, expired, unknown)] == [
+        (False, "recalled_lot"), (False, "expired"), (False, "unknown_item")]
+    assert [e.kind for e in hh.log.events()] == ["pack_opened", "refused_scan", "refused_scan", "refused_scan"]

@@ -338,3 +338,21 @@ def test_an_expired_or_recalled_pack_is_refused_at_the_handheld(tmp_path: Path) 
     assert [(o.accepted, o.reason) for o in (recalled, expired, unknown)] == [
         (False, "recalled_lot"), (False, "expired"), (False, "unknown_item")]
     assert [e.kind for e in hh.log.events()] == ["pack_opened", "refused_scan", "refused_scan", "refused_scan"]
+
+
+def test_a_delivery_note_in_xlsx(tmp_path: Path, store: GatewayStore) -> None:
+    import openpyxl
+
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.append(["ref", "kind", "location", "gtin", "qty", "lot", "expiry", "at"])
+    ws.append(["DN-7", "receipt", None, GAUZE, 40, "G5", dt.date(2027, 5, 1), dt.datetime(2026, 11, 17, 9, 30)])
+    ws.append(["DN-7", "restock", "dept:ICU", GAUZE, 15.0, "G5", None, dt.datetime(2026, 11, 17, 14, 0)])
+    path = tmp_path / "note.xlsx"
+    wb.save(path)
+    lines, errors = read_receipts(path)
+    assert errors == []
+    record_receipts(store, lines, by="SPD01")
+    assert _held(store) == {("dept:ICU", GAUZE, "G5"): 15, ("operator", GAUZE, "G5"): 25}
+    (receipt,) = store.stock.movements(0, 2**62, ["receipt"])
+    assert (receipt.expiry, receipt.at_ms) == ("2027-05-01", 1_794_879_000_000)  # 09:30 at UTC+8

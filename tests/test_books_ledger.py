@@ -15,6 +15,7 @@ from gateway.books.imports import read_count, read_receipts
 from gateway.books.ledger import discrepancies, import_count, on_hand, record_receipts
 from gateway.books.projection import CURSOR, catch_up
 from gateway.data.catalog import RecallRow
+from gateway.data.stock import MovementRow
 from gateway.store import GatewayStore
 from spd_common.wire import decode_batch, encode_batch
 
@@ -356,3 +357,36 @@ def test_a_delivery_note_in_xlsx(tmp_path: Path, store: GatewayStore) -> None:
     assert _held(store) == {("dept:ICU", GAUZE, "G5"): 15, ("operator", GAUZE, "G5"): 25}
     (receipt,) = store.stock.movements(0, 2**62, ["receipt"])
     assert (receipt.expiry, receipt.at_ms) == ("2027-05-01", 1_794_879_000_000)  # 09:30 at UTC+8
+
+
+def test_the_balance_table_agrees_with_the_movements_and_is_filled_on_upgrade(tmp_path: Path) -> None:
+    from gateway.data.engine import SqliteEngine
+    from gateway.data.migrations import migrate
+    from gateway.data.schema import MIGRATIONS
+
+    engine = SqliteEngine(tmp_path / "v5.db")
+    migrate(engine, MIGRATIONS[:5])  # a store of the release before the ledger, holding movements already
+    with engine.transaction() as db:
+        db.executemany("INSERT INTO stock_movements (source, at_ms, kind, location, dept, gtin, lot, serial, qty) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       [("a:1", 1, "restock", "CB01", "ICU", STENT, "L1", "S1", 1),
+                        ("a:2", 2, "take", "CB01", "ICU", STENT, "", "S1", -1),
+                        ("a:3", 3, "restock", "CB01", "ICU", STENT, "", "S2", 1),
+                        ("n:1", 4, "receipt", "operator", "", GAUZE, "G1", "", 30)])
+    engine.close()
+    store = GatewayStore(tmp_path / "v5.db")
+    try:
+        assert store.schema.applied == ["0006_books_ledger"]
+        filled = store.stock.balances()
+        assert [(b.location, b.gtin, b.lot, b.serial, b.qty) for b in filled] == [
+            ("CB01", STENT, "", "S2", 1), ("operator", GAUZE, "G1", "", 30)]
+        handheld_use = MovementRow("HH:1", 5, "use", "dept:ICU", "ICU", GAUZE, "G1", "", -4, "N1", PATIENT, "HH", 1)
+        store.stock.record([handheld_use, handheld_use])  # once
+        store.stock.record([MovementRow("t:1", 6, "take", "CB01", "ICU", STENT, "L9", "S2", -1, "N1", "", "CB01",
+                                        9, "dept:ICU")])
+        kept, summed = store.stock.balances(), store.stock.balances(as_of_ms=2**62)
+        assert kept == summed
+        assert [(b.location, b.serial or b.lot, b.qty, b.lot) for b in kept] == [
+            ("dept:ICU", "S2", 1, "L9"), ("dept:ICU", "G1", -4, "G1"), ("operator", "G1", 30, "G1")]
+    finally:
+        store.close()

@@ -103,14 +103,22 @@ class StockStore:
     def balances(self, *, location: str | None = None, gtin: str | None = None, as_of_ms: int | None = None,
                  nonzero: bool = True) -> list[Balance]:
         """On hand per location and item: serialised items per serial (their lot the one recorded), others per
-        lot; both sides of transfers counted; only movements before ``as_of_ms`` when given."""
+        lot; both sides of transfers counted. Now: from ``stock_balances`` (kept by a trigger on every movement);
+        at ``as_of_ms``: summed from the movements before it."""
+        if as_of_ms is None:
+            sql = ("SELECT location, gtin, lot, serial, qty, last_ms, expiry FROM stock_balances "
+                   "WHERE (? IS NULL OR location = ?) AND (? IS NULL OR gtin = ?)")
+            if nonzero:
+                sql += " AND qty != 0"
+            rows = self._engine.query(sql + " ORDER BY location, gtin, lot, serial", (location, location, gtin, gtin))
+            return [Balance(r[0], r[1], r[2], r[3], int(r[4]), int(r[5]), r[6]) for r in rows]
         sql = (f"SELECT location, gtin, MAX(lot), serial, SUM(qty), MAX(at_ms), MAX(expiry) FROM ({_SIDES}) AS sides "
-               "WHERE (? IS NULL OR location = ?) AND (? IS NULL OR gtin = ?) AND (? IS NULL OR at_ms < ?) "
+               "WHERE (? IS NULL OR location = ?) AND (? IS NULL OR gtin = ?) AND at_ms < ? "
                "GROUP BY location, gtin, serial, CASE WHEN serial = '' THEN lot ELSE '' END")
         if nonzero:
             sql += " HAVING SUM(qty) != 0"
         rows = self._engine.query(sql + " ORDER BY location, gtin, 3, serial",
-                                  (location, location, gtin, gtin, as_of_ms, as_of_ms))
+                                  (location, location, gtin, gtin, as_of_ms))
         return [Balance(r[0], r[1], r[2], r[3], int(r[4]), int(r[5]), r[6] or "") for r in rows]
 
     def first_at_ms(self) -> int | None:

@@ -74,20 +74,29 @@ def test_a_recalled_lot_still_in_stock_alerts_with_where_it_is(store: GatewaySto
     assert "sterility" in found[0].detail
 
 
-def test_supplier_licences_and_registration_certificates_expiring_or_expired(store: GatewayStore,
-                                                                             site: Site) -> None:
+def test_supplier_licences_expired_or_expiring_within_a_window(store: GatewayStore, site: Site) -> None:
     store.terms.upsert_suppliers([SupplierRow("S1", "Medsupply", "LIC-1", "2026-11-01"),
                                   SupplierRow("S2", "Cardio", "LIC-2", "2026-12-10"),
                                   SupplierRow("S3", "Farfuture", "LIC-3", "2029-01-01"),
                                   SupplierRow("S4", "Unknown", "", "")])
+    found = _found(store, site, {"licence_expired", "licence_expiring"})
+    assert [(a.kind, a.severity, a.subject) for a in found] == [
+        ("licence_expired", "critical", "supplier S1 Medsupply: licence LIC-1"),
+        ("licence_expiring", "warning", "supplier S2 Cardio: licence LIC-2")]
+    assert found[1].detail == "expires 2026-12-10, in 22 days (within 30)"
+
+
+def test_registration_certificates_expired_or_expiring_within_a_window(store: GatewayStore, site: Site) -> None:
+    store.upsert_catalog([(STENT, "HC1", "C1", "Stent", "", "", 100, 1, 1)])
     store.terms.upsert_registrations([RegistrationRow(STENT, "REG-A", "2026-11-20"),
-                                      RegistrationRow(CATHETER, "REG-B", "2030-01-01")])
-    found = _found(store, site, {"licence_expired", "licence_expiring", "registration_expired",
-                                 "registration_expiring"})
-    assert [(a.kind, a.severity, a.subject.split(":")[0]) for a in found] == [
-        ("licence_expired", "critical", "supplier S1 Medsupply"),
-        ("registration_expiring", "critical", f"{STENT} ({STENT})"),
-        ("licence_expiring", "warning", "supplier S2 Cardio")]
+                                      RegistrationRow(STENT, "REG-OLD", "2025-01-01"),  # renewed by REG-A
+                                      RegistrationRow(GAUZE, "REG-G", "2026-10-31"),
+                                      RegistrationRow(CATHETER, "REG-B", "2030-01-01"),
+                                      RegistrationRow(CATHETER, "REG-B0", "2026-11-19")])  # renewed by REG-B
+    found = _found(store, site, {"registration_expired", "registration_expiring"})
+    assert [(a.kind, a.severity, a.subject) for a in found] == [
+        ("registration_expired", "critical", f"{GAUZE} ({GAUZE}): registration REG-G"),
+        ("registration_expiring", "critical", f"Stent ({STENT}): registration REG-A")]
 
 
 def test_items_taken_and_not_charged_in_time_come_from_the_link_watch_once(store: GatewayStore,

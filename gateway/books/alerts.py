@@ -8,7 +8,8 @@ Each alert is an :class:`Alert` (kind, severity, subject, detail, evidence). Kin
   within the others. One alert per location, item, lot and expiry date, with the serials as evidence.
 * ``recalled_in_stock`` (critical) — a recalled lot (or every lot, ``*``) still on hand, per location.
 * ``licence_expired`` / ``licence_expiring`` — a supplier's licence; ``registration_expired`` /
-  ``registration_expiring`` — a product registration certificate; same windows.
+  ``registration_expiring`` — an item's product registration certificate (its newest: a renewed certificate
+  replaces the old one); same windows.
 * ``not_charged`` (warning) — an item taken from a cabinet and charged on no device in time: the gateway's
   ``not_linked`` alarms (:mod:`gateway.linking`) not resolved since, reported here, never raised twice.
 * ``abnormal_use`` (warning) — a department's use of an item in the last 7 days above mean + k·stdev of the
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 
 from gateway.books.ledger import StockLine, item_names, on_hand
 from gateway.books.settings import BooksSettings
+from gateway.data.terms import RegistrationRow
 from gateway.linking import link_alarms
 from gateway.store import GatewayStore
 
@@ -140,7 +142,11 @@ def document_alerts(store: GatewayStore, settings: BooksSettings, now_ms: int) -
             if a is not None:
                 out.append(a)
     names = item_names(store)
-    for r in store.terms.registrations():
+    latest: dict[str, RegistrationRow] = {}
+    for r in store.terms.registrations():  # an item's newest certificate is the one in force
+        if r.gtin not in latest or r.expiry > latest[r.gtin].expiry:
+            latest[r.gtin] = r
+    for r in latest.values():
         a = _expiry_alert("registration", f"{names.get(r.gtin, r.gtin)} ({r.gtin}): registration {r.cert_no}",
                           r.expiry, today, settings.expiry_windows_days)
         if a is not None:

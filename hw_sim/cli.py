@@ -17,6 +17,7 @@ COMMANDS = {
     "chaos": "hw_sim.chaos",
     "fuzz": "hw_sim.fuzz",
     "load": "hw_sim.loadgen",
+    "cluster-run": "hw_sim.cluster_run",
     "cabinet-bench": "hw_sim.cabinet_bench",
     "camera-bench": "hw_sim.camera_bench",
 }

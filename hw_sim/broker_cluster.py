@@ -188,7 +188,7 @@ class NatsCluster:
     def _healthy(self, node: NatsNode) -> bool:
         url = f"http://{self.host}:{node.http_port}/healthz"
         try:
-            with urllib.request.urlopen(url, timeout=1.0) as resp:  # noqa: S310 - a loopback URL we made
+            with urllib.request.urlopen(url, timeout=1.0) as resp:
                 return bool(resp.status == 200)
         except OSError:
             return False
@@ -256,7 +256,7 @@ class NatsCluster:
     def jetstream_info(self, i: int) -> dict[str, object]:
         """The node's ``/jsz`` monitoring document (streams, meta leader), {} if it does not answer."""
         url = f"http://{self.host}:{self.nodes[i].http_port}/jsz?streams=true"
-        with contextlib.suppress(OSError, ValueError), urllib.request.urlopen(url, timeout=2.0) as resp:  # noqa: S310
+        with contextlib.suppress(OSError, ValueError), urllib.request.urlopen(url, timeout=2.0) as resp:
             return dict(json.loads(resp.read()))
         return {}
 

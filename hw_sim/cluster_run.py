@@ -26,6 +26,7 @@ not settle.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import re
@@ -168,7 +169,7 @@ def run_cluster(cfg: ClusterRunConfig, workdir: Path) -> dict[str, Any]:
         keys = [(d, s) for d, s, _ in rows]
         first_after = {d: min(t for dd, _, t in rows if dd == d and t > t_kill) for d in on_victim}
         commits = sorted(t for _, _, t in rows)
-        gaps = [b - a for a, b in zip(commits, commits[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(commits)]
         return {
             "figure": "broker_cluster",
             "engine": "nats-server",
@@ -178,8 +179,8 @@ def run_cluster(cfg: ClusterRunConfig, workdir: Path) -> dict[str, Any]:
             "scans_per_device": cfg.scans,
             "rate_per_device": cfg.rate,
             "cluster_and_gateway_start_s": round(started_s, 2),
-            "killed": {"node": cluster.nodes[victim].name, "gateway_was_on_it": gateway_on_victim, "devices_on_it": len(on_victim),
-                       "down_s": cfg.down_s or None, "restart_s": restart_s},
+            "killed": {"node": cluster.nodes[victim].name, "gateway_was_on_it": gateway_on_victim,
+                       "devices_on_it": len(on_victim), "down_s": cfg.down_s or None, "restart_s": restart_s},
             "kills": 1,
             "gateway_reconnect_s": gateway_reconnect_s,
             "devices_on_killed_node_stored_again_s": round(max(first_after.values()) - t_kill, 2),

@@ -31,7 +31,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from device import __version__
 from device.eventlog import EventLog, EventLogError
 from spd_common.heartbeat import MQTT_LOOP_DEADLINE_S, HeartbeatRegistry
-from spd_common.mqtt import Address, TlsSettings, make_client, start_loop, stop_loop
+from spd_common.mqtt import Address, Subscriptions, TlsSettings, make_client, start_loop, stop_loop
 from spd_common.wire import (
     Channel,
     DeviceState,
@@ -122,6 +122,7 @@ class DeviceSync:
                              on_disconnect=self._on_disconnect, on_message=self._on_message, heartbeat=self._mqtt_beat,
                              version=mqtt_version)
         client.max_inflight_messages_set(window * 2)
+        self._subscriptions = Subscriptions(client)  # a refused subscription is asked for again
         client.will_set(self._t_state, self._state_payload(DeviceStatus.OFFLINE), qos=1, retain=True)
         self._client = client
 
@@ -170,9 +171,7 @@ class DeviceSync:
         if rc.is_failure:
             log.warning("device %s: broker refused connection: %s", self.device, rc)
             return
-        client.subscribe(self._t_ack, qos=1)
-        if self._on_command_cb is not None:
-            client.subscribe(self._t_cmd, qos=1)
+        self._subscriptions.subscribe([(self._t_ack, 1), *([(self._t_cmd, 1)] if self._on_command_cb else [])])
         client.publish(self._t_state, self._state_payload(DeviceStatus.ONLINE), qos=1, retain=True)
         with self._wake:
             self._connected = True

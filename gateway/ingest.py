@@ -29,7 +29,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.store import GatewayStore
 from spd_common.heartbeat import MQTT_LOOP_DEADLINE_S, HeartbeatRegistry
-from spd_common.mqtt import Address, TlsSettings, is_mqtt5, make_client, start_loop, stop_loop
+from spd_common.mqtt import Address, Subscriptions, TlsSettings, is_mqtt5, make_client, start_loop, stop_loop
 from spd_common.wire import (
     Ack,
     Channel,
@@ -97,6 +97,7 @@ class IngestService:
                              on_message=self._on_message, heartbeat=self._beat, version=mqtt_version,
                              persistent_session=True)
         client.max_inflight_messages_set(100)
+        self._subscriptions = Subscriptions(client)  # a refused subscription is asked for again
         self._client = client
 
     def start(self) -> IngestService:
@@ -118,7 +119,7 @@ class IngestService:
         if rc.is_failure:
             log.error("gateway: broker refused connection: %s", rc)
             return
-        client.subscribe(
+        self._subscriptions.subscribe(
             [
                 (subscription(Channel.EVENTS, share_group=self.share_group), 1),
                 (subscription(Channel.STATE), 1),

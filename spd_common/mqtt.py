@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import re
 import ssl
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -158,6 +159,47 @@ def fail_over(client: mqtt.Client, addresses: Sequence[Address], connect: dict[s
 
     client.on_disconnect = on_disconnect
     client.on_connect_fail = next_address
+
+
+class Subscriptions:
+    """A client's subscriptions, asked for again when the broker refuses one.
+
+    A clustered broker may refuse a subscription it cannot set up at that moment (NATS, while a node's
+    JetStream is away, answers the SUBACK with 0x80); without its ack topic a device would send and never
+    hear back. A refused topic is asked for again after ``retry_s`` while the connection lasts (a new
+    connection subscribes everything anyway, from ``on_connect``).
+    """
+
+    def __init__(self, client: mqtt.Client, *, retry_s: float = 1.0) -> None:
+        self._client = client
+        self._retry_s = retry_s
+        self._asked: dict[int, list[tuple[str, int]]] = {}
+        self._lock = threading.Lock()
+        self.refused = 0
+        client.on_subscribe = self._on_subscribe
+
+    def subscribe(self, topics: list[tuple[str, int]]) -> None:
+        with self._lock:  # the SUBACK may come before paho's subscribe returns the mid
+            result, mid = self._client.subscribe(topics)
+            if result == mqtt.MQTT_ERR_SUCCESS and mid is not None:
+                self._asked[mid] = topics
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list[ReasonCode],
+                      props: Any) -> None:
+        with self._lock:
+            topics = self._asked.pop(mid, [])
+        refused = [t for t, rc in zip(topics, reason_codes, strict=False) if rc.is_failure]
+        if refused:
+            self.refused += len(refused)
+            log.warning("mqtt: the broker refused the subscription to %s; asking again in %.1f s",
+                        ", ".join(t for t, _ in refused), self._retry_s)
+            timer = threading.Timer(self._retry_s, self._again, (refused,))
+            timer.daemon = True
+            timer.start()
+
+    def _again(self, topics: list[tuple[str, int]]) -> None:
+        if self._client.is_connected():
+            self.subscribe(topics)
 
 
 def stop_loop(client: mqtt.Client, heartbeat: Heartbeat) -> None:

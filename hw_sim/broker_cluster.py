@@ -27,6 +27,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -53,6 +54,51 @@ def find_nats_server() -> str | None:
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterTls:
+    """Mutual TLS on every node's MQTT listener, one NATS account per site, one user per certificate.
+
+    ``verify_and_map``: the client's certificate must come from ``ca_file`` and its subject (``CN=<name>``)
+    (``CN=<name>,OU=<role>``, as :mod:`gateway.pki` issues them) must be a listed user, whose permissions
+    then apply. MQTT topics are NATS subjects with ``/`` as ``.``.
+    """
+
+    ca_file: Path
+    cert_file: Path  # the nodes' server certificate (127.0.0.1)
+    key_file: Path
+    devices: tuple[tuple[str, str], ...]  # (site, device id): the device's certificate CN is its id
+    gateways: tuple[str, ...]  # the gateway identities' certificate CNs
+    sites: tuple[str, ...]
+
+
+def render_accounts(tls: ClusterTls) -> str:
+    """One NATS account per site (hospital), each with its own subjects, MQTT sessions and JetStream streams,
+    and in it one user per certificate: a device publishes only its events and state and reads only its ack
+    and commands; the site's gateways read its devices' events and state and publish acks and commands.
+
+    A QoS 1 subscription is a JetStream consumer that delivers on ``$MQTT.sub.<id>``, so every MQTT user
+    needs subscribe rights there (NATS documents this); see docs/scale.md for what that allows.
+    """
+    def user(name: str, role: str, publish: list[str], subscribe: list[str]) -> str:
+        # the user is the certificate's subject as RFC 2253 writes it (the site CA puts the role in OU)
+        return (f'      {{user: "CN={name},OU={role}", allowed_connection_types: ["MQTT"], permissions: {{'
+                f"publish: {{allow: {json.dumps(publish)}}}, "
+                f"subscribe: {{allow: {json.dumps([*subscribe, '$MQTT.sub.>'])}}}}}}}")
+
+    accounts = []
+    for site in tls.sites:
+        users = []
+        for dev_site, dev in tls.devices:
+            if dev_site == site:
+                base = f"spd.v1.{site}.{dev}"
+                users.append(user(dev, "device", [f"{base}.events", f"{base}.state"], [f"{base}.ack", f"{base}.cmd"]))
+        for gw in tls.gateways:
+            users.append(user(gw, "gateway", [f"spd.v1.{site}.*.ack", f"spd.v1.{site}.*.cmd"],
+                              ["spd.v1.*.*.events", "spd.v1.*.*.state"]))  # its account holds only its site
+        accounts.append(f"  {site}: {{\n    jetstream: enabled\n    users: [\n" + ",\n".join(users) + "\n    ]\n  }")
+    return "accounts {\n" + "\n".join(accounts) + "\n}"
 
 
 @dataclass(slots=True)
@@ -99,7 +145,8 @@ class NatsCluster:
     host = "127.0.0.1"
 
     def __init__(self, *, nodes: int = 3, workdir: str | Path | None = None, cluster_name: str = "spd",
-                 ack_wait_s: float = 10.0, extra_mqtt_config: str = "", extra_config: str = "") -> None:
+                 ack_wait_s: float = 10.0, extra_mqtt_config: str = "", extra_config: str = "",
+                 tls: ClusterTls | None = None) -> None:
         if nodes < 1:
             raise ValueError("a cluster needs at least one node")
         binary = find_nats_server()
@@ -113,6 +160,7 @@ class NatsCluster:
         self.ack_wait_s = ack_wait_s
         self.extra_mqtt_config = extra_mqtt_config
         self.extra_config = extra_config
+        self.tls = tls
         self.replicas = min(3, nodes)
         self.nodes = [NatsNode(f"n{i + 1}", free_port(), free_port(), free_port(), free_port(), self.workdir)
                        for i in range(nodes)]
@@ -142,10 +190,25 @@ class NatsCluster:
             f"  stream_replicas: {self.replicas}",
             # a QoS 1 message a client has not acknowledged is sent again (DUP) after this long
             f'  ack_wait: "{self.ack_wait_s:g}s"',
+            self._mqtt_tls(),
             self.extra_mqtt_config,
             "}",
+            render_accounts(self.tls) if self.tls is not None else "",
             self.extra_config,
             "",
+        ])
+
+    def _mqtt_tls(self) -> str:
+        if self.tls is None:
+            return ""
+        t = self.tls
+        return "\n".join([
+            "  tls {",
+            f"    cert_file: {json.dumps(str(t.cert_file))}",
+            f"    key_file: {json.dumps(str(t.key_file))}",
+            f"    ca_file: {json.dumps(str(t.ca_file))}",
+            "    verify_and_map: true  # a certificate from the site CA, whose subject is a listed user",
+            "  }",
         ])
 
     # ------------------------------------------------------------ lifecycle
@@ -179,7 +242,8 @@ class NatsCluster:
         while time.monotonic() < deadline:
             if node.proc is None or node.proc.poll() is not None:
                 raise BrokerError(f"nats-server {node.name} exited: {self.log_tail(i)}")
-            if self._healthy(node) and self._mqtt_session_ok(node):
+            # over TLS only listed certificates may connect: the health check and the listener must do
+            if self._healthy(node) and (self._mqtt_listening(node) if self.tls else self._mqtt_session_ok(node)):
                 log.debug("nats %s ready: mqtt %s:%d", node.name, self.host, node.mqtt_port)
                 return
             time.sleep(0.1)
@@ -192,6 +256,11 @@ class NatsCluster:
                 return bool(resp.status == 200)
         except OSError:
             return False
+
+    def _mqtt_listening(self, node: NatsNode) -> bool:
+        with contextlib.suppress(OSError), socket.create_connection((self.host, node.mqtt_port), timeout=0.5):
+            return True
+        return False
 
     def _mqtt_session_ok(self, node: NatsNode, timeout_s: float = 5.0) -> bool:
         """An MQTT CONNECT is accepted: the node has JetStream and the MQTT streams it needs."""

@@ -3,19 +3,24 @@ devices plus the real gateway on a three-node NATS cluster with one node SIGKILL
 
 from __future__ import annotations
 
+import ssl
 import threading
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from device.config import parse_config_text
 from gateway.config import read_gateway_file
+from gateway.pki import CertRole, SiteCA, write_private_key
 from hw_sim.broker import MosquittoBroker
-from hw_sim.broker_cluster import find_nats_server
+from hw_sim.broker_cluster import ClusterTls, NatsCluster, find_nats_server
 from hw_sim.cluster_run import ClusterRunConfig, failed, run_cluster
 from spd_common.heartbeat import HeartbeatRegistry
-from spd_common.mqtt import make_client, parse_addresses, start_loop, stop_loop
+from spd_common.mqtt import TlsSettings, make_client, parse_addresses, start_loop, stop_loop
 from spd_common.toml_config import ConfigError
 
 from conftest import wait_for
@@ -103,3 +108,94 @@ def test_devices_and_gateway_on_a_nats_cluster_lose_and_double_nothing_when_the_
     assert (out["stored"], out["charged"]) == (90, 90)
     assert (out["lost"], out["duplicates"], out["invented"], out["stored_twice"]) == (0, 0, 0, 0), out["lost_keys"]
     assert not failed(out)
+
+
+class _Probe:
+    """An MQTT 3.1.1 client over mutual TLS that records what the cluster answered."""
+
+    def __init__(self, port: int, tls: TlsSettings | None, client_id: str, *, persistent: bool = False) -> None:
+        self.connects: list[str] = []
+        self.drops = 0
+        self.subacks: list[list[bool]] = []
+        self.messages: list[tuple[str, bytes]] = []
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311,
+                                  clean_session=not persistent)
+        if tls is not None:
+            self.client.tls_set(ca_certs=tls.ca_file, certfile=tls.cert_file or None, keyfile=tls.key_file or None,
+                                tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        self.client.reconnect_delay_set(30, 60)  # a dropped probe stays dropped for the test
+        self.client.on_connect = lambda c, u, f, rc, p: self.connects.append(str(rc))
+        self.client.on_disconnect = lambda c, u, f, rc, p: setattr(self, "drops", self.drops + 1)
+        self.client.on_subscribe = lambda c, u, mid, rcs, p: self.subacks.append([not r.is_failure for r in rcs])
+        self.client.on_message = lambda c, u, m: self.messages.append((m.topic, bytes(m.payload)))
+        try:
+            self.client.connect("127.0.0.1", port, keepalive=10)
+        except OSError:
+            self.connects.append("refused")
+        self.client.loop_start()
+
+    def subscribe(self, *topics: str) -> list[bool]:
+        n = len(self.subacks)
+        self.client.subscribe([(t, 1) for t in topics])
+        return wait_for(lambda: self.subacks[n] if len(self.subacks) > n else None, 15, message="a SUBACK")
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.mark.skipif(find_nats_server() is None, reason="nats-server is not installed (Debian package nats-server)")
+def test_on_the_tls_cluster_a_device_reaches_only_its_own_topics_and_a_client_id_is_not_bound(tmp_path: Path) -> None:
+    """Mutual TLS with the site CA's certificates, one account per site, per-device subjects: what NATS enforces,
+    and the one thing it does not that Mosquitto's template does (docs/scale.md, "Security on the cluster")."""
+    ca = SiteCA.create(tmp_path / "ca", site="H1")
+
+    def issue(name: str, role: CertRole) -> TlsSettings:
+        extra = {"dns_names": ("localhost",), "ip_addresses": ("127.0.0.1",)} if role is CertRole.SERVER else {}
+        key, cert = ca.issue_with_new_key(name, role=role, **extra)  # type: ignore[arg-type]
+        write_private_key(tmp_path / f"{name}.key", key)
+        (tmp_path / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return TlsSettings(str(ca.ca_path), str(tmp_path / f"{name}.crt"), str(tmp_path / f"{name}.key"))
+
+    server = issue("spd-broker", CertRole.SERVER)
+    hh01, hh02 = issue("HH01", CertRole.DEVICE), issue("HH02", CertRole.DEVICE)
+    gw_tls = issue("spd-gateway", CertRole.GATEWAY)
+    tls = ClusterTls(ca.ca_path, Path(server.cert_file), Path(server.key_file),
+                     devices=(("H1", "HH01"), ("H1", "HH02")), gateways=("spd-gateway",), sites=("H1",))
+    probes: list[_Probe] = []
+    with NatsCluster(workdir=tmp_path / "nats", tls=tls) as cluster:
+        try:
+            port = cluster.addresses[0][1]
+            gw = _Probe(port, gw_tls, "spd-gateway", persistent=True)
+            d1, d2 = _Probe(port, hh01, "dev-H1-HH01"), _Probe(port, hh02, "dev-H1-HH02")
+            probes += [gw, d1, d2]
+            wait_for(lambda: all(p.connects == ["Success"] for p in probes), 30, message="three TLS connects")
+            assert gw.subscribe("spd/v1/+/+/events", "spd/v1/+/+/state") == [True, True]
+            assert d1.subscribe("spd/v1/H1/HH01/ack") == [True]
+            assert d2.subscribe("spd/v1/H1/HH02/ack") == [True]
+            # another device's ack, everything, the broker's own delivery subjects: refused
+            assert d1.subscribe("spd/v1/H1/HH02/ack") == [False]
+            assert d1.subscribe("#") == [False]
+            assert d1.subscribe("$MQTT/sub/#") == [False]
+
+            d1.client.publish("spd/v1/H1/HH02/events", b"forged by HH01", qos=1)  # dropped: not HH01's subject
+            d1.client.publish("spd/v1/H1/HH01/events", b"HH01's own", qos=1)
+            d2.client.publish("spd/v1/H1/HH02/events", b"HH02's own", qos=1)
+            wait_for(lambda: len(gw.messages) >= 2, 15, message="the two genuine batches at the gateway")
+            gw.client.publish("spd/v1/H1/HH02/ack", b"ack for HH02", qos=1)
+            wait_for(lambda: d2.messages, 15, message="HH02's ack")
+            assert sorted(gw.messages) == [("spd/v1/H1/HH01/events", b"HH01's own"),
+                                           ("spd/v1/H1/HH02/events", b"HH02's own")]
+            assert d1.messages == []
+
+            nocert = _Probe(port, TlsSettings(str(ca.ca_path), "", ""), "dev-H1-HH03")
+            plain = _Probe(port, None, "dev-H1-HH04")
+            probes += [nocert, plain]
+            # the known limit: a device's certificate may ask for the gateway's client id and replaces its connection
+            thief = _Probe(port, hh01, "spd-gateway")
+            probes.append(thief)
+            wait_for(lambda: thief.connects == ["Success"] and gw.drops == 1, 15, message="the take-over")
+            assert "Success" not in nocert.connects + plain.connects
+        finally:
+            for p in probes:
+                p.close()

@@ -146,7 +146,7 @@ class NatsCluster:
 
     def __init__(self, *, nodes: int = 3, workdir: str | Path | None = None, cluster_name: str = "spd",
                  ack_wait_s: float = 10.0, extra_mqtt_config: str = "", extra_config: str = "",
-                 tls: ClusterTls | None = None) -> None:
+                 tls: ClusterTls | None = None, authorization: str = "") -> None:
         if nodes < 1:
             raise ValueError("a cluster needs at least one node")
         binary = find_nats_server()
@@ -161,6 +161,7 @@ class NatsCluster:
         self.extra_mqtt_config = extra_mqtt_config
         self.extra_config = extra_config
         self.tls = tls
+        self.authorization = authorization  # a NATS authorization block (users, permissions), without TLS
         self.replicas = min(3, nodes)
         self.nodes = [NatsNode(f"n{i + 1}", free_port(), free_port(), free_port(), free_port(), self.workdir)
                        for i in range(nodes)]
@@ -179,11 +180,13 @@ class NatsCluster:
             "  max_memory_store: 64MB",
             "  max_file_store: 1GB",
             "}",
-            "cluster {",
-            f"  name: {self.cluster_name}",
-            f"  listen: {self.host}:{node.route_port}",
-            f"  routes: [{routes}]",
-            "}",
+            *([] if len(self.nodes) == 1 else [  # one node (a test's): no cluster, JetStream stands alone
+                "cluster {",
+                f"  name: {self.cluster_name}",
+                f"  listen: {self.host}:{node.route_port}",
+                f"  routes: [{routes}]",
+                "}",
+            ]),
             "mqtt {",
             f"  listen: {self.host}:{node.mqtt_port}",
             # sessions, retained and QoS 1 messages kept on this many servers: one may die
@@ -193,7 +196,7 @@ class NatsCluster:
             self._mqtt_tls(),
             self.extra_mqtt_config,
             "}",
-            render_accounts(self.tls) if self.tls is not None else "",
+            render_accounts(self.tls) if self.tls is not None else self.authorization,
             self.extra_config,
             "",
         ])
@@ -242,8 +245,9 @@ class NatsCluster:
         while time.monotonic() < deadline:
             if node.proc is None or node.proc.poll() is not None:
                 raise BrokerError(f"nats-server {node.name} exited: {self.log_tail(i)}")
-            # over TLS only listed certificates may connect: the health check and the listener must do
-            if self._healthy(node) and (self._mqtt_listening(node) if self.tls else self._mqtt_session_ok(node)):
+            # with users only they may connect: then the health check and the listener must do
+            closed = self.tls is not None or bool(self.authorization)
+            if self._healthy(node) and (self._mqtt_listening(node) if closed else self._mqtt_session_ok(node)):
                 log.debug("nats %s ready: mqtt %s:%d", node.name, self.host, node.mqtt_port)
                 return
             time.sleep(0.1)

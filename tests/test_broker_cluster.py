@@ -3,8 +3,13 @@ devices plus the real gateway on a three-node NATS cluster with one node SIGKILL
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import ssl
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -20,7 +25,7 @@ from hw_sim.broker import MosquittoBroker
 from hw_sim.broker_cluster import ClusterTls, NatsCluster, find_nats_server
 from hw_sim.cluster_run import ClusterRunConfig, failed, run_cluster
 from spd_common.heartbeat import HeartbeatRegistry
-from spd_common.mqtt import TlsSettings, make_client, parse_addresses, start_loop, stop_loop
+from spd_common.mqtt import Subscriptions, TlsSettings, make_client, parse_addresses, start_loop, stop_loop
 from spd_common.toml_config import ConfigError
 
 from conftest import wait_for
@@ -92,6 +97,55 @@ def test_a_client_moves_to_the_next_node_when_its_broker_dies_and_stays_stopped_
         stop_loop(client, beat)
         first.close()
         second.close()
+
+
+@pytest.mark.skipif(find_nats_server() is None, reason="nats-server is not installed (Debian package nats-server)")
+def test_a_subscription_the_broker_refuses_is_asked_for_again_until_granted(tmp_path: Path) -> None:
+    """A NATS node refuses a subscription (SUBACK 0x80) its user may not have, as a cluster node does while its
+    JetStream catches up; the permission is then granted (configuration reloaded on SIGHUP) and the client gets
+    the subscription without reconnecting."""
+    def users(ack_allowed: bool) -> str:
+        allow = ["spd.v1.H1.HH01.ack"] if ack_allowed else []
+        return ('authorization { users: [{user: "HH01", password: "pw", permissions: {publish: ">", '
+                f'subscribe: {{allow: {json.dumps([*allow, "$MQTT.sub.>"])}}}}}}}] }}')
+
+    node = NatsCluster(nodes=1, workdir=tmp_path / "nats", authorization=users(False)).start()
+    got: list[bytes] = []
+    beat = HeartbeatRegistry().heartbeat("test-mqtt", deadline_s=60)
+    client = make_client("dev-H1-HH01", version="3.1.1", heartbeat=beat,
+                         on_message=lambda c, u, m: got.append(bytes(m.payload)))
+    client.username_pw_set("HH01", "pw")
+    subs = Subscriptions(client, retry_s=0.2)
+    client.on_connect = lambda c, u, f, rc, p: subs.subscribe([("spd/v1/H1/HH01/ack", 1)])
+    try:
+        host, port = node.addresses[0]
+        start_loop(client, host, port, beat, keepalive=10)
+        wait_for(lambda: subs.refused >= 2, 20, message="the refusal and a retry")  # it keeps asking
+        node.authorization = users(True)
+        conf = node.nodes[0].conf_path
+        conf.write_text(node.node_config(node.nodes[0]), encoding="utf-8")
+        pid = node.nodes[0].pid
+        assert pid is not None
+        os.kill(pid, signal.SIGHUP)  # nats-server reloads its configuration
+
+        def delivered() -> bool:
+            client.publish("spd/v1/H1/HH01/ack", b"ack", qos=1)
+            return wait_until(lambda: bool(got), 0.5)
+
+        wait_for(delivered, 20, interval=0.2, message="the retried subscription to deliver")
+        assert got[0] == b"ack"
+    finally:
+        stop_loop(client, beat)
+        node.close()
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
 
 
 @pytest.mark.skipif(find_nats_server() is None, reason="nats-server is not installed (Debian package nats-server)")

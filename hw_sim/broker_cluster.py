@@ -35,12 +35,14 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from hw_sim import reaper
 from hw_sim.broker import BrokerError, free_port
+from spd_common.wire import MAX_PAYLOAD_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +177,8 @@ class NatsCluster:
             f"server_name: {node.name}",  # JetStream in a cluster requires a unique server name
             f"listen: {self.host}:{node.client_port}",
             f"http: {self.host}:{node.http_port}",  # monitoring: /healthz says when JetStream is current
+            # the wire's largest batch and room for the topic, as Mosquitto's max_packet_size (NATS: 1 MB)
+            f"max_payload: {MAX_PAYLOAD_BYTES + 64 * 1024}",
             "jetstream {",
             f"  store_dir: {json.dumps(str(node.store_dir))}",
             "  max_memory_store: 64MB",
@@ -326,12 +330,21 @@ class NatsCluster:
     def pids(self) -> list[int]:
         return [p for p in (n.pid for n in self.nodes) if p is not None]
 
-    def jetstream_info(self, i: int) -> dict[str, object]:
-        """The node's ``/jsz`` monitoring document (streams, meta leader), {} if it does not answer."""
-        url = f"http://{self.host}:{self.nodes[i].http_port}/jsz?streams=true"
+    def jetstream_info(self, i: int) -> dict[str, Any]:
+        """Node ``i``'s ``/jsz`` monitoring document (accounts, streams, meta leader), {} if it does not answer."""
+        url = f"http://{self.host}:{self.nodes[i].http_port}/jsz?accounts=true&streams=true"
         with contextlib.suppress(OSError, ValueError), urllib.request.urlopen(url, timeout=2.0) as resp:
             return dict(json.loads(resp.read()))
         return {}
+
+    def leaders(self, i: int) -> dict[str, str]:
+        """Who leads JetStream's metadata (``"meta"``) and each MQTT stream, as node ``i`` sees it."""
+        info = self.jetstream_info(i)
+        out = {"meta": str(info.get("meta_cluster", {}).get("leader", ""))}
+        for account in info.get("account_details", []):
+            for stream in account.get("stream_detail", []):
+                out[f"{account.get('name')}/{stream.get('name')}"] = str(stream.get("cluster", {}).get("leader", ""))
+        return out
 
     def log_tail(self, i: int, chars: int = 2000) -> str:
         path = self.nodes[i].log_path

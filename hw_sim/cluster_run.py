@@ -16,9 +16,11 @@ replaced by :class:`hw_sim.broker_cluster.NatsCluster`:
   logs, the gateway store and the HIS database (:func:`hw_sim.harness.tally`):
   every scan stored once and charged once, nothing lost or doubled.
 
-It prints one JSON object: the tally, the gateway's reconnect time after the
-kill, how long the devices on the killed node took to have events stored
-again, the longest pause in the gateway's commits, and the node restart time.
+It prints one JSON object: the tally, what the killed node led (JetStream's
+metadata, the MQTT streams: leaders are elected again after the kill), the
+gateway's reconnect time after the kill, how long the devices on the killed
+node took to have events stored again, the longest pause in the gateway's
+commits, and the node restart time.
 The exit status is 1 if anything was lost, doubled or invented, or the run did
 not settle.
 """
@@ -145,6 +147,7 @@ def run_cluster(cfg: ClusterRunConfig, workdir: Path) -> dict[str, Any]:
         victim = h.gateway_node() if cfg.kill is None else cfg.kill
         connects = h.gateway_connects()
         gateway_on_victim = h.gateway_node() == victim
+        led = sorted(k for k, v in cluster.leaders(victim).items() if v == cluster.nodes[victim].name)
         on_victim = [n for i, n in enumerate(names) if i % len(cluster.nodes) == victim]
         t_kill = time.time()
         cluster.kill(victim)
@@ -180,7 +183,8 @@ def run_cluster(cfg: ClusterRunConfig, workdir: Path) -> dict[str, Any]:
             "rate_per_device": cfg.rate,
             "cluster_and_gateway_start_s": round(started_s, 2),
             "killed": {"node": cluster.nodes[victim].name, "gateway_was_on_it": gateway_on_victim,
-                       "devices_on_it": len(on_victim), "down_s": cfg.down_s or None, "restart_s": restart_s},
+                       "devices_on_it": len(on_victim), "it_led": led, "down_s": cfg.down_s or None,
+                       "restart_s": restart_s},
             "kills": 1,
             "gateway_reconnect_s": gateway_reconnect_s,
             "devices_on_killed_node_stored_again_s": round(max(first_after.values()) - t_kill, 2),

@@ -28,6 +28,7 @@ not settle.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import logging
@@ -43,7 +44,7 @@ from typing import Any
 from hw_sim import reaper
 from hw_sim.broker_cluster import MQTT_VERSION, NatsCluster, find_nats_server
 from hw_sim.harness import SpineHarness
-from hw_sim.loadgen import wait_gateway_connected
+from hw_sim.loadgen import LoadConfig, wait_gateway_connected
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settle-timeout", type=float, default=90.0, help="seconds to wait for every charge")
     p.add_argument("--seed", type=int, default=1, help="seed of the scans' items and wristbands")
     p.add_argument("--workdir", type=Path, default=None, help="keep the run's files here (default: a temp dir)")
+    p.add_argument("--loadgen", action="store_true",
+                   help="devices from the load generator (one process, gmqtt) instead of handhelds; with --duration")
+    p.add_argument("--duration", type=float, default=30.0,
+                   help="--loadgen: seconds of scanning (the kill comes --kill-after seconds in)")
     a = p.parse_args(argv)
     if find_nats_server() is None:
         print("nats-server not found: install the Debian package 'nats-server'", file=sys.stderr)
@@ -238,12 +243,20 @@ def main(argv: list[str] | None = None) -> int:
     cfg = ClusterRunConfig(devices=a.devices, scans=a.scans, rate=a.rate, kill_after_s=a.kill_after,
                            kill=None if a.kill is None else a.kill - 1, down_s=a.down,
                            settle_timeout_s=a.settle_timeout, seed=a.seed)
-    if a.workdir is not None:
-        a.workdir.mkdir(parents=True, exist_ok=True)
-        out = run_cluster(cfg, a.workdir)
-    else:
-        with tempfile.TemporaryDirectory(prefix="spd-cluster-") as d:
-            out = run_cluster(cfg, Path(d))
+    with contextlib.ExitStack() as stack:
+        workdir = a.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="spd-cluster-")))
+        workdir.mkdir(parents=True, exist_ok=True)
+        if a.loadgen:
+            from hw_sim.cluster_load import run_cluster_load
+
+            load = LoadConfig(devices=a.devices, rate=a.rate, duration_s=a.duration, seed=a.seed,
+                              settle_timeout_s=a.settle_timeout)
+            out = run_cluster_load(load, workdir, kill_at_s=a.kill_after, down_s=a.down)
+            print(json.dumps(out), flush=True)
+            tally = out.get("tally", {})
+            return 1 if out["gave_up_waiting_for_acks"] or tally.get("lost") or tally.get("duplicates") \
+                or tally.get("invented") or tally.get("stored_twice") else 0
+        out = run_cluster(cfg, workdir)
     print(json.dumps(out), flush=True)
     return 1 if failed(out) else 0
 

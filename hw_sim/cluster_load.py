@@ -7,7 +7,7 @@ batches, acks honoured, rewind and resend) against :class:`hw_sim.cluster_run.Cl
 private Mosquitto. Each device speaks MQTT 3.1.1 (NATS has no MQTT 5),
 starts on node *i* mod 3, and moves to the next node when a connection
 attempt fails; ``kill_at_s`` into the scanning the node the gateway is on
-is SIGKILLed and started again ``down_s`` later. The figures are the load
+(or the one named) is SIGKILLed and started again ``down_s`` later. The figures are the load
 generator's (latencies, tally: lost, duplicated, invented) plus the kill.
 """
 
@@ -98,42 +98,46 @@ class ClusterLoadGenerator(LoadGenerator):
         self.times = RunTimes()
 
 
-def run_cluster_load(cfg: LoadConfig, workdir: Path, *, kill_at_s: float, down_s: float) -> dict[str, Any]:
-    """Start the cluster, the HIS and the gateway, run the load, kill the gateway's node ``kill_at_s`` in."""
+def run_cluster_load(cfg: LoadConfig, workdir: Path, *, kill_at_s: float, down_s: float,
+                     kill: int | None = None) -> dict[str, Any]:
+    """Start the cluster, the HIS and the gateway, run the load, kill node ``kill`` (default: the gateway's)
+    ``kill_at_s`` into the scanning, and start it again ``down_s`` later (0: it stays down)."""
     raise_fd_limit(2 * cfg.devices + 1024)
     cluster = NatsCluster(workdir=workdir / "nats")
     h = ClusterHarness(workdir, cluster, site=cfg.site)
-    kill: dict[str, Any] = {}
+    killed: dict[str, Any] = {}
     try:
         h.start()
         wait_gateway_connected(h)
         assert h.gateway is not None and h.gateway.proc is not None
 
-        def kill_gateways_node() -> None:
-            victim = h.gateway_node()
+        def kill_node() -> None:
+            victim = h.gateway_node() if kill is None else kill
             connects = h.gateway_connects()
-            kill["node"] = cluster.nodes[victim].name
-            kill["it_led"] = sorted(k for k, v in cluster.leaders(victim).items() if v == kill["node"])
+            killed["node"] = cluster.nodes[victim].name
+            killed["gateway_was_on_it"] = h.gateway_node() == victim
+            killed["it_led"] = sorted(k for k, v in cluster.leaders(victim).items() if v == killed["node"])
             t_kill = time.time()
             cluster.kill(victim)
-            deadline = time.monotonic() + 60
-            while h.gateway_connects() <= connects and time.monotonic() < deadline:
-                time.sleep(0.05)
-            kill["gateway_reconnect_s"] = round(time.time() - t_kill, 2)
+            if killed["gateway_was_on_it"]:
+                deadline = time.monotonic() + 60
+                while h.gateway_connects() <= connects and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                killed["gateway_reconnect_s"] = round(time.time() - t_kill, 2)
             if down_s > 0:
                 time.sleep(max(0.0, t_kill + down_s - time.time()))
                 cluster.start_node(victim)
-                kill["restarted_after_s"] = round(time.time() - t_kill, 2)
+                killed["restarted_after_s"] = round(time.time() - t_kill, 2)
 
         target = Target(cluster.host, cluster.addresses[0][1], h.gateway_db, h.his_db,
                         gateway_pid=h.gateway.proc.pid)
         gen = ClusterLoadGenerator(cfg, cluster)
         out_devices = [d for d in gen.devices if isinstance(d, ClusterSimDevice)]
-        out = run_load(cfg, target, during=kill_gateways_node, during_at_s=kill_at_s, generator=gen)
+        out = run_load(cfg, target, during=kill_node, during_at_s=kill_at_s, generator=gen)
         refused = sum(d.subscriptions_refused for d in out_devices)
         out.update({"subscriptions_refused_and_asked_again": refused,
                     "figure": "load_broker_cluster", "engine": "nats-server", "nodes": len(cluster.nodes),
-                    "mqtt_version": "3.1.1", "killed": kill, "gateway_broker_connects": h.gateway_connects()})
+                    "mqtt_version": "3.1.1", "killed": killed, "gateway_broker_connects": h.gateway_connects()})
         return out
     finally:
         h.close()

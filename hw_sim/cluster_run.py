@@ -220,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scans", type=int, default=60, help="scans per device")
     p.add_argument("--rate", type=float, default=5.0, help="scans per second per device")
     p.add_argument("--kill-after", type=float, default=2.0,
-                   help="seconds after every device has events stored before the kill")
+                   help="seconds after every device has events stored before the kill (--loadgen: after the "
+                        "scanning starts)")
     p.add_argument("--kill", type=int, default=None, choices=(1, 2, 3), metavar="NODE",
                    help="node to SIGKILL, 1-3 (default: the one the gateway is connected to)")
     p.add_argument("--down", type=float, default=5.0, help="seconds before the killed node is started again "
@@ -251,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
 
             load = LoadConfig(devices=a.devices, rate=a.rate, duration_s=a.duration, seed=a.seed,
                               settle_timeout_s=a.settle_timeout)
-            out = run_cluster_load(load, workdir, kill_at_s=a.kill_after, down_s=a.down)
+            out = run_cluster_load(load, workdir, kill_at_s=a.kill_after, down_s=a.down, kill=cfg.kill)
             print(json.dumps(out), flush=True)
             tally = out.get("tally", {})
             return 1 if out["gave_up_waiting_for_acks"] or tally.get("lost") or tally.get("duplicates") \

@@ -239,10 +239,25 @@ class NatsCluster:
         logf.close()
         node.starts += 1
 
-    def start_node(self, i: int, timeout_s: float = 30.0) -> None:
-        """Start node ``i`` again (same ports, same store) and wait until it serves MQTT."""
+    def start_node(self, i: int, timeout_s: float = 30.0) -> bool:
+        """Start node ``i`` again (same ports, same store): wait until it listens for MQTT, then up to
+        ``timeout_s`` until its JetStream has caught up with the others (``/healthz``); whether it has.
+
+        Under load a returning node may take longer to catch up (every stream and consumer); it serves
+        MQTT meanwhile, so a run goes on either way.
+        """
         self._spawn(i)
-        self._wait_ready(i, time.monotonic() + timeout_s)
+        node = self.nodes[i]
+        deadline = time.monotonic() + timeout_s
+        while not self._mqtt_listening(node):
+            if node.proc is None or node.proc.poll() is not None or time.monotonic() > deadline:
+                raise BrokerError(f"nats-server {node.name} did not come back: {self.log_tail(i)}")
+            time.sleep(0.05)
+        while time.monotonic() < deadline:
+            if self._healthy(node):
+                return True
+            time.sleep(0.1)
+        return False
 
     def _wait_ready(self, i: int, deadline: float) -> None:
         node = self.nodes[i]

@@ -126,8 +126,10 @@ def run_cluster_load(cfg: LoadConfig, workdir: Path, *, kill_at_s: float, down_s
                 killed["gateway_reconnect_s"] = round(time.time() - t_kill, 2)
             if down_s > 0:
                 time.sleep(max(0.0, t_kill + down_s - time.time()))
-                cluster.start_node(victim)
-                killed["restarted_after_s"] = round(time.time() - t_kill, 2)
+                t_start = time.time()
+                caught_up = cluster.start_node(victim)
+                killed["restarted_after_s"] = round(t_start - t_kill, 2)
+                killed["caught_up_s"] = round(time.time() - t_start, 2) if caught_up else None
 
         target = Target(cluster.host, cluster.addresses[0][1], h.gateway_db, h.his_db,
                         gateway_pid=h.gateway.proc.pid)

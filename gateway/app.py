@@ -69,7 +69,7 @@ from gateway.notify_settings import NotifySettings
 from gateway.store import GatewayStore
 from gateway.web.settings import WEB_OFF, WebConfig
 from spd_common.heartbeat import HeartbeatRegistry
-from spd_common.mqtt import TlsSettings
+from spd_common.mqtt import Address, TlsSettings
 
 if TYPE_CHECKING:
     from gateway.web.server import WebServer as WebServerType
@@ -82,6 +82,8 @@ class GatewayConfig:
     db_path: Path
     broker_host: str = "127.0.0.1"
     broker_port: int = 1883
+    broker_fallbacks: tuple[Address, ...] = ()  # a broker cluster's other nodes, tried in turn after a drop
+    mqtt_version: str = "5"  # "3.1.1" for a clustered engine without MQTT 5 (NATS): no share_group then
     client_id: str = "spd-gateway"
     share_group: str | None = None
     his_protocol: Literal["mllp", "http"] = "mllp"
@@ -130,7 +132,8 @@ def make_fleet_link(store: GatewayStore, config: GatewayConfig, *,
     if config.tls is not None and config.fleet_tls is None:
         raise ValueError(f"over TLS the fleet link needs its own certificate (CN {fleet_identity(config.client_id)})")
     link = FleetLink(store, host=config.broker_host, port=config.broker_port, tls=config.fleet_tls,
-                     client_id=fleet_identity(config.client_id), heartbeats=heartbeats)
+                     client_id=fleet_identity(config.client_id), heartbeats=heartbeats,
+                     fallbacks=config.broker_fallbacks, mqtt_version=config.mqtt_version)
     link.fleet = Fleet(store, CommandSigner(load_signing_key(config.signing_key)), link.publish)
     return link
 
@@ -180,6 +183,8 @@ class Gateway:
             tls=config.tls,
             on_stored=lambda n: self.charging.notify(),
             heartbeats=self.heartbeats,
+            fallbacks=config.broker_fallbacks,
+            mqtt_version=config.mqtt_version,
         )
         self.fleet_link = (make_fleet_link(self.store, config, heartbeats=self.heartbeats)
                            if config.signing_key is not None else None)

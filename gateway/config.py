@@ -15,7 +15,8 @@ environment variable named by ``his.token_env`` (``SPD_HIS_TOKEN`` when
 neither is set). Sections::
 
     [store]       path
-    [broker]      host, port, client_id, share_group; [broker.tls] ca_file, cert_file, key_file
+    [broker]      host, port | hosts (a broker cluster's nodes, "host:port" each), mqtt_version ("5" | "3.1.1"),
+                  client_id, share_group; [broker.tls] ca_file, cert_file, key_file
     [his]         protocol ("mllp" | "http"), host, port (mllp) or url, token_file | token_env (http),
                   lanes, timeout_s, backoff_max_s, facility, sending_facility
     [lease]       ttl_s
@@ -46,7 +47,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spd_common.mqtt import TlsSettings
+from spd_common.mqtt import MQTT_VERSIONS, Address, TlsSettings, parse_addresses
 from spd_common.toml_config import ConfigError, Section, parse_toml, read_config_text
 
 if TYPE_CHECKING:  # gateway.app pulls in every service; the parser of spd-gateway's other commands need not
@@ -116,9 +117,19 @@ def parse_gateway_config(doc: Mapping[str, Any], *, source: str = "<config>",
             out["broker_host"] = b.get_str("host", pattern=_HOST)
         if b.has("port"):
             out["broker_port"] = b.get_int("port", min=1, max=65535)
+        if b.has("hosts"):  # a broker cluster: the first node, then the others in turn after a drop
+            if b.has("host") or b.has("port"):
+                raise b.error("hosts", "give hosts (a cluster's nodes) or host and port, not both")
+            nodes = broker_addresses(b, "hosts")
+            out["broker_host"], out["broker_port"] = nodes[0]
+            out["broker_fallbacks"] = nodes[1:]
+        if b.has("mqtt_version"):
+            out["mqtt_version"] = b.get_str("mqtt_version", choices=tuple(MQTT_VERSIONS))
         if b.has("client_id"):
             out["client_id"] = b.get_str("client_id", pattern=_CLIENT_ID)
         if b.has("share_group"):
+            if out.get("mqtt_version", "5") != "5":
+                raise b.error("share_group", "a shared subscription needs mqtt_version = \"5\"")
             out["share_group"] = b.get_str("share_group", pattern=_CLIENT_ID)
         b.done()
 
@@ -299,6 +310,14 @@ def _notify_section(n: Section, base: Path, source: str) -> Any:
     if settings.retry_first_s > settings.retry_max_s:
         raise n.error("retry_first_s", "must not be more than retry_max_s")
     return settings
+
+
+def broker_addresses(s: Section, name: str) -> tuple[Address, ...]:
+    """A broker cluster's nodes: a list of at least one ``"host:port"``, none twice."""
+    try:
+        return parse_addresses(s.get_list(name))
+    except ValueError as err:
+        raise s.error(name, str(err)) from None
 
 
 def read_gateway_file(path: str | Path) -> dict[str, Any]:

@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-DEB_PACKAGES := mosquitto libzbar0 zint fuse3 tmux chromium fonts-wqy-microhei
+DEB_PACKAGES := mosquitto libzbar0 zint fuse3 tmux chromium fonts-wqy-microhei nats-server
 STAMP  := $(VENV)/.installed
 # every pip install takes the tested versions from constraints.txt (refresh: make constraints)
 CONSTRAINTS := constraints.txt

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spd_common.mqtt import TlsSettings
+from spd_common.mqtt import MQTT_VERSIONS, Address, TlsSettings, parse_addresses
 from spd_common.toml_config import REQUIRED as _REQUIRED
 from spd_common.toml_config import Section, parse_toml, read_config_text
 from spd_common.wire import ID_PATTERN
@@ -36,6 +36,8 @@ class BrokerConfig:
     port: int = 1883
     keepalive_s: int = 15
     tls: TlsSettings | None = None
+    fallbacks: tuple[Address, ...] = ()  # a broker cluster's other nodes (``hosts``), tried in turn after a drop
+    mqtt_version: str = "5"  # "3.1.1" for a clustered engine without MQTT 5 (NATS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,11 +139,21 @@ def parse_config(doc: dict[str, Any], *, source: str = "<config>", base_dir: Pat
         if t is not None:
             tls = TlsSettings(*(str(_path(t, name, base)) for name in ("ca_file", "cert_file", "key_file")))
             t.done()
+        nodes: tuple[Address, ...] = ()
+        if b.has("hosts"):  # a broker cluster: the first node, then the others in turn after a drop
+            if b.has("host") or b.has("port"):
+                raise b.error("hosts", "give hosts (a cluster's nodes) or host and port, not both")
+            try:
+                nodes = parse_addresses(b.get_list("hosts"))
+            except ValueError as err:
+                raise b.error("hosts", str(err)) from None
         broker = BrokerConfig(
-            host=b.get_str("host", "127.0.0.1"),
-            port=b.get_int("port", 8883 if tls else 1883, min=1, max=65535),
+            host=nodes[0][0] if nodes else b.get_str("host", "127.0.0.1"),
+            port=nodes[0][1] if nodes else b.get_int("port", 8883 if tls else 1883, min=1, max=65535),
             keepalive_s=b.get_int("keepalive_s", 15, min=5, max=600),
             tls=tls,
+            fallbacks=nodes[1:],
+            mqtt_version=b.get_str("mqtt_version", "5", choices=tuple(MQTT_VERSIONS)),
         )
         b.done()
 

@@ -45,6 +45,8 @@ def device_sync(cfg: DeviceConfig, eventlog: EventLog, remote: DeviceRemote | No
         window=cfg.sync.window, resend_after_s=cfg.sync.resend_after_s, state_every_s=cfg.sync.state_every_s,
         keepalive_s=cfg.broker.keepalive_s,
         tls=cfg.broker.tls,
+        fallbacks=cfg.broker.fallbacks,
+        mqtt_version=cfg.broker.mqtt_version,
         on_command=remote.on_command if remote is not None else None,
         state_extra=remote.state_extra if remote is not None else None,
         heartbeats=heartbeats,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +31,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from device import __version__
 from device.eventlog import EventLog, EventLogError
 from spd_common.heartbeat import MQTT_LOOP_DEADLINE_S, HeartbeatRegistry
-from spd_common.mqtt import TlsSettings, make_client, start_loop, stop_loop
+from spd_common.mqtt import Address, Subscriptions, TlsSettings, make_client, start_loop, stop_loop
 from spd_common.wire import (
     Channel,
     DeviceState,
@@ -82,11 +82,16 @@ class DeviceSync:
         on_command: Callable[[bytes, bool], None] | None = None,
         state_extra: Callable[[], dict[str, Any]] | None = None,
         heartbeats: HeartbeatRegistry | None = None,
+        fallbacks: Sequence[Address] = (),
+        mqtt_version: str = "5",
     ) -> None:
+        """``fallbacks``: a broker cluster's other nodes, tried in turn after a drop; ``mqtt_version`` ``"3.1.1"``
+        for an engine without MQTT 5 (the wire is the same: topics, QoS 1, retained state, last will)."""
         self.log = eventlog
         self.device = eventlog.device
         self.site = site
         self.host, self.port = host, port
+        self.fallbacks = tuple(fallbacks)
         self.batch_size = batch_size
         self.window = window
         self.resend_after_s = resend_after_s
@@ -114,8 +119,10 @@ class DeviceSync:
         self._mqtt_beat = hb.heartbeat("sync-mqtt", deadline_s=max(MQTT_LOOP_DEADLINE_S, reconnect_max_s + 30.0))
         client = make_client(f"dev-{site}-{self.device}", tls=tls, reconnect_min_s=reconnect_min_s,
                              reconnect_max_s=reconnect_max_s, on_connect=self._on_connect,
-                             on_disconnect=self._on_disconnect, on_message=self._on_message, heartbeat=self._mqtt_beat)
+                             on_disconnect=self._on_disconnect, on_message=self._on_message, heartbeat=self._mqtt_beat,
+                             version=mqtt_version)
         client.max_inflight_messages_set(window * 2)
+        self._subscriptions = Subscriptions(client)  # a refused subscription is asked for again
         client.will_set(self._t_state, self._state_payload(DeviceStatus.OFFLINE), qos=1, retain=True)
         self._client = client
 
@@ -123,7 +130,8 @@ class DeviceSync:
 
     def start(self) -> DeviceSync:
         self._sender_beat.watch()
-        start_loop(self._client, self.host, self.port, self._mqtt_beat, keepalive=self.keepalive_s)
+        start_loop(self._client, self.host, self.port, self._mqtt_beat, fallbacks=self.fallbacks,
+                   keepalive=self.keepalive_s)
         self._thread = threading.Thread(target=self._sender, name=f"sync-{self.device}", daemon=True)
         self._thread.start()
         return self
@@ -163,9 +171,7 @@ class DeviceSync:
         if rc.is_failure:
             log.warning("device %s: broker refused connection: %s", self.device, rc)
             return
-        client.subscribe(self._t_ack, qos=1)
-        if self._on_command_cb is not None:
-            client.subscribe(self._t_cmd, qos=1)
+        self._subscriptions.subscribe([(self._t_ack, 1), *([(self._t_cmd, 1)] if self._on_command_cb else [])])
         client.publish(self._t_state, self._state_payload(DeviceStatus.ONLINE), qos=1, retain=True)
         with self._wake:
             self._connected = True

@@ -24,6 +24,8 @@ Threads and what each owns:
 * prometheus-client's HTTP server thread (only with ``[metrics]``) — ``/metrics`` (:mod:`gateway.metrics`);
 * ``web`` (:class:`gateway.web.server.WebServer`, only with ``[web] enabled``) — uvicorn serving the
   supervisor's screen and its API over the same store (docs/web.md);
+* ``stock-ledger`` (:class:`~gateway.books.projection.StockProjection`) — turns stored events into stock
+  movements from its cursor (lease holder only);
 * the main thread — start-up, signals, shutdown.
 
 The store is shared; SQLite serialises the writers. Each of these threads
@@ -47,6 +49,8 @@ from typing import TYPE_CHECKING, Literal
 
 from gateway import bridge
 from gateway.adt import AdtListener
+from gateway.books.projection import StockProjection
+from gateway.books.settings import BooksSettings
 from gateway.broker_acl import fleet_identity
 from gateway.catalog_publish import CatalogPublisher
 from gateway.charging import ChargingWorker
@@ -65,7 +69,7 @@ from gateway.notify_settings import NotifySettings
 from gateway.store import GatewayStore
 from gateway.web.settings import WEB_OFF, WebConfig
 from spd_common.heartbeat import HeartbeatRegistry
-from spd_common.mqtt import TlsSettings
+from spd_common.mqtt import Address, TlsSettings
 
 if TYPE_CHECKING:
     from gateway.web.server import WebServer as WebServerType
@@ -78,6 +82,8 @@ class GatewayConfig:
     db_path: Path
     broker_host: str = "127.0.0.1"
     broker_port: int = 1883
+    broker_fallbacks: tuple[Address, ...] = ()  # a broker cluster's other nodes, tried in turn after a drop
+    mqtt_version: str = "5"  # "3.1.1" for a clustered engine without MQTT 5 (NATS): no share_group then
     client_id: str = "spd-gateway"
     share_group: str | None = None
     his_protocol: Literal["mllp", "http"] = "mllp"
@@ -104,6 +110,7 @@ class GatewayConfig:
     metrics_offline_after_s: float = DEFAULT_OFFLINE_AFTER_S  # silent this long: counted offline in the metrics
     notify: NotifySettings = field(default_factory=NotifySettings)  # incident checks and notice channels
     web: WebConfig = WEB_OFF  # the supervisor's screen; served by `run` too when web.enabled
+    books: BooksSettings = field(default_factory=BooksSettings)  # [books]: stock alerts and replenishment
 
 
 def make_his_adapter(config: GatewayConfig) -> HisAdapter:
@@ -125,7 +132,8 @@ def make_fleet_link(store: GatewayStore, config: GatewayConfig, *,
     if config.tls is not None and config.fleet_tls is None:
         raise ValueError(f"over TLS the fleet link needs its own certificate (CN {fleet_identity(config.client_id)})")
     link = FleetLink(store, host=config.broker_host, port=config.broker_port, tls=config.fleet_tls,
-                     client_id=fleet_identity(config.client_id), heartbeats=heartbeats)
+                     client_id=fleet_identity(config.client_id), heartbeats=heartbeats,
+                     fallbacks=config.broker_fallbacks, mqtt_version=config.mqtt_version)
     link.fleet = Fleet(store, CommandSigner(load_signing_key(config.signing_key)), link.publish)
     return link
 
@@ -175,6 +183,8 @@ class Gateway:
             tls=config.tls,
             on_stored=lambda n: self.charging.notify(),
             heartbeats=self.heartbeats,
+            fallbacks=config.broker_fallbacks,
+            mqtt_version=config.mqtt_version,
         )
         self.fleet_link = (make_fleet_link(self.store, config, heartbeats=self.heartbeats)
                            if config.signing_key is not None else None)
@@ -188,6 +198,8 @@ class Gateway:
                                  may_run=self.leadership.is_leader, heartbeats=self.heartbeats)
         self.metrics.watch(self)
         self.web: WebServerType | None = None
+        self.stock_ledger = StockProjection(self.store, utc_offset_minutes=config.books.utc_offset_minutes,
+                                            may_run=self.leadership.is_leader, heartbeats=self.heartbeats)
         self._stopped = threading.Event()
 
     @property
@@ -212,6 +224,7 @@ class Gateway:
             sender.start()
         self.link_watch.start()
         self.notifier.start()
+        self.stock_ledger.start()
         self.ingest.start()
         if self.fleet_link is not None:
             self.fleet_link.start()
@@ -244,6 +257,7 @@ class Gateway:
             sender.stop()
         self.link_watch.stop()
         self.notifier.stop()
+        self.stock_ledger.stop()
         self.leadership.stop()
         self.metrics_store.close()
         self.store.close()

@@ -15,7 +15,8 @@ environment variable named by ``his.token_env`` (``SPD_HIS_TOKEN`` when
 neither is set). Sections::
 
     [store]       path
-    [broker]      host, port, client_id, share_group; [broker.tls] ca_file, cert_file, key_file
+    [broker]      host, port | hosts (a broker cluster's nodes, "host:port" each), mqtt_version ("5" | "3.1.1"),
+                  client_id, share_group; [broker.tls] ca_file, cert_file, key_file
     [his]         protocol ("mllp" | "http"), host, port (mllp) or url, token_file | token_env (http),
                   lanes, timeout_s, backoff_max_s, facility, sending_facility
     [lease]       ttl_s
@@ -29,6 +30,8 @@ neither is set). Sections::
                   timeout_s; [notify.webhook] url, secret_file | secret_env, ca_file, timeout_s (docs/notify.md)
     [web]         enabled, host, port, cert_file, key_file, session_lifetime_s, login_attempts, login_window_s,
                   offline_after_s, utc_offset_minutes (the supervisor's screen, gateway/web/settings.py)
+    [books]       expiry_windows_days, abnormal_*, replenish_*, utc_offset_minutes; [books.routes]
+                  (stock alerts and replenishment, :mod:`gateway.books.settings`)
 
 ``deploy/examples/gateway.toml`` shows every key; docs/deploy.md explains them.
 """
@@ -44,7 +47,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spd_common.mqtt import TlsSettings
+from spd_common.mqtt import MQTT_VERSIONS, Address, TlsSettings, parse_addresses
 from spd_common.toml_config import ConfigError, Section, parse_toml, read_config_text
 
 if TYPE_CHECKING:  # gateway.app pulls in every service; the parser of spd-gateway's other commands need not
@@ -114,9 +117,19 @@ def parse_gateway_config(doc: Mapping[str, Any], *, source: str = "<config>",
             out["broker_host"] = b.get_str("host", pattern=_HOST)
         if b.has("port"):
             out["broker_port"] = b.get_int("port", min=1, max=65535)
+        if b.has("hosts"):  # a broker cluster: the first node, then the others in turn after a drop
+            if b.has("host") or b.has("port"):
+                raise b.error("hosts", "give hosts (a cluster's nodes) or host and port, not both")
+            nodes = broker_addresses(b, "hosts")
+            out["broker_host"], out["broker_port"] = nodes[0]
+            out["broker_fallbacks"] = nodes[1:]
+        if b.has("mqtt_version"):
+            out["mqtt_version"] = b.get_str("mqtt_version", choices=tuple(MQTT_VERSIONS))
         if b.has("client_id"):
             out["client_id"] = b.get_str("client_id", pattern=_CLIENT_ID)
         if b.has("share_group"):
+            if out.get("mqtt_version", "5") != "5":
+                raise b.error("share_group", "a shared subscription needs mqtt_version = \"5\"")
             out["share_group"] = b.get_str("share_group", pattern=_CLIENT_ID)
         b.done()
 
@@ -186,6 +199,12 @@ def parse_gateway_config(doc: Mapping[str, Any], *, source: str = "<config>",
         if a.has("discharge_grace_s"):
             out["discharge_grace_s"] = a.get_float("discharge_grace_s", min=0.0, max=30 * 86400.0)
         a.done()
+
+    bk = top.section("books", optional=True)
+    if bk is not None:
+        from gateway.books.settings import parse_books_section
+
+        out["books"] = parse_books_section(bk)
 
     al = top.section("alarms", optional=True)
     if al is not None:
@@ -291,6 +310,14 @@ def _notify_section(n: Section, base: Path, source: str) -> Any:
     if settings.retry_first_s > settings.retry_max_s:
         raise n.error("retry_first_s", "must not be more than retry_max_s")
     return settings
+
+
+def broker_addresses(s: Section, name: str) -> tuple[Address, ...]:
+    """A broker cluster's nodes: a list of at least one ``"host:port"``, none twice."""
+    try:
+        return parse_addresses(s.get_list(name))
+    except ValueError as err:
+        raise s.error(name, str(err)) from None
 
 
 def read_gateway_file(path: str | Path) -> dict[str, Any]:

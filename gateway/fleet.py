@@ -18,7 +18,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,7 @@ from gateway.commands import CommandSequence, CommandSigner
 from gateway.store import GatewayStore
 from spd_common.command_schema import CommandKind, Component
 from spd_common.heartbeat import MQTT_LOOP_DEADLINE_S, HeartbeatRegistry
-from spd_common.mqtt import TlsSettings, make_client, start_loop, stop_loop
+from spd_common.mqtt import Address, TlsSettings, make_client, start_loop, stop_loop
 from spd_common.wire import Channel, DeviceState, DeviceStatus, WireError, decode_state, subscription, topic
 
 log = logging.getLogger(__name__)
@@ -200,15 +200,17 @@ class FleetLink:
     """The fleet's MQTT connection (gateway identity): reads device state, publishes commands."""
 
     def __init__(self, store: GatewayStore, *, host: str, port: int, tls: TlsSettings | None,
-                 client_id: str = "spd-gateway-fleet", heartbeats: HeartbeatRegistry | None = None) -> None:
+                 client_id: str = "spd-gateway-fleet", heartbeats: HeartbeatRegistry | None = None,
+                 fallbacks: Sequence[Address] = (), mqtt_version: str = "5") -> None:
         self.store = store
         self.fleet: Fleet | None = None
         self._connected = threading.Event()
         self._network_thread = -1  # set on connect: the thread paho runs callbacks on
         self._beat = (heartbeats or HeartbeatRegistry()).heartbeat("fleet-mqtt", deadline_s=MQTT_LOOP_DEADLINE_S)
         self._client = make_client(client_id, tls=tls, on_connect=self._on_connect, on_message=self._on_message,
-                                   heartbeat=self._beat)
+                                   heartbeat=self._beat, version=mqtt_version)
         self.host, self.port = host, port
+        self.fallbacks = tuple(fallbacks)  # a broker cluster's other nodes
 
     def publish(self, topic_text: str, payload: bytes, retain: bool) -> None:
         info = self._client.publish(topic_text, payload, qos=1, retain=retain)
@@ -216,7 +218,7 @@ class FleetLink:
             info.wait_for_publish(10)
 
     def start(self) -> FleetLink:
-        start_loop(self._client, self.host, self.port, self._beat, keepalive=15)
+        start_loop(self._client, self.host, self.port, self._beat, fallbacks=self.fallbacks, keepalive=15)
         return self
 
     def wait_connected(self, timeout_s: float = 10.0) -> bool:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +29,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.store import GatewayStore
 from spd_common.heartbeat import MQTT_LOOP_DEADLINE_S, HeartbeatRegistry
-from spd_common.mqtt import TlsSettings, make_client, start_loop, stop_loop
+from spd_common.mqtt import Address, Subscriptions, TlsSettings, is_mqtt5, make_client, start_loop, stop_loop
 from spd_common.wire import (
     Ack,
     Channel,
@@ -74,8 +74,16 @@ class IngestService:
         on_stored: Callable[[int], None] | None = None,
         heartbeats: HeartbeatRegistry | None = None,
         publish: Callable[[str, bytes], None] | None = None,
+        fallbacks: Sequence[Address] = (),
+        mqtt_version: str = "5",
     ) -> None:
-        """``publish(topic, payload)`` sends an ack; by default on this service's MQTT client at QoS 1."""
+        """``publish(topic, payload)`` sends an ack; by default on this service's MQTT client at QoS 1.
+
+        ``fallbacks``: the other nodes of a clustered broker, tried in turn when the connection drops;
+        ``mqtt_version`` ``"3.1.1"`` for an engine without MQTT 5 (no shared subscription then).
+        """
+        if share_group is not None and mqtt_version != "5":
+            raise ValueError("a shared subscription (share_group) needs MQTT 5")
         self.store = store
         self._publish = publish if publish is not None else self._publish_mqtt
         self.stats = IngestStats()
@@ -83,16 +91,22 @@ class IngestService:
         self._on_stored = on_stored
         self._connected = threading.Event()
         self.host, self.port = host, port
+        self.fallbacks = tuple(fallbacks)
         self._beat = (heartbeats or HeartbeatRegistry()).heartbeat("ingest-mqtt", deadline_s=MQTT_LOOP_DEADLINE_S)
         client = make_client(client_id, tls=tls, on_connect=self._on_connect, on_disconnect=self._on_disconnect,
-                             on_message=self._on_message, heartbeat=self._beat)
+                             on_message=self._on_message, heartbeat=self._beat, version=mqtt_version,
+                             persistent_session=True)
         client.max_inflight_messages_set(100)
+        self._subscriptions = Subscriptions(client)  # a refused subscription is asked for again
         self._client = client
 
     def start(self) -> IngestService:
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = 3600  # the broker queues events while the gateway restarts
-        start_loop(self._client, self.host, self.port, self._beat, keepalive=15, clean_start=False, properties=props)
+        session: dict[str, Any] = {}  # MQTT 3.1.1: the client was made with clean session off
+        if is_mqtt5(self._client):
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = 3600  # the broker queues events while the gateway restarts
+            session = {"clean_start": False, "properties": props}
+        start_loop(self._client, self.host, self.port, self._beat, fallbacks=self.fallbacks, keepalive=15, **session)
         return self
 
     def wait_connected(self, timeout_s: float = 10.0) -> bool:
@@ -105,14 +119,14 @@ class IngestService:
         if rc.is_failure:
             log.error("gateway: broker refused connection: %s", rc)
             return
-        client.subscribe(
+        self._subscriptions.subscribe(
             [
                 (subscription(Channel.EVENTS, share_group=self.share_group), 1),
                 (subscription(Channel.STATE), 1),
             ]
         )
         self._connected.set()
-        log.info("gateway: connected to %s:%d", self.host, self.port)
+        log.info("gateway: connected to %s:%d", client.host, client.port)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
         self._connected.clear()

@@ -19,6 +19,7 @@ COMMANDS = {
     "load": "hw_sim.loadgen",
     "month": "hw_sim.month",
     "his-export": "hw_sim.his_books",
+    "cluster-run": "hw_sim.cluster_run",
     "cabinet-bench": "hw_sim.cabinet_bench",
     "camera-bench": "hw_sim.camera_bench",
 }

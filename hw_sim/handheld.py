@@ -25,6 +25,7 @@ from device.sync import DeviceSync
 from hw_sim.catalog import SimCatalogItem, sim_catalog
 from hw_sim.udi_gen import make_udi
 from spd_common.logsetup import setup_logging
+from spd_common.mqtt import MQTT_VERSIONS, parse_address
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,8 @@ class SimHandheld:
         nurse_journal: Path | None = None,
         clock_jumps: bool = False,
         return_rate: float = 0.0,
+        broker_fallbacks: tuple[tuple[str, int], ...] = (),
+        mqtt_version: str = "5",
     ) -> None:
         self.device = device
         self.seed = seed
@@ -83,7 +86,7 @@ class SimHandheld:
         self._journal = open(nurse_journal, "a", encoding="ascii") if nurse_journal else None  # noqa: SIM115
         self.sync = DeviceSync(
             self.log, site=site, host=broker_host, port=broker_port, resend_after_s=resend_after_s,
-            batch_size=batch_size,
+            batch_size=batch_size, fallbacks=broker_fallbacks, mqtt_version=mqtt_version,
         )
         self.scanner = Handheld(self.log, operator=operator, dept=dept, on_committed=lambda ev: self.sync.notify())
         self.commit_latencies_s: list[float] = []
@@ -176,12 +179,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nurse-journal", type=Path, default=None, help="append 'device seq' per accepted scan")
     p.add_argument("--clock-jumps", action="store_true", help="let the device clock jump now and then")
     p.add_argument("--return-rate", type=float, default=0.0, help="share of items brought back unused")
+    p.add_argument("--broker-fallback", type=parse_address, action="append", default=[], metavar="HOST:PORT",
+                   help="another node of a broker cluster, tried in turn after a drop (repeatable)")
+    p.add_argument("--mqtt-version", choices=sorted(MQTT_VERSIONS), default="5",
+                   help="MQTT version to speak (3.1.1 for a NATS cluster)")
     a = p.parse_args(argv)
     setup_logging()
     hh = SimHandheld(
         device=a.device, site=a.site, data_dir=a.data_dir, broker_host=a.broker_host, broker_port=a.broker_port,
         seed=a.seed, garbage_rate=a.garbage_rate, resend_after_s=a.resend_after, nurse_journal=a.nurse_journal,
-        clock_jumps=a.clock_jumps, return_rate=a.return_rate,
+        clock_jumps=a.clock_jumps, return_rate=a.return_rate, broker_fallbacks=tuple(a.broker_fallback),
+        mqtt_version=a.mqtt_version,
     ).start()
     total = hh.run(a.scans, a.rate)
     drained = hh.wait_drained(a.drain_timeout)

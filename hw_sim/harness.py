@@ -285,6 +285,10 @@ class SpineHarness:
 
     def start(self) -> SpineHarness:
         self.broker.start()
+        return self.start_services()
+
+    def start_services(self) -> SpineHarness:
+        """Everything but the broker: the simulated HIS, the catalogue import, the gateways."""
         self.his.start()
         if self.his_http is not None:
             self.his_http.start()

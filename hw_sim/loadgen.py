@@ -172,7 +172,7 @@ class SimDevice:
         self._t_events = topic(cfg.site, device, Channel.EVENTS)
         self._t_ack = topic(cfg.site, device, Channel.ACK)
         self._t_state = topic(cfg.site, device, Channel.STATE)
-        self.client = MqttClient(
+        self.client = self.make_client(
             f"dev-{cfg.site}-{device}",
             will_message=Message(self._t_state, self._state(DeviceStatus.OFFLINE), qos=1, retain=True),
         )
@@ -214,6 +214,10 @@ class SimDevice:
         return ev
 
     # ------------------------------------------------------------ MQTT
+
+    def make_client(self, client_id: str, *, will_message: Message) -> MqttClient:
+        """The device's gmqtt client (a broker cluster's variant: :mod:`hw_sim.cluster_load`)."""
+        return MqttClient(client_id, will_message=will_message)
 
     async def connect(self) -> None:
         await self.client.connect(self.host, self.port, keepalive=self.cfg.keepalive_s)
@@ -570,9 +574,9 @@ class Target:
 
 
 def run_load(cfg: LoadConfig, target: Target, *, during: Callable[[], None] | None = None,
-             during_at_s: float = 0.0) -> dict[str, Any]:
-    """Run the generator against ``target`` and return the figures (one JSON-able dict)."""
-    gen = LoadGenerator(cfg, target.host, target.port)
+             during_at_s: float = 0.0, generator: LoadGenerator | None = None) -> dict[str, Any]:
+    """Run the generator (by default one on ``target``'s broker) and return the figures (one JSON-able dict)."""
+    gen = generator or LoadGenerator(cfg, target.host, target.port)
     pids = {"gateway": target.gateway_pid, "broker": target.broker_pid}
     cpu0 = {k: _proc_cpu_s(p) for k, p in pids.items() if p}
     times = gen.run(during=during, during_at_s=during_at_s)

@@ -1,18 +1,19 @@
 """What is in a cabinet, and its door and lock, as far as the cabinet's events tell.
 
-:func:`cabinet_stock` is the one place the cabinets page and API read stock from. Until the books' stock
-ledger exists it replays the cabinet's ``restocked``, ``returned`` and ``taken`` events: an item is in the
-cabinet after its last ``restocked``/``returned`` and before a later ``taken``. Items that were on the
-shelves before the gateway stored the cabinet's first event are not known here (``since`` says from when
-the picture holds). The books' stock query replaces this function's body and keeps its result type.
+:func:`cabinet_stock` is the one place the cabinets page and API read stock from: the books' stock ledger
+(:mod:`gateway.books.ledger`), which balances every movement of the cabinet: restocks, takes, returns, and
+the counts that correct it. Items on the shelves before the gateway stored the cabinet's first event are known
+once a count records them.
 """
 
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass
 
+from gateway.books.ledger import StockLine as LedgerLine
+from gateway.books.ledger import on_hand
+from gateway.books.projection import catch_up
 from gateway.data.dashboard import CabinetEvent
 from gateway.store import GatewayStore
 
@@ -46,29 +47,23 @@ class DoorState:
     since_ms: int | None
 
 
-def cabinet_stock(store: GatewayStore, device: str) -> CabinetStock:
-    events = store.dashboard.inventory_events(device)
-    present: dict[str, dict[str, str]] = {}
-    for ev in events:
-        body = _body(ev)
-        gtin, serial = body.get("gtin"), body.get("serial")
-        if not isinstance(gtin, str) or not isinstance(serial, str):
-            continue
-        key = f"{gtin}/{serial}"
-        if ev.kind == "taken":
-            present.pop(key, None)
-        else:
-            present[key] = {"gtin": gtin, "lot": str(body.get("lot", "")), "expiry": str(body.get("expiry", ""))}
-    counts = Counter(p["gtin"] for p in present.values())
-    names = store.dashboard.item_names(sorted(counts))
+def cabinet_stock(store: GatewayStore, device: str, *, utc_offset_minutes: int = 480) -> CabinetStock:
+    """The cabinet's stock on hand from the books' stock ledger (:func:`gateway.books.ledger.on_hand`), brought
+    up to date with the stored events first (:func:`gateway.books.projection.catch_up`: only what arrived since
+    the last pass; inside ``spd-gateway run`` the ``stock-ledger`` thread keeps it current)."""
+    catch_up(store, utc_offset_minutes=utc_offset_minutes)
+    by_gtin: dict[str, list[LedgerLine]] = {}
+    for line in on_hand(store, location=device):
+        if line.qty > 0:
+            by_gtin.setdefault(line.gtin, []).append(line)
     lines = []
-    for gtin in sorted(counts):
-        mine = [p for p in present.values() if p["gtin"] == gtin]
-        lots = tuple(sorted({p["lot"] for p in mine if p["lot"]}))
-        expiries = sorted(p["expiry"] for p in mine if p["expiry"])
-        lines.append(StockLine(gtin, names.get(gtin, ""), counts[gtin], lots, expiries[0] if expiries else ""))
-    return CabinetStock(device, tuple(lines), events[0].ts_ms if events else None,
-                        "replayed from the cabinet's restocked, returned and taken events")
+    for gtin in sorted(by_gtin):
+        mine = by_gtin[gtin]
+        lots = tuple(sorted({x.lot for x in mine if x.lot}))
+        expiries = sorted(x.expiry for x in mine if x.expiry)
+        lines.append(StockLine(gtin, mine[0].name, sum(x.qty for x in mine), lots, expiries[0] if expiries else ""))
+    return CabinetStock(device, tuple(lines), None,
+                        "the stock ledger's balance of the cabinet (receipts, restocks, takes, returns and counts)")
 
 
 def door_state(store: GatewayStore, device: str) -> DoorState:

@@ -26,7 +26,6 @@ from gateway.data.catalog import CatalogStore
 from gateway.data.census import CensusStore, StaffStore
 from gateway.data.charges import ChargeStore, OutboxCharge, ReturnOutcome, StoreError
 from gateway.data.dashboard import DashboardStore
-from gateway.data.evidence import EvidenceReads
 from gateway.data.devices import DeviceStore
 from gateway.data.engine import SqliteEngine
 from gateway.data.events import (
@@ -39,6 +38,7 @@ from gateway.data.events import (
     StoredEvent,
     raw_text,
 )
+from gateway.data.evidence import EvidenceReads
 from gateway.data.his_lines import HisLineStore
 from gateway.data.incidents import IncidentStore
 from gateway.data.links import LinkStore

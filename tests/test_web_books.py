@@ -140,3 +140,24 @@ def test_the_books_pages_follow_the_roles(books: Books) -> None:
     fin_home = books.signed_in(Role.FINANCE).get("/").text
     assert 'href="/reconciliation"' in fin_home and 'href="/inspection"' not in fin_home
     assert not [e for e in books.context.audit.entries(limit=100) if e.action == "books_exported"]
+
+
+def test_trace_an_item_and_a_lot_through_the_stock_ledger(books: Books) -> None:
+    insp = books.api(Role.INSPECTOR)
+    item = insp.get("/api/v1/trace", params={"gtin": GTIN, "serial": "S2"}).json()
+    assert [(m["kind"], m["location"]) for m in item["movements"]][:2] == [("restock", CABINET), ("take", CABINET)]
+    assert item["uses"] == [] and not any(s["location"] == CABINET for s in item["on_hand"])
+    lot = insp.get("/api/v1/trace", params={"gtin": GTIN, "lot": "L1"}).json()
+    assert {(s["location"], s["serial"]) for s in lot["on_hand"]} >= {(CABINET, "S1")}
+    assert insp.get("/api/v1/trace", params={"serial": "S2"}).status_code == 400  # a serial without its GTIN
+    assert insp.get("/api/v1/trace", params={"gtin": "123"}).status_code == 422
+    page = books.signed_in(Role.SUPERVISOR).get("/trace", params={"gtin": GTIN, "serial": "S2"})
+    assert page.status_code == 200 and 'id="movements"' in page.text
+    assert books.api(Role.FINANCE).get("/api/v1/trace", params={"admission": "ZY0009"}).status_code == 403
+
+
+def test_the_cabinet_page_shows_the_ledgers_balance(books: Books) -> None:
+    doc = books.api(Role.TECHNICIAN).get(f"/api/v1/cabinets/{CABINET}").json()
+    stock = doc["stock"]
+    assert [(line["gtin"], line["count"]) for line in stock["lines"]] == [(GTIN, 2)]  # S1 and S3; S2 was taken
+    assert "ledger" in stock["source"]

@@ -38,6 +38,7 @@ RECONCILIATION = frozenset({Role.SUPERVISOR, Role.FINANCE, Role.INSPECTOR})
 INSPECTION = frozenset({Role.SUPERVISOR, Role.INSPECTOR})
 SETTLEMENT = frozenset({Role.SUPERVISOR, Role.FINANCE})
 TRACE = frozenset({Role.SUPERVISOR, Role.INSPECTOR})
+BOOK_ALERTS = frozenset({Role.SUPERVISOR, Role.FINANCE, Role.INSPECTOR})
 
 # route -> the roles allowed on it; the application's routes must be exactly these plus PUBLIC
 ROUTE_ROLES: dict[tuple[str, str], frozenset[Role]] = {
@@ -72,6 +73,13 @@ ROUTE_ROLES: dict[tuple[str, str], frozenset[Role]] = {
     ("GET", "/inspection/export"): INSPECTION,
     ("GET", "/api/v1/inspection"): INSPECTION,
     ("GET", "/api/v1/inspection/export"): INSPECTION,
+    ("GET", "/trace"): TRACE,
+    ("GET", "/api/v1/trace"): TRACE,
+    ("GET", "/stock-alerts"): BOOK_ALERTS,
+    ("GET", "/api/v1/stock-alerts"): BOOK_ALERTS,
+    ("GET", "/replenishment"): SUP,
+    ("GET", "/replenishment/export"): SUP,
+    ("GET", "/api/v1/replenishment"): SUP,
 }
 PUBLIC = {("GET", "/login"), ("POST", "/login")}
 JSON_BODIES = {"/api/v1/cabinets/{device}/unlock": {"confirm": CABINET, "seconds": 3},

@@ -22,3 +22,5 @@ SEE_SETTLEMENT: tuple[Role, ...] = (Role.SUPERVISOR, Role.FINANCE)
 SEE_RECONCILIATION: tuple[Role, ...] = (Role.SUPERVISOR, Role.FINANCE, Role.INSPECTOR)
 SEE_INSPECTION: tuple[Role, ...] = (Role.SUPERVISOR, Role.INSPECTOR)  # the inspector's report
 SEE_TRACE: tuple[Role, ...] = (Role.SUPERVISOR, Role.INSPECTOR)  # item, lot or patient to the rest
+SEE_BOOK_ALERTS: tuple[Role, ...] = (Role.SUPERVISOR, Role.FINANCE, Role.INSPECTOR)  # expiry, recalls, documents
+SEE_REPLENISHMENT: tuple[Role, ...] = (Role.SUPERVISOR,)  # the pick lists of the SPD's restocking rounds

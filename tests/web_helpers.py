@@ -49,9 +49,10 @@ def add_cabinet_events(store: GatewayStore, tmp: Path) -> None:
     store.ingest(decode_batch(f"spd/v1/H1/{CABINET}/events", encode_batch("H1", CABINET, events)))
 
 
-def add_parked_charge(store: GatewayStore, charge_id: str, *, admission: str = "ZY0001", serial: str = "S9") -> None:
+def add_parked_charge(store: GatewayStore, charge_id: str, *, admission: str = "ZY0001", serial: str = "S9",
+                      gtin: str = GTIN) -> None:
     with store.charges.batch() as b:
-        b.add_charge(charge_id, "HH01", int(charge_id.rsplit("-", 1)[-1]), admission, f"{GTIN}/{serial}", "{}",
+        b.add_charge(charge_id, "HH01", int(charge_id.rsplit("-", 1)[-1]), admission, f"{gtin}/{serial}", "{}",
                      "MSH|...", time.time())
     store.mark_parked(charge_id, "AE", "admission not known to the HIS")
 

@@ -85,9 +85,17 @@ class DashboardStore:
     def last_event_id(self) -> int:
         return int(self._engine.query("SELECT COALESCE(MAX(id), 0) FROM events")[0][0])
 
+    def gtins_of_item(self, text: str, *, limit: int = 200) -> list[str]:
+        """GTINs of the catalog items whose item code is ``text`` or whose name contains it."""
+        rows = self._engine.query("SELECT gtin FROM catalog WHERE item_code = ? OR name LIKE ? ESCAPE '!' "
+                                  "ORDER BY gtin LIMIT ?", (text, f"%{like_escaped(text)}%", limit))
+        return [str(r[0]) for r in rows]
+
     def search_charges(self, *, admission: str | None = None, gtin: str | None = None, serial: str | None = None,
-                       status: str | None = None, limit: int = 200) -> list[ChargeView]:
-        """Charges newest first, filtered by admission (exact), item GTIN (or its beginning), serial and status.
+                       status: str | None = None, gtins: list[str] | None = None,
+                       limit: int = 200) -> list[ChargeView]:
+        """Charges newest first, filtered by admission (exact), item GTIN (or its beginning), serial, status and
+        a list of GTINs (an item searched by code or name, :meth:`gtins_of_item`).
 
         Only the filters given are in the statement, so SQLite picks the index they allow (``charges_admission``,
         ``charges_status``) instead of walking every charge.
@@ -106,6 +114,9 @@ class DashboardStore:
         if serial is not None:
             where.append("c.item_key LIKE ? ESCAPE '!'")
             params.append("%/" + like_escaped(serial))
+        if gtins is not None:  # one of these items (none: no charge matches)
+            where.append(f"substr(c.item_key, 1, 14) IN ({', '.join('?' * len(gtins)) or 'NULL'})")
+            params.extend(gtins)
         rows = self._engine.query(
             f"SELECT {_CHARGE_COLUMNS} FROM charges c LEFT JOIN catalog k ON k.gtin = substr(c.item_key, 1, 14) "
             f"{'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY c.id DESC LIMIT ?", (*params, limit))

@@ -18,6 +18,10 @@ Threads and what each owns:
   feed over MLLP, kept in the patient census;
 * ``catalog-publisher`` (:class:`CatalogPublisher`, with the fleet link; woken by the ADT listener) — pushes
   the device catalog document again after census changes, debounced;
+* ``notify-watch`` (:class:`IncidentWatch`, lease holder only) and ``notify-email`` / ``notify-webhook``
+  (:class:`NoticeDispatcher`, one per channel in ``[notify]``) — critical alarms as incidents, one notice each
+  (:mod:`gateway.notify`);
+* prometheus-client's HTTP server thread (only with ``[metrics]``) — ``/metrics`` (:mod:`gateway.metrics`);
 * ``web`` (:class:`gateway.web.server.WebServer`, only with ``[web] enabled``) — uvicorn serving the
   supervisor's screen and its API over the same store (docs/web.md);
 * the main thread — start-up, signals, shutdown.
@@ -36,7 +40,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Literal
@@ -55,6 +59,9 @@ from gateway.his.sender import HisSender
 from gateway.ingest import IngestService
 from gateway.lease import Leadership
 from gateway.linking import DEFAULT_WINDOW_S, LinkWatch
+from gateway.metrics import DEFAULT_OFFLINE_AFTER_S, GatewayMetrics
+from gateway.notify import Notifier
+from gateway.notify_settings import NotifySettings
 from gateway.store import GatewayStore
 from gateway.web.settings import WEB_OFF, WebConfig
 from spd_common.heartbeat import HeartbeatRegistry
@@ -93,6 +100,9 @@ class GatewayConfig:
     adt_port: int | None = None  # None = no ADT listener
     discharge_grace_s: float = 86400.0  # charges for a stay are still accepted this long after discharge
     not_linked_within_s: float = DEFAULT_WINDOW_S  # a cabinet take not charged on any device by then: one alarm
+    metrics_listen: str | None = None  # host:port of the /metrics HTTP server; None: not served
+    metrics_offline_after_s: float = DEFAULT_OFFLINE_AFTER_S  # silent this long: counted offline in the metrics
+    notify: NotifySettings = field(default_factory=NotifySettings)  # incident checks and notice channels
     web: WebConfig = WEB_OFF  # the supervisor's screen; served by `run` too when web.enabled
 
 
@@ -135,6 +145,10 @@ class Gateway:
             sending_facility=config.sending_facility, receiving_facility=config.facility
         )
         lanes = 1 if adapter is not None else config.his_lanes
+        # a scrape reads on its own connection: in WAL mode it neither waits for nor holds up the loops' writes
+        self.metrics_store = GatewayStore(config.db_path, synchronous="NORMAL")
+        self.metrics = GatewayMetrics(self.metrics_store, lanes=lanes, protocol=config.his_protocol,
+                                      offline_after_s=config.metrics_offline_after_s)
         self.senders = [
             HisSender(
                 self.store,
@@ -144,6 +158,7 @@ class Gateway:
                 lane=lane,
                 lanes=lanes,
                 heartbeats=self.heartbeats,
+                on_round_trip=self.metrics.round_trip_observer(lane),
             )
             for lane in range(lanes)
         ]
@@ -169,6 +184,9 @@ class Gateway:
                                heartbeats=self.heartbeats) if config.adt_port is not None else None
         self.link_watch = LinkWatch(self.store, window_s=config.not_linked_within_s,
                                     may_run=self.leadership.is_leader, heartbeats=self.heartbeats)
+        self.notifier = Notifier(self.store, config.notify, gateway=config.client_id, his_lanes=lambda: self.senders,
+                                 may_run=self.leadership.is_leader, heartbeats=self.heartbeats)
+        self.metrics.watch(self)
         self.web: WebServerType | None = None
         self._stopped = threading.Event()
 
@@ -186,11 +204,14 @@ class Gateway:
             sender.notify()
 
     def start(self) -> Gateway:
+        if self.config.metrics_listen is not None:  # first: a port taken stops the start before any loop runs
+            self.metrics.serve(self.config.metrics_listen)
         self.leadership.start()
         self.charging.start()
         for sender in self.senders:
             sender.start()
         self.link_watch.start()
+        self.notifier.start()
         self.ingest.start()
         if self.fleet_link is not None:
             self.fleet_link.start()
@@ -208,6 +229,7 @@ class Gateway:
         return self
 
     def stop(self) -> None:
+        self.metrics.stop()
         if self.web is not None:
             self.web.stop()
         if self.adt is not None:
@@ -221,7 +243,9 @@ class Gateway:
         for sender in self.senders:
             sender.stop()
         self.link_watch.stop()
+        self.notifier.stop()
         self.leadership.stop()
+        self.metrics_store.close()
         self.store.close()
         self._stopped.set()
 

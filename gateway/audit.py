@@ -49,6 +49,7 @@ class AuditAction(StrEnum):
     CATALOG_IMPORTED = "catalog_imported"  # prices and charge codes changed
     RECALLS_IMPORTED = "recalls_imported"
     LOT_EXPIRY_IMPORTED = "lot_expiry_imported"
+    HIS_LINES_IMPORTED = "his_lines_imported"  # the HIS's charge lines for reconciliation
     WEB_SIGN_IN = "web_sign_in"  # the supervisor's screen: outcome ok or failed (with why)
     WEB_SIGN_OUT = "web_sign_out"
     CHARGE_RESENT = "charge_resent"  # a parked charge put back in the HIS outbox (screen or API)
@@ -57,6 +58,10 @@ class AuditAction(StrEnum):
     WEB_ACCOUNT_CHANGED = "web_account_changed"  # spd-gateway user add/passwd/disable
     API_TOKEN_CHANGED = "api_token_changed"  # spd-gateway web-token create/revoke
     AUDIT_CHAINED = "audit_chained"  # rows written before the hash chain existed were chained on upgrade
+    INCIDENT_OPENED = "incident_opened"  # a critical alarm became an incident (gateway/notify.py)
+    INCIDENT_RESOLVED = "incident_resolved"  # its condition cleared, or a person closed it
+    NOTICE_SENT = "notice_sent"  # an incident notice delivered after failed attempts
+    NOTICE_FAILED = "notice_failed"  # an incident notice not delivered: first failure, or given up
 
 
 @dataclass(frozen=True, slots=True)

@@ -225,33 +225,24 @@ def write_catalog_csv(rows: Sequence[CatalogRow]) -> str:
 
 
 def parse_recall_table(table: Table) -> tuple[list[RecalledLot], list[RowError]]:
-    header, rows = table
-    names, problem = _check_header(header, RECALL_COLUMNS, RECALL_OPTIONAL_COLUMNS)
-    if problem is not None:
-        return [], [problem]
-    lots: list[RecalledLot] = []
-    errors: list[RowError] = []
-    for line, values in rows:
-        rec = _record(names, values)
-        gtin = _gtin(rec.get("gtin"))
-        lot = _text(rec.get("lot"))
-        recalled_on = rec.get("recalled_on")
-        on = recalled_on.date().isoformat() if isinstance(recalled_on, dt.datetime) else _text(recalled_on)
-        row_errors = []
-        if gtin is None:
-            row_errors.append(RowError(line, "gtin", f"not a valid GTIN: {_shown(rec.get('gtin'))}"))
-        if not lot:
-            row_errors.append(RowError(line, "lot", f"empty (use {ALL_LOTS} to recall every lot)"))
-        if on:
-            try:
-                dt.date.fromisoformat(on)
-            except ValueError:
-                row_errors.append(RowError(line, "recalled_on", f"expected YYYY-MM-DD, got {on!r}"))
-        if row_errors or gtin is None:
-            errors.extend(row_errors)
-            continue
-        lots.append(RecalledLot(gtin, lot, _text(rec.get("reason")), on))
-    return lots, errors
+    return parse_table(table, RECALL_COLUMNS, RECALL_OPTIONAL_COLUMNS, _recalled_lot)
+
+
+def _recalled_lot(line: int, rec: dict[str, Any], errors: list[RowError]) -> RecalledLot | None:
+    gtin = _gtin(rec.get("gtin"))
+    lot = _text(rec.get("lot"))
+    recalled_on = rec.get("recalled_on")
+    on = recalled_on.date().isoformat() if isinstance(recalled_on, dt.datetime) else _text(recalled_on)
+    if gtin is None:
+        errors.append(RowError(line, "gtin", f"not a valid GTIN: {_shown(rec.get('gtin'))}"))
+    if not lot:
+        errors.append(RowError(line, "lot", f"empty (use {ALL_LOTS} to recall every lot)"))
+    if on:
+        try:
+            dt.date.fromisoformat(on)
+        except ValueError:
+            errors.append(RowError(line, "recalled_on", f"expected YYYY-MM-DD, got {on!r}"))
+    return None if gtin is None else RecalledLot(gtin, lot, _text(rec.get("reason")), on)
 
 
 def read_recall_file(path: Path) -> tuple[list[RecalledLot], list[RowError]]:

@@ -205,12 +205,14 @@ class ChargingWorker:
     def _standing_charge(db: ChargingBatch, item_key: str, stored: StoredEvent) -> StandingCharge | None:
         """The latest charge of this item that the return can be about: (charge id, status, line).
 
-        Of another device: one from an event stored before the return. Of the return's own device: one it
-        recorded before the return, whenever it was stored (in the same batch or later: see
+        Of another device: one from an event stored before the return, and used no later than the return
+        happened by the devices' clocks (a restock made before the use, delivered late, is not its return).
+        Of the return's own device: one it recorded before the return, whenever it was stored (in the same
+        batch or later: see
         `_credit_earlier_returns`), and never one it recorded after it (that charge is a later use of an
         item the return had already brought back, even if its batch reached the gateway first).
         """
-        return db.standing_charge(item_key, stored.event.device, stored.event.seq, stored.id)
+        return db.standing_charge(item_key, stored.event.device, stored.event.seq, stored.id, stored.event.ts_ms)
 
     def _settle_return(
         self, db: ChargingBatch, ev: Event, item_key: str, reason: str, restocked: bool, operator: str,

@@ -10,8 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway import fieldops_cli
+from gateway import fieldops_cli, notify_cli
 from gateway.audit import AuditAction, AuditLog
+from gateway.books import cli as books_cli
 from gateway.catalog import (
     CatalogImportError,
     import_catalog,
@@ -23,7 +24,7 @@ from gateway.data.engine import SqliteEngine
 from gateway.data.migrations import MigrationError, current_version, migrate, pending
 from gateway.data.schema import MIGRATIONS
 from gateway.store import GatewayStore
-from spd_common.logsetup import add_verbose_flag, run_command
+from spd_common.logsetup import add_verbose_flag, run_command, service_logging
 
 
 def _run(a: argparse.Namespace) -> int:
@@ -31,6 +32,7 @@ def _run(a: argparse.Namespace) -> int:
     from gateway.app import Gateway
     from gateway.config import check_files, config_from_args, describe
     from gateway.his.adapter import HisConfigError
+    from gateway.metrics import MetricsServeError
     from spd_common.toml_config import ConfigError
 
     try:
@@ -46,7 +48,11 @@ def _run(a: argparse.Namespace) -> int:
     except HisConfigError as err:
         print(f"configuration error: his: {err}", file=sys.stderr)
         return 2
-    gateway.run_forever()
+    try:
+        gateway.run_forever()
+    except MetricsServeError as err:
+        print(f"configuration error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -241,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     svc = sub.add_parser("service", help="the same as run (kept for systemd units that name it)")
     add_arguments(svc)
     svc.set_defaults(func=_run)
+    service_logging(run)
+    service_logging(svc)
 
     cat = sub.add_parser("catalog-import", help="import the item dictionary from CSV or XLSX (by extension)")
     cat.add_argument("--db", type=Path, required=True, help="the gateway store (SQLite)")
@@ -310,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     mig.set_defaults(func=_migrate)
 
     fieldops_cli.register(sub)
+    notify_cli.register(sub)
+    books_cli.register(sub)
     from gateway.web import cli as web_cli  # the screen's commands; FastAPI itself is imported only by `web`
 
     web_cli.register(sub)

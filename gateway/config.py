@@ -23,6 +23,10 @@ neither is set). Sections::
                   required with [broker.tls]: the broker makes each connection's client id its certificate's name)
     [adt]         host, port (absent: no ADT listener), discharge_grace_s
     [alarms]      not_linked_within_s (a cabinet take charged on no device by then raises one alarm)
+    [metrics]     enabled, listen ("host:port", default 127.0.0.1:9108), offline_after_s (docs/metrics.md)
+    [notify]      offline_after_s, his_down_after_s, check_every_s, retry_first_s, retry_max_s, give_up_after_s;
+                  [notify.smtp] host, port, starttls, ca_file, username, password_file | password_env, from, to,
+                  timeout_s; [notify.webhook] url, secret_file | secret_env, ca_file, timeout_s (docs/notify.md)
     [web]         enabled, host, port, cert_file, key_file, session_lifetime_s, login_attempts, login_window_s,
                   offline_after_s, utc_offset_minutes (the supervisor's screen, gateway/web/settings.py)
 
@@ -189,6 +193,12 @@ def parse_gateway_config(doc: Mapping[str, Any], *, source: str = "<config>",
             out["not_linked_within_s"] = al.get_float("not_linked_within_s", min=60.0, max=7 * 86400.0)
         al.done()
 
+    m = top.section("metrics", optional=True)
+    if m is not None:
+        _metrics_section(m, out)
+    n = top.section("notify", optional=True)
+    if n is not None:
+        out["notify"] = _notify_section(n, base, source)
     w = top.section("web", optional=True)
     if w is not None:
         from gateway.web.settings import parse_web_section
@@ -197,6 +207,90 @@ def parse_gateway_config(doc: Mapping[str, Any], *, source: str = "<config>",
 
     top.done()
     return out
+
+
+def _listen(s: Section, name: str) -> str:
+    from gateway.metrics import parse_listen
+
+    v = str(s.get_str(name))
+    try:
+        parse_listen(v)
+    except ValueError as err:
+        raise s.error(name, str(err)) from None
+    return v
+
+
+def _metrics_section(m: Section, out: dict[str, Any]) -> None:
+    """``[metrics]``: the section switches the /metrics server on (``enabled = false`` keeps it off)."""
+    from gateway.metrics import DEFAULT_LISTEN
+
+    listen = _listen(m, "listen") if m.has("listen") else DEFAULT_LISTEN
+    if m.get_bool("enabled", True):
+        out["metrics_listen"] = listen
+    if m.has("offline_after_s"):
+        out["metrics_offline_after_s"] = m.get_float("offline_after_s", min=5.0, max=30 * 86400.0)
+    m.done()
+
+
+def _secret(s: Section, base: Path, source: str, stem: str, *, required: bool) -> str | None:
+    """``{stem}_file`` or ``{stem}_env``: a secret from a file (not readable by everyone) or the environment."""
+    f, e = f"{stem}_file", f"{stem}_env"
+    if s.has(f) and s.has(e):
+        raise s.error(e, f"give {f} or {e}, not both")
+    if s.has(f):
+        return read_secret_file(_path(s, f, base), source=source, key=s.key(f))
+    if s.has(e):
+        return _secret_from_env(s.get_str(e, pattern=_ENV_NAME), source=source, key=s.key(e), required=True)
+    if required:
+        raise s.error(f, f"is required (or {e})")
+    return None
+
+
+def _notify_section(n: Section, base: Path, source: str) -> Any:
+    from gateway.notify_settings import NotifySettings, SmtpSettings, WebhookSettings
+
+    kw: dict[str, Any] = {}
+    for name, lo, hi in (("offline_after_s", 30.0, 30 * 86400.0), ("his_down_after_s", 10.0, 7 * 86400.0),
+                         ("check_every_s", 0.2, 600.0), ("retry_first_s", 0.1, 3600.0),
+                         ("retry_max_s", 1.0, 86400.0), ("give_up_after_s", 60.0, 30 * 86400.0)):
+        if n.has(name):
+            kw[name] = n.get_float(name, min=lo, max=hi)
+    sm = n.section("smtp", optional=True)
+    if sm is not None:
+        to = sm.get_list("to")
+        if not to or not all(isinstance(a, str) and "@" in a for a in to):
+            raise sm.error("to", "must be a list of e-mail addresses")
+        sender = sm.get_str("from")
+        if "@" not in sender:
+            raise sm.error("from", f"{sender!r} is not an e-mail address")
+        username = sm.get_str("username") if sm.has("username") else None
+        password = _secret(sm, base, source, "password", required=username is not None)
+        kw["smtp"] = SmtpSettings(
+            host=sm.get_str("host", pattern=_HOST), sender=sender, recipients=tuple(to),
+            port=sm.get_int("port", 25, min=1, max=65535), starttls=sm.get_bool("starttls", False),
+            ca_file=str(_path(sm, "ca_file", base)) if sm.has("ca_file") else None,
+            username=username, password=password, timeout_s=sm.get_float("timeout_s", 10.0, min=0.5, max=300.0))
+        if password is not None and not kw["smtp"].starttls:
+            raise sm.error("starttls", "a password goes only over STARTTLS: set starttls = true")
+        sm.done()
+    wh = n.section("webhook", optional=True)
+    if wh is not None:
+        url = wh.get_str("url")
+        if not url.startswith(("http://", "https://")):
+            raise wh.error("url", f"{url!r} is not an http:// or https:// URL")
+        secret = _secret(wh, base, source, "secret", required=True)
+        assert secret is not None
+        if wh.has("ca_file") and not url.startswith("https://"):
+            raise wh.error("ca_file", "only with an https:// url")
+        kw["webhook"] = WebhookSettings(url=url, secret=secret,
+                                        timeout_s=wh.get_float("timeout_s", 5.0, min=0.5, max=120.0),
+                                        ca_file=str(_path(wh, "ca_file", base)) if wh.has("ca_file") else None)
+        wh.done()
+    n.done()
+    settings = NotifySettings(**kw)
+    if settings.retry_first_s > settings.retry_max_s:
+        raise n.error("retry_first_s", "must not be more than retry_max_s")
+    return settings
 
 
 def read_gateway_file(path: str | Path) -> dict[str, Any]:
@@ -288,6 +382,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--not-linked-within", type=float, default=None, metavar="SECONDS",
                    help="a cabinet take charged on no device this long after is one not_linked alarm "
                         "([alarms] not_linked_within_s; default 1800)")
+    p.add_argument("--metrics-listen", default=None, metavar="HOST:PORT",
+                   help="serve the Prometheus metrics at http://HOST:PORT/metrics ([metrics] listen; default: "
+                        "not served without a [metrics] section)")
 
 
 def _tls_flags(a: argparse.Namespace) -> TlsSettings | None:
@@ -309,6 +406,18 @@ def _fleet_tls_flags(a: argparse.Namespace, tls: TlsSettings | None) -> TlsSetti
     return TlsSettings(tls.ca_file, str(a.fleet_tls_cert), str(a.fleet_tls_key))
 
 
+def _listen_flag(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from gateway.metrics import parse_listen
+
+    try:
+        parse_listen(value)
+    except ValueError as err:
+        raise ConfigError("<command line>", "--metrics-listen", str(err)) from None
+    return value
+
+
 def config_from_args(a: argparse.Namespace) -> GatewayConfig:
     """The effective configuration of ``spd-gateway run``: ``--config`` (if any), overridden by the flags."""
     file_fields = read_gateway_file(a.config) if a.config is not None else {}
@@ -325,6 +434,7 @@ def config_from_args(a: argparse.Namespace) -> GatewayConfig:
         "his_lanes": a.his_lanes, "facility": a.facility, "sending_facility": a.sending_facility,
         "lease_ttl_s": a.lease_ttl, "adt_host": a.adt_host, "adt_port": a.adt_port,
         "discharge_grace_s": a.discharge_grace, "not_linked_within_s": a.not_linked_within,
+        "metrics_listen": _listen_flag(a.metrics_listen),
     }
     if overrides["his_protocol"] == "mllp" and file_fields.get("his_protocol") == "http":
         # switching protocol on the command line drops the file's HTTP settings with it

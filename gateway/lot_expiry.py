@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.catalog import RowError, Table, _check_header, _gtin, _record, _shown, _text, read_table
+from gateway.catalog import RowError, Table, _gtin, _shown, _text, parse_table, read_table
 from gateway.data.catalog import LotExpiryRow
 from gateway.store import GatewayStore
 
@@ -29,16 +29,9 @@ class LotExpiry:
 
 
 def parse_expiry_table(table: Table) -> tuple[list[LotExpiry], list[RowError]]:
-    header, rows = table
-    names, problem = _check_header(header, EXPIRY_COLUMNS, ())
-    if problem is not None:
-        return [], [problem]
-    out: list[LotExpiry] = []
-    errors: list[RowError] = []
     seen: set[tuple[str, str]] = set()
-    for line, values in rows:
-        rec = _record(names, values)
-        before = len(errors)
+
+    def lot_expiry(line: int, rec: dict[str, Any], errors: list[RowError]) -> LotExpiry | None:
         gtin = _gtin(rec.get("gtin"))
         if gtin is None:
             errors.append(RowError(line, "gtin", f"not a valid GTIN: {_shown(rec.get('gtin'))}"))
@@ -50,11 +43,9 @@ def parse_expiry_table(table: Table) -> tuple[list[LotExpiry], list[RowError]]:
             errors.append(RowError(line, "expiry", f"not a date (YYYY-MM-DD): {_shown(rec.get('expiry'))}"))
         if gtin is not None and (gtin, lot) in seen:
             errors.append(RowError(line, "lot", f"lot {lot} of {gtin} listed twice"))
-        if len(errors) > before or gtin is None or expiry is None:
-            continue
-        seen.add((gtin, lot))
-        out.append(LotExpiry(gtin, lot, expiry))
-    return out, errors
+        return None if gtin is None or expiry is None else LotExpiry(gtin, lot, expiry)
+
+    return parse_table(table, EXPIRY_COLUMNS, (), lot_expiry, accepted=lambda e: seen.add((e.gtin, e.lot)))
 
 
 def read_expiry_file(path: Path) -> tuple[list[LotExpiry], list[RowError]]:

@@ -21,6 +21,7 @@ from typing import Any
 
 from gateway.data.accounts import AccountStore
 from gateway.data.audit import AuditStore
+from gateway.data.books_reads import BooksReads
 from gateway.data.catalog import CatalogStore
 from gateway.data.census import CensusStore, StaffStore
 from gateway.data.charges import ChargeStore, OutboxCharge, ReturnOutcome, StoreError
@@ -37,10 +38,15 @@ from gateway.data.events import (
     StoredEvent,
     raw_text,
 )
+from gateway.data.his_lines import HisLineStore
+from gateway.data.incidents import IncidentStore
 from gateway.data.links import LinkStore
 from gateway.data.migrations import MigrationReport, migrate
+from gateway.data.monitoring import MonitoringQueries
 from gateway.data.reports import store_counts
 from gateway.data.schema import MIGRATIONS
+from gateway.data.stock import StockStore
+from gateway.data.terms import TermsStore
 from spd_common.wire import Batch, DeviceState
 
 __all__ = [
@@ -73,6 +79,12 @@ class GatewayStore:
         self.staff = StaffStore(self._engine)
         self.audit = AuditStore(self._engine)
         self.links = LinkStore(self._engine)
+        self.terms = TermsStore(self._engine)
+        self.stock = StockStore(self._engine)
+        self.incidents = IncidentStore(self._engine)
+        self.monitoring = MonitoringQueries(self._engine)
+        self.his_lines = HisLineStore(self._engine)
+        self.books = BooksReads(self._engine)
         self.accounts = AccountStore(self._engine)
         self.dashboard = DashboardStore(self._engine)
 

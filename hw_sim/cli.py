@@ -17,6 +17,8 @@ COMMANDS = {
     "chaos": "hw_sim.chaos",
     "fuzz": "hw_sim.fuzz",
     "load": "hw_sim.loadgen",
+    "month": "hw_sim.month",
+    "his-export": "hw_sim.his_books",
     "cabinet-bench": "hw_sim.cabinet_bench",
     "camera-bench": "hw_sim.camera_bench",
 }

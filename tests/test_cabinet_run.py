@@ -11,38 +11,19 @@ from device.commands.run import run
 from device.eventlog import EventLog
 from hw_sim.pty_serial import PtyPort
 from hw_sim.rfid_reader import SimR2000Reader
-from spd_common.allowlist import Badge, Role, write_allowlist
 
 from conftest import LogWatch, wait_for
+from device_configs import cabinet_config
 
 
 def test_run_command_grants_a_badge_read_from_the_badge_reader(tmp_path: Path) -> None:
     reader = SimR2000Reader(tags_per_s=3000)
     reader.add_tag("3035A875440B5E00000F4247", antennas=(1,))
     scanner = PtyPort(name="ttyScan0")
-    write_allowlist(tmp_path / "allow.json", [Badge("04A1B2C3", "N0001", Role.NURSE)])
-    cfg = tmp_path / "cab.toml"
-    cfg.write_text(f"""
-[device]
-id = "CABRUN"
-site = "H1"
-data_dir = "data"
-[broker]
-port = 1
-[cabinet]
-dept = "ICU-2"
-pin_factory = "sim"
-allowlist_file = "allow.json"
-[[cabinet.doors]]
-name = "door"
-lock_pin = 5
-door_pin = 6
-[cabinet.reader]
-url = "{reader.url}"
-timeout_s = 0.3
+    cfg = cabinet_config(tmp_path, "CABRUN", reader.url, more=f"""
 [cabinet.scanners]
 badge_port = "{scanner.url}"
-""", encoding="utf-8")
+""")
     stop = threading.Event()
     t = threading.Thread(target=run, args=(cfg,), kwargs={"stop": stop}, daemon=True)
     scanners = LogWatch("device.hal.scanner")
@@ -96,29 +77,10 @@ def test_the_running_cabinet_checks_scans_against_the_catalog_its_remote_install
     monkeypatch.setattr(device.remote_wiring, "build_remote", build)
     reader = SimR2000Reader(tags_per_s=3000)
     (tmp_path / "command-key.pem").write_bytes(public_key_pem(Ed25519PrivateKey.generate()))
-    write_allowlist(tmp_path / "allow.json", [Badge("04A1B2C3", "N0001", Role.NURSE)])
-    cfg = tmp_path / "cab.toml"
-    cfg.write_text(f"""
-[device]
-id = "CABCAT"
-site = "H1"
-data_dir = "data"
-[broker]
-port = 1
+    cfg = cabinet_config(tmp_path, "CABCAT", reader.url, more="""
 [remote]
 command_key_file = "command-key.pem"
-[cabinet]
-dept = "ICU-2"
-pin_factory = "sim"
-allowlist_file = "allow.json"
-[[cabinet.doors]]
-name = "door"
-lock_pin = 5
-door_pin = 6
-[cabinet.reader]
-url = "{reader.url}"
-timeout_s = 0.3
-""", encoding="utf-8")
+""")
     stop = threading.Event()
     stop.set()  # assemble, start and stop at once
     try:

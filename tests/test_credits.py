@@ -419,3 +419,23 @@ def test_return_recorded_before_a_later_use_is_not_matched_to_it(store: GatewayS
     gateway.settle()
     assert gateway.returned(back)[:3] == ("credited", "", gateway.charge_id(("CB01", used.seq)))
     assert len(his.credits()) == 1
+
+
+def test_a_restock_made_before_the_use_and_delivered_late_is_not_a_return(store: GatewayStore,
+                                                                          his: HisUnderTest) -> None:
+    """A cabinet offline for a while sends its restock of an item after a handheld charged that item; the restock
+    happened first (by the devices' clocks), so the charge stands. A later put-back is a return."""
+    gateway, cab, hh = Gateway(store, his), Handheld(store, "CB01"), Handheld(store, "HH01")
+    restock = cab.make(EventKind.RESTOCKED, cabinet_item("SN1", role="restocker"))  # CB01 seq 1: T0 + 1 min
+    hh.emit(EventKind.ACCESS, {"badge": "B1", "outcome": "granted"})
+    hh.emit(EventKind.ACCESS, {"badge": "B1", "outcome": "granted"})
+    used = hh.consume("SN1")  # HH01 seq 3: T0 + 3 min
+    gateway.settle()
+    store.ingest(Batch("CB01", "H1", [restock]))  # the cabinet comes back online
+    gateway.settle()
+    assert store._engine.query("SELECT COUNT(*) FROM returns")[0][0] == 0 and his.credits() == []
+    for _ in range(3):
+        cab.emit(EventKind.ACCESS, {"badge": "B2", "outcome": "granted"})
+    back = cab.emit(EventKind.RETURNED, cabinet_item("SN1"))  # CB01 seq 5: T0 + 5 min, after the use
+    gateway.settle()
+    assert gateway.returned(back)[:3] == ("credited", "", gateway.charge_id(used))

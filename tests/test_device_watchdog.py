@@ -26,6 +26,7 @@ from spd_common.heartbeat import HeartbeatRegistry
 from spd_common.sdnotify import Watchdog
 from spd_common.wire import Channel, topic
 
+from device_configs import cabinet_config
 from watchdog_helpers import FakeClock, NotifySocket, Wedge, assert_pings_stop_naming
 
 LOOPS = ["cabinet-loop", "cabinet-reader", "sync-sender", "sync-mqtt", "device-main"]
@@ -45,28 +46,7 @@ def test_a_wedged_cabinet_loop_stops_the_pings_and_is_named(loop: str, tmp_path:
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     reader = SimR2000Reader(tags_per_s=3000)
     reader.add_tag("3035A875440B5E00000F4247", antennas=(1,))
-    write_allowlist(tmp_path / "allow.json", [Badge("04A1B2C3", "N0001", Role.NURSE)])
-    cfg = tmp_path / "cab.toml"
-    cfg.write_text(f"""
-[device]
-id = "CABWD"
-site = "H1"
-data_dir = "data"
-[broker]
-port = {broker.port}
-[cabinet]
-dept = "ICU-2"
-pin_factory = "sim"
-allowlist_file = "allow.json"
-[[cabinet.doors]]
-name = "door"
-lock_pin = 5
-door_pin = 6
-[cabinet.reader]
-url = "{reader.url}"
-timeout_s = 0.3
-poll_s = 0.1
-""", encoding="utf-8")
+    cfg = cabinet_config(tmp_path, "CABWD", reader.url, broker_port=broker.port, reader_extra="poll_s = 0.1")
     wedge = Wedge()
     # each loop hangs in a call only it makes (a deadlocked handler, a stuck read ...)
     monkeypatch.setattr(Cabinet, "tick", wedge.hang_if("cabinet-loop", Cabinet.tick))
@@ -74,6 +54,19 @@ poll_s = 0.1
     monkeypatch.setattr(DeviceSync, "_send_some", wedge.hang_if("sync-sender", DeviceSync._send_some))
     monkeypatch.setattr(DeviceSync, "_on_message", wedge.hang_if("sync-mqtt", DeviceSync._on_message))
     monkeypatch.setattr(EventLog, "prune", wedge.hang_if("device-main", EventLog.prune))
+    try:
+        # started, and the baseline count done
+        wedge_a_running_device(cfg, "CABWD", LOOPS, loop, wedge, broker, notify,
+                               ready=lambda: (tmp_path / "data" / "inventory.json").exists())
+    finally:
+        reader.close()
+
+
+def wedge_a_running_device(cfg: Path, device: str, loops: list[str], loop: str, wedge: Wedge,
+                           broker: MosquittoBroker, notify: NotifySocket,
+                           ready: Callable[[], bool] = lambda: True) -> None:
+    """Run ``spd-device run`` on ``cfg`` until its ``loops`` beat and ``ready``, wedge ``loop``, and see the
+    pings stop naming it; then release it and see the device stop with every heartbeat gone."""
     clock = FakeClock()
     heartbeats = HeartbeatRegistry(clock=clock)
     stop = threading.Event()
@@ -82,14 +75,13 @@ poll_s = 0.1
     watchdog = Watchdog(lambda: True, interval_s=0.05, heartbeats=heartbeats).start()
     try:
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not (
-                (tmp_path / "data" / "inventory.json").exists() and sorted(heartbeats.names()) == sorted(LOOPS)):
-            time.sleep(0.02)  # started, and the baseline count done
-        assert sorted(heartbeats.names()) == sorted(LOOPS)
+        while time.monotonic() < deadline and not (ready() and sorted(heartbeats.names()) == sorted(loops)):
+            time.sleep(0.02)
+        assert sorted(heartbeats.names()) == sorted(loops)
         wedge.target = loop
         if loop == "sync-mqtt":  # a message (an ack) whose handler never returns, on paho's network thread
             for _ in range(40):
-                mqtt_publish.single(topic("H1", "CABWD", Channel.ACK), b"{}", qos=1, hostname="127.0.0.1",
+                mqtt_publish.single(topic("H1", device, Channel.ACK), b"{}", qos=1, hostname="127.0.0.1",
                                     port=broker.port)
                 if wedge.entered.wait(0.5):
                     break
@@ -99,7 +91,6 @@ poll_s = 0.1
         stop.set()
         t.join(20)
         watchdog.stop()
-        reader.close()
     assert not t.is_alive()
     assert heartbeats.names() == []
 
@@ -146,29 +137,4 @@ screen = "off"
                                                         EventLog.backlog))
     monkeypatch.setattr(DeviceSync, "_send_some", wedge.hang_if("sync-sender", DeviceSync._send_some))
     monkeypatch.setattr(DeviceSync, "_on_message", wedge.hang_if("sync-mqtt", DeviceSync._on_message))
-    clock = FakeClock()
-    heartbeats = HeartbeatRegistry(clock=clock)
-    stop = threading.Event()
-    t = threading.Thread(target=run, args=(cfg,), kwargs={"stop": stop, "heartbeats": heartbeats}, daemon=True)
-    t.start()
-    watchdog = Watchdog(lambda: True, interval_s=0.05, heartbeats=heartbeats).start()
-    try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and sorted(heartbeats.names()) != sorted(HANDHELD_LOOPS):
-            time.sleep(0.02)
-        assert sorted(heartbeats.names()) == sorted(HANDHELD_LOOPS)
-        wedge.target = loop
-        if loop == "sync-mqtt":  # a message (an ack) whose handler never returns, on paho's network thread
-            for _ in range(40):
-                mqtt_publish.single(topic("H1", "HHWD", Channel.ACK), b"{}", qos=1, hostname="127.0.0.1",
-                                    port=broker.port)
-                if wedge.entered.wait(0.5):
-                    break
-        assert_pings_stop_naming(watchdog, heartbeats, notify, clock, wedge, loop)
-    finally:
-        wedge.release.set()
-        stop.set()
-        t.join(20)
-        watchdog.stop()
-    assert not t.is_alive()
-    assert heartbeats.names() == []
+    wedge_a_running_device(cfg, "HHWD", HANDHELD_LOOPS, loop, wedge, broker, notify)

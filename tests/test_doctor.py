@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from device.cli import main as device_main
-from device.commands.doctor import Status, format_report, run_checks
+from device.commands.doctor import Status, check_certificate, format_report, run_checks
 from device.commands.provision import provision
 from device.config import load_config
 from device.eventlog import EventLog
@@ -176,3 +176,22 @@ wedge_devices = ["{tmp_path / 'no-such-event-device'}"]
     assert "USB HID scanner" in serial[0].message and "does not exist" in serial[0].message
     gpio = check_gpio(cfg)
     assert gpio.status is Status.OK and "buzzer 22" in gpio.message
+
+
+def test_an_unfinished_renewal_or_enrolment_is_reported(site: tuple[SecureBroker, EnrolmentService, EnrolmentTokens],
+                                                        tmp_path: Path) -> None:
+    from device.commands.provision import PENDING_KEY_FILE
+    from device.credentials import PENDING_SUFFIX
+
+    cfg_path = _device(site, tmp_path, "CAB07")
+    cfg = load_config(cfg_path)
+    assert cfg.broker.tls is not None
+    Path(cfg.broker.tls.key_file + PENDING_SUFFIX).write_bytes(b"a key whose certificate never came")
+    found = check_certificate(cfg)
+    assert found.status.value == "WARN" and "renewal did not finish" in found.message
+    missing = tmp_path / "other" / "device.toml"
+    missing.parent.mkdir()
+    (missing.parent / PENDING_KEY_FILE).write_bytes(b"the key of an enrolment with no answer")
+    _, findings = run_checks(missing)
+    assert [(f.check, f.status.value) for f in findings] == [("config", "FAIL")]
+    assert "enrolment did not finish" in findings[0].message and "same token" in findings[0].hint

@@ -20,6 +20,7 @@ from gateway.app import Gateway, GatewayConfig
 from gateway.commands import generate_signing_key
 from gateway.his.adapter import HisOutcome, HisResult, RetryReason
 from gateway.his.sender import LANE_DEADLINE_S, HisSender
+from gateway.notify_settings import NotifySettings
 from gateway.store import GatewayStore
 from hw_sim.broker import MosquittoBroker
 from spd_common.heartbeat import HeartbeatRegistry
@@ -50,7 +51,7 @@ def notify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[NotifySo
 
 
 LOOPS = ["ingest-mqtt", "fleet-mqtt", "charging", "his-sender-0", "lease", "link-watch", "adt-accept",
-         "catalog-publisher"]
+         "catalog-publisher", "notify-watch"]
 
 
 class StuckAccept:
@@ -71,7 +72,8 @@ def test_a_wedged_gateway_loop_stops_the_pings_and_is_named(loop: str, tmp_path:
     clock = FakeClock()
     heartbeats = HeartbeatRegistry(clock=clock)
     cfg = GatewayConfig(db_path=tmp_path / "gw.db", broker_port=broker.port, lease_ttl_s=1.5,
-                        signing_key=tmp_path / "command-signing.key", not_linked_within_s=0.4, adt_port=0)
+                        signing_key=tmp_path / "command-signing.key", not_linked_within_s=0.4, adt_port=0,
+                        notify=NotifySettings(check_every_s=0.2))
     gw = Gateway(cfg, adapter=QuietHis(), heartbeats=heartbeats)
     assert sorted(heartbeats.names()) == []  # nothing is watched before it starts
     wedge = Wedge()
@@ -81,6 +83,7 @@ def test_a_wedged_gateway_loop_stops_the_pings_and_is_named(loop: str, tmp_path:
     store.pending_charges = wedge.hang_if("his-sender-0", store.pending_charges)  # type: ignore[method-assign]
     store.hold_lease = wedge.hang_if("lease", store.hold_lease)  # type: ignore[method-assign]
     gw.link_watch.run_once = wedge.hang_if("link-watch", gw.link_watch.run_once)  # type: ignore[method-assign]
+    gw.notifier.watch.run_once = wedge.hang_if("notify-watch", gw.notifier.watch.run_once)  # type: ignore[method-assign]
     assert gw.publisher is not None and gw.adt is not None
     gw.publisher._due_in = wedge.hang_if("catalog-publisher", gw.publisher._due_in)  # type: ignore[method-assign]
     gw.start()
@@ -158,7 +161,8 @@ def test_the_gateway_process_pings_until_stopped(tmp_path: Path, broker: Mosquit
     try:
         notify.wait_for(lambda m: m == "READY=1")
         notify.wait_for(lambda m: m == "WATCHDOG=1")
-        assert sorted(gw.heartbeats.names()) == ["charging", "his-sender-0", "ingest-mqtt", "lease", "link-watch"]
+        assert sorted(gw.heartbeats.names()) == ["charging", "his-sender-0", "ingest-mqtt", "lease", "link-watch",
+                                                 "notify-watch"]
     finally:
         gw._stopped.set()
         t.join(20)

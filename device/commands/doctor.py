@@ -203,6 +203,7 @@ def check_event_log(cfg: DeviceConfig) -> Finding:
 
 def check_certificate(cfg: DeviceConfig, *, now: dt.datetime | None = None) -> Finding:
     from device.commands.provision import ProvisionError, check_identity_files
+    from device.credentials import PENDING_SUFFIX
 
     tls = cfg.broker.tls
     if tls is None:
@@ -230,6 +231,11 @@ def check_certificate(cfg: DeviceConfig, *, now: dt.datetime | None = None) -> F
     if t < cert.not_valid_before_utc:
         return _fail("certificate", "not valid yet", "check the clock")
     days = (cert.not_valid_after_utc - t).days
+    pending = Path(tls.key_file + PENDING_SUFFIX)
+    if pending.exists():
+        return Finding("certificate", Status.WARN,
+                       f"valid {days} more days, but a renewal did not finish: its new key is kept in {pending}",
+                       "the next rotation resumes it; if it keeps failing, check the enrolment service is reachable")
     if days < CERT_WARN_DAYS:
         return Finding("certificate", Status.WARN, f"expires in {days} days", "renew it soon (reprovision)")
     return _ok("certificate", f"CN={cfg.device_id}, matches its key, issued by the site CA, valid {days} more days")
@@ -339,6 +345,12 @@ def run_checks(config_path: Path, *, broker_timeout_s: float = 5.0) -> tuple[Dev
     try:
         cfg = load_config(config_path)
     except ConfigError as err:
+        from device.commands.provision import PENDING_KEY_FILE
+
+        if not config_path.exists() and (config_path.parent / PENDING_KEY_FILE).exists():
+            return None, [_fail("config", f"{config_path} is not there, and an enrolment did not finish: its key "
+                                          f"is kept in {config_path.parent / PENDING_KEY_FILE}",
+                                "run the same spd-device provision command again, with the same token, to resume")]
         return None, [_fail("config", str(err), "fix that line in the file; every option must be known and typed")]
     findings = [_ok("config", f"{config_path} is valid")]
     findings += check_serial(cfg)

@@ -14,6 +14,7 @@ from typing import Any
 from device.cabinet.config import cabinet_config
 from device.hal.pins import PinFactory
 from spd_common.heartbeat import HeartbeatRegistry
+from spd_common.logsetup import service_logging
 from spd_common.toml_config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -97,3 +98,4 @@ def register(sub: Any) -> None:
     p.add_argument("--config", type=Path, default=Path("/etc/spd-device/device.toml"),
                    help="the device configuration file (TOML)")
     p.set_defaults(func=_main)
+    service_logging(p)

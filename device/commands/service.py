@@ -12,6 +12,7 @@ from typing import Any
 
 from device.config import load_config
 from spd_common.heartbeat import HeartbeatRegistry
+from spd_common.logsetup import service_logging
 from spd_common.sdnotify import Watchdog, notify
 from spd_common.toml_config import ConfigError
 
@@ -68,3 +69,4 @@ def register(sub: Any) -> None:
     p.add_argument("--config", type=Path, default=Path("/etc/spd-device/device.toml"),
                    help="the device configuration file (TOML)")
     p.set_defaults(func=_service)
+    service_logging(p)

@@ -72,9 +72,26 @@ def _choose() -> tuple[ModuleType, str]:
 
 _impl, IMPLEMENTATION = _choose()
 
+# SPD_BRIDGE_TRACE names a file to which each process appends the test module (from pytest's
+# PYTEST_CURRENT_TEST, which the processes a test starts inherit) whose run reached the implementation.
+# ``make test`` runs the whole suite with the compiled bridge and then, with the twin, the modules listed
+# (tools/run-tests.sh). Unset, as in production, it costs one test of a module constant per batch.
+_TRACE = os.environ.get("SPD_BRIDGE_TRACE", "")
+_traced: set[str] = set()
+
+
+def _reached() -> None:
+    module = os.environ.get("PYTEST_CURRENT_TEST", "").partition("::")[0]
+    if module and module not in _traced:
+        _traced.add(module)
+        with open(_TRACE, "a", encoding="utf-8") as trace:
+            trace.write(module + "\n")
+
 
 def new_consumed_set(keys: Sequence[str] | set[str] = ()) -> ConsumedKeys:
     """A set of charged item keys (``"<gtin>/<serial>"``) of the implementation in use."""
+    if _TRACE:
+        _reached()
     consumed: ConsumedKeys = _impl.ConsumedSet(keys)
     return consumed
 
@@ -83,12 +100,16 @@ def charge_compact(
     events: Sequence[Any], catalog: Catalog, consumed: ConsumedKeys, config: BridgeConfig
 ) -> CompactBatch:
     """The hot path: see :class:`CompactBatch`; ``consumed`` must come from :func:`new_consumed_set`."""
+    if _TRACE:
+        _reached()
     result: CompactBatch = _impl.charge_compact(events, catalog, consumed, config)
     return result
 
 
 def credit_compact(credits: Sequence[Any], config: BridgeConfig) -> CompactBatch:
     """Render credit messages (FT1-6 ``CD``) for :class:`CreditRequest` tuples, in the compact layout."""
+    if _TRACE:
+        _reached()
     result: CompactBatch = _impl.credit_compact(credits, config)
     return result
 

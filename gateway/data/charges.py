@@ -319,17 +319,19 @@ class ChargingBatch:
             (device, seq, reason, detail, now),
         )
 
-    def standing_charge(self, item_key: str, device: str, seq: int, event_id: int) -> StandingCharge | None:
-        """The latest charge of this item that a return (``device``, ``seq``, store id ``event_id``) can be about.
+    def standing_charge(self, item_key: str, device: str, seq: int, event_id: int, ts_ms: int) -> StandingCharge | None:
+        """The latest charge of this item that a return (``device``, ``seq``, store id ``event_id``, device time
+        ``ts_ms``) can be about.
 
-        Of another device: one from an event stored before the return. Of the return's own device: one it
-        recorded before the return, whenever it was stored.
+        Of another device: one from an event stored before the return and used no later than the return
+        happened (a cabinet that comes back online late delivers a restock made before the use: not a return
+        of it). Of the return's own device: one it recorded before the return, whenever it was stored.
         """
         row = self._db.execute(
             "SELECT c.charge_id, c.status, c.line FROM charges c JOIN events e ON e.device = c.device "
-            "AND e.seq = c.seq WHERE c.item_key = ? AND CASE WHEN c.device = ? THEN c.seq < ? ELSE e.id < ? END "
-            "ORDER BY c.id DESC LIMIT 1",
-            (item_key, device, seq, event_id),
+            "AND e.seq = c.seq WHERE c.item_key = ? AND CASE WHEN c.device = ? THEN c.seq < ? "
+            "ELSE e.id < ? AND e.ts_ms <= ? END ORDER BY c.id DESC LIMIT 1",
+            (item_key, device, seq, event_id, ts_ms),
         ).fetchone()
         return None if row is None else StandingCharge(*row)
 

@@ -264,6 +264,156 @@ _CENSUS = (
     "changed_at REAL NOT NULL, changed_by TEXT NOT NULL)",
 )
 
+_SUPPLY_TERMS = """
+CREATE TABLE IF NOT EXISTS suppliers (
+    supplier TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    licence_no TEXT NOT NULL DEFAULT '',
+    licence_expiry TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS contracts (
+    supplier TEXT NOT NULL,
+    gtin TEXT NOT NULL,
+    purchase_price_fen INTEGER NOT NULL CHECK (purchase_price_fen >= 0),
+    valid_from TEXT NOT NULL,
+    valid_to TEXT NOT NULL DEFAULT '9999-12-31',
+    contract_no TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (supplier, gtin, valid_from)
+);
+CREATE INDEX IF NOT EXISTS contracts_gtin ON contracts (gtin, valid_from);
+CREATE TABLE IF NOT EXISTS registrations (
+    gtin TEXT NOT NULL,
+    cert_no TEXT NOT NULL,
+    expiry TEXT NOT NULL,
+    PRIMARY KEY (gtin, cert_no)
+);
+CREATE TABLE IF NOT EXISTS vbp_categories (
+    category TEXT NOT NULL,
+    year INTEGER NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    agreed_volume INTEGER NOT NULL CHECK (agreed_volume >= 0),
+    PRIMARY KEY (category, year)
+);
+CREATE TABLE IF NOT EXISTS stock_movements (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    source TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    location TEXT NOT NULL,
+    dept TEXT NOT NULL DEFAULT '',
+    gtin TEXT NOT NULL,
+    lot TEXT NOT NULL DEFAULT '',
+    serial TEXT NOT NULL DEFAULT '',
+    qty INTEGER NOT NULL,
+    operator TEXT NOT NULL DEFAULT '',
+    admission TEXT NOT NULL DEFAULT '',
+    device TEXT NOT NULL DEFAULT '',
+    seq INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (source, gtin, lot, serial, kind)
+);
+CREATE INDEX IF NOT EXISTS stock_movements_at ON stock_movements (at_ms);
+CREATE INDEX IF NOT EXISTS stock_movements_item ON stock_movements (gtin, serial);
+CREATE INDEX IF NOT EXISTS stock_movements_location ON stock_movements (location, gtin, lot);
+CREATE TABLE IF NOT EXISTS vbp_items (
+    gtin TEXT PRIMARY KEY,
+    category TEXT NOT NULL,
+    winner INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+# incidents of the notification loop (gateway/notify.py) and the notices to send for them, per channel; an
+# incident is open at most once per (kind, subject): the partial unique index, on both engines
+_INCIDENTS_SQLITE = """
+CREATE TABLE IF NOT EXISTS incidents (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'open' CHECK (state IN ('open', 'resolved')),
+    summary TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '{}',
+    opened_at REAL NOT NULL,
+    resolved_at REAL,
+    resolved_by TEXT NOT NULL DEFAULT '',
+    resolution TEXT NOT NULL DEFAULT ''
+);
+CREATE UNIQUE INDEX IF NOT EXISTS incidents_open_once ON incidents (kind, subject) WHERE state = 'open';
+CREATE INDEX IF NOT EXISTS incidents_by_subject ON incidents (kind, subject, id);
+CREATE TABLE IF NOT EXISTS incident_notices (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    incident_id INTEGER NOT NULL REFERENCES incidents (id),
+    event TEXT NOT NULL CHECK (event IN ('opened', 'resolved')),
+    channel TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'sent', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    last_error TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    sent_at REAL,
+    UNIQUE (incident_id, event, channel)
+);
+CREATE INDEX IF NOT EXISTS incident_notices_due ON incident_notices (channel, status, next_attempt_at);
+"""
+
+_INCIDENTS_POSTGRESQL = """
+CREATE TABLE IF NOT EXISTS incidents (
+    id BIGSERIAL PRIMARY KEY,
+    kind TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'open' CHECK (state IN ('open', 'resolved')),
+    summary TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '{}',
+    opened_at DOUBLE PRECISION NOT NULL,
+    resolved_at DOUBLE PRECISION,
+    resolved_by TEXT NOT NULL DEFAULT '',
+    resolution TEXT NOT NULL DEFAULT ''
+);
+CREATE UNIQUE INDEX IF NOT EXISTS incidents_open_once ON incidents (kind, subject) WHERE state = 'open';
+CREATE INDEX IF NOT EXISTS incidents_by_subject ON incidents (kind, subject, id);
+CREATE TABLE IF NOT EXISTS incident_notices (
+    id BIGSERIAL PRIMARY KEY,
+    incident_id BIGINT NOT NULL REFERENCES incidents (id),
+    event TEXT NOT NULL CHECK (event IN ('opened', 'resolved')),
+    channel TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'sent', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at DOUBLE PRECISION NOT NULL DEFAULT 0,
+    last_error TEXT NOT NULL DEFAULT '',
+    created_at DOUBLE PRECISION NOT NULL,
+    sent_at DOUBLE PRECISION,
+    UNIQUE (incident_id, event, channel)
+);
+CREATE INDEX IF NOT EXISTS incident_notices_due ON incident_notices (channel, status, next_attempt_at);
+"""
+
+_HIS_LINES = """
+CREATE TABLE IF NOT EXISTS his_lines (
+    his_id TEXT PRIMARY KEY,
+    entry TEXT NOT NULL CHECK (entry IN ('charge', 'credit')),
+    admission TEXT NOT NULL,
+    charge_code TEXT NOT NULL,
+    gtin TEXT NOT NULL DEFAULT '',
+    lot TEXT NOT NULL DEFAULT '',
+    serial TEXT NOT NULL DEFAULT '',
+    qty INTEGER NOT NULL,
+    unit_price_fen INTEGER NOT NULL,
+    amount_fen INTEGER NOT NULL,
+    at_ms BIGINT NOT NULL,
+    source TEXT NOT NULL CHECK (source IN ('interface', 'manual')),
+    reverses TEXT NOT NULL DEFAULT '',
+    dept TEXT NOT NULL DEFAULT '',
+    operator TEXT NOT NULL DEFAULT '',
+    his_ref TEXT NOT NULL DEFAULT '',
+    imported_from TEXT NOT NULL DEFAULT '',
+    imported_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS his_lines_at ON his_lines (at_ms);
+CREATE INDEX IF NOT EXISTS his_lines_reverses ON his_lines (reverses);
+CREATE INDEX IF NOT EXISTS his_lines_code ON his_lines (charge_code, at_ms);
+CREATE INDEX IF NOT EXISTS his_lines_gtin ON his_lines (gtin, at_ms);
+CREATE INDEX IF NOT EXISTS consumption_charge ON consumption (charge_id);
+CREATE INDEX IF NOT EXISTS consumption_gtin ON consumption (gtin, used_at_ms);
+"""
+
 # The supervisor's screen (gateway/web): local accounts, server-side sessions, API tokens for integrations and
 # acknowledgements of alarms. Secrets are stored only as hashes (password: scrypt; session and token: SHA-256 of
 # a random value). PostgreSQL gets the same text with DOUBLE PRECISION times. Two indexes serve the screen's
@@ -332,7 +482,16 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "audit_chain", (
         AddColumns("audit_log", (("prev", "TEXT"), ("hash", "TEXT"))),
     )),
-    # assigned number 0009 for the release; numbered after the last migration of this line until then
-    Migration(5, "web_access", (Sql.script(_WEB_ACCESS, _WEB_ACCESS.replace(" REAL", " DOUBLE PRECISION")),)),
+    Migration(5, "supply_terms_and_stock", (
+        Sql.script(_SUPPLY_TERMS, _SUPPLY_TERMS.replace("INTEGER PRIMARY KEY AUTOINCREMENT",
+                                                        "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY")),
+    )),
+    Migration(6, "incidents", (
+        Sql.script(_INCIDENTS_SQLITE, _INCIDENTS_POSTGRESQL),
+    )),
+    Migration(7, "his_charge_lines", (
+        Sql.script(_HIS_LINES, _HIS_LINES.replace("imported_at REAL", "imported_at DOUBLE PRECISION")),
+    )),
+    Migration(8, "web_access", (Sql.script(_WEB_ACCESS, _WEB_ACCESS.replace(" REAL", " DOUBLE PRECISION")),)),
 )
 """Every migration, in order; the schema version of a store is the number of the last one applied."""

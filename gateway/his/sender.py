@@ -86,7 +86,10 @@ class HisSender:
         lane: int = 0,
         lanes: int = 1,
         heartbeats: HeartbeatRegistry | None = None,
+        on_round_trip: Callable[[float, HisOutcome], None] | None = None,
     ) -> None:
+        """``on_round_trip(seconds, outcome)``: after every send, how long it took from the call to the answer
+        (or to the timeout) and what came of it; the metrics' HIS histogram (gateway/metrics.py)."""
         if not 0 <= lane < lanes:
             raise ValueError(f"lane {lane} is not in 0..{lanes - 1}")
         self.store = store
@@ -101,6 +104,12 @@ class HisSender:
         self._may_run = may_run
         self._pause_until = 0.0
         self._failures = 0
+        self._on_round_trip = on_round_trip
+        # the lane's health as the incident checks read it (gateway/notify.py): since when every send failed
+        # without an answer (None: the last send was answered), when the HIS last answered, and why it did not
+        self.failing_since: float | None = None
+        self.answered_at: float | None = None
+        self.last_error = ""
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -133,7 +142,16 @@ class HisSender:
                 blocked.add(charge.admission)
                 continue
             with self._beat.blocking(self.send_deadline_s):
+                started = time.monotonic()
                 result = self._send(charge)
+                if self._on_round_trip is not None:
+                    self._on_round_trip(time.monotonic() - started, result.outcome)
+            if result.outcome is HisOutcome.RETRY:
+                self.failing_since = self.failing_since or time.time()
+                self.last_error = result.detail
+            elif not (result.code or "").startswith(("unsendable:", "adapter_error")):  # the HIS itself answered
+                self.failing_since = None
+                self.answered_at = time.time()
             sent += 1
             self.stats.sent += 1
             if result.outcome is HisOutcome.ACCEPTED:

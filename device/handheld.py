@@ -19,7 +19,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from device.eventlog import EventLog, LogWriteFailed
-from device.udi import parse_udi
+from device.udi import Udi, parse_udi
 from device.udi.wristband import WristbandFormat, parse_wristband
 from spd_common.wire import Event, EventKind
 
@@ -46,6 +46,22 @@ class ScanOutcome:
     @property
     def accepted(self) -> bool:
         return self.verdict is ScanVerdict.ACCEPTED
+
+
+def pack_count(udi_text: str) -> int | None:
+    """The count of a fixed-quantity pack label (a GS1 code with AI 30, VAR. COUNT), None for any other code.
+
+    The SPD operator prints such a label on each pack of a non-chargeable item it sends a department:
+    (01) the item's GTIN, (10) its lot, (30) how many units the pack holds, (21) the pack's own number.
+    """
+    try:
+        udi = parse_udi(udi_text)
+    except ValueError:
+        return None
+    if not isinstance(udi, Udi):
+        return None
+    count = udi.get("30")
+    return int(count) if count is not None and count.isdigit() and int(count) > 0 else None
 
 
 class Handheld:
@@ -129,6 +145,33 @@ class Handheld:
         if reason:
             body["reason"] = reason[:200]
         ev = self.log.append(EventKind.RETURN_UNUSED.value, body)
+        self._committed(ev)
+        return ScanOutcome(ScanVerdict.ACCEPTED, ev)
+
+    def open_pack(self, udi_text: str) -> ScanOutcome:
+        """Record a fixed-quantity pack opened in the department (its label's count is the department's use).
+
+        No patient: a pack of non-chargeable items is consumed by the department, not charged. With a scan
+        policy an unknown item, a recalled lot or an expired pack is refused (recorded as a ``refused_scan``).
+        """
+        qty = pack_count(udi_text)
+        if qty is None:
+            return self.refuse("not_a_pack", "not a pack label (a GS1 code with a count, AI 30)", udi_text=udi_text)
+        udi = parse_udi(udi_text)
+        try:
+            if self.policy is not None:
+                refusal = self.policy.check_pack(udi=udi)
+                if refusal is not None:
+                    return self._commit_refusal(refusal.reason.value, refusal.message, "", udi_text,
+                                                catalog_version=self.policy.cache.version)
+        except LogWriteFailed as err:
+            return ScanOutcome(ScanVerdict.REFUSED, None, "log_unavailable", str(err))
+        body: dict[str, object] = {"udi": udi_text, "operator": self.operator, "dept": self.dept, "qty": qty,
+                                   "gtin": udi.gtin or "", "lot": udi.lot or ""}
+        try:
+            ev = self.log.append(EventKind.PACK_OPENED.value, body)
+        except LogWriteFailed as err:
+            return ScanOutcome(ScanVerdict.REFUSED, None, "log_unavailable", str(err))
         self._committed(ev)
         return ScanOutcome(ScanVerdict.ACCEPTED, ev)
 

@@ -154,6 +154,24 @@ class ScanPolicy:
         self._today = today
         self._clock = clock  # the discharge grace period ends by this clock
 
+    def check_pack(self, *, udi: Udi | HibcCode) -> PolicyRefusal | None:
+        """The refusal for opening a fixed-quantity pack (no patient): unknown item, recalled lot, expired."""
+        key = udi.device_identifier or ""
+        item = self.cache.item(key) if udi.gtin else None
+        if self.cache.loaded and item is None:
+            return PolicyRefusal(ScanRefusal.UNKNOWN_ITEM,
+                                 f"Item {key or 'without GTIN'} is not in the catalog: do not use, call the SPD desk.")
+        name = f"{item.name} ({key})" if item is not None else key
+        recall = self.cache.recall_reason(key, udi.lot) if udi.gtin else None
+        if recall is not None:
+            return PolicyRefusal(ScanRefusal.RECALLED_LOT, f"Lot {udi.lot or '-'} of {name} is recalled"
+                                 f"{f': {recall}' if recall else ''}. Do not open it; return it to the SPD.")
+        expiry = udi.expiry if udi.expiry is not None else self.cache.lot_expiry(key, udi.lot) if udi.gtin else None
+        if expiry is not None and expiry < self._today():
+            return PolicyRefusal(ScanRefusal.EXPIRED,
+                                 f"{name} expired on {expiry.isoformat()}. Do not open it; return it to the SPD.")
+        return None
+
     def check(self, *, admission: str, udi: Udi | HibcCode, dept: str) -> PolicyRefusal | None:
         """The refusal for this scan, or None when it may be consumed."""
         key = udi.device_identifier or ""

@@ -24,6 +24,8 @@ Threads and what each owns:
 * prometheus-client's HTTP server thread (only with ``[metrics]``) — ``/metrics`` (:mod:`gateway.metrics`);
 * ``web`` (:class:`gateway.web.server.WebServer`, only with ``[web] enabled``) — uvicorn serving the
   supervisor's screen and its API over the same store (docs/web.md);
+* ``stock-ledger`` (:class:`~gateway.books.projection.StockProjection`) — turns stored events into stock
+  movements from its cursor (lease holder only);
 * the main thread — start-up, signals, shutdown.
 
 The store is shared; SQLite serialises the writers. Each of these threads
@@ -47,6 +49,8 @@ from typing import TYPE_CHECKING, Literal
 
 from gateway import bridge
 from gateway.adt import AdtListener
+from gateway.books.projection import StockProjection
+from gateway.books.settings import BooksSettings
 from gateway.broker_acl import fleet_identity
 from gateway.catalog_publish import CatalogPublisher
 from gateway.charging import ChargingWorker
@@ -104,6 +108,7 @@ class GatewayConfig:
     metrics_offline_after_s: float = DEFAULT_OFFLINE_AFTER_S  # silent this long: counted offline in the metrics
     notify: NotifySettings = field(default_factory=NotifySettings)  # incident checks and notice channels
     web: WebConfig = WEB_OFF  # the supervisor's screen; served by `run` too when web.enabled
+    books: BooksSettings = field(default_factory=BooksSettings)  # [books]: stock alerts and replenishment
 
 
 def make_his_adapter(config: GatewayConfig) -> HisAdapter:
@@ -188,6 +193,8 @@ class Gateway:
                                  may_run=self.leadership.is_leader, heartbeats=self.heartbeats)
         self.metrics.watch(self)
         self.web: WebServerType | None = None
+        self.stock_ledger = StockProjection(self.store, utc_offset_minutes=config.books.utc_offset_minutes,
+                                            may_run=self.leadership.is_leader, heartbeats=self.heartbeats)
         self._stopped = threading.Event()
 
     @property
@@ -212,6 +219,7 @@ class Gateway:
             sender.start()
         self.link_watch.start()
         self.notifier.start()
+        self.stock_ledger.start()
         self.ingest.start()
         if self.fleet_link is not None:
             self.fleet_link.start()
@@ -244,6 +252,7 @@ class Gateway:
             sender.stop()
         self.link_watch.stop()
         self.notifier.stop()
+        self.stock_ledger.stop()
         self.leadership.stop()
         self.metrics_store.close()
         self.store.close()

@@ -57,6 +57,12 @@ class AuditAction(StrEnum):
     UNLOCK_REFUSED = "unlock_refused"  # a remote unlock asked for on the screen and not sent (role, no fleet link)
     WEB_ACCOUNT_CHANGED = "web_account_changed"  # spd-gateway user add/passwd/disable
     API_TOKEN_CHANGED = "api_token_changed"  # spd-gateway web-token create/revoke
+    STOCK_RECEIPTS_IMPORTED = "stock_receipts_imported"  # delivery and restock notes into the stock ledger
+    STOCK_COUNT_IMPORTED = "stock_count_imported"  # a stock-take: the ledger adjusted to what was counted
+    PAR_LEVELS_IMPORTED = "par_levels_imported"
+    ROUTES_IMPORTED = "routes_imported"
+    REPLENISH_REQUESTED = "replenish_requested"  # an urgent request from a ward
+    REPLENISH_DELIVERED = "replenish_delivered"
     AUDIT_CHAINED = "audit_chained"  # rows written before the hash chain existed were chained on upgrade
     INCIDENT_OPENED = "incident_opened"  # a critical alarm became an incident (gateway/notify.py)
     INCIDENT_RESOLVED = "incident_resolved"  # its condition cleared, or a person closed it

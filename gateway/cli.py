@@ -323,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.web import cli as web_cli  # the screen's commands; FastAPI itself is imported only by `web`
 
     web_cli.register(sub)
+    from gateway.books import ledger_cli
+
+    ledger_cli.register(sub)
     return p
 
 

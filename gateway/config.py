@@ -29,6 +29,8 @@ neither is set). Sections::
                   timeout_s; [notify.webhook] url, secret_file | secret_env, ca_file, timeout_s (docs/notify.md)
     [web]         enabled, host, port, cert_file, key_file, session_lifetime_s, login_attempts, login_window_s,
                   offline_after_s, utc_offset_minutes (the supervisor's screen, gateway/web/settings.py)
+    [books]       expiry_windows_days, abnormal_*, replenish_*, utc_offset_minutes; [books.routes]
+                  (stock alerts and replenishment, :mod:`gateway.books.settings`)
 
 ``deploy/examples/gateway.toml`` shows every key; docs/deploy.md explains them.
 """
@@ -186,6 +188,12 @@ def parse_gateway_config(doc: Mapping[str, Any], *, source: str = "<config>",
         if a.has("discharge_grace_s"):
             out["discharge_grace_s"] = a.get_float("discharge_grace_s", min=0.0, max=30 * 86400.0)
         a.done()
+
+    bk = top.section("books", optional=True)
+    if bk is not None:
+        from gateway.books.settings import parse_books_section
+
+        out["books"] = parse_books_section(bk)
 
     al = top.section("alarms", optional=True)
     if al is not None:

@@ -43,10 +43,13 @@ from gateway.data.incidents import IncidentStore
 from gateway.data.links import LinkStore
 from gateway.data.migrations import MigrationReport, migrate
 from gateway.data.monitoring import MonitoringQueries
+from gateway.data.replenishment import ReplenishmentStore
 from gateway.data.reports import store_counts
 from gateway.data.schema import MIGRATIONS
 from gateway.data.stock import StockStore
+from gateway.data.stocktake import StocktakeStore
 from gateway.data.terms import TermsStore
+from gateway.data.trace import TraceStore
 from spd_common.wire import Batch, DeviceState
 
 __all__ = [
@@ -87,6 +90,9 @@ class GatewayStore:
         self.books = BooksReads(self._engine)
         self.accounts = AccountStore(self._engine)
         self.dashboard = DashboardStore(self._engine)
+        self.stocktake = StocktakeStore(self._engine)
+        self.replenishment = ReplenishmentStore(self._engine)
+        self.trace = TraceStore(self._engine)
 
     def close(self) -> None:
         self._engine.close()

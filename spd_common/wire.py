@@ -81,6 +81,8 @@ class EventKind(StrEnum):
     ALARM = "alarm"
     ACCESS = "access"  # badge accepted or refused, door opened, closed
     REFUSED_SCAN = "refused_scan"  # a scan refused at the device, with its reason
+    PACK_OPENED = "pack_opened"  # a fixed-quantity pack's label (GS1 AI 30 count) scanned as it is opened
+    STOCK_COUNTED = "stock_counted"  # a cabinet's full RFID inventory: every item present (in parts)
 
 
 # ---------------------------------------------------------------- topics

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 import gateway.cli
-from gateway.books import movements_min
 from gateway.books.legs import month_period
+from gateway.books.projection import catch_up
 from gateway.books.reconcile import CHARGED_TWICE, KINDS, reconcile
 from gateway.data.his_lines import HisLineRow
 from gateway.store import GatewayStore
@@ -97,7 +97,7 @@ def test_a_credit_at_the_his_clears_a_double_charge(month_dir: Path, tmp_path: P
         after = reconcile(store, period)
         assert {f.ident for f in before.findings} - {f.ident for f in after.findings} == {twice.ident}
         assert {f.ident for f in after.findings} < {f.ident for f in before.findings}
-        assert movements_min.project_events(store) == 0  # every event already projected, once
+        assert catch_up(store) == 0  # every event already projected, once
     finally:
         store.close()
 
@@ -155,20 +155,3 @@ def test_a_month_is_local_calendar_month_with_its_grace_days() -> None:
     for bad in ("2026-13", "2026-1", "November"):
         with pytest.raises(ValueError):
             month_period(bad)
-
-
-def test_the_minimal_projection_reads_each_event_kind() -> None:
-    from gateway.data.books_reads import DeviceEvent
-
-    take = DeviceEvent(1, "CAB0001", 7, 1_000, "taken", {"gtin": "06954321038553", "serial": "123", "lot": "L1",
-                                                          "dept": "DEP01", "user": "N011"})
-    m = movements_min.movement_of(take)
-    assert m is not None and (m.kind, m.qty, m.location, m.source, m.operator) == ("take", -1, "CAB0001",
-                                                                                  "CAB0001:7", "N011")
-    scan = DeviceEvent(2, "HH01", 3, 1_000, "consume", {"admission": "ZY1", "operator": "N011", "dept": "DEP01",
-                                                        "udi": "]d201069543210385531727123110L1\x1d21S9"})
-    u = movements_min.movement_of(scan)
-    assert u is not None and (u.kind, u.gtin, u.lot, u.serial, u.admission) == ("use", "06954321038553", "L1",
-                                                                                "S9", "ZY1")
-    assert movements_min.movement_of(DeviceEvent(3, "HH01", 4, 1_000, "consume", {"udi": "not a code"})) is None
-    assert movements_min.movement_of(DeviceEvent(4, "CAB0001", 8, 1_000, "returned", {"epc": "x"})) is None

@@ -135,7 +135,8 @@ class CabinetAgent:
             timings=Timings(unlock_s=config.unlock_s, pin_timeout_s=config.pin_timeout_s,
                             ajar_limits_s={d.name: d.ajar_limit_s for d in config.doors},
                             ajar_repeat_s=config.alarms.ajar_repeat_s, link_within_s=config.alarms.link_within_s,
-                            expiry_check_s=config.alarms.expiry_check_s),
+                            expiry_check_s=config.alarms.expiry_check_s,
+                            count_snapshot_s=config.count_snapshot_s),
         )
         self._inbox: queue.Queue[tuple[Callable[..., None], tuple[Any, ...]]] = queue.Queue()
         self._count_jobs: queue.Queue[tuple[dict[str, frozenset[int]], int] | None] = queue.Queue()
@@ -396,6 +397,7 @@ class CabinetAgent:
         self.cabinet.inventory = dict(present)
         self._save_inventory(self.cabinet.inventory, self.log.last_seq)
         log.info("baseline inventory: %d tags", len(present))
+        self.cabinet.record_snapshot(time.monotonic())
 
     # ------------------------------------------------------------ ports used by the state machine (loop thread)
 

@@ -97,6 +97,7 @@ class CabinetConfig:
     scanners: ScannerConfig = field(default_factory=ScannerConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
     alarms: AlarmConfig = field(default_factory=AlarmConfig)
+    count_snapshot_s: float = 0.0  # a stock_counted snapshot for the gateway's ledger this often; 0: never
 
 
 def _base(sec: Section) -> Path:
@@ -201,11 +202,18 @@ def parse_cabinet(sec: Section) -> CabinetConfig:
         )
         a.done()
 
+    snapshot_s = 0.0
+    st = sec.section("stock", optional=True)
+    if st is not None:  # [cabinet.stock] snapshot_s: a stock_counted snapshot for the gateway's ledger
+        snapshot_s = st.get_float("snapshot_s", 0.0, min=0.0, max=30 * 86400.0)
+        st.done()
+
     cfg = CabinetConfig(
         dept=sec.get_str("dept", pattern=_DEPT),
         doors=doors,
         reader=reader,
         allowlist_file=_file(sec, "allowlist_file", required=True) or Path(),
+        count_snapshot_s=snapshot_s,
         pin_factory=sec.get_str("pin_factory", "rpigpio"),
         catalog_file=_file(sec, "catalog_file", required=False),
         items_file=_file(sec, "items_file", required=False),

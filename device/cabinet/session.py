@@ -154,7 +154,11 @@ class Timings:
     lockout_s: float = 30.0
     door_grace_s: float = 0.5
     log_retry_s: float = 1.0  # how often events the log could not take are tried again
+    count_snapshot_s: float = 0.0  # a stock_counted snapshot after a complete count at most this often; 0: never
 
+
+SNAPSHOT_ITEMS_PER_EVENT = 300
+"""Items per ``stock_counted`` event: 300 ``[gtin, serial]`` pairs stay well inside a 16 KiB body."""
 
 HELD_LIMIT = 1000
 """Entries the cabinet holds for a failing log before refused badge swipes are only counted.
@@ -221,6 +225,7 @@ class Cabinet:
         self._expired_alarmed: set[ItemKey] = set()
         self._next_expiry_check = 0.0
         self._epc_cache: dict[str, Sgtin | None] = {}
+        self._next_snapshot: float | None = None  # None: the next complete count records one
 
     # ------------------------------------------------------------ inputs
 
@@ -314,6 +319,8 @@ class Cabinet:
         events = self._count_events(result, now)
         self.inventory = dict(result.present)
         events += self._expiry_alarms(now, force=bool(result.added))
+        if not result.unconfirmed:
+            events += self._snapshot_due(now)
         self.session = None
         present = dict(self.inventory)
 
@@ -330,6 +337,26 @@ class Cabinet:
             self._held_count = count_id
             self.state = SessionState.FAULT
             log.warning("count %d: %d events wait for the event log; cabinet held locked", count_id, len(events))
+
+    def record_snapshot(self, now: float) -> None:
+        """Record the inventory as a ``stock_counted`` snapshot now (the baseline count at start-up)."""
+        self._next_snapshot = None
+        snapshot = self._snapshot_due(now)
+        if snapshot:
+            self._record_together(snapshot)
+
+    def _snapshot_due(self, now: float) -> list[Recordable]:
+        """The ``stock_counted`` events of the inventory, when one is due: every item present by GTIN and serial,
+        in parts of :data:`SNAPSHOT_ITEMS_PER_EVENT` committed together (the gateway counts the cabinet with it)."""
+        every = self.timings.count_snapshot_s
+        if every <= 0 or (self._next_snapshot is not None and now < self._next_snapshot):
+            return []
+        self._next_snapshot = now + every
+        items = sorted([sg.gtin, sg.serial] for sg in (self._decode(e) for e in self.inventory) if sg is not None)
+        chunks = [items[i:i + SNAPSHOT_ITEMS_PER_EVENT] for i in range(0, len(items), SNAPSHOT_ITEMS_PER_EVENT)]
+        chunks = chunks or [[]]
+        return [(EventKind.STOCK_COUNTED, {"dept": self.dept, "items": chunk, "part": i, "parts": len(chunks),
+                                           "total": len(items)}) for i, chunk in enumerate(chunks, start=1)]
 
     def on_reader_state(self, online: bool, detail: str, now: float) -> None:
         if online == self.reader_online:

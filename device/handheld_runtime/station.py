@@ -18,7 +18,9 @@ Inputs, in the order a scan is told apart:
    says the patient is not discharged or unknown;
 5. an item UDI: in charge mode, a ``consume`` for the patient in context
    (refused ``no_patient`` without one, or by the scan policy); in return
-   mode, a ``return_unused`` (the gateway credits the charge);
+   mode, a ``return_unused`` (the gateway credits the charge); a fixed-quantity
+   pack label (GS1 with a count, AI 30) in charge mode is a ``pack_opened``,
+   with or without a patient in context (the department's use, not charged);
 6. anything else: refused ``unreadable``.
 
 Time-outs (checked by :meth:`ScanStation.tick`): log-out after
@@ -41,7 +43,7 @@ from device.cabinet.allowlist import AllowList
 from device.catalog_cache import PatientStatus
 from device.config import HandheldConfig
 from device.eventlog import EventLog, LogWriteFailed
-from device.handheld import Handheld, ScanOutcome
+from device.handheld import Handheld, ScanOutcome, pack_count
 from device.scan_policy import ScanPolicy
 from device.udi import parse_udi
 from device.udi.wristband import Wristband, WristbandFormat, parse_wristband
@@ -376,6 +378,9 @@ class ScanStation:
         return self._say(True, "PATIENT", f"{who}: now scan each item used.", Tone.OK)
 
     def _charge(self, udi_text: str, now: float) -> Verdict:
+        qty = pack_count(udi_text)
+        if qty is not None:
+            return self._open_pack(udi_text, qty)
         patient = self.view.patient
         if patient is None:
             return self._refuse_scan("no_patient", MESSAGES["no_patient"], udi_text=udi_text)
@@ -385,6 +390,13 @@ class ScanStation:
             return self._refusal(outcome)
         return self._say(True, "CHARGED", f"{self._item_name(udi_text)} charged to {patient.admission}.", Tone.OK,
                          seq=outcome.event.seq if outcome.event else None)
+
+    def _open_pack(self, udi_text: str, qty: int) -> Verdict:
+        outcome = self._handheld().open_pack(udi_text)
+        if not outcome.accepted:
+            return self._refusal(outcome)
+        return self._say(True, "PACK OPENED", f"{self._item_name(udi_text)}: pack of {qty} recorded as used by "
+                         f"{self.config.dept}.", Tone.OK, seq=outcome.event.seq if outcome.event else None)
 
     def _return(self, udi_text: str) -> Verdict:
         outcome = self._handheld().return_unused(udi_text, restocked=True, reason="returned unused at the handheld")

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from gateway.books import movements_min
+from gateway.books.projection import catch_up
 from gateway.data.stock import RESTOCK, RETURN, TAKE, USE, MovementRow
 from gateway.store import GatewayStore
 
@@ -75,9 +75,8 @@ def month_period(month: str, *, grace_days: int = DEFAULT_GRACE_DAYS,
 
 
 def ensure_projected(store: GatewayStore) -> int:
-    """Bring the stock movements up to date with the device events (the minimal projection until the
-    stock ledger's own projection takes its place)."""
-    return movements_min.project_events(store)
+    """Bring the stock movements up to date with the device events (the stock ledger's projection)."""
+    return catch_up(store)
 
 
 def stock_leg(store: GatewayStore, period: Period, gtin: str) -> list[MovementRow]:

@@ -260,6 +260,13 @@ class EventStore:
             "ORDER BY id LIMIT ?", (after_id, *kinds, limit))
         return [EventRow(*r) for r in rows]
 
+    def device_events(self, device: str, kind: str, *, first_seq: int, last_seq: int) -> list[EventRow]:
+        """One device's events of ``kind`` with ``first_seq <= seq <= last_seq``, by seq."""
+        rows = self._engine.query(
+            "SELECT id, device, seq, ts_ms, kind, body, stored_at FROM events WHERE device = ? AND kind = ? "
+            "AND seq >= ? AND seq <= ? ORDER BY seq", (device, kind, first_seq, last_seq))
+        return [EventRow(*r) for r in rows]
+
     def chain_breaks(self) -> list[ChainBreakRow]:
         rows = self._engine.query("SELECT device, seq, detail, detected_at FROM chain_breaks ORDER BY device, seq")
         return [ChainBreakRow(*r) for r in rows]

@@ -12,6 +12,7 @@ that release grew it: 0002 to 0004 are the places where it added columns after l
 
 from __future__ import annotations
 
+from gateway.data.engine import statements
 from gateway.data.migrations import AddColumns, Migration, Sql
 
 _EVENTS_AND_CHARGES = """
@@ -455,6 +456,108 @@ CREATE TABLE IF NOT EXISTS alarm_acks (
 );
 """
 
+_BOOKS_LEDGER = """
+ALTER TABLE stock_movements ADD COLUMN counterpart TEXT NOT NULL DEFAULT '';
+ALTER TABLE stock_movements ADD COLUMN expiry TEXT NOT NULL DEFAULT '';
+CREATE TABLE IF NOT EXISTS stock_counts (
+    count_id TEXT PRIMARY KEY,
+    location TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    counted_by TEXT NOT NULL DEFAULT '',
+    origin TEXT NOT NULL DEFAULT '',
+    recorded_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS stock_count_lines (
+    count_id TEXT NOT NULL,
+    gtin TEXT NOT NULL,
+    lot TEXT NOT NULL DEFAULT '',
+    serial TEXT NOT NULL DEFAULT '',
+    expected INTEGER NOT NULL,
+    counted INTEGER NOT NULL,
+    PRIMARY KEY (count_id, gtin, lot, serial)
+);
+CREATE TABLE IF NOT EXISTS par_levels (
+    location TEXT NOT NULL,
+    gtin TEXT NOT NULL,
+    par INTEGER NOT NULL CHECK (par >= 0),
+    PRIMARY KEY (location, gtin)
+);
+CREATE TABLE IF NOT EXISTS replenish_requests (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    location TEXT NOT NULL,
+    gtin TEXT NOT NULL,
+    qty INTEGER NOT NULL CHECK (qty > 0),
+    requested_by TEXT NOT NULL,
+    requested_at_ms INTEGER NOT NULL,
+    note TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL DEFAULT 'open',
+    closed_by TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS replenish_requests_open ON replenish_requests (state, location);
+CREATE TABLE IF NOT EXISTS routes (
+    route TEXT NOT NULL,
+    location TEXT NOT NULL,
+    stop INTEGER NOT NULL,
+    PRIMARY KEY (route, location)
+);
+"""
+
+# on hand per location and item, kept by a trigger on every movement inserted (a movement recorded again is
+# not inserted, so it changes nothing): the books read it instead of summing every movement
+_STOCK_BALANCES = """
+CREATE TABLE IF NOT EXISTS stock_balances (
+    location TEXT NOT NULL,
+    gtin TEXT NOT NULL,
+    serial TEXT NOT NULL,
+    lot_key TEXT NOT NULL,
+    lot TEXT NOT NULL,
+    qty INTEGER NOT NULL,
+    last_ms INTEGER NOT NULL,
+    expiry TEXT NOT NULL,
+    PRIMARY KEY (location, gtin, serial, lot_key)
+);
+CREATE INDEX IF NOT EXISTS stock_balances_gtin ON stock_balances (gtin, lot);
+"""
+_BALANCE_UPSERT = ("ON CONFLICT (location, gtin, serial, lot_key) DO UPDATE SET qty = stock_balances.qty + "
+                   "excluded.qty, lot = {max}(stock_balances.lot, excluded.lot), last_ms = {max}("
+                   "stock_balances.last_ms, excluded.last_ms), expiry = {max}(stock_balances.expiry, excluded.expiry)")
+_STOCK_BALANCES_SQLITE = f"""
+CREATE TRIGGER IF NOT EXISTS stock_balances_in AFTER INSERT ON stock_movements
+BEGIN
+    INSERT INTO stock_balances (location, gtin, serial, lot_key, lot, qty, last_ms, expiry)
+    SELECT NEW.location, NEW.gtin, NEW.serial, CASE WHEN NEW.serial = '' THEN NEW.lot ELSE '' END, NEW.lot,
+           NEW.qty, NEW.at_ms, NEW.expiry WHERE true
+    {_BALANCE_UPSERT.format(max="MAX")};
+    INSERT INTO stock_balances (location, gtin, serial, lot_key, lot, qty, last_ms, expiry)
+    SELECT NEW.counterpart, NEW.gtin, NEW.serial, CASE WHEN NEW.serial = '' THEN NEW.lot ELSE '' END, NEW.lot,
+           -NEW.qty, NEW.at_ms, NEW.expiry WHERE NEW.counterpart != ''
+    {_BALANCE_UPSERT.format(max="MAX")};
+END;
+"""
+_STOCK_BALANCES_POSTGRESQL = (
+    "CREATE OR REPLACE FUNCTION stock_balances_in() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+    "INSERT INTO stock_balances (location, gtin, serial, lot_key, lot, qty, last_ms, expiry) "
+    "SELECT NEW.location, NEW.gtin, NEW.serial, CASE WHEN NEW.serial = '' THEN NEW.lot ELSE '' END, NEW.lot, "
+    f"NEW.qty, NEW.at_ms, NEW.expiry {_BALANCE_UPSERT.format(max='GREATEST')}; "
+    "INSERT INTO stock_balances (location, gtin, serial, lot_key, lot, qty, last_ms, expiry) "
+    "SELECT NEW.counterpart, NEW.gtin, NEW.serial, CASE WHEN NEW.serial = '' THEN NEW.lot ELSE '' END, NEW.lot, "
+    f"-NEW.qty, NEW.at_ms, NEW.expiry WHERE NEW.counterpart != '' {_BALANCE_UPSERT.format(max='GREATEST')}; "
+    "RETURN NULL; END $$",
+    "CREATE TRIGGER stock_balances_in AFTER INSERT ON stock_movements FOR EACH ROW "
+    "EXECUTE FUNCTION stock_balances_in()",
+)
+# a store that already holds movements (migration 0005) starts with their balances
+_STOCK_BALANCES_FILL = """
+INSERT INTO stock_balances (location, gtin, serial, lot_key, lot, qty, last_ms, expiry)
+SELECT location, gtin, serial, lot_key, MAX(lot), SUM(qty), MAX(at_ms), MAX(expiry) FROM (
+    SELECT location, gtin, serial, CASE WHEN serial = '' THEN lot ELSE '' END AS lot_key, lot, qty, at_ms, expiry
+    FROM stock_movements
+    UNION ALL
+    SELECT counterpart, gtin, serial, CASE WHEN serial = '' THEN lot ELSE '' END, lot, -qty, at_ms, expiry
+    FROM stock_movements WHERE counterpart != ''
+) AS sides GROUP BY location, gtin, serial, lot_key;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", (
         Sql.script(_EVENTS_AND_CHARGES),
@@ -493,5 +596,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         Sql.script(_HIS_LINES, _HIS_LINES.replace("imported_at REAL", "imported_at DOUBLE PRECISION")),
     )),
     Migration(8, "web_access", (Sql.script(_WEB_ACCESS, _WEB_ACCESS.replace(" REAL", " DOUBLE PRECISION")),)),
+    Migration(9, "books_ledger", (
+        Sql.script(_BOOKS_LEDGER, _BOOKS_LEDGER.replace("INTEGER PRIMARY KEY AUTOINCREMENT",
+                                                        "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY")),
+        Sql(statements(_STOCK_BALANCES + _STOCK_BALANCES_SQLITE + _STOCK_BALANCES_FILL),
+            statements(_STOCK_BALANCES) + _STOCK_BALANCES_POSTGRESQL + statements(_STOCK_BALANCES_FILL)),
+    )),
 )
 """Every migration, in order; the schema version of a store is the number of the last one applied."""

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from device.eventlog import EventLog
+from gateway.books.projection import catch_up
 from gateway.store import GatewayStore
 from gateway.web.auth import make_api_token, secret_hash
 from gateway.web.passwords import hash_password
@@ -47,6 +48,7 @@ def add_cabinet_events(store: GatewayStore, tmp: Path) -> None:
     ]
     log.close()
     store.ingest(decode_batch(f"spd/v1/H1/{CABINET}/events", encode_batch("H1", CABINET, events)))
+    catch_up(store)  # the stock ledger's projection, as the running gateway's stock-ledger thread does
 
 
 def add_parked_charge(store: GatewayStore, charge_id: str, *, admission: str = "ZY0001", serial: str = "S9",

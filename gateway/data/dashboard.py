@@ -160,13 +160,6 @@ class DashboardStore:
             "ORDER BY seq DESC LIMIT ?", (device, *kinds, limit))
         return [CabinetEvent(*r) for r in rows]
 
-    def inventory_events(self, device: str) -> list[CabinetEvent]:
-        """Every ``taken``, ``returned`` and ``restocked`` event of a cabinet, oldest first."""
-        rows = self._engine.query(
-            "SELECT id, seq, ts_ms, kind, body, stored_at FROM events WHERE device = ? "
-            "AND kind IN ('taken', 'returned', 'restocked') ORDER BY seq", (device,))
-        return [CabinetEvent(*r) for r in rows]
-
     def item_names(self, gtins: list[str]) -> dict[str, str]:
         if not gtins:
             return {}

@@ -1,19 +1,18 @@
-"""What is in a cabinet, and its door and lock, as far as the cabinet's events tell.
+"""What is in a cabinet, and its door and lock, as the gateway knows them.
 
-:func:`cabinet_stock` is the one place the cabinets page and API read stock from. Until the books' stock
-ledger exists it replays the cabinet's ``restocked``, ``returned`` and ``taken`` events: an item is in the
-cabinet after its last ``restocked``/``returned`` and before a later ``taken``. Items that were on the
-shelves before the gateway stored the cabinet's first event are not known here (``since`` says from when
-the picture holds). The books' stock query replaces this function's body and keeps its result type.
+Stock is the stock ledger's on hand at the cabinet (``stock_balances``, kept by the gateway's ``stock-ledger``
+projection from the cabinet's events as they arrive, :mod:`gateway.books.projection`), per item with its lots
+and the earliest expiry. Door and latch are the cabinet's latest access events.
 """
 
 from __future__ import annotations
 
 import json
-from collections import Counter
+from collections import defaultdict
 from dataclasses import dataclass
 
 from gateway.data.dashboard import CabinetEvent
+from gateway.data.stock import Balance
 from gateway.store import GatewayStore
 
 
@@ -30,7 +29,7 @@ class StockLine:
 class CabinetStock:
     device: str
     lines: tuple[StockLine, ...]
-    since_ms: int | None  # the first inventory event the picture is built from (None: no events)
+    since_ms: int | None  # the ledger's earliest movement (None: an empty ledger)
     source: str  # how it was worked out, shown beside the table
 
     @property
@@ -47,28 +46,18 @@ class DoorState:
 
 
 def cabinet_stock(store: GatewayStore, device: str) -> CabinetStock:
-    events = store.dashboard.inventory_events(device)
-    present: dict[str, dict[str, str]] = {}
-    for ev in events:
-        body = _body(ev)
-        gtin, serial = body.get("gtin"), body.get("serial")
-        if not isinstance(gtin, str) or not isinstance(serial, str):
-            continue
-        key = f"{gtin}/{serial}"
-        if ev.kind == "taken":
-            present.pop(key, None)
-        else:
-            present[key] = {"gtin": gtin, "lot": str(body.get("lot", "")), "expiry": str(body.get("expiry", ""))}
-    counts = Counter(p["gtin"] for p in present.values())
-    names = store.dashboard.item_names(sorted(counts))
+    """The ledger's on hand at the cabinet ``device``, one line per item."""
+    by_gtin: dict[str, list[Balance]] = defaultdict(list)
+    for b in store.stock.balances(location=device):
+        by_gtin[b.gtin].append(b)
+    names = store.dashboard.item_names(sorted(by_gtin))
     lines = []
-    for gtin in sorted(counts):
-        mine = [p for p in present.values() if p["gtin"] == gtin]
-        lots = tuple(sorted({p["lot"] for p in mine if p["lot"]}))
-        expiries = sorted(p["expiry"] for p in mine if p["expiry"])
-        lines.append(StockLine(gtin, names.get(gtin, ""), counts[gtin], lots, expiries[0] if expiries else ""))
-    return CabinetStock(device, tuple(lines), events[0].ts_ms if events else None,
-                        "replayed from the cabinet's restocked, returned and taken events")
+    for gtin, held in sorted(by_gtin.items()):
+        expiries = sorted(b.expiry for b in held if b.expiry)
+        lines.append(StockLine(gtin, names.get(gtin, ""), sum(b.qty for b in held),
+                               tuple(sorted({b.lot for b in held if b.lot})), expiries[0] if expiries else ""))
+    return CabinetStock(device, tuple(lines), store.stock.first_at_ms(),
+                        "on hand by the stock ledger, kept from the cabinet's events as they arrive")
 
 
 def door_state(store: GatewayStore, device: str) -> DoorState:

@@ -33,13 +33,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway import bridge
 from gateway.data.links import LinkBatch, TakeRow
+from gateway.leader_loop import LeaderLoop
 from gateway.store import GatewayStore
 from spd_common.heartbeat import HeartbeatRegistry
 from spd_common.wire import EventKind
@@ -82,7 +82,7 @@ def link_alarms(store: GatewayStore) -> list[LinkAlarm]:
     return [LinkAlarm(*r) for r in store.links.alarms()]
 
 
-class LinkWatch:
+class LinkWatch(LeaderLoop):
     """Follows stored events and raises ``not_linked`` alarms; :meth:`run_once` is one pass."""
 
     def __init__(
@@ -105,12 +105,8 @@ class LinkWatch:
         self.batch_size = batch_size
         self.utc_offset_minutes = utc_offset_minutes
         self.alarms_raised = 0
-        self._may_run = may_run
         self._clock = clock
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        # a pass waits at most check_every_s (<= 30 s), then one batch loop that may wait on a busy store
-        self._beat = (heartbeats or HeartbeatRegistry()).heartbeat("link-watch", deadline_s=self.check_every_s + 90.0)
+        super().__init__("link-watch", self.check_every_s, may_run=may_run, heartbeats=heartbeats)
         store.devices.init_cursor(SINCE, int(self._clock() - window_s))
 
     # ------------------------------------------------------------ one pass
@@ -187,29 +183,6 @@ class LinkWatch:
         self.alarms_raised += len(raised)
         return raised
 
-    # ------------------------------------------------------------ thread
-
-    def start(self) -> LinkWatch:
-        self._beat.watch()
-        self._thread = threading.Thread(target=self._run, name="link-watch", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self._beat.retire()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.check_every_s):
-            self._beat()
-            if not self._may_run():
-                continue
-            try:
-                self.run_once()
-            except Exception:
-                log.exception("not_linked check failed; retrying")
 
 
 def _cabinet_item_key(body: dict[str, object]) -> str | None:

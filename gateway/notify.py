@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from typing import Any, Protocol
 
 from gateway.audit import AuditAction, AuditLog
 from gateway.data.incidents import IncidentRow
+from gateway.leader_loop import LeaderLoop
 from gateway.notify_channels import Channel, EmailChannel, WebhookChannel
 from gateway.notify_dispatch import NoticeDispatcher
 from gateway.notify_settings import NotifySettings
@@ -101,7 +101,7 @@ def his_health(lanes: Sequence[HisLane], *, now: float, down_after_s: float) -> 
     return HisHealth(down, up, failing)
 
 
-class IncidentWatch:
+class IncidentWatch(LeaderLoop):
     """Opens and resolves incidents from what the store (and the HIS lanes) show; :meth:`run_once` is one pass."""
 
     def __init__(
@@ -121,14 +121,10 @@ class IncidentWatch:
         self.channels = settings.channels
         self._on_change = on_change
         self._his_lanes = his_lanes
-        self._may_run = may_run
         self._clock = clock
         self._audit = AuditLog(store)
         self._open: dict[tuple[str, str], IncidentRow] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._beat = (heartbeats or HeartbeatRegistry()).heartbeat("notify-watch",
-                                                                  deadline_s=settings.check_every_s + 90.0)
+        super().__init__("notify-watch", settings.check_every_s, may_run=may_run, heartbeats=heartbeats)
         store.devices.init_cursor(CURSOR, store.last_event_id())
         store.devices.init_cursor(SINCE, int(clock() * 1000))
 
@@ -250,25 +246,6 @@ class IncidentWatch:
         elif health.up:
             self.resolve(Kind.HIS_DOWN, "his", "the HIS answers again on every lane")
 
-    # ------------------------------------------------------------ thread
-
-    def start(self) -> IncidentWatch:
-        self._beat.watch()
-        self._thread = threading.Thread(target=self._run, name="notify-watch", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self._beat.retire()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.settings.check_every_s):
-            self._beat()
-            if self._may_run():
-                self.run_once()
 
 
 def _json(text: str) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from device.eventlog import EventLog
 from gateway.commands import generate_signing_key
 from gateway.pki import CertRole, SiteCA, write_private_key
 from gateway.store import GatewayStore
+from gateway.web.stock import cabinet_stock
 from hw_sim.broker import free_port
 from hw_sim.catalog import sim_catalog
 from hw_sim.harness import SpineHarness
@@ -140,6 +141,16 @@ def screen(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Screen]:
         spine.wait_handhelds(60)
         t = spine.wait_settled(60)
         assert t.parked == PARKED, t
+
+        def cabinet_on_hand() -> int:
+            s = GatewayStore(spine.gateway_db)
+            try:
+                return cabinet_stock(s, CABINET).items
+            finally:
+                s.close()
+
+        # the gateway's stock-ledger thread projects the cabinet's events into the ledger the page reads
+        wait_for(lambda: cabinet_on_hand() == 4, timeout=30, interval=0.5, message="the cabinet's stock in the ledger")
         url = f"https://127.0.0.1:{port}"
         wait_for(lambda: _reachable(url, tmp / "ca" / "ca.crt"), timeout=20, message="the screen over TLS")
         s = Screen(spine, url, ca.ca_path, token)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sqlite3
 import subprocess
@@ -70,19 +71,39 @@ def _cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
                           text=True, check=False)
 
 
-def test_accounts_are_made_with_hashed_passwords_and_every_change_is_audited(tmp_path: Path) -> None:
+class Cli:
+    """``spd-gateway`` in this process (its ``main``), with standard input and the output captured."""
+
+    def __init__(self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+        self.capsys, self.monkeypatch = capsys, monkeypatch
+
+    def __call__(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        from gateway.cli import main
+
+        self.monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        code = main(list(args))
+        out = self.capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, out.out, out.err)
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Cli:
+    return Cli(capsys, monkeypatch)
+
+
+def test_accounts_are_made_with_hashed_passwords_and_every_change_is_audited(tmp_path: Path, cli: Cli) -> None:
     db = str(tmp_path / "gw.db")
-    assert _cli("user", "add", "li", "--db", db, "--role", "finance", "--password-stdin", stdin="short\n") \
+    assert cli("user", "add", "li", "--db", db, "--role", "finance", "--password-stdin", stdin="short\n") \
         .returncode == 2
-    ok = _cli("user", "add", "li", "--db", db, "--role", "finance", "--password-stdin", "--by", "it",
+    ok = cli("user", "add", "li", "--db", db, "--role", "finance", "--password-stdin", "--by", "it",
               stdin="month end closing\n")
     assert ok.returncode == 0, ok.stderr
-    assert _cli("user", "add", "li", "--db", db, "--role", "inspector", "--password-stdin",
+    assert cli("user", "add", "li", "--db", db, "--role", "inspector", "--password-stdin",
                 stdin="another long one\n").returncode == 1
-    assert _cli("user", "passwd", "li", "--db", db, "--password-stdin", stdin="quarter end closing\n").returncode == 0
-    assert _cli("user", "disable", "li", "--db", db).returncode == 0
-    assert _cli("user", "passwd", "nobody", "--db", db, "--password-stdin", stdin="whatever long\n").returncode == 1
-    assert "li\tfinance\tdisabled" in _cli("user", "list", "--db", db).stdout
+    assert cli("user", "passwd", "li", "--db", db, "--password-stdin", stdin="quarter end closing\n").returncode == 0
+    assert cli("user", "disable", "li", "--db", db).returncode == 0
+    assert cli("user", "passwd", "nobody", "--db", db, "--password-stdin", stdin="whatever long\n").returncode == 1
+    assert "li\tfinance\tdisabled" in cli("user", "list", "--db", db).stdout
     store = GatewayStore(db)
     try:
         acc = store.accounts.account("li")
@@ -98,14 +119,14 @@ def test_accounts_are_made_with_hashed_passwords_and_every_change_is_audited(tmp
         assert "quarter end closing" not in str(raw.execute("SELECT * FROM web_accounts").fetchall())
 
 
-def test_an_api_token_is_shown_once_and_stored_as_a_hash(tmp_path: Path) -> None:
+def test_an_api_token_is_shown_once_and_stored_as_a_hash(tmp_path: Path, cli: Cli) -> None:
     db = str(tmp_path / "gw.db")
-    r = _cli("web-token", "create", "--db", db, "--role", "inspector", "--name", "his-dashboard")
+    r = cli("web-token", "create", "--db", db, "--role", "inspector", "--name", "his-dashboard")
     assert r.returncode == 0, r.stderr
     token = r.stdout.strip()
     assert token.startswith("spd_his-dashboard_") and len(token) > 50
-    assert _cli("web-token", "create", "--db", db, "--role", "finance", "--name", "his-dashboard").returncode == 1
-    assert _cli("web-token", "create", "--db", db, "--name", "x").returncode == 2
+    assert cli("web-token", "create", "--db", db, "--role", "finance", "--name", "his-dashboard").returncode == 1
+    assert cli("web-token", "create", "--db", db, "--name", "x").returncode == 2
     store = GatewayStore(db)
     try:
         row = store.accounts.token(secret_hash(token))
@@ -114,15 +135,15 @@ def test_an_api_token_is_shown_once_and_stored_as_a_hash(tmp_path: Path) -> None
         store.close()
     with sqlite3.connect(db) as raw:
         assert token not in str(raw.execute("SELECT * FROM web_api_tokens").fetchall())
-    assert _cli("web-token", "revoke", "--db", db, "--name", "his-dashboard").returncode == 0
-    assert "revoked" in _cli("web-token", "list", "--db", db).stdout
+    assert cli("web-token", "revoke", "--db", db, "--name", "his-dashboard").returncode == 0
+    assert "revoked" in cli("web-token", "list", "--db", db).stdout
 
 
-def test_web_cert_issues_a_server_certificate_from_the_site_ca(tmp_path: Path) -> None:
+def test_web_cert_issues_a_server_certificate_from_the_site_ca(tmp_path: Path, cli: Cli) -> None:
     from cryptography import x509
 
-    assert _cli("ca-init", "--ca-dir", str(tmp_path / "ca"), "--site", "H1").returncode == 0
-    r = _cli("web-cert", "--ca-dir", str(tmp_path / "ca"), "--out-dir", str(tmp_path / "tls"), "--name",
+    assert cli("ca-init", "--ca-dir", str(tmp_path / "ca"), "--site", "H1").returncode == 0
+    r = cli("web-cert", "--ca-dir", str(tmp_path / "ca"), "--out-dir", str(tmp_path / "tls"), "--name",
              "spd-gw.hospital.local", "--dns", "spd-gw.hospital.local", "--ip", "10.0.0.5")
     assert r.returncode == 0, r.stderr
     cert = x509.load_pem_x509_certificates((tmp_path / "tls" / "web.crt").read_bytes())[0]
@@ -161,8 +182,8 @@ def test_spd_gateway_web_serves_the_screen_from_the_gateway_file(tmp_path: Path)
     assert proc.returncode == 0, out
 
 
-def test_spd_gateway_web_refuses_a_public_address_without_tls(tmp_path: Path) -> None:
-    r = _cli("web", "--config", str(_file(tmp_path, "")), "--host", "0.0.0.0")
+def test_spd_gateway_web_refuses_a_public_address_without_tls(tmp_path: Path, cli: Cli) -> None:
+    r = cli("web", "--config", str(_file(tmp_path, "")), "--host", "0.0.0.0")
     assert r.returncode == 2 and "needs TLS" in r.stderr
 
 

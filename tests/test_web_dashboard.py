@@ -80,3 +80,26 @@ def test_charts_escape_their_labels_and_scale_to_the_data() -> None:
     empty = charts.stacked_bars("none", days, [])
     assert "nothing in this period" in empty
     assert charts.percentile([3.0, 1.0, 2.0, 10.0], 0.5) in (2.0, 3.0) and charts.percentile([], 0.95) == 0.0
+
+
+def test_an_item_is_found_by_its_code_or_a_part_of_its_name(tmp_path: Path) -> None:
+    from gateway.catalog import import_catalog, read_catalog_file, write_catalog_csv
+    from hw_sim.catalog import sim_catalog
+
+    store = GatewayStore(tmp_path / "gw.db")
+    try:
+        items = sim_catalog()
+        (tmp_path / "items.csv").write_text(write_catalog_csv([i.row() for i in items]), encoding="utf-8")
+        import_catalog(store, read_catalog_file(tmp_path / "items.csv")[0])
+        stent, balloon = items[0], items[1]
+        add_parked_charge(store, "C-1", gtin=stent.gtin, serial="A1")
+        add_parked_charge(store, "C-2", gtin=balloon.gtin, serial="A2")
+        d = store.dashboard
+        assert d.gtins_of_item(stent.item_code) == [stent.gtin]
+        assert stent.gtin in d.gtins_of_item(stent.name[1:4])  # a part of the name
+        assert [c.charge_id for c in d.search_charges(gtins=d.gtins_of_item(balloon.item_code))] == ["C-2"]
+        assert d.search_charges(gtins=d.gtins_of_item("no such item")) == []
+        assert d.search_charges(gtins=[]) == []
+        assert d.search_charges(admission="ZY0001")[0].item_name == balloon.name
+    finally:
+        store.close()

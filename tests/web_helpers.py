@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from device.eventlog import EventLog
+from gateway.books.projection import catch_up
 from gateway.store import GatewayStore
 from gateway.web.auth import make_api_token, secret_hash
 from gateway.web.passwords import hash_password
@@ -47,11 +48,13 @@ def add_cabinet_events(store: GatewayStore, tmp: Path) -> None:
     ]
     log.close()
     store.ingest(decode_batch(f"spd/v1/H1/{CABINET}/events", encode_batch("H1", CABINET, events)))
+    catch_up(store)  # the stock ledger's projection, as the running gateway's stock-ledger thread does
 
 
-def add_parked_charge(store: GatewayStore, charge_id: str, *, admission: str = "ZY0001", serial: str = "S9") -> None:
+def add_parked_charge(store: GatewayStore, charge_id: str, *, admission: str = "ZY0001", serial: str = "S9",
+                      gtin: str = GTIN) -> None:
     with store.charges.batch() as b:
-        b.add_charge(charge_id, "HH01", int(charge_id.rsplit("-", 1)[-1]), admission, f"{GTIN}/{serial}", "{}",
+        b.add_charge(charge_id, "HH01", int(charge_id.rsplit("-", 1)[-1]), admission, f"{gtin}/{serial}", "{}",
                      "MSH|...", time.time())
     store.mark_parked(charge_id, "AE", "admission not known to the HIS")
 

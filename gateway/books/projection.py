@@ -42,7 +42,6 @@ import functools
 import json
 import logging
 import re
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -50,6 +49,7 @@ from typing import Any
 from gateway import bridge
 from gateway.data.events import EventRow
 from gateway.data.stock import PACK_OPEN, RESTOCK, RETURN, TAKE, USE, MovementRow
+from gateway.leader_loop import LeaderLoop
 from gateway.store import GatewayStore
 from spd_common.heartbeat import HeartbeatRegistry
 from spd_common.wire import EventKind
@@ -103,7 +103,7 @@ def dept_store(dept: str) -> str:
     return f"dept:{dept}" if dept else ""
 
 
-class StockProjection:
+class StockProjection(LeaderLoop):
     """Follows the stored events with its own cursor and records their stock movements."""
 
     def __init__(self, store: GatewayStore, *, batch_size: int = 5000, every_s: float = 5.0,
@@ -114,10 +114,7 @@ class StockProjection:
         self.every_s = every_s
         self.utc_offset_minutes = utc_offset_minutes
         self.skipped = 0
-        self._may_run = may_run
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._beat = (heartbeats or HeartbeatRegistry()).heartbeat("stock-ledger", deadline_s=every_s + 90.0)
+        super().__init__("stock-ledger", every_s, may_run=may_run, heartbeats=heartbeats)
 
     def run_once(self) -> int:
         """Project every event stored after the cursor; how many events were read."""
@@ -227,29 +224,6 @@ class StockProjection:
         except bridge.BridgeError as err:
             raise ValueError(str(err)) from None
 
-    # ------------------------------------------------------------ thread
-
-    def start(self) -> StockProjection:
-        self._beat.watch()
-        self._thread = threading.Thread(target=self._run, name="stock-ledger", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self._beat.retire()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.every_s):
-            self._beat()
-            if not self._may_run():
-                continue
-            try:
-                self.run_once()
-            except Exception:
-                log.exception("stock ledger projection failed; retrying")
 
 
 def catch_up(store: GatewayStore, *, utc_offset_minutes: int = 480, show_progress: bool = False) -> int:

@@ -39,12 +39,6 @@ class CabinetEvent(NamedTuple):
     stored_at: float
 
 
-class DaySeries(NamedTuple):
-    day: int  # days since 1970-01-01 in the site's time zone
-    label: str  # department, or "" when the series has one line
-    value: int
-
-
 _CHARGE_COLUMNS = ("c.charge_id, c.device, c.seq, c.admission, c.item_key, COALESCE(k.name, ''), c.status, c.attempts, "
                    "c.ack_code, c.last_error, c.created_at, c.finished_at")
 _CABINET_KINDS = ("access", "alarm", "taken", "returned", "restocked")
@@ -62,9 +56,14 @@ class DashboardStore:
         self._engine = engine
 
     def charge_status_counts(self) -> dict[str, int]:
-        """How many charges (and credits) are pending (the HIS outbox), accepted, parked, voided."""
+        """How many charges (and credits) are pending (the HIS outbox), accepted, parked, voided (a full count)."""
         rows = self._engine.query("SELECT status, COUNT(*) FROM charges GROUP BY status")
         return {str(s): int(n) for s, n in rows}
+
+    def charge_count(self, status: str) -> int:
+        """How many charges have ``status``: a range of ``charges_status``, quick for the small ones (pending,
+        parked), whatever the month's accepted charges."""
+        return int(self._engine.query("SELECT COUNT(*) FROM charges WHERE status = ?", (status,))[0][0])
 
     def scans_stored_since(self, at: float) -> int:
         """``consume`` events (a nurse's scan of an item onto a patient) the gateway stored since ``at``.
@@ -86,17 +85,41 @@ class DashboardStore:
     def last_event_id(self) -> int:
         return int(self._engine.query("SELECT COALESCE(MAX(id), 0) FROM events")[0][0])
 
+    def gtins_of_item(self, text: str, *, limit: int = 200) -> list[str]:
+        """GTINs of the catalog items whose item code is ``text`` or whose name contains it."""
+        rows = self._engine.query("SELECT gtin FROM catalog WHERE item_code = ? OR name LIKE ? ESCAPE '!' "
+                                  "ORDER BY gtin LIMIT ?", (text, f"%{like_escaped(text)}%", limit))
+        return [str(r[0]) for r in rows]
+
     def search_charges(self, *, admission: str | None = None, gtin: str | None = None, serial: str | None = None,
-                       status: str | None = None, limit: int = 200) -> list[ChargeView]:
-        """Charges newest first, filtered by admission (exact), item GTIN (or its beginning), serial and status."""
-        gtin_like = None if gtin is None else like_escaped(gtin) + ("/%" if len(gtin) == 14 else "%")
-        serial_like = None if serial is None else "%/" + like_escaped(serial)
+                       status: str | None = None, gtins: list[str] | None = None,
+                       limit: int = 200) -> list[ChargeView]:
+        """Charges newest first, filtered by admission (exact), item GTIN (or its beginning), serial, status and
+        a list of GTINs (an item searched by code or name, :meth:`gtins_of_item`).
+
+        Only the filters given are in the statement, so SQLite picks the index they allow (``charges_admission``,
+        ``charges_status``) instead of walking every charge.
+        """
+        where: list[str] = []
+        params: list[object] = []
+        if admission is not None:
+            where.append("c.admission = ?")
+            params.append(admission)
+        if status is not None:
+            where.append("c.status = ?")
+            params.append(status)
+        if gtin is not None:
+            where.append("c.item_key LIKE ? ESCAPE '!'")
+            params.append(like_escaped(gtin) + ("/%" if len(gtin) == 14 else "%"))
+        if serial is not None:
+            where.append("c.item_key LIKE ? ESCAPE '!'")
+            params.append("%/" + like_escaped(serial))
+        if gtins is not None:  # one of these items (none: no charge matches)
+            where.append(f"substr(c.item_key, 1, 14) IN ({', '.join('?' * len(gtins)) or 'NULL'})")
+            params.extend(gtins)
         rows = self._engine.query(
             f"SELECT {_CHARGE_COLUMNS} FROM charges c LEFT JOIN catalog k ON k.gtin = substr(c.item_key, 1, 14) "
-            "WHERE (? IS NULL OR c.admission = ?) AND (? IS NULL OR c.item_key LIKE ? ESCAPE '!') "
-            "AND (? IS NULL OR c.item_key LIKE ? ESCAPE '!') AND (? IS NULL OR c.status = ?) "
-            "ORDER BY c.id DESC LIMIT ?",
-            (admission, admission, gtin_like, gtin_like, serial_like, serial_like, status, status, limit))
+            f"{'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY c.id DESC LIMIT ?", (*params, limit))
         return [ChargeView(*r) for r in rows]
 
     def charge(self, charge_id: str) -> ChargeView | None:
@@ -105,13 +128,12 @@ class DashboardStore:
             "WHERE c.charge_id = ?", (charge_id,))
         return ChargeView(*rows[0]) if rows else None
 
-    def uses_per_day_and_dept(self, *, since_ms: int, utc_offset_ms: int) -> list[DaySeries]:
-        """Items charged to patients (the consumption list) per local day and department since ``since_ms``."""
+    def uses_per_dept(self, *, from_ms: int, to_ms: int) -> dict[str, int]:
+        """Items charged to patients (the consumption list) per department used in [from_ms, to_ms)."""
         rows = self._engine.query(
-            "SELECT (used_at_ms + ?) / ?, dept, COUNT(*) FROM consumption WHERE used_at_ms >= ? "
-            "GROUP BY (used_at_ms + ?) / ?, dept ORDER BY 1, 2",
-            (utc_offset_ms, DAY_MS, since_ms, utc_offset_ms, DAY_MS))
-        return [DaySeries(int(d), str(dept), int(n)) for d, dept, n in rows]
+            "SELECT dept, COUNT(*) FROM consumption WHERE used_at_ms >= ? AND used_at_ms < ? GROUP BY dept",
+            (from_ms, to_ms))
+        return {str(d): int(n) for d, n in rows}
 
     def his_round_trips(self, *, since: float, limit: int = 5000) -> list[tuple[float, float]]:
         """(queued at, answered at) of the charges the HIS accepted since ``since``, newest ``limit``."""
@@ -136,13 +158,6 @@ class DashboardStore:
         rows = self._engine.query(
             f"SELECT id, seq, ts_ms, kind, body, stored_at FROM events WHERE device = ? AND kind IN ({marks}) "
             "ORDER BY seq DESC LIMIT ?", (device, *kinds, limit))
-        return [CabinetEvent(*r) for r in rows]
-
-    def inventory_events(self, device: str) -> list[CabinetEvent]:
-        """Every ``taken``, ``returned`` and ``restocked`` event of a cabinet, oldest first."""
-        rows = self._engine.query(
-            "SELECT id, seq, ts_ms, kind, body, stored_at FROM events WHERE device = ? "
-            "AND kind IN ('taken', 'returned', 'restocked') ORDER BY seq", (device,))
         return [CabinetEvent(*r) for r in rows]
 
     def item_names(self, gtins: list[str]) -> dict[str, str]:

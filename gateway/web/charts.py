@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from markupsafe import Markup, escape
-
-from gateway.data.dashboard import DaySeries
 
 WIDTH, HEIGHT = 640, 220
 LEFT, RIGHT, TOP, BOTTOM = 48, 130, 12, 28
@@ -30,18 +28,11 @@ def day_label(day: int) -> str:
     return (dt.date(1970, 1, 1) + dt.timedelta(days=day)).strftime("%m-%d")
 
 
-def per_day(rows: Sequence[DaySeries], days: Sequence[int]) -> list[Series]:
-    """Rows (day, label, value) as one series per label over ``days`` (zero where a day has none)."""
-    labels = sorted({r.label for r in rows})
-    index = {d: i for i, d in enumerate(days)}
-    out = []
-    for label in labels:
-        values = [0.0] * len(days)
-        for r in rows:
-            if r.label == label and r.day in index:
-                values[index[r.day]] += r.value
-        out.append(Series(label or "-", tuple(values)))
-    return out
+def per_day(counts: Mapping[int, Mapping[str, int]], days: Sequence[int]) -> list[Series]:
+    """Counts per day and label as one series per label over ``days`` (zero where a day has none)."""
+    labels = sorted({label for day in days for label in counts.get(day, {})})
+    return [Series(label or "-", tuple(float(counts.get(day, {}).get(label, 0)) for day in days))
+            for label in labels]
 
 
 def _nice_max(v: float) -> float:

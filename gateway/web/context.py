@@ -34,6 +34,8 @@ class WebContext:
     audit: AuditLog = field(init=False)
     limiter: LoginLimiter = field(init=False)
     templates: Jinja2Templates = field(init=False)
+    past_days: dict[int, tuple[float, dict[str, int]]] = field(default_factory=dict)
+    """Uses per department of days before today, with when they were counted (the overview's chart)."""
 
     def __post_init__(self) -> None:
         self.audit = AuditLog(self.store)

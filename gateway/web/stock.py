@@ -1,20 +1,18 @@
-"""What is in a cabinet, and its door and lock, as far as the cabinet's events tell.
+"""What is in a cabinet, and its door and lock, as the gateway knows them.
 
-:func:`cabinet_stock` is the one place the cabinets page and API read stock from: the books' stock ledger
-(:mod:`gateway.books.ledger`), which balances every movement of the cabinet: restocks, takes, returns, and
-the counts that correct it. Items on the shelves before the gateway stored the cabinet's first event are known
-once a count records them.
+Stock is the stock ledger's on hand at the cabinet (``stock_balances``, kept by the gateway's ``stock-ledger``
+projection from the cabinet's events as they arrive, :mod:`gateway.books.projection`), per item with its lots
+and the earliest expiry. Door and latch are the cabinet's latest access events.
 """
 
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from dataclasses import dataclass
 
-from gateway.books.ledger import StockLine as LedgerLine
-from gateway.books.ledger import on_hand
-from gateway.books.projection import catch_up
 from gateway.data.dashboard import CabinetEvent
+from gateway.data.stock import Balance
 from gateway.store import GatewayStore
 
 
@@ -31,7 +29,7 @@ class StockLine:
 class CabinetStock:
     device: str
     lines: tuple[StockLine, ...]
-    since_ms: int | None  # the first inventory event the picture is built from (None: no events)
+    since_ms: int | None  # the ledger's earliest movement (None: an empty ledger)
     source: str  # how it was worked out, shown beside the table
 
     @property
@@ -47,23 +45,19 @@ class DoorState:
     since_ms: int | None
 
 
-def cabinet_stock(store: GatewayStore, device: str, *, utc_offset_minutes: int = 480) -> CabinetStock:
-    """The cabinet's stock on hand from the books' stock ledger (:func:`gateway.books.ledger.on_hand`), brought
-    up to date with the stored events first (:func:`gateway.books.projection.catch_up`: only what arrived since
-    the last pass; inside ``spd-gateway run`` the ``stock-ledger`` thread keeps it current)."""
-    catch_up(store, utc_offset_minutes=utc_offset_minutes)
-    by_gtin: dict[str, list[LedgerLine]] = {}
-    for line in on_hand(store, location=device):
-        if line.qty > 0:
-            by_gtin.setdefault(line.gtin, []).append(line)
+def cabinet_stock(store: GatewayStore, device: str) -> CabinetStock:
+    """The ledger's on hand at the cabinet ``device``, one line per item."""
+    by_gtin: dict[str, list[Balance]] = defaultdict(list)
+    for b in store.stock.balances(location=device):
+        by_gtin[b.gtin].append(b)
+    names = store.dashboard.item_names(sorted(by_gtin))
     lines = []
-    for gtin in sorted(by_gtin):
-        mine = by_gtin[gtin]
-        lots = tuple(sorted({x.lot for x in mine if x.lot}))
-        expiries = sorted(x.expiry for x in mine if x.expiry)
-        lines.append(StockLine(gtin, mine[0].name, sum(x.qty for x in mine), lots, expiries[0] if expiries else ""))
-    return CabinetStock(device, tuple(lines), None,
-                        "the stock ledger's balance of the cabinet (receipts, restocks, takes, returns and counts)")
+    for gtin, held in sorted(by_gtin.items()):
+        expiries = sorted(b.expiry for b in held if b.expiry)
+        lines.append(StockLine(gtin, names.get(gtin, ""), sum(b.qty for b in held),
+                               tuple(sorted({b.lot for b in held if b.lot})), expiries[0] if expiries else ""))
+    return CabinetStock(device, tuple(lines), store.stock.first_at_ms(),
+                        "on hand by the stock ledger, kept from the cabinet's events as they arrive")
 
 
 def door_state(store: GatewayStore, device: str) -> DoorState:

@@ -1,4 +1,4 @@
-"""Charges: search by patient admission, item GTIN, serial and status; re-send a parked one.
+"""Charges: search by patient admission, item (GTIN, or item code or name), serial and status; re-send a parked one.
 
 A re-send is :meth:`gateway.data.charges.ChargeStore.requeue_parked`, as ``spd-gateway charges resend`` does:
 the charge goes back into the HIS outbox (refused for one whose item was given back unused). Allowed to the
@@ -25,6 +25,7 @@ STATUSES = ("pending", "accepted", "parked", "voided")
 Status = Literal["", "pending", "accepted", "parked", "voided"]
 ADMISSION = Query(pattern=r"^[A-Za-z0-9_.-]{0,40}$", description="the patient's admission number (exact)")
 GTIN = Query(pattern=r"^[0-9]{0,14}$", description="the item's GTIN (14 digits; fewer: its beginning)")
+ITEM = Query(pattern=r"^[^\x00-\x1f]{0,40}$", description="the item's code (exact) or a part of its name")
 SERIAL = Query(pattern=r"^[!-~]{0,20}$", description="the item's serial number (exact)")
 STATUS = Query(description="pending (in the HIS outbox), accepted, parked (refused by the HIS) or voided")
 LIMIT = Query(ge=1, le=1000, description="at most this many, newest first")
@@ -33,9 +34,11 @@ html = APIRouter()
 api = APIRouter(tags=["charges"])
 
 
-def _search(ctx: WebContext, admission: str, gtin: str, serial: str, status: str, limit: int) -> list[ChargeView]:
+def _search(ctx: WebContext, admission: str, gtin: str, serial: str, status: str, limit: int,
+            item: str = "") -> list[ChargeView]:
+    gtins = ctx.store.dashboard.gtins_of_item(item.strip()) if item.strip() else None
     return ctx.store.dashboard.search_charges(admission=admission or None, gtin=gtin or None, serial=serial or None,
-                                              status=status or None, limit=limit)
+                                              status=status or None, gtins=gtins, limit=limit)
 
 
 def resend(ctx: WebContext, who: Principal, charge_id: str) -> ChargeView:
@@ -58,12 +61,13 @@ def resend(ctx: WebContext, who: Principal, charge_id: str) -> ChargeView:
 
 @html.get("/charges", response_class=HTMLResponse, summary="The charges page")
 def charges_page(request: Request, who: Anyone, admission: Annotated[str, ADMISSION] = "",
-                 gtin: Annotated[str, GTIN] = "",
+                 gtin: Annotated[str, GTIN] = "", item: Annotated[str, ITEM] = "",
                  serial: Annotated[str, SERIAL] = "", status: Annotated[Status, STATUS] = "",
                  limit: Annotated[int, LIMIT] = 200) -> HTMLResponse:
     ctx = context_of(request)
-    return page(request, "charges.html", who, charges=_search(ctx, admission, gtin, serial, status, limit),
-                f={"admission": admission, "gtin": gtin, "serial": serial, "status": status}, statuses=STATUSES,
+    return page(request, "charges.html", who, charges=_search(ctx, admission, gtin, serial, status, limit, item),
+                f={"admission": admission, "gtin": gtin, "item": item, "serial": serial, "status": status},
+                statuses=STATUSES,
                 may_resend=who.role in RESEND_CHARGE, resent=request.query_params.get("resent"))
 
 
@@ -75,10 +79,10 @@ def resend_page(request: Request, who: MayResend, charge_id: Annotated[str, CHAR
 
 @api.get("/charges", summary="Search charges by admission, GTIN, serial and status")
 def charges_api(request: Request, who: Anyone, admission: Annotated[str, ADMISSION] = "",
-                gtin: Annotated[str, GTIN] = "",
+                gtin: Annotated[str, GTIN] = "", item: Annotated[str, ITEM] = "",
                 serial: Annotated[str, SERIAL] = "", status: Annotated[Status, STATUS] = "",
                 limit: Annotated[int, LIMIT] = 200) -> list[dict[str, Any]]:
-    return [c._asdict() for c in _search(context_of(request), admission, gtin, serial, status, limit)]
+    return [c._asdict() for c in _search(context_of(request), admission, gtin, serial, status, limit, item)]
 
 
 @api.post("/charges/{charge_id}/resend", summary="Re-send a parked charge (supervisor, finance)")

@@ -20,6 +20,7 @@ from gateway.web.render import page
 
 NAV = NavEntry("Overview", "/")
 CHART_DAYS = 14
+PAST_DAYS_FOR_S = 600.0  # a past day's uses are counted again after this (late uploads, credits); today's always
 html = APIRouter()
 api = APIRouter(tags=["overview"])
 
@@ -27,7 +28,6 @@ api = APIRouter(tags=["overview"])
 def summary(ctx: WebContext, *, now: float | None = None) -> dict[str, Any]:
     at = time.time() if now is None else now
     devices = device_views(ctx.store, offline_after_s=ctx.config.offline_after_s, now=at)
-    statuses = ctx.store.dashboard.charge_status_counts()
     alarms = collect_alarms(ctx.store)
     offset_ms = ctx.config.utc_offset_minutes * 60_000
     today_start_ms = (int(at * 1000) + offset_ms) // DAY_MS * DAY_MS - offset_ms
@@ -41,21 +41,34 @@ def summary(ctx: WebContext, *, now: float | None = None) -> dict[str, Any]:
         },
         "alarms_open": sum(a.open for a in alarms),
         "alarms_open_critical": sum(a.open and a.critical for a in alarms),
-        "his_outbox": statuses.get("pending", 0),
-        "parked_charges": statuses.get("parked", 0),
-        "accepted_charges": statuses.get("accepted", 0),
+        "his_outbox": ctx.store.dashboard.charge_count("pending"),
+        "parked_charges": ctx.store.dashboard.charge_count("parked"),
         "scans_today": ctx.store.dashboard.scans_stored_since(today_start_ms / 1000),
     }
 
 
 def chart_data(ctx: WebContext, *, now: float | None = None) -> dict[str, Any]:
-    """Items charged per day and department, and the HIS round trip (queued to answered) p50/p95 per day."""
+    """Items charged per day and department, and the HIS round trip (queued to answered) p50/p95 per day.
+
+    Past days' counts are kept for :data:`PAST_DAYS_FOR_S` (a month of consumption is hundreds of thousands
+    of rows); today's are counted at every request.
+    """
     at = time.time() if now is None else now
     offset_ms = ctx.config.utc_offset_minutes * 60_000
     today = (int(at * 1000) + offset_ms) // DAY_MS
     days = list(range(today - CHART_DAYS + 1, today + 1))
     since_ms = days[0] * DAY_MS - offset_ms
-    uses = ctx.store.dashboard.uses_per_day_and_dept(since_ms=since_ms, utc_offset_ms=offset_ms)
+    uses: dict[int, dict[str, int]] = {}
+    for day in days:
+        counted = ctx.past_days.get(day)
+        if day == today or counted is None or at - counted[0] > PAST_DAYS_FOR_S:
+            counted = (at, ctx.store.dashboard.uses_per_dept(from_ms=day * DAY_MS - offset_ms,
+                                                             to_ms=(day + 1) * DAY_MS - offset_ms))
+            if day != today:
+                ctx.past_days[day] = counted
+        uses[day] = counted[1]
+    for day in [d for d in ctx.past_days if d < days[0]]:
+        del ctx.past_days[day]
     by_day: dict[int, list[float]] = {d: [] for d in days}
     for queued, answered in ctx.store.dashboard.his_round_trips(since=since_ms / 1000):
         day = (int(answered * 1000) + offset_ms) // DAY_MS

@@ -25,7 +25,7 @@ from gateway.catalog import CatalogEntry, import_catalog
 from gateway.data.his_lines import CHARGE, MANUAL, HisLineRow
 from gateway.store import GatewayStore
 from gateway.web.app import create_app
-from gateway.web.books_cache import this_month
+from gateway.web.books_cache import MonthReports, this_month
 from gateway.web.context import WebContext
 from gateway.web.roles import Role
 from gateway.web.settings import WebConfig
@@ -161,3 +161,21 @@ def test_the_cabinet_page_shows_the_ledgers_balance(books: Books) -> None:
     stock = doc["stock"]
     assert [(line["gtin"], line["count"]) for line in stock["lines"]] == [(GTIN, 2)]  # S1 and S3; S2 was taken
     assert "ledger" in stock["source"]
+
+
+def test_a_months_report_is_computed_once_while_it_is_kept() -> None:
+    now = [0.0]
+    kept = MonthReports(ttl_s=300.0, clock=lambda: now[0])
+    computed: list[str] = []
+
+    def compute(month: str) -> str:
+        computed.append(month)
+        return f"report {month} #{len(computed)}"
+
+    assert kept.get("reconciliation", "2026-11", lambda: compute("2026-11")) == "report 2026-11 #1"
+    now[0] = 299.0
+    assert kept.get("reconciliation", "2026-11", lambda: compute("2026-11")) == "report 2026-11 #1"
+    assert kept.get("reconciliation", "2026-10", lambda: compute("2026-10")) == "report 2026-10 #2"
+    now[0] = 300.5
+    assert kept.get("reconciliation", "2026-11", lambda: compute("2026-11")) == "report 2026-11 #3"
+    assert computed == ["2026-11", "2026-10", "2026-11"]

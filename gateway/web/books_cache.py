@@ -2,7 +2,7 @@
 
 A reconciliation reads the whole month (seconds at full size), and the screen asks for the same month over
 and over: the list, each drill-down, the inspector's report and its download. :class:`MonthReports` keeps
-each report by month for ``ttl_s`` (a minute by default) so a drill-down is as fast as a page, and
+each report by month for ``ttl_s`` (five minutes by default) so a drill-down is as fast as a page, and
 recomputes it after; one computation at a time per report and month.
 """
 
@@ -20,7 +20,7 @@ from gateway.store import GatewayStore
 from gateway.web.context import WebContext
 
 T = TypeVar("T")
-TTL_S = 60.0
+TTL_S = 300.0
 
 
 class MonthReports:
@@ -63,7 +63,7 @@ def period_of(ctx: WebContext, month: str) -> Period:
 
 
 def month_reconciliation(ctx: WebContext, month: str) -> Reconciliation:
-    """The month's three-way reconciliation (:func:`gateway.books.reconcile.reconcile`), kept a minute."""
+    """The month's three-way reconciliation (:func:`gateway.books.reconcile.reconcile`), kept five minutes."""
     return reports_of(ctx).get("reconciliation", month, lambda: reconcile(ctx.store, period_of(ctx, month)))
 
 

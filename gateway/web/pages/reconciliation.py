@@ -2,8 +2,8 @@
 filtered by department and kind, each mismatch with a drill-down to its evidence: the device events as the
 devices chained them, the gateway's charges with the HIS's answers, and the HIS's own lines.
 
-The findings are :func:`gateway.books.reconcile.reconcile`'s, kept a minute per month
-(:mod:`gateway.web.books_cache`). Seen by the supervisor, finance and inspector roles.
+The findings are :func:`gateway.books.reconcile.reconcile`'s, kept per month
+(kept five minutes, :mod:`gateway.web.books_cache`). Seen by the supervisor, finance and inspector roles.
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
-    db_path: Path
+    db_path: Path | str  # a SQLite file, or a postgresql:// URL ([store] url)
     broker_host: str = "127.0.0.1"
     broker_port: int = 1883
     client_id: str = "spd-gateway"

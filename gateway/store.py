@@ -24,6 +24,7 @@ from gateway.data.audit import AuditStore
 from gateway.data.catalog import CatalogStore
 from gateway.data.census import CensusStore, StaffStore
 from gateway.data.charges import ChargeStore, OutboxCharge, ReturnOutcome, StoreError
+from gateway.data.claims import ClaimStore
 from gateway.data.devices import DeviceStore
 from gateway.data.engine import Engine, is_postgres_url, open_engine
 from gateway.data.events import (
@@ -78,6 +79,7 @@ class GatewayStore:
         self.staff = StaffStore(self._engine)
         self.audit = AuditStore(self._engine)
         self.links = LinkStore(self._engine)
+        self.claims = ClaimStore(self._engine)
 
     @property
     def engine_name(self) -> str:

@@ -522,6 +522,18 @@ _AUDIT_PG = (
     "FOR EACH ROW EXECUTE FUNCTION audit_log_append_only()",
 )
 
+_CHARGE_CLAIMS = (
+    "CREATE TABLE charge_claims (charge_id TEXT PRIMARY KEY, owner TEXT NOT NULL, claimed_at REAL NOT NULL)",
+    "CREATE INDEX charge_claims_owner ON charge_claims (owner)",
+    "CREATE INDEX charges_pending_admission ON charges (admission, id) WHERE status = 'pending'",
+)
+_CHARGE_CLAIMS_PG = (
+    "CREATE TABLE charge_claims (charge_id TEXT PRIMARY KEY, owner TEXT NOT NULL, claimed_at DOUBLE PRECISION "
+    "NOT NULL)",
+    "CREATE INDEX charge_claims_owner ON charge_claims (owner)",
+    "CREATE INDEX charges_pending_admission ON charges (admission, id) WHERE status = 'pending'",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", (
         Sql.script(_EVENTS_AND_CHARGES, _EVENTS_AND_CHARGES_PG),
@@ -548,6 +560,10 @@ MIGRATIONS: tuple[Migration, ...] = (
     )),
     Migration(4, "audit_chain", (
         AddColumns("audit_log", (("prev", "TEXT"), ("hash", "TEXT"))),
+    )),
+    # several gateways share the HIS sending: which live instance sends which pending charge
+    Migration(5, "charge_claims", (
+        Sql(_CHARGE_CLAIMS, _CHARGE_CLAIMS_PG),
     )),
 )
 """Every migration, in order; the schema version of a store is the number of the last one applied."""

@@ -86,6 +86,7 @@ class HisSender:
         lane: int = 0,
         lanes: int = 1,
         heartbeats: HeartbeatRegistry | None = None,
+        due: Callable[[int], list[OutboxCharge]] | None = None,
     ) -> None:
         if not 0 <= lane < lanes:
             raise ValueError(f"lane {lane} is not in 0..{lanes - 1}")
@@ -99,6 +100,9 @@ class HisSender:
         self.stats = SenderStats()
         self._rng = rng or random.Random()
         self._may_run = may_run
+        # what this sender may send, in outbox order: every pending charge (one instance), or the charges
+        # this instance claimed (several instances on one store: gateway.data.claims)
+        self._due = due or (lambda limit: store.pending_charges(limit=limit))
         self._pause_until = 0.0
         self._failures = 0
         self._wake = threading.Event()
@@ -122,7 +126,7 @@ class HisSender:
         sent = 0
         blocked: set[str] = set()
         voided: set[str] = set()  # credits voided with a charge parked in this pass: no longer pending
-        for charge in self.store.pending_charges(limit=500 * self.lanes):
+        for charge in self._due(500 * self.lanes):
             if self._stop.is_set() or not self._may_run():
                 break
             if charge.admission in blocked or lane_of(charge.admission, self.lanes) != self.lane:

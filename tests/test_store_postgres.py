@@ -136,3 +136,34 @@ def test_sqlite_stays_the_default_engine(tmp_path: Path) -> None:
     assert store.engine_name == "sqlite" and isinstance(store._engine, SqliteEngine)
     store.close()
     assert PostgresEngine.name == "postgresql"
+
+
+def test_a_reader_by_id_never_steps_over_an_event_committed_late(pg_url: str) -> None:
+    """Two gateways number events in one order and may commit them in the other: the charging worker's read
+    waits for the batch still open, so its cursor never passes an event that then appears behind it."""
+    from spd_common.wire import Batch, Event, event_hash
+
+    def consume(device: str) -> Event:
+        body = {"admission": "ZY1", "udi": f"u-{device}", "operator": "N", "dept": "D"}
+        return Event(device, 1, 1, "consume", body, "0" * 64, event_hash(device, 1, 1, "consume", body, "0" * 64))
+
+    a, b = GatewayStore(pg_url), GatewayStore(pg_url)
+    try:
+        slow = a._engine.transaction()  # gateway A: its batch is numbered first and committed last
+        db = slow.__enter__()
+        a.events._engine.share(db, "events")
+        db.execute("INSERT INTO events (device, seq, site, ts_ms, kind, body, prev, hash, stored_at) "
+                   "VALUES ('HH-A', 1, 'H1', 1, 'consume', '{}', ?, 'h', 1.0)", ("0" * 64,))
+        assert b.ingest(Batch("HH-B", "H1", [consume("HH-B")], [], checked=True)).new == 1  # gateway B commits
+        read: list[list[str]] = []
+        reader = threading.Thread(target=lambda: read.append(
+            [s.event.device for s in b.charging_events(after_id=0, limit=10)]))
+        reader.start()
+        reader.join(0.5)
+        assert reader.is_alive() and read == []  # it waits for A's batch rather than read past it
+        slow.__exit__(None, None, None)
+        reader.join(10)
+        assert read == [["HH-A", "HH-B"]]
+    finally:
+        a.close()
+        b.close()

@@ -24,6 +24,9 @@ from spd_common.wire import Event
 
 log = logging.getLogger(__name__)
 
+RELEASES_WRITERS = "item_releases"
+"""The key the transactions that insert ``item_releases`` share (see ``Engine.read_settled``)."""
+
 
 class ReturnOutcome(StrEnum):
     """What became of an item given back unused (``returns.outcome``)."""
@@ -100,7 +103,8 @@ class ChargeStore:
 
     def released_item_keys(self, *, after_id: int) -> list[tuple[int, str]]:
         """(release id, item key) of items given back to stock after ``after_id``, in release order."""
-        rows = self._engine.query("SELECT id, item_key FROM item_releases WHERE id > ? ORDER BY id", (after_id,))
+        rows = self._engine.read_settled(RELEASES_WRITERS, "SELECT id, item_key FROM item_releases WHERE id > ? "
+                                         "ORDER BY id", (after_id,))
         return [(int(r[0]), str(r[1])) for r in rows]
 
     def pending_charges(self, *, limit: int = 500) -> list[OutboxCharge]:
@@ -197,6 +201,7 @@ class ChargeStore:
                 (credit_id, original, item_key),
             ).rowcount
             if released:
+                self._engine.share(db, RELEASES_WRITERS)  # released_item_keys walks item_releases by id
                 db.execute(
                     "INSERT INTO item_releases (item_key, credit_id, released_at) VALUES (?, ?, ?) "
                     "ON CONFLICT DO NOTHING",

@@ -79,6 +79,16 @@ class Engine(Protocol):
         """Hold ``key`` until the transaction ends: no other transaction (of any gateway) holds it meanwhile."""
         ...
 
+    def share(self, db: Transaction, key: str) -> None:
+        """Hold ``key`` shared until the transaction ends (others may share it; :meth:`read_settled` waits)."""
+        ...
+
+    def read_settled(self, key: str, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """A read after every transaction that shares ``key`` has ended, so rows they numbered from a sequence
+        are all there: a reader that walks a table by id never steps over a row committed late (several
+        gateways writing at once number rows in one order and commit them in another)."""
+        ...
+
     def column_type(self, sqlite_type: str) -> str:
         """A column type as a migration's :class:`~gateway.data.migrations.AddColumns` writes it (SQLite's), in
         this engine's terms."""
@@ -163,6 +173,12 @@ class SqliteEngine:
 
     def serialize(self, db: Transaction, key: str) -> None:
         """Nothing to do: ``BEGIN IMMEDIATE`` already made this the only writer of the file."""
+
+    def share(self, db: Transaction, key: str) -> None:
+        """Nothing to do: writers to the file commit one at a time, in the order they number rows."""
+
+    def read_settled(self, key: str, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return self.query(sql, params)
 
     def column_type(self, sqlite_type: str) -> str:
         return sqlite_type

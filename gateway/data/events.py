@@ -42,6 +42,9 @@ error, database locked past its timeout; a corrupt database; a lost connection) 
 and fails the whole batch, so no ack goes out and the device resends. Taking a store failure for an event
 fault is harmless: the quarantine row written instead fails the same way and the batch still fails."""
 
+EVENTS_WRITERS = "events"
+"""The key every transaction that inserts events shares, and the readers that walk ``events`` by id wait for."""
+
 MAX_RAW_CHARS = 65536
 """Longest raw form of a quarantined event or refused payload that is kept (a valid body is at most 16 KiB)."""
 MAX_DETAIL_CHARS = 1000
@@ -103,6 +106,7 @@ class EventStore:
         at = time.time() if now is None else now
         res = IngestResult()
         with self._engine.transaction() as db:
+            self._engine.share(db, EVENTS_WRITERS)  # the readers by id wait for this batch (read_settled)
             db.execute(
                 "INSERT INTO devices (device, site, last_seen) VALUES (?, ?, ?) "
                 "ON CONFLICT (device) DO UPDATE SET last_seen = excluded.last_seen",
@@ -231,7 +235,8 @@ class EventStore:
             )
 
     def consumption_events(self, *, after_id: int, limit: int) -> list[StoredEvent]:
-        rows = self._engine.query(
+        rows = self._engine.read_settled(
+            EVENTS_WRITERS,
             "SELECT id, device, seq, ts_ms, kind, body, prev, hash FROM events "
             "WHERE id > ? AND kind = ? ORDER BY id LIMIT ?",
             (after_id, EventKind.CONSUME.value, limit),
@@ -243,7 +248,8 @@ class EventStore:
 
     def charging_events(self, *, after_id: int, limit: int) -> list[StoredEvent]:
         """Consumptions, returns of unused items and items put back in a cabinet after ``after_id``, in store order."""
-        rows = self._engine.query(
+        rows = self._engine.read_settled(
+            EVENTS_WRITERS,
             "SELECT id, device, seq, ts_ms, kind, body, prev, hash FROM events "
             "WHERE id > ? AND kind IN (?, ?, ?, ?) ORDER BY id LIMIT ?",
             (after_id, EventKind.CONSUME.value, EventKind.RETURN_UNUSED.value, EventKind.RETURNED.value,
@@ -254,7 +260,8 @@ class EventStore:
     def events_of_kinds(self, kinds: tuple[str, ...], *, after_id: int, limit: int) -> list[EventRow]:
         """Events of these kinds stored after ``after_id``, in store order."""
         marks = ", ".join("?" * len(kinds))
-        rows = self._engine.query(
+        rows = self._engine.read_settled(
+            EVENTS_WRITERS,
             f"SELECT id, device, seq, ts_ms, kind, body, stored_at FROM events WHERE id > ? AND kind IN ({marks}) "
             "ORDER BY id LIMIT ?", (after_id, *kinds, limit))
         return [EventRow(*r) for r in rows]

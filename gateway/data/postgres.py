@@ -110,6 +110,14 @@ class PostgresEngine:
         """Be the only transaction holding ``key`` until this one ends (other gateways' included)."""
         db.execute("SELECT pg_advisory_xact_lock(?)", (zlib.crc32(key.encode()),))
 
+    def share(self, db: Any, key: str) -> None:
+        db.execute("SELECT pg_advisory_xact_lock_shared(?)", (zlib.crc32(key.encode()),))
+
+    def read_settled(self, key: str, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        with self.transaction() as db:
+            self.serialize(db, key)  # waits until no transaction shares the key: every row they wrote is in
+            return [tuple(r) for r in db.execute(sql, params).fetchall()]
+
     def column_type(self, sqlite_type: str) -> str:
         """A column type written for SQLite (``REAL``, ``INTEGER NOT NULL DEFAULT 0``) in PostgreSQL's terms."""
         head, _, rest = sqlite_type.partition(" ")

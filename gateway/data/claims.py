@@ -17,16 +17,7 @@ from gateway.data.engine import Engine
 
 MEMBER_PREFIX = "member:"
 
-_DUE = (
-    "WITH live AS (SELECT holder FROM leases WHERE name LIKE 'member:%' AND expires_at > ? AND holder <> ?) "
-    "SELECT c.id, c.charge_id, c.device, c.seq, c.admission, c.message, c.attempts, c.next_attempt_at, c.line, "
-    "k.owner FROM charges c LEFT JOIN charge_claims k ON k.charge_id = c.charge_id "
-    "WHERE c.status = 'pending' AND (k.owner IS NULL OR k.owner NOT IN (SELECT holder FROM live)) "
-    "AND NOT EXISTS (SELECT 1 FROM charges e JOIN charge_claims ek ON ek.charge_id = e.charge_id "
-    "WHERE e.admission = c.admission AND e.status = 'pending' AND e.id < c.id "
-    "AND ek.owner IN (SELECT holder FROM live)) "
-    "ORDER BY c.id LIMIT ?"
-)
+_COLUMNS = "c.id, c.charge_id, c.device, c.seq, c.admission, c.message, c.attempts, c.next_attempt_at, c.line"
 
 
 def member_lease(owner: str) -> str:
@@ -44,15 +35,30 @@ class ClaimStore:
         """Claim for ``owner`` what no live instance holds; the pending charges it holds now, in outbox order."""
         with self._engine.transaction() as db:
             self._engine.serialize(db, "charge_claims")
-            db.execute("DELETE FROM charge_claims WHERE owner = ? AND charge_id NOT IN "
-                       "(SELECT charge_id FROM charges WHERE status = 'pending')", (owner,))
-            rows = db.execute(_DUE, (now, owner, limit)).fetchall()
-            taken = [(str(r[1]), owner, now) for r in rows if r[9] != owner]
+            db.execute("DELETE FROM charge_claims WHERE owner = ? AND NOT EXISTS (SELECT 1 FROM charges c "
+                       "WHERE c.charge_id = charge_claims.charge_id AND c.status = 'pending')", (owner,))
+            others = [str(r[0]) for r in db.execute(
+                "SELECT holder FROM leases WHERE name LIKE 'member:%' AND expires_at > ? AND holder <> ?",
+                (now, owner)).fetchall()]
+            held_by_others = ""
+            blocked: dict[str, int] = {}  # admission -> its first pending charge another live instance holds
+            if others:
+                marks = ", ".join("?" * len(others))
+                held_by_others = f" AND (k.owner IS NULL OR k.owner NOT IN ({marks}))"
+                blocked = {str(a): int(i) for a, i in db.execute(
+                    "SELECT c.admission, MIN(c.id) FROM charge_claims k JOIN charges c ON c.charge_id = k.charge_id "
+                    f"WHERE c.status = 'pending' AND k.owner IN ({marks}) GROUP BY c.admission", others).fetchall()}
+            rows = db.execute(
+                f"SELECT {_COLUMNS}, k.owner FROM charges c LEFT JOIN charge_claims k ON k.charge_id = c.charge_id "
+                f"WHERE c.status = 'pending'{held_by_others} ORDER BY c.id LIMIT ?", (*others, limit)).fetchall()
+            # a patient's later charge waits while an earlier one is another live instance's
+            mine = [r for r in rows if blocked.get(str(r[4]), int(r[0]) + 1) > int(r[0])]
+            taken = [(str(r[1]), owner, now) for r in mine if r[9] != owner]
             if taken:
                 db.executemany("INSERT INTO charge_claims (charge_id, owner, claimed_at) VALUES (?, ?, ?) "
                                "ON CONFLICT (charge_id) DO UPDATE SET owner = excluded.owner, "
                                "claimed_at = excluded.claimed_at", taken)
-        return [OutboxCharge(*r[:9]) for r in rows]
+        return [OutboxCharge(*r[:9]) for r in mine]
 
     def release(self, owner: str) -> int:
         """Give up every claim of ``owner`` (it stops); how many."""

@@ -86,7 +86,8 @@ class PostgresEngine:
     """What a statement raises because of the values it was given (a NUL in text, a number out of range, a
     duplicate key), as opposed to a failure of the database itself."""
 
-    def __init__(self, url: str, *, min_size: int = 2, max_size: int = 8, timeout_s: float = 30.0) -> None:
+    def __init__(self, url: str, *, min_size: int = 2, max_size: int = 12, timeout_s: float = 30.0) -> None:
+        # a gateway has about ten threads that write (ingest, charging, the HIS lanes, leases, link watch ...)
         self.url = url
         self.location = redacted(url)
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(

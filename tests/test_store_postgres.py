@@ -167,3 +167,13 @@ def test_a_reader_by_id_never_steps_over_an_event_committed_late(pg_url: str) ->
     finally:
         a.close()
         b.close()
+
+
+def test_a_database_that_is_not_there_is_named_in_the_error(pg_server: str) -> None:
+    import psycopg
+
+    from hw_sim.pgdb import _with_dbname
+
+    url = _with_dbname(pg_server, "spd_no_such_database")
+    with pytest.raises(psycopg.OperationalError, match="spd_no_such_database: no connection within 1 s"):
+        PostgresEngine(url, timeout_s=1.0)

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from gateway.data.engine import Row
 
@@ -94,8 +94,13 @@ class PostgresEngine:
             url, min_size=min_size, max_size=max_size, timeout=timeout_s, open=False,
             kwargs={"autocommit": False}, name="spd-gateway-store",
         )
-        self._pool.open(wait=True, timeout=timeout_s)
         self._closed = threading.Event()
+        try:
+            self._pool.open(wait=True, timeout=timeout_s)
+        except PoolTimeout as err:  # says only that the pool is incomplete: say where and what it could not do
+            self._pool.close()
+            raise psycopg.OperationalError(f"{self.location}: no connection within {timeout_s:.0f} s "
+                                           "(is the server up, the database there, the role allowed?)") from err
 
     @contextmanager
     def transaction(self) -> Iterator[PgTransaction]:

@@ -47,6 +47,43 @@ def _with_dbname(url: str, dbname: str) -> str:
 
 
 @contextmanager
+def scratch_schema(database_url: str, prefix: str = "t") -> Iterator[str]:
+    """Create an empty schema in a database, yield a URL whose connections work in it, drop it with all it holds.
+
+    Much cheaper than a database (no files copied): what a test that needs "a fresh database" uses inside
+    one scratch database per test session.
+    """
+    import psycopg
+    from psycopg import sql
+
+    name = f"{prefix}_{secrets.token_hex(6)}"
+    with psycopg.connect(database_url, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+    try:
+        # commits need not wait for the disk: a scratch schema outlives no crash
+        yield f"{database_url}?options=-csearch_path%3D{name}%20-csynchronous_commit%3Doff"
+    finally:
+        with psycopg.connect(database_url, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+
+
+def empty_tables(url: str, *, keep: tuple[str, ...] = ("schema_migrations",)) -> None:
+    """Delete every row of every table in the URL's schema but those of ``keep`` (triggers off for it: the audit
+    log refuses deletes). A store made once and emptied like this is as good as new for a test, in a fraction
+    of the time its migrations take."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(url, autocommit=False, connect_timeout=5) as conn:
+        conn.execute("SET LOCAL session_replication_role = replica")
+        tables = [str(r[0]) for r in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()").fetchall()]
+        for table in tables:
+            if table not in keep:
+                conn.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(table)))
+
+
+@contextmanager
 def scratch_database(prefix: str = "spd_test", url: str | None = None) -> Iterator[str]:
     """Create an empty database, yield its URL, drop it (its connections ended first)."""
     import psycopg

@@ -658,8 +658,10 @@ def run_private(cfg: LoadConfig, workdir: Path, *, during: Callable[[SpineHarnes
         wait_gateway_connected(h)
         assert h.broker.pid is not None and h.gateway is not None and h.gateway.proc is not None
         more = {f"gateway-{i}": g.proc.pid for i, g in h.gateways.items() if i and g.proc is not None}
-        target = Target(h.broker.host, h.broker.port, h.gateway_db, h.his_db, gateway_pid=h.gateway.proc.pid,
-                        broker_pid=h.broker.pid, more_gateway_pids=more if not kill_every_s else {})
+        # the CPU of instances that are killed and started again is not measured (their processes change)
+        target = Target(h.broker.host, h.broker.port, h.gateway_db, h.his_db,
+                        gateway_pid=None if kill_every_s else h.gateway.proc.pid, broker_pid=h.broker.pid,
+                        more_gateway_pids={} if kill_every_s else more)
         if kill_every_s:
             killer.start()
         out = run_load(cfg, target, during=(lambda: during(h)) if during else None, during_at_s=during_at_s)

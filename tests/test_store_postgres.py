@@ -177,3 +177,28 @@ def test_a_database_that_is_not_there_is_named_in_the_error(pg_server: str) -> N
     url = _with_dbname(pg_server, "spd_no_such_database")
     with pytest.raises(psycopg.OperationalError, match="spd_no_such_database: no connection within 1 s"):
         PostgresEngine(url, timeout_s=1.0)
+
+
+def test_a_failing_migration_leaves_a_postgresql_store_at_the_version_before(pg_url: str) -> None:
+    import psycopg
+
+    from gateway.data.migrations import AddColumns, Migration, Sql, current_version, migrate, pending
+
+    engine = PostgresEngine(pg_url)
+    try:
+        current = len(MIGRATIONS)
+        broken = (*MIGRATIONS, Migration(current + 1, "broken", (
+            Sql(("CREATE TABLE stock_ledger (id INTEGER PRIMARY KEY)",),
+                ("CREATE TABLE stock_ledger (id BIGINT PRIMARY KEY)",)),
+            AddColumns("stock_ledger", (("qty", "INTEGER NOT NULL DEFAULT 0"),)),
+            Sql(("INSERT INTO stock_ledger (id, qty) VALUES (1, 1), (1, 2)",),
+                ("INSERT INTO stock_ledger (id, qty) VALUES (1, 1), (1, 2)",)),  # the same id twice: refused
+        )))
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            migrate(engine, broken)
+        assert current_version(engine) == current  # PostgreSQL's DDL is transactional: the table is gone too
+        assert [m.label for m in pending(engine, broken)] == [f"{current + 1:04d}_broken"]
+        with engine.transaction() as db:
+            assert not engine.has_table(db, "stock_ledger")
+    finally:
+        engine.close()

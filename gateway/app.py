@@ -7,7 +7,9 @@ Threads and what each owns:
 * ``charging`` (:class:`ChargingWorker`) — the charging cursor; writes the outbox;
 * ``his-sender-N`` (:class:`HisSender`, one per lane) — one HIS connection each; drain the outbox;
 * ``lease`` (:class:`Leadership`) — renews the charging lease; with several
-  instances on one store, only the holder runs charging and the sender;
+  instances on one store, only the holder runs charging (and, alone, the sender);
+* ``lease-member`` (a second :class:`Leadership`, only with a share group) — renews this instance's
+  membership; every live member sends the charges it claimed (:mod:`gateway.data.claims`);
 * ``link-watch`` (:class:`LinkWatch`) — the ``not_linked`` check: an item taken
   from a cabinet and not charged on any device within ``not_linked_within_s``
   raises one alarm (lease holder only);
@@ -42,6 +44,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -55,6 +58,7 @@ from gateway.broker_acl import fleet_identity
 from gateway.catalog_publish import CatalogPublisher
 from gateway.charging import ChargingWorker
 from gateway.commands import CommandSigner, load_signing_key
+from gateway.data.claims import member_lease
 from gateway.fleet import Fleet, FleetLink
 from gateway.his.adapter import HisAdapter, HisConfigError
 from gateway.his.http_adapter import HttpJsonAdapter
@@ -79,7 +83,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
-    db_path: Path
+    db_path: Path | str  # a SQLite file, or a postgresql:// URL ([store] url)
     broker_host: str = "127.0.0.1"
     broker_port: int = 1883
     broker_fallbacks: tuple[Address, ...] = ()  # a broker cluster's other nodes, tried in turn after a drop
@@ -149,6 +153,13 @@ class Gateway:
         self.store = GatewayStore(config.db_path)
         self.leadership = Leadership(self.store, config.client_id, ttl_s=config.lease_ttl_s,
                                      heartbeats=self.heartbeats)
+        # in a share group every live instance sends the charges it claimed; alone, the lease holder sends all
+        self.membership = Leadership(self.store, config.client_id, ttl_s=config.lease_ttl_s,
+                                     heartbeats=self.heartbeats, lease=member_lease(config.client_id),
+                                     role="sends its share of the outbox") if config.share_group else None
+        claims = self.store.claims
+        due = (lambda limit: claims.claim_due(config.client_id, now=time.time(), limit=limit)) \
+            if self.membership is not None else None
         bridge_config = bridge.BridgeConfig(
             sending_facility=config.sending_facility, receiving_facility=config.facility
         )
@@ -162,11 +173,12 @@ class Gateway:
                 self.store,
                 adapter or make_his_adapter(config),
                 backoff_max_s=config.his_backoff_max_s,
-                may_run=self.leadership.is_leader,
+                may_run=self.leadership.is_leader if self.membership is None else self.membership.is_leader,
                 lane=lane,
                 lanes=lanes,
                 heartbeats=self.heartbeats,
                 on_round_trip=self.metrics.round_trip_observer(lane),
+                due=due,
             )
             for lane in range(lanes)
         ]
@@ -219,6 +231,8 @@ class Gateway:
         if self.config.metrics_listen is not None:  # first: a port taken stops the start before any loop runs
             self.metrics.serve(self.config.metrics_listen)
         self.leadership.start()
+        if self.membership is not None:
+            self.membership.start()
         self.charging.start()
         for sender in self.senders:
             sender.start()
@@ -261,6 +275,12 @@ class Gateway:
         self.stock_ledger.stop()
         self.leadership.stop()
         self.metrics_store.close()
+        if self.membership is not None:
+            self.membership.stop()
+            try:
+                self.store.claims.release(self.config.client_id)
+            except Exception:
+                log.exception("releasing the charge claims failed")
         self.store.close()
         self._stopped.set()
 

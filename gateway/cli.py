@@ -20,7 +20,7 @@ from gateway.catalog import (
     read_catalog_file,
     read_recall_file,
 )
-from gateway.data.engine import SqliteEngine
+from gateway.data.engine import DB_HELP, open_engine, store_location
 from gateway.data.migrations import MigrationError, current_version, migrate, pending
 from gateway.data.schema import MIGRATIONS
 from gateway.store import GatewayStore
@@ -205,31 +205,32 @@ def _charges(a: argparse.Namespace) -> int:
 
 def _migrate(a: argparse.Namespace) -> int:
     """Bring the store's schema to this release's version (``--check``: only say whether that is needed)."""
-    if a.check and not a.db.exists():
+    if a.check and isinstance(a.db, Path) and not a.db.exists():
         print(f"{a.db}: no store (a new one is created at version {len(MIGRATIONS)} when the gateway starts)")
         return 1
-    engine = SqliteEngine(a.db)
+    engine = open_engine(a.db)
+    where = engine.location
     try:
         if a.check:
             todo = pending(engine, MIGRATIONS)
             version = current_version(engine)
             if not todo:
-                print(f"{a.db}: schema version {version}, up to date")
+                print(f"{where}: schema version {version}, up to date")
                 return 0
-            print(f"{a.db}: schema version {version} of {len(MIGRATIONS)}; pending: "
+            print(f"{where}: schema version {version} of {len(MIGRATIONS)}; pending: "
                   + ", ".join(m.label for m in todo))
             return 1
         report = migrate(engine, MIGRATIONS)
     except MigrationError as err:
-        print(f"{a.db}: {err}", file=sys.stderr)
+        print(f"{where}: {err}", file=sys.stderr)
         return 2
     finally:
         engine.close()
     if not report.applied:
-        print(f"{a.db}: schema version {report.after}, up to date")
+        print(f"{where}: schema version {report.after}, up to date")
         return 0
     how = " (a store without schema version, from an earlier release: upgraded in place)" if report.legacy else ""
-    print(f"{a.db}: schema version {report.before} -> {report.after}{how}; applied: {', '.join(report.applied)}")
+    print(f"{where}: schema version {report.before} -> {report.after}{how}; applied: {', '.join(report.applied)}")
     return 0
 
 
@@ -251,13 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
     service_logging(svc)
 
     cat = sub.add_parser("catalog-import", help="import the item dictionary from CSV or XLSX (by extension)")
-    cat.add_argument("--db", type=Path, required=True, help="the gateway store (SQLite)")
+    cat.add_argument("--db", type=store_location, required=True, help=DB_HELP)
     cat.add_argument("file", type=Path, help="the item dictionary, .csv or .xlsx")
     cat.add_argument("--by", default=None, help="who imported (default: the login name), for the audit log")
     cat.set_defaults(func=_catalog_import)
 
     rec = sub.add_parser("recall-import", help="replace the recalled-lots list from CSV or XLSX (by extension)")
-    rec.add_argument("--db", type=Path, required=True, help="the gateway store (SQLite)")
+    rec.add_argument("--db", type=store_location, required=True, help=DB_HELP)
     rec.add_argument("--add", action="store_true", help="add to the list instead of replacing it")
     rec.add_argument("--partial", action="store_true", help="import the good rows even when some rows are bad")
     rec.add_argument("file", type=Path, help="the recalled lots, .csv or .xlsx")
@@ -266,14 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("staff-import", help="replace the staff list (badges, PINs, roles, departments) "
                         "from CSV or XLSX")
-    st.add_argument("--db", type=Path, required=True, help="the gateway store (SQLite)")
+    st.add_argument("--db", type=store_location, required=True, help=DB_HELP)
     st.add_argument("--partial", action="store_true", help="import the good rows even when some rows are bad")
     st.add_argument("--by", default=None, help="who imported (default: the login name), for the audit log")
     st.add_argument("file", type=Path, help="the staff list, .csv or .xlsx (docs/deploy.md)")
     st.set_defaults(func=_staff_import)
 
     cen = sub.add_parser("census-import", help="replace the patient census from CSV or XLSX (sites without ADT)")
-    cen.add_argument("--db", type=Path, required=True, help="the gateway store (SQLite)")
+    cen.add_argument("--db", type=store_location, required=True, help=DB_HELP)
     cen.add_argument("--add", action="store_true", help="add to the census instead of replacing it")
     cen.add_argument("--partial", action="store_true", help="import the good rows even when some rows are bad")
     cen.add_argument("--by", default=None, help="who imported (default: the login name), for the audit log")
@@ -281,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     cen.set_defaults(func=_census_import)
 
     rdy = sub.add_parser("census-ready", help="the ADT-fed census now holds every inpatient: send it to the devices")
-    rdy.add_argument("--db", type=Path, required=True, help="the gateway store (SQLite)")
+    rdy.add_argument("--db", type=store_location, required=True, help=DB_HELP)
     mode = rdy.add_mutually_exclusive_group()
     mode.add_argument("--off", action="store_true", help="not complete (again): the devices stop checking patients")
     mode.add_argument("--check", action="store_true",
@@ -291,18 +292,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     exp = sub.add_parser("expiry-import", help="replace the lots' expiry dates (for codes without one) from CSV "
                          "or XLSX")
-    exp.add_argument("--db", type=Path, required=True, help="the gateway store (SQLite)")
+    exp.add_argument("--db", type=store_location, required=True, help=DB_HELP)
     exp.add_argument("--partial", action="store_true", help="import the good rows even when some rows are bad")
     exp.add_argument("file", type=Path, help="lot expiry dates, .csv or .xlsx")
     exp.add_argument("--by", default=None, help="who imported (default: the login name), for the audit log")
     exp.set_defaults(func=_expiry_import)
 
     cnt = sub.add_parser("counts", help="print the store's counters as JSON")
-    cnt.add_argument("--db", type=Path, required=True, help="the gateway store (SQLite)")
+    cnt.add_argument("--db", type=store_location, required=True, help=DB_HELP)
     cnt.set_defaults(func=_counts)
 
     ch = sub.add_parser("charges", help="list charges, or re-send parked ones")
-    ch.add_argument("--db", type=Path, required=True, help="the gateway store (SQLite)")
+    ch.add_argument("--db", type=store_location, required=True, help=DB_HELP)
     ch.add_argument("action", choices=["list", "resend"], help="list charges, or re-send parked ones")
     ch.add_argument("charge_ids", nargs="*", help="the parked charges to re-send (resend)")
     ch.add_argument("--status", default="parked", choices=["all", "pending", "accepted", "parked", "voided"],
@@ -312,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     mig = sub.add_parser("migrate", help="bring the store's schema to this release's version (the gateway also "
                          "does so when it starts); docs/data.md")
-    mig.add_argument("--db", type=Path, required=True, help="the gateway store (SQLite)")
+    mig.add_argument("--db", type=store_location, required=True, help=DB_HELP)
     mig.add_argument("--check", action="store_true",
                      help="only tell whether migrations are pending (exit 1 if so), apply nothing")
     mig.set_defaults(func=_migrate)

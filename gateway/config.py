@@ -14,7 +14,7 @@ to every user): the HIS bearer token comes from ``his.token_file`` or the
 environment variable named by ``his.token_env`` (``SPD_HIS_TOKEN`` when
 neither is set). Sections::
 
-    [store]       path
+    [store]       path (a SQLite file, the default) | url (postgresql://user@host:port/db: PostgreSQL)
     [broker]      host, port | hosts (a broker cluster's nodes, "host:port" each), mqtt_version ("5" | "3.1.1"),
                   client_id, share_group; [broker.tls] ca_file, cert_file, key_file
     [his]         protocol ("mllp" | "http"), host, port (mllp) or url, token_file | token_env (http),
@@ -46,7 +46,9 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
+from gateway.data.engine import is_postgres_url, store_location
 from spd_common.mqtt import MQTT_VERSIONS, Address, TlsSettings, parse_addresses
 from spd_common.toml_config import ConfigError, Section, parse_toml, read_config_text
 
@@ -103,7 +105,18 @@ def parse_gateway_config(doc: Mapping[str, Any], *, source: str = "<config>",
 
     s = top.section("store", optional=True)
     if s is not None:
-        out["db_path"] = _path(s, "path", base)
+        url = s.get_str("url", None)
+        if url is not None:
+            if s.has("path"):
+                raise ConfigError(source, s.key("url"), "give either path (SQLite) or url (PostgreSQL), not both")
+            if not is_postgres_url(url):
+                raise ConfigError(source, s.key("url"), f"must start with postgresql:// (got {url[:20]!r})")
+            if urlsplit(url).password:
+                raise ConfigError(source, s.key("url"), "must not hold a password (a secret): the PostgreSQL "
+                                  "client reads it from ~/.pgpass or PGPASSFILE, as for psql")
+            out["db_path"] = url
+        else:
+            out["db_path"] = _path(s, "path", base)
         s.done()
 
     b = top.section("broker", optional=True)
@@ -334,7 +347,7 @@ def build_config(file_fields: Mapping[str, Any], overrides: Mapping[str, Any], *
 
     fields = {**file_fields, **{k: v for k, v in overrides.items() if v is not None}}
     if fields.get("db_path") is None:
-        raise ConfigError(source, "store.path", "is required (in the file, or --db)")
+        raise ConfigError(source, "store.path", "is required (or store.url; in the file, or --db)")
     if "broker_port" not in fields:
         fields["broker_port"] = 8883 if fields.get("tls") is not None else 1883
     if fields.get("his_protocol", "mllp") == "http":
@@ -360,7 +373,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the options below override its keys")
     p.add_argument("--check", action="store_true",
                    help="check the configuration, print the effective settings (secrets hidden) and exit")
-    p.add_argument("--db", type=Path, default=None, help="the gateway store, SQLite ([store] path)")
+    p.add_argument("--db", type=store_location, default=None,
+                   help="the gateway store: a SQLite file ([store] path) or a postgresql:// URL ([store] url)")
     p.add_argument("--broker-host", default=None, help="MQTT broker host ([broker] host; default 127.0.0.1)")
     p.add_argument("--broker-port", type=int, default=None,
                    help="MQTT broker port ([broker] port; default 8883 with TLS, else 1883)")
@@ -508,5 +522,7 @@ def describe(cfg: GatewayConfig) -> str:
         v = getattr(cfg, f.name)
         if f.name == "his_token":
             v = "(set)" if v else "(not set)"
+        elif f.name == "db_path" and isinstance(v, str) and urlsplit(v).password:  # from --db
+            v = v.replace(f":{urlsplit(v).password}@", ":(hidden)@")
         lines.append(f"{f.name} = {v}")
     return "\n".join(lines)

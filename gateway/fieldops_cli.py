@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.audit import AuditAction, AuditLog, chain_break_alarms
 from gateway.broker_acl import DEFAULT_TEMPLATE, GATEWAY_CLI_IDENTITY, BrokerPaths, render_acl, render_config
+from gateway.data.engine import DB_HELP, store_location
 from gateway.linking import link_alarms
 from gateway.pki import GATEWAY_IDENTITY
 from gateway.store import GatewayStore
@@ -274,7 +275,8 @@ def register(sub: Any) -> None:
     p.add_argument("--site", required=True, help="the device's site id")
     p.add_argument("--device", required=True, help="the device id the token enrols")
     p.add_argument("--ttl-hours", type=float, default=24.0, help="hours the token stays valid")
-    p.add_argument("--db", type=Path, default=None, help="gateway store, for the audit log")
+    p.add_argument("--db", type=store_location, default=None, help="gateway store, for the audit log "
+                   "(a SQLite file, or a postgresql:// URL)")
     by(p)
     p.set_defaults(func=_enrol_token)
 
@@ -298,7 +300,8 @@ def register(sub: Any) -> None:
     p.add_argument("--reason", default="cessation_of_operation",
                    choices=["key_compromise", "superseded", "cessation_of_operation", "unspecified"],
                    help="the revocation reason written to the CRL")
-    p.add_argument("--db", type=Path, default=None, help="gateway store, for the audit log")
+    p.add_argument("--db", type=store_location, default=None, help="gateway store, for the audit log "
+                   "(a SQLite file, or a postgresql:// URL)")
     by(p)
     p.set_defaults(func=_revoke)
 
@@ -330,7 +333,7 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_broker_config)
 
     p = sub.add_parser("import-events", help="store an spd-device export file, exactly once")
-    p.add_argument("--db", type=Path, required=True, help="the gateway store (SQLite)")
+    p.add_argument("--db", type=store_location, required=True, help=DB_HELP)
     p.add_argument("file", type=Path, help="the export file written by spd-device export-events")
     by(p)
     p.set_defaults(func=_import_events)
@@ -340,7 +343,7 @@ def register(sub: Any) -> None:
                                ("lockdown", _lockdown, "lock a cabinet down (refuse every badge), or lift it"),
                                ("rotate-credentials", _rotate, "have a device renew its key and certificate")):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("--db", type=Path, required=True, help="the gateway store (SQLite)")
+        p.add_argument("--db", type=store_location, required=True, help=DB_HELP)
         p.add_argument("--signing-key", type=Path, required=True, help="the command-signing key")
         p.add_argument("--broker-host", default="127.0.0.1", help="the MQTT broker")
         p.add_argument("--broker-port", type=int, default=8883, help="the MQTT broker's port")
@@ -377,20 +380,20 @@ def register(sub: Any) -> None:
         p.set_defaults(func=fn)
 
     p = sub.add_parser("devices", help="list devices: online/offline, last seen, version, backlog, alarms")
-    p.add_argument("--db", type=Path, required=True, help="the gateway store (SQLite)")
+    p.add_argument("--db", type=store_location, required=True, help=DB_HELP)
     p.add_argument("--offline-after", type=float, default=120.0,
                    help="seconds without a state report before a device is listed offline")
     p.set_defaults(func=_devices)
 
     p = sub.add_parser("alarms", help="hash-chain breaks, alarm events and not_linked alarms")
-    p.add_argument("--db", type=Path, required=True, help="the gateway store (SQLite)")
+    p.add_argument("--db", type=store_location, required=True, help=DB_HELP)
     p.set_defaults(func=_alarms)
 
     p = sub.add_parser("audit", help="who sent which command, enrolments, revocations, imports; "
                                      "'audit verify' checks the hash chain")
     p.add_argument("what", nargs="?", choices=["list", "verify"], default="list",
                    help="list (default) the rows, or verify the chain: exit 1 naming the first broken row")
-    p.add_argument("--db", type=Path, required=True, help="the gateway store (SQLite)")
+    p.add_argument("--db", type=store_location, required=True, help=DB_HELP)
     p.add_argument("--device", default=None, help="only entries about this device")
     p.add_argument("--limit", type=int, default=100, help="show at most this many entries")
     p.set_defaults(func=_audit)

@@ -1,10 +1,13 @@
-"""Leadership among gateway instances sharing one store: one runs charging and the HIS sender at a time.
+"""Leases among gateway instances sharing one store: the ``charging`` lease, and each instance's membership.
 
-Every instance ingests (MQTT 5 shared subscription spreads the events); the
-outbox must be drained by one only, or two instances would send the same
-charge at once. The holder renews a lease in the store every third of its
-time-to-live; when it dies, another instance takes over after the lease runs
-out. A holder that cannot renew in time stops itself before the lease ends.
+Every instance ingests (MQTT 5 shared subscription spreads the events). The
+charging worker (stored events → outbox, in store order, against one set of
+consumed items) runs on the holder of the ``charging`` lease only. The HIS
+sending is shared: each live instance renews its own membership lease
+(``member:<client id>``, :mod:`gateway.data.claims`) and sends the charges it
+claimed. A holder renews its lease every third of its time-to-live; when it
+dies, another instance takes over after the lease runs out. A holder that
+cannot renew in time stops itself a third of the lease before it ends.
 """
 
 from __future__ import annotations
@@ -25,15 +28,19 @@ class Leadership:
     """Keeps (or waits for) the ``charging`` lease in a background thread."""
 
     def __init__(self, store: GatewayStore, holder: str, *, ttl_s: float = 6.0,
-                 heartbeats: HeartbeatRegistry | None = None) -> None:
+                 heartbeats: HeartbeatRegistry | None = None, lease: str = CHARGING_LEASE,
+                 role: str = "runs charging and the HIS sender") -> None:
         self.store = store
         self.holder = holder
         self.ttl_s = ttl_s
+        self.lease = lease
+        self.role = role
         self._valid_until = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # renewals every ttl/3; one may wait 30 s on a busy store
-        self._beat = (heartbeats or HeartbeatRegistry()).heartbeat("lease", deadline_s=max(60.0, 3 * ttl_s))
+        self._beat = (heartbeats or HeartbeatRegistry()).heartbeat(
+            "lease" if lease == CHARGING_LEASE else f"lease-{lease.split(':')[0]}", deadline_s=max(60.0, 3 * ttl_s))
 
     def is_leader(self) -> bool:
         # keep a safety margin: stop acting a third of the ttl before the lease could be taken
@@ -42,22 +49,22 @@ class Leadership:
     def renew(self) -> bool:
         t0 = time.monotonic()
         try:
-            held = self.store.hold_lease(CHARGING_LEASE, self.holder, self.ttl_s)
+            held = self.store.hold_lease(self.lease, self.holder, self.ttl_s)
         except Exception:
             log.exception("lease renewal failed")
             held = False
         was = self.is_leader()
         self._valid_until = t0 + self.ttl_s if held else 0.0
         if held and not was:
-            log.info("gateway %s: now runs charging and the HIS sender", self.holder)
+            log.info("gateway %s: now %s", self.holder, self.role)
         elif was and not held:
-            log.warning("gateway %s: lost the charging lease", self.holder)
+            log.warning("gateway %s: lost the %s lease", self.holder, self.lease)
         return held
 
     def start(self) -> Leadership:
         self.renew()
         self._beat.watch()
-        self._thread = threading.Thread(target=self._run, name="lease", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self._beat.name, daemon=True)
         self._thread.start()
         return self
 
@@ -73,7 +80,7 @@ class Leadership:
         self._beat.retire()
         if self._valid_until:
             try:
-                self.store.release_lease(CHARGING_LEASE, self.holder)
+                self.store.release_lease(self.lease, self.holder)
             except Exception:
                 log.exception("lease release failed")
         self._valid_until = 0.0

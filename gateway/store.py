@@ -9,8 +9,9 @@ Every write that someone else is told about is committed first: an event batch i
 device is acked; a charge is in the outbox before it is sent; an accepted charge and its consumption
 record are written in one transaction. Identities are unique keys, so every write is idempotent.
 
-One :class:`GatewayStore` owns one connection guarded by a lock; the gateway's threads share it
-(SQLite serialises writers anyway).
+The store is a SQLite file (the default: one connection guarded by a lock, shared by the gateway's threads;
+SQLite serialises writers anyway) or a PostgreSQL database named by a ``postgresql://`` URL (a pool of
+connections; several gateways may share the database, see docs/scale.md).
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from gateway.data.books_reads import BooksReads
 from gateway.data.catalog import CatalogStore
 from gateway.data.census import CensusStore, StaffStore
 from gateway.data.charges import ChargeStore, OutboxCharge, ReturnOutcome, StoreError
+from gateway.data.claims import ClaimStore
 from gateway.data.dashboard import DashboardStore
 from gateway.data.devices import DeviceStore
-from gateway.data.engine import SqliteEngine
+from gateway.data.engine import Engine, is_postgres_url, open_engine
 from gateway.data.events import (
     EVENT_FAULTS,
     MAX_DETAIL_CHARS,
@@ -69,12 +71,18 @@ __all__ = [
 
 
 class GatewayStore:
-    """The gateway's store, shared by its threads: the data layer's stores over one SQLite file."""
+    """The gateway's store, shared by its threads: the data layer's stores over one SQLite file or PostgreSQL
+    database (``location``: a file path, or a ``postgresql://`` URL)."""
 
-    def __init__(self, path: str | Path, *, synchronous: str = "FULL", busy_timeout_s: float = 30.0) -> None:
-        self.path = Path(path)
-        self._engine = SqliteEngine(self.path, synchronous=synchronous, busy_timeout_s=busy_timeout_s)
-        self.schema: MigrationReport = migrate(self._engine, MIGRATIONS)
+    def __init__(self, location: str | Path, *, synchronous: str = "FULL", busy_timeout_s: float = 30.0) -> None:
+        self.url: str | None = str(location) if is_postgres_url(location) else None
+        self.path = Path(location) if self.url is None else None
+        self._engine: Engine = open_engine(location, synchronous=synchronous, busy_timeout_s=busy_timeout_s)
+        try:
+            self.schema: MigrationReport = migrate(self._engine, MIGRATIONS)
+        except BaseException:
+            self._engine.close()
+            raise
         self.events = EventStore(self._engine)
         self.charges = ChargeStore(self._engine)
         self.devices = DeviceStore(self._engine)
@@ -94,7 +102,18 @@ class GatewayStore:
         self.stocktake = StocktakeStore(self._engine)
         self.replenishment = ReplenishmentStore(self._engine)
         self.trace = TraceStore(self._engine)
+        self.claims = ClaimStore(self._engine)
         self.evidence = EvidenceReads(self._engine)  # the screen's drill-down into a finding
+
+    @property
+    def engine_name(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self._engine.name
+
+    @property
+    def location(self) -> str:
+        """Where the store is, for messages (a path, or the URL without its password)."""
+        return self._engine.location
 
     def close(self) -> None:
         self._engine.close()

@@ -30,6 +30,14 @@ physically on its shelves and it recorded each take and put-in exactly once,
 hash chains verify, and
 ``PRAGMA integrity_check`` passed on every device database after every
 crash and on the gateway's after every gateway kill.
+
+``--store postgresql`` runs the gateways on a PostgreSQL database instead of
+one SQLite file (a scratch database made on the server of ``SPD_TEST_PG``, by
+default 127.0.0.1:5432, and dropped after the run; or ``--store-url``): the
+same faults and the same checks, the instances sharing the HIS sending
+through claims (:mod:`gateway.data.claims`). The integrity of that database is
+PostgreSQL's business (its own recovery after a gateway is killed): the
+gateway's integrity checks are of the SQLite variant.
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -54,6 +63,7 @@ from hw_sim import reaper
 from hw_sim.chaos_cabinet import read_report, report_mismatches
 from hw_sim.harness import ManagedProcess, SpineHarness, Tally
 from hw_sim.netproxy import FaultProxy
+from hw_sim.pgdb import scratch_database
 from spd_common.logsetup import setup_logging
 from spd_common.mqtt import make_client
 
@@ -88,11 +98,14 @@ class ChaosConfig:
     settle_timeout_s: float = 240.0
     his_http_epochs: int = 4  # fault phase in this many epochs, alternately MLLP and HTTP (0: MLLP only)
     return_rate: float = 0.02  # share of a handheld's scanned items given back unused (credits)
+    store: str = "sqlite"  # the gateways' store: "sqlite" (one file) or "postgresql"
+    store_url: str | None = None  # postgresql: an existing empty database; None: a scratch one for the run
 
 
 @dataclass(slots=True)
 class ChaosReport:
     seed: int
+    store: str = "sqlite"
     scans: int = 0
     told_to_nurse: int = 0
     events: int = 0
@@ -199,9 +212,15 @@ class ChaosRun:
         self.workdir = workdir
         self.say = say
         self.rng = random.Random(config.seed)
-        self.report = ChaosReport(seed=config.seed)
+        self.report = ChaosReport(seed=config.seed, store=config.store)
+        self._resources = ExitStack()  # a scratch PostgreSQL database, dropped at the end of the run
+        store_url: str | None = None
+        if config.store == "postgresql":
+            store_url = config.store_url or self._resources.enter_context(scratch_database(prefix="spd_chaos"))
+        elif config.store != "sqlite":
+            raise ValueError(f"store must be sqlite or postgresql, not {config.store!r}")
         self.h = SpineHarness(workdir, seed=config.seed, gateways=config.gateways, lease_ttl_s=2.0,
-                              his_backoff_max_s=1.0, his_http=config.his_http_epochs > 0)
+                              his_backoff_max_s=1.0, his_http=config.his_http_epochs > 0, store_url=store_url)
         self._protocol = "mllp"  # of the current epoch
         self.proxy: FaultProxy | None = None
         self.domains: dict[str, PowerDomain] = {}
@@ -244,7 +263,9 @@ class ChaosRun:
                         "--drain-timeout", "900"),
         )
 
-    def _check_db(self, what: str, path: Path) -> None:
+    def _check_db(self, what: str, path: Path | str) -> None:
+        if isinstance(path, str):  # a PostgreSQL database: it recovers on its own (see the module's docstring)
+            return
         if not path.exists():
             return
         self.report.integrity_checks += 1
@@ -520,6 +541,7 @@ class ChaosRun:
                         dom.close()
                     except Exception:
                         log.exception("unmount failed")
+                self._resources.close()
         return self.report
 
     def _bring_back(self) -> None:
@@ -656,6 +678,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--his-http-epochs", type=int, default=4,
                    help="fault phase in this many equal epochs, alternately HIS over MLLP and over HTTP (0: MLLP only)")
     p.add_argument("--return-rate", type=float, default=0.02, help="share of handheld items given back unused")
+    p.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite",
+                   help="the gateways' store: one SQLite file, or a PostgreSQL database (a scratch one on the server "
+                        "of SPD_TEST_PG, default 127.0.0.1:5432, dropped after the run)")
+    p.add_argument("--store-url", default=None,
+                   help="with --store postgresql: an existing empty database (postgresql://user@host/db) to use")
     p.add_argument("--workdir", type=Path, default=None)
     a = p.parse_args(argv)
     setup_logging()
@@ -668,7 +695,7 @@ def main(argv: list[str] | None = None) -> int:
         cabinet_power=a.cabinet_power, his_http_epochs=a.his_http_epochs, return_rate=a.return_rate,
         his_outages=5 * a.his_fault_scale, his_slow_periods=3 * a.his_fault_scale,
         his_ae_answers=5 * a.his_fault_scale, his_wrong_ids=5 * a.his_fault_scale,
-        settle_timeout_s=600.0 if a.scans_per_device > 5000 else 240.0,
+        settle_timeout_s=600.0 if a.scans_per_device > 5000 else 240.0, store=a.store, store_url=a.store_url,
     )
     workdir = a.workdir or Path(tempfile.mkdtemp(prefix="spd-chaos-"))
     t0 = time.monotonic()

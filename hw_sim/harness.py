@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.catalog import write_catalog_csv
 from hw_sim import reaper
@@ -80,7 +80,29 @@ def _ro(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
 
 
-def tally(device_dbs: list[Path], gateway_db: Path, his_db: Path) -> Tally:
+class _PgReader:
+    """Reads a gateway store on PostgreSQL the way the tally reads a SQLite one (``execute``, ``close``)."""
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        self._conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
+
+    def execute(self, sql: str, params: tuple[object, ...] = ()) -> Any:
+        from gateway.data.postgres import to_psycopg
+
+        return self._conn.execute(to_psycopg(sql), params)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def gateway_reader(store: Path | str) -> Any:
+    """A read-only connection to a gateway store: a SQLite file, or a ``postgresql://`` URL."""
+    return _PgReader(store) if isinstance(store, str) else _ro(store)
+
+
+def tally(device_dbs: list[Path], gateway_db: Path | str, his_db: Path) -> Tally:
     t = Tally()
     scans: set[tuple[str, int]] = set()
     produced: set[tuple[str, int]] = set()
@@ -98,7 +120,7 @@ def tally(device_dbs: list[Path], gateway_db: Path, his_db: Path) -> Tally:
         db.close()
     t.scans = len(scans)
 
-    gw = _ro(gateway_db)
+    gw = gateway_reader(gateway_db)
     all_stored: set[tuple[str, int]] = set()
     stored: set[tuple[str, int]] = set()
     for d, s_, kind in gw.execute("SELECT device, seq, kind FROM events"):
@@ -162,7 +184,7 @@ def tally(device_dbs: list[Path], gateway_db: Path, his_db: Path) -> Tally:
     return t
 
 
-def _gateway_returns(gw: sqlite3.Connection) -> list[tuple[str, int, str, str, str | None, str | None, bool]]:
+def _gateway_returns(gw: Any) -> list[tuple[str, int, str, str, str | None, str | None, bool]]:
     """(device, seq, item key, outcome, charge id, credit id, a charge of the item by that device came first)."""
     try:
         rows = gw.execute(
@@ -175,7 +197,7 @@ def _gateway_returns(gw: sqlite3.Connection) -> list[tuple[str, int, str, str, s
     return [(str(r[0]), int(r[1]), str(r[2]), str(r[3]), r[4], r[5], bool(r[6])) for r in rows]
 
 
-def _stored_return_unused(gw: sqlite3.Connection) -> set[tuple[str, int]]:
+def _stored_return_unused(gw: Any) -> set[tuple[str, int]]:
     return {(str(d), int(s_)) for d, s_ in gw.execute("SELECT device, seq FROM events WHERE kind = 'return_unused'")}
 
 
@@ -256,6 +278,7 @@ class SpineHarness:
         lease_ttl_s: float = 3.0,
         his_http: bool = False,
         his_protocol: str = "mllp",
+        store_url: str | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -269,7 +292,8 @@ class SpineHarness:
         self.his_http = SimulatedHttpHis(self.workdir / "his-http.db", ledger=self.his) if his_http else None
         self.gateway_protocols: dict[int, str] = {}
         self.his_protocol = his_protocol  # of the gateways `start` starts
-        self.gateway_db = self.workdir / "gateway.db"
+        # the gateways' store: a SQLite file in the work directory, or a PostgreSQL database (``store_url``)
+        self.gateway_db: Path | str = store_url if store_url is not None else self.workdir / "gateway.db"
         self.device_dir = self.workdir / "devices"
         self.device_dir.mkdir(exist_ok=True)
         self.gateway_count = gateways
@@ -334,7 +358,7 @@ class SpineHarness:
         else:
             his = f'[his]\nprotocol = "mllp"\nhost = "127.0.0.1"\nport = {self.his.port}\n'
         return (  # a JSON string is a valid TOML basic string
-            f"[store]\npath = {json.dumps(str(self.gateway_db))}\n\n"
+            f"[store]\n{'url' if isinstance(self.gateway_db, str) else 'path'} = {json.dumps(str(self.gateway_db))}\n\n"
             f'[broker]\nhost = "127.0.0.1"\nport = {self.broker.port}\nclient_id = "spd-gateway-{instance}"{share}\n\n'
             f"{his}timeout_s = 2.0\nbackoff_max_s = {float(self.his_backoff_max_s)}\n\n"
             f"[lease]\nttl_s = {float(self.lease_ttl_s)}\n"
@@ -445,9 +469,9 @@ class SpineHarness:
         return last
 
     def _pending_charges(self) -> int:
-        if not self.gateway_db.exists():
+        if isinstance(self.gateway_db, Path) and not self.gateway_db.exists():
             return 0
-        db = _ro(self.gateway_db)
+        db = gateway_reader(self.gateway_db)
         try:
             return int(db.execute("SELECT COUNT(*) FROM charges WHERE status = 'pending'").fetchone()[0])
         except sqlite3.OperationalError:

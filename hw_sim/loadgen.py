@@ -57,6 +57,7 @@ import sqlite3
 import string
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -72,7 +73,8 @@ from gateway.catalog import write_catalog_csv
 from hw_sim import reaper
 from hw_sim.catalog import SimCatalogItem, sim_catalog
 from hw_sim.handheld import scan_for
-from hw_sim.harness import SpineHarness
+from hw_sim.harness import SpineHarness, gateway_reader
+from hw_sim.pgdb import scratch_database
 from spd_common.wire import (
     GENESIS_HASH,
     Channel,
@@ -458,11 +460,11 @@ def _ro(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
 
 
-def count(produced: set[tuple[str, int]], devices: set[str], gateway_db: Path, his_db: Path | None
+def count(produced: set[tuple[str, int]], devices: set[str], gateway_db: Path | str, his_db: Path | None
           ) -> tuple[LoadTally, dict[str, float], dict[str, float]]:
     """The tally, the gateway's stored_at per charge id, and the HIS's first_received_at per charge id."""
     t = LoadTally(events=len(produced))
-    gw = _ro(gateway_db)
+    gw = gateway_reader(gateway_db)  # a SQLite file, or a postgresql:// URL
     try:
         rows = Counter((d, s) for d, s in gw.execute("SELECT device, seq FROM events") if d in devices)
         stored = set(rows)
@@ -567,17 +569,18 @@ class Target:
 
     host: str
     port: int
-    gateway_db: Path | None = None
+    gateway_db: Path | str | None = None
     his_db: Path | None = None
     gateway_pid: int | None = None
     broker_pid: int | None = None
+    more_gateway_pids: dict[str, int] = field(default_factory=dict)  # further instances, by name
 
 
 def run_load(cfg: LoadConfig, target: Target, *, during: Callable[[], None] | None = None,
              during_at_s: float = 0.0, generator: LoadGenerator | None = None) -> dict[str, Any]:
     """Run the generator (by default one on ``target``'s broker) and return the figures (one JSON-able dict)."""
     gen = generator or LoadGenerator(cfg, target.host, target.port)
-    pids = {"gateway": target.gateway_pid, "broker": target.broker_pid}
+    pids = {"gateway": target.gateway_pid, "broker": target.broker_pid, **target.more_gateway_pids}
     cpu0 = {k: _proc_cpu_s(p) for k, p in pids.items() if p}
     times = gen.run(during=during, during_at_s=during_at_s)
     cpu1 = {k: _proc_cpu_s(p) for k, p in pids.items() if p}
@@ -633,20 +636,48 @@ def run_load(cfg: LoadConfig, target: Target, *, during: Callable[[], None] | No
 
 
 def run_private(cfg: LoadConfig, workdir: Path, *, during: Callable[[SpineHarness], None] | None = None,
-                during_at_s: float = 0.0) -> dict[str, Any]:
-    """Start a private broker, simulated HIS and gateway, run the load against them, end them all."""
+                during_at_s: float = 0.0, store_url: str | None = None, gateways: int = 1,
+                kill_every_s: float = 0.0) -> dict[str, Any]:
+    """Start a private broker, simulated HIS and gateway(s), run the load against them, end them all.
+
+    ``store_url``: the gateways' store is that PostgreSQL database (else a SQLite file); ``gateways``: instances
+    on one shared subscription and store; ``kill_every_s``: SIGKILL one instance that often (in turn) and start
+    it again at once.
+    """
     raise_fd_limit(2 * cfg.devices + 1024)
-    h = SpineHarness(workdir, site=cfg.site)
+    h = SpineHarness(workdir, site=cfg.site, store_url=store_url, gateways=gateways, lease_ttl_s=2.0)
+    killer_stop = threading.Event()
+    kills: list[int] = []
+
+    def kill_in_turn() -> None:
+        while not killer_stop.wait(kill_every_s):
+            instance = len(kills) % gateways
+            h.kill_gateway(instance)
+            kills.append(instance)
+            h.start_gateway(instance)
+
+    killer = threading.Thread(target=kill_in_turn, name="gateway-killer", daemon=True)
     try:
         h.start()
         wait_gateway_connected(h)
         assert h.broker.pid is not None and h.gateway is not None and h.gateway.proc is not None
-        target = Target(h.broker.host, h.broker.port, h.gateway_db, h.his_db, gateway_pid=h.gateway.proc.pid,
-                        broker_pid=h.broker.pid)
+        more = {f"gateway-{i}": g.proc.pid for i, g in h.gateways.items() if i and g.proc is not None}
+        # the CPU of instances that are killed and started again is not measured (their processes change)
+        target = Target(h.broker.host, h.broker.port, h.gateway_db, h.his_db,
+                        gateway_pid=None if kill_every_s else h.gateway.proc.pid, broker_pid=h.broker.pid,
+                        more_gateway_pids={} if kill_every_s else more)
+        if kill_every_s:
+            killer.start()
         out = run_load(cfg, target, during=(lambda: during(h)) if during else None, during_at_s=during_at_s)
+        killer_stop.set()
+        out["store"] = "postgresql" if store_url else "sqlite"
+        out["gateways"] = gateways
+        if kill_every_s:
+            out["gateway_kills"] = len(kills)
         out["gateway_broker_disconnects"] = h.gateway.output().count("gateway: disconnected from broker")
         return out
     finally:
+        killer_stop.set()
         h.close()
 
 
@@ -690,6 +721,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="host:port of a broker with a gateway already on it (default: start a private one)")
     p.add_argument("--gateway-db", type=Path, default=None, help="with --broker: the gateway's store, to count from")
     p.add_argument("--his-db", type=Path, default=None, help="with --broker: the simulated HIS's database")
+    p.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite",
+                   help="the private gateway's store: a SQLite file, or a scratch PostgreSQL database on the server "
+                        "of SPD_TEST_PG (default 127.0.0.1:5432), dropped afterwards")
+    p.add_argument("--gateways", type=int, default=1,
+                   help="private gateway instances on one shared subscription and store (several: use PostgreSQL)")
+    p.add_argument("--kill-gateway-every", type=float, default=0.0, metavar="S",
+                   help="SIGKILL one private gateway instance every S seconds, in turn, and start it again (0: never)")
     p.add_argument("--write-catalog", type=Path, default=None, metavar="CSV",
                    help="write the items the devices scan as a CSV for spd-gateway catalog-import, and exit")
     a = p.parse_args(argv)
@@ -707,8 +745,10 @@ def main(argv: list[str] | None = None) -> int:
                      seed=a.seed, tag=a.tag, batch_size=a.batch_size, window=a.window, resend_after_s=a.resend_after,
                      drop_acks=a.drop_acks, settle_timeout_s=a.settle_timeout)
     if a.broker is None:
-        with tempfile.TemporaryDirectory(prefix="spd-load-") as d:
-            out = run_private(cfg, Path(d))
+        with contextlib.ExitStack() as stack:
+            d = stack.enter_context(tempfile.TemporaryDirectory(prefix="spd-load-"))
+            url = stack.enter_context(scratch_database(prefix="spd_load")) if a.store == "postgresql" else None
+            out = run_private(cfg, Path(d), store_url=url, gateways=a.gateways, kill_every_s=a.kill_gateway_every)
     else:
         raise_fd_limit(a.devices + 1024)
         out = run_load(cfg, Target(a.broker[0], a.broker[1], a.gateway_db, a.his_db))

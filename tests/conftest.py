@@ -16,8 +16,10 @@ from typing import TypeVar
 
 import pytest
 
+from gateway.store import GatewayStore
 from hw_sim.broker import MosquittoBroker
 from hw_sim.harness import SpineHarness
+from hw_sim.pgdb import empty_tables, scratch_database, scratch_schema, server_url, unreachable
 
 T = TypeVar("T")
 
@@ -97,3 +99,64 @@ def spine(tmp_path: Path) -> Iterator[SpineHarness]:
     h = SpineHarness(tmp_path / "spine").start()
     yield h
     h.close()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    """The PostgreSQL server the tests make their databases on (``SPD_TEST_PG``, else 127.0.0.1:5432)."""
+    why = unreachable()
+    if why is not None:
+        pytest.skip(why)
+    return server_url()
+
+
+@pytest.fixture(scope="session")
+def pg_database(pg_server: str) -> Iterator[str]:
+    """A scratch PostgreSQL database for the test session, dropped at its end."""
+    with scratch_database(url=pg_server) as url:
+        yield url
+
+
+@pytest.fixture
+def pg_url(pg_database: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL store of this test's own: a schema of its own in the session's database (the URL
+    sets the search path), dropped after it; a schema costs a fraction of a database to make."""
+    with scratch_schema(pg_database) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def pg_migrated(pg_database: str) -> Iterator[str]:
+    """A schema of the session's database with the gateway store's tables (migrated once)."""
+    with scratch_schema(pg_database, prefix="store") as url:
+        GatewayStore(url).close()
+        yield url
+
+
+@pytest.fixture
+def pg_store_url(pg_migrated: str) -> str:
+    """A gateway store on PostgreSQL with no rows (the session's migrated schema, emptied for this test)."""
+    empty_tables(pg_migrated)
+    return pg_migrated
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """Where a gateway store is made: a SQLite file in tmp_path, then an empty PostgreSQL store."""
+    if request.param == "sqlite":
+        return tmp_path / "gw.db"
+    return str(request.getfixturevalue("pg_store_url"))
+
+
+@pytest.fixture
+def open_store(store_location: Path | str) -> Iterator[Callable[[], GatewayStore]]:
+    """Opens gateway stores on ``store_location`` (SQLite, then PostgreSQL); every one is closed after the test."""
+    opened: list[GatewayStore] = []
+
+    def make() -> GatewayStore:
+        opened.append(GatewayStore(store_location))
+        return opened[-1]
+
+    yield make
+    for store in opened:
+        store.close()

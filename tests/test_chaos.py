@@ -45,3 +45,26 @@ def test_nothing_lost_doubled_or_invented_under_faults(tmp_path: Path) -> None:
     assert (report.credits_lost, report.credits_duplicated, report.credits_invented) == (0, 0, 0)
     assert (report.returned_still_charged, report.returns_unsettled) == (0, 0)
     assert report.credits_booked == report.returns_credited
+
+
+def test_on_postgresql_a_short_run_loses_doubles_and_invents_nothing(tmp_path: Path, pg_url: str) -> None:
+    """The PostgreSQL variant, short: two gateways on one database sharing the HIS sending, killed and restarted,
+    with broker kills, network cuts and HIS faults over MLLP then HTTP (no power cuts: see the run above)."""
+    cfg = ChaosConfig(
+        seed=int(os.environ.get("SPD_CHAOS_SEED", "20261203")), devices=3, scans_per_device=160, rate=8.0,
+        power_devices=0, cabinets=1, cabinet_power=0, agent_kills=6, power_cuts=0, broker_kills=2, gateway_kills=5,
+        his_dropped_acks=3, his_outages=1, his_long_outage_s=0.0, his_slow_periods=1, his_ae_answers=2,
+        his_wrong_ids=1, network_cuts=2, disk_faults=0, his_http_epochs=2, settle_timeout_s=90.0,
+        store="postgresql", store_url=pg_url,
+    )
+    report = ChaosRun(tmp_path / "chaos-pg", cfg, say=print).run()
+    print(json.dumps(report.as_dict()))
+    assert report.store == "postgresql" and report.gateway_kills >= 5 and report.broker_kills >= 2
+    assert report.scans >= 400 and report.cabinet_scans > 0
+    assert (report.lost, report.lost_on_device, report.duplicated, report.invented) == (0, 0, 0, 0)
+    assert (report.chain_breaks, report.device_chain_breaks, report.parked_left) == (0, 0, 0)
+    assert report.events > report.scans and report.events_not_stored == 0
+    assert (report.credits_lost, report.credits_duplicated, report.credits_invented) == (0, 0, 0)
+    assert (report.returned_still_charged, report.returns_unsettled) == (0, 0)
+    assert report.cabinet_inventory_mismatches == [] and report.integrity_failures == []
+    assert report.ok

@@ -130,20 +130,28 @@ class Gateway:
             "SELECT outcome, detail, charge_id, credit_id FROM returns WHERE device = ? AND seq = ?", key)[0]
 
 
+@pytest.fixture(params=[("sqlite", "mllp"), ("sqlite", "http"), ("postgresql", "mllp")], ids="-".join)
+def engine_and_his(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """The store's engine and the HIS's protocol: both protocols on SQLite, and the SQL once more on PostgreSQL."""
+    return tuple(request.param)  # type: ignore[return-value]
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[GatewayStore]:
-    gateway_store = GatewayStore(tmp_path / "gateway.db", synchronous="OFF")
+def store(request: pytest.FixtureRequest, tmp_path: Path, engine_and_his: tuple[str, str]) -> Iterator[GatewayStore]:
+    location = request.getfixturevalue("pg_store_url") if engine_and_his[0] == "postgresql" else tmp_path / "gateway.db"
+    gateway_store = GatewayStore(location, synchronous="OFF")
     gateway_store.upsert_catalog([(STENT, "IT-STENT", "C310001", "冠脉支架", "3.0x18mm", "ACME", 1_234_567, 1, 1)])
     yield gateway_store
     gateway_store.close()
 
 
-@pytest.fixture(params=["mllp", "http"])
-def his(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HisUnderTest]:
+@pytest.fixture
+def his(tmp_path: Path, engine_and_his: tuple[str, str]) -> Iterator[HisUnderTest]:
+    protocol = engine_and_his[1]
     sim: SimulatedHis | SimulatedHttpHis = (
-        SimulatedHis(tmp_path / "his.db") if request.param == "mllp" else SimulatedHttpHis(tmp_path / "his.db"))
+        SimulatedHis(tmp_path / "his.db") if protocol == "mllp" else SimulatedHttpHis(tmp_path / "his.db"))
     with sim:
-        yield HisUnderTest(request.param, sim)
+        yield HisUnderTest(protocol, sim)
 
 
 def test_return_after_charge_credits_the_patient_at_the_his(store: GatewayStore, his: HisUnderTest) -> None:

@@ -1,13 +1,16 @@
-"""The gateway store: idempotent ingest, cumulative acks, quarantine and chain checks."""
+"""The gateway store: idempotent ingest, cumulative acks, quarantine and chain checks (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from device.eventlog import EventLog
 from gateway.store import GatewayStore
 from spd_common.wire import Event, decode_batch, encode_batch
+
+OpenStore = Callable[[], GatewayStore]
 
 
 def _events(tmp_path: Path, n: int, device: str = "HH01") -> list[Event]:
@@ -20,8 +23,8 @@ def _batch(events: list[Event], device: str = "HH01") -> object:
     return decode_batch(f"spd/v1/H1/{device}/events", encode_batch("H1", device, events))
 
 
-def test_each_event_is_stored_once_whatever_the_resends(tmp_path: Path) -> None:
-    store = GatewayStore(tmp_path / "gw.db")
+def test_each_event_is_stored_once_whatever_the_resends(tmp_path: Path, open_store: OpenStore) -> None:
+    store = open_store()
     ev = _events(tmp_path, 5)
     r1 = store.ingest(_batch(ev[:3]))  # type: ignore[arg-type]
     r2 = store.ingest(_batch(ev))  # type: ignore[arg-type]
@@ -30,8 +33,8 @@ def test_each_event_is_stored_once_whatever_the_resends(tmp_path: Path) -> None:
     assert store.counts()["events"] == 5
 
 
-def test_ack_covers_only_the_contiguous_prefix(tmp_path: Path) -> None:
-    store = GatewayStore(tmp_path / "gw.db")
+def test_ack_covers_only_the_contiguous_prefix(tmp_path: Path, open_store: OpenStore) -> None:
+    store = open_store()
     ev = _events(tmp_path, 6)
     assert store.ingest(_batch([ev[0], ev[1], ev[4]])).contiguous == 2  # type: ignore[arg-type]
     assert store.ingest(_batch([ev[2]])).contiguous == 3  # type: ignore[arg-type]
@@ -39,8 +42,8 @@ def test_ack_covers_only_the_contiguous_prefix(tmp_path: Path) -> None:
     assert store.contiguous_seq("HH01") == 5
 
 
-def test_invalid_event_is_quarantined_and_does_not_block_the_ack(tmp_path: Path) -> None:
-    store = GatewayStore(tmp_path / "gw.db")
+def test_invalid_event_is_quarantined_and_does_not_block_the_ack(tmp_path: Path, open_store: OpenStore) -> None:
+    store = open_store()
     ev = _events(tmp_path, 3)
     doc = json.loads(encode_batch("H1", "HH01", ev))
     doc["events"][1]["body"]["udi"] = "altered"
@@ -51,8 +54,8 @@ def test_invalid_event_is_quarantined_and_does_not_block_the_ack(tmp_path: Path)
     assert store._engine.query("SELECT seq, reason FROM quarantine") == [(2, "bad_hash")]
 
 
-def test_chain_break_is_flagged_with_device_and_seq(tmp_path: Path) -> None:
-    store = GatewayStore(tmp_path / "gw.db")
+def test_chain_break_is_flagged_with_device_and_seq(tmp_path: Path, open_store: OpenStore) -> None:
+    store = open_store()
     a = _events(tmp_path / "a", 3)
     b = _events(tmp_path / "b", 3)  # a second log with the same device id: different history
     store.ingest(_batch(a[:2]))  # type: ignore[arg-type]
@@ -65,8 +68,9 @@ def test_chain_break_is_flagged_with_device_and_seq(tmp_path: Path) -> None:
     assert store._engine.query("SELECT device, seq FROM chain_breaks") == [("HH01", 3)]
 
 
-def test_same_seq_with_different_content_is_a_conflict_not_an_overwrite(tmp_path: Path) -> None:
-    store = GatewayStore(tmp_path / "gw.db")
+def test_same_seq_with_different_content_is_a_conflict_not_an_overwrite(tmp_path: Path,
+                                                                         open_store: OpenStore) -> None:
+    store = open_store()
     a = _events(tmp_path / "a", 1)
     b = _events(tmp_path / "b", 1)
     b0 = Event("HH01", 1, a[0].ts_ms + 1, "consume", {"x": 1}, a[0].prev, "")
@@ -80,9 +84,9 @@ def test_same_seq_with_different_content_is_a_conflict_not_an_overwrite(tmp_path
     del b
 
 
-def test_only_one_instance_holds_the_charging_lease_until_it_runs_out(tmp_path: Path) -> None:
-    a = GatewayStore(tmp_path / "gw.db")
-    b = GatewayStore(tmp_path / "gw.db")
+def test_only_one_instance_holds_the_charging_lease_until_it_runs_out(open_store: OpenStore) -> None:
+    a = open_store()
+    b = open_store()
     assert a.hold_lease("charging", "gw-a", 5, now=100.0)
     assert not b.hold_lease("charging", "gw-b", 5, now=101.0)
     assert a.hold_lease("charging", "gw-a", 5, now=103.0)  # renewal
@@ -91,13 +95,14 @@ def test_only_one_instance_holds_the_charging_lease_until_it_runs_out(tmp_path: 
     assert not a.hold_lease("charging", "gw-a", 5, now=109.0)
 
 
-def test_a_charging_batch_that_fails_to_commit_leaves_its_items_chargeable(tmp_path: Path) -> None:
+def test_a_charging_batch_that_fails_to_commit_leaves_its_items_chargeable(tmp_path: Path,
+                                                                           open_store: OpenStore) -> None:
     from gateway import bridge
     from gateway.charging import ChargingWorker
     from hw_sim.catalog import sim_catalog
     from hw_sim.handheld import scan_for
 
-    store = GatewayStore(tmp_path / "gw.db")
+    store = open_store()
     catalog = sim_catalog()
     store.upsert_catalog([i.row() for i in catalog])
     log = EventLog(tmp_path / "HH01.db", device="HH01")

@@ -62,8 +62,8 @@ class Rig:
 
 
 @pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
-    r = Rig(tmp_path / "gw.db")
+def rig(store_location: Path | str) -> Iterator[Rig]:
+    r = Rig(store_location)
     yield r
     r.store.close()
 

@@ -38,8 +38,8 @@ class FailsOn:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[GatewayStore]:
-    s = GatewayStore(tmp_path / "gateway.db", synchronous="OFF")
+def store(store_location: Path | str) -> Iterator[GatewayStore]:
+    s = GatewayStore(store_location, synchronous="OFF")
     s.upsert_catalog([(STENT, "IT-STENT", "C310001", "冠脉支架", "3.0x18mm", "ACME", 1_234_567, 1, 1)])
     yield s
     s.close()
@@ -83,7 +83,7 @@ def test_a_row_the_adapter_cannot_send_is_parked_and_the_lane_goes_on(
     (code, reason), = store._engine.query("SELECT ack_code, last_error FROM charges WHERE charge_id = ?", (ids[1],))
     assert code in ("unsendable:bad_message", "adapter_error")
     assert ("'x' is missing" if isinstance(error, HisMessageError) else "KeyError") in reason
-    assert gateway_cli(["charges", "list", "--db", str(store.path), "--status", "parked"]) == 0
+    assert gateway_cli(["charges", "list", "--db", str(store.url or store.path), "--status", "parked"]) == 0
     listed = capsys.readouterr().out.splitlines()
     assert len(listed) == 1 and listed[0].startswith(ids[1]) and reason in listed[0]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from gateway.data.engine import SqliteEngine
+from gateway.data.engine import Engine
 
 
 class AccountRow(NamedTuple):
@@ -46,7 +46,7 @@ class AckRow(NamedTuple):
 class AccountStore:
     """The ``web_accounts``, ``web_sessions``, ``web_api_tokens`` and ``alarm_acks`` tables."""
 
-    def __init__(self, engine: SqliteEngine) -> None:
+    def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
     # ------------------------------------------------------------ accounts

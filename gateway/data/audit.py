@@ -6,11 +6,10 @@ store writes a row and its hash in one transaction with the head, and reads rows
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from typing import NamedTuple
 
-from gateway.data.engine import SqliteEngine
+from gateway.data.engine import Engine, Transaction
 from spd_common.wire import GENESIS_HASH
 
 _NO_UPDATE_TRIGGER = "audit_log_no_update"
@@ -39,16 +38,16 @@ _COLUMNS = "id, at, actor, action, device, outcome, detail, prev, hash"
 class AuditStore:
     """The ``audit_log`` and ``audit_head`` tables."""
 
-    def __init__(self, engine: SqliteEngine) -> None:
+    def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
     @staticmethod
-    def _head(db: sqlite3.Connection) -> tuple[int, str]:
+    def _head(db: Transaction) -> tuple[int, str]:
         row = db.execute("SELECT last_id, last_hash FROM audit_head WHERE id = 1").fetchone()
         return (0, GENESIS_HASH) if row is None else (int(row[0]), str(row[1]))
 
     @staticmethod
-    def _set_head(db: sqlite3.Connection, last_id: int, last_hash: str) -> None:
+    def _set_head(db: Transaction, last_id: int, last_hash: str) -> None:
         db.execute("INSERT INTO audit_head (id, last_id, last_hash) VALUES (1, ?, ?) "
                    "ON CONFLICT (id) DO UPDATE SET last_id = excluded.last_id, last_hash = excluded.last_hash",
                    (last_id, last_hash))
@@ -57,6 +56,7 @@ class AuditStore:
                row_hash: RowHash) -> AuditRow:
         """Append one row after the head, chained to it; the row as written."""
         with self._engine.transaction() as db:
+            self._engine.serialize(db, "audit_head")  # several gateways on one database append one chain
             last_id, prev = self._head(db)
             top = db.execute("SELECT COALESCE(MAX(id), 0) FROM audit_log").fetchone()[0]
             row = AuditRow(max(int(top), last_id) + 1, at, actor, action, device, outcome, detail, prev, None)
@@ -71,14 +71,19 @@ class AuditStore:
         Oldest first, in one transaction; the update trigger is dropped and re-created inside it.
         """
         with self._engine.transaction() as db:
+            self._engine.serialize(db, "audit_head")
             last_id, last_hash = self._head(db)
             rows = [AuditRow(*r) for r in db.execute(
-                f"SELECT {_COLUMNS} FROM audit_log WHERE id > ? AND hash IS NULL ORDER BY id", (last_id,))]
+                f"SELECT {_COLUMNS} FROM audit_log WHERE id > ? AND hash IS NULL ORDER BY id", (last_id,)).fetchall()]
             if not rows:
                 return 0
-            trigger = db.execute("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = ?",
-                                 (_NO_UPDATE_TRIGGER,)).fetchone()[0]
-            db.execute(f"DROP TRIGGER {_NO_UPDATE_TRIGGER}")
+            if self._engine.name == "postgresql":
+                db.execute(f"ALTER TABLE audit_log DISABLE TRIGGER {_NO_UPDATE_TRIGGER}")
+                trigger = f"ALTER TABLE audit_log ENABLE TRIGGER {_NO_UPDATE_TRIGGER}"
+            else:
+                trigger = db.execute("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = ?",
+                                     (_NO_UPDATE_TRIGGER,)).fetchone()[0]
+                db.execute(f"DROP TRIGGER {_NO_UPDATE_TRIGGER}")
             for row in rows:
                 digest = row_hash(row, last_hash)
                 db.execute("UPDATE audit_log SET prev = ?, hash = ? WHERE id = ?", (last_hash, digest, row.id))
@@ -89,8 +94,8 @@ class AuditStore:
 
     def latest(self, *, device: str | None = None, limit: int = 100) -> list[AuditRow]:
         """The newest rows first (only ``device``'s when given)."""
-        rows = self._engine.query(f"SELECT {_COLUMNS} FROM audit_log WHERE (? IS NULL OR device = ?) "
-                                  "ORDER BY id DESC LIMIT ?", (device, device, limit))
+        rows = self._engine.query(f"SELECT {_COLUMNS} FROM audit_log WHERE (CAST(? AS TEXT) IS NULL "
+                                  "OR device = ?) ORDER BY id DESC LIMIT ?", (device, device, limit))
         return [AuditRow(*r) for r in rows]
 
     def all(self) -> list[AuditRow]:

@@ -9,7 +9,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from gateway.data.engine import SqliteEngine
+from gateway.data.engine import Engine
 from gateway.data.stock import MovementRow
 
 
@@ -74,7 +74,7 @@ def _record(r: Sequence[Any]) -> ConsumptionRecord:
 class BooksReads:
     """Reads over ``consumption``, ``charge_rejects``, ``returns``, ``lot_expiry`` and ``events``."""
 
-    def __init__(self, engine: SqliteEngine) -> None:
+    def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
     def consumption(self, start_ms: int, end_ms: int) -> list[ConsumptionRecord]:

@@ -59,8 +59,8 @@ class CertIndex:
     def issued(self, *, name: str | None = None) -> list[CertRow]:
         """Every certificate issued (only ``name``'s when given), oldest first."""
         rows = self._engine.query(
-            "SELECT serial, name, role, not_after, revoked_at, pem FROM certs WHERE (? IS NULL OR name = ?) "
-            "ORDER BY not_before", (name, name))
+            "SELECT serial, name, role, not_after, revoked_at, pem FROM certs "
+            "WHERE (CAST(? AS TEXT) IS NULL OR name = ?) ORDER BY not_before", (name, name))
         return [CertRow(*r) for r in rows]
 
     def revoke(self, serial: str, reason: str, *, at: float) -> bool | None:

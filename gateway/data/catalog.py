@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
-from gateway.data.engine import SqliteEngine
+from gateway.data.engine import Engine
 
 
 class ItemRow(NamedTuple):
@@ -48,7 +48,7 @@ class LotExpiryRow(NamedTuple):
 class CatalogStore:
     """The ``catalog`` table and the tables kept beside it."""
 
-    def __init__(self, engine: SqliteEngine) -> None:
+    def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
     def load_catalog_rows(self) -> list[tuple[Any, ...]]:
@@ -121,12 +121,14 @@ class CatalogStore:
         """Replace the list of items a department stocks."""
         with self._engine.transaction() as db:
             db.execute("DELETE FROM dept_stock WHERE dept = ?", (dept,))
-            db.executemany("INSERT OR IGNORE INTO dept_stock (dept, gtin) VALUES (?, ?)", [(dept, g) for g in gtins])
+            db.executemany("INSERT INTO dept_stock (dept, gtin) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                           [(dept, g) for g in gtins])
 
     def dept_stock(self, dept: str | None = None) -> list[tuple[str, str]]:
         """(dept, gtin) of every stock list (only ``dept``'s when given), by department then GTIN."""
         rows = self._engine.query(
-            "SELECT dept, gtin FROM dept_stock WHERE (? IS NULL OR dept = ?) ORDER BY dept, gtin", (dept, dept)
+            "SELECT dept, gtin FROM dept_stock WHERE (CAST(? AS TEXT) IS NULL OR dept = ?) ORDER BY dept, gtin",
+            (dept, dept),
         )
         return [(str(d), str(g)) for d, g in rows]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from gateway.data.engine import SqliteEngine
+from gateway.data.engine import Engine
 
 
 class CensusRow(NamedTuple):
@@ -48,7 +48,7 @@ def _values(row: CensusRow, now: float) -> tuple[Any, ...]:
 class CensusStore:
     """The ``patient_census``, ``census_state`` and ``adt_messages`` tables."""
 
-    def __init__(self, engine: SqliteEngine) -> None:
+    def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
     def set_complete(self, complete: bool, *, by: str, now: float) -> None:
@@ -103,7 +103,7 @@ class CensusStore:
 class StaffStore:
     """The ``staff`` table (badges, PIN hashes, roles, departments), replaced whole on each import."""
 
-    def __init__(self, engine: SqliteEngine) -> None:
+    def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
     def replace(self, members: Sequence[StaffRow], *, now: float) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,10 +19,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-from gateway.data.engine import SqliteEngine
+from gateway.data.engine import Engine, Transaction
 from spd_common.wire import Event
 
 log = logging.getLogger(__name__)
+
+RELEASES_WRITERS = "item_releases"
+"""The key the transactions that insert ``item_releases`` share (see ``Engine.read_settled``)."""
 
 
 class ReturnOutcome(StrEnum):
@@ -67,7 +69,7 @@ class ChargeListing(NamedTuple):
 class ChargeStore:
     """The outbox and what hangs on it: ``charges``, ``consumption``, ``returns``, ``item_releases``."""
 
-    def __init__(self, engine: SqliteEngine) -> None:
+    def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
     def charged_item_keys(self) -> set[str]:
@@ -82,7 +84,7 @@ class ChargeStore:
         """Charges and credits in outbox order (only those with ``status`` when given), for ``spd-gateway charges``."""
         rows = self._engine.query(
             "SELECT charge_id, device, seq, status, attempts, ack_code, last_error FROM charges "
-            "WHERE (? IS NULL OR status = ?) ORDER BY id LIMIT ?",
+            "WHERE (CAST(? AS TEXT) IS NULL OR status = ?) ORDER BY id LIMIT ?",
             (status, status, limit),
         )
         return [ChargeListing(*r) for r in rows]
@@ -101,7 +103,8 @@ class ChargeStore:
 
     def released_item_keys(self, *, after_id: int) -> list[tuple[int, str]]:
         """(release id, item key) of items given back to stock after ``after_id``, in release order."""
-        rows = self._engine.query("SELECT id, item_key FROM item_releases WHERE id > ? ORDER BY id", (after_id,))
+        rows = self._engine.read_settled(RELEASES_WRITERS, "SELECT id, item_key FROM item_releases WHERE id > ? "
+                                         "ORDER BY id", (after_id,))
         return [(int(r[0]), str(r[1])) for r in rows]
 
     def pending_charges(self, *, limit: int = 500) -> list[OutboxCharge]:
@@ -183,7 +186,7 @@ class ChargeStore:
         return True
 
     def _apply_credit(
-        self, db: sqlite3.Connection, credit_id: str, original: str, item_key: str, restocked: bool,
+        self, db: Transaction, credit_id: str, original: str, item_key: str, restocked: bool,
         his_ref: str | None, now: float,
     ) -> None:
         """The HIS accepted a credit: mark the original consumption, and give a restocked item back to stock."""
@@ -198,19 +201,21 @@ class ChargeStore:
                 (credit_id, original, item_key),
             ).rowcount
             if released:
+                self._engine.share(db, RELEASES_WRITERS)  # released_item_keys walks item_releases by id
                 db.execute(
-                    "INSERT OR IGNORE INTO item_releases (item_key, credit_id, released_at) VALUES (?, ?, ?)",
+                    "INSERT INTO item_releases (item_key, credit_id, released_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT DO NOTHING",
                     (item_key, credit_id, now),
                 )
 
     def _insert_consumption(
-        self, db: sqlite3.Connection, device: str, seq: int, charge_id: str | None,
+        self, db: Transaction, device: str, seq: int, charge_id: str | None,
         line: dict[str, Any], his_ref: str | None, now: float,
     ) -> None:
         db.execute(
-            "INSERT OR IGNORE INTO consumption (device, seq, charge_id, admission, gtin, item_code, name, lot, serial, "
+            "INSERT INTO consumption (device, seq, charge_id, admission, gtin, item_code, name, lot, serial, "
             "expiry, price_fen, operator, dept, used_at_ms, his_ref, recorded_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (
                 device, seq, charge_id, line["admission"], line["gtin"], line["item_code"], line["name"],
                 line["lot"], line["serial"], line["expiry"], line["price_fen"], line["operator"], line["dept"],
@@ -287,15 +292,15 @@ class LaterEvent(NamedTuple):
 class ChargingBatch:
     """The charging worker's reads and writes inside one transaction (see :meth:`ChargeStore.batch`)."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: Transaction) -> None:
         self._db = db
 
     def add_charge(self, charge_id: str, device: str, seq: int, admission: str, item_key: str, line: str,
                    message: str, now: float) -> bool:
         """Queue a charge; False when one is there already for its id, its event or its item (nothing written)."""
         cur = self._db.execute(
-            "INSERT OR IGNORE INTO charges (charge_id, device, seq, admission, item_key, line, message, "
-            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO charges (charge_id, device, seq, admission, item_key, line, message, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (charge_id, device, seq, admission, item_key, line, message, now),
         )
         return cur.rowcount == 1
@@ -315,7 +320,8 @@ class ChargingBatch:
 
     def reject(self, device: str, seq: int, reason: str, detail: str, now: float) -> None:
         self._db.execute(
-            "INSERT OR IGNORE INTO charge_rejects (device, seq, reason, detail, at) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO charge_rejects (device, seq, reason, detail, at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
             (device, seq, reason, detail, now),
         )
 

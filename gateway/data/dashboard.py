@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from gateway.data.engine import SqliteEngine
+from gateway.data.engine import Engine
 
 DAY_MS = 86_400_000
 
@@ -52,7 +52,7 @@ def like_escaped(text: str) -> str:
 class DashboardStore:
     """Reads over ``charges``, ``consumption``, ``events`` and ``catalog`` for the web pages and the API."""
 
-    def __init__(self, engine: SqliteEngine) -> None:
+    def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
     def charge_status_counts(self) -> dict[str, int]:

@@ -7,7 +7,7 @@ import json
 import time
 from typing import NamedTuple
 
-from gateway.data.engine import SqliteEngine
+from gateway.data.engine import Engine
 from spd_common.wire import DeviceState
 
 
@@ -39,7 +39,7 @@ class AlarmEvent(NamedTuple):
 class DeviceStore:
     """The ``devices``, ``fleet_desired``, ``fleet_applied``, ``command_seq``, ``leases`` and ``cursors`` tables."""
 
-    def __init__(self, engine: SqliteEngine) -> None:
+    def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
     def update_device_state(self, site: str, state: DeviceState, *, live: bool = True) -> None:
@@ -78,16 +78,14 @@ class DeviceStore:
         runs out after ``ttl_s`` and another instance takes over.
         """
         t = time.time() if now is None else now
-        with self._engine.transaction() as db:
-            row = db.execute("SELECT holder, expires_at FROM leases WHERE name = ?", (name,)).fetchone()
-            if row is not None and row[0] != holder and row[1] > t:
-                return False
-            db.execute(
+        with self._engine.transaction() as db:  # one statement: two gateways racing for a free lease, one wins
+            taken = db.execute(
                 "INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at",
-                (name, holder, t + ttl_s),
-            )
-        return True
+                "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at "
+                "WHERE leases.holder = excluded.holder OR leases.expires_at <= ?",
+                (name, holder, t + ttl_s, t),
+            ).rowcount
+        return taken == 1
 
     def release_lease(self, name: str, holder: str) -> None:
         with self._engine.transaction() as db:
@@ -105,14 +103,14 @@ class DeviceStore:
     def init_cursor(self, name: str, value: int) -> None:
         """Set ``name`` to ``value`` unless it is set already."""
         with self._engine.transaction() as db:
-            db.execute("INSERT OR IGNORE INTO cursors (name, value) VALUES (?, ?)", (name, value))
+            db.execute("INSERT INTO cursors (name, value) VALUES (?, ?) ON CONFLICT DO NOTHING", (name, value))
 
     # ------------------------------------------------------------ the fleet
 
     def register(self, site: str, device: str) -> None:
         """Make a device known before it ever reports (at enrolment)."""
         with self._engine.transaction() as db:
-            db.execute("INSERT OR IGNORE INTO devices (device, site) VALUES (?, ?)", (device, site))
+            db.execute("INSERT INTO devices (device, site) VALUES (?, ?) ON CONFLICT DO NOTHING", (device, site))
 
     def known(self) -> list[tuple[str, str]]:
         """(site, device) of every known device, by device."""
@@ -155,7 +153,7 @@ class DeviceStore:
         """The next sequence number of a command to ``device`` (durable: never reused)."""
         with self._engine.transaction() as db:
             db.execute("INSERT INTO command_seq (device, seq) VALUES (?, 1) "
-                       "ON CONFLICT (device) DO UPDATE SET seq = seq + 1", (device,))
+                       "ON CONFLICT (device) DO UPDATE SET seq = command_seq.seq + 1", (device,))
             (seq,) = db.execute("SELECT seq FROM command_seq WHERE device = ?", (device,)).fetchone()
         return int(seq)
 

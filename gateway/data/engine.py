@@ -1,9 +1,16 @@
-"""The database engine under the gateway's data layer: one connection, its lock, transactions, schema facts.
+"""The database engine under the gateway's data layer: transactions, one-shot reads, schema facts.
 
-The stores of :mod:`gateway.data` speak to an :class:`Engine`, never to a driver. SQLite is the only engine
-today; a PostgreSQL engine (psycopg 3) is meant to follow, so the interface holds what the migration runner
-and the stores need and nothing SQLite-only: a transaction that yields something with ``execute`` /
-``executemany``, a one-shot query, the columns of a table, whether a table exists.
+The stores of :mod:`gateway.data` speak to an :class:`Engine`, never to a driver: :class:`SqliteEngine` (one
+file, the default) or :class:`gateway.data.postgres.PostgresEngine` (psycopg 3 and a pool, chosen by a
+``postgresql://`` URL: :func:`open_engine`). The interface holds what the migration runner and the stores
+need and nothing engine-only: a transaction that yields something with ``execute`` / ``executemany``, a
+one-shot query, the columns of a table, whether a table exists, a lock held to the end of a transaction.
+
+The stores write one SQL for both engines: ``?`` placeholders (the PostgreSQL engine turns them into
+psycopg's ``%s``), ``INSERT ... ON CONFLICT DO NOTHING`` / ``DO UPDATE`` (never ``INSERT OR IGNORE`` /
+``REPLACE``), ``CAST(? AS TEXT) IS NULL`` where a parameter is only compared with NULL (PostgreSQL must know
+its type), columns qualified by their table in an upsert's ``SET`` (``t.n + 1``). Types and DDL differ and
+live in the migrations (``Sql(sqlite=..., postgresql=...)``).
 """
 
 from __future__ import annotations
@@ -34,12 +41,20 @@ class Transaction(Protocol):
 
     def execute(self, sql: str, params: Sequence[Any] = (), /) -> Cursor: ...
 
+    def executemany(self, sql: str, rows: Any, /) -> Any: ...
+
 
 class Engine(Protocol):
-    """What the migration runner needs of a database; the stores take a concrete engine (SQLite today)."""
+    """What the migration runner and the stores need of a database."""
 
     name: str
-    """The dialect a migration picks its SQL by: ``sqlite`` (``postgresql`` to come)."""
+    """The dialect a migration picks its SQL by: ``sqlite`` or ``postgresql``."""
+
+    location: str
+    """Where the store is, for messages (a file path; a URL without its password)."""
+
+    data_faults: tuple[type[BaseException], ...]
+    """What the driver raises when a statement's values cannot be stored (as opposed to a failure of the store)."""
 
     def transaction(self) -> AbstractContextManager[Transaction]:
         """One write transaction: committed when the block ends, rolled back if it raises."""
@@ -60,8 +75,60 @@ class Engine(Protocol):
         """The names of the tables in the store (the engine's own bookkeeping tables left out)."""
         ...
 
+    def serialize(self, db: Transaction, key: str) -> None:
+        """Hold ``key`` until the transaction ends: no other transaction (of any gateway) holds it meanwhile."""
+        ...
+
+    def share(self, db: Transaction, key: str) -> None:
+        """Hold ``key`` shared until the transaction ends (others may share it; :meth:`read_settled` waits)."""
+        ...
+
+    def read_settled(self, key: str, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """A read after every transaction that shares ``key`` has ended, so rows they numbered from a sequence
+        are all there: a reader that walks a table by id never steps over a row committed late (several
+        gateways writing at once number rows in one order and commit them in another)."""
+        ...
+
+    def column_type(self, sqlite_type: str) -> str:
+        """A column type as a migration's :class:`~gateway.data.migrations.AddColumns` writes it (SQLite's), in
+        this engine's terms."""
+        ...
+
+    def alive(self) -> bool:
+        """The database answers a trivial read."""
+        ...
+
+    def integrity_check(self) -> str:
+        """``ok``, or what is wrong with the store."""
+        ...
+
     def close(self) -> None:
         ...
+
+
+URL_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_postgres_url(location: object) -> bool:
+    """``location`` names a PostgreSQL database (``postgresql://...``) rather than a SQLite file."""
+    return isinstance(location, str) and location.startswith(URL_SCHEMES)
+
+
+DB_HELP = "the gateway store: a SQLite file, or a PostgreSQL database as a postgresql://user@host/db URL"
+
+
+def store_location(text: str) -> str | Path:
+    """A ``--db`` value: a ``postgresql://`` URL as it is, anything else a SQLite file path."""
+    return text if is_postgres_url(text) else Path(text)
+
+
+def open_engine(location: str | Path, **sqlite_options: Any) -> Engine:
+    """The engine for a store location: a ``postgresql://`` URL, else a SQLite file path."""
+    if is_postgres_url(location):
+        from gateway.data.postgres import PostgresEngine
+
+        return PostgresEngine(str(location))
+    return SqliteEngine(location, **sqlite_options)
 
 
 class SqliteEngine:
@@ -73,10 +140,13 @@ class SqliteEngine:
     """
 
     name = "sqlite"
+    data_faults: tuple[type[BaseException], ...] = (sqlite3.IntegrityError, sqlite3.DataError,
+                                                   sqlite3.InterfaceError, sqlite3.ProgrammingError)
 
     def __init__(self, path: str | Path, *, synchronous: str = "FULL", busy_timeout_s: float = 30.0,
                  wal: bool = True) -> None:
         self.path = Path(path)
+        self.location = str(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
@@ -100,6 +170,18 @@ class SqliteEngine:
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         with self._lock:
             return self._db.execute(sql, params).fetchall()
+
+    def serialize(self, db: Transaction, key: str) -> None:
+        """Nothing to do: ``BEGIN IMMEDIATE`` already made this the only writer of the file."""
+
+    def share(self, db: Transaction, key: str) -> None:
+        """Nothing to do: writers to the file commit one at a time, in the order they number rows."""
+
+    def read_settled(self, key: str, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return self.query(sql, params)
+
+    def column_type(self, sqlite_type: str) -> str:
+        return sqlite_type
 
     def columns(self, db: Transaction, table: str) -> set[str]:
         return {str(row[1]) for row in db.execute(f"PRAGMA table_info({table})").fetchall()}

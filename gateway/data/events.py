@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from gateway.data.engine import SqliteEngine
+from gateway.data.engine import Engine, SqliteEngine, Transaction
 from spd_common.wire import (
     GENESIS_HASH,
     Batch,
@@ -35,15 +34,16 @@ EVENT_FAULTS: tuple[type[BaseException], ...] = (
     TypeError,
     OverflowError,  # an integer past SQLite's 64 bits
     RecursionError,
-    sqlite3.IntegrityError,
-    sqlite3.DataError,
-    sqlite3.InterfaceError,
-    sqlite3.ProgrammingError,  # a value of a type SQLite cannot bind
+    *SqliteEngine.data_faults,  # a value of a type SQLite cannot bind ...
 )
-"""What storing one event can raise because of that event. Anything else (``OperationalError``: disk
-full, I/O error, database locked past its timeout; a corrupt database) is a failure of the store and
-fails the whole batch, so no ack goes out and the device resends. Taking a store failure for an event
+"""What storing one event can raise because of that event (with the engine's ``data_faults``: on
+PostgreSQL a NUL in text, a number past 64 bits). Anything else (``OperationalError``: disk full, I/O
+error, database locked past its timeout; a corrupt database; a lost connection) is a failure of the store
+and fails the whole batch, so no ack goes out and the device resends. Taking a store failure for an event
 fault is harmless: the quarantine row written instead fails the same way and the batch still fails."""
+
+EVENTS_WRITERS = "events"
+"""The key every transaction that inserts events shares, and the readers that walk ``events`` by id wait for."""
 
 MAX_RAW_CHARS = 65536
 """Longest raw form of a quarantined event or refused payload that is kept (a valid body is at most 16 KiB)."""
@@ -91,8 +91,9 @@ class ChainBreakRow(NamedTuple):
 class EventStore:
     """The ``events``, ``quarantine``, ``bad_payloads`` and ``chain_breaks`` tables."""
 
-    def __init__(self, engine: SqliteEngine) -> None:
+    def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        self._faults = (*EVENT_FAULTS, *engine.data_faults)
 
     def ingest(self, batch: Batch, *, now: float | None = None) -> IngestResult:
         """Store a batch once per ``(device, seq)``, verify links, and advance the device's contiguous seq.
@@ -105,6 +106,7 @@ class EventStore:
         at = time.time() if now is None else now
         res = IngestResult()
         with self._engine.transaction() as db:
+            self._engine.share(db, EVENTS_WRITERS)  # the readers by id wait for this batch (read_settled)
             db.execute(
                 "INSERT INTO devices (device, site, last_seen) VALUES (?, ?, ?) "
                 "ON CONFLICT (device) DO UPDATE SET last_seen = excluded.last_seen",
@@ -118,7 +120,7 @@ class EventStore:
         return res
 
     def _store_event(
-        self, db: sqlite3.Connection, site: str, ev: Event, at: float, res: IngestResult, *, checked: bool
+        self, db: Transaction, site: str, ev: Event, at: float, res: IngestResult, *, checked: bool
     ) -> None:
         part = IngestResult()
         db.execute("SAVEPOINT event")
@@ -126,7 +128,7 @@ class EventStore:
             if not checked:  # built in code (an imported export), not by decode_batch
                 check_event(ev)
             self._insert_event(db, site, ev, at, part)
-        except EVENT_FAULTS as err:
+        except self._faults as err:
             db.execute("ROLLBACK TO event")
             db.execute("RELEASE event")
             if isinstance(err, WireError):
@@ -142,10 +144,10 @@ class EventStore:
         res.conflicts += part.conflicts
         res.chain_breaks += part.chain_breaks
 
-    def _insert_event(self, db: sqlite3.Connection, site: str, ev: Event, at: float, res: IngestResult) -> None:
+    def _insert_event(self, db: Transaction, site: str, ev: Event, at: float, res: IngestResult) -> None:
         cur = db.execute(
-            "INSERT OR IGNORE INTO events (device, seq, site, ts_ms, kind, body, prev, hash, stored_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO events (device, seq, site, ts_ms, kind, body, prev, hash, stored_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (ev.device, ev.seq, site, ev.ts_ms, ev.kind, json.dumps(ev.body, ensure_ascii=False), ev.prev, ev.hash, at),
         )
         if cur.rowcount == 0:
@@ -170,7 +172,7 @@ class EventStore:
         if after is not None and after[0] != ev.hash:
             self._chain_break(db, ev.device, ev.seq + 1, "prev does not match the stored predecessor", at, res)
 
-    def _quarantine(self, db: sqlite3.Connection, device: str, bad: InvalidEvent, at: float, res: IngestResult) -> None:
+    def _quarantine(self, db: Transaction, device: str, bad: InvalidEvent, at: float, res: IngestResult) -> None:
         """Keep a refused event with its reason: under its seq when that is usable, else as a bad payload.
 
         Every value written is bounded, escaped text (``raw`` is ASCII JSON), so the
@@ -193,23 +195,24 @@ class EventStore:
             res.duplicates += 1
             return
         cur = db.execute(
-            "INSERT OR IGNORE INTO quarantine (device, seq, reason, detail, raw, stored_at) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO quarantine (device, seq, reason, detail, raw, stored_at) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
             (device, seq, reason, detail, raw, at),
         )
         res.quarantined += cur.rowcount
         res.rejected.append(Rejection(seq, reason))
 
     def _chain_break(
-        self, db: sqlite3.Connection, device: str, seq: int, detail: str, at: float, res: IngestResult
+        self, db: Transaction, device: str, seq: int, detail: str, at: float, res: IngestResult
     ) -> None:
         log.error("device %s: hash chain break at seq %d: %s", device, seq, detail)
         db.execute(
-            "INSERT OR IGNORE INTO chain_breaks (device, seq, detail, detected_at) VALUES (?, ?, ?, ?)",
+            "INSERT INTO chain_breaks (device, seq, detail, detected_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (device, seq, detail, at),
         )
         res.chain_breaks.append((seq, detail))
 
-    def _advance(self, db: sqlite3.Connection, device: str) -> int:
+    def _advance(self, db: Transaction, device: str) -> int:
         (contiguous,) = db.execute("SELECT contiguous_seq FROM devices WHERE device = ?", (device,)).fetchone()
         start = contiguous
         while True:
@@ -232,7 +235,8 @@ class EventStore:
             )
 
     def consumption_events(self, *, after_id: int, limit: int) -> list[StoredEvent]:
-        rows = self._engine.query(
+        rows = self._engine.read_settled(
+            EVENTS_WRITERS,
             "SELECT id, device, seq, ts_ms, kind, body, prev, hash FROM events "
             "WHERE id > ? AND kind = ? ORDER BY id LIMIT ?",
             (after_id, EventKind.CONSUME.value, limit),
@@ -244,7 +248,8 @@ class EventStore:
 
     def charging_events(self, *, after_id: int, limit: int) -> list[StoredEvent]:
         """Consumptions, returns of unused items and items put back in a cabinet after ``after_id``, in store order."""
-        rows = self._engine.query(
+        rows = self._engine.read_settled(
+            EVENTS_WRITERS,
             "SELECT id, device, seq, ts_ms, kind, body, prev, hash FROM events "
             "WHERE id > ? AND kind IN (?, ?, ?, ?) ORDER BY id LIMIT ?",
             (after_id, EventKind.CONSUME.value, EventKind.RETURN_UNUSED.value, EventKind.RETURNED.value,
@@ -255,7 +260,8 @@ class EventStore:
     def events_of_kinds(self, kinds: tuple[str, ...], *, after_id: int, limit: int) -> list[EventRow]:
         """Events of these kinds stored after ``after_id``, in store order."""
         marks = ", ".join("?" * len(kinds))
-        rows = self._engine.query(
+        rows = self._engine.read_settled(
+            EVENTS_WRITERS,
             f"SELECT id, device, seq, ts_ms, kind, body, stored_at FROM events WHERE id > ? AND kind IN ({marks}) "
             "ORDER BY id LIMIT ?", (after_id, *kinds, limit))
         return [EventRow(*r) for r in rows]

@@ -8,7 +8,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from gateway.data.engine import SqliteEngine
+from gateway.data.engine import Engine
 from gateway.data.his_lines import _COLUMNS as HIS_COLUMNS
 from gateway.data.his_lines import HisLineRow
 
@@ -26,7 +26,7 @@ class EvidenceEvent(NamedTuple):
 class EvidenceReads:
     """Reads over ``events`` and ``his_lines`` by key."""
 
-    def __init__(self, engine: SqliteEngine) -> None:
+    def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
     def events(self, keys: Sequence[tuple[str, int]]) -> list[EvidenceEvent]:

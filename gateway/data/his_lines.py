@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Final, NamedTuple
 
-from gateway.data.engine import SqliteEngine
+from gateway.data.engine import Engine
 
 CHARGE: Final = "charge"
 CREDIT: Final = "credit"
@@ -45,7 +45,7 @@ _COLUMNS = ("his_id, entry, admission, charge_code, gtin, lot, serial, qty, unit
 class HisLineStore:
     """The ``his_lines`` table."""
 
-    def __init__(self, engine: SqliteEngine) -> None:
+    def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
     def upsert(self, rows: Sequence[HisLineRow], *, imported_from: str, now: float) -> int:

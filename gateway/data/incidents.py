@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any, NamedTuple
 
-from gateway.data.engine import SqliteEngine
+from gateway.data.engine import Engine
 
 OPEN = "open"
 RESOLVED = "resolved"
@@ -55,7 +55,7 @@ def _incident(row: Any) -> IncidentRow:
 class IncidentStore:
     """The ``incidents`` and ``incident_notices`` tables."""
 
-    def __init__(self, engine: SqliteEngine) -> None:
+    def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
     def open(self, kind: str, subject: str, summary: str, detail: dict[str, Any], *, at: float,

@@ -7,12 +7,11 @@ before the check). ``item_scans``: the item of every ``consume``. ``link_alarms`
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NamedTuple
 
-from gateway.data.engine import SqliteEngine
+from gateway.data.engine import Engine, Transaction
 
 
 class TakeRow(NamedTuple):
@@ -46,7 +45,7 @@ class LinkAlarmRow(NamedTuple):
 class LinkBatch:
     """The writes of one pass over new events, inside one transaction (see :meth:`LinkStore.batch`)."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: Transaction) -> None:
         self._db = db
 
     def latest_scan(self, item_key: str, *, stored_since: float) -> tuple[str, int] | None:
@@ -59,11 +58,12 @@ class LinkBatch:
 
     def add_take(self, take: TakeRow) -> None:
         self._db.execute(
-            "INSERT OR IGNORE INTO cabinet_takes (device, seq, item_key, epc, user, session, dept, taken_ms, "
-            "stored_at, state, closed_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", tuple(take))
+            "INSERT INTO cabinet_takes (device, seq, item_key, epc, \"user\", session, dept, taken_ms, "
+            "stored_at, state, closed_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", tuple(take))
 
     def add_scan(self, device: str, seq: int, item_key: str, stored_at: float) -> None:
-        self._db.execute("INSERT OR IGNORE INTO item_scans (device, seq, item_key, stored_at) VALUES (?, ?, ?, ?)",
+        self._db.execute("INSERT INTO item_scans (device, seq, item_key, stored_at) VALUES (?, ?, ?, ?) "
+                         "ON CONFLICT DO NOTHING",
                          (device, seq, item_key, stored_at))
 
     def close_open_takes(self, item_key: str, state: str, by: str, *, at: float) -> None:
@@ -81,7 +81,7 @@ class LinkBatch:
 class LinkStore:
     """The ``cabinet_takes``, ``item_scans`` and ``link_alarms`` tables."""
 
-    def __init__(self, engine: SqliteEngine) -> None:
+    def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
     @contextmanager
@@ -97,7 +97,7 @@ class LinkStore:
         raised: list[LinkAlarmRow] = []
         with self._engine.transaction() as db:
             due = db.execute(
-                "SELECT device, seq, item_key, epc, user, session, dept, taken_ms, stored_at FROM cabinet_takes "
+                "SELECT device, seq, item_key, epc, \"user\", session, dept, taken_ms, stored_at FROM cabinet_takes "
                 "WHERE state = 'open' AND stored_at <= ? ORDER BY stored_at",
                 (now - window_s,),
             ).fetchall()
@@ -108,8 +108,8 @@ class LinkStore:
                     continue
                 db.execute("UPDATE cabinet_takes SET state = 'alarmed' WHERE device = ? AND seq = ?", (device, seq))
                 db.execute(
-                    "INSERT OR IGNORE INTO link_alarms (device, seq, item_key, epc, user, session, dept, taken_ms, "
-                    "window_s, raised_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO link_alarms (device, seq, item_key, epc, \"user\", session, dept, taken_ms, "
+                    "window_s, raised_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                     (device, seq, key, epc, user, session, dept, taken_ms, window_s, now),
                 )
                 raised.append(LinkAlarmRow(device, seq, key, epc, user, session, dept, taken_ms, window_s, now, ""))
@@ -118,7 +118,7 @@ class LinkStore:
     def alarms(self) -> list[LinkAlarmRow]:
         """Every ``not_linked`` alarm, oldest first."""
         rows = self._engine.query(
-            "SELECT device, seq, item_key, epc, user, session, dept, taken_ms, window_s, raised_at, resolved_by "
+            "SELECT device, seq, item_key, epc, \"user\", session, dept, taken_ms, window_s, raised_at, resolved_by "
             "FROM link_alarms ORDER BY raised_at, device, seq"
         )
         return [LinkAlarmRow(*r) for r in rows]

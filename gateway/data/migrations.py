@@ -4,8 +4,9 @@ The version of a store is the highest number in its ``schema_migrations`` table 
 applied, with its name and when). At start the gateway applies what is missing, in order, each in its own
 transaction together with its row, so a crash leaves a store at a whole version and the next start goes
 on from there. Two gateways starting on one store do not both apply a migration: the runner looks at the
-version again inside the transaction (SQLite's ``BEGIN IMMEDIATE`` write lock; on PostgreSQL a
-``LOCK TABLE schema_migrations`` will do the same).
+version again inside the transaction, which holds the store's migration lock (SQLite: the
+``BEGIN IMMEDIATE`` write lock; PostgreSQL: a transaction-scoped advisory lock, taken before the version
+table is created, so two gateways starting at once on an empty database do not both create it).
 
 A store made before the schema had a version has tables but no ``schema_migrations``: it is recognised
 as such and upgraded in place from migration 1. The migrations up to
@@ -42,7 +43,7 @@ class MigrationError(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class Sql:
-    """Statements of one step, per engine; ``postgresql`` stays None until that engine is written."""
+    """Statements of one step, per engine (``postgresql`` None: the step has no PostgreSQL form, refused there)."""
 
     sqlite: tuple[str, ...]
     postgresql: tuple[str, ...] | None = None
@@ -131,6 +132,7 @@ def migrate(engine: Engine, migrations: Sequence[Migration], *, now: float | Non
     applied: list[str] = []
     for migration in pending(engine, migrations):
         with engine.transaction() as db:
+            engine.serialize(db, VERSION_TABLE)
             db.execute(_VERSION_DDL[engine.name])
             if _version(engine, db) >= migration.version:  # another gateway applied it meanwhile
                 continue
@@ -148,7 +150,7 @@ def _apply(engine: Engine, db: Transaction, step: Step) -> None:
         have = engine.columns(db, step.table)
         for name, sql_type in step.columns:
             if name not in have:
-                db.execute(f"ALTER TABLE {step.table} ADD COLUMN {name} {sql_type}")
+                db.execute(f"ALTER TABLE {step.table} ADD COLUMN {name} {engine.column_type(sql_type)}")
         return
     for statement in step.for_engine(engine.name):
         db.execute(statement)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from gateway.data.engine import SqliteEngine
+from gateway.data.engine import Engine
 
 
 class ParkedSummary(NamedTuple):
@@ -20,7 +20,7 @@ class ParkedSummary(NamedTuple):
 class MonitoringQueries:
     """The counts behind ``/metrics`` and the incident checks; no writes."""
 
-    def __init__(self, engine: SqliteEngine) -> None:
+    def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
     def _count(self, sql: str) -> int:

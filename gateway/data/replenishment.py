@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from gateway.data.engine import SqliteEngine
+from gateway.data.engine import Engine
 
 OPEN = "open"
 DONE = "done"
@@ -39,7 +39,7 @@ class RouteStop(NamedTuple):
 class ReplenishmentStore:
     """The ``par_levels``, ``replenish_requests`` and ``routes`` tables."""
 
-    def __init__(self, engine: SqliteEngine) -> None:
+    def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
     def upsert_par(self, rows: Sequence[ParRow]) -> None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from gateway.data.engine import SqliteEngine
+from gateway.data.engine import Engine
 
 
-def store_counts(engine: SqliteEngine) -> dict[str, int]:
+def store_counts(engine: Engine) -> dict[str, int]:
     q = {
         "events": "SELECT COUNT(*) FROM events",
         "consume_events": "SELECT COUNT(*) FROM events WHERE kind = 'consume'",

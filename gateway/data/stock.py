@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Final, NamedTuple
 
-from gateway.data.engine import SqliteEngine
+from gateway.data.engine import Engine
 
 # the kinds of movement; ``qty`` is positive into ``location``, negative out of it
 RECEIPT: Final = "receipt"  # the operator's store received the item from its supplier
@@ -77,7 +77,7 @@ _SIDES = ("SELECT location, gtin, lot, serial, qty, at_ms, expiry FROM stock_mov
 class StockStore:
     """The ``stock_movements`` table."""
 
-    def __init__(self, engine: SqliteEngine) -> None:
+    def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
     def record(self, rows: Sequence[MovementRow]) -> int:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from gateway.data.engine import SqliteEngine
+from gateway.data.engine import Engine
 from gateway.data.stock import INSERT_MOVEMENT, KINDS, MovementRow
 
 
@@ -36,7 +36,7 @@ class CountLineRow(NamedTuple):
 class StocktakeStore:
     """The ``stock_counts`` and ``stock_count_lines`` tables."""
 
-    def __init__(self, engine: SqliteEngine) -> None:
+    def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
     def record(self, count: CountRow, lines: Sequence[CountLineRow], adjustments: Sequence[MovementRow]) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from gateway.data.engine import SqliteEngine
+from gateway.data.engine import Engine
 
 OPEN_ENDED = "9999-12-31"
 
@@ -54,7 +54,7 @@ class VbpItemRow(NamedTuple):
 class TermsStore:
     """``suppliers``, ``contracts``, ``registrations``, ``vbp_categories`` and ``vbp_items``."""
 
-    def __init__(self, engine: SqliteEngine) -> None:
+    def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
     # ------------------------------------------------------------ suppliers

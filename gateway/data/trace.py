@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from gateway.data.engine import SqliteEngine
+from gateway.data.engine import Engine
 
 
 class UseRow(NamedTuple):
@@ -47,7 +47,7 @@ _SELECT = (
 class TraceStore:
     """Reads across ``stock_movements``, ``charges``, ``charge_rejects`` and ``consumption``."""
 
-    def __init__(self, engine: SqliteEngine) -> None:
+    def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
     def uses(self, *, gtin: str | None = None, serial: str | None = None, lot: str | None = None,

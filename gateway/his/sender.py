@@ -87,6 +87,7 @@ class HisSender:
         lanes: int = 1,
         heartbeats: HeartbeatRegistry | None = None,
         on_round_trip: Callable[[float, HisOutcome], None] | None = None,
+        due: Callable[[int], list[OutboxCharge]] | None = None,
     ) -> None:
         """``on_round_trip(seconds, outcome)``: after every send, how long it took from the call to the answer
         (or to the timeout) and what came of it; the metrics' HIS histogram (gateway/metrics.py)."""
@@ -102,6 +103,9 @@ class HisSender:
         self.stats = SenderStats()
         self._rng = rng or random.Random()
         self._may_run = may_run
+        # what this sender may send, in outbox order: every pending charge (one instance), or the charges
+        # this instance claimed (several instances on one store: gateway.data.claims)
+        self._due = due or (lambda limit: store.pending_charges(limit=limit))
         self._pause_until = 0.0
         self._failures = 0
         self._on_round_trip = on_round_trip
@@ -131,7 +135,7 @@ class HisSender:
         sent = 0
         blocked: set[str] = set()
         voided: set[str] = set()  # credits voided with a charge parked in this pass: no longer pending
-        for charge in self.store.pending_charges(limit=500 * self.lanes):
+        for charge in self._due(500 * self.lanes):
             if self._stop.is_set() or not self._may_run():
                 break
             if charge.admission in blocked or lane_of(charge.admission, self.lanes) != self.lane:

@@ -1,16 +1,22 @@
-"""Gateway ingest: MQTT events in, stored once, then a cumulative ack out.
+"""Gateway ingest: MQTT events in, stored once in a group commit, then a cumulative ack out.
 
-Runs on paho's network thread: decode → :meth:`GatewayStore.ingest` (one
-committed transaction) → publish the ack with the highest contiguous sequence
-stored for that device. A malformed payload is stored in ``bad_payloads``
-with its reason, logged and counted; ingestion goes on. A malformed event is
-kept in quarantine with its reason and the rest of its batch is stored and
-acknowledged. Only a failure of the store itself withholds the ack: the
-device resends and nothing is lost.
+paho's network thread only queues each message (:mod:`gateway.group_commit`, bounded); the
+``ingest-writer`` thread takes what is queued — many batches from many devices — decodes it, stores every
+event batch in ONE transaction (:meth:`EventStore.ingest_group`: group commit, each event still under its
+own savepoint), commits, and only then publishes each batch's ack with the highest contiguous sequence
+stored for its device, and acknowledges the messages to the broker (MQTT PUBACK, manual ack). The broker
+sends at most ``queue_size`` unacknowledged messages (the MQTT 5 Receive Maximum this client announces),
+so under load the rest wait at the broker: back-pressure, not loss or growing memory.
 
-:meth:`IngestService.handle` is the whole path from topic and payload to the
-ack; the MQTT callback only calls it, and the ingest fuzzer
-(``hw_sim/fuzz_ingest.py``) drives it with a publish function of its own.
+A malformed payload is stored in ``bad_payloads`` with its reason, logged and counted; ingestion goes on. A
+malformed event is kept in quarantine with its reason and the rest of its batch is stored and acknowledged.
+Only a failure of the store itself withholds the acks (of the whole group): the devices resend and nothing
+is lost. A crash after the commit and before the acks loses nothing either: the broker redelivers the
+messages not yet PUBACKed, or the devices resend, and the store keeps each ``(device, seq)`` once.
+
+:meth:`IngestService.handle_group` is the whole path from messages to acks; :meth:`IngestService.handle`
+is a group of one, which the ingest fuzzer (``hw_sim/fuzz_ingest.py``) drives with a publish function of
+its own.
 """
 
 from __future__ import annotations
@@ -27,11 +33,14 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from gateway.data.events import IngestResult
+from gateway.group_commit import GroupWriter
 from gateway.store import GatewayStore
 from spd_common.heartbeat import MQTT_LOOP_DEADLINE_S, HeartbeatRegistry
 from spd_common.mqtt import TlsSettings, make_client, start_loop, stop_loop
 from spd_common.wire import (
     Ack,
+    Batch,
     Channel,
     WireError,
     decode_batch,
@@ -56,7 +65,29 @@ class IngestStats:
     acks_sent: int = 0
     chain_breaks: int = 0
     store_failures: int = 0
+    groups: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """One message from the broker, queued for the writer; ``settle`` acknowledges it to the broker."""
+
+    topic: str
+    payload: bytes
+    retained: bool = False
+    settle: Callable[[], None] | None = None
+
+
+DEFAULT_QUEUE_SIZE = 256
+"""Messages (event batches, states) the broker may hand the gateway before they are stored and acknowledged."""
+ACK_INFLIGHT = 100
+"""Acks published at QoS 1 and not yet acknowledged by the broker. The broker's own Receive Maximum
+(Mosquitto: ``max_inflight_messages``, 100 in deploy/mosquitto) must not be exceeded. Since the acks no
+longer share paho's network thread with storing, the broker's PUBACKs come back within a round trip and 100
+carries tens of thousands of acks a second."""
+DEFAULT_MAX_GROUP = 256
+"""Most messages stored in one transaction."""
 
 
 class IngestService:
@@ -74,8 +105,15 @@ class IngestService:
         on_stored: Callable[[int], None] | None = None,
         heartbeats: HeartbeatRegistry | None = None,
         publish: Callable[[str, bytes], None] | None = None,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        max_group: int = DEFAULT_MAX_GROUP,
     ) -> None:
-        """``publish(topic, payload)`` sends an ack; by default on this service's MQTT client at QoS 1."""
+        """``publish(topic, payload)`` sends an ack; by default on this service's MQTT client at QoS 1.
+
+        ``queue_size``: messages the broker may hand the gateway before they are stored and acknowledged
+        (the MQTT 5 Receive Maximum; the writer's queue holds as many). ``max_group``: most messages stored
+        in one transaction.
+        """
         self.store = store
         self._publish = publish if publish is not None else self._publish_mqtt
         self.stats = IngestStats()
@@ -83,15 +121,23 @@ class IngestService:
         self._on_stored = on_stored
         self._connected = threading.Event()
         self.host, self.port = host, port
-        self._beat = (heartbeats or HeartbeatRegistry()).heartbeat("ingest-mqtt", deadline_s=MQTT_LOOP_DEADLINE_S)
+        self.queue_size = queue_size
+        heartbeats = heartbeats or HeartbeatRegistry()
+        self._beat = heartbeats.heartbeat("ingest-mqtt", deadline_s=MQTT_LOOP_DEADLINE_S)
+        self.writer: GroupWriter[Inbound] = GroupWriter(self.handle_group, capacity=queue_size,
+                                                         max_group=max_group, heartbeats=heartbeats)
+        self._session = 0  # the broker connection a queued message came on (its mid means nothing on another)
         client = make_client(client_id, tls=tls, on_connect=self._on_connect, on_disconnect=self._on_disconnect,
                              on_message=self._on_message, heartbeat=self._beat)
-        client.max_inflight_messages_set(100)
+        client.max_inflight_messages_set(ACK_INFLIGHT)
+        client.manual_ack_set(True)  # PUBACK once the message's group is committed (or refused), not on arrival
         self._client = client
 
     def start(self) -> IngestService:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = 3600  # the broker queues events while the gateway restarts
+        props.ReceiveMaximum = self.queue_size  # no more unacknowledged messages than the writer's queue holds
+        self.writer.start()
         start_loop(self._client, self.host, self.port, self._beat, keepalive=15, clean_start=False, properties=props)
         return self
 
@@ -100,11 +146,17 @@ class IngestService:
 
     def stop(self) -> None:
         stop_loop(self._client, self._beat)
+        self.writer.stop()
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
         if rc.is_failure:
             log.error("gateway: broker refused connection: %s", rc)
             return
+        self._session += 1
+        receive_max = getattr(props, "ReceiveMaximum", None) if props is not None else None
+        if receive_max is not None and int(receive_max) < ACK_INFLIGHT:
+            log.warning("gateway: the broker takes %s unacknowledged messages, fewer than the %d acks this gateway "
+                        "keeps in flight; raise its max_inflight_messages", receive_max, ACK_INFLIGHT)
         client.subscribe(
             [
                 (subscription(Channel.EVENTS, share_group=self.share_group), 1),
@@ -119,37 +171,76 @@ class IngestService:
         log.info("gateway: disconnected from broker (%s)", rc)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        try:
-            self.handle(msg.topic, bytes(msg.payload), retained=bool(msg.retain))
-        except Exception:  # a bug: logged, no ack, and paho's network thread lives on
-            log.exception("gateway: failed to handle message on %s", msg.topic)
+        settle = None
+        if msg.qos > 0:
+            session, mid, qos = self._session, msg.mid, msg.qos
+
+            def settle() -> None:
+                if session == self._session:  # on a new connection the broker redelivers it anyway
+                    client.ack(mid, qos)
+
+        self.writer.put(Inbound(msg.topic, bytes(msg.payload), bool(msg.retain), settle))
 
     def handle(self, topic_text: str, payload: bytes, *, retained: bool = False) -> None:
-        """One message from the broker: an events batch is stored and acked, a state recorded.
+        """One message from the broker, handled at once as a group of one (see :meth:`handle_group`).
 
         ``retained``: the broker replayed a stored message at subscription; a replayed state does not
         make its device seen now.
-
-        A payload-level fault is recorded in ``bad_payloads`` and not acked; a
-        failure of the store is logged and not acked (the device resends).
-        Anything else that escapes is a bug.
         """
-        try:
-            addr = parse_topic(topic_text)
-            if addr.channel is Channel.EVENTS:
-                self._handle_events(topic_text, payload)
-            elif addr.channel is Channel.STATE and payload:  # an empty retained message clears state
-                self.store.update_device_state(addr.site, decode_state(topic_text, payload), live=not retained)
-        except WireError as err:
-            self._bad(topic_text, err.reason, err.detail, payload)
-        except (sqlite3.Error, OSError, MemoryError):
-            # storage failed: nothing of the batch is committed, no ack goes out, the device resends
-            self.stats.store_failures += 1
-            log.exception("gateway: store failed while handling %s; not acknowledged", topic_text)
+        self.handle_group([Inbound(topic_text, payload, retained)])
 
-    def _handle_events(self, topic_text: str, payload: bytes) -> None:
-        batch = decode_batch(topic_text, payload)
-        res = self.store.ingest(batch)
+    def handle_group(self, messages: list[Inbound]) -> None:
+        """Messages from the broker: event batches stored in one transaction, then acked; states recorded.
+
+        A payload-level fault is recorded in ``bad_payloads`` and not acked; a failure of the store is
+        logged and nothing of the group is acked (the devices resend). Every message is then settled with
+        the broker, whatever became of it: an unsettled message would hold a place of the Receive Maximum.
+        """
+        batches: list[tuple[str, Batch]] = []
+        for m in messages:
+            try:
+                addr = parse_topic(m.topic)
+                if addr.channel is Channel.EVENTS:
+                    batches.append((m.topic, decode_batch(m.topic, m.payload)))
+                elif addr.channel is Channel.STATE and m.payload:  # an empty retained message clears state
+                    self.store.update_device_state(addr.site, decode_state(m.topic, m.payload), live=not m.retained)
+            except WireError as err:
+                self._bad(m.topic, err.reason, err.detail, m.payload)
+            except (sqlite3.Error, OSError, MemoryError):
+                self.stats.store_failures += 1
+                log.exception("gateway: store failed while handling %s", m.topic)
+        try:
+            if batches:
+                self._store_and_ack(batches)
+        finally:
+            for m in messages:
+                if m.settle is not None:
+                    m.settle()
+
+    def _store_and_ack(self, batches: list[tuple[str, Batch]]) -> None:
+        try:
+            results = self.store.ingest_group([b for _, b in batches])
+        except (sqlite3.Error, OSError, MemoryError):
+            # storage failed: nothing of the group is committed, no ack goes out, the devices resend
+            self.stats.store_failures += 1
+            log.exception("gateway: store failed on a group of %d batches; not acknowledged", len(batches))
+            return
+        self.stats.groups += 1
+        new = 0
+        for (topic_text, batch), res in zip(batches, results, strict=True):
+            if not isinstance(res, IngestResult):
+                self.stats.store_failures += 1
+                log.error("gateway: batch on %s not stored (%s); not acknowledged", topic_text, res)
+                continue
+            self._count(res)
+            ack = Ack(batch.device, res.contiguous, tuple(res.rejected))
+            self._publish(topic(batch.site, batch.device, Channel.ACK), encode_ack(ack))
+            self.stats.acks_sent += 1
+            new += res.new
+        if new and self._on_stored is not None:
+            self._on_stored(new)
+
+    def _count(self, res: IngestResult) -> None:
         self.stats.batches += 1
         self.stats.events_new += res.new
         self.stats.events_duplicate += res.duplicates
@@ -158,11 +249,6 @@ class IngestService:
         self.stats.chain_breaks += len(res.chain_breaks)
         for r in res.rejected:
             self.stats.reasons[r.reason] = self.stats.reasons.get(r.reason, 0) + 1
-        ack = Ack(batch.device, res.contiguous, tuple(res.rejected))
-        self._publish(topic(batch.site, batch.device, Channel.ACK), encode_ack(ack))
-        self.stats.acks_sent += 1
-        if res.new and self._on_stored is not None:
-            self._on_stored(res.new)
 
     def _publish_mqtt(self, topic_text: str, payload: bytes) -> None:
         self._client.publish(topic_text, payload, qos=1)

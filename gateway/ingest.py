@@ -193,7 +193,9 @@ class IngestService:
         """Messages from the broker: event batches stored in one transaction, then acked; states recorded.
 
         A payload-level fault is recorded in ``bad_payloads`` and not acked; a failure of the store is
-        logged and nothing of the group is acked (the devices resend). Every message is then settled with
+        logged and nothing of the group is acked (the devices resend). A batch that failed in the store for
+        any other reason (a bug) is rolled back alone and not acked, the rest of the group is acked, and
+        then its exception escapes. Every message is then settled with
         the broker, whatever became of it: an unsettled message would hold a place of the Receive Maximum.
         """
         batches: list[tuple[str, Batch]] = []
@@ -227,10 +229,11 @@ class IngestService:
             return
         self.stats.groups += 1
         new = 0
+        bugs: list[Exception] = []
         for (topic_text, batch), res in zip(batches, results, strict=True):
             if not isinstance(res, IngestResult):
-                self.stats.store_failures += 1
-                log.error("gateway: batch on %s not stored (%s); not acknowledged", topic_text, res)
+                log.error("gateway: batch on %s not stored (%r); not acknowledged", topic_text, res)
+                bugs.append(res)
                 continue
             self._count(res)
             ack = Ack(batch.device, res.contiguous, tuple(res.rejected))
@@ -239,6 +242,8 @@ class IngestService:
             new += res.new
         if new and self._on_stored is not None:
             self._on_stored(new)
+        if bugs:  # the other batches are stored and acked; a batch the store could not take is a bug: it escapes
+            raise bugs[0]
 
     def _count(self, res: IngestResult) -> None:
         self.stats.batches += 1

@@ -18,6 +18,7 @@ from typing import NamedTuple
 from gateway.data.engine import SqliteEngine
 from spd_common.wire import (
     GENESIS_HASH,
+    MAX_SEQ,
     Batch,
     Event,
     EventKind,
@@ -150,8 +151,9 @@ class EventStore:
         res = IngestResult()
         db.execute("SAVEPOINT batch")
         try:
+            links = _Links.read(db, batch.device, [ev.seq for ev in batch.events])
             for ev in batch.events:
-                self._store_event(db, batch.site, ev, at, res, checked=batch.checked)
+                self._store_event(db, batch.site, ev, at, res, checked=batch.checked, links=links)
             for bad in batch.invalid:
                 self._quarantine(db, batch.device, bad, at, res)
         except STORE_FAULTS:
@@ -165,14 +167,15 @@ class EventStore:
         return res
 
     def _store_event(
-        self, db: sqlite3.Connection, site: str, ev: Event, at: float, res: IngestResult, *, checked: bool
+        self, db: sqlite3.Connection, site: str, ev: Event, at: float, res: IngestResult, *, checked: bool,
+        links: _Links | None = None,
     ) -> None:
         part = IngestResult()
         db.execute("SAVEPOINT event")
         try:
             if not checked:  # built in code (an imported export), not by decode_batch
                 check_event(ev)
-            self._insert_event(db, site, ev, at, part)
+            self._insert_event(db, site, ev, at, part, links or _Links.NONE)
         except EVENT_FAULTS as err:
             db.execute("ROLLBACK TO event")
             db.execute("RELEASE event")
@@ -189,15 +192,23 @@ class EventStore:
         res.conflicts += part.conflicts
         res.chain_breaks += part.chain_breaks
 
-    def _insert_event(self, db: sqlite3.Connection, site: str, ev: Event, at: float, res: IngestResult) -> None:
+    def _insert_event(
+        self, db: sqlite3.Connection, site: str, ev: Event, at: float, res: IngestResult, links: _Links
+    ) -> None:
         cur = db.execute(
-            "INSERT OR IGNORE INTO events (device, seq, site, ts_ms, kind, body, prev, hash, stored_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO events (device, seq, site, ts_ms, kind, body, prev, hash, stored_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device, seq) DO NOTHING",
             (ev.device, ev.seq, site, ev.ts_ms, ev.kind, json.dumps(ev.body, ensure_ascii=False), ev.prev, ev.hash, at),
         )
+        known = links.covers(ev.seq)
         if cur.rowcount == 0:
-            row = db.execute("SELECT hash FROM events WHERE device = ? AND seq = ?", (ev.device, ev.seq)).fetchone()
-            if row is not None and row[0] != ev.hash:
+            if known:
+                row = links.get(ev.seq)
+                stored_hash = row[1] if row is not None else None
+            else:
+                one = db.execute("SELECT hash FROM events WHERE device = ? AND seq = ?", (ev.device, ev.seq)).fetchone()
+                stored_hash = one[0] if one is not None else None
+            if stored_hash is not None and stored_hash != ev.hash:
                 res.conflicts += 1
                 self._chain_break(db, ev.device, ev.seq, "same seq received with different content", at, res)
             else:
@@ -209,13 +220,14 @@ class EventStore:
             if ev.prev != GENESIS_HASH:
                 self._chain_break(db, ev.device, ev.seq, "first event does not start from the genesis hash", at, res)
         else:
-            before = db.execute("SELECT hash FROM events WHERE device = ? AND seq = ?", (ev.device, ev.seq - 1))
-            row = before.fetchone()
-            if row is not None and row[0] != ev.prev:
+            before = links.get(ev.seq - 1) if known else _link(db, ev.device, ev.seq - 1)
+            if before is not None and before[1] != ev.prev:
                 self._chain_break(db, ev.device, ev.seq, "prev does not match the stored predecessor", at, res)
-        after = db.execute("SELECT prev FROM events WHERE device = ? AND seq = ?", (ev.device, ev.seq + 1)).fetchone()
+        after = links.get(ev.seq + 1) if known else _link(db, ev.device, ev.seq + 1)
         if after is not None and after[0] != ev.hash:
             self._chain_break(db, ev.device, ev.seq + 1, "prev does not match the stored predecessor", at, res)
+        if known:
+            links.add(ev.seq, ev.prev, ev.hash)
 
     def _quarantine(self, db: sqlite3.Connection, device: str, bad: InvalidEvent, at: float, res: IngestResult) -> None:
         """Keep a refused event with its reason: under its seq when that is usable, else as a bad payload.
@@ -322,6 +334,50 @@ class EventStore:
     def chain_breaks(self) -> list[ChainBreakRow]:
         rows = self._engine.query("SELECT device, seq, detail, detected_at FROM chain_breaks ORDER BY device, seq")
         return [ChainBreakRow(*r) for r in rows]
+
+
+def _link(db: sqlite3.Connection, device: str, seq: int) -> tuple[str, str] | None:
+    """(prev, hash) of a stored event."""
+    row = db.execute("SELECT prev, hash FROM events WHERE device = ? AND seq = ?", (device, seq)).fetchone()
+    return None if row is None else (str(row[0]), str(row[1]))
+
+
+class _Links:
+    """(prev, hash) of a device's stored events around one batch: read in one range query, kept up to date.
+
+    Covers the seqs ``lo .. hi`` of the batch: for those, the events at ``seq - 1``, ``seq`` and ``seq + 1``
+    are all known without a query (stored before the batch, or stored by it — :meth:`add`). A batch whose
+    seqs are not plain, close-together integers covers nothing, and each event looks its neighbours up.
+    """
+
+    NONE: _Links
+
+    def __init__(self, lo: int, hi: int, rows: dict[int, tuple[str, str]]) -> None:
+        self.lo, self.hi, self._rows = lo, hi, rows
+
+    @classmethod
+    def read(cls, db: sqlite3.Connection, device: str, seqs: list[object]) -> _Links:
+        plain = [s for s in seqs if type(s) is int and 1 <= s <= MAX_SEQ - 1]
+        if not plain or len(plain) != len(seqs):
+            return cls.NONE
+        lo, hi = min(plain), max(plain)
+        if hi - lo > 2 * len(plain) + 16:  # scattered seqs: the range would read events the batch never touches
+            return cls.NONE
+        rows = db.execute("SELECT seq, prev, hash FROM events WHERE device = ? AND seq BETWEEN ? AND ?",
+                          (device, lo - 1, hi + 1)).fetchall()
+        return cls(lo, hi, {int(r[0]): (str(r[1]), str(r[2])) for r in rows})
+
+    def covers(self, seq: object) -> bool:
+        return type(seq) is int and self.lo <= seq <= self.hi
+
+    def get(self, seq: int) -> tuple[str, str] | None:
+        return self._rows.get(seq)
+
+    def add(self, seq: int, prev: str, hash_: str) -> None:
+        self._rows[seq] = (prev, hash_)
+
+
+_Links.NONE = _Links(1, 0, {})
 
 
 def _safe_text(text: object, limit: int) -> str:

@@ -2,10 +2,12 @@
 
 Threads and what each owns:
 
-* ``paho`` network thread (:class:`IngestService`) — the MQTT socket; stores
-  batches and publishes acks;
+* ``paho`` network thread (:class:`IngestService`) — the MQTT socket; queues what arrives;
+* ``ingest-writer`` (:class:`GroupWriter`) — stores the queued batches, many in one transaction,
+  then publishes their acks and acknowledges them to the broker;
 * ``charging`` (:class:`ChargingWorker`) — the charging cursor; writes the outbox;
-* ``his-sender-N`` (:class:`HisSender`, one per lane) — one HIS connection each; drain the outbox;
+* ``his-sender-N`` (:class:`HisSender`, one per lane) — one HIS connection each; drain the outbox, each lane
+  its own rows as one reader (:class:`OutboxFeed`) hands them out;
 * ``lease`` (:class:`Leadership`) — renews the charging lease; with several
   instances on one store, only the holder runs charging and the sender;
 * ``link-watch`` (:class:`LinkWatch`) — the ``not_linked`` check: an item taken
@@ -46,6 +48,7 @@ from gateway.charging import ChargingWorker
 from gateway.commands import CommandSigner, load_signing_key
 from gateway.fleet import Fleet, FleetLink
 from gateway.his.adapter import HisAdapter, HisConfigError
+from gateway.his.feed import OutboxFeed
 from gateway.his.http_adapter import HttpJsonAdapter
 from gateway.his.mllp_adapter import MllpAdapter
 from gateway.his.sender import HisSender
@@ -127,6 +130,7 @@ class Gateway:
             sending_facility=config.sending_facility, receiving_facility=config.facility
         )
         lanes = 1 if adapter is not None else config.his_lanes
+        self.feed = OutboxFeed(self.store, lanes)  # one reader of the outbox for every lane
         self.senders = [
             HisSender(
                 self.store,
@@ -136,6 +140,7 @@ class Gateway:
                 lane=lane,
                 lanes=lanes,
                 heartbeats=self.heartbeats,
+                feed=self.feed,
             )
             for lane in range(lanes)
         ]

@@ -112,6 +112,15 @@ class ChargeStore:
         )
         return [OutboxCharge(*r) for r in rows]
 
+    def pending_charges_after(self, *, after_id: int, limit: int) -> list[OutboxCharge]:
+        """Pending charges queued after ``after_id``, in outbox order (the HIS feed's read of new rows)."""
+        rows = self._engine.query(
+            "SELECT id, charge_id, device, seq, admission, message, attempts, next_attempt_at, line FROM charges "
+            "WHERE status = 'pending' AND id > ? ORDER BY id LIMIT ?",
+            (after_id, limit),
+        )
+        return [OutboxCharge(*r) for r in rows]
+
     def mark_retry(self, charge_id: str, detail: str, next_attempt_at: float) -> None:
         with self._engine.transaction() as db:
             db.execute(

@@ -26,12 +26,12 @@ import logging
 import random
 import threading
 import time
-import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from gateway.his.adapter import HisAdapter, HisAdapterClosed, HisError, HisOutcome, HisResult
+from gateway.his.feed import OutboxFeed
 from gateway.store import GatewayStore, OutboxCharge
 from spd_common.backoff import backoff_delay
 from spd_common.heartbeat import HeartbeatRegistry
@@ -65,13 +65,8 @@ def send_deadline_s(adapter: HisAdapter) -> float:
     return 2 * (connect + 2 * timeout) + LANE_DEADLINE_S
 
 
-def lane_of(admission: str, lanes: int) -> int:
-    """The lane that carries every charge of this patient."""
-    return zlib.crc32(admission.encode()) % lanes if lanes > 1 else 0
-
-
 class HisSender:
-    """One thread (one lane) sending its share of the outbox, one charge at a time."""
+    """One thread (one lane) sending its share of the outbox, one charge at a time, as the feed hands it."""
 
     def __init__(
         self,
@@ -86,9 +81,14 @@ class HisSender:
         lane: int = 0,
         lanes: int = 1,
         heartbeats: HeartbeatRegistry | None = None,
+        feed: OutboxFeed | None = None,
     ) -> None:
+        """``feed``: the outbox reader the lanes share (one per gateway); a sender without one reads for itself."""
         if not 0 <= lane < lanes:
             raise ValueError(f"lane {lane} is not in 0..{lanes - 1}")
+        if feed is not None and feed.lanes != lanes:
+            raise ValueError(f"the feed serves {feed.lanes} lanes, not {lanes}")
+        self.feed = feed if feed is not None else OutboxFeed(store, lanes)
         self.store = store
         self.adapter = adapter
         self.lane = lane
@@ -115,19 +115,31 @@ class HisSender:
         return backoff_delay(attempts, first_s=self.backoff_base_s, ceiling_s=self.backoff_max_s, rng=self._rng)
 
     def run_once(self, now: float | None = None) -> int:
-        """Send what is due; returns the number of charges sent (any outcome)."""
+        """Send what is due of the lane's rows (from the feed); returns the number of charges sent (any outcome)."""
         t = time.time() if now is None else now
-        if t < self._pause_until or not self._may_run():
+        if not self._may_run():
+            self.feed.invalidate()  # when this instance may send again, another may have sent meanwhile
             return 0
+        if t < self._pause_until:
+            return 0
+        rows = self.feed.take(self.lane)
+        finished: set[int] = set()
+        retried: dict[int, OutboxCharge] = {}
+        voided: set[str] = set()  # credits voided with a charge parked in this pass: no longer pending
+        try:
+            return self._send_due(rows, t, finished, retried, voided)
+        finally:
+            unfinished = [retried.get(r.id, r) for r in rows if r.id not in finished and r.charge_id not in voided]
+            self.feed.give_back(self.lane, rows, unfinished, voided)
+
+    def _send_due(self, rows: list[OutboxCharge], t: float, finished: set[int], retried: dict[int, OutboxCharge],
+                  voided: set[str]) -> int:
         sent = 0
         blocked: set[str] = set()
-        voided: set[str] = set()  # credits voided with a charge parked in this pass: no longer pending
-        for charge in self.store.pending_charges(limit=500 * self.lanes):
+        for charge in rows:
             if self._stop.is_set() or not self._may_run():
                 break
-            if charge.admission in blocked or lane_of(charge.admission, self.lanes) != self.lane:
-                continue
-            if charge.charge_id in voided:
+            if charge.admission in blocked or charge.charge_id in voided:
                 continue
             if charge.next_attempt_at > t:
                 blocked.add(charge.admission)
@@ -138,11 +150,13 @@ class HisSender:
             self.stats.sent += 1
             if result.outcome is HisOutcome.ACCEPTED:
                 self.store.mark_accepted(charge.charge_id, result.code, result.his_ref)
+                finished.add(charge.id)
                 self.stats.accepted += 1
                 self._failures = 0
             elif result.outcome is HisOutcome.REJECTED:
                 log.warning("charge %s parked: %s: %s", charge.charge_id, result.code, result.detail)
                 voided.update(self.store.mark_parked(charge.charge_id, result.code, result.detail))
+                finished.add(charge.id)
                 self.stats.parked += 1
                 self._failures = 0
             else:
@@ -150,7 +164,9 @@ class HisSender:
                 self._failures += 1
                 delay = self._backoff(charge.attempts)
                 log.info("charge %s: will retry in %.1fs (%s)", charge.charge_id, delay, result.detail)
-                self.store.mark_retry(charge.charge_id, result.detail, time.time() + delay)
+                next_at = time.time() + delay
+                self.store.mark_retry(charge.charge_id, result.detail, next_at)
+                retried[charge.id] = replace(charge, attempts=charge.attempts + 1, next_attempt_at=next_at)
                 blocked.add(charge.admission)
                 self._pause_until = time.time() + self._backoff(self._failures - 1)
                 break

@@ -8,7 +8,7 @@ its own sender and connection; a patient always maps to the same lane
 order while different patients' charges go out in parallel. Outcomes:
 
 * accepted (HL7 AA, HTTP 2xx) → charge accepted and the consumption record
-  written, in one transaction;
+  written, in one transaction (a lane records a few dozen acceptances per transaction);
 * rejected (AE/AR, HTTP 4xx) → parked with the HIS's reason, for a person to
   look at and re-send (``spd-gateway charges resend``);
 * a row the adapter cannot send at all (it raises `HisMessageError` while
@@ -82,8 +82,16 @@ class HisSender:
         lanes: int = 1,
         heartbeats: HeartbeatRegistry | None = None,
         feed: OutboxFeed | None = None,
+        accept_group: int = 64,
+        accept_wait_s: float = 0.05,
     ) -> None:
-        """``feed``: the outbox reader the lanes share (one per gateway); a sender without one reads for itself."""
+        """``feed``: the outbox reader the lanes share (one per gateway); a sender without one reads for itself.
+
+        ``accept_group``, ``accept_wait_s``: the lane records the HIS's acceptances in one transaction per
+        this many, or once the oldest unrecorded one is this old (and always before a rejection, a retry
+        and the end of a pass). A crash in between re-sends those few charges, which the HIS recognises by
+        their charge id (MSH-10) as it does a re-send after a crash between the answer and its record.
+        """
         if not 0 <= lane < lanes:
             raise ValueError(f"lane {lane} is not in 0..{lanes - 1}")
         if feed is not None and feed.lanes != lanes:
@@ -101,6 +109,8 @@ class HisSender:
         self._may_run = may_run
         self._pause_until = 0.0
         self._failures = 0
+        self.accept_group = accept_group
+        self.accept_wait_s = accept_wait_s
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -136,42 +146,61 @@ class HisSender:
                   voided: set[str]) -> int:
         sent = 0
         blocked: set[str] = set()
-        for charge in rows:
-            if self._stop.is_set() or not self._may_run():
-                break
-            if charge.admission in blocked or charge.charge_id in voided:
-                continue
-            if charge.next_attempt_at > t:
-                blocked.add(charge.admission)
-                continue
-            with self._beat.blocking(self.send_deadline_s):
-                result = self._send(charge)
-            sent += 1
-            self.stats.sent += 1
-            if result.outcome is HisOutcome.ACCEPTED:
-                self.store.mark_accepted(charge.charge_id, result.code, result.his_ref)
-                finished.add(charge.id)
-                self.stats.accepted += 1
-                self._failures = 0
-            elif result.outcome is HisOutcome.REJECTED:
-                log.warning("charge %s parked: %s: %s", charge.charge_id, result.code, result.detail)
-                voided.update(self.store.mark_parked(charge.charge_id, result.code, result.detail))
-                finished.add(charge.id)
-                self.stats.parked += 1
-                self._failures = 0
-            else:
-                self.stats.retries += 1
-                self._failures += 1
-                delay = self._backoff(charge.attempts)
-                log.info("charge %s: will retry in %.1fs (%s)", charge.charge_id, delay, result.detail)
-                next_at = time.time() + delay
-                self.store.mark_retry(charge.charge_id, result.detail, next_at)
-                retried[charge.id] = replace(charge, attempts=charge.attempts + 1, next_attempt_at=next_at)
-                blocked.add(charge.admission)
-                self._pause_until = time.time() + self._backoff(self._failures - 1)
-                break
-            t = time.time()
+        accepted: list[tuple[OutboxCharge, HisResult]] = []  # answered AA, not yet recorded
+        oldest = t
+        try:
+            for charge in rows:
+                if self._stop.is_set() or not self._may_run():
+                    break
+                if charge.admission in blocked or charge.charge_id in voided:
+                    continue
+                if charge.next_attempt_at > t:
+                    blocked.add(charge.admission)
+                    continue
+                with self._beat.blocking(self.send_deadline_s):
+                    result = self._send(charge)
+                sent += 1
+                self.stats.sent += 1
+                if result.outcome is HisOutcome.ACCEPTED:
+                    accepted.append((charge, result))
+                    self._failures = 0
+                    t = time.time()
+                    if len(accepted) == 1:
+                        oldest = t
+                    if len(accepted) >= self.accept_group or t - oldest >= self.accept_wait_s:
+                        self._record_accepted(accepted, finished)
+                    continue
+                self._record_accepted(accepted, finished)
+                if result.outcome is HisOutcome.REJECTED:
+                    log.warning("charge %s parked: %s: %s", charge.charge_id, result.code, result.detail)
+                    voided.update(self.store.mark_parked(charge.charge_id, result.code, result.detail))
+                    finished.add(charge.id)
+                    self.stats.parked += 1
+                    self._failures = 0
+                else:
+                    self.stats.retries += 1
+                    self._failures += 1
+                    delay = self._backoff(charge.attempts)
+                    log.info("charge %s: will retry in %.1fs (%s)", charge.charge_id, delay, result.detail)
+                    next_at = time.time() + delay
+                    self.store.mark_retry(charge.charge_id, result.detail, next_at)
+                    retried[charge.id] = replace(charge, attempts=charge.attempts + 1, next_attempt_at=next_at)
+                    blocked.add(charge.admission)
+                    self._pause_until = time.time() + self._backoff(self._failures - 1)
+                    break
+                t = time.time()
+        finally:
+            self._record_accepted(accepted, finished)
         return sent
+
+    def _record_accepted(self, accepted: list[tuple[OutboxCharge, HisResult]], finished: set[int]) -> None:
+        """Record what the HIS accepted, many in one transaction; the rows stay the lane's until then."""
+        if not accepted:
+            return
+        self.store.charges.mark_accepted_many([(c.charge_id, r.code, r.his_ref) for c, r in accepted])
+        finished.update(c.id for c, _ in accepted)
+        self.stats.accepted += len(accepted)
+        accepted.clear()
 
     def _send(self, charge: OutboxCharge) -> HisResult:
         """One attempt; a row the adapter cannot send at all comes back REJECTED with the adapter's reason.

@@ -81,6 +81,9 @@ class Inbound:
 
 DEFAULT_QUEUE_SIZE = 256
 """Messages (event batches, states) the broker may hand the gateway before they are stored and acknowledged."""
+QUEUE_SLACK = 4
+"""The writer's queue holds this many times the Receive Maximum (messages of an old connection still queued
+while the broker redelivers them on the new one, retained states sent at subscription)."""
 ACK_INFLIGHT = 100
 """Acks published at QoS 1 and not yet acknowledged by the broker. The broker's own Receive Maximum
 (Mosquitto: ``max_inflight_messages``, 100 in deploy/mosquitto) must not be exceeded. Since the acks no
@@ -124,7 +127,9 @@ class IngestService:
         self.queue_size = queue_size
         heartbeats = heartbeats or HeartbeatRegistry()
         self._beat = heartbeats.heartbeat("ingest-mqtt", deadline_s=MQTT_LOOP_DEADLINE_S)
-        self.writer: GroupWriter[Inbound] = GroupWriter(self.handle_group, capacity=queue_size,
+        # room for more than the broker may send: a broker that hands over retained messages or redelivers
+        # after a reconnect beyond the Receive Maximum must not block paho's thread (its keepalive) for long
+        self.writer: GroupWriter[Inbound] = GroupWriter(self.handle_group, capacity=QUEUE_SLACK * queue_size,
                                                          max_group=max_group, heartbeats=heartbeats)
         self._session = 0  # the broker connection a queued message came on (its mid means nothing on another)
         client = make_client(client_id, tls=tls, on_connect=self._on_connect, on_disconnect=self._on_disconnect,

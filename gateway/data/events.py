@@ -153,6 +153,10 @@ class EventStore:
         try:
             links = _Links.read(db, batch.device, [ev.seq for ev in batch.events])
             for ev in batch.events:
+                stored = links.get(ev.seq) if batch.checked and links.covers(ev.seq) else None
+                if stored is not None and stored[1] == ev.hash:  # a resend of a stored event: nothing to write
+                    res.duplicates += 1
+                    continue
                 self._store_event(db, batch.site, ev, at, res, checked=batch.checked, links=links)
             for bad in batch.invalid:
                 self._quarantine(db, batch.device, bad, at, res)

@@ -4,8 +4,9 @@ Before, every lane read every lane's pending rows on each pass and kept its own,
 the number of lanes. The feed reads for all of them and keeps each lane's rows in a buffer (outbox order):
 
 * each :meth:`OutboxFeed.take` reads only the rows queued since the last read (``id`` after the feed's
-  watermark, an index range on ``charges (status, id)``), adds them to their lanes' buffers and hands the
-  calling lane its buffer; the rows are that lane's (*held*) until it gives back what it did not finish;
+  watermark, an index range on ``charges (status, id)``) — unless the calling lane has a pass's worth
+  waiting already — adds them to their lanes' buffers and hands the calling lane its buffer; the rows
+  are that lane's (*held*) until it gives back what it did not finish;
 * a full read of the pending rows rebuilds the buffers when nothing is held or buffered (it costs what a
   read of the new rows costs then), every ``resync_s`` seconds, and after :meth:`OutboxFeed.invalidate`
   (the lane lost and regained the right to send): it picks up rows made pending again outside the
@@ -63,7 +64,7 @@ class OutboxFeed:
             idle = not self._held and not any(self._buffers)
             if idle or self._clock() >= self._resync_at:
                 self._read_all()
-            else:
+            elif len(self._buffers[lane]) < self.read_limit // self.lanes:  # else it has a pass's worth already
                 self._read_new()
             rows, self._buffers[lane] = self._buffers[lane], []
             self._held.update(r.id for r in rows)

@@ -51,11 +51,17 @@ class GroupWriter(Generic[M]):
         name: str = "ingest-writer",
         heartbeats: HeartbeatRegistry | None = None,
         idle_wait_s: float = 0.5,
+        weight: Callable[[M], int] | None = None,
+        max_group_weight: int = 0,
     ) -> None:
+        """``weight``, ``max_group_weight``: a group also ends once its messages weigh this much (e.g. bytes),
+        so a group of many small batches can be large and one of large batches stays bounded."""
         if capacity < 1 or max_group < 1:
             raise ValueError("capacity and max_group must be at least 1")
         self.capacity = capacity
         self.max_group = max_group
+        self._weight = weight
+        self.max_group_weight = max_group_weight
         self.stats = WriterStats()
         self._handle = handle
         self._queue: queue.Queue[M] = queue.Queue(maxsize=capacity)
@@ -82,16 +88,21 @@ class GroupWriter(Generic[M]):
         return self._queue.qsize()
 
     def take_group(self, timeout_s: float) -> list[M]:
-        """What is queued now, at most ``max_group`` messages; waits up to ``timeout_s`` for the first."""
+        """What is queued now, at most ``max_group`` messages (and ``max_group_weight``); waits up to ``timeout_s``
+        for the first."""
         try:
             group = [self._queue.get(timeout=timeout_s)]
         except queue.Empty:
             return []
-        while len(group) < self.max_group:
+        weighed = self._weight is not None and self.max_group_weight > 0
+        load = self._weight(group[0]) if self._weight is not None and weighed else 0
+        while len(group) < self.max_group and (not weighed or load < self.max_group_weight):
             try:
                 group.append(self._queue.get_nowait())
             except queue.Empty:
                 break
+            if self._weight is not None and weighed:
+                load += self._weight(group[-1])
         return group
 
     def run_once(self, timeout_s: float = 0.0) -> int:

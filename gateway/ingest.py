@@ -79,9 +79,12 @@ class Inbound:
     settle: Callable[[], None] | None = None
 
 
-DEFAULT_QUEUE_SIZE = 256
-"""Messages (event batches, states) the broker may hand the gateway before they are stored and acknowledged."""
-QUEUE_SLACK = 4
+DEFAULT_QUEUE_SIZE = 1024
+"""Messages (event batches, states) the broker may hand the gateway before they are stored and acknowledged.
+The broker sends no more until the group holding them is committed, so this window must cover what arrives
+during one commit: 1,000 devices sending one-event batches at 1/s, with commits of up to half a second on a
+loaded disk, need 500; 256 was measured to choke there."""
+QUEUE_SLACK = 2
 """The writer's queue holds this many times the Receive Maximum (messages of an old connection still queued
 while the broker redelivers them on the new one, retained states sent at subscription)."""
 ACK_INFLIGHT = 100
@@ -89,8 +92,10 @@ ACK_INFLIGHT = 100
 (Mosquitto: ``max_inflight_messages``, 100 in deploy/mosquitto) must not be exceeded. Since the acks no
 longer share paho's network thread with storing, the broker's PUBACKs come back within a round trip and 100
 carries tens of thousands of acks a second."""
-DEFAULT_MAX_GROUP = 256
+DEFAULT_MAX_GROUP = 1024
 """Most messages stored in one transaction."""
+MAX_GROUP_BYTES = 8 * 1024 * 1024
+"""A group also ends at this many payload bytes (some 20,000 events in large batches)."""
 
 
 class IngestService:
@@ -130,7 +135,9 @@ class IngestService:
         # room for more than the broker may send: a broker that hands over retained messages or redelivers
         # after a reconnect beyond the Receive Maximum must not block paho's thread (its keepalive) for long
         self.writer: GroupWriter[Inbound] = GroupWriter(self.handle_group, capacity=QUEUE_SLACK * queue_size,
-                                                         max_group=max_group, heartbeats=heartbeats)
+                                                         max_group=max_group, heartbeats=heartbeats,
+                                                         weight=lambda m: len(m.payload),
+                                                         max_group_weight=MAX_GROUP_BYTES)
         self._session = 0  # the broker connection a queued message came on (its mid means nothing on another)
         client = make_client(client_id, tls=tls, on_connect=self._on_connect, on_disconnect=self._on_disconnect,
                              on_message=self._on_message, heartbeat=self._beat)

@@ -42,6 +42,7 @@ from spd_common.wire import (
     Ack,
     Batch,
     Channel,
+    DeviceState,
     WireError,
     decode_batch,
     decode_state,
@@ -211,21 +212,21 @@ class IngestService:
         the broker, whatever became of it: an unsettled message would hold a place of the Receive Maximum.
         """
         batches: list[tuple[str, Batch]] = []
+        states: list[tuple[str, DeviceState, bool]] = []
         for m in messages:
             try:
                 addr = parse_topic(m.topic)
                 if addr.channel is Channel.EVENTS:
                     batches.append((m.topic, decode_batch(m.topic, m.payload)))
                 elif addr.channel is Channel.STATE and m.payload:  # an empty retained message clears state
-                    self.store.update_device_state(addr.site, decode_state(m.topic, m.payload), live=not m.retained)
+                    states.append((addr.site, decode_state(m.topic, m.payload), not m.retained))
             except WireError as err:
                 self._bad(m.topic, err.reason, err.detail, m.payload)
-            except (sqlite3.Error, OSError, MemoryError):
-                self.stats.store_failures += 1
-                log.exception("gateway: store failed while handling %s", m.topic)
         try:
             if batches:
                 self._store_and_ack(batches)
+            if states:  # after the events' acks; the group's states in one transaction
+                self._store_states(states)
         finally:
             for m in messages:
                 if m.settle is not None:
@@ -256,6 +257,13 @@ class IngestService:
             self._on_stored(new)
         if bugs:  # the other batches are stored and acked; a batch the store could not take is a bug: it escapes
             raise bugs[0]
+
+    def _store_states(self, states: list[tuple[str, DeviceState, bool]]) -> None:
+        try:
+            self.store.update_device_states(states)
+        except (sqlite3.Error, OSError, MemoryError):
+            self.stats.store_failures += 1
+            log.exception("gateway: store failed on %d device states", len(states))
 
     def _count(self, res: IngestResult) -> None:
         self.stats.batches += 1

@@ -109,6 +109,9 @@ class GatewayStore:
     def update_device_state(self, site: str, state: DeviceState, *, live: bool = True) -> None:
         self.devices.update_device_state(site, state, live=live)
 
+    def update_device_states(self, states: Sequence[tuple[str, DeviceState, bool]]) -> None:
+        self.devices.update_device_states(states)
+
     def contiguous_seq(self, device: str) -> int:
         return self.devices.contiguous_seq(device)
 

@@ -664,15 +664,17 @@ class HisProcess:
 
 def run_private(cfg: LoadConfig, workdir: Path, *, during: Callable[[SpineHarness], None] | None = None,
                 during_at_s: float = 0.0, his_process: bool = False,
-                gateway_code: Path | None = None) -> dict[str, Any]:
+                gateway_code: Path | None = None, his_lanes: int | None = None) -> dict[str, Any]:
     """Start a private broker, simulated HIS and gateway, run the load against them, end them all.
 
     ``his_process``: the simulated HIS runs as its own process (:class:`HisProcess`), not in this one.
     ``gateway_code``: a source tree whose ``gateway`` package the gateway process runs instead of this
     one's (another version of the gateway, for a before/after comparison on the same load).
+    ``his_lanes``: the gateway's HIS lanes (``[his] lanes``; default its own, 4).
     """
     raise_fd_limit(2 * cfg.devices + 1024)
     h = SpineHarness(workdir, site=cfg.site)
+    h.his_lanes = his_lanes
     if his_process:
         h.his = HisProcess(h.his_db, workdir / "his.log")  # type: ignore[assignment]
     if gateway_code is not None:
@@ -737,6 +739,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gateway-code", type=Path, default=None, metavar="DIR",
                    help="run the private gateway from the source tree DIR (e.g. a checkout of an earlier "
                         "version) instead of this one, to compare two versions under the same load")
+    p.add_argument("--his-lanes", type=int, default=None, metavar="N",
+                   help="the private gateway's HIS lanes ([his] lanes; default the gateway's own, 4)")
     p.add_argument("--write-catalog", type=Path, default=None, metavar="CSV",
                    help="write the items the devices scan as a CSV for spd-gateway catalog-import, and exit")
     a = p.parse_args(argv)
@@ -755,7 +759,8 @@ def main(argv: list[str] | None = None) -> int:
                      drop_acks=a.drop_acks, settle_timeout_s=a.settle_timeout)
     if a.broker is None:
         with tempfile.TemporaryDirectory(prefix="spd-load-") as d:
-            out = run_private(cfg, Path(d), his_process=a.his_process, gateway_code=a.gateway_code)
+            out = run_private(cfg, Path(d), his_process=a.his_process, gateway_code=a.gateway_code,
+                              his_lanes=a.his_lanes)
     else:
         raise_fd_limit(a.devices + 1024)
         out = run_load(cfg, Target(a.broker[0], a.broker[1], a.gateway_db, a.his_db))

@@ -32,6 +32,7 @@ from enum import StrEnum
 
 from gateway.his.adapter import HisAdapter, HisAdapterClosed, HisError, HisOutcome, HisResult
 from gateway.his.feed import OutboxFeed
+from gateway.his.lanes import lane_of as lane_of  # its former home; the feed uses it from gateway.his.lanes
 from gateway.store import GatewayStore, OutboxCharge
 from spd_common.backoff import backoff_delay
 from spd_common.heartbeat import HeartbeatRegistry

@@ -21,8 +21,8 @@ from gateway.store import GatewayStore
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[GatewayStore]:
-    s = GatewayStore(tmp_path / "gateway.db", synchronous="OFF")
+def store(store_location: Path | str) -> Iterator[GatewayStore]:
+    s = GatewayStore(store_location)
     yield s
     s.close()
 

@@ -17,8 +17,8 @@ from gateway.store import GatewayStore
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[GatewayStore]:
-    s = GatewayStore(tmp_path / "gateway.db", synchronous="OFF")
+def store(store_location: Path | str) -> Iterator[GatewayStore]:
+    s = GatewayStore(store_location)
     s.upsert_catalog([(STENT, "HC-STENT", "C-STENT", "Coronary stent", "3.0x18", "Acme", 580000, 1, 1),
                       (CATHETER, "HC-CATH", "C-CATH", "Catheter", "6F", "Acme", 12000, 1, 1)])
     yield s

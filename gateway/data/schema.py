@@ -827,6 +827,7 @@ _CHARGE_CLAIMS_PG = (
     "CREATE INDEX charges_pending_admission ON charges (admission, id) WHERE status = 'pending'",
 )
 
+
 def _bigints(sqlite_sql: str) -> str:
     """The PostgreSQL form of a script written for SQLite, whose INTEGER is 64 bits: milliseconds since the
     epoch (at_ms) and sums do not fit PostgreSQL's 32-bit INTEGER, so every INTEGER column is a BIGINT."""

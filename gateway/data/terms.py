@@ -127,7 +127,8 @@ class TermsStore:
 
     def vbp_categories(self, year: int | None = None) -> list[VbpCategoryRow]:
         rows = self._engine.query(
-            "SELECT category, year, name, agreed_volume FROM vbp_categories WHERE (CAST(? AS BIGINT) IS NULL OR year = ?) "
+            "SELECT category, year, name, agreed_volume FROM vbp_categories "
+            "WHERE (CAST(? AS BIGINT) IS NULL OR year = ?) "
             "ORDER BY year, category", (year, year))
         return [VbpCategoryRow(r[0], int(r[1]), r[2], int(r[3])) for r in rows]
 

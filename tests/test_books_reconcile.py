@@ -155,3 +155,54 @@ def test_a_month_is_local_calendar_month_with_its_grace_days() -> None:
     for bad in ("2026-13", "2026-1", "November"):
         with pytest.raises(ValueError):
             month_period(bad)
+
+
+def _copy_to_postgresql(sqlite_db: Path, url: str) -> None:
+    """Every row of the month's SQLite store into an empty PostgreSQL store with the same schema (triggers off:
+    the stock balances are copied as they are, not summed again)."""
+    import sqlite3
+
+    import psycopg
+    from psycopg import sql
+
+    src = sqlite3.connect(sqlite_db)
+    try:
+        with psycopg.connect(url) as conn:
+            conn.execute("SET session_replication_role = replica")
+            tables = [str(r[0]) for r in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() "
+                "AND tablename != 'schema_migrations'").fetchall()]
+            for table in tables:
+                types: dict[str, str] = dict(conn.execute(
+                    "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = "
+                    "current_schema() AND table_name = %s", (table,)).fetchall())
+                columns = list(types)
+                rows = src.execute(f"SELECT {', '.join(columns)} FROM {table}").fetchall()
+                bools = [types[c] == "boolean" for c in columns]
+                with conn.cursor() as cur:
+                    cur.executemany(sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+                        sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns)),
+                        sql.SQL(", ").join(sql.Placeholder() * len(columns))),
+                        [tuple(bool(v) if b and v is not None else v for v, b in zip(r, bools, strict=True))
+                         for r in rows])
+    finally:
+        src.close()
+
+
+def test_reconcile_on_postgresql_finds_what_it_finds_on_sqlite(month_dir: Path, pg_store_url: str) -> None:
+    """The month's store copied to PostgreSQL: the same findings with the same evidence, nothing to project."""
+    period = month_period(MONTH)
+    on_sqlite = GatewayStore(month_dir / "gateway.db")
+    try:
+        expected = reconcile(on_sqlite, period)
+    finally:
+        on_sqlite.close()
+    _copy_to_postgresql(month_dir / "gateway.db", pg_store_url)
+    store = GatewayStore(pg_store_url)
+    try:
+        got = reconcile(store, period)
+        assert len(got.findings) == 40
+        assert got.findings == expected.findings
+        assert catch_up(store) == 0
+    finally:
+        store.close()

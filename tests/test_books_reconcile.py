@@ -40,8 +40,12 @@ def _injected(out: Path) -> list[dict[str, Any]]:
 
 
 def _reconcile_json(out: Path, month: str, tmp_path: Path) -> dict[str, Any]:
+    return _reconcile_json_at(str(out / "gateway.db"), month, tmp_path)
+
+
+def _reconcile_json_at(db: str, month: str, tmp_path: Path) -> dict[str, Any]:
     report = tmp_path / f"reconcile-{month}.json"
-    assert gateway.cli.main(["reconcile", "--db", str(out / "gateway.db"), "--month", month, "--format", "json",
+    assert gateway.cli.main(["reconcile", "--db", db, "--month", month, "--format", "json",
                              "--output", str(report)]) == 0
     return dict(json.loads(report.read_text(encoding="utf-8")))
 
@@ -189,8 +193,10 @@ def _copy_to_postgresql(sqlite_db: Path, url: str) -> None:
         src.close()
 
 
-def test_reconcile_on_postgresql_finds_what_it_finds_on_sqlite(month_dir: Path, pg_store_url: str) -> None:
-    """The month's store copied to PostgreSQL: the same findings with the same evidence, nothing to project."""
+def test_reconcile_on_postgresql_finds_what_it_finds_on_sqlite(month_dir: Path, pg_store_url: str,
+                                                              tmp_path: Path) -> None:
+    """The month's store copied to PostgreSQL: the same findings with the same evidence, nothing to project; the
+    command reads it by its URL, and a credit at the HIS clears a double charge there too."""
     period = month_period(MONTH)
     on_sqlite = GatewayStore(month_dir / "gateway.db")
     try:
@@ -204,5 +210,16 @@ def test_reconcile_on_postgresql_finds_what_it_finds_on_sqlite(month_dir: Path, 
         assert len(got.findings) == 40
         assert got.findings == expected.findings
         assert catch_up(store) == 0
+        twice = next(f for f in got.findings if f.kind == CHARGED_TWICE)
+        dup = next(ln for ln in store.his_lines.lines(period.read_from_ms, period.read_to_ms)
+                   if ln.his_id == twice.his_ids[-1])
+        store.his_lines.upsert([HisLineRow(
+            "CR-" + dup.his_id, "credit", dup.admission, dup.charge_code, dup.gtin, dup.lot, dup.serial, -1,
+            dup.unit_price_fen, -dup.unit_price_fen, dup.at_ms + 3_600_000, "manual", dup.his_id, dup.dept,
+            dup.operator, "")], imported_from="test", now=time.time())
     finally:
         store.close()
+    doc = _reconcile_json_at(pg_store_url, MONTH, tmp_path)
+    assert doc["mismatch_count"] == 39
+    assert {(f["kind"], f["key"]) for f in doc["mismatches"]["rows"]} == \
+        {(f.kind, f.key) for f in expected.findings if f.ident != twice.ident}

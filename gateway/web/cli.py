@@ -172,7 +172,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("web", help="serve the supervisor's screen and its JSON API (docs/web.md); "
                                    "spd-gateway run serves it too with [web] enabled = true")
     p.add_argument("--config", type=Path, default=None, help="the gateway configuration file ([store] and [web])")
-    p.add_argument("--db", type=Path, default=None, help="the gateway store, SQLite (overrides [store] path)")
+    p.add_argument("--db", type=store_location, default=None, help=DB_HELP + " (overrides [store])")
     p.add_argument("--host", default=None, help="listen address (overrides [web] host)")
     p.add_argument("--port", type=int, default=None, help="listen port (overrides [web] port)")
     p.set_defaults(func=_web)

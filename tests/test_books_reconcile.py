@@ -124,8 +124,9 @@ def test_inspectors_report_as_xlsx(month_dir: Path, tmp_path: Path) -> None:
     assert round(money["total"], 2) == round(sum(r[8] for r in evidence[1:-1]), 2) == round(evidence[-1][8], 2)
 
 
-def test_his_import_refuses_a_file_with_bad_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    db = tmp_path / "gateway.db"
+def test_his_import_refuses_a_file_with_bad_rows(tmp_path: Path, store_location: Path | str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    db = store_location
     good = ("H1,charge,ZY1,33100001,,,,1,5890.00,5890.00,2026-11-02T10:00:00+08:00,manual,,DEP01,C1,\n")
     bad = ("H2,charge,ZY1,33100001,,,,1,5890.00,5800.00,2026-11-02T10:00:00+08:00,manual,,DEP01,C1,\n"
            "H3,credit,ZY1,33100001,,,,-1,1.001,-1.00,2026-11-02,manual,,DEP01,C1,\n"

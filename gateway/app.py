@@ -2,10 +2,12 @@
 
 Threads and what each owns:
 
-* ``paho`` network thread (:class:`IngestService`) — the MQTT socket; stores
-  batches and publishes acks;
+* ``paho`` network thread (:class:`IngestService`) — the MQTT socket; queues what arrives;
+* ``ingest-writer`` (:class:`GroupWriter`) — stores the queued batches, many in one transaction,
+  then publishes their acks and acknowledges them to the broker;
 * ``charging`` (:class:`ChargingWorker`) — the charging cursor; writes the outbox;
-* ``his-sender-N`` (:class:`HisSender`, one per lane) — one HIS connection each; drain the outbox;
+* ``his-sender-N`` (:class:`HisSender`, one per lane) — one HIS connection each; drain the outbox, each lane
+  its own rows as one reader (:class:`OutboxFeed`) hands them out;
 * ``lease`` (:class:`Leadership`) — renews the charging lease; with several
   instances on one store, only the holder runs charging (and, alone, the sender);
 * ``lease-member`` (a second :class:`Leadership`, only with a share group) — renews this instance's
@@ -61,6 +63,7 @@ from gateway.commands import CommandSigner, load_signing_key
 from gateway.data.claims import member_lease
 from gateway.fleet import Fleet, FleetLink
 from gateway.his.adapter import HisAdapter, HisConfigError
+from gateway.his.feed import OutboxFeed
 from gateway.his.http_adapter import HttpJsonAdapter
 from gateway.his.mllp_adapter import MllpAdapter
 from gateway.his.sender import HisSender
@@ -168,6 +171,7 @@ class Gateway:
         self.metrics_store = GatewayStore(config.db_path, synchronous="NORMAL")
         self.metrics = GatewayMetrics(self.metrics_store, lanes=lanes, protocol=config.his_protocol,
                                       offline_after_s=config.metrics_offline_after_s)
+        self.feed = OutboxFeed(self.store, lanes, due=due)  # one reader of the outbox for every lane
         self.senders = [
             HisSender(
                 self.store,
@@ -178,7 +182,7 @@ class Gateway:
                 lanes=lanes,
                 heartbeats=self.heartbeats,
                 on_round_trip=self.metrics.round_trip_observer(lane),
-                due=due,
+                feed=self.feed,
             )
             for lane in range(lanes)
         ]

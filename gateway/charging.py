@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from typing import Any
 
 from gateway import bridge
@@ -396,7 +396,18 @@ def _text(v: object) -> str:
     return v if isinstance(v, str) else ""
 
 
+_LINE_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
 def _line_record(line: bridge.ChargeLine) -> dict[str, object]:
-    rec = asdict(line) if hasattr(line, "__dataclass_fields__") else dict(line.__dict__)
-    rec.pop("message", None)
-    return rec
+    """The charge line as a dict without its message (for the outbox ``line`` column).
+
+    Every field is a str or an int, so a shallow copy is the line (``dataclasses.asdict`` deep-copies each
+    value and was two thirds of the charging worker's time at group-commit rates); the field names are
+    looked up once per line class.
+    """
+    names = _LINE_FIELDS.get(type(line))
+    if names is None:
+        names = tuple(f.name for f in fields(line)) if is_dataclass(line) else tuple(vars(line))
+        names = _LINE_FIELDS.setdefault(type(line), tuple(n for n in names if n != "message"))
+    return {n: getattr(line, n) for n in names}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import getpass
-from pathlib import Path
 
+from gateway.data.engine import DB_HELP, store_location
 from gateway.data.incidents import IncidentRow
 from gateway.store import GatewayStore
 
@@ -54,7 +54,7 @@ def _incidents(a: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("incidents", help="list the incidents (critical alarms) and their notices, or close one "
                        "by hand (docs/notify.md)")
-    p.add_argument("--db", type=Path, required=True, help="the gateway store (SQLite)")
+    p.add_argument("--db", type=store_location, required=True, help=DB_HELP)
     p.add_argument("action", nargs="?", choices=["list", "close"], default="list",
                    help="list incidents (default), or close an open one (a chain break looked into)")
     p.add_argument("id", nargs="?", type=int, default=None, help="the incident to close (close)")

@@ -133,6 +133,10 @@ class GatewayStore:
     def ingest(self, batch: Batch, *, now: float | None = None) -> IngestResult:
         return self.events.ingest(batch, now=now)
 
+    def ingest_group(self, batches: Sequence[Batch], *, now: float | None = None) -> list[IngestResult | Exception]:
+        """Many batches in one transaction (group commit); see :meth:`EventStore.ingest_group`."""
+        return self.events.ingest_group(batches, now=now)
+
     def record_bad_payload(self, topic_text: str, reason: str, detail: str, payload: bytes) -> None:
         self.events.record_bad_payload(topic_text, reason, detail, payload)
 
@@ -147,6 +151,9 @@ class GatewayStore:
 
     def update_device_state(self, site: str, state: DeviceState, *, live: bool = True) -> None:
         self.devices.update_device_state(site, state, live=live)
+
+    def update_device_states(self, states: Sequence[tuple[str, DeviceState, bool]]) -> None:
+        self.devices.update_device_states(states)
 
     def contiguous_seq(self, device: str) -> int:
         return self.devices.contiguous_seq(device)

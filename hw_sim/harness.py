@@ -304,6 +304,7 @@ class SpineHarness:
         self.runtimes: dict[str, HandheldProcess] = {}  # spd-device run handhelds
         self.device_db_paths: dict[str, Path] = {}
         self.env = dict(os.environ)
+        self.his_lanes: int | None = None  # the gateways' [his] lanes; None: the gateway's default
 
     # ------------------------------------------------------------ parts
 
@@ -360,7 +361,8 @@ class SpineHarness:
         return (  # a JSON string is a valid TOML basic string
             f"[store]\n{'url' if isinstance(self.gateway_db, str) else 'path'} = {json.dumps(str(self.gateway_db))}\n\n"
             f'[broker]\nhost = "127.0.0.1"\nport = {self.broker.port}\nclient_id = "spd-gateway-{instance}"{share}\n\n'
-            f"{his}timeout_s = 2.0\nbackoff_max_s = {float(self.his_backoff_max_s)}\n\n"
+            f"{his}timeout_s = 2.0\nbackoff_max_s = {float(self.his_backoff_max_s)}\n"
+            f"{f'lanes = {self.his_lanes}' if self.his_lanes else ''}\n\n"
             f"[lease]\nttl_s = {float(self.lease_ttl_s)}\n"
         )
 

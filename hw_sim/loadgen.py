@@ -53,8 +53,10 @@ import logging
 import os
 import random
 import resource
+import socket
 import sqlite3
 import string
+import subprocess
 import sys
 import tempfile
 import threading
@@ -71,6 +73,7 @@ from gmqtt import Message
 from device import __version__
 from gateway.catalog import write_catalog_csv
 from hw_sim import reaper
+from hw_sim.broker import free_port
 from hw_sim.catalog import SimCatalogItem, sim_catalog
 from hw_sim.handheld import scan_for
 from hw_sim.harness import SpineHarness, gateway_reader
@@ -635,17 +638,59 @@ def run_load(cfg: LoadConfig, target: Target, *, during: Callable[[], None] | No
     return out
 
 
+class HisProcess:
+    """The simulated HIS as a process of its own (``python -m hw_sim.his``), as a real HIS is a system of its own.
+
+    In the generator's process the HIS's connection threads wait for the interpreter lock behind the event
+    loop of a thousand devices, and the HIS leg measures that wait (about 3 ms a charge); in its own
+    process it answers at its own pace. The same SQLite books, so the tally reads them as before.
+    """
+
+    def __init__(self, db: Path, log_path: Path) -> None:
+        self.db, self.log_path = db, log_path
+        self.port = free_port()
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 20.0) -> HisProcess:
+        with open(self.log_path, "ab") as logf:
+            self._proc = reaper.spawn([sys.executable, "-m", "hw_sim.his", "--port", str(self.port), "--db",
+                                       str(self.db)], stdout=logf, stderr=logf)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return self
+            if self._proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"the simulated HIS did not listen on {self.port}: {self.log_path.read_text()[-1000:]}")
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            reaper.stop(self._proc)
+
+
 def run_private(cfg: LoadConfig, workdir: Path, *, during: Callable[[SpineHarness], None] | None = None,
                 during_at_s: float = 0.0, store_url: str | None = None, gateways: int = 1,
-                kill_every_s: float = 0.0) -> dict[str, Any]:
+                kill_every_s: float = 0.0, his_process: bool = False, gateway_code: Path | None = None,
+                his_lanes: int | None = None) -> dict[str, Any]:
     """Start a private broker, simulated HIS and gateway(s), run the load against them, end them all.
 
     ``store_url``: the gateways' store is that PostgreSQL database (else a SQLite file); ``gateways``: instances
     on one shared subscription and store; ``kill_every_s``: SIGKILL one instance that often (in turn) and start
     it again at once.
+    ``his_process``: the simulated HIS runs as its own process (:class:`HisProcess`), not in this one.
+    ``gateway_code``: a source tree whose ``gateway`` package the gateway process runs instead of this
+    one's (another version of the gateway, for a before/after comparison on the same load).
+    ``his_lanes``: the gateway's HIS lanes (``[his] lanes``; default its own, 4).
     """
     raise_fd_limit(2 * cfg.devices + 1024)
     h = SpineHarness(workdir, site=cfg.site, store_url=store_url, gateways=gateways, lease_ttl_s=2.0)
+    h.his_lanes = his_lanes
+    if his_process:
+        h.his = HisProcess(h.his_db, workdir / "his.log")  # type: ignore[assignment]
+    if gateway_code is not None:
+        h.env["PYTHONPATH"] = os.pathsep.join([str(gateway_code), h.env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        h.env["PYTHONSAFEPATH"] = "1"  # `python -m` must not put the working directory (this tree) first
     killer_stop = threading.Event()
     kills: list[int] = []
 
@@ -728,6 +773,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="private gateway instances on one shared subscription and store (several: use PostgreSQL)")
     p.add_argument("--kill-gateway-every", type=float, default=0.0, metavar="S",
                    help="SIGKILL one private gateway instance every S seconds, in turn, and start it again (0: never)")
+    p.add_argument("--his-process", action="store_true",
+                   help="run the simulated HIS as a process of its own, not in the generator's (which shares "
+                        "the interpreter lock with the devices' event loop)")
+    p.add_argument("--gateway-code", type=Path, default=None, metavar="DIR",
+                   help="run the private gateway from the source tree DIR (e.g. a checkout of an earlier "
+                        "version) instead of this one, to compare two versions under the same load")
+    p.add_argument("--his-lanes", type=int, default=None, metavar="N",
+                   help="the private gateway's HIS lanes ([his] lanes; default the gateway's own, 4)")
     p.add_argument("--write-catalog", type=Path, default=None, metavar="CSV",
                    help="write the items the devices scan as a CSV for spd-gateway catalog-import, and exit")
     a = p.parse_args(argv)
@@ -748,7 +801,8 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.ExitStack() as stack:
             d = stack.enter_context(tempfile.TemporaryDirectory(prefix="spd-load-"))
             url = stack.enter_context(scratch_database(prefix="spd_load")) if a.store == "postgresql" else None
-            out = run_private(cfg, Path(d), store_url=url, gateways=a.gateways, kill_every_s=a.kill_gateway_every)
+            out = run_private(cfg, Path(d), store_url=url, gateways=a.gateways, kill_every_s=a.kill_gateway_every,
+                              his_process=a.his_process, gateway_code=a.gateway_code, his_lanes=a.his_lanes)
     else:
         raise_fd_limit(a.devices + 1024)
         out = run_load(cfg, Target(a.broker[0], a.broker[1], a.gateway_db, a.his_db))

@@ -23,8 +23,8 @@ EXP = dt.date(2027, 6, 30)
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[GatewayStore]:
-    s = GatewayStore(tmp_path / "gateway.db", synchronous="OFF")
+def store(store_location: Path | str) -> Iterator[GatewayStore]:
+    s = GatewayStore(store_location)
     yield s
     s.close()
 
@@ -164,15 +164,15 @@ def test_a_pack_opened_on_the_handheld_is_the_departments_use_once(store: Gatewa
     assert store.stock.outflow(0, 2**62) == [("dept:WARD-3", GAUZE, 40)]
 
 
-def test_stock_command_brings_a_fresh_store_up_to_date_first(tmp_path: Path, site: Site,
+def test_stock_command_brings_a_fresh_store_up_to_date_first(tmp_path: Path, store_location: Path | str, site: Site,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     CabinetFeed(site, "CB05", "ICU").restock(STENT, "Z9", lot="L1", expiry=EXP)
     site.store.close()
-    assert cli.main(["stock", "--db", str(tmp_path / "gateway.db"), "--dept", "ICU", "--format", "json"]) == 0
+    assert cli.main(["stock", "--db", str(store_location), "--dept", "ICU", "--format", "json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert [(r["location"], r["serial"], r["qty"], r["expiry"]) for r in doc["stock_on_hand"]["rows"]] == [
         ("CB05", "Z9", 1, "2027-06-30")]
-    site.store = GatewayStore(tmp_path / "gateway.db")
+    site.store = GatewayStore(store_location)
 
 
 def test_a_cabinet_snapshot_after_a_full_count_counts_the_cabinet_in_the_ledger(tmp_path: Path,
@@ -283,13 +283,13 @@ def test_the_projections_quick_udi_reader_reads_as_the_bridge_does() -> None:
         assert got == expected, repr(code)
 
 
-def test_count_import_and_discrepancies_commands(tmp_path: Path, site: Site,
+def test_count_import_and_discrepancies_commands(tmp_path: Path, store_location: Path | str, site: Site,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     cabinet = CabinetFeed(site, "CB12", "ICU")
     cabinet.restock(STENT, "M1")
     cabinet.restock(STENT, "M2")
     site.store.close()
-    db = str(tmp_path / "gateway.db")
+    db = str(store_location)
     sheet = tmp_path / "take.csv"
     sheet.write_text(f"location,gtin,serial,counted\nCB12,{STENT},M1,1\nCB12,{STENT},M7,2\n", encoding="utf-8")
     assert cli.main(["stock", "count-import", "--db", db, "--by", "SPD02", str(sheet)]) == 1  # a bad row
@@ -304,12 +304,12 @@ def test_count_import_and_discrepancies_commands(tmp_path: Path, site: Site,
     assert cli.main(["stock", "discrepancies"]) == 2
     assert cli.main(["alerts", "--db", db, "--format", "json", "--fail-on-critical"]) == 0
     assert json.loads(capsys.readouterr().out)["alert_count"] == 0
-    site.store = GatewayStore(tmp_path / "gateway.db")
+    site.store = GatewayStore(store_location)
     site.store.catalog.store_recalls([RecallRow(STENT, "*", "field safety notice", "2026-11-19")], replace=True)
     site.store.close()
     assert cli.main(["alerts", "--db", db, "--format", "csv", "--fail-on-critical"]) == 1
     assert "recalled_in_stock" in capsys.readouterr().out
-    site.store = GatewayStore(tmp_path / "gateway.db")
+    site.store = GatewayStore(store_location)
 
 
 def test_an_expired_or_recalled_pack_is_refused_at_the_handheld(tmp_path: Path) -> None:

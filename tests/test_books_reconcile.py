@@ -40,8 +40,12 @@ def _injected(out: Path) -> list[dict[str, Any]]:
 
 
 def _reconcile_json(out: Path, month: str, tmp_path: Path) -> dict[str, Any]:
+    return _reconcile_json_at(str(out / "gateway.db"), month, tmp_path)
+
+
+def _reconcile_json_at(db: str, month: str, tmp_path: Path) -> dict[str, Any]:
     report = tmp_path / f"reconcile-{month}.json"
-    assert gateway.cli.main(["reconcile", "--db", str(out / "gateway.db"), "--month", month, "--format", "json",
+    assert gateway.cli.main(["reconcile", "--db", db, "--month", month, "--format", "json",
                              "--output", str(report)]) == 0
     return dict(json.loads(report.read_text(encoding="utf-8")))
 
@@ -120,8 +124,9 @@ def test_inspectors_report_as_xlsx(month_dir: Path, tmp_path: Path) -> None:
     assert round(money["total"], 2) == round(sum(r[8] for r in evidence[1:-1]), 2) == round(evidence[-1][8], 2)
 
 
-def test_his_import_refuses_a_file_with_bad_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    db = tmp_path / "gateway.db"
+def test_his_import_refuses_a_file_with_bad_rows(tmp_path: Path, store_location: Path | str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    db = store_location
     good = ("H1,charge,ZY1,33100001,,,,1,5890.00,5890.00,2026-11-02T10:00:00+08:00,manual,,DEP01,C1,\n")
     bad = ("H2,charge,ZY1,33100001,,,,1,5890.00,5800.00,2026-11-02T10:00:00+08:00,manual,,DEP01,C1,\n"
            "H3,credit,ZY1,33100001,,,,-1,1.001,-1.00,2026-11-02,manual,,DEP01,C1,\n"
@@ -155,3 +160,67 @@ def test_a_month_is_local_calendar_month_with_its_grace_days() -> None:
     for bad in ("2026-13", "2026-1", "November"):
         with pytest.raises(ValueError):
             month_period(bad)
+
+
+def _copy_to_postgresql(sqlite_db: Path, url: str) -> None:
+    """Every row of the month's SQLite store into an empty PostgreSQL store with the same schema (triggers off:
+    the stock balances are copied as they are, not summed again)."""
+    import sqlite3
+
+    import psycopg
+    from psycopg import sql
+
+    src = sqlite3.connect(sqlite_db)
+    try:
+        with psycopg.connect(url) as conn:
+            conn.execute("SET session_replication_role = replica")
+            tables = [str(r[0]) for r in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() "
+                "AND tablename != 'schema_migrations'").fetchall()]
+            for table in tables:
+                types: dict[str, str] = dict(conn.execute(
+                    "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = "
+                    "current_schema() AND table_name = %s", (table,)).fetchall())
+                columns = list(types)
+                rows = src.execute(f"SELECT {', '.join(columns)} FROM {table}").fetchall()
+                bools = [types[c] == "boolean" for c in columns]
+                with conn.cursor() as cur:
+                    cur.executemany(sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+                        sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns)),
+                        sql.SQL(", ").join(sql.Placeholder() * len(columns))),
+                        [tuple(bool(v) if b and v is not None else v for v, b in zip(r, bools, strict=True))
+                         for r in rows])
+    finally:
+        src.close()
+
+
+def test_reconcile_on_postgresql_finds_what_it_finds_on_sqlite(month_dir: Path, pg_store_url: str,
+                                                              tmp_path: Path) -> None:
+    """The month's store copied to PostgreSQL: the same findings with the same evidence, nothing to project; the
+    command reads it by its URL, and a credit at the HIS clears a double charge there too."""
+    period = month_period(MONTH)
+    on_sqlite = GatewayStore(month_dir / "gateway.db")
+    try:
+        expected = reconcile(on_sqlite, period)
+    finally:
+        on_sqlite.close()
+    _copy_to_postgresql(month_dir / "gateway.db", pg_store_url)
+    store = GatewayStore(pg_store_url)
+    try:
+        got = reconcile(store, period)
+        assert len(got.findings) == 40
+        assert got.findings == expected.findings
+        assert catch_up(store) == 0
+        twice = next(f for f in got.findings if f.kind == CHARGED_TWICE)
+        dup = next(ln for ln in store.his_lines.lines(period.read_from_ms, period.read_to_ms)
+                   if ln.his_id == twice.his_ids[-1])
+        store.his_lines.upsert([HisLineRow(
+            "CR-" + dup.his_id, "credit", dup.admission, dup.charge_code, dup.gtin, dup.lot, dup.serial, -1,
+            dup.unit_price_fen, -dup.unit_price_fen, dup.at_ms + 3_600_000, "manual", dup.his_id, dup.dept,
+            dup.operator, "")], imported_from="test", now=time.time())
+    finally:
+        store.close()
+    doc = _reconcile_json_at(pg_store_url, MONTH, tmp_path)
+    assert doc["mismatch_count"] == 39
+    assert {(f["kind"], f["key"]) for f in doc["mismatches"]["rows"]} == \
+        {(f.kind, f.key) for f in expected.findings if f.ident != twice.ident}

@@ -21,8 +21,8 @@ from gateway.store import GatewayStore
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[GatewayStore]:
-    s = GatewayStore(tmp_path / "gateway.db", synchronous="OFF")
+def store(store_location: Path | str) -> Iterator[GatewayStore]:
+    s = GatewayStore(store_location)
     yield s
     s.close()
 
@@ -99,8 +99,8 @@ def test_pick_lists_follow_the_routes_in_walking_order(tmp_path: Path, store: Ga
         "CB07", "CB07", "CB09"]
 
 
-def test_par_import_and_the_printable_pick_list(tmp_path: Path, store: GatewayStore, site: Site,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_par_import_and_the_printable_pick_list(tmp_path: Path, store_location: Path | str, store: GatewayStore,
+                                                site: Site, capsys: pytest.CaptureFixture[str]) -> None:
     CabinetFeed(site, "CB01", "ICU").restock(STENT, "A")
     par = tmp_path / "par.csv"
     par.write_text(f"location,gtin,par\nCB01,{STENT},4\nCB01,{STENT},6\nCB02,{STENT},-1\n", encoding="utf-8")
@@ -109,7 +109,7 @@ def test_par_import_and_the_printable_pick_list(tmp_path: Path, store: GatewaySt
     assert [(e.line, e.column) for e in errors] == [(3, "location"), (4, "par")]
     par.write_text(f"location,gtin,par\nCB01,{STENT},4\n", encoding="utf-8")
     store.close()
-    db = str(tmp_path / "gateway.db")
+    db = str(store_location)
     assert cli.main(["replenish", "par-import", "--db", db, "--by", "SPD01", str(par)]) == 0
     assert cli.main(["replenish", "request", "--db", db, "--location", "CB01", "--gtin", CATHETER, "--qty", "2",
                      "--by", "N0001"]) == 0
@@ -123,7 +123,7 @@ def test_par_import_and_the_printable_pick_list(tmp_path: Path, store: GatewaySt
     out = tmp_path / "pick.xlsx"
     assert cli.main(["replenish", "--db", db, "--format", "xlsx", "--output", str(out)]) == 0
     assert out.stat().st_size > 0
-    site.store = GatewayStore(tmp_path / "gateway.db")
+    site.store = GatewayStore(store_location)
 
 
 def test_an_item_taken_from_a_cabinet_and_used_is_the_cabinets_use_not_the_ward_stores(

@@ -17,8 +17,8 @@ from gateway.store import GatewayStore
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[GatewayStore]:
-    s = GatewayStore(tmp_path / "gateway.db", synchronous="OFF")
+def store(store_location: Path | str) -> Iterator[GatewayStore]:
+    s = GatewayStore(store_location)
     s.upsert_catalog([(STENT, "HC-STENT", "C-STENT", "Coronary stent", "3.0x18", "Acme", 580000, 1, 1),
                       (CATHETER, "HC-CATH", "C-CATH", "Catheter", "6F", "Acme", 12000, 1, 1)])
     yield s
@@ -79,9 +79,9 @@ def test_a_lot_traces_to_every_patient_and_to_where_the_rest_is(store: GatewaySt
     assert other.uses == [] and [s.serial for s in other.on_hand] == ["S4"]
 
 
-def test_trace_command_in_json(tmp_path: Path, store: GatewayStore, ward: Site,
+def test_trace_command_in_json(tmp_path: Path, store_location: Path | str, store: GatewayStore, ward: Site,
                                capsys: pytest.CaptureFixture[str]) -> None:
-    db = str(tmp_path / "gateway.db")
+    db = str(store_location)
     assert cli.main(["trace", "--db", db, "--lot", f"{STENT}/L1", "--format", "json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["patients"] == 2

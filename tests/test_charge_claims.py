@@ -30,9 +30,10 @@ def test_live_instances_split_the_outbox_and_keep_each_patients_charges_with_one
     a, b = open_store(), open_store()  # two gateways on one store
     _queue(a, [("P1", "ZY-P"), ("P2", "ZY-P"), ("Q1", "ZY-Q"), ("P3", "ZY-P"), ("Q2", "ZY-Q"), ("R1", "ZY-R")])
     _live(a, "gw-a", "gw-b", now=100.0)
-    assert _ids(a.claims.claim_due("gw-a", now=100.0, limit=2)) == ["P1", "P2"]
-    # P3 waits behind P1 and P2, which gw-a holds: gw-b takes the other patients
-    assert _ids(b.claims.claim_due("gw-b", now=100.1, limit=10)) == ["Q1", "Q2", "R1"]
+    # two live instances: each claims half of what is free (here of the first two), in outbox order
+    assert _ids(a.claims.claim_due("gw-a", now=100.0, limit=2)) == ["P1"]
+    # P2 and P3 wait behind P1, which gw-a holds: gw-b takes half of the other patients' charges
+    assert _ids(b.claims.claim_due("gw-b", now=100.1, limit=10)) == ["Q1", "Q2"]
     assert _ids(a.claims.claim_due("gw-a", now=100.2, limit=10)) == ["P1", "P2", "P3"]
     assert _ids(b.claims.claim_due("gw-b", now=100.3, limit=10)) == ["Q1", "Q2", "R1"]  # nothing of gw-a's
     assert a.claims.holders() == {"gw-a": 3, "gw-b": 3}
@@ -63,6 +64,7 @@ def test_an_instance_that_stops_gives_its_claims_back(open_store: OpenStore) -> 
     a, b = open_store(), open_store()
     _queue(a, [("P1", "ZY-P"), ("Q1", "ZY-Q")])
     _live(a, "gw-a", "gw-b", now=100.0)
-    assert _ids(a.claims.claim_due("gw-a", now=100.0, limit=10)) == ["P1", "Q1"]
-    assert a.claims.release("gw-a") == 2
-    assert _ids(b.claims.claim_due("gw-b", now=100.5, limit=10)) == ["P1", "Q1"]
+    assert _ids(a.claims.claim_due("gw-a", now=100.0, limit=10)) == ["P1"]  # its half
+    assert a.claims.release("gw-a") == 1
+    assert _ids(b.claims.claim_due("gw-b", now=100.5, limit=10)) == ["P1"]  # half of the two now free
+    assert _ids(b.claims.claim_due("gw-b", now=100.6, limit=10)) == ["P1", "Q1"]

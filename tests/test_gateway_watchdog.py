@@ -25,7 +25,7 @@ from gateway.store import GatewayStore
 from hw_sim.broker import MosquittoBroker
 from spd_common.heartbeat import HeartbeatRegistry
 from spd_common.sdnotify import Watchdog
-from spd_common.wire import Channel, topic
+from spd_common.wire import GENESIS_HASH, Channel, Event, encode_batch, event_hash, topic
 
 from watchdog_helpers import FakeClock, NotifySocket, Wedge, assert_pings_stop_naming
 
@@ -50,8 +50,15 @@ def notify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[NotifySo
     n.close()
 
 
-LOOPS = ["ingest-mqtt", "fleet-mqtt", "charging", "his-sender-0", "lease", "link-watch", "adt-accept",
+LOOPS = ["ingest-mqtt", "ingest-writer", "fleet-mqtt", "charging", "his-sender-0", "lease", "link-watch", "adt-accept",
          "catalog-publisher", "notify-watch", "stock-ledger"]
+
+
+def one_event_batch() -> bytes:
+    """A valid batch of one event of CAB01, which the ingest writer stores."""
+    body = {"gtin": "09506000134352", "serial": "S1", "user": "N1", "dept": "OR"}
+    digest = event_hash("CAB01", 1, 1_795_430_400_000, "taken", body, GENESIS_HASH)
+    return encode_batch("H1", "CAB01", [Event("CAB01", 1, 1_795_430_400_000, "taken", body, GENESIS_HASH, digest)])
 
 
 class StuckAccept:
@@ -79,6 +86,7 @@ def test_a_wedged_gateway_loop_stops_the_pings_and_is_named(loop: str, tmp_path:
     wedge = Wedge()
     store = gw.store
     # each loop hangs in a call only it makes
+    store.ingest_group = wedge.hang_if("ingest-writer", store.ingest_group)  # type: ignore[method-assign]
     store.charging_events = wedge.hang_if("charging", store.charging_events)  # type: ignore[method-assign]
     store.pending_charges = wedge.hang_if("his-sender-0", store.pending_charges)  # type: ignore[method-assign]
     store.hold_lease = wedge.hang_if("lease", store.hold_lease)  # type: ignore[method-assign]
@@ -98,10 +106,11 @@ def test_a_wedged_gateway_loop_stops_the_pings_and_is_named(loop: str, tmp_path:
         if loop.endswith("-mqtt"):  # a message handler that never returns, on paho's network thread
             client = gw.ingest._client if loop == "ingest-mqtt" else gw.fleet_link._client
             client.on_message = wedge.hang_if(loop, lambda *a: None)
-            channel = Channel.EVENTS if loop == "ingest-mqtt" else Channel.STATE
+        if loop.endswith("-mqtt") or loop == "ingest-writer":  # the writer hangs in a group commit
+            channel = Channel.EVENTS if loop.startswith("ingest") else Channel.STATE
             for _ in range(40):  # until the subscription (sent right after connecting) is in place
-                mqtt_publish.single(topic("H1", "CAB01", channel), b"{}", qos=1, hostname="127.0.0.1",
-                                    port=broker.port)
+                mqtt_publish.single(topic("H1", "CAB01", channel), one_event_batch() if loop == "ingest-writer"
+                                    else b"{}", qos=1, hostname="127.0.0.1", port=broker.port)
                 if wedge.entered.wait(0.5):
                     break
         if loop == "catalog-publisher":  # a census change wakes it at once (else within its idle wake)
@@ -162,8 +171,8 @@ def test_the_gateway_process_pings_until_stopped(tmp_path: Path, broker: Mosquit
     try:
         notify.wait_for(lambda m: m == "READY=1")
         notify.wait_for(lambda m: m == "WATCHDOG=1")
-        assert sorted(gw.heartbeats.names()) == ["charging", "his-sender-0", "ingest-mqtt", "lease", "link-watch",
-                                                 "notify-watch", "stock-ledger"]
+        assert sorted(gw.heartbeats.names()) == ["charging", "his-sender-0", "ingest-mqtt", "ingest-writer", "lease",
+                                                 "link-watch", "notify-watch", "stock-ledger"]
     finally:
         gw._stopped.set()
         t.join(20)

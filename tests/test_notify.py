@@ -49,7 +49,7 @@ class Lane:
 class Rig:
     """A store, the incident watch and one dispatcher per channel, driven pass by pass; :meth:`restart` reopens."""
 
-    def __init__(self, path: Path, settings: NotifySettings) -> None:
+    def __init__(self, path: Path | str, settings: NotifySettings) -> None:
         self.path, self.settings = path, settings
         self.clock = Clock()
         self.lanes: list[Lane] = []
@@ -199,9 +199,9 @@ def test_a_webhook_over_https_is_trusted_by_the_configured_ca_only(tmp_path: Pat
         hook.stop()
 
 
-def test_only_the_lease_holder_sends_a_notice(tmp_path: Path, hook: WebhookReceiver) -> None:
+def test_only_the_lease_holder_sends_a_notice(store_location: Path | str, hook: WebhookReceiver) -> None:
     """Two gateways on one store: the one without the charging lease detects nothing and sends nothing."""
-    rig = Rig(tmp_path / "gw.db", settings(smtp_port=None, webhook_url=hook.url))
+    rig = Rig(store_location, settings(smtp_port=None, webhook_url=hook.url))
     follower = NoticeDispatcher(rig.store, WebhookChannel(rig.settings.webhook, gateway="gw-b"),  # type: ignore[arg-type]
                                 rig.settings, may_run=lambda: False)
     rig.ingest(DeviceFeed("CAB01"), "alarm", {"alarm": "door_forced", "dept": "ICU"})
@@ -292,9 +292,9 @@ def rig_audit(store: GatewayStore, action: str) -> list[dict[str, object]]:
     return [e.detail for e in AuditLog(store).entries(limit=100) if e.action == action]
 
 
-def test_a_failing_webhook_is_retried_with_back_off_and_given_up_after_the_limit(tmp_path: Path) -> None:
+def test_a_failing_webhook_is_retried_with_back_off_and_given_up_after_the_limit(store_location: Path | str) -> None:
     hook = WebhookReceiver(SECRET, status=503)
-    rig = Rig(tmp_path / "gw.db", replace(settings(smtp_port=None, webhook_url=hook.url), give_up_after_s=100.0,
+    rig = Rig(store_location, replace(settings(smtp_port=None, webhook_url=hook.url), give_up_after_s=100.0,
                                           offline_after_s=86400.0))
     try:
         rig.ingest(DeviceFeed("CAB01"), "alarm", {"alarm": "door_forced", "dept": "ICU"})
@@ -323,8 +323,8 @@ def test_a_failing_webhook_is_retried_with_back_off_and_given_up_after_the_limit
 
 
 def test_device_offline_his_down_and_parked_charges_open_and_resolve_once(
-        tmp_path: Path, hook: WebhookReceiver) -> None:
-    rig = Rig(tmp_path / "gw.db", settings(smtp_port=None, webhook_url=hook.url))
+        store_location: Path | str, hook: WebhookReceiver) -> None:
+    rig = Rig(store_location, settings(smtp_port=None, webhook_url=hook.url))
     store = rig.store
     store.update_device_state("H1", DeviceState("HH01", DeviceStatus.ONLINE))
     rig.lanes = [Lane(0, answered_at=rig.clock.now), Lane(1)]
@@ -367,13 +367,13 @@ def test_device_offline_his_down_and_parked_charges_open_and_resolve_once(
 
 
 def test_a_chain_break_stays_open_until_a_person_closes_it_and_history_raises_nothing(
-        tmp_path: Path, hook: WebhookReceiver, capsys: pytest.CaptureFixture[str]) -> None:
+        store_location: Path | str, hook: WebhookReceiver, capsys: pytest.CaptureFixture[str]) -> None:
     old = DeviceFeed("HH09")
-    store = GatewayStore(tmp_path / "gw.db")
+    store = GatewayStore(store_location)
     store.ingest(decode_batch(*old.batch(old.event("consume", {"n": 1}),
                                          old.event("consume", {"n": 2}, prev="00" * 32))))
     store.close()  # a chain break from before notifications existed: history
-    rig = Rig(tmp_path / "gw.db", settings(smtp_port=None, webhook_url=hook.url))
+    rig = Rig(store_location, settings(smtp_port=None, webhook_url=hook.url))
     rig.clock.now += 5
     rig.tick()
     assert hook.received == []

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
 
 from gateway.data.terms import OPEN_ENDED, ContractRow, RegistrationRow, SupplierRow, VbpCategoryRow, VbpItemRow
 from gateway.store import GatewayStore
 
 
-def test_the_contract_in_force_on_a_day_is_the_latest_started_one(tmp_path: Path) -> None:
-    store = GatewayStore(tmp_path / "g.db")
+def test_the_contract_in_force_on_a_day_is_the_latest_started_one(open_store: Callable[[], GatewayStore]) -> None:
+    store = open_store()
     store.terms.upsert_contracts([
         ContractRow("S1", "06901234567892", 120_000, "2026-01-01", "2026-06-30", "C-1"),
         ContractRow("S1", "06901234567892", 98_000, "2026-07-01", OPEN_ENDED, "C-2"),
@@ -24,8 +24,8 @@ def test_the_contract_in_force_on_a_day_is_the_latest_started_one(tmp_path: Path
     assert [c.purchase_price_fen for c in store.terms.contracts("06901234567892")] == [120_000, 97_500]
 
 
-def test_suppliers_registrations_and_vbp_round_trip(tmp_path: Path) -> None:
-    store = GatewayStore(tmp_path / "g.db")
+def test_suppliers_registrations_and_vbp_round_trip(open_store: Callable[[], GatewayStore]) -> None:
+    store = open_store()
     store.terms.upsert_suppliers([SupplierRow("S1", "Acme Medical", "LIC-9", "2027-03-01")])
     store.terms.upsert_suppliers([SupplierRow("S1", "Acme Medical Ltd", "LIC-9", "2028-03-01")])
     store.terms.upsert_registrations([RegistrationRow("06901234567892", "REG-1", "2026-12-20")])
@@ -38,10 +38,10 @@ def test_suppliers_registrations_and_vbp_round_trip(tmp_path: Path) -> None:
     assert store.terms.vbp_items() == [VbpItemRow("06901234567892", "coronary-stent", True)]
 
 
-def test_a_stock_movement_is_recorded_once_per_source(tmp_path: Path) -> None:
+def test_a_stock_movement_is_recorded_once_per_source(open_store: Callable[[], GatewayStore]) -> None:
     from gateway.data.stock import TAKE, USE, MovementRow
 
-    store = GatewayStore(tmp_path / "g.db")
+    store = open_store()
     take = MovementRow("CB01:7", 1_000, TAKE, "CB01", "CARD", "06901234567892", "L1", "S1", -1, "N1", "", "CB01", 7)
     use = MovementRow("HH01:3", 2_000, USE, "dept:CARD", "CARD", "06901234567892", "L1", "S1", -1, "N1", "A9",
                       "HH01", 3)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -91,8 +90,9 @@ def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> 
     return Cli(capsys, monkeypatch)
 
 
-def test_accounts_are_made_with_hashed_passwords_and_every_change_is_audited(tmp_path: Path, cli: Cli) -> None:
-    db = str(tmp_path / "gw.db")
+def test_accounts_are_made_with_hashed_passwords_and_every_change_is_audited(store_location: Path | str,
+                                                                          cli: Cli) -> None:
+    db = str(store_location)
     assert cli("user", "add", "li", "--db", db, "--role", "finance", "--password-stdin", stdin="short\n") \
         .returncode == 2
     ok = cli("user", "add", "li", "--db", db, "--role", "finance", "--password-stdin", "--by", "it",
@@ -113,14 +113,13 @@ def test_accounts_are_made_with_hashed_passwords_and_every_change_is_audited(tmp
         changes = [(e.actor, json.loads(e.detail)["change"]) for e in store.audit.latest(limit=10)
                    if e.action == "web_account_changed"]
         assert [c for _, c in reversed(changes)] == ["added", "password changed", "disabled"]
+        assert "quarter end closing" not in str(store._engine.query("SELECT * FROM web_accounts"))
     finally:
         store.close()
-    with sqlite3.connect(db) as raw:
-        assert "quarter end closing" not in str(raw.execute("SELECT * FROM web_accounts").fetchall())
 
 
-def test_an_api_token_is_shown_once_and_stored_as_a_hash(tmp_path: Path, cli: Cli) -> None:
-    db = str(tmp_path / "gw.db")
+def test_an_api_token_is_shown_once_and_stored_as_a_hash(store_location: Path | str, cli: Cli) -> None:
+    db = str(store_location)
     r = cli("web-token", "create", "--db", db, "--role", "inspector", "--name", "his-dashboard")
     assert r.returncode == 0, r.stderr
     token = r.stdout.strip()
@@ -131,10 +130,9 @@ def test_an_api_token_is_shown_once_and_stored_as_a_hash(tmp_path: Path, cli: Cl
     try:
         row = store.accounts.token(secret_hash(token))
         assert row is not None and row.role == "inspector"
+        assert token not in str(store._engine.query("SELECT * FROM web_api_tokens"))
     finally:
         store.close()
-    with sqlite3.connect(db) as raw:
-        assert token not in str(raw.execute("SELECT * FROM web_api_tokens").fetchall())
     assert cli("web-token", "revoke", "--db", db, "--name", "his-dashboard").returncode == 0
     assert "revoked" in cli("web-token", "list", "--db", db).stdout
 

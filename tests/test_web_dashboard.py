@@ -23,8 +23,9 @@ def _scans(store: GatewayStore, tmp: Path, device: str, n: int, *, at: float) ->
     store.ingest(decode_batch(f"spd/v1/H1/{device}/events", encode_batch("H1", device, events)), now=at)
 
 
-def test_todays_scans_are_those_stored_since_the_start_of_the_day(tmp_path: Path) -> None:
-    store = GatewayStore(tmp_path / "gw.db")
+def test_todays_scans_are_those_stored_since_the_start_of_the_day(tmp_path: Path,
+                                                                  store_location: Path | str) -> None:
+    store = GatewayStore(store_location)
     try:
         assert store.dashboard.scans_stored_since(0) == 0
         _scans(store, tmp_path, "HH01", 7, at=1000.0)
@@ -36,8 +37,9 @@ def test_todays_scans_are_those_stored_since_the_start_of_the_day(tmp_path: Path
         store.close()
 
 
-def test_cabinets_are_told_from_handhelds_and_their_stock_and_door_replayed(tmp_path: Path) -> None:
-    store = GatewayStore(tmp_path / "gw.db")
+def test_cabinets_are_told_from_handhelds_and_their_stock_and_door_replayed(tmp_path: Path,
+                                                                            store_location: Path | str) -> None:
+    store = GatewayStore(store_location)
     try:
         _scans(store, tmp_path, "HH01", 3, at=time.time())
         add_cabinet_events(store, tmp_path)
@@ -52,8 +54,8 @@ def test_cabinets_are_told_from_handhelds_and_their_stock_and_door_replayed(tmp_
         store.close()
 
 
-def test_the_charge_search_filters_and_takes_like_characters_literally(tmp_path: Path) -> None:
-    store = GatewayStore(tmp_path / "gw.db")
+def test_the_charge_search_filters_and_takes_like_characters_literally(store_location: Path | str) -> None:
+    store = GatewayStore(store_location)
     try:
         add_parked_charge(store, "C-1", admission="ZY1", serial="S_1")
         add_parked_charge(store, "C-2", admission="ZY2", serial="S91")
@@ -82,11 +84,12 @@ def test_charts_escape_their_labels_and_scale_to_the_data() -> None:
     assert charts.percentile([3.0, 1.0, 2.0, 10.0], 0.5) in (2.0, 3.0) and charts.percentile([], 0.95) == 0.0
 
 
-def test_an_item_is_found_by_its_code_or_a_part_of_its_name(tmp_path: Path) -> None:
+def test_an_item_is_found_by_its_code_or_a_part_of_its_name(tmp_path: Path,
+                                                            store_location: Path | str) -> None:
     from gateway.catalog import import_catalog, read_catalog_file, write_catalog_csv
     from hw_sim.catalog import sim_catalog
 
-    store = GatewayStore(tmp_path / "gw.db")
+    store = GatewayStore(store_location)
     try:
         items = sim_catalog()
         (tmp_path / "items.csv").write_text(write_catalog_csv([i.row() for i in items]), encoding="utf-8")

@@ -89,8 +89,8 @@ FORMS = {"/cabinets/{device}/unlock": {"confirm": CABINET, "seconds": "3"},
 
 
 class Site:
-    def __init__(self, tmp: Path, config: WebConfig) -> None:
-        self.store = GatewayStore(tmp / "gateway.db")
+    def __init__(self, tmp: Path, config: WebConfig, location: Path | str | None = None) -> None:
+        self.store = GatewayStore(tmp / "gateway.db" if location is None else location)
         self.tokens = add_accounts(self.store)
         add_cabinet_events(self.store, tmp)
         for n in range(1, 41):
@@ -123,6 +123,14 @@ class Site:
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
     s = Site(tmp_path, WebConfig(login_attempts=3, login_window_s=60))
+    yield s
+    s.store.close()
+
+
+@pytest.fixture
+def any_site(tmp_path: Path, store_location: Path | str) -> Iterator[Site]:
+    """The site on a SQLite store, then on PostgreSQL (for the tests that read and write the most)."""
+    s = Site(tmp_path, WebConfig(login_attempts=3, login_window_s=60), store_location)
     yield s
     s.store.close()
 
@@ -163,14 +171,14 @@ def test_no_page_or_api_call_without_a_session_or_token(site: Site, credentials:
 
 
 @pytest.mark.parametrize("role", list(Role))
-def test_every_route_allows_exactly_the_roles_of_the_table(site: Site, role: Role) -> None:
-    browser = site.signed_in(role)
+def test_every_route_allows_exactly_the_roles_of_the_table(any_site: Site, role: Role) -> None:
+    browser = any_site.signed_in(role)
     csrf = csrf_of(browser.get("/").text)
-    token = {"Authorization": f"Bearer {site.tokens[role]}"}
+    token = {"Authorization": f"Bearer {any_site.tokens[role]}"}
     for (method, template), roles in sorted(ROUTE_ROLES.items()):
         if template == "/logout":
             continue  # ends the session the other routes use: below
-        url = site.url(template)
+        url = any_site.url(template)
         if template.startswith("/api/"):
             r = browser.request(method, url, headers=token, json=JSON_BODIES.get(template))
         elif method == "POST":
@@ -187,21 +195,21 @@ def test_every_route_allows_exactly_the_roles_of_the_table(site: Site, role: Rol
     assert browser.get("/", follow_redirects=False).status_code == 303  # the session is gone
 
 
-def test_an_allowed_role_really_resends_and_acknowledges(site: Site) -> None:
-    fin = site.signed_in(Role.FINANCE)
+def test_an_allowed_role_really_resends_and_acknowledges(any_site: Site) -> None:
+    fin = any_site.signed_in(Role.FINANCE)
     csrf = csrf_of(fin.get("/charges").text)
     r = fin.post("/charges/C-40/resend", data={"csrf": csrf}, follow_redirects=False)
     assert r.status_code == 303
-    assert site.store.dashboard.charge("C-40").status == "pending"  # type: ignore[union-attr]
+    assert any_site.store.dashboard.charge("C-40").status == "pending"  # type: ignore[union-attr]
     assert fin.post("/charges/C-40/resend", data={"csrf": csrf}).status_code == 409  # not parked any more
-    tech = {"Authorization": f"Bearer {site.tokens[Role.TECHNICIAN]}"}
-    r = site.client().post(f"/api/v1/alarms/event:{CABINET}:7/acknowledge", headers=tech,
+    tech = {"Authorization": f"Bearer {any_site.tokens[Role.TECHNICIAN]}"}
+    r = any_site.client().post(f"/api/v1/alarms/event:{CABINET}:7/acknowledge", headers=tech,
                            json={"comment": "door closed, nothing missing"})
     assert r.status_code == 200 and r.json()["ack"]["comment"] == "door closed, nothing missing"
     assert r.json()["open"] is False
-    assert site.client().post(f"/api/v1/alarms/event:{CABINET}:7/acknowledge", headers=tech,
+    assert any_site.client().post(f"/api/v1/alarms/event:{CABINET}:7/acknowledge", headers=tech,
                               json={"comment": "again"}).status_code == 409
-    actions = site.audit_actions()
+    actions = any_site.audit_actions()
     assert ("web:finance", "charge_resent", "ok") in actions
     assert ("api:token:technician-tool", "alarm_acknowledged", "ok") in actions
 
@@ -230,13 +238,13 @@ def _login(c: TestClient, username: str, password: str) -> int:
                   follow_redirects=False).status_code
 
 
-def test_sign_in_is_rate_limited_per_account_and_address_and_every_attempt_is_audited(site: Site) -> None:
-    c = site.client()
+def test_sign_in_is_rate_limited_per_account_and_address_and_every_attempt_is_audited(any_site: Site) -> None:
+    c = any_site.client()
     assert [_login(c, "finance", "wrong password!") for _ in range(3)] == [401, 401, 401]
     r_status = _login(c, "finance", PASSWORD)  # right password, but the account is blocked for the window
     assert r_status == 429
     assert _login(c, "supervisor", PASSWORD) == 429  # the same address is blocked too
-    failed = [a for a in site.audit_actions() if a[1] == "web_sign_in"]
+    failed = [a for a in any_site.audit_actions() if a[1] == "web_sign_in"]
     assert failed.count(("web:finance", "web_sign_in", "failed")) == 4
     assert ("web:supervisor", "web_sign_in", "failed") in failed
     assert not any(o == "ok" for _, _, o in failed)
@@ -311,16 +319,16 @@ def test_an_unlock_without_a_fleet_link_is_refused_and_audited(site: Site) -> No
     assert ("web:inspector", "unlock_refused", "refused") in actions
 
 
-def test_disabling_an_account_or_revoking_a_token_ends_its_access(site: Site) -> None:
-    fin = site.signed_in(Role.FINANCE)
+def test_disabling_an_account_or_revoking_a_token_ends_its_access(any_site: Site) -> None:
+    fin = any_site.signed_in(Role.FINANCE)
     assert fin.get("/", follow_redirects=False).status_code == 200
-    site.store.accounts.set_disabled("finance", True, now=time.time())
+    any_site.store.accounts.set_disabled("finance", True, now=time.time())
     assert fin.get("/", follow_redirects=False).status_code == 303
-    assert _login(site.client(), "finance", PASSWORD) == 401
-    tok = {"Authorization": f"Bearer {site.tokens[Role.INSPECTOR]}"}
-    assert site.client().get("/api/v1/overview", headers=tok).status_code == 200
-    site.store.accounts.revoke_token("inspector-tool", now=time.time())
-    assert site.client().get("/api/v1/overview", headers=tok).status_code == 401
+    assert _login(any_site.client(), "finance", PASSWORD) == 401
+    tok = {"Authorization": f"Bearer {any_site.tokens[Role.INSPECTOR]}"}
+    assert any_site.client().get("/api/v1/overview", headers=tok).status_code == 200
+    any_site.store.accounts.revoke_token("inspector-tool", now=time.time())
+    assert any_site.client().get("/api/v1/overview", headers=tok).status_code == 401
 
 
 def test_an_expired_session_is_no_session(tmp_path: Path) -> None:

@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from gateway.books.output import add_format_option, write
+from gateway.data.engine import DB_HELP, store_location
 
 
 def register(sub: Any) -> None:
     """Add the commands to ``spd-gateway``'s sub-parsers."""
     imp = sub.add_parser("his-import", help="load the HIS's export of its charge and credit lines (CSV) for "
                          "reconciliation; docs/books.md")
-    imp.add_argument("--db", type=Path, required=True, help="the gateway store (SQLite)")
+    imp.add_argument("--db", type=store_location, required=True, help=DB_HELP)
     imp.add_argument("file", type=Path, help="the HIS's charge lines, .csv")
     imp.add_argument("--utc-offset-minutes", type=int, default=480,
                      help="hospital local time's offset, for times written without one (default 480)")
@@ -27,7 +28,7 @@ def register(sub: Any) -> None:
                        ("inspect", "the inspector's report of a month: red flags per department and operator, "
                                    "counts, amounts and the evidence chain of each")):
         p = sub.add_parser(name, help=what)
-        p.add_argument("--db", type=Path, required=True, help="the gateway store (SQLite)")
+        p.add_argument("--db", type=store_location, required=True, help=DB_HELP)
         p.add_argument("--month", required=True, help="the period, YYYY-MM (hospital local time)")
         p.add_argument("--grace-days", type=int, default=7,
                        help="days read before and after the month to find the other half of a pair (default 7)")

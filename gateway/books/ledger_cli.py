@@ -13,6 +13,7 @@ from typing import Any
 
 from gateway.books.output import Column, Table, add_format_option, write
 from gateway.books.settings import BooksSettings
+from gateway.data.engine import DB_HELP, store_location
 from gateway.store import GatewayStore
 
 
@@ -314,12 +315,12 @@ def _stock_table(title: str, lines: list[Any]) -> Table:
 
 
 def _db(p: argparse.ArgumentParser, *, required: bool = True) -> None:
-    p.add_argument("--db", type=Path, required=required, default=None, help="the gateway store (SQLite)")
+    p.add_argument("--db", type=store_location, required=required, default=None, help=DB_HELP)
 
 
 def _sub_db(p: argparse.ArgumentParser) -> None:
     """``--db`` of a subcommand: given before the subcommand (on ``stock``/``replenish``) or after it."""
-    p.add_argument("--db", type=Path, default=argparse.SUPPRESS, help="the gateway store (SQLite)")
+    p.add_argument("--db", type=store_location, default=argparse.SUPPRESS, help=DB_HELP)
 
 
 def _needs_db(handler: Any) -> Any:

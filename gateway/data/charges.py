@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -115,6 +115,15 @@ class ChargeStore:
         )
         return [OutboxCharge(*r) for r in rows]
 
+    def pending_charges_after(self, *, after_id: int, limit: int) -> list[OutboxCharge]:
+        """Pending charges queued after ``after_id``, in outbox order (the HIS feed's read of new rows)."""
+        rows = self._engine.query(
+            "SELECT id, charge_id, device, seq, admission, message, attempts, next_attempt_at, line FROM charges "
+            "WHERE status = 'pending' AND id > ? ORDER BY id LIMIT ?",
+            (after_id, limit),
+        )
+        return [OutboxCharge(*r) for r in rows]
+
     def mark_retry(self, charge_id: str, detail: str, next_attempt_at: float) -> None:
         with self._engine.transaction() as db:
             db.execute(
@@ -162,27 +171,41 @@ class ChargeStore:
         """Record the HIS's acceptance and write the consumption record, in one transaction."""
         now = time.time()
         with self._engine.transaction() as db:
-            row = db.execute(
-                "SELECT device, seq, line, status FROM charges WHERE charge_id = ?", (charge_id,)
-            ).fetchone()
-            if row is None:
-                raise StoreError(f"no charge {charge_id}")
-            device, seq, line_text, status = row
-            if status == "accepted":
-                return False
-            db.execute(
-                "UPDATE charges SET attempts = attempts + 1, status = 'accepted', ack_code = ?, his_ref = ?, "
-                "finished_at = ?, last_error = '' WHERE charge_id = ?",
-                (code, his_ref, now, charge_id),
-            )
-            credited = db.execute(
-                "SELECT charge_id, item_key, restocked FROM returns WHERE credit_id = ?", (charge_id,)
-            ).fetchone()
-            if credited is not None:
-                self._apply_credit(db, charge_id, credited[0], credited[1], bool(credited[2]), his_ref, now)
-                return True
-            line = json.loads(line_text)
-            self._insert_consumption(db, device, seq, charge_id, line, his_ref, now)
+            return self._accept(db, charge_id, code, his_ref, now)
+
+    def mark_accepted_many(self, accepted: Sequence[tuple[str, str | None, str | None]]) -> int:
+        """Record many acceptances (charge id, code, HIS reference) in ONE transaction; how many were new.
+
+        A HIS lane sends its charges one after another and records what the HIS accepted a few dozen at a
+        time, so the commit (an fsync) is shared. Each is written as :meth:`mark_accepted` writes it.
+        """
+        now = time.time()
+        with self._engine.transaction() as db:
+            return sum(self._accept(db, charge_id, code, his_ref, now) for charge_id, code, his_ref in accepted)
+
+    def _accept(self, db: Transaction, charge_id: str, code: str | None, his_ref: str | None,
+                now: float) -> bool:
+        row = db.execute(
+            "SELECT device, seq, line, status FROM charges WHERE charge_id = ?", (charge_id,)
+        ).fetchone()
+        if row is None:
+            raise StoreError(f"no charge {charge_id}")
+        device, seq, line_text, status = row
+        if status == "accepted":
+            return False
+        db.execute(
+            "UPDATE charges SET attempts = attempts + 1, status = 'accepted', ack_code = ?, his_ref = ?, "
+            "finished_at = ?, last_error = '' WHERE charge_id = ?",
+            (code, his_ref, now, charge_id),
+        )
+        credited = db.execute(
+            "SELECT charge_id, item_key, restocked FROM returns WHERE credit_id = ?", (charge_id,)
+        ).fetchone()
+        if credited is not None:
+            self._apply_credit(db, charge_id, credited[0], credited[1], bool(credited[2]), his_ref, now)
+            return True
+        line = json.loads(line_text)
+        self._insert_consumption(db, device, seq, charge_id, line, his_ref, now)
         return True
 
     def _apply_credit(

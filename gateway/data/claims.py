@@ -53,6 +53,11 @@ class ClaimStore:
                 f"WHERE c.status = 'pending'{held_by_others} ORDER BY c.id LIMIT ?", (*others, limit)).fetchall()
             # a patient's later charge waits while an earlier one is another live instance's
             mine = [r for r in rows if blocked.get(str(r[4]), int(r[0]) + 1) > int(r[0])]
+            if others:  # of what no live instance holds, a fair share (in outbox order): the live instances
+                # split the work; the instance that queues the charges is woken first and would take it all
+                free = [r for r in mine if r[9] != owner]
+                left = {str(r[1]) for r in free[-(-len(free) // (len(others) + 1)):]} if free else set()
+                mine = [r for r in mine if str(r[1]) not in left]
             taken = [(str(r[1]), owner, now) for r in mine if r[9] != owner]
             if taken:
                 db.executemany("INSERT INTO charge_claims (charge_id, owner, claimed_at) VALUES (?, ?, ?) "

@@ -148,7 +148,7 @@ class DashboardStore:
         rows = self._engine.query(
             "SELECT d.device FROM devices d WHERE EXISTS (SELECT 1 FROM cabinet_takes t WHERE t.device = d.device) "
             "OR EXISTS (SELECT 1 FROM (SELECT kind FROM events e WHERE e.device = d.device ORDER BY e.seq DESC "
-            "LIMIT ?) WHERE kind IN ('taken', 'returned', 'restocked')) ORDER BY d.device", (recent,))
+            "LIMIT ?) AS latest WHERE kind IN ('taken', 'returned', 'restocked')) ORDER BY d.device", (recent,))
         return [str(r[0]) for r in rows]
 
     def cabinet_events(self, device: str, *, kinds: tuple[str, ...] = _CABINET_KINDS,

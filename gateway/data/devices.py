@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from typing import NamedTuple
 
-from gateway.data.engine import Engine
+from gateway.data.engine import Engine, Transaction
 from spd_common.wire import DeviceState
 
 
@@ -48,22 +49,33 @@ class DeviceStore:
         A retained state the broker replays when the gateway (re)subscribes is not a sighting: the
         device's ``last_seen`` stays as it was (a device never recorded gets its own timestamp).
         """
+        self.update_device_states([(site, state, live)])
+
+    def update_device_states(self, states: Sequence[tuple[str, DeviceState, bool]]) -> None:
+        """Record many states (site, state, live) in ONE transaction, in order, each as :meth:`update_device_state`
+        records it (the ingest writer's group: a thousand devices connecting are one commit, not a thousand)."""
+        now = time.time()
         with self._engine.transaction() as db:
-            if live:
-                db.execute(
-                    "INSERT INTO devices (device, site, last_seen, status, backlog, version) VALUES (?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (device) DO UPDATE SET last_seen = excluded.last_seen, status = excluded.status, "
-                    "backlog = excluded.backlog, version = excluded.version",
-                    (state.device, site, time.time(), state.status.value, state.backlog, state.version),
-                )
-                return
+            for site, state, live in states:
+                self._record_state(db, site, state, live, now)
+
+    @staticmethod
+    def _record_state(db: Transaction, site: str, state: DeviceState, live: bool, now: float) -> None:
+        if live:
             db.execute(
                 "INSERT INTO devices (device, site, last_seen, status, backlog, version) VALUES (?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (device) DO UPDATE SET last_seen = COALESCE(devices.last_seen, excluded.last_seen), "
-                "status = excluded.status, backlog = excluded.backlog, version = excluded.version",
-                (state.device, site, state.ts_ms / 1000 if state.ts_ms > 0 else None, state.status.value,
-                 state.backlog, state.version),
+                "ON CONFLICT (device) DO UPDATE SET last_seen = excluded.last_seen, status = excluded.status, "
+                "backlog = excluded.backlog, version = excluded.version",
+                (state.device, site, now, state.status.value, state.backlog, state.version),
             )
+            return
+        db.execute(
+            "INSERT INTO devices (device, site, last_seen, status, backlog, version) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (device) DO UPDATE SET last_seen = COALESCE(devices.last_seen, excluded.last_seen), "
+            "status = excluded.status, backlog = excluded.backlog, version = excluded.version",
+            (state.device, site, state.ts_ms / 1000 if state.ts_ms > 0 else None, state.status.value,
+             state.backlog, state.version),
+        )
 
     def contiguous_seq(self, device: str) -> int:
         rows = self._engine.query("SELECT contiguous_seq FROM devices WHERE device = ?", (device,))

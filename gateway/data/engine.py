@@ -56,6 +56,10 @@ class Engine(Protocol):
     data_faults: tuple[type[BaseException], ...]
     """What the driver raises when a statement's values cannot be stored (as opposed to a failure of the store)."""
 
+    store_faults: tuple[type[BaseException], ...]
+    """What the driver raises when the store itself fails (disk, lock timeout, lost connection); these are
+    caught after ``data_faults``, so a base class of those may be among them."""
+
     def transaction(self) -> AbstractContextManager[Transaction]:
         """One write transaction: committed when the block ends, rolled back if it raises."""
         ...
@@ -142,6 +146,7 @@ class SqliteEngine:
     name = "sqlite"
     data_faults: tuple[type[BaseException], ...] = (sqlite3.IntegrityError, sqlite3.DataError,
                                                    sqlite3.InterfaceError, sqlite3.ProgrammingError)
+    store_faults: tuple[type[BaseException], ...] = (sqlite3.OperationalError, sqlite3.DatabaseError)
 
     def __init__(self, path: str | Path, *, synchronous: str = "FULL", busy_timeout_s: float = 30.0,
                  wal: bool = True) -> None:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from gateway.data.engine import Engine, SqliteEngine, Transaction
 from spd_common.wire import (
     GENESIS_HASH,
+    MAX_SEQ,
     Batch,
     Event,
     EventKind,
@@ -44,6 +46,15 @@ fault is harmless: the quarantine row written instead fails the same way and the
 
 EVENTS_WRITERS = "events"
 """The key every transaction that inserts events shares, and the readers that walk ``events`` by id wait for."""
+
+STORE_FAULTS: tuple[type[BaseException], ...] = (OSError, MemoryError)
+"""What a failure of the store itself raises while a batch is stored, with the engine's ``store_faults``
+(after :data:`EVENT_FAULTS` and its ``data_faults`` were taken out): the whole group commit is rolled
+back, no ack goes out and the devices resend. The drivers' ``DatabaseError`` is the base of their
+``IntegrityError`` and the like, which :meth:`EventStore._store_event` takes as event faults first."""
+
+ADVANCE_READ = 1000
+"""How many seqs after a device's contiguous seq one read of :meth:`EventStore._advance` looks at."""
 
 MAX_RAW_CHARS = 65536
 """Longest raw form of a quarantined event or refused payload that is kept (a valid body is at most 16 KiB)."""
@@ -94,6 +105,7 @@ class EventStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._faults = (*EVENT_FAULTS, *engine.data_faults)
+        self._store_faults = (*STORE_FAULTS, *engine.store_faults)
 
     def ingest(self, batch: Batch, *, now: float | None = None) -> IngestResult:
         """Store a batch once per ``(device, seq)``, verify links, and advance the device's contiguous seq.
@@ -103,31 +115,74 @@ class EventStore:
         events around it are stored. Only a failure of the store itself raises, and
         then nothing of the batch is committed.
         """
+        (res,) = self.ingest_group([batch], now=now)
+        if isinstance(res, BaseException):
+            raise res
+        return res
+
+    def ingest_group(self, batches: Sequence[Batch], *, now: float | None = None) -> list[IngestResult | Exception]:
+        """Store many batches (of many devices) in ONE transaction: group commit; one result per batch, in order.
+
+        Each batch is stored as :meth:`ingest` stores it, under a savepoint of its own, and each of its events
+        under its own savepoint inside that, so one bad event is quarantined alone. A batch that fails in a way
+        that is neither an event fault nor a failure of the store (a bug) is rolled back alone: its result is the
+        exception and it must not be acknowledged; the other batches are committed. A failure of the store itself
+        (the engine's ``store_faults``, ``OSError``, ``MemoryError``) raises, and then nothing of
+        the group is committed. Every result's ``contiguous`` is its device's contiguous seq after the whole group.
+        """
         at = time.time() if now is None else now
-        res = IngestResult()
+        results: list[IngestResult | Exception] = []
         with self._engine.transaction() as db:
-            self._engine.share(db, EVENTS_WRITERS)  # the readers by id wait for this batch (read_settled)
-            db.execute(
-                "INSERT INTO devices (device, site, last_seen) VALUES (?, ?, ?) "
-                "ON CONFLICT (device) DO UPDATE SET last_seen = excluded.last_seen",
-                (batch.device, batch.site, at),
-            )
+            self._engine.share(db, EVENTS_WRITERS)  # the readers by id wait for this group (read_settled)
+            devices: dict[str, str] = {}
+            for batch in batches:
+                if batch.device not in devices:
+                    devices[batch.device] = batch.site
+                    db.execute(
+                        "INSERT INTO devices (device, site, last_seen) VALUES (?, ?, ?) "
+                        "ON CONFLICT (device) DO UPDATE SET last_seen = excluded.last_seen",
+                        (batch.device, batch.site, at),
+                    )
+                results.append(self._ingest_batch(db, batch, at))
+            contiguous = {device: self._advance(db, device) for device in devices}
+        for batch, res in zip(batches, results, strict=True):
+            if isinstance(res, IngestResult):
+                res.contiguous = contiguous[batch.device]
+        return results
+
+    def _ingest_batch(self, db: Transaction, batch: Batch, at: float) -> IngestResult | Exception:
+        res = IngestResult()
+        db.execute("SAVEPOINT batch")
+        try:
+            links = _Links.read(db, batch.device, [ev.seq for ev in batch.events])
             for ev in batch.events:
-                self._store_event(db, batch.site, ev, at, res, checked=batch.checked)
+                stored = links.get(ev.seq) if batch.checked and links.covers(ev.seq) else None
+                if stored is not None and stored[1] == ev.hash:  # a resend of a stored event: nothing to write
+                    res.duplicates += 1
+                    continue
+                self._store_event(db, batch.site, ev, at, res, checked=batch.checked, links=links)
             for bad in batch.invalid:
                 self._quarantine(db, batch.device, bad, at, res)
-            res.contiguous = self._advance(db, batch.device)
+        except self._store_faults:
+            raise
+        except Exception as err:  # a bug with this batch: it alone is rolled back and not acknowledged
+            log.exception("device %s: batch could not be stored; rolled back alone", batch.device)
+            db.execute("ROLLBACK TO batch")
+            db.execute("RELEASE batch")
+            return err
+        db.execute("RELEASE batch")
         return res
 
     def _store_event(
-        self, db: Transaction, site: str, ev: Event, at: float, res: IngestResult, *, checked: bool
+        self, db: Transaction, site: str, ev: Event, at: float, res: IngestResult, *, checked: bool,
+        links: _Links | None = None,
     ) -> None:
         part = IngestResult()
         db.execute("SAVEPOINT event")
         try:
             if not checked:  # built in code (an imported export), not by decode_batch
                 check_event(ev)
-            self._insert_event(db, site, ev, at, part)
+            self._insert_event(db, site, ev, at, part, links or _Links.NONE)
         except self._faults as err:
             db.execute("ROLLBACK TO event")
             db.execute("RELEASE event")
@@ -144,15 +199,23 @@ class EventStore:
         res.conflicts += part.conflicts
         res.chain_breaks += part.chain_breaks
 
-    def _insert_event(self, db: Transaction, site: str, ev: Event, at: float, res: IngestResult) -> None:
+    def _insert_event(
+        self, db: Transaction, site: str, ev: Event, at: float, res: IngestResult, links: _Links
+    ) -> None:
         cur = db.execute(
             "INSERT INTO events (device, seq, site, ts_ms, kind, body, prev, hash, stored_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device, seq) DO NOTHING",
             (ev.device, ev.seq, site, ev.ts_ms, ev.kind, json.dumps(ev.body, ensure_ascii=False), ev.prev, ev.hash, at),
         )
+        known = links.covers(ev.seq)
         if cur.rowcount == 0:
-            row = db.execute("SELECT hash FROM events WHERE device = ? AND seq = ?", (ev.device, ev.seq)).fetchone()
-            if row is not None and row[0] != ev.hash:
+            if known:
+                row = links.get(ev.seq)
+                stored_hash = row[1] if row is not None else None
+            else:
+                one = db.execute("SELECT hash FROM events WHERE device = ? AND seq = ?", (ev.device, ev.seq)).fetchone()
+                stored_hash = one[0] if one is not None else None
+            if stored_hash is not None and stored_hash != ev.hash:
                 res.conflicts += 1
                 self._chain_break(db, ev.device, ev.seq, "same seq received with different content", at, res)
             else:
@@ -164,13 +227,14 @@ class EventStore:
             if ev.prev != GENESIS_HASH:
                 self._chain_break(db, ev.device, ev.seq, "first event does not start from the genesis hash", at, res)
         else:
-            before = db.execute("SELECT hash FROM events WHERE device = ? AND seq = ?", (ev.device, ev.seq - 1))
-            row = before.fetchone()
-            if row is not None and row[0] != ev.prev:
+            before = links.get(ev.seq - 1) if known else _link(db, ev.device, ev.seq - 1)
+            if before is not None and before[1] != ev.prev:
                 self._chain_break(db, ev.device, ev.seq, "prev does not match the stored predecessor", at, res)
-        after = db.execute("SELECT prev FROM events WHERE device = ? AND seq = ?", (ev.device, ev.seq + 1)).fetchone()
+        after = links.get(ev.seq + 1) if known else _link(db, ev.device, ev.seq + 1)
         if after is not None and after[0] != ev.hash:
             self._chain_break(db, ev.device, ev.seq + 1, "prev does not match the stored predecessor", at, res)
+        if known:
+            links.add(ev.seq, ev.prev, ev.hash)
 
     def _quarantine(self, db: Transaction, device: str, bad: InvalidEvent, at: float, res: IngestResult) -> None:
         """Keep a refused event with its reason: under its seq when that is usable, else as a bad payload.
@@ -213,15 +277,27 @@ class EventStore:
         res.chain_breaks.append((seq, detail))
 
     def _advance(self, db: Transaction, device: str) -> int:
+        """The device's contiguous seq moved past every stored or quarantined seq that follows it.
+
+        Reads the seqs after it in ranges of :data:`ADVANCE_READ` (two indexed range reads), not one
+        lookup per seq, so advancing over a group of thousands of events costs a few statements.
+        """
         (contiguous,) = db.execute("SELECT contiguous_seq FROM devices WHERE device = ?", (device,)).fetchone()
         start = contiguous
         while True:
-            nxt = contiguous + 1
-            if db.execute("SELECT 1 FROM events WHERE device = ? AND seq = ?", (device, nxt)).fetchone() is None \
-                    and db.execute("SELECT 1 FROM quarantine WHERE device = ? AND seq = ?", (device, nxt)).fetchone() \
-                    is None:
+            present: set[int] = set()
+            bound: float = float("inf")
+            for table in ("events", "quarantine"):
+                seqs = [int(r[0]) for r in db.execute(
+                    f"SELECT seq FROM {table} WHERE device = ? AND seq > ? ORDER BY seq LIMIT ?",
+                    (device, contiguous, ADVANCE_READ)).fetchall()]
+                present.update(seqs)
+                if len(seqs) == ADVANCE_READ:  # more may follow: trust this read only up to its last seq
+                    bound = min(bound, seqs[-1])
+            while contiguous + 1 in present and contiguous + 1 <= bound:
+                contiguous += 1
+            if contiguous < bound:  # stopped at a gap, or read everything there is
                 break
-            contiguous = nxt
         if contiguous != start:
             db.execute("UPDATE devices SET contiguous_seq = ? WHERE device = ?", (contiguous, device))
         return int(contiguous)
@@ -276,6 +352,50 @@ class EventStore:
     def chain_breaks(self) -> list[ChainBreakRow]:
         rows = self._engine.query("SELECT device, seq, detail, detected_at FROM chain_breaks ORDER BY device, seq")
         return [ChainBreakRow(*r) for r in rows]
+
+
+def _link(db: Transaction, device: str, seq: int) -> tuple[str, str] | None:
+    """(prev, hash) of a stored event."""
+    row = db.execute("SELECT prev, hash FROM events WHERE device = ? AND seq = ?", (device, seq)).fetchone()
+    return None if row is None else (str(row[0]), str(row[1]))
+
+
+class _Links:
+    """(prev, hash) of a device's stored events around one batch: read in one range query, kept up to date.
+
+    Covers the seqs ``lo .. hi`` of the batch: for those, the events at ``seq - 1``, ``seq`` and ``seq + 1``
+    are all known without a query (stored before the batch, or stored by it — :meth:`add`). A batch whose
+    seqs are not plain, close-together integers covers nothing, and each event looks its neighbours up.
+    """
+
+    NONE: _Links
+
+    def __init__(self, lo: int, hi: int, rows: dict[int, tuple[str, str]]) -> None:
+        self.lo, self.hi, self._rows = lo, hi, rows
+
+    @classmethod
+    def read(cls, db: Transaction, device: str, seqs: list[object]) -> _Links:
+        plain = [s for s in seqs if type(s) is int and 1 <= s <= MAX_SEQ - 1]
+        if not plain or len(plain) != len(seqs):
+            return cls.NONE
+        lo, hi = min(plain), max(plain)
+        if hi - lo > 2 * len(plain) + 16:  # scattered seqs: the range would read events the batch never touches
+            return cls.NONE
+        rows = db.execute("SELECT seq, prev, hash FROM events WHERE device = ? AND seq BETWEEN ? AND ?",
+                          (device, lo - 1, hi + 1)).fetchall()
+        return cls(lo, hi, {int(r[0]): (str(r[1]), str(r[2])) for r in rows})
+
+    def covers(self, seq: object) -> bool:
+        return type(seq) is int and self.lo <= seq <= self.hi
+
+    def get(self, seq: int) -> tuple[str, str] | None:
+        return self._rows.get(seq)
+
+    def add(self, seq: int, prev: str, hash_: str) -> None:
+        self._rows[seq] = (prev, hash_)
+
+
+_Links.NONE = _Links(1, 0, {})
 
 
 def _safe_text(text: object, limit: int) -> str:

@@ -85,6 +85,7 @@ class PostgresEngine:
     data_faults: tuple[type[BaseException], ...] = (psycopg.DataError, psycopg.IntegrityError)
     """What a statement raises because of the values it was given (a NUL in text, a number out of range, a
     duplicate key), as opposed to a failure of the database itself."""
+    store_faults: tuple[type[BaseException], ...] = (psycopg.OperationalError, psycopg.DatabaseError)
 
     def __init__(self, url: str, *, min_size: int = 2, max_size: int = 12, timeout_s: float = 30.0) -> None:
         # a gateway has about ten threads that write (ingest, charging, the HIS lanes, leases, link watch ...)

@@ -67,7 +67,8 @@ class ReplenishmentStore:
     def requests(self, *, state: str | None = OPEN) -> list[RequestRow]:
         rows = self._engine.query(
             "SELECT id, location, gtin, qty, requested_by, requested_at_ms, note, state, closed_by "
-            "FROM replenish_requests WHERE (? IS NULL OR state = ?) ORDER BY requested_at_ms, id", (state, state))
+            "FROM replenish_requests WHERE (CAST(? AS TEXT) IS NULL OR state = ?) ORDER BY requested_at_ms, id",
+            (state, state))
         return [RequestRow(int(r[0]), r[1], r[2], int(r[3]), r[4], int(r[5]), r[6], r[7], r[8]) for r in rows]
 
     def replace_routes(self, stops: Sequence[RouteStop]) -> None:

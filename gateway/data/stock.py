@@ -107,13 +107,14 @@ class StockStore:
         at ``as_of_ms``: summed from the movements before it."""
         if as_of_ms is None:
             sql = ("SELECT location, gtin, lot, serial, qty, last_ms, expiry FROM stock_balances "
-                   "WHERE (? IS NULL OR location = ?) AND (? IS NULL OR gtin = ?)")
+                   "WHERE (CAST(? AS TEXT) IS NULL OR location = ?) AND (CAST(? AS TEXT) IS NULL OR gtin = ?)")
             if nonzero:
                 sql += " AND qty != 0"
             rows = self._engine.query(sql + " ORDER BY location, gtin, lot, serial", (location, location, gtin, gtin))
             return [Balance(r[0], r[1], r[2], r[3], int(r[4]), int(r[5]), r[6]) for r in rows]
         sql = (f"SELECT location, gtin, MAX(lot), serial, SUM(qty), MAX(at_ms), MAX(expiry) FROM ({_SIDES}) AS sides "
-               "WHERE (? IS NULL OR location = ?) AND (? IS NULL OR gtin = ?) AND at_ms < ? "
+               "WHERE (CAST(? AS TEXT) IS NULL OR location = ?) AND (CAST(? AS TEXT) IS NULL OR gtin = ?) "
+               "AND at_ms < ? "
                "GROUP BY location, gtin, serial, CASE WHEN serial = '' THEN lot ELSE '' END")
         if nonzero:
             sql += " HAVING SUM(qty) != 0"
@@ -139,8 +140,8 @@ class StockStore:
     def of_item(self, gtin: str, *, serial: str | None = None, lot: str | None = None) -> list[MovementRow]:
         """Every movement of one item (a serial, or a whole lot, or every lot of the GTIN), in time order."""
         rows = self._engine.query(
-            f"SELECT {_COLUMNS} FROM stock_movements WHERE gtin = ? AND (? IS NULL OR serial = ?) "
-            "AND (? IS NULL OR lot = ?) ORDER BY at_ms, id", (gtin, serial, serial, lot, lot))
+            f"SELECT {_COLUMNS} FROM stock_movements WHERE gtin = ? AND (CAST(? AS TEXT) IS NULL OR serial = ?) "
+            "AND (CAST(? AS TEXT) IS NULL OR lot = ?) ORDER BY at_ms, id", (gtin, serial, serial, lot, lot))
         return _rows(rows)
 
     def lot_of_serial(self, gtin: str, serial: str) -> str:
@@ -153,8 +154,8 @@ class StockStore:
         """Use and opened packs per department, item and period of ``period_ms`` from ``start_ms``."""
         rows = self._engine.query(
             "SELECT dept, gtin, (at_ms - ?) / ?, -SUM(qty) FROM stock_movements WHERE kind IN (?, ?) "
-            "AND at_ms >= ? AND at_ms < ? GROUP BY dept, gtin, (at_ms - ?) / ? ORDER BY dept, gtin, 3",
-            (start_ms, period_ms, USE, PACK_OPEN, start_ms, end_ms, start_ms, period_ms))
+            "AND at_ms >= ? AND at_ms < ? GROUP BY 1, 2, 3 ORDER BY dept, gtin, 3",
+            (start_ms, period_ms, USE, PACK_OPEN, start_ms, end_ms))
         return [UsePerPeriod(r[0], r[1], int(r[2]), int(r[3])) for r in rows]
 
     def outflow(self, start_ms: int, end_ms: int) -> list[tuple[str, str, int]]:

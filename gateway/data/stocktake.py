@@ -59,7 +59,7 @@ class StocktakeStore:
     def counts(self, *, location: str | None = None) -> list[CountRow]:
         rows = self._engine.query(
             "SELECT count_id, location, at_ms, counted_by, origin FROM stock_counts "
-            "WHERE (? IS NULL OR location = ?) ORDER BY at_ms, count_id", (location, location))
+            "WHERE (CAST(? AS TEXT) IS NULL OR location = ?) ORDER BY at_ms, count_id", (location, location))
         return [CountRow(r[0], r[1], int(r[2]), r[3], r[4]) for r in rows]
 
     def discrepancies(self, *, location: str | None = None, count_id: str | None = None) -> list[
@@ -68,7 +68,8 @@ class StocktakeStore:
         rows = self._engine.query(
             "SELECT c.count_id, c.location, c.at_ms, c.counted_by, c.origin, l.gtin, l.lot, l.serial, l.expected, "
             "l.counted FROM stock_count_lines l JOIN stock_counts c ON c.count_id = l.count_id "
-            "WHERE l.expected != l.counted AND (? IS NULL OR c.location = ?) AND (? IS NULL OR c.count_id = ?) "
+            "WHERE l.expected != l.counted AND (CAST(? AS TEXT) IS NULL OR c.location = ?) "
+            "AND (CAST(? AS TEXT) IS NULL OR c.count_id = ?) "
             "ORDER BY c.at_ms, c.count_id, l.gtin, l.lot, l.serial", (location, location, count_id, count_id))
         return [(CountRow(r[0], r[1], int(r[2]), r[3], r[4]),
                  CountLineRow(r[0], r[5], r[6], r[7], int(r[8]), int(r[9]))) for r in rows]

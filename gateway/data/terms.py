@@ -88,7 +88,7 @@ class TermsStore:
     def contracts(self, gtin: str | None = None) -> list[ContractRow]:
         rows = self._engine.query(
             "SELECT supplier, gtin, purchase_price_fen, valid_from, valid_to, contract_no FROM contracts "
-            "WHERE (? IS NULL OR gtin = ?) ORDER BY gtin, valid_from, supplier", (gtin, gtin))
+            "WHERE (CAST(? AS TEXT) IS NULL OR gtin = ?) ORDER BY gtin, valid_from, supplier", (gtin, gtin))
         return [ContractRow(r[0], r[1], int(r[2]), r[3], r[4], r[5]) for r in rows]
 
     def contract_on(self, gtin: str, day: str) -> ContractRow | None:
@@ -127,7 +127,8 @@ class TermsStore:
 
     def vbp_categories(self, year: int | None = None) -> list[VbpCategoryRow]:
         rows = self._engine.query(
-            "SELECT category, year, name, agreed_volume FROM vbp_categories WHERE (? IS NULL OR year = ?) "
+            "SELECT category, year, name, agreed_volume FROM vbp_categories "
+            "WHERE (CAST(? AS BIGINT) IS NULL OR year = ?) "
             "ORDER BY year, category", (year, year))
         return [VbpCategoryRow(r[0], int(r[1]), r[2], int(r[3])) for r in rows]
 

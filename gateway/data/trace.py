@@ -54,8 +54,9 @@ class TraceStore:
              admission: str | None = None) -> list[UseRow]:
         """Uses matching every filter given, in time order."""
         rows = self._engine.query(
-            _SELECT + "AND (? IS NULL OR m.gtin = ?) AND (? IS NULL OR m.serial = ?) AND (? IS NULL OR m.lot = ?) "
-            "AND (? IS NULL OR m.admission = ?) ORDER BY m.at_ms, m.id",
+            _SELECT + "AND (CAST(? AS TEXT) IS NULL OR m.gtin = ?) AND (CAST(? AS TEXT) IS NULL OR m.serial = ?) "
+            "AND (CAST(? AS TEXT) IS NULL OR m.lot = ?) "
+            "AND (CAST(? AS TEXT) IS NULL OR m.admission = ?) ORDER BY m.at_ms, m.id",
             (gtin, gtin, serial, serial, lot, lot, admission, admission))
         return [UseRow(int(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], int(r[7]), r[8], r[9], r[10], int(r[11]),
                        r[12], r[13], r[14] or "", r[15], r[16]) for r in rows]

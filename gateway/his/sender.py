@@ -8,7 +8,7 @@ its own sender and connection; a patient always maps to the same lane
 order while different patients' charges go out in parallel. Outcomes:
 
 * accepted (HL7 AA, HTTP 2xx) → charge accepted and the consumption record
-  written, in one transaction;
+  written, in one transaction (a lane records a few dozen acceptances per transaction);
 * rejected (AE/AR, HTTP 4xx) → parked with the HIS's reason, for a person to
   look at and re-send (``spd-gateway charges resend``);
 * a row the adapter cannot send at all (it raises `HisMessageError` while
@@ -26,12 +26,13 @@ import logging
 import random
 import threading
 import time
-import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from gateway.his.adapter import HisAdapter, HisAdapterClosed, HisError, HisOutcome, HisResult
+from gateway.his.feed import OutboxFeed
+from gateway.his.lanes import lane_of as lane_of  # its former home; the feed uses it from gateway.his.lanes
 from gateway.store import GatewayStore, OutboxCharge
 from spd_common.backoff import backoff_delay
 from spd_common.heartbeat import HeartbeatRegistry
@@ -65,13 +66,8 @@ def send_deadline_s(adapter: HisAdapter) -> float:
     return 2 * (connect + 2 * timeout) + LANE_DEADLINE_S
 
 
-def lane_of(admission: str, lanes: int) -> int:
-    """The lane that carries every charge of this patient."""
-    return zlib.crc32(admission.encode()) % lanes if lanes > 1 else 0
-
-
 class HisSender:
-    """One thread (one lane) sending its share of the outbox, one charge at a time."""
+    """One thread (one lane) sending its share of the outbox, one charge at a time, as the feed hands it."""
 
     def __init__(
         self,
@@ -86,13 +82,26 @@ class HisSender:
         lane: int = 0,
         lanes: int = 1,
         heartbeats: HeartbeatRegistry | None = None,
+        feed: OutboxFeed | None = None,
+        accept_group: int = 64,
+        accept_wait_s: float = 0.05,
         on_round_trip: Callable[[float, HisOutcome], None] | None = None,
-        due: Callable[[int], list[OutboxCharge]] | None = None,
     ) -> None:
-        """``on_round_trip(seconds, outcome)``: after every send, how long it took from the call to the answer
-        (or to the timeout) and what came of it; the metrics' HIS histogram (gateway/metrics.py)."""
+        """``feed``: the outbox reader the lanes share (one per gateway); a sender without one reads for itself.
+
+        ``on_round_trip(seconds, outcome)``: after every send, how long it took from the call to the answer
+        (or to the timeout) and what came of it; the metrics' HIS histogram (gateway/metrics.py).
+
+        ``accept_group``, ``accept_wait_s``: the lane records the HIS's acceptances in one transaction per
+        this many, or once the oldest unrecorded one is this old (and always before a rejection, a retry
+        and the end of a pass). A crash in between re-sends those few charges, which the HIS recognises by
+        their charge id (MSH-10) as it does a re-send after a crash between the answer and its record.
+        """
         if not 0 <= lane < lanes:
             raise ValueError(f"lane {lane} is not in 0..{lanes - 1}")
+        if feed is not None and feed.lanes != lanes:
+            raise ValueError(f"the feed serves {feed.lanes} lanes, not {lanes}")
+        self.feed = feed if feed is not None else OutboxFeed(store, lanes)
         self.store = store
         self.adapter = adapter
         self.lane = lane
@@ -103,11 +112,10 @@ class HisSender:
         self.stats = SenderStats()
         self._rng = rng or random.Random()
         self._may_run = may_run
-        # what this sender may send, in outbox order: every pending charge (one instance), or the charges
-        # this instance claimed (several instances on one store: gateway.data.claims)
-        self._due = due or (lambda limit: store.pending_charges(limit=limit))
         self._pause_until = 0.0
         self._failures = 0
+        self.accept_group = accept_group
+        self.accept_wait_s = accept_wait_s
         self._on_round_trip = on_round_trip
         # the lane's health as the incident checks read it (gateway/notify.py): since when every send failed
         # without an answer (None: the last send was answered), when the HIS last answered, and why it did not
@@ -128,56 +136,91 @@ class HisSender:
         return backoff_delay(attempts, first_s=self.backoff_base_s, ceiling_s=self.backoff_max_s, rng=self._rng)
 
     def run_once(self, now: float | None = None) -> int:
-        """Send what is due; returns the number of charges sent (any outcome)."""
+        """Send what is due of the lane's rows (from the feed); returns the number of charges sent (any outcome)."""
         t = time.time() if now is None else now
-        if t < self._pause_until or not self._may_run():
+        if not self._may_run():
+            self.feed.invalidate()  # when this instance may send again, another may have sent meanwhile
             return 0
+        if t < self._pause_until:
+            return 0
+        rows = self.feed.take(self.lane)
+        finished: set[int] = set()
+        retried: dict[int, OutboxCharge] = {}
+        voided: set[str] = set()  # credits voided with a charge parked in this pass: no longer pending
+        try:
+            return self._send_due(rows, t, finished, retried, voided)
+        finally:
+            unfinished = [retried.get(r.id, r) for r in rows if r.id not in finished and r.charge_id not in voided]
+            self.feed.give_back(self.lane, rows, unfinished, voided)
+
+    def _send_due(self, rows: list[OutboxCharge], t: float, finished: set[int], retried: dict[int, OutboxCharge],
+                  voided: set[str]) -> int:
         sent = 0
         blocked: set[str] = set()
-        voided: set[str] = set()  # credits voided with a charge parked in this pass: no longer pending
-        for charge in self._due(500 * self.lanes):
-            if self._stop.is_set() or not self._may_run():
-                break
-            if charge.admission in blocked or lane_of(charge.admission, self.lanes) != self.lane:
-                continue
-            if charge.charge_id in voided:
-                continue
-            if charge.next_attempt_at > t:
-                blocked.add(charge.admission)
-                continue
-            with self._beat.blocking(self.send_deadline_s):
-                started = time.monotonic()
-                result = self._send(charge)
-                if self._on_round_trip is not None:
-                    self._on_round_trip(time.monotonic() - started, result.outcome)
-            if result.outcome is HisOutcome.RETRY:
-                self.failing_since = self.failing_since or time.time()
-                self.last_error = result.detail
-            elif not (result.code or "").startswith(("unsendable:", "adapter_error")):  # the HIS itself answered
-                self.failing_since = None
-                self.answered_at = time.time()
-            sent += 1
-            self.stats.sent += 1
-            if result.outcome is HisOutcome.ACCEPTED:
-                self.store.mark_accepted(charge.charge_id, result.code, result.his_ref)
-                self.stats.accepted += 1
-                self._failures = 0
-            elif result.outcome is HisOutcome.REJECTED:
-                log.warning("charge %s parked: %s: %s", charge.charge_id, result.code, result.detail)
-                voided.update(self.store.mark_parked(charge.charge_id, result.code, result.detail))
-                self.stats.parked += 1
-                self._failures = 0
-            else:
-                self.stats.retries += 1
-                self._failures += 1
-                delay = self._backoff(charge.attempts)
-                log.info("charge %s: will retry in %.1fs (%s)", charge.charge_id, delay, result.detail)
-                self.store.mark_retry(charge.charge_id, result.detail, time.time() + delay)
-                blocked.add(charge.admission)
-                self._pause_until = time.time() + self._backoff(self._failures - 1)
-                break
-            t = time.time()
+        accepted: list[tuple[OutboxCharge, HisResult]] = []  # answered AA, not yet recorded
+        oldest = t
+        try:
+            for charge in rows:
+                if self._stop.is_set() or not self._may_run():
+                    break
+                if charge.admission in blocked or charge.charge_id in voided:
+                    continue
+                if charge.next_attempt_at > t:
+                    blocked.add(charge.admission)
+                    continue
+                with self._beat.blocking(self.send_deadline_s):
+                    started = time.monotonic()
+                    result = self._send(charge)
+                    if self._on_round_trip is not None:
+                        self._on_round_trip(time.monotonic() - started, result.outcome)
+                if result.outcome is HisOutcome.RETRY:
+                    self.failing_since = self.failing_since or time.time()
+                    self.last_error = result.detail
+                elif not (result.code or "").startswith(("unsendable:", "adapter_error")):  # the HIS itself answered
+                    self.failing_since = None
+                    self.answered_at = time.time()
+                sent += 1
+                self.stats.sent += 1
+                if result.outcome is HisOutcome.ACCEPTED:
+                    accepted.append((charge, result))
+                    self._failures = 0
+                    t = time.time()
+                    if len(accepted) == 1:
+                        oldest = t
+                    if len(accepted) >= self.accept_group or t - oldest >= self.accept_wait_s:
+                        self._record_accepted(accepted, finished)
+                    continue
+                self._record_accepted(accepted, finished)
+                if result.outcome is HisOutcome.REJECTED:
+                    log.warning("charge %s parked: %s: %s", charge.charge_id, result.code, result.detail)
+                    voided.update(self.store.mark_parked(charge.charge_id, result.code, result.detail))
+                    finished.add(charge.id)
+                    self.stats.parked += 1
+                    self._failures = 0
+                else:
+                    self.stats.retries += 1
+                    self._failures += 1
+                    delay = self._backoff(charge.attempts)
+                    log.info("charge %s: will retry in %.1fs (%s)", charge.charge_id, delay, result.detail)
+                    next_at = time.time() + delay
+                    self.store.mark_retry(charge.charge_id, result.detail, next_at)
+                    retried[charge.id] = replace(charge, attempts=charge.attempts + 1, next_attempt_at=next_at)
+                    blocked.add(charge.admission)
+                    self._pause_until = time.time() + self._backoff(self._failures - 1)
+                    break
+                t = time.time()
+        finally:
+            self._record_accepted(accepted, finished)
         return sent
+
+    def _record_accepted(self, accepted: list[tuple[OutboxCharge, HisResult]], finished: set[int]) -> None:
+        """Record what the HIS accepted, many in one transaction; the rows stay the lane's until then."""
+        if not accepted:
+            return
+        self.store.charges.mark_accepted_many([(c.charge_id, r.code, r.his_ref) for c, r in accepted])
+        finished.update(c.id for c, _ in accepted)
+        self.stats.accepted += len(accepted)
+        accepted.clear()
 
     def _send(self, charge: OutboxCharge) -> HisResult:
         """One attempt; a row the adapter cannot send at all comes back REJECTED with the adapter's reason.

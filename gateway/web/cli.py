@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.audit import AuditAction, AuditLog
+from gateway.data.engine import DB_HELP, store_location
 from gateway.store import GatewayStore
 from gateway.web.roles import Role
 
@@ -171,7 +172,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("web", help="serve the supervisor's screen and its JSON API (docs/web.md); "
                                    "spd-gateway run serves it too with [web] enabled = true")
     p.add_argument("--config", type=Path, default=None, help="the gateway configuration file ([store] and [web])")
-    p.add_argument("--db", type=Path, default=None, help="the gateway store, SQLite (overrides [store] path)")
+    p.add_argument("--db", type=store_location, default=None, help=DB_HELP + " (overrides [store])")
     p.add_argument("--host", default=None, help="listen address (overrides [web] host)")
     p.add_argument("--port", type=int, default=None, help="listen port (overrides [web] port)")
     p.set_defaults(func=_web)
@@ -179,7 +180,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("user", help="the screen's accounts: add, passwd, disable, enable, list")
     p.add_argument("action", choices=["add", "passwd", "disable", "enable", "list"], help="what to do")
     p.add_argument("name", nargs="?", default=None, help="the account's name (not for list)")
-    p.add_argument("--db", type=Path, required=True, help="the gateway store (SQLite)")
+    p.add_argument("--db", type=store_location, required=True, help=DB_HELP)
     p.add_argument("--role", choices=roles, default=None, help="the account's role (add)")
     p.add_argument("--password-stdin", action="store_true",
                    help="read the password from the first line of standard input instead of asking twice")
@@ -188,7 +189,7 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("web-token", help="API tokens for integrations: create (printed once), list, revoke")
     p.add_argument("action", choices=["create", "list", "revoke"], help="what to do")
-    p.add_argument("--db", type=Path, required=True, help="the gateway store (SQLite)")
+    p.add_argument("--db", type=store_location, required=True, help=DB_HELP)
     p.add_argument("--name", default=None, help="the token's name (the integration using it)")
     p.add_argument("--role", choices=roles, default=None, help="the role the token acts with (create)")
     p.add_argument("--by", default=None, help="who did it (default: the login name), for the audit log")

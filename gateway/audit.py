@@ -49,6 +49,7 @@ class AuditAction(StrEnum):
     CATALOG_IMPORTED = "catalog_imported"  # prices and charge codes changed
     RECALLS_IMPORTED = "recalls_imported"
     LOT_EXPIRY_IMPORTED = "lot_expiry_imported"
+    TERMS_IMPORTED = "terms_imported"  # suppliers, purchase contracts, registrations, VBP categories and items
     AUDIT_CHAINED = "audit_chained"  # rows written before the hash chain existed were chained on upgrade
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway import fieldops_cli
+from gateway import books_cli, fieldops_cli
 from gateway.audit import AuditAction, AuditLog
 from gateway.catalog import (
     CatalogImportError,
@@ -310,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     mig.set_defaults(func=_migrate)
 
     fieldops_cli.register(sub)
+    books_cli.register(sub)
     return p
 
 

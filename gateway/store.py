@@ -41,6 +41,7 @@ from gateway.data.reports import store_counts
 from gateway.data.schema import MIGRATIONS
 from gateway.data.stock import StockStore
 from gateway.data.terms import TermsStore
+from gateway.data.usage import UsageStore
 from spd_common.wire import Batch, DeviceState
 
 __all__ = [
@@ -75,6 +76,7 @@ class GatewayStore:
         self.links = LinkStore(self._engine)
         self.terms = TermsStore(self._engine)
         self.stock = StockStore(self._engine)
+        self.usage = UsageStore(self._engine)
 
     def close(self) -> None:
         self._engine.close()

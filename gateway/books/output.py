@@ -39,6 +39,7 @@ class Table:
     columns: Sequence[Column]
     rows: list[Sequence[Any]] = field(default_factory=list)
     totals: Sequence[Any] | None = None  # a last row under the others (None in a column: left empty)
+    more: Iterable[Sequence[Any]] | None = None  # rows read once, after ``rows``, as they are written (streamed)
 
     def __post_init__(self) -> None:
         for c in self.columns:
@@ -47,7 +48,13 @@ class Table:
 
     def records(self) -> list[dict[str, Any]]:
         keys = [c.key for c in self.columns]
-        return [dict(zip(keys, row, strict=True)) for row in self.rows]
+        return [dict(zip(keys, row, strict=True)) for row in self.data()]
+
+    def data(self) -> Iterator[Sequence[Any]]:
+        """The rows, then the streamed ones (consumed: a table with ``more`` is written once)."""
+        yield from self.rows
+        if self.more is not None:
+            yield from self.more
 
 
 def yuan(fen: int) -> Decimal:
@@ -122,7 +129,7 @@ def render_table(tables: Sequence[Table], meta: dict[str, Any] | None = None) ->
         rt = RichTable(title=t.title, show_lines=False, title_justify="left")
         for c in t.columns:
             rt.add_column(c.title, justify="right" if c.kind in ("int", "fen") else "left")
-        for row in t.rows:
+        for row in t.data():
             rt.add_row(*(_cell_text(v, c.kind) for v, c in zip(row, t.columns, strict=True)))
         if t.totals is not None:
             rt.add_section()
@@ -160,7 +167,7 @@ def _xlsx_cell(openpyxl: Any, ws: Any, value: Any, kind: ColumnKind) -> Any:
 
 
 def _all_rows(t: Table) -> Iterator[Sequence[Any]]:
-    yield from t.rows
+    yield from t.data()
     if t.totals is not None:
         yield t.totals
 

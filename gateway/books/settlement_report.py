@@ -66,10 +66,11 @@ def tables(s: Settlement, detail: Iterator[DetailLine] | None, *, supplier: str 
                          totals=("total", "", "", sum(len(x.lines) for x in s.suppliers), s.units, s.charged_fen,
                                  s.settled_fen, s.charged_fen - s.settled_fen)))
     for x in s.suppliers:
-        out.append(Table(f"Settlement {x.label} {s.period.label}", LINE_COLUMNS, [_line_row(x, line) for line in
-                                                                               x.lines],
+        out.append(Table(f"Settlement {x.label} {s.period.label}", LINE_COLUMNS,
+                         [_line_row(x, line) for line in x.lines],
                          totals=("total", "", "", "", "", x.units, None, None, "", x.charged_fen, x.settled_fen, "")))
-    trace: list[Sequence[Any]] = [(x.label, t.gtin, t.name, t.used, t.credited, t.settled_fen) for x in s.suppliers for t in x.trace]
+    trace: list[Sequence[Any]] = [(x.label, t.gtin, t.name, t.used, t.credited, t.settled_fen)
+                                  for x in s.suppliers for t in x.trace]
     out.append(Table(f"High-value summary {s.period.label}", TRACE_COLUMNS, trace,
                      totals=("total", "", "", sum(r[3] for r in trace), sum(r[4] for r in trace),
                              sum(r[5] for r in trace))))

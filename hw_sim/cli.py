@@ -19,6 +19,7 @@ COMMANDS = {
     "load": "hw_sim.loadgen",
     "cabinet-bench": "hw_sim.cabinet_bench",
     "camera-bench": "hw_sim.camera_bench",
+    "books-bench": "hw_sim.books_bench",
 }
 
 

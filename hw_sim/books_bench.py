@@ -10,7 +10,7 @@
    day's consumptions into charges and returns into credits, and the HIS's answers are recorded as the
    sender records them (``mark_accepted``/``mark_parked``) with the simulated HIS's rules: charges of two
    items whose charge codes the HIS does not know are refused, a credit of a booked charge is accepted; the
-   charges of the month's last two hours are left waiting (the outbox at month end).
+   charges of the month's last two hours of activity are left waiting (the outbox at month end).
 2. **Reports**: each report runs as ``spd-gateway`` does, in a fresh process, and that process's wall time
    and peak RSS (``resource.getrusage(RUSAGE_SELF).ru_maxrss``, the high-water mark of the whole process,
    interpreter and imports included; the figure after imports is given as the baseline) are printed.
@@ -248,11 +248,11 @@ def fill(path: Path, *, events: int, cabinets: int, days: int, month: str, seed:
                                 batch_size=5000)
         his = His({"C000007", "C000250"})
         timings = {"ingest_s": 0.0, "charging_s": 0.0, "his_s": 0.0}
-        stored = 0
-        end_ms = int(dt.datetime(year, mon, 1, tzinfo=TZ).timestamp() * 1000) + days * 86_400_000
+        stored = last_ms = 0
         for d in progress(range(days), total=days, description="filling the month"):
             t0 = time.perf_counter()
             for cab in gen.day(d):
+                last_ms = max([last_ms, *(ev.ts_ms for ev in cab.events)])
                 for i in range(0, len(cab.events), BATCH):
                     chunk = cab.events[i:i + BATCH]
                     batch = decode_batch(f"spd/v1/{SITE}/{cab.device}/events", encode_batch(SITE, cab.device, chunk))
@@ -262,7 +262,7 @@ def fill(path: Path, *, events: int, cabinets: int, days: int, month: str, seed:
                 pass
             t2 = time.perf_counter()
             last_day = d == days - 1
-            waiting = his.answer_all(store, keep_after_ms=end_ms - 2 * 3_600_000 if last_day else None)
+            waiting = his.answer_all(store, keep_after_ms=last_ms - 2 * 3_600_000 if last_day else None)
             t3 = time.perf_counter()
             timings["ingest_s"] += t1 - t0
             timings["charging_s"] += t2 - t1

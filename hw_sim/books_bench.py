@@ -308,6 +308,8 @@ def reports(store: Path, month: str, out: Path) -> list[tuple[str, str | None, l
         ("settlement of one supplier with detail (XLSX)", None, ["settlement", *db, "--month", month, "--supplier",
                                                                   "SUP01", "--format", "xlsx",
                                                                   "-o", str(out / "sup01.xlsx")]),
+        ("settlement of every supplier with detail (XLSX)", None, ["settlement", *db, "--month", month, "--format",
+                                                                    "xlsx", "-o", str(out / "all.xlsx")]),
         ("VBP view (month, JSON)", None, ["vbp", *db, "--year", year, "--month", month, "--format", "json",
                                           "-o", str(out / "vbp.json")]),
         ("reconciliation (JSON)", "gateway.books.reconcile", ["reconcile", *db, "--month", month, "--format", "json",

@@ -365,13 +365,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1, help="seed of the month's random activity")
     p.add_argument("--store", type=Path, default=None, help="the store file to fill (default: a temporary one)")
     p.add_argument("--reuse", action="store_true", help="use --store as it is when a completed fill is in it")
+    p.add_argument("--no-fill", action="store_true",
+                   help="measure the reports on --store as it is, even without a completed fill (a partial month)")
     p.add_argument("--only", action="append", default=None,
                    help="measure only the reports whose name contains this word (repeatable)")
     a = p.parse_args(args)
     with tempfile.TemporaryDirectory() as d:
         path = a.store if a.store is not None else Path(d) / "books.db"
         have = filled_events(path) if a.reuse else None
-        if have is None:
+        if a.no_fill:
+            if a.store is None or not path.exists():
+                p.error("--no-fill needs an existing --store")
+            print(json.dumps({"figure": "books_fill", "as_is": str(path), "complete": filled_events(path) is not None}),
+                  flush=True)
+        elif have is None:
             if path.exists():
                 for suffix in ("", "-wal", "-shm"):
                     Path(f"{path}{suffix}").unlink(missing_ok=True)

@@ -12,7 +12,7 @@
    items whose charge codes the HIS does not know are refused, a credit of a booked charge is accepted; the
    charges of the month's last two hours of activity are left waiting (the outbox at month end).
 2. **Reports**: each report runs as ``spd-gateway`` does, in a fresh process, and that process's wall time
-   and peak RSS (``resource.getrusage(RUSAGE_SELF).ru_maxrss``, the high-water mark of the whole process,
+   and peak RSS (the process's ``VmHWM`` from ``/proc/self/status``, the high-water mark of the whole process,
    interpreter and imports included; the figure after imports is given as the baseline) are printed.
    Settlement, the VBP view, and — when their modules are installed (``gateway.books.reconcile``,
    ``gateway.books.inspect``) — reconciliation and the inspector's report; an absent one is skipped with a
@@ -326,15 +326,30 @@ def reports(store: Path, month: str, out: Path, *, heavy: bool = False) -> list[
     return chosen
 
 
+def peak_rss_kib() -> int:
+    """This process's RSS high-water mark in KiB: ``VmHWM`` (Linux), else ``ru_maxrss``.
+
+    ``ru_maxrss`` survives ``fork`` and ``exec``: a child started by a large process reports the parent's
+    high-water mark. ``VmHWM`` belongs to the address space, which ``exec`` makes new.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def measure(argv: list[str]) -> dict[str, Any]:
     """Run one spd-gateway command in this process: wall time and peak RSS (this is a fresh process)."""
     from gateway.cli import main
 
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    baseline = peak_rss_kib()
     t0 = time.perf_counter()
     rc = main(argv)
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak_rss_kib()
     return {"exit": rc, "seconds": round(seconds, 2), "peak_rss_mb": round(peak / 1024, 1),
             "baseline_rss_mb": round(baseline / 1024, 1)}
 

@@ -87,7 +87,14 @@ def write(tables: Sequence[Table], fmt: str, output: Path | None = None, *, meta
             raise ValueError("xlsx is a file: give --output FILE.xlsx")
         write_xlsx(tables, output, meta=meta)
         return
-    text = {"table": render_table, "json": render_json, "csv": render_csv}[fmt](tables, meta)
+    if fmt == "csv":  # row by row into the file: a streamed table never sits in memory whole
+        if output is not None:
+            with output.open("w", encoding="utf-8", newline="") as f:
+                write_csv(tables, f)
+        else:
+            write_csv(tables, stream or sys.stdout)
+        return
+    text = {"table": render_table, "json": render_json}[fmt](tables, meta)
     if output is not None:
         output.write_text(text, encoding="utf-8")
     else:
@@ -107,7 +114,13 @@ def render_json(tables: Sequence[Table], meta: dict[str, Any] | None = None) -> 
 def render_csv(tables: Sequence[Table], meta: dict[str, Any] | None = None) -> str:
     """One CSV section per table: its title on a line of its own, then the header and rows, then a blank line."""
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    write_csv(tables, buf)
+    return buf.getvalue()
+
+
+def write_csv(tables: Sequence[Table], stream: TextIO) -> None:
+    """:func:`render_csv` written to ``stream`` row by row."""
+    w = csv.writer(stream, lineterminator="\n")
     for i, t in enumerate(tables):
         if len(tables) > 1:
             if i:
@@ -116,7 +129,6 @@ def render_csv(tables: Sequence[Table], meta: dict[str, Any] | None = None) -> s
         w.writerow([c.title for c in t.columns])
         for row in _all_rows(t):
             w.writerow([_cell_text(v, c.kind) for v, c in zip(row, t.columns, strict=True)])
-    return buf.getvalue()
 
 
 def render_table(tables: Sequence[Table], meta: dict[str, Any] | None = None) -> str:

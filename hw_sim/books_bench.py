@@ -126,7 +126,7 @@ class Month:
         self.cabinets = [Cabinet(f"CAB{c:03d}", DEPTS[c % len(DEPTS)], 0, GENESIS_HASH) for c in range(cabinets)]
         self.days = days
         self.first = dt.date(year, month, 1)
-        self.per_cabinet_day = max(8, events * 86 // (100 * cabinets * days))  # restocks run past the budget
+        self.per_cabinet_day = max(8, events // (cabinets * days))
         self.serial = 0
 
     def emit(self, cab: Cabinet, kind: str, body: dict[str, Any], ts_ms: int) -> None:

@@ -52,6 +52,7 @@ from gateway.data.stock import StockStore
 from gateway.data.stocktake import StocktakeStore
 from gateway.data.terms import TermsStore
 from gateway.data.trace import TraceStore
+from gateway.data.usage import UsageStore
 from spd_common.wire import Batch, DeviceState
 
 __all__ = [
@@ -102,6 +103,7 @@ class GatewayStore:
         self.replenishment = ReplenishmentStore(self._engine)
         self.trace = TraceStore(self._engine)
         self.claims = ClaimStore(self._engine)
+        self.usage = UsageStore(self._engine)
 
     @property
     def engine_name(self) -> str:

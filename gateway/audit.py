@@ -64,6 +64,7 @@ class AuditAction(StrEnum):
     ROUTES_IMPORTED = "routes_imported"
     REPLENISH_REQUESTED = "replenish_requested"  # an urgent request from a ward
     REPLENISH_DELIVERED = "replenish_delivered"
+    TERMS_IMPORTED = "terms_imported"  # suppliers, purchase contracts, registrations, VBP categories and items
     AUDIT_CHAINED = "audit_chained"  # rows written before the hash chain existed were chained on upgrade
     INCIDENT_OPENED = "incident_opened"  # a critical alarm became an incident (gateway/notify.py)
     INCIDENT_RESOLVED = "incident_resolved"  # its condition cleared, or a person closed it

@@ -13,6 +13,7 @@ from typing import Any
 from gateway import fieldops_cli, notify_cli
 from gateway.audit import AuditAction, AuditLog
 from gateway.books import cli as books_cli
+from gateway.books import settlement_cli
 from gateway.catalog import (
     CatalogImportError,
     import_catalog,
@@ -327,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.books import ledger_cli
 
     ledger_cli.register(sub)
+    settlement_cli.register(sub)
     return p
 
 

@@ -53,6 +53,7 @@ from gateway.data.stock import StockStore
 from gateway.data.stocktake import StocktakeStore
 from gateway.data.terms import TermsStore
 from gateway.data.trace import TraceStore
+from gateway.data.usage import UsageStore
 from spd_common.wire import Batch, DeviceState
 
 __all__ = [
@@ -103,6 +104,7 @@ class GatewayStore:
         self.replenishment = ReplenishmentStore(self._engine)
         self.trace = TraceStore(self._engine)
         self.claims = ClaimStore(self._engine)
+        self.usage = UsageStore(self._engine)
         self.evidence = EvidenceReads(self._engine)  # the screen's drill-down into a finding
 
     @property

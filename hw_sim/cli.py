@@ -22,6 +22,7 @@ COMMANDS = {
     "cluster-run": "hw_sim.cluster_run",
     "cabinet-bench": "hw_sim.cabinet_bench",
     "camera-bench": "hw_sim.camera_bench",
+    "books-bench": "hw_sim.books_bench",
 }
 
 

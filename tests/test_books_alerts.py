@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from books_helpers import CATHETER, DAY, GAUZE, PATIENT, STENT, CabinetFeed, Clock, HandheldFeed, Site, gs1
 
 from gateway.books.alerts import Alert, alerts
 from gateway.books.projection import catch_up
@@ -18,6 +17,8 @@ from gateway.data.terms import RegistrationRow, SupplierRow
 from gateway.linking import LinkWatch
 from gateway.store import GatewayStore
 from spd_common.toml_config import ConfigError
+
+from books_helpers import CATHETER, DAY, GAUZE, PATIENT, STENT, CabinetFeed, Clock, HandheldFeed, Site, gs1
 
 
 @pytest.fixture

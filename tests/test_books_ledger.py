@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from books_helpers import CATHETER, GAUZE, PATIENT, STENT, CabinetFeed, Clock, HandheldFeed, Site, gs1
 
 from gateway import cli
 from gateway.books.imports import read_count, read_receipts
@@ -18,6 +17,8 @@ from gateway.data.catalog import RecallRow
 from gateway.data.stock import MovementRow
 from gateway.store import GatewayStore
 from spd_common.wire import decode_batch, encode_batch
+
+from books_helpers import CATHETER, GAUZE, PATIENT, STENT, CabinetFeed, Clock, HandheldFeed, Site, gs1
 
 EXP = dt.date(2027, 6, 30)
 

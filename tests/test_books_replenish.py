@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from books_helpers import CATHETER, DAY, GAUZE, PATIENT, STENT, CabinetFeed, Clock, HandheldFeed, Site, gs1
 
 from gateway import cli
 from gateway.books.imports import read_par_levels, read_receipts, read_routes
@@ -18,6 +17,8 @@ from gateway.books.replenish import close_request, request, suggestions
 from gateway.books.settings import BooksSettings
 from gateway.data.replenishment import ParRow, RouteStop
 from gateway.store import GatewayStore
+
+from books_helpers import CATHETER, DAY, GAUZE, PATIENT, STENT, CabinetFeed, Clock, HandheldFeed, Site, gs1
 
 
 @pytest.fixture

@@ -7,13 +7,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from books_helpers import CATHETER, PATIENT, PATIENT2, STENT, CabinetFeed, Clock, HandheldFeed, Site, gs1
 
 from gateway import bridge, cli
 from gateway.books.projection import catch_up
 from gateway.books.trace import trace_item, trace_lot, trace_patient
 from gateway.charging import ChargingWorker
 from gateway.store import GatewayStore
+
+from books_helpers import CATHETER, PATIENT, PATIENT2, STENT, CabinetFeed, Clock, HandheldFeed, Site, gs1
 
 
 @pytest.fixture

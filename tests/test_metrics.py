@@ -15,7 +15,6 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from monitoring_helpers import DeviceFeed, WebhookReceiver
 from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -27,6 +26,7 @@ from hw_sim.harness import SpineHarness
 from spd_common.wire import DeviceState, DeviceStatus, decode_batch
 
 from conftest import wait_for
+from monitoring_helpers import DeviceFeed, WebhookReceiver
 
 SECRET = "metrics-test-webhook-secret"
 LANES = 4  # the harness's gateway runs the default number of HIS lanes

@@ -14,7 +14,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-from monitoring_helpers import DeviceFeed, SmtpSink, WebhookReceiver, self_signed_tls
 
 from gateway.audit import AuditLog
 from gateway.cli import main as gateway_cli
@@ -26,6 +25,7 @@ from hw_sim.broker import free_port
 from spd_common.wire import DeviceState, DeviceStatus, decode_batch
 
 from conftest import wait_for
+from monitoring_helpers import DeviceFeed, SmtpSink, WebhookReceiver, self_signed_tls
 
 SECRET = "s3cret-shared-with-the-monitoring-team"
 

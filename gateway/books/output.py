@@ -39,6 +39,7 @@ class Table:
     columns: Sequence[Column]
     rows: list[Sequence[Any]] = field(default_factory=list)
     totals: Sequence[Any] | None = None  # a last row under the others (None in a column: left empty)
+    more: Iterable[Sequence[Any]] | None = None  # rows read once, after ``rows``, as they are written (streamed)
 
     def __post_init__(self) -> None:
         for c in self.columns:
@@ -47,7 +48,13 @@ class Table:
 
     def records(self) -> list[dict[str, Any]]:
         keys = [c.key for c in self.columns]
-        return [dict(zip(keys, row, strict=True)) for row in self.rows]
+        return [dict(zip(keys, row, strict=True)) for row in self.data()]
+
+    def data(self) -> Iterator[Sequence[Any]]:
+        """The rows, then the streamed ones (consumed: a table with ``more`` is written once)."""
+        yield from self.rows
+        if self.more is not None:
+            yield from self.more
 
 
 def yuan(fen: int) -> Decimal:
@@ -80,7 +87,14 @@ def write(tables: Sequence[Table], fmt: str, output: Path | None = None, *, meta
             raise ValueError("xlsx is a file: give --output FILE.xlsx")
         write_xlsx(tables, output, meta=meta)
         return
-    text = {"table": render_table, "json": render_json, "csv": render_csv}[fmt](tables, meta)
+    if fmt == "csv":  # row by row into the file: a streamed table never sits in memory whole
+        if output is not None:
+            with output.open("w", encoding="utf-8", newline="") as f:
+                write_csv(tables, f)
+        else:
+            write_csv(tables, stream or sys.stdout)
+        return
+    text = {"table": render_table, "json": render_json}[fmt](tables, meta)
     if output is not None:
         output.write_text(text, encoding="utf-8")
     else:
@@ -100,7 +114,13 @@ def render_json(tables: Sequence[Table], meta: dict[str, Any] | None = None) -> 
 def render_csv(tables: Sequence[Table], meta: dict[str, Any] | None = None) -> str:
     """One CSV section per table: its title on a line of its own, then the header and rows, then a blank line."""
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    write_csv(tables, buf)
+    return buf.getvalue()
+
+
+def write_csv(tables: Sequence[Table], stream: TextIO) -> None:
+    """:func:`render_csv` written to ``stream`` row by row."""
+    w = csv.writer(stream, lineterminator="\n")
     for i, t in enumerate(tables):
         if len(tables) > 1:
             if i:
@@ -109,7 +129,6 @@ def render_csv(tables: Sequence[Table], meta: dict[str, Any] | None = None) -> s
         w.writerow([c.title for c in t.columns])
         for row in _all_rows(t):
             w.writerow([_cell_text(v, c.kind) for v, c in zip(row, t.columns, strict=True)])
-    return buf.getvalue()
 
 
 def render_table(tables: Sequence[Table], meta: dict[str, Any] | None = None) -> str:
@@ -122,7 +141,7 @@ def render_table(tables: Sequence[Table], meta: dict[str, Any] | None = None) ->
         rt = RichTable(title=t.title, show_lines=False, title_justify="left")
         for c in t.columns:
             rt.add_column(c.title, justify="right" if c.kind in ("int", "fen") else "left")
-        for row in t.rows:
+        for row in t.data():
             rt.add_row(*(_cell_text(v, c.kind) for v, c in zip(row, t.columns, strict=True)))
         if t.totals is not None:
             rt.add_section()
@@ -160,7 +179,7 @@ def _xlsx_cell(openpyxl: Any, ws: Any, value: Any, kind: ColumnKind) -> Any:
 
 
 def _all_rows(t: Table) -> Iterator[Sequence[Any]]:
-    yield from t.rows
+    yield from t.data()
     if t.totals is not None:
         yield t.totals
 

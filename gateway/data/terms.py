@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from gateway.data.engine import Engine
+from gateway.data.engine import Engine, Transaction
 
 OPEN_ENDED = "9999-12-31"
 
@@ -57,16 +57,22 @@ class TermsStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
+    def import_all(self, suppliers: Sequence[SupplierRow], contracts: Sequence[ContractRow],
+                   registrations: Sequence[RegistrationRow], vbp_categories: Sequence[VbpCategoryRow],
+                   vbp_items: Sequence[VbpItemRow]) -> None:
+        """Upsert terms of every kind in one transaction (an import is stored whole or not at all)."""
+        with self._engine.transaction() as db:
+            _suppliers(db, suppliers)
+            _contracts(db, contracts)
+            _registrations(db, registrations)
+            _vbp_categories(db, vbp_categories)
+            _vbp_items(db, vbp_items)
+
     # ------------------------------------------------------------ suppliers
 
     def upsert_suppliers(self, rows: Sequence[SupplierRow]) -> None:
         with self._engine.transaction() as db:
-            db.executemany(
-                "INSERT INTO suppliers (supplier, name, licence_no, licence_expiry) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (supplier) DO UPDATE SET name = excluded.name, licence_no = excluded.licence_no, "
-                "licence_expiry = excluded.licence_expiry",
-                [tuple(r) for r in rows],
-            )
+            _suppliers(db, rows)
 
     def suppliers(self) -> list[SupplierRow]:
         rows = self._engine.query(
@@ -77,13 +83,7 @@ class TermsStore:
 
     def upsert_contracts(self, rows: Sequence[ContractRow]) -> None:
         with self._engine.transaction() as db:
-            db.executemany(
-                "INSERT INTO contracts (supplier, gtin, purchase_price_fen, valid_from, valid_to, contract_no) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (supplier, gtin, valid_from) DO UPDATE SET "
-                "purchase_price_fen = excluded.purchase_price_fen, valid_to = excluded.valid_to, "
-                "contract_no = excluded.contract_no",
-                [tuple(r) for r in rows],
-            )
+            _contracts(db, rows)
 
     def contracts(self, gtin: str | None = None) -> list[ContractRow]:
         rows = self._engine.query(
@@ -104,11 +104,7 @@ class TermsStore:
 
     def upsert_registrations(self, rows: Sequence[RegistrationRow]) -> None:
         with self._engine.transaction() as db:
-            db.executemany(
-                "INSERT INTO registrations (gtin, cert_no, expiry) VALUES (?, ?, ?) "
-                "ON CONFLICT (gtin, cert_no) DO UPDATE SET expiry = excluded.expiry",
-                [tuple(r) for r in rows],
-            )
+            _registrations(db, rows)
 
     def registrations(self) -> list[RegistrationRow]:
         rows = self._engine.query("SELECT gtin, cert_no, expiry FROM registrations ORDER BY gtin, cert_no")
@@ -118,12 +114,7 @@ class TermsStore:
 
     def upsert_vbp_categories(self, rows: Sequence[VbpCategoryRow]) -> None:
         with self._engine.transaction() as db:
-            db.executemany(
-                "INSERT INTO vbp_categories (category, year, name, agreed_volume) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (category, year) DO UPDATE SET name = excluded.name, "
-                "agreed_volume = excluded.agreed_volume",
-                [tuple(r) for r in rows],
-            )
+            _vbp_categories(db, rows)
 
     def vbp_categories(self, year: int | None = None) -> list[VbpCategoryRow]:
         rows = self._engine.query(
@@ -134,12 +125,51 @@ class TermsStore:
 
     def upsert_vbp_items(self, rows: Sequence[VbpItemRow]) -> None:
         with self._engine.transaction() as db:
-            db.executemany(
-                "INSERT INTO vbp_items (gtin, category, winner) VALUES (?, ?, ?) "
-                "ON CONFLICT (gtin) DO UPDATE SET category = excluded.category, winner = excluded.winner",
-                [(r.gtin, r.category, int(r.winner)) for r in rows],
-            )
+            _vbp_items(db, rows)
 
     def vbp_items(self) -> list[VbpItemRow]:
         rows = self._engine.query("SELECT gtin, category, winner FROM vbp_items ORDER BY category, gtin")
         return [VbpItemRow(r[0], r[1], bool(r[2])) for r in rows]
+
+def _suppliers(db: Transaction, rows: Sequence[SupplierRow]) -> None:
+    db.executemany(
+        "INSERT INTO suppliers (supplier, name, licence_no, licence_expiry) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (supplier) DO UPDATE SET name = excluded.name, licence_no = excluded.licence_no, "
+        "licence_expiry = excluded.licence_expiry",
+        [tuple(r) for r in rows],
+    )
+
+
+def _contracts(db: Transaction, rows: Sequence[ContractRow]) -> None:
+    db.executemany(
+        "INSERT INTO contracts (supplier, gtin, purchase_price_fen, valid_from, valid_to, contract_no) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (supplier, gtin, valid_from) DO UPDATE SET "
+        "purchase_price_fen = excluded.purchase_price_fen, valid_to = excluded.valid_to, "
+        "contract_no = excluded.contract_no",
+        [tuple(r) for r in rows],
+    )
+
+
+def _registrations(db: Transaction, rows: Sequence[RegistrationRow]) -> None:
+    db.executemany(
+        "INSERT INTO registrations (gtin, cert_no, expiry) VALUES (?, ?, ?) "
+        "ON CONFLICT (gtin, cert_no) DO UPDATE SET expiry = excluded.expiry",
+        [tuple(r) for r in rows],
+    )
+
+
+def _vbp_categories(db: Transaction, rows: Sequence[VbpCategoryRow]) -> None:
+    db.executemany(
+        "INSERT INTO vbp_categories (category, year, name, agreed_volume) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (category, year) DO UPDATE SET name = excluded.name, "
+        "agreed_volume = excluded.agreed_volume",
+        [tuple(r) for r in rows],
+    )
+
+
+def _vbp_items(db: Transaction, rows: Sequence[VbpItemRow]) -> None:
+    db.executemany(
+        "INSERT INTO vbp_items (gtin, category, winner) VALUES (?, ?, ?) "
+        "ON CONFLICT (gtin) DO UPDATE SET category = excluded.category, winner = excluded.winner",
+        [(r.gtin, r.category, int(r.winner)) for r in rows],
+    )

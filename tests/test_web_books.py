@@ -9,9 +9,11 @@ no cabinet ever gave out (``charged_not_taken``, evidence: the HIS line).
 from __future__ import annotations
 
 import io
+import json
 import time
 import warnings
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import openpyxl
@@ -27,6 +29,7 @@ from gateway.store import GatewayStore
 from gateway.web.app import create_app
 from gateway.web.books_cache import MonthReports, this_month
 from gateway.web.context import WebContext
+from gateway.web.download import CONTENT_TYPES
 from gateway.web.roles import Role
 from gateway.web.settings import WebConfig
 
@@ -179,3 +182,40 @@ def test_a_months_report_is_computed_once_while_it_is_kept() -> None:
     now[0] = 300.5
     assert kept.get("reconciliation", "2026-11", lambda: compute("2026-11")) == "report 2026-11 #3"
     assert computed == ["2026-11", "2026-10", "2026-11"]
+
+
+def _accepted_charge(store: GatewayStore, charge_id: str, seq: int, serial: str, price_fen: int) -> None:
+    """A charge the HIS accepted (its consumption record follows), used today in ICU."""
+    line = {"admission": "ZY0009", "gtin": GTIN, "item_code": "HC00001", "name": "Coronary stent", "lot": "L1",
+            "serial": serial, "expiry": "2027-01-31", "price_fen": price_fen, "operator": "N1", "dept": "ICU",
+            "ts_ms": int(time.time() * 1000)}
+    with store.charges.batch() as b:
+        b.add_charge(charge_id, "HH07", seq, "ZY0009", f"{GTIN}/{serial}", json.dumps(line), "MSH|...", time.time())
+    store.mark_accepted(charge_id, "AA", f"R-{charge_id}")
+
+
+def test_the_settlement_shows_the_months_totals_and_exports_them(books: Books) -> None:
+    _accepted_charge(books.store, "A-1", 1, "S51", PRICE)
+    _accepted_charge(books.store, "A-2", 2, "S52", PRICE + 1)
+    fin = books.api(Role.FINANCE)
+    doc = fin.get("/api/v1/settlement").json()
+    assert doc["meta"]["month"] == books.month
+    assert (doc["meta"]["units"], doc["meta"]["settled_fen"]) == (2, 2 * PRICE + 1)
+    assert sum(s["settled_fen"] for s in doc["suppliers"]) == 2 * PRICE + 1
+    assert fin.get("/api/v1/settlement", params={"month": "2020-01"}).json()["meta"]["settled_fen"] == 0
+    r = books.signed_in(Role.FINANCE).get("/settlement/export", params={"format": "xlsx"})
+    assert r.status_code == 200 and r.headers["content-type"] == CONTENT_TYPES["xlsx"]
+    assert r.headers["content-disposition"] == f'attachment; filename="settlement-{books.month}.xlsx"'
+    wb = openpyxl.load_workbook(io.BytesIO(r.content), read_only=True)
+    overview = [row for row in wb[wb.sheetnames[1]].iter_rows(values_only=True)]
+    assert overview[-1][0] == "total" and Decimal(str(overview[-1][6])) == Decimal(2 * PRICE + 1) / 100
+    csv = fin.get("/api/v1/settlement/export", params={"format": "csv"})
+    assert csv.headers["content-type"].startswith("text/csv") and "S52" in csv.content.decode("utf-8-sig")
+    page = books.signed_in(Role.SUPERVISOR).get("/settlement")
+    assert page.status_code == 200 and 'id="export-xlsx"' in page.text and "2469.13" in page.text
+    assert books.api(Role.INSPECTOR).get("/api/v1/settlement").status_code == 403
+    assert books.api(Role.TECHNICIAN).get("/api/v1/vbp").status_code == 403
+    assert fin.get("/api/v1/vbp").status_code == 200
+    exports = [e for e in books.context.audit.entries(limit=100) if e.action == "books_exported"]
+    assert sorted((e.actor, e.detail["report"], e.detail["format"]) for e in exports) == [
+        ("api:token:finance-tool", "settlement", "csv"), ("web:finance", "settlement", "xlsx")]

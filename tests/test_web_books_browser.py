@@ -10,13 +10,17 @@ store's. Screenshots go to docs/ui/.
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import openpyxl
 import pytest
 from test_web_browser import CABINET, CHROMIUM, GTIN, SHOTS, Screen, _page, browser, screen
+
+from gateway.books.legs import month_period
 
 __all__ = ["browser", "screen"]  # the fixtures, imported for this module's own spine
 
@@ -74,3 +78,38 @@ def test_an_inspector_downloads_the_inspectors_report(browser: object, screen: S
         s.close()
     assert [(e.actor, e.outcome) for e in exports] == [("web:ins-wang", "ok")]
 
+
+
+def test_finance_exports_the_settlement_and_the_workbooks_total_is_the_stores(browser: object, screen: Screen,
+                                                                               tmp_path: Path) -> None:
+    page = _page(browser, screen, "fin-wang")
+    assert page.locator("nav a[href='/reconciliation']").count() == 1
+    assert page.locator("nav a[href='/inspection']").count() == 0  # the inspector's, not finance's
+    page.click("nav a[href='/settlement']")
+    page.wait_for_selector("#settled-total")
+    page.screenshot(path=str(SHOTS / "settlement.png"), full_page=True)
+    with page.expect_download() as download:  # type: ignore[attr-defined]
+        page.click("#export-xlsx")
+    d = download.value
+    month = _site_month()
+    assert d.suggested_filename == f"settlement-{month}.xlsx"
+    target = tmp_path / d.suggested_filename
+    d.save_as(target)
+    page.context.close()  # type: ignore[attr-defined]
+    wb = openpyxl.load_workbook(io.BytesIO(target.read_bytes()), read_only=True)
+    overview = [row for row in wb[f"Suppliers {month}"].iter_rows(values_only=True)]
+    header, total = overview[0], overview[-1]
+    assert total[0] == "total"
+    settled = Decimal(str(total[header.index("Settled")]))
+    units = int(total[header.index("Units")])
+    # the store's own account: the month's charges the HIS accepted and no credit reversed, at their price
+    period = month_period(month, grace_days=0)
+    s = screen.store()
+    try:
+        used = [r for r in s.books.consumption(period.start_ms, period.end_ms) if not r.credit_id]
+        exports = [e for e in s.audit.latest(limit=300) if e.action == "books_exported"]
+    finally:
+        s.close()
+    assert units == len(used) >= 1
+    assert settled == Decimal(sum(r.price_fen for r in used)) / 100
+    assert ("web:fin-wang", "settlement") in {(e.actor, json.loads(e.detail).get("report")) for e in exports}

@@ -13,7 +13,9 @@ import time
 import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
+from gateway.books import period as books_periods
 from gateway.books.legs import Period, month_period
 from gateway.books.reconcile import Reconciliation, reconcile
 from gateway.store import GatewayStore
@@ -71,3 +73,18 @@ def this_month(ctx: WebContext, *, now: float | None = None) -> str:
     """The site's current month, ``YYYY-MM``."""
     at = time.time() if now is None else now
     return time.strftime("%Y-%m", time.gmtime(at + ctx.config.utc_offset_minutes * 60))
+
+
+def site_zone(ctx: WebContext) -> ZoneInfo:
+    """The site's zone for the settlement's local days: China Standard Time at +08:00, else the fixed offset."""
+    minutes = ctx.config.utc_offset_minutes
+    if minutes == 480:
+        return books_periods.zone(books_periods.DEFAULT_TZ)
+    if minutes % 60 == 0:
+        return books_periods.zone(f"Etc/GMT{-minutes // 60:+d}" if minutes else "UTC")
+    return books_periods.zone("UTC")
+
+
+def books_period(ctx: WebContext, month: str) -> books_periods.Period:
+    """The settlement's and the VBP view's period of ``month`` in the site's zone."""
+    return books_periods.Period.month(month, site_zone(ctx))

@@ -256,7 +256,8 @@ class Gateway:
 
             fleet = self.fleet
             self.web = WebServer(self.store, self.config.web,
-                                 unlock=fleet_unlock(fleet) if fleet is not None else None).start()
+                                 unlock=fleet_unlock(fleet) if fleet is not None else None,
+                                 books=self.config.books).start()
         return self
 
     def stop(self) -> None:

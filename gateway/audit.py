@@ -55,6 +55,7 @@ class AuditAction(StrEnum):
     CHARGE_RESENT = "charge_resent"  # a parked charge put back in the HIS outbox (screen or API)
     ALARM_ACKNOWLEDGED = "alarm_acknowledged"
     UNLOCK_REFUSED = "unlock_refused"  # a remote unlock asked for on the screen and not sent (role, no fleet link)
+    BOOKS_EXPORTED = "books_exported"  # a report of the books downloaded from the screen (which, month, format)
     WEB_ACCOUNT_CHANGED = "web_account_changed"  # spd-gateway user add/passwd/disable
     API_TOKEN_CHANGED = "api_token_changed"  # spd-gateway web-token create/revoke
     STOCK_RECEIPTS_IMPORTED = "stock_receipts_imported"  # delivery and restock notes into the stock ledger

@@ -40,6 +40,7 @@ from gateway.data.events import (
     StoredEvent,
     raw_text,
 )
+from gateway.data.evidence import EvidenceReads
 from gateway.data.his_lines import HisLineStore
 from gateway.data.incidents import IncidentStore
 from gateway.data.links import LinkStore
@@ -104,6 +105,7 @@ class GatewayStore:
         self.trace = TraceStore(self._engine)
         self.claims = ClaimStore(self._engine)
         self.usage = UsageStore(self._engine)
+        self.evidence = EvidenceReads(self._engine)  # the screen's drill-down into a finding
 
     @property
     def engine_name(self) -> str:

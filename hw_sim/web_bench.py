@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
+import secrets
 import statistics
 import tempfile
 import time
@@ -22,7 +24,8 @@ import httpx
 
 from gateway.catalog import import_catalog, read_catalog_file, write_catalog_csv
 from gateway.store import GatewayStore
-from gateway.web.auth import make_api_token, secret_hash
+from gateway.web.auth import LOGIN_COOKIE, SESSION_COOKIE, make_api_token, secret_hash
+from gateway.web.passwords import hash_password
 from gateway.web.server import WebServer
 from gateway.web.settings import WebConfig
 from hw_sim.catalog import sim_catalog
@@ -135,17 +138,39 @@ def _time(client: httpx.Client, urls: list[str]) -> dict[str, float]:
             "p95_ms": round(took[min(len(took) - 1, round(0.95 * (len(took) - 1)))], 1), "max_ms": round(took[-1], 1)}
 
 
-def measure(path: Path, *, requests: int, seed: int, admissions: int) -> dict[str, Any]:
-    """Response times (ms) of the overview and of filtered charges pages, and of the overview's JSON."""
+def _sign_in(url: str, name: str, password: str) -> dict[str, str]:
+    """The headers of a signed-in browser: the sign-in form (with its CSRF value), then the session cookie.
+
+    The cookies are ``Secure`` and the bench serves plain HTTP on loopback, so they are carried by hand."""
+    with httpx.Client(base_url=url, timeout=60) as c:
+        form = c.get("/login")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+        assert csrf is not None, "no CSRF field on the sign-in form"
+        done = c.post("/login", data={"username": name, "password": password, "csrf": csrf.group(1), "next": "/"},
+                      headers={"Cookie": f"{LOGIN_COOKIE}={form.cookies[LOGIN_COOKIE]}"}, follow_redirects=False)
+        assert done.status_code == 303, done.text[:300]
+        return {"Cookie": f"{SESSION_COOKIE}={done.cookies[SESSION_COOKIE]}"}
+
+
+def measure(path: Path, *, requests: int, seed: int, admissions: int, auth: str = "token") -> dict[str, Any]:
+    """Response times (ms) of the overview and of filtered charges pages, and of the overview's JSON.
+
+    ``auth``: ``token`` (an API token, as an integration) or ``session`` (a supervisor signed in through the
+    sign-in form, as a wall screen's browser)."""
     r = random.Random(seed + 1)
     store = GatewayStore(path)
     name = f"bench-{int(time.time())}"  # a kept store may hold the token of an earlier run
-    token = make_api_token(name)
-    assert store.accounts.add_token(name, "supervisor", secret_hash(token), by="bench", now=time.time())
+    if auth == "session":
+        password = secrets.token_urlsafe(16)
+        store.accounts.add(name, "supervisor", hash_password(password), now=time.time())
+    else:
+        token = make_api_token(name)
+        assert store.accounts.add_token(name, "supervisor", secret_hash(token), by="bench", now=time.time())
     server = WebServer(store, WebConfig(port=0)).start()
     gtins = [i.gtin for i in sim_catalog()]
+    headers = _sign_in(server.url, name, password) if auth == "session" else {"Authorization": f"Bearer {token}"}
     try:
-        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as c:
+        with httpx.Client(base_url=server.url, headers=headers, timeout=60) as c:
             targets = {
                 "overview_page": ["/"] * requests,
                 "overview_api": ["/api/v1/overview"] * requests,
@@ -153,6 +178,8 @@ def measure(path: Path, *, requests: int, seed: int, admissions: int) -> dict[st
                                          for _ in range(requests)],
                 "charges_parked_by_gtin": [f"/charges?status=parked&gtin={r.choice(gtins)}" for _ in range(requests)],
                 "charges_accepted_latest": ["/charges?status=accepted"] * requests,
+                "charges_parked": ["/charges?status=parked"] * requests,
+                "charges_by_gtin": [f"/charges?gtin={r.choice(gtins)}" for _ in range(requests)],
             }
             first = _time(c, ["/"])["max_ms"]  # a fresh screen: the chart's past days not counted yet
             for urls in targets.values():  # warm the page cache and the templates
@@ -171,13 +198,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=40, help="timed requests per page")
     p.add_argument("--seed", type=int, default=1, help="random seed")
     p.add_argument("--db", type=Path, default=None, help="keep the filled store here (default: a temporary file)")
+    p.add_argument("--auth", choices=("token", "session"), default="token",
+                   help="how the requests are signed in: an API token (default) or a session cookie from the "
+                        "sign-in form, as a browser")
     a = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         path = a.db or Path(tmp) / "gateway.db"
         filled = fill(path, events=a.events, days=a.days, seed=a.seed, admissions=a.admissions) \
             if not path.exists() else {"events": "existing store"}
-        timings = measure(path, requests=a.requests, seed=a.seed, admissions=a.admissions)
-    print(json.dumps({"store": filled, "requests": timings}))
+        timings = measure(path, requests=a.requests, seed=a.seed, admissions=a.admissions, auth=a.auth)
+    print(json.dumps({"store": filled, "auth": a.auth, "requests": timings}))
     return 0
 
 

@@ -34,6 +34,11 @@ ALL = frozenset(Role)
 SUP = frozenset({Role.SUPERVISOR})
 RESEND = frozenset({Role.SUPERVISOR, Role.FINANCE})
 ACK = frozenset({Role.SUPERVISOR, Role.TECHNICIAN})
+RECONCILIATION = frozenset({Role.SUPERVISOR, Role.FINANCE, Role.INSPECTOR})
+INSPECTION = frozenset({Role.SUPERVISOR, Role.INSPECTOR})
+SETTLEMENT = frozenset({Role.SUPERVISOR, Role.FINANCE})
+TRACE = frozenset({Role.SUPERVISOR, Role.INSPECTOR})
+BOOK_ALERTS = frozenset({Role.SUPERVISOR, Role.FINANCE, Role.INSPECTOR})
 
 # route -> the roles allowed on it; the application's routes must be exactly these plus PUBLIC
 ROUTE_ROLES: dict[tuple[str, str], frozenset[Role]] = {
@@ -59,6 +64,28 @@ ROUTE_ROLES: dict[tuple[str, str], frozenset[Role]] = {
     ("GET", "/api/v1/alarms"): ALL,
     ("POST", "/api/v1/alarms/{alarm_id}/acknowledge"): ACK,
     ("GET", "/api/v1/openapi.json"): ALL,
+    # the books
+    ("GET", "/reconciliation"): RECONCILIATION,
+    ("GET", "/reconciliation/finding"): RECONCILIATION,
+    ("GET", "/api/v1/reconciliation"): RECONCILIATION,
+    ("GET", "/api/v1/reconciliation/finding"): RECONCILIATION,
+    ("GET", "/inspection"): INSPECTION,
+    ("GET", "/inspection/export"): INSPECTION,
+    ("GET", "/api/v1/inspection"): INSPECTION,
+    ("GET", "/api/v1/inspection/export"): INSPECTION,
+    ("GET", "/settlement"): SETTLEMENT,
+    ("GET", "/settlement/export"): SETTLEMENT,
+    ("GET", "/api/v1/settlement"): SETTLEMENT,
+    ("GET", "/api/v1/settlement/export"): SETTLEMENT,
+    ("GET", "/vbp"): SETTLEMENT,
+    ("GET", "/api/v1/vbp"): SETTLEMENT,
+    ("GET", "/trace"): TRACE,
+    ("GET", "/api/v1/trace"): TRACE,
+    ("GET", "/stock-alerts"): BOOK_ALERTS,
+    ("GET", "/api/v1/stock-alerts"): BOOK_ALERTS,
+    ("GET", "/replenishment"): SUP,
+    ("GET", "/replenishment/export"): SUP,
+    ("GET", "/api/v1/replenishment"): SUP,
 }
 PUBLIC = {("GET", "/login"), ("POST", "/login")}
 JSON_BODIES = {"/api/v1/cabinets/{device}/unlock": {"confirm": CABINET, "seconds": 3},

@@ -161,7 +161,7 @@ def _web(a: argparse.Namespace) -> int:
         return 2
     store = GatewayStore(cfg.db_path)
     try:
-        WebServer(store, web, unlock=on_demand_unlock(store, cfg)).run()
+        WebServer(store, web, unlock=on_demand_unlock(store, cfg), books=cfg.books).run()
     finally:
         store.close()
     return 0

@@ -11,6 +11,8 @@ from fastapi import Request
 from fastapi.templating import Jinja2Templates
 
 from gateway.audit import AuditLog
+from gateway.books.output import yuan
+from gateway.books.settings import BooksSettings
 from gateway.store import GatewayStore
 from gateway.web.ratelimit import LoginLimiter
 from gateway.web.settings import WebConfig
@@ -28,6 +30,7 @@ class WebContext:
     store: GatewayStore
     config: WebConfig
     unlock: Unlock | None = None  # None: no fleet link (no command-signing key); unlocks are refused
+    books: BooksSettings | None = None  # [books]: alert windows, routes (None: the defaults, the web section's zone)
     audit: AuditLog = field(init=False)
     limiter: LoginLimiter = field(init=False)
     templates: Jinja2Templates = field(init=False)
@@ -39,6 +42,14 @@ class WebContext:
         self.limiter = LoginLimiter(self.config.login_attempts, self.config.login_window_s)
         self.templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
         self.templates.env.filters["when"] = self.local_time
+        self.templates.env.filters["yuan"] = yuan  # integer fen as yuan with two decimals (the books' money)
+
+    @property
+    def books_settings(self) -> BooksSettings:
+        """The ``[books]`` settings the alerts and replenishment pages use."""
+        if self.books is not None:
+            return self.books
+        return BooksSettings(utc_offset_minutes=self.config.utc_offset_minutes)
 
     @property
     def tz(self) -> dt.timezone:

@@ -16,3 +16,11 @@ EVERYONE: tuple[Role, ...] = tuple(Role)
 RESEND_CHARGE: tuple[Role, ...] = (Role.SUPERVISOR, Role.FINANCE)
 ACKNOWLEDGE_ALARM: tuple[Role, ...] = (Role.SUPERVISOR, Role.TECHNICIAN)
 REMOTE_UNLOCK: tuple[Role, ...] = (Role.SUPERVISOR,)
+
+# the books (docs/web.md): who sees which of the month's reports; the technician sees none of them
+SEE_SETTLEMENT: tuple[Role, ...] = (Role.SUPERVISOR, Role.FINANCE)
+SEE_RECONCILIATION: tuple[Role, ...] = (Role.SUPERVISOR, Role.FINANCE, Role.INSPECTOR)
+SEE_INSPECTION: tuple[Role, ...] = (Role.SUPERVISOR, Role.INSPECTOR)  # the inspector's report
+SEE_TRACE: tuple[Role, ...] = (Role.SUPERVISOR, Role.INSPECTOR)  # item, lot or patient to the rest
+SEE_BOOK_ALERTS: tuple[Role, ...] = (Role.SUPERVISOR, Role.FINANCE, Role.INSPECTOR)  # expiry, recalls, documents
+SEE_REPLENISHMENT: tuple[Role, ...] = (Role.SUPERVISOR,)  # the pick lists of the SPD's restocking rounds

@@ -12,6 +12,7 @@ import threading
 
 import uvicorn
 
+from gateway.books.settings import BooksSettings
 from gateway.store import GatewayStore
 from gateway.web.app import create_app
 from gateway.web.context import Unlock, WebContext
@@ -21,9 +22,10 @@ log = logging.getLogger(__name__)
 
 
 class WebServer:
-    def __init__(self, store: GatewayStore, config: WebConfig, *, unlock: Unlock | None = None) -> None:
+    def __init__(self, store: GatewayStore, config: WebConfig, *, unlock: Unlock | None = None,
+                 books: BooksSettings | None = None) -> None:
         self.config = config
-        self.context = WebContext(store, config, unlock)
+        self.context = WebContext(store, config, unlock, books)
         self.app = create_app(self.context)
         self._server = uvicorn.Server(uvicorn.Config(
             self.app, host=config.host, port=config.port, log_level="warning", access_log=False, lifespan="off",

@@ -20,6 +20,14 @@ PAGE_MODULES: tuple[str, ...] = (
     "gateway.web.pages.cabinets",
     "gateway.web.pages.charges",
     "gateway.web.pages.alarms",
+    # the books (docs/web.md): each seen by the roles its NAV names
+    "gateway.web.pages.reconciliation",
+    "gateway.web.pages.inspection",
+    "gateway.web.pages.settlement",
+    "gateway.web.pages.vbp",
+    "gateway.web.pages.trace",
+    "gateway.web.pages.book_alerts",
+    "gateway.web.pages.replenishment",
 )
 
 

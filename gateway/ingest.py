@@ -22,7 +22,6 @@ its own.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -248,7 +247,7 @@ class IngestService:
     def _store_and_ack(self, batches: list[tuple[str, Batch]]) -> None:
         try:
             results = self.store.ingest_group([b for _, b in batches])
-        except (sqlite3.Error, OSError, MemoryError):
+        except self.store.store_faults:
             # storage failed: nothing of the group is committed, no ack goes out, the devices resend
             self.stats.store_failures += 1
             log.exception("gateway: store failed on a group of %d batches; not acknowledged", len(batches))
@@ -274,7 +273,7 @@ class IngestService:
     def _store_states(self, states: list[tuple[str, DeviceState, bool]]) -> None:
         try:
             self.store.update_device_states(states)
-        except (sqlite3.Error, OSError, MemoryError):
+        except self.store.store_faults:
             self.stats.store_failures += 1
             log.exception("gateway: store failed on %d device states", len(states))
 

@@ -108,6 +108,12 @@ class GatewayStore:
         self.evidence = EvidenceReads(self._engine)  # the screen's drill-down into a finding
 
     @property
+    def store_faults(self) -> tuple[type[BaseException], ...]:
+        """What a failure of the store itself raises (the engine's driver errors, a full disk, no memory): a
+        writer that meets one commits nothing and acknowledges nothing, and the devices resend."""
+        return (*self._engine.store_faults, *self._engine.data_faults, OSError, MemoryError)
+
+    @property
     def engine_name(self) -> str:
         """``sqlite`` or ``postgresql``."""
         return self._engine.name

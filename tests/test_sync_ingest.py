@@ -15,6 +15,7 @@ from device.sync import DeviceSync
 from gateway.ingest import IngestService
 from gateway.store import GatewayStore
 from hw_sim.broker import MosquittoBroker
+from spd_common.wire import Batch
 
 from conftest import wait_for
 
@@ -87,14 +88,12 @@ class CrashBeforeAck(IngestService):
         super().__init__(*a, **kw)  # type: ignore[arg-type]
         self.crashes_left = crashes
 
-    def _handle_events(self, topic_text: str, payload: bytes) -> None:
+    def _store_and_ack(self, batches: list[tuple[str, Batch]]) -> None:
         if self.crashes_left > 0:
-            from spd_common.wire import decode_batch
-
-            self.store.ingest(decode_batch(topic_text, payload))
+            self.store.ingest_group([b for _, b in batches])  # committed ...
             self.crashes_left -= 1
-            raise RuntimeError("simulated crash between store and ack")
-        super()._handle_events(topic_text, payload)
+            raise RuntimeError("simulated crash between store and ack")  # ... and no ack goes out
+        super()._store_and_ack(batches)
 
 
 def test_gateway_crash_between_store_and_ack_causes_resend_not_double(

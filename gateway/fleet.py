@@ -165,16 +165,23 @@ class Fleet:
         return self.store.devices.applied(device)
 
     def devices(self, *, now: float | None = None) -> list[DeviceRow]:
-        at = time.time() if now is None else now
-        alarms = device_alarm_counts(self.store)
-        out = []
-        for device, site, last_seen, status, backlog, version in self.store.devices.states():
-            fresh = last_seen is not None and at - last_seen <= self.offline_after_s
-            shown = DeviceStatus.ONLINE.value if status == DeviceStatus.ONLINE.value and fresh else \
-                DeviceStatus.OFFLINE.value if last_seen is not None else "unknown"
-            out.append(DeviceRow(device, site, shown, last_seen, version, int(backlog), alarms.get(device, 0),
-                                 self.desired(device), self.applied(device)))
-        return out
+        return device_rows(self.store, offline_after_s=self.offline_after_s, now=now)
+
+
+def device_rows(store: GatewayStore, *, offline_after_s: float, now: float | None = None) -> list[DeviceRow]:
+    """Every known device: online only with a report fresher than ``offline_after_s``, offline once seen, else
+    unknown; its backlog, alarms and desired and applied versions (``spd-gateway devices``, the screen)."""
+    at = time.time() if now is None else now
+    alarms = device_alarm_counts(store)
+    out = []
+    for device, site, last_seen, status, backlog, version in store.devices.states():
+        fresh = last_seen is not None and at - last_seen <= offline_after_s
+        shown = DeviceStatus.ONLINE.value if status == DeviceStatus.ONLINE.value and fresh else \
+            DeviceStatus.OFFLINE.value if last_seen is not None else "unknown"
+        desired = {r.component: r.version for r in store.devices.desired(device)}
+        out.append(DeviceRow(device, site, shown, last_seen, version, int(backlog), alarms.get(device, 0),
+                             desired, store.devices.applied(device)))
+    return out
 
 
 def format_devices(rows: list[DeviceRow], *, now: float | None = None) -> str:

@@ -15,6 +15,8 @@ import hl7
 import pytest
 from hl7.client import MLLPClient
 from hl7.mllp import open_hl7_connection
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.his.ack import AckCode, parse_ack
 from gateway.his.mllp import MllpDecoder, decode_text, frame_text
@@ -296,3 +298,39 @@ def test_main_runs_as_a_process_until_terminated(tmp_path: Path) -> None:
 def test_main_reports_a_port_it_cannot_listen_on(tmp_path: Path) -> None:
     with SimulatedHis(tmp_path / "a.db") as his:
         assert main(["--port", str(his.port), "--db", str(tmp_path / "b.db")]) == 2
+
+
+def _read_whole(text: str) -> tuple[str, ...]:
+    """The fields the simulator books, read by python-hl7 from the whole message (the reference)."""
+    message = hl7.parse(text)
+
+    def value(segment: str, field_num: int, component_num: int = 1) -> str:
+        return str(message.unescape(str(message.extract_field(segment, 1, field_num, 1, component_num)))).strip()
+
+    return (value("MSH", 10), value("FT1", 2), value("PID", 3), value("FT1", 7), value("FT1", 10),
+            value("FT1", 12), value("FT1", 6) or "CG")
+
+
+# no backslash: from the whole message python-hl7 reads an escaped escape character (\E\) in FT1-7 as ""
+_TEXT = st.text(st.sampled_from("AZaz09 .-|^~&#张三"), min_size=1, max_size=12).filter(lambda t: t.strip() != "")
+
+
+@settings(max_examples=200, deadline=None)
+@given(admission=_TEXT, code=_TEXT, name=_TEXT, unit=st.sampled_from(["", "&CNY", "&CNY&x"]),
+       extra=st.sampled_from(["", "EVN|P03|20261123101500\r", "ZX1|a^b&c|d\r"]))
+def test_the_simulator_reads_what_python_hl7_reads_from_the_whole_message(
+        admission: str, code: str, name: str, unit: str, extra: str) -> None:
+    """The simulator hands python-hl7 only the MSH and cuts PID and FT1 itself (speed): the values must agree,
+    escapes, components and subcomponents included."""
+    from gateway.hl7text import escape
+    from hw_sim.his import _read_dft
+
+    text = (
+        "MSH|^~\\&|SPD-EDGE|SITE1|HIS|HOSP|20261123101500||DFT^P03^DFT_P03|C1|P|2.5\r" + extra
+        + f"PID|1||{escape(admission)}^^^HOSP^IN||{escape(name)}\r"
+        + f"PV1|1|I|W301^12^1\rFT1|1|T1||20261123101200|20261123101500|CG|{escape(code)}^{escape(name)}^HOSP|||"
+        + f"2|35.50{unit}|71.00{unit}\r"
+    )
+    read = _read_dft(text)
+    assert (read.control_id, read.txn_id, read.admission, read.charge_code, str(read.qty), str(read.unit_price),
+            read.txn_type) == _read_whole(text)

@@ -7,7 +7,9 @@ Threads and what each owns:
   then publishes their acks and acknowledges them to the broker;
 * ``charging`` (:class:`ChargingWorker`) — the charging cursor; writes the outbox;
 * ``his-sender-N`` (:class:`HisSender`, one per lane) — one HIS connection each; drain the outbox, each lane
-  its own rows as one reader (:class:`OutboxFeed`) hands them out;
+  its own rows as one reader (:class:`OutboxFeed`, on a connection of its own) hands them out;
+* ``his-recorder`` (:class:`AcceptRecorder`) — writes what the HIS accepted on every lane, many acceptances
+  a transaction, so the lanes send without waiting for the store;
 * ``lease`` (:class:`Leadership`) — renews the charging lease; with several
   instances on one store, only the holder runs charging (and, alone, the sender);
 * ``lease-member`` (a second :class:`Leadership`, only with a share group) — renews this instance's
@@ -66,6 +68,7 @@ from gateway.his.adapter import HisAdapter, HisConfigError
 from gateway.his.feed import OutboxFeed
 from gateway.his.http_adapter import HttpJsonAdapter
 from gateway.his.mllp_adapter import MllpAdapter
+from gateway.his.recorder import AcceptRecorder
 from gateway.his.sender import HisSender
 from gateway.ingest import IngestService
 from gateway.lease import Leadership
@@ -171,7 +174,11 @@ class Gateway:
         self.metrics_store = GatewayStore(config.db_path, synchronous="NORMAL")
         self.metrics = GatewayMetrics(self.metrics_store, lanes=lanes, protocol=config.his_protocol,
                                       offline_after_s=config.metrics_offline_after_s)
-        self.feed = OutboxFeed(self.store, lanes, due=due)  # one reader of the outbox for every lane
+        # one reader of the outbox for every lane, on its own connection: in WAL mode its reads wait for no writer
+        self.outbox_store = GatewayStore(config.db_path, synchronous="NORMAL")
+        self.feed = OutboxFeed(self.outbox_store, lanes, due=due)
+        # what the HIS accepted, written for every lane by one thread, so a lane never waits for the store
+        self.recorder = AcceptRecorder(self.store, self.feed, heartbeats=self.heartbeats)
         self.senders = [
             HisSender(
                 self.store,
@@ -183,6 +190,7 @@ class Gateway:
                 heartbeats=self.heartbeats,
                 on_round_trip=self.metrics.round_trip_observer(lane),
                 feed=self.feed,
+                recorder=self.recorder,
             )
             for lane in range(lanes)
         ]
@@ -238,6 +246,7 @@ class Gateway:
         if self.membership is not None:
             self.membership.start()
         self.charging.start()
+        self.recorder.start()
         for sender in self.senders:
             sender.start()
         self.link_watch.start()
@@ -274,11 +283,13 @@ class Gateway:
         self.charging.stop()
         for sender in self.senders:
             sender.stop()
+        self.recorder.stop()  # after the lanes: what they were answered is written before the store closes
         self.link_watch.stop()
         self.notifier.stop()
         self.stock_ledger.stop()
         self.leadership.stop()
         self.metrics_store.close()
+        self.outbox_store.close()
         if self.membership is not None:
             self.membership.stop()
             try:

@@ -51,7 +51,7 @@ def notify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[NotifySo
 
 
 LOOPS = ["ingest-mqtt", "ingest-writer", "fleet-mqtt", "charging", "his-sender-0", "lease", "link-watch", "adt-accept",
-         "catalog-publisher", "notify-watch", "stock-ledger"]
+         "catalog-publisher", "notify-watch", "stock-ledger", "his-recorder"]
 
 
 def one_event_batch() -> bytes:
@@ -88,7 +88,10 @@ def test_a_wedged_gateway_loop_stops_the_pings_and_is_named(loop: str, tmp_path:
     # each loop hangs in a call only it makes
     store.ingest_group = wedge.hang_if("ingest-writer", store.ingest_group)  # type: ignore[method-assign]
     store.charging_events = wedge.hang_if("charging", store.charging_events)  # type: ignore[method-assign]
-    store.pending_charges = wedge.hang_if("his-sender-0", store.pending_charges)  # type: ignore[method-assign]
+    # the lanes read the outbox through the feed's own connection
+    gw.outbox_store.pending_charges = wedge.hang_if(  # type: ignore[method-assign]
+        "his-sender-0", gw.outbox_store.pending_charges)
+    gw.recorder.record_once = wedge.hang_if("his-recorder", gw.recorder.record_once)  # type: ignore[method-assign]
     store.hold_lease = wedge.hang_if("lease", store.hold_lease)  # type: ignore[method-assign]
     gw.link_watch.run_once = wedge.hang_if("link-watch", gw.link_watch.run_once)  # type: ignore[method-assign]
     gw.notifier.watch.run_once = wedge.hang_if("notify-watch", gw.notifier.watch.run_once)  # type: ignore[method-assign]
@@ -171,8 +174,9 @@ def test_the_gateway_process_pings_until_stopped(tmp_path: Path, broker: Mosquit
     try:
         notify.wait_for(lambda m: m == "READY=1")
         notify.wait_for(lambda m: m == "WATCHDOG=1")
-        assert sorted(gw.heartbeats.names()) == ["charging", "his-sender-0", "ingest-mqtt", "ingest-writer", "lease",
-                                                 "link-watch", "notify-watch", "stock-ledger"]
+        assert sorted(gw.heartbeats.names()) == ["charging", "his-recorder", "his-sender-0", "ingest-mqtt",
+                                                 "ingest-writer", "lease", "link-watch", "notify-watch",
+                                                 "stock-ledger"]
     finally:
         gw._stopped.set()
         t.join(20)

@@ -12,9 +12,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from gateway.his.adapter import HisOutcome, HisResult, RetryReason
 from gateway.his.feed import OutboxFeed
 from gateway.his.lanes import lane_of
+from gateway.his.recorder import AcceptRecorder
 from gateway.his.sender import HisSender
 from gateway.store import GatewayStore
 
@@ -64,31 +67,52 @@ class RecordingHis:
         pass
 
 
-def lanes_on(store: GatewayStore, his: RecordingHis, feed: OutboxFeed) -> list[HisSender]:
-    return [HisSender(store, his, lane=lane, lanes=LANES, feed=feed, backoff_base_s=0.05, backoff_max_s=0.1,
-                      idle_wait_s=0.02) for lane in range(LANES)]
+class Lanes:
+    """The lanes of one gateway on ``store``; with ``recorded``, as ``spd-gateway run`` assembles them: the feed
+    reads on a connection of its own and one HIS recorder writes every lane's acceptances."""
+
+    def __init__(self, store: GatewayStore, his: RecordingHis, *, recorded: bool, read_limit: int = 500) -> None:
+        self.reader = GatewayStore(store.location, synchronous="NORMAL") if recorded else None
+        self.feed = OutboxFeed(self.reader or store, LANES, read_limit=read_limit)
+        self.recorder = AcceptRecorder(store, self.feed) if recorded else None
+        self.senders = [HisSender(store, his, lane=lane, lanes=LANES, feed=self.feed, backoff_base_s=0.05,
+                                  backoff_max_s=0.1, idle_wait_s=0.02, recorder=self.recorder)
+                        for lane in range(LANES)]
+
+    def __enter__(self) -> Lanes:
+        if self.recorder is not None:
+            self.recorder.start()
+        for s in self.senders:
+            s.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s in self.senders:
+            s.stop()
+        if self.recorder is not None:
+            self.recorder.stop()
+        if self.reader is not None:
+            self.reader.close()
 
 
-def test_every_due_row_reaches_its_own_lane_once_in_order_while_charges_keep_coming(tmp_path: Path) -> None:
+@pytest.mark.parametrize("recorded", [False, True], ids=["lane-records", "recorder"])
+def test_every_due_row_reaches_its_own_lane_once_in_order_while_charges_keep_coming(tmp_path: Path,
+                                                                                     recorded: bool) -> None:
     store = GatewayStore(tmp_path / "gw.db")
     his = RecordingHis(delay_s=0.0005)
-    feed = OutboxFeed(store, LANES, read_limit=50)  # small reads: the buffers refill many times
-    senders = lanes_on(store, his, feed)
+    lanes = Lanes(store, his, recorded=recorded, read_limit=50)  # small reads: the buffers refill many times
+    feed = lanes.feed
     ids = queue_charges(store, 1, 300)
-    for s in senders:
-        s.start()
-    try:
+    with lanes:
         for k in range(5):  # more charges while the lanes send
             ids += queue_charges(store, 301 + 100 * k, 100)
             time.sleep(0.05)
         wait_for(lambda: len(his.sent) >= len(ids), timeout=60)
         time.sleep(0.2)  # anything sent twice would show by now
-    finally:
-        for s in senders:
-            s.stop()
     sent = [cid for cid, _ in his.sent]
     assert Counter(sent) == Counter(ids)  # each charge sent exactly once
     assert store.pending_charges() == []
+    assert feed.held() == 0
     admission_of = {cid: ADMISSIONS[int(cid[1:]) % len(ADMISSIONS)] for cid in ids}
     for cid, thread in his.sent:  # by the lane its patient maps to
         assert thread == f"his-sender-{lane_of(admission_of[cid], LANES)}"
@@ -100,21 +124,15 @@ def test_every_due_row_reaches_its_own_lane_once_in_order_while_charges_keep_com
     store.close()
 
 
-def test_a_retried_row_holds_its_patient_and_is_sent_again_once_due(tmp_path: Path) -> None:
+@pytest.mark.parametrize("recorded", [False, True], ids=["lane-records", "recorder"])
+def test_a_retried_row_holds_its_patient_and_is_sent_again_once_due(tmp_path: Path, recorded: bool) -> None:
     store = GatewayStore(tmp_path / "gw.db")
     ids = queue_charges(store, 1, 48)  # two charges per admission
     first_of_zy001 = ids[0]  # seq 1 -> ZY001; its second charge is seq 25
     his = RecordingHis(retry_once={first_of_zy001})
-    feed = OutboxFeed(store, LANES)
-    senders = lanes_on(store, his, feed)
-    for s in senders:
-        s.start()
-    try:
+    with Lanes(store, his, recorded=recorded):
         wait_for(lambda: len(his.sent) >= len(ids) + 1, timeout=30)
         time.sleep(0.2)
-    finally:
-        for s in senders:
-            s.stop()
     sent = [cid for cid, _ in his.sent]
     assert Counter(sent) == Counter([*ids, first_of_zy001])  # the retried one twice, every other once
     assert sent.index(ids[24]) > len(sent) - 1 - sent[::-1].index(first_of_zy001)  # its patient waited for it

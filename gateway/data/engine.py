@@ -16,11 +16,12 @@ live in the migrations (``Sql(sqlite=..., postgresql=...)``).
 from __future__ import annotations
 
 import sqlite3
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
+
+from gateway.data.fair_lock import FairRLock
 
 Row = tuple[Any, ...]
 
@@ -153,7 +154,7 @@ class SqliteEngine:
         self.path = Path(path)
         self.location = str(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
+        self._lock = FairRLock()  # first come first served: a looping writer cannot keep the store to itself
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                    timeout=busy_timeout_s)
         if wal:  # the gateway store; the CA index and the token file keep SQLite's rollback journal

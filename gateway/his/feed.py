@@ -76,18 +76,29 @@ class OutboxFeed:
             return rows
 
     def give_back(self, lane: int, taken: Iterable[OutboxCharge], unfinished: list[OutboxCharge],
-                  voided: Iterable[str] = ()) -> None:
+                  voided: Iterable[str] = (), still_held: Iterable[int] = ()) -> None:
         """The lane is done with ``taken``: ``unfinished`` (still pending, in order) goes back to its buffer.
 
         ``voided``: charge ids no longer pending (credits voided with a charge the lane parked); dropped
-        from the buffer if they wait there.
+        from the buffer if they wait there. ``still_held``: row ids that stay held (accepted, their record
+        not yet committed: the HIS recorder releases them, :meth:`release`).
         """
         gone = set(voided)
+        keep = set(still_held)
         with self._lock:
-            self._held.difference_update(r.id for r in taken)
+            self._held.difference_update(r.id for r in taken if r.id not in keep)
             kept = {r.id: r for r in unfinished if r.charge_id not in gone}
             rest = [r for r in self._buffers[lane] if r.charge_id not in gone and r.id not in kept]
             self._buffers[lane] = sorted([*kept.values(), *rest], key=lambda r: r.id)
+
+    def release(self, ids: Iterable[int]) -> None:
+        """Rows whose outcome is committed (by the HIS recorder): no longer held."""
+        with self._lock:
+            self._held.difference_update(ids)
+
+    def held(self) -> int:
+        with self._lock:
+            return len(self._held)
 
     def _place(self, row: OutboxCharge) -> None:
         self._buffers[lane_of(row.admission, self.lanes)].append(row)

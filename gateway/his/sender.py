@@ -33,6 +33,7 @@ from enum import StrEnum
 from gateway.his.adapter import HisAdapter, HisAdapterClosed, HisError, HisOutcome, HisResult
 from gateway.his.feed import OutboxFeed
 from gateway.his.lanes import lane_of as lane_of  # its former home; the feed uses it from gateway.his.lanes
+from gateway.his.recorder import AcceptRecorder
 from gateway.store import GatewayStore, OutboxCharge
 from spd_common.backoff import backoff_delay
 from spd_common.heartbeat import HeartbeatRegistry
@@ -86,6 +87,7 @@ class HisSender:
         accept_group: int = 64,
         accept_wait_s: float = 0.05,
         on_round_trip: Callable[[float, HisOutcome], None] | None = None,
+        recorder: AcceptRecorder | None = None,
     ) -> None:
         """``feed``: the outbox reader the lanes share (one per gateway); a sender without one reads for itself.
 
@@ -96,6 +98,10 @@ class HisSender:
         this many, or once the oldest unrecorded one is this old (and always before a rejection, a retry
         and the end of a pass). A crash in between re-sends those few charges, which the HIS recognises by
         their charge id (MSH-10) as it does a re-send after a crash between the answer and its record.
+
+        ``recorder``: the gateway's HIS recorder (:mod:`gateway.his.recorder`), shared by its lanes: the lane
+        hands it the acceptances and goes on sending, and their rows stay held by the feed until it wrote
+        them. Without one the lane writes them itself, as above, before it sends on.
         """
         if not 0 <= lane < lanes:
             raise ValueError(f"lane {lane} is not in 0..{lanes - 1}")
@@ -117,6 +123,7 @@ class HisSender:
         self.accept_group = accept_group
         self.accept_wait_s = accept_wait_s
         self._on_round_trip = on_round_trip
+        self.recorder = recorder
         # the lane's health as the incident checks read it (gateway/notify.py): since when every send failed
         # without an answer (None: the last send was answered), when the HIS last answered, and why it did not
         self.failing_since: float | None = None
@@ -145,16 +152,18 @@ class HisSender:
             return 0
         rows = self.feed.take(self.lane)
         finished: set[int] = set()
+        recording: set[int] = set()  # accepted, handed to the recorder: held by the feed until written
         retried: dict[int, OutboxCharge] = {}
         voided: set[str] = set()  # credits voided with a charge parked in this pass: no longer pending
         try:
-            return self._send_due(rows, t, finished, retried, voided)
+            return self._send_due(rows, t, finished, retried, voided, recording)
         finally:
-            unfinished = [retried.get(r.id, r) for r in rows if r.id not in finished and r.charge_id not in voided]
-            self.feed.give_back(self.lane, rows, unfinished, voided)
+            unfinished = [retried.get(r.id, r) for r in rows
+                          if r.id not in finished and r.id not in recording and r.charge_id not in voided]
+            self.feed.give_back(self.lane, rows, unfinished, voided, still_held=recording)
 
     def _send_due(self, rows: list[OutboxCharge], t: float, finished: set[int], retried: dict[int, OutboxCharge],
-                  voided: set[str]) -> int:
+                  voided: set[str], recording: set[int]) -> int:
         sent = 0
         blocked: set[str] = set()
         accepted: list[tuple[OutboxCharge, HisResult]] = []  # answered AA, not yet recorded
@@ -187,10 +196,11 @@ class HisSender:
                     t = time.time()
                     if len(accepted) == 1:
                         oldest = t
-                    if len(accepted) >= self.accept_group or t - oldest >= self.accept_wait_s:
-                        self._record_accepted(accepted, finished)
+                    due = len(accepted) >= self.accept_group or t - oldest >= self.accept_wait_s
+                    if self.recorder is not None or due:  # handing over costs nothing: at once
+                        self._record_accepted(accepted, finished, recording)
                     continue
-                self._record_accepted(accepted, finished)
+                self._record_accepted(accepted, finished, recording)
                 if result.outcome is HisOutcome.REJECTED:
                     log.warning("charge %s parked: %s: %s", charge.charge_id, result.code, result.detail)
                     voided.update(self.store.mark_parked(charge.charge_id, result.code, result.detail))
@@ -210,15 +220,21 @@ class HisSender:
                     break
                 t = time.time()
         finally:
-            self._record_accepted(accepted, finished)
+            self._record_accepted(accepted, finished, recording)
         return sent
 
-    def _record_accepted(self, accepted: list[tuple[OutboxCharge, HisResult]], finished: set[int]) -> None:
-        """Record what the HIS accepted, many in one transaction; the rows stay the lane's until then."""
+    def _record_accepted(self, accepted: list[tuple[OutboxCharge, HisResult]], finished: set[int],
+                         recording: set[int]) -> None:
+        """Record what the HIS accepted, many in one transaction (or hand it to the recorder); the rows stay
+        held until then."""
         if not accepted:
             return
-        self.store.charges.mark_accepted_many([(c.charge_id, r.code, r.his_ref) for c, r in accepted])
-        finished.update(c.id for c, _ in accepted)
+        if self.recorder is not None:
+            recording.update(c.id for c, _ in accepted)
+            self.recorder.add(list(accepted))
+        else:
+            self.store.charges.mark_accepted_many([(c.charge_id, r.code, r.his_ref) for c, r in accepted])
+            finished.update(c.id for c, _ in accepted)
         self.stats.accepted += len(accepted)
         accepted.clear()
 

@@ -71,6 +71,7 @@ from gateway.his.mllp_adapter import MllpAdapter
 from gateway.his.recorder import AcceptRecorder
 from gateway.his.sender import HisSender
 from gateway.ingest import IngestService
+from gateway.leader_loop import LIVE_STEP
 from gateway.lease import Leadership
 from gateway.linking import DEFAULT_WINDOW_S, LinkWatch
 from gateway.metrics import DEFAULT_OFFLINE_AFTER_S, GatewayMetrics
@@ -196,7 +197,7 @@ class Gateway:
         ]
         self.charging = ChargingWorker(
             self.store, bridge_config, on_charges=lambda n: self._notify_senders(), may_run=self.leadership.is_leader,
-            heartbeats=self.heartbeats,
+            heartbeats=self.heartbeats, batch_size=LIVE_STEP,
         )
         self.ingest = IngestService(
             self.store,
@@ -216,14 +217,15 @@ class Gateway:
                                           heartbeats=self.heartbeats) if self.fleet_link is not None else None
         self.adt = AdtListener(self.store, host=config.adt_host, port=config.adt_port, on_change=self._census_changed,
                                heartbeats=self.heartbeats) if config.adt_port is not None else None
-        self.link_watch = LinkWatch(self.store, window_s=config.not_linked_within_s,
+        self.link_watch = LinkWatch(self.store, window_s=config.not_linked_within_s, batch_size=LIVE_STEP,
                                     may_run=self.leadership.is_leader, heartbeats=self.heartbeats)
         self.notifier = Notifier(self.store, config.notify, gateway=config.client_id, his_lanes=lambda: self.senders,
                                  may_run=self.leadership.is_leader, heartbeats=self.heartbeats)
         self.metrics.watch(self)
         self.web: WebServerType | None = None
         self.stock_ledger = StockProjection(self.store, utc_offset_minutes=config.books.utc_offset_minutes,
-                                            may_run=self.leadership.is_leader, heartbeats=self.heartbeats)
+                                            batch_size=LIVE_STEP, may_run=self.leadership.is_leader,
+                                            heartbeats=self.heartbeats)
         self._stopped = threading.Event()
 
     @property

@@ -137,10 +137,11 @@ class EventStore:
             devices: dict[str, str] = {}
             for batch in batches:
                 devices.setdefault(batch.device, batch.site)
-            db.executemany(  # one statement for the group's devices (psycopg sends them in one pipeline)
+            db.executemany(  # psycopg sends them in one pipeline; in device order, so that two gateways
+                # storing batches of the same devices lock their rows in the same order (no deadlock)
                 "INSERT INTO devices (device, site, last_seen) VALUES (?, ?, ?) "
                 "ON CONFLICT (device) DO UPDATE SET last_seen = excluded.last_seen",
-                [(device, site, at) for device, site in devices.items()],
+                [(device, site, at) for device, site in sorted(devices.items())],
             )
             for batch in batches:
                 results.append(self._ingest_batch(db, batch, at))

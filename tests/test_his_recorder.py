@@ -133,3 +133,26 @@ def test_a_thread_that_loops_over_the_lock_cannot_keep_it_from_a_waiter() -> Non
         stop.set()
         t.join(timeout=5)
     assert got.is_set() and waited < 1.0
+
+
+def test_the_lanes_wait_when_the_recorder_falls_behind(tmp_path: Path) -> None:
+    """At most ``max_waiting`` acceptances wait to be written: what a crash could send again stays bounded."""
+    store = GatewayStore(tmp_path / "gw.db")
+    queue_charges(store, 1, 12)
+    feed = OutboxFeed(store, 1)
+    recorder = AcceptRecorder(store, feed, wait_s=0.0, max_waiting=5)  # not started: it writes when told
+    his = RecordingHis()
+    lane = HisSender(store, his, feed=feed, recorder=recorder)
+    t = threading.Thread(target=lane.run_once)
+    t.start()
+    wait_for(lambda: len(his.sent) == 6 and recorder.lane_waits == 1, timeout=5)
+    time.sleep(0.2)
+    assert len(his.sent) == 6  # the lane waits: no seventh charge goes out before the store caught up
+    assert recorder.record_once() == 6
+    wait_for(lambda: len(his.sent) == 12 and recorder.lane_waits == 2, timeout=5)  # six more, then it waits again
+    assert t.is_alive()
+    assert recorder.record_once() == 6
+    t.join(timeout=5)
+    assert not t.is_alive()
+    assert store.pending_charges() == [] and feed.held() == 0
+    store.close()

@@ -10,8 +10,10 @@ the feed forget the rows.
 Nothing is sent twice on the way: an accepted row stays *held* by the feed (:class:`OutboxFeed`) until its
 acceptance is committed, so no lane is handed it again. A crash before the commit leaves the row pending,
 and the gateway sends it again after its restart; the HIS recognises the charge id (MSH-10) and books it
-once, the window there always was between an answer and its record. A store that fails keeps the
-acceptances here and they are written again after a pause, in order.
+once, the window there always was between an answer and its record; at most ``MAX_WAITING`` acceptances
+wait to be written (then the lanes wait for the recorder), so that window stays bounded when the store is
+slower than the HIS. A store that fails keeps the acceptances here and they are written again after a
+pause, in order.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from spd_common.heartbeat import HeartbeatRegistry
 
 log = logging.getLogger(__name__)
 
+MAX_WAITING = 1024
+"""Acceptances handed over and not yet written, at most (then the lanes wait): what a crash would send again."""
 RECORDER_DEADLINE_S = 90.0
 """One pass: a transaction that may wait 30 s on a busy store, retried after a pause."""
 
@@ -36,13 +40,16 @@ class AcceptRecorder:
     """Acceptances in, committed in groups by one thread, rows released from the feed after the commit."""
 
     def __init__(self, store: GatewayStore, feed: OutboxFeed, *, max_group: int = 512, wait_s: float = 0.01,
-                 retry_s: float = 1.0, heartbeats: HeartbeatRegistry | None = None,
+                 retry_s: float = 1.0, max_waiting: int = MAX_WAITING, heartbeats: HeartbeatRegistry | None = None,
                  on_recorded: Callable[[int], None] | None = None) -> None:
         """``wait_s``: after the first acceptance of a group, how long to gather more before the commit;
+        ``max_waiting``: acceptances not yet written beyond which a lane handing more waits (back-pressure);
         ``on_recorded(n)``: after each commit, how many acceptances it wrote."""
         self.store = store
         self.feed = feed
         self.max_group = max_group
+        self.max_waiting = max_waiting
+        self.lane_waits = 0  # times a lane waited for the recorder to catch up
         self.wait_s = wait_s
         self.retry_s = retry_s
         self.recorded = 0
@@ -55,12 +62,20 @@ class AcceptRecorder:
         self._beat = (heartbeats or HeartbeatRegistry()).heartbeat("his-recorder", deadline_s=RECORDER_DEADLINE_S)
 
     def add(self, accepted: list[tuple[OutboxCharge, HisResult]]) -> None:
-        """Acceptances to write; their rows must be held by the feed until then (the lane keeps them held)."""
+        """Acceptances to write; their rows must be held by the feed until then (the lane keeps them held).
+
+        While more than ``max_waiting`` wait, the lane waits here (until the recorder wrote some, or stops):
+        the lanes never run further ahead of the store than that, which bounds what a crash sends again.
+        """
         if not accepted:
             return
         with self._cond:
             self._pending.extend(accepted)
-            self._cond.notify()
+            self._cond.notify_all()
+            if len(self._pending) > self.max_waiting and not self._stop.is_set():
+                self.lane_waits += 1
+                while len(self._pending) > self.max_waiting and not self._stop.is_set():
+                    self._cond.wait(0.5)
 
     def waiting(self) -> int:
         with self._cond:
@@ -81,6 +96,7 @@ class AcceptRecorder:
         self.store.charges.mark_accepted_many([(c.charge_id, r.code, r.his_ref) for c, r in group])
         with self._cond:
             del self._pending[: len(group)]
+            self._cond.notify_all()  # lanes waiting for room
         self.feed.release(c.id for c, _ in group)
         self.recorded += len(group)
         if self._on_recorded is not None:
@@ -108,7 +124,7 @@ class AcceptRecorder:
         """Stop after writing what is waiting (call after the lanes stopped)."""
         self._stop.set()
         with self._cond:
-            self._cond.notify()
+            self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=30)
         self.flush()

@@ -2,8 +2,8 @@
 
 paho's network thread only queues each message (:mod:`gateway.group_commit`, bounded); the
 ``ingest-writer`` thread takes what is queued — many batches from many devices — decodes it, stores every
-event batch in ONE transaction (:meth:`EventStore.ingest_group`: group commit, each event still under its
-own savepoint), commits, and only then publishes each batch's ack with the highest contiguous sequence
+event batch in ONE transaction (:meth:`EventStore.ingest_group`: group commit, a bad event still
+quarantined alone), commits, and only then publishes each batch's ack with the highest contiguous sequence
 stored for its device, and acknowledges the messages to the broker (MQTT PUBACK, manual ack). The broker
 sends at most ``queue_size`` unacknowledged messages (the MQTT 5 Receive Maximum this client announces),
 so under load the rest wait at the broker: back-pressure, not loss or growing memory.

@@ -110,9 +110,9 @@ class EventStore:
     def ingest(self, batch: Batch, *, now: float | None = None) -> IngestResult:
         """Store a batch once per ``(device, seq)``, verify links, and advance the device's contiguous seq.
 
-        Each event is stored on its own (a savepoint): one whose fields break the
-        contract or cannot be stored is kept in quarantine with its reason, and the
-        events around it are stored. Only a failure of the store itself raises, and
+        An event whose fields break the contract or cannot be stored is kept in
+        quarantine with its reason, and the events around it are stored (see
+        :meth:`_ingest_batch`). Only a failure of the store itself raises, and
         then nothing of the batch is committed.
         """
         (res,) = self.ingest_group([batch], now=now)
@@ -123,8 +123,8 @@ class EventStore:
     def ingest_group(self, batches: Sequence[Batch], *, now: float | None = None) -> list[IngestResult | Exception]:
         """Store many batches (of many devices) in ONE transaction: group commit; one result per batch, in order.
 
-        Each batch is stored as :meth:`ingest` stores it, under a savepoint of its own, and each of its events
-        under its own savepoint inside that, so one bad event is quarantined alone. A batch that fails in a way
+        Each batch is stored as :meth:`ingest` stores it, under a savepoint of its own: its events in one pass,
+        or, if one of them is at fault, each under its own savepoint, so one bad event is quarantined alone. A batch that fails in a way
         that is neither an event fault nor a failure of the store (a bug) is rolled back alone: its result is the
         exception and it must not be acknowledged; the other batches are committed. A failure of the store itself
         (the engine's ``store_faults``, ``OSError``, ``MemoryError``) raises, and then nothing of

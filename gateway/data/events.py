@@ -124,11 +124,12 @@ class EventStore:
         """Store many batches (of many devices) in ONE transaction: group commit; one result per batch, in order.
 
         Each batch is stored as :meth:`ingest` stores it, under a savepoint of its own: its events in one pass,
-        or, if one of them is at fault, each under its own savepoint, so one bad event is quarantined alone. A batch that fails in a way
-        that is neither an event fault nor a failure of the store (a bug) is rolled back alone: its result is the
-        exception and it must not be acknowledged; the other batches are committed. A failure of the store itself
-        (the engine's ``store_faults``, ``OSError``, ``MemoryError``) raises, and then nothing of
-        the group is committed. Every result's ``contiguous`` is its device's contiguous seq after the whole group.
+        or, if one of them is at fault, each under its own savepoint, so one bad event is quarantined alone. A
+        batch that fails in a way that is neither an event fault nor a failure of the store (a bug) is rolled
+        back alone: its result is the exception and it must not be acknowledged; the other batches are
+        committed. A failure of the store itself (the engine's ``store_faults``, ``OSError``, ``MemoryError``)
+        raises, and then nothing of the group is committed. Every result's ``contiguous`` is its device's
+        contiguous seq after the whole group.
         """
         at = time.time() if now is None else now
         results: list[IngestResult | Exception] = []

@@ -25,7 +25,7 @@ trace=$(mktemp)
 trap 'rm -f "$trace"' EXIT
 
 echo "== test suite, charging bridge: $impl (SPD_REQUIRE_COMPILED=${SPD_REQUIRE_COMPILED:-0}) =="
-SPD_BRIDGE_TRACE=$trace $PY -m pytest -q -p no:cacheprovider "$@"
+SPD_BRIDGE_TRACE=$trace $PY -m pytest -q -p no:cacheprovider --durations=15 "$@"
 
 mapfile -t reached < <(sort -u "$trace")
 if [ ${#reached[@]} -eq 0 ]; then
@@ -37,4 +37,4 @@ if [ ${#reached[@]} -eq 0 ]; then
     exit 0
 fi
 echo "== test suite, charging bridge: pure-Python twin (SPD_PUREPYTHON=1), ${#reached[@]} modules that reach it =="
-SPD_PUREPYTHON=1 $PY -m pytest -q -p no:cacheprovider "${reached[@]}"
+SPD_PUREPYTHON=1 $PY -m pytest -q -p no:cacheprovider --durations=15 "${reached[@]}"

@@ -188,9 +188,7 @@ class EventStore:
                 self._store_event(db, batch.site, ev, at, res, checked=batch.checked, links=links)
                 continue
             try:
-                if not batch.checked:  # built in code (an imported export), not by decode_batch
-                    check_event(ev)
-                self._insert_event(db, batch.site, ev, at, res, links)
+                self._write_event(db, batch.site, ev, at, res, links, checked=batch.checked)
             except self._faults:  # first, as _store_event takes them: IntegrityError is a DatabaseError too
                 return None
         for bad in batch.invalid:
@@ -204,9 +202,7 @@ class EventStore:
         part = IngestResult()
         db.execute("SAVEPOINT event")
         try:
-            if not checked:  # built in code (an imported export), not by decode_batch
-                check_event(ev)
-            self._insert_event(db, site, ev, at, part, links or _Links.NONE)
+            self._write_event(db, site, ev, at, part, links or _Links.NONE, checked=checked)
         except self._faults as err:
             db.execute("ROLLBACK TO event")
             db.execute("RELEASE event")
@@ -222,6 +218,13 @@ class EventStore:
         res.duplicates += part.duplicates
         res.conflicts += part.conflicts
         res.chain_breaks += part.chain_breaks
+
+    def _write_event(self, db: Transaction, site: str, ev: Event, at: float, res: IngestResult, links: _Links, *,
+                     checked: bool) -> None:
+        """Check an event built in code (an imported export, not by ``decode_batch``), then insert it."""
+        if not checked:
+            check_event(ev)
+        self._insert_event(db, site, ev, at, res, links)
 
     def _insert_event(
         self, db: Transaction, site: str, ev: Event, at: float, res: IngestResult, links: _Links

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 
 from gateway.his.adapter import HisResult
 from gateway.his.feed import OutboxFeed
@@ -40,11 +39,10 @@ class AcceptRecorder:
     """Acceptances in, committed in groups by one thread, rows released from the feed after the commit."""
 
     def __init__(self, store: GatewayStore, feed: OutboxFeed, *, max_group: int = 512, wait_s: float = 0.01,
-                 retry_s: float = 1.0, max_waiting: int = MAX_WAITING, heartbeats: HeartbeatRegistry | None = None,
-                 on_recorded: Callable[[int], None] | None = None) -> None:
+                 retry_s: float = 1.0, max_waiting: int = MAX_WAITING,
+                 heartbeats: HeartbeatRegistry | None = None) -> None:
         """``wait_s``: after the first acceptance of a group, how long to gather more before the commit;
-        ``max_waiting``: acceptances not yet written beyond which a lane handing more waits (back-pressure);
-        ``on_recorded(n)``: after each commit, how many acceptances it wrote."""
+        ``max_waiting``: acceptances not yet written beyond which a lane handing more waits (back-pressure)."""
         self.store = store
         self.feed = feed
         self.max_group = max_group
@@ -54,7 +52,6 @@ class AcceptRecorder:
         self.retry_s = retry_s
         self.recorded = 0
         self.failures = 0
-        self._on_recorded = on_recorded
         self._pending: list[tuple[OutboxCharge, HisResult]] = []
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -99,8 +96,6 @@ class AcceptRecorder:
             self._cond.notify_all()  # lanes waiting for room
         self.feed.release(c.id for c, _ in group)
         self.recorded += len(group)
-        if self._on_recorded is not None:
-            self._on_recorded(len(group))
         return len(group)
 
     def flush(self) -> None:

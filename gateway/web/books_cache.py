@@ -15,6 +15,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
+from fastapi import Query
+
 from gateway.books import period as books_periods
 from gateway.books.legs import Period, month_period
 from gateway.books.reconcile import Reconciliation, reconcile
@@ -67,6 +69,11 @@ def period_of(ctx: WebContext, month: str) -> Period:
 def month_reconciliation(ctx: WebContext, month: str) -> Reconciliation:
     """The month's three-way reconciliation (:func:`gateway.books.reconcile.reconcile`), kept five minutes."""
     return reports_of(ctx).get("reconciliation", month, lambda: reconcile(ctx.store, period_of(ctx, month)))
+
+
+MONTH = Query(pattern=r"^(\d{4}-(0[1-9]|1[0-2]))?$",
+              description="the month, YYYY-MM (site time); default this one")
+"""The ``month`` parameter of every books page and its API (empty: this month, :func:`this_month`)."""
 
 
 def this_month(ctx: WebContext, *, now: float | None = None) -> str:

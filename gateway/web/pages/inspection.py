@@ -14,7 +14,7 @@ from gateway.books.inspect import by_dept_table, by_kind_table, evidence_table, 
 from gateway.books.output import Table
 from gateway.books.reconcile import KINDS, Reconciliation
 from gateway.web.auth import Principal, allowed
-from gateway.web.books_cache import month_reconciliation, this_month
+from gateway.web.books_cache import MONTH, month_reconciliation, this_month
 from gateway.web.context import WebContext, context_of
 from gateway.web.download import export
 from gateway.web.pages import NavEntry
@@ -23,7 +23,6 @@ from gateway.web.roles import SEE_INSPECTION
 
 NAV = NavEntry("Inspector's report", "/inspection", SEE_INSPECTION)
 MaySee = Annotated[Principal, Depends(allowed(*SEE_INSPECTION))]
-MONTH = Query(pattern=r"^(\d{4}-(0[1-9]|1[0-2]))?$", description="the month, YYYY-MM (site time); default this one")
 FORMAT = Query(description="xlsx (the inspector's workbook) or csv")
 html = APIRouter()
 api = APIRouter(tags=["books"])

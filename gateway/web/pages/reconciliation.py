@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse
 from gateway.books.inspect import by_kind_table, meta
 from gateway.books.reconcile import KINDS, Finding, Reconciliation
 from gateway.web.auth import Principal, allowed
-from gateway.web.books_cache import month_reconciliation, this_month
+from gateway.web.books_cache import MONTH, month_reconciliation, this_month
 from gateway.web.context import WebContext, context_of
 from gateway.web.pages import NavEntry
 from gateway.web.render import page
@@ -26,7 +26,6 @@ NAV = NavEntry("Reconciliation", "/reconciliation", SEE_RECONCILIATION)
 MaySee = Annotated[Principal, Depends(allowed(*SEE_RECONCILIATION))]
 Kind = Literal["", "charged_not_taken", "taken_not_charged", "swapped_charge", "serial_reused", "expired_charged",
                "credit_without_charge", "charged_twice", "price_markup"]
-MONTH = Query(pattern=r"^(\d{4}-(0[1-9]|1[0-2]))?$", description="the month, YYYY-MM (site time); default this one")
 DEPT = Query(pattern=r"^[^\x00-\x1f]{0,40}$", description="only this department's mismatches")
 KIND = Query(description="only mismatches of this kind")
 KEY = Query(min_length=1, max_length=80, pattern=r"^[!-~]+$",

@@ -14,7 +14,7 @@ from fastapi.responses import HTMLResponse, Response
 from gateway.books.settlement import Settlement, detail, settle
 from gateway.books.settlement_report import meta, tables
 from gateway.web.auth import Principal, allowed
-from gateway.web.books_cache import books_period, reports_of, this_month
+from gateway.web.books_cache import MONTH, books_period, reports_of, this_month
 from gateway.web.context import WebContext, context_of
 from gateway.web.download import export
 from gateway.web.pages import NavEntry
@@ -23,7 +23,6 @@ from gateway.web.roles import SEE_SETTLEMENT
 
 NAV = NavEntry("Settlement", "/settlement", SEE_SETTLEMENT)
 MaySee = Annotated[Principal, Depends(allowed(*SEE_SETTLEMENT))]
-MONTH = Query(pattern=r"^(\d{4}-(0[1-9]|1[0-2]))?$", description="the month, YYYY-MM (site time); default this one")
 SUPPLIER = Query(pattern=r"^[^\x00-\x1f]{0,64}$", description="only this supplier (its code); default all")
 FORMAT = Query(description="xlsx or csv")
 html = APIRouter()

@@ -8,12 +8,12 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 
 from gateway.books.vbp import vbp_view
 from gateway.web.auth import Principal, allowed
-from gateway.web.books_cache import books_period, this_month
+from gateway.web.books_cache import MONTH, books_period, this_month
 from gateway.web.context import WebContext, context_of
 from gateway.web.pages import NavEntry
 from gateway.web.render import page
@@ -21,7 +21,6 @@ from gateway.web.roles import SEE_SETTLEMENT
 
 NAV = NavEntry("VBP", "/vbp", SEE_SETTLEMENT)
 MaySee = Annotated[Principal, Depends(allowed(*SEE_SETTLEMENT))]
-MONTH = Query(pattern=r"^(\d{4}-(0[1-9]|1[0-2]))?$", description="the month, YYYY-MM (site time); default this one")
 html = APIRouter()
 api = APIRouter(tags=["books"])
 

@@ -75,3 +75,8 @@ class ClaimStore:
         rows = self._engine.query("SELECT k.owner, COUNT(*) FROM charge_claims k JOIN charges c "
                                   "ON c.charge_id = k.charge_id WHERE c.status = 'pending' GROUP BY k.owner")
         return {str(o): int(n) for o, n in rows}
+
+    def held(self, owner: str) -> set[str]:
+        """The charges ``owner`` has claimed and not let go: pending, or answered and not yet cleared by its
+        next claim pass. After a crash, only these can reach the HIS a second time."""
+        return {str(r[0]) for r in self._engine.query("SELECT charge_id FROM charge_claims WHERE owner = ?", (owner,))}

@@ -1,22 +1,25 @@
-"""A plain batch — new events and resends whose links are all known — is written in one ``executemany``;
-whatever the batches, the store ends as it ends when every event is written one by one.
+"""A plain batch — new events and resends whose links are all known — is written in one ``executemany``, and
+a group of them (one per device) in one ``executemany`` after one read of all their links; whatever the
+batches, the store ends as it ends when every event is written one by one.
 
 :func:`gateway.data.events._plain_rows` plans such a batch from the links read before it and hands anything
-else (a conflict, a chain break, scattered seqs) to the event-by-event path. Here random sequences of
-batches — from a device's history and from a second history under the same device id, in any order, with
-gaps, resends, repeats and mixtures — go into two stores, one with the plan and one without; every batch's
-result and both stores' events, chain breaks, quarantine and acks must be the same.
+else (a conflict, a chain break, scattered seqs) to the event-by-event path; ``EventStore._plain_group``
+does it for a whole group, or leaves every batch of it to that path. Here random sequences of batches and
+groups — from devices' histories and from second histories under the same device ids, in any order, with
+gaps, resends, repeats and mixtures — go into two stores, one with the plans and one without; every
+batch's result and both stores' events, chain breaks, quarantine and acks must be the same.
 """
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import gateway.data.events as events_module
@@ -25,30 +28,40 @@ from gateway.store import GatewayStore
 from spd_common.wire import Batch, Event, decode_batch, encode_batch
 
 DEVICE = "HH01"
+DEVICES = ("HH01", "HH02", "HH03")
+Histories = dict[str, tuple[list[Event], list[Event]]]
 
 
-def _history(folder: Path, n: int, tag: str) -> list[Event]:
-    log = EventLog(folder / f"{tag}.db", device=DEVICE)
-    return [log.append("consume", {"admission": "ZY1", "udi": f"{tag}{i}", "operator": "N", "dept": "D"})
+def _history(folder: Path, device: str, n: int, tag: str) -> list[Event]:
+    log = EventLog(folder / f"{device}-{tag}.db", device=device)
+    return [log.append("consume", {"admission": "ZY1", "udi": f"{device}{tag}{i}", "operator": "N", "dept": "D"})
             for i in range(n)]
 
 
 @pytest.fixture(scope="module")
-def histories() -> Iterator[tuple[list[Event], list[Event]]]:
+def all_histories() -> Iterator[Histories]:
+    """Per device, its history and a second one under its id (the same seqs, other contents)."""
     with tempfile.TemporaryDirectory() as d:
-        yield _history(Path(d), 14, "a"), _history(Path(d), 14, "b")  # b: the same seqs, other contents
+        yield {dev: (_history(Path(d), dev, 14, "a"), _history(Path(d), dev, 14, "b")) for dev in DEVICES}
+
+
+@pytest.fixture(scope="module")
+def histories(all_histories: Histories) -> tuple[list[Event], list[Event]]:
+    return all_histories[DEVICE]
 
 
 def _batch(events: list[Event]) -> Batch:
-    return decode_batch(f"spd/v1/H1/{DEVICE}/events", encode_batch("H1", DEVICE, events))
+    device = events[0].device
+    return decode_batch(f"spd/v1/H1/{device}/events", encode_batch("H1", device, events))
 
 
-def _outcome(store: GatewayStore, batches: list[Batch]) -> tuple[Any, ...]:
+def _outcome(store: GatewayStore, groups: list[list[Batch]]) -> tuple[Any, ...]:
     results = []
-    for batch in batches:
-        r = store.ingest(batch)
-        results.append((r.new, r.duplicates, r.quarantined, r.conflicts, r.contiguous, r.unidentified,
-                        [(x.seq, x.reason) for x in r.rejected], r.chain_breaks))
+    for group in groups:
+        for r in store.ingest_group(group):
+            assert not isinstance(r, Exception), r
+            results.append((r.new, r.duplicates, r.quarantined, r.conflicts, r.contiguous, r.unidentified,
+                            [(x.seq, x.reason) for x in r.rejected], r.chain_breaks))
     q = store._engine.query
     return (results,
             q("SELECT device, seq, hash, prev, body FROM events ORDER BY device, seq"),
@@ -75,10 +88,43 @@ def test_planned_batches_end_as_the_event_by_event_path_ends(
         planned = GatewayStore(Path(d) / "planned.db")
         one_by_one = GatewayStore(Path(d) / "one_by_one.db")
         try:
-            want_planned = _outcome(planned, [_batch(evs) for evs in batches])
+            want_planned = _outcome(planned, [[_batch(evs)] for evs in batches])
             with monkeypatch.context() as m:
                 m.setattr(events_module, "_plain_rows", lambda *args: None)
-                want_one_by_one = _outcome(one_by_one, [_batch(evs) for evs in batches])
+                want_one_by_one = _outcome(one_by_one, [[_batch(evs)] for evs in batches])
+        finally:
+            planned.close()
+            one_by_one.close()
+    assert want_planned == want_one_by_one
+
+
+# a group: one batch per device, mostly (two of one device make the group not plain), each as _runs draws
+_group = st.one_of(
+    st.permutations(DEVICES).flatmap(lambda devs: st.tuples(*(
+        st.tuples(st.just(dev), st.one_of(_stretch, _stretch, _picks)) for dev in devs))).map(list),
+    st.lists(st.tuples(st.sampled_from(DEVICES), st.one_of(_picks, _stretch)), min_size=1, max_size=4),
+)
+_groups = st.lists(_group, min_size=1, max_size=6)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(groups=_groups)
+@example(groups=[[("HH01", [(False, 6)])], [("HH01", [(True, 4), (True, 5)]), ("HH02", [(True, 1)])]])  # successor
+@example(groups=[[("HH01", [(False, 3)])], [("HH01", [(True, 4)]), ("HH02", [(True, 1)])]])  # predecessor
+@example(groups=[[("HH01", [(True, 1)]), ("HH02", [(True, 1)])], [("HH01", [(False, 1)]), ("HH02", [(True, 1)])]])
+def test_planned_groups_end_as_the_event_by_event_path_ends(
+        all_histories: Histories, groups: list[list[tuple[str, list[tuple[bool, int]]]]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    batches = [[_batch([all_histories[dev][0 if first else 1][seq - 1] for first, seq in run]) for dev, run in group]
+               for group in groups]
+    with tempfile.TemporaryDirectory() as d:
+        planned = GatewayStore(Path(d) / "planned.db")
+        one_by_one = GatewayStore(Path(d) / "one_by_one.db")
+        try:
+            want_planned = _outcome(planned, batches)
+            with monkeypatch.context() as m:
+                m.setattr(events_module, "_plain_rows", lambda *args: None)
+                want_one_by_one = _outcome(one_by_one, batches)
         finally:
             planned.close()
             one_by_one.close()
@@ -111,3 +157,32 @@ def test_the_usual_batches_are_planned_and_a_conflict_is_not(
     assert (r.new, r.contiguous) == (2, 11)
     assert r.chain_breaks
     assert planned == [5, 4, 0]  # on SQLite and on PostgreSQL (where the executemany is one pipeline)
+
+
+def test_a_group_of_plain_batches_is_written_at_once_and_one_conflict_sends_it_batch_by_batch(
+        all_histories: Histories, open_store: Callable[[], GatewayStore], monkeypatch: pytest.MonkeyPatch) -> None:
+    store = open_store()
+    groups: list[int] = []
+    real = store.events._plain_group
+
+    def spy(*args: Any) -> Any:
+        out = real(*args)
+        groups.append(-1 if out is None else sum(r.new for r in out))
+        return out
+
+    monkeypatch.setattr(store.events, "_plain_group", spy)
+    a = {dev: h[0] for dev, h in all_histories.items()}
+    b = {dev: h[1] for dev, h in all_histories.items()}
+    first = store.ingest_group([_batch(a[dev][:3]) for dev in DEVICES])
+    assert [(r.new, r.contiguous) for r in first] == [(3, 3)] * 3  # type: ignore[union-attr]
+    second = store.ingest_group([_batch(a["HH01"][2:6]), _batch(b["HH02"][3:4]), _batch(a["HH03"][3:5])])
+    assert [(r.new, r.duplicates, r.contiguous) for r in second] == [  # type: ignore[union-attr]
+        (3, 1, 6), (1, 0, 4), (2, 0, 5)]
+    assert second[1].chain_breaks  # type: ignore[union-attr]
+    assert groups == [9, -1]  # the first group at once; the second has a chain break, so batch by batch
+    doc = json.loads(encode_batch("H1", "HH02", a["HH02"][6:8]))
+    doc["events"][0]["body"]["udi"] = "altered"  # its hash no longer matches: refused, kept in quarantine
+    refused = decode_batch("spd/v1/H1/HH02/events", json.dumps(doc).encode())
+    third = store.ingest_group([_batch(a["HH01"][6:8]), refused])
+    assert [(r.new, r.quarantined) for r in third] == [(2, 0), (1, 1)]  # type: ignore[union-attr]
+    assert groups == [9, -1, -1]  # a refused event: batch by batch

@@ -77,7 +77,7 @@ _stretch = st.tuples(st.integers(1, 14), st.integers(1, 6)).map(  # a device's n
 _runs = st.lists(st.one_of(_picks, _stretch), min_size=1, max_size=8)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(runs=_runs)
 def test_planned_batches_end_as_the_event_by_event_path_ends(
         histories: tuple[list[Event], list[Event]], runs: list[list[tuple[bool, int]]],
@@ -107,7 +107,7 @@ _group = st.one_of(
 _groups = st.lists(_group, min_size=1, max_size=6)
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(groups=_groups)
 @example(groups=[[("HH01", [(False, 6)])], [("HH01", [(True, 4), (True, 5)]), ("HH02", [(True, 1)])]])  # successor
 @example(groups=[[("HH01", [(False, 3)])], [("HH01", [(True, 4)]), ("HH02", [(True, 1)])]])  # predecessor

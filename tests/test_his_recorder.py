@@ -9,13 +9,11 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from test_outbox_feed import RecordingHis, queue_charges
 
-from gateway.data.charges import StoreError
 from gateway.data.fair_lock import FairRLock
 from gateway.his.adapter import HisOutcome, HisResult
 from gateway.his.feed import OutboxFeed
@@ -158,35 +156,3 @@ def test_the_lanes_wait_when_the_recorder_falls_behind(tmp_path: Path) -> None:
     assert not t.is_alive()
     assert store.pending_charges() == [] and feed.held() == 0
     store.close()
-
-
-
-def _accepted(store: GatewayStore, first: int) -> list[tuple[object, ...]]:
-    """Charges ``first`` .. ``first + 11`` and their consumption lines, numbered from 1."""
-    rows = store._engine.query(
-        "SELECT c.seq, c.status, c.attempts, c.ack_code, c.his_ref, c.last_error, k.seq, k.gtin, k.serial, "
-        "k.price_fen, k.his_ref FROM charges c LEFT JOIN consumption k ON k.charge_id = c.charge_id "
-        "WHERE c.seq BETWEEN ? AND ? ORDER BY c.seq", (first, first + 11))
-    return [(int(r[0]) - first + 1, *r[1:6], None if r[6] is None else int(r[6]) - first + 1, r[7],
-             None if r[8] is None else int(str(r[8])[1:]) - first + 1, *r[9:]) for r in rows]
-
-
-def test_acceptances_written_together_end_as_written_one_by_one(open_store: Callable[[], GatewayStore]) -> None:
-    store = open_store()
-    queue_charges(store, 1, 12)
-    queue_charges(store, 101, 12)
-
-    def group(first: int) -> list[tuple[str, str | None, str | None]]:
-        c = [f"C{first + n:08d}" for n in range(12)]  # repeats, one accepted before, codes and references of each kind
-        return [(c[0], "AA", "H1"), (c[1], None, None), (c[2], "AA", "H3b"), (c[0], "AA", "H1b"),
-                *((c[n], "CA", f"R{n}") for n in range(3, 12))]
-
-    store.charges.mark_accepted("C00000003", "AA", "H3")
-    store.charges.mark_accepted("C00000103", "AA", "H3")
-    assert store.charges.mark_accepted_many(group(1)) == 11
-    assert sum(store.charges.mark_accepted(*accepted) for accepted in group(101)) == 11
-    assert _accepted(store, 1) == _accepted(store, 101)
-    assert {r[1] for r in _accepted(store, 1)} == {"accepted"}
-    assert store.charges.mark_accepted_many(group(1)) == 0  # written once
-    with pytest.raises(StoreError):  # nothing of it written
-        store.charges.mark_accepted_many([("C00000001", "AA", "H1"), ("no-such-charge", "AA", None)])

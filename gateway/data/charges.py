@@ -37,22 +37,6 @@ class ReturnOutcome(StrEnum):
     REFUSED = "refused"  # unreadable, not identifiable, or already returned
 
 
-_ACCEPT = ("UPDATE charges SET attempts = attempts + 1, status = 'accepted', ack_code = ?, his_ref = ?, "
-           "finished_at = ?, last_error = '' WHERE charge_id = ?")
-_INSERT_CONSUMPTION = (
-    "INSERT INTO consumption (device, seq, charge_id, admission, gtin, item_code, name, lot, serial, expiry, "
-    "price_fen, operator, dept, used_at_ms, his_ref, recorded_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
-
-
-def _consumption_row(device: str, seq: int, charge_id: str | None, line: dict[str, Any], his_ref: str | None,
-                     now: float) -> tuple[Any, ...]:
-    """The values of :data:`_INSERT_CONSUMPTION` for a charge line the HIS accepted."""
-    return (device, seq, charge_id, line["admission"], line["gtin"], line["item_code"], line["name"], line["lot"],
-            line["serial"], line["expiry"], line["price_fen"], line["operator"], line["dept"], line["ts_ms"], his_ref,
-            now)
-
-
 class StoreError(RuntimeError):
     """The gateway store refused an operation."""
 
@@ -192,55 +176,12 @@ class ChargeStore:
     def mark_accepted_many(self, accepted: Sequence[tuple[str, str | None, str | None]]) -> int:
         """Record many acceptances (charge id, code, HIS reference) in ONE transaction; how many were new.
 
-        The HIS recorder writes what every lane's HIS accepted a few hundred at a time, so the commit (an
-        fsync) is shared. Each is written as :meth:`mark_accepted` writes it, but together: the charges and
-        the credits among them read in one statement each (per 500), the acceptances and the consumption
-        lines written in one ``executemany`` each — on PostgreSQL one pipeline, where one at a time cost four
-        round trips an acceptance. A credit's effects (rare) are applied one by one, after the consumption
-        lines, as an acceptance's own line comes before any credit of it.
+        A HIS lane sends its charges one after another and records what the HIS accepted a few dozen at a
+        time, so the commit (an fsync) is shared. Each is written as :meth:`mark_accepted` writes it.
         """
         now = time.time()
         with self._engine.transaction() as db:
-            return self._accept_many(db, accepted, now)
-
-    def _accept_many(self, db: Transaction, accepted: Sequence[tuple[str, str | None, str | None]],
-                     now: float) -> int:
-        ids = list(dict.fromkeys(charge_id for charge_id, _, _ in accepted))
-        charges: dict[str, tuple[Any, ...]] = {}
-        credits: dict[str, tuple[Any, ...]] = {}
-        for i in range(0, len(ids), 500):
-            part = ids[i:i + 500]
-            marks = ", ".join("?" * len(part))
-            charges.update((str(r[0]), tuple(r[1:])) for r in db.execute(
-                f"SELECT charge_id, device, seq, line, status FROM charges WHERE charge_id IN ({marks})",
-                part).fetchall())
-            credits.update((str(r[0]), tuple(r[1:])) for r in db.execute(
-                f"SELECT credit_id, charge_id, item_key, restocked FROM returns WHERE credit_id IN ({marks})",
-                part).fetchall())
-        updates: list[tuple[Any, ...]] = []
-        lines: list[tuple[Any, ...]] = []
-        credited: list[tuple[str, tuple[Any, ...], str | None]] = []
-        done: set[str] = set()
-        for charge_id, code, his_ref in accepted:
-            row = charges.get(charge_id)
-            if row is None:
-                raise StoreError(f"no charge {charge_id}")
-            device, seq, line_text, status = row
-            if status == "accepted" or charge_id in done:
-                continue
-            done.add(charge_id)
-            updates.append((code, his_ref, now, charge_id))
-            if charge_id in credits:
-                credited.append((charge_id, credits[charge_id], his_ref))
-            else:
-                lines.append(_consumption_row(device, seq, charge_id, json.loads(line_text), his_ref, now))
-        if updates:
-            db.executemany(_ACCEPT, updates)
-        if lines:
-            db.executemany(_INSERT_CONSUMPTION, lines)
-        for credit_id, (original, item_key, restocked), his_ref in credited:
-            self._apply_credit(db, credit_id, original, item_key, bool(restocked), his_ref, now)
-        return len(updates)
+            return sum(self._accept(db, charge_id, code, his_ref, now) for charge_id, code, his_ref in accepted)
 
     def _accept(self, db: Transaction, charge_id: str, code: str | None, his_ref: str | None,
                 now: float) -> bool:
@@ -252,7 +193,11 @@ class ChargeStore:
         device, seq, line_text, status = row
         if status == "accepted":
             return False
-        db.execute(_ACCEPT, (code, his_ref, now, charge_id))
+        db.execute(
+            "UPDATE charges SET attempts = attempts + 1, status = 'accepted', ack_code = ?, his_ref = ?, "
+            "finished_at = ?, last_error = '' WHERE charge_id = ?",
+            (code, his_ref, now, charge_id),
+        )
         credited = db.execute(
             "SELECT charge_id, item_key, restocked FROM returns WHERE credit_id = ?", (charge_id,)
         ).fetchone()
@@ -290,7 +235,16 @@ class ChargeStore:
         self, db: Transaction, device: str, seq: int, charge_id: str | None,
         line: dict[str, Any], his_ref: str | None, now: float,
     ) -> None:
-        db.execute(_INSERT_CONSUMPTION, _consumption_row(device, seq, charge_id, line, his_ref, now))
+        db.execute(
+            "INSERT INTO consumption (device, seq, charge_id, admission, gtin, item_code, name, lot, serial, "
+            "expiry, price_fen, operator, dept, used_at_ms, his_ref, recorded_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (
+                device, seq, charge_id, line["admission"], line["gtin"], line["item_code"], line["name"],
+                line["lot"], line["serial"], line["expiry"], line["price_fen"], line["operator"], line["dept"],
+                line["ts_ms"], his_ref, now,
+            ),
+        )
 
     def requeue_parked(self, charge_id: str) -> bool:
         """Send a parked charge again; refused (False) for a charge whose item was given back."""

@@ -183,25 +183,28 @@ class EventStore:
         rows: list[tuple[object, ...]] = []
         for batch, (device, lo, hi) in zip(batches, ranges, strict=True):
             res = IngestResult()
-            planned = _plain_rows(batch, _Links(lo, hi, known[device]), res)
+            planned = _plain_rows(batch, _Links(lo, hi, known[device]), res, at)
             if planned is None:
                 return None
-            res.new = len(planned)
             results.append(res)
-            rows += [(*row[:2], batch.site, *row[2:], at) for row in planned]
-        if not rows:
-            return results
-        db.execute("SAVEPOINT plain_group")
+            rows += planned
+        if rows:
+            db.execute("SAVEPOINT plain_group")
+            if not self._insert_planned(db, rows):  # batch by batch, from the group's start
+                db.execute("ROLLBACK TO plain_group")
+                db.execute("RELEASE plain_group")
+                return None
+            db.execute("RELEASE plain_group")
+        return results
+
+    def _insert_planned(self, db: Transaction, rows: list[tuple[object, ...]]) -> bool:
+        """Write planned events (:func:`_plain_rows`) in one ``executemany``; False when one of them is at fault
+        or was not new after all (not what the links said): the caller rolls back and stores one by one."""
         try:
             written = db.executemany(INSERT_EVENT, rows)
         except self._faults:
-            written = None
-        if written is None or written.rowcount != len(rows):  # not what the links said: batch by batch
-            db.execute("ROLLBACK TO plain_group")
-            db.execute("RELEASE plain_group")
-            return None
-        db.execute("RELEASE plain_group")
-        return results
+            return False
+        return bool(written.rowcount == len(rows))
 
     def _ingest_batch(self, db: Transaction, batch: Batch, at: float) -> IngestResult | Exception:
         """One batch under its savepoint: first all its events in one go; if one of them is at fault, all of
@@ -230,32 +233,23 @@ class EventStore:
         None as soon as one event is at fault (the caller rolls the batch back and stores each apart)."""
         res = IngestResult()
         links = _Links.read(db, batch.device, [ev.seq for ev in batch.events])
-        if not each_apart:
-            rows = _plain_rows(batch, links, res)
-            if rows:
-                try:
-                    written = db.executemany(INSERT_EVENT, [(*row[:2], batch.site, *row[2:], at) for row in rows])
-                except self._faults:
-                    return None
-                if written.rowcount != len(rows):  # not what the links said: store them one by one
-                    return None
-                res.new += len(rows)
-                for bad in batch.invalid:
-                    self._quarantine(db, batch.device, bad, at, res)
-                return res
-            res = IngestResult()
-        for ev in batch.events:
-            stored = links.get(ev.seq) if batch.checked and links.covers(ev.seq) else None
-            if stored is not None and stored[1] == ev.hash:  # a resend of a stored event: nothing to write
-                res.duplicates += 1
-                continue
-            if each_apart:
-                self._store_event(db, batch.site, ev, at, res, checked=batch.checked, links=links)
-                continue
-            try:
-                self._write_event(db, batch.site, ev, at, res, links, checked=batch.checked)
-            except self._faults:  # first, as _store_event takes them: IntegrityError is a DatabaseError too
+        planned = None if each_apart else _plain_rows(batch, links, res, at)
+        if planned is not None:  # the new events in one statement
+            if planned and not self._insert_planned(db, planned):
                 return None
+        else:
+            for ev in batch.events:
+                stored = links.get(ev.seq) if batch.checked and links.covers(ev.seq) else None
+                if stored is not None and stored[1] == ev.hash:  # a resend of a stored event: nothing to write
+                    res.duplicates += 1
+                    continue
+                if each_apart:
+                    self._store_event(db, batch.site, ev, at, res, checked=batch.checked, links=links)
+                    continue
+                try:
+                    self._write_event(db, batch.site, ev, at, res, links, checked=batch.checked)
+                except self._faults:  # first, as _store_event takes them: IntegrityError is a DatabaseError too
+                    return None
         for bad in batch.invalid:
             self._quarantine(db, batch.device, bad, at, res)
         return res
@@ -508,17 +502,18 @@ def _plain_span(seqs: list[object]) -> tuple[int, int] | None:
         return None
     return lo, hi
 
+
 INSERT_EVENT = ("INSERT INTO events (device, seq, site, ts_ms, kind, body, prev, hash, stored_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device, seq) DO NOTHING")
 
 
-def _plain_rows(batch: Batch, links: _Links, res: IngestResult) -> list[tuple[object, ...]] | None:
+def _plain_rows(batch: Batch, links: _Links, res: IngestResult, at: float) -> list[tuple[object, ...]] | None:
     """The usual batch, planned from its links alone: decoded and checked, every seq within the links read,
     each event new or a resend, every new one linking to what is stored and to its batch. The new events'
-    rows (device, seq, ts_ms, kind, body, prev, hash) to write in one ``executemany`` (on PostgreSQL one
-    pipeline instead of a round trip per event), the resends counted in ``res``; ``links`` learns the new
-    ones. None for anything else (a conflict, a chain break, a seq out of range): ``res`` and ``links``
-    untouched, and the batch is stored event by event, as :meth:`EventStore._insert_event` does."""
+    :data:`INSERT_EVENT` rows (stored at ``at``) to write in one ``executemany`` (on PostgreSQL one pipeline
+    instead of a round trip per event), the new events and the resends counted in ``res``; ``links`` learns
+    the new ones. None for anything else (a conflict, a chain break, a seq out of range): ``res`` and
+    ``links`` untouched, and the batch is stored event by event, as :meth:`EventStore._insert_event` does."""
     if not batch.checked or links is _Links.NONE:
         return None
     planned: dict[int, tuple[str, str]] = {}
@@ -544,8 +539,9 @@ def _plain_rows(batch: Batch, links: _Links, res: IngestResult) -> list[tuple[ob
         if after is not None and after[0] != ev.hash:
             return None
         planned[ev.seq] = (ev.prev, ev.hash)
-        rows.append((ev.device, ev.seq, ev.ts_ms, ev.kind, json.dumps(ev.body, ensure_ascii=False), ev.prev,
-                     ev.hash))
+        rows.append((ev.device, ev.seq, batch.site, ev.ts_ms, ev.kind, json.dumps(ev.body, ensure_ascii=False),
+                     ev.prev, ev.hash, at))
+    res.new += len(rows)
     res.duplicates += duplicates
     for seq, link in planned.items():
         links.add(seq, *link)

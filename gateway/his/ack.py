@@ -7,11 +7,10 @@ python-hl7 (``hl7.parse``), the library the ADT listener uses too. Measured (``p
 ack``, docs/benchmarks.md): python-hl7 takes about 50-90 µs per ACK, the split 5 µs; at 1,000 scans a
 second the library's reading of plain ACKs was a tenth of the gateway's interpreter, which every thread
 shares. A property test holds the two readings to the same result (tests/test_his_ack_plain.py).
-Two of python-hl7's habits are worked around: it strips the
-message's ends (a closing segment keeps the last field's trailing spaces), and its ``unescape``
-reads ``\\Xhh\\`` byte by byte as Latin-1, maps ``\\.br\\`` to CR and drops escapes it does not
-know, so :func:`unescape` here resolves escapes (UTF-8 hex, unknown ones kept). Escaping is
-:func:`gateway.hl7text.escape`, shared with the charge template.
+Two of python-hl7's habits are worked around: it strips the message's ends (a closing segment keeps
+the last field's trailing spaces), and its ``unescape`` reads ``\\Xhh\\`` byte by byte as Latin-1, maps
+``\\.br\\`` to CR and drops escapes it does not know, so :func:`unescape` here resolves escapes (UTF-8
+hex, unknown ones kept). Escaping is :func:`gateway.hl7text.escape`, shared with the charge template.
 """
 
 from __future__ import annotations

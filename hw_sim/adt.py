@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import itertools
 import os
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -22,7 +22,8 @@ from gateway.his.mllp import MllpDecoder, decode_text, frame_text
 
 EVENTS = {"admit": "A01", "transfer": "A02", "discharge": "A03", "update": "A08", "cancel-admit": "A11",
           "cancel-discharge": "A13"}
-_counter = itertools.count(1)
+_last = (0, -1)  # the last control id's millisecond and its number within it
+_ids_lock = threading.Lock()
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +42,13 @@ def next_control_id() -> str:
     The gateway takes a repeated MSH-10 as a resend and does not apply it again, so two runs of
     ``spd-sim adt`` must never reuse one (numbering from 1 in each process did).
     """
-    return f"A{int(time.time() * 1000):013d}{os.getpid() % 1000:03d}{next(_counter) % 1000:03d}"
+    global _last
+    with _ids_lock:  # (ms, n) only grows: a thousand ids within one millisecond move on to the next one
+        ms, n = _last
+        now = int(time.time() * 1000)
+        ms, n = (now, 0) if now > ms else (ms + 1, 0) if n == 999 else (ms, n + 1)
+        _last = (ms, n)
+    return f"A{ms:013d}{os.getpid() % 1000:03d}{n:03d}"
 
 
 def hl7_time(when: dt.datetime | None = None) -> str:

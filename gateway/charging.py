@@ -116,16 +116,20 @@ class ChargingWorker:
         dup_items: list[bridge.ChargeLine] = []
         new_lines: list[bridge.ChargeLine] = []
         with self.store.charges.batch() as db:
-            for line in result.lines:
-                added = db.add_charge(line.charge_id, line.device, line.seq, line.admission, item_key(line),
-                                      json.dumps(_line_record(line), ensure_ascii=False), line.message, now)
-                if added and line.serial:
-                    new_lines.append(line)
-                if not added and not db.has_charge(line.device, line.seq):
-                    # the item key is already charged by another event
-                    dup_items.append(line)
-                    db.reject(line.device, line.seq, "serial_already_consumed",
-                              f"item {line.gtin}/{line.serial} is already charged", now)
+            rows = [(line.charge_id, line.device, line.seq, line.admission, item_key(line),
+                     json.dumps(_line_record(line), ensure_ascii=False), line.message, now) for line in result.lines]
+            if db.add_charges(rows):  # all new: the usual case, a few statements for the batch
+                new_lines = [line for line in result.lines if line.serial]
+            else:  # some are there already (a batch repeated after a crash, an item charged by another event)
+                for line, row in zip(result.lines, rows, strict=True):
+                    added = db.add_charge(*row)
+                    if added and line.serial:
+                        new_lines.append(line)
+                    if not added and not db.has_charge(line.device, line.seq):
+                        # the item key is already charged by another event
+                        dup_items.append(line)
+                        db.reject(line.device, line.seq, "serial_already_consumed",
+                                  f"item {line.gtin}/{line.serial} is already charged", now)
             for rej in [*result.rejects, *result.uncharged]:
                 db.reject(rej.device, rej.seq, str(rej.reason), rej.detail, now)
             # after this batch's charges: a return finds charges of events stored before it, this batch's too
@@ -254,22 +258,19 @@ class ChargingWorker:
         that were stored before it (a device's batches can reach two gateway instances in either order).
 
         A ``return_unused`` of that kind was recorded as ``not_charged``: it becomes ``credited``. A cabinet
-        ``returned``/``restocked`` got no row then; it gets one now. One range read per device and batch
-        (never per line): the events of the device with a later seq but a smaller store id. Returns how
-        many credits were queued.
+        ``returned``/``restocked`` got no row then; it gets one now. One read per batch (never per line or
+        device): for each device, its events with a later seq but a smaller store id. Returns how many
+        credits were queued.
         """
         by_device: dict[str, list[bridge.ChargeLine]] = {}
         for line in lines:
             by_device.setdefault(line.device, []).append(line)
         credited = 0
-        for device, mine in by_device.items():
-            first_seq = min(line.seq for line in mine)
-            last_id = max(event_ids[(device, line.seq)] for line in mine)
-            later = db.later_events(device, after_seq=first_seq, before_id=last_id,
-                                    kinds=(EventKind.RETURN_UNUSED.value, *CABINET_RETURN_KINDS))
-            if not later:
-                continue
-            for line in mine:
+        ranges = [(device, min(line.seq for line in mine), max(event_ids[(device, line.seq)] for line in mine))
+                  for device, mine in by_device.items()]
+        later_by_device = db.later_events(ranges, kinds=(EventKind.RETURN_UNUSED.value, *CABINET_RETURN_KINDS))
+        for device, later in later_by_device.items():
+            for line in by_device[device]:
                 key, line_id = item_key(line), event_ids[(device, line.seq)]
                 charge = StandingCharge(line.charge_id, "pending", json.dumps(_line_record(line), ensure_ascii=False))
                 for ev_id, seq, kind, body_text in later:

@@ -19,13 +19,44 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-from gateway.data.engine import Engine, Transaction
+from gateway.data.engine import Engine, Row, Transaction
 from spd_common.wire import Event
 
 log = logging.getLogger(__name__)
 
 RELEASES_WRITERS = "item_releases"
 """The key the transactions that insert ``item_releases`` share (see ``Engine.read_settled``)."""
+
+GROUP_ROWS = 400
+"""Rows in one multi-row statement at most: 400 rows of 16 columns stay far under SQLite's 32,766 parameters."""
+
+INSERT_CONSUMPTION = (
+    "INSERT INTO consumption (device, seq, charge_id, admission, gtin, item_code, name, lot, serial, expiry, "
+    "price_fen, operator, dept, used_at_ms, his_ref, recorded_at)"
+)
+
+
+def _consumption_values(device: str, seq: int, charge_id: str | None, line: dict[str, Any], his_ref: str | None,
+                        now: float) -> tuple[Any, ...]:
+    """One consumption record's values in :data:`INSERT_CONSUMPTION`'s column order, from its charge line."""
+    return (device, seq, charge_id, line["admission"], line["gtin"], line["item_code"], line["name"], line["lot"],
+            line["serial"], line["expiry"], line["price_fen"], line["operator"], line["dept"], line["ts_ms"],
+            his_ref, now)
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+def _rows_of(width: int, n: int) -> str:
+    """``(?, ?), (?, ?)`` for ``n`` rows of ``width`` values: a multi-row ``VALUES`` both engines take."""
+    row = f"({_marks(width)})"
+    return ", ".join([row] * n)
 
 
 class ReturnOutcome(StrEnum):
@@ -171,42 +202,60 @@ class ChargeStore:
         """Record the HIS's acceptance and write the consumption record, in one transaction."""
         now = time.time()
         with self._engine.transaction() as db:
-            return self._accept(db, charge_id, code, his_ref, now)
+            return self._accept_group(db, [(charge_id, code, his_ref)], now) == 1
 
     def mark_accepted_many(self, accepted: Sequence[tuple[str, str | None, str | None]]) -> int:
         """Record many acceptances (charge id, code, HIS reference) in ONE transaction; how many were new.
 
         A HIS lane sends its charges one after another and records what the HIS accepted a few dozen at a
-        time, so the commit (an fsync) is shared. Each is written as :meth:`mark_accepted` writes it.
+        time, so the commit (an fsync) is shared. The outcome is what :meth:`mark_accepted` one by one, in
+        order, would write (a charge id given twice keeps its first answer), in a few statements for the
+        whole group rather than four per charge: one read of the charges, one of the credits among them,
+        one update, one insert of the consumption records.
         """
         now = time.time()
         with self._engine.transaction() as db:
-            return sum(self._accept(db, charge_id, code, his_ref, now) for charge_id, code, his_ref in accepted)
+            return self._accept_group(db, accepted, now)
 
-    def _accept(self, db: Transaction, charge_id: str, code: str | None, his_ref: str | None,
-                now: float) -> bool:
-        row = db.execute(
-            "SELECT device, seq, line, status FROM charges WHERE charge_id = ?", (charge_id,)
-        ).fetchone()
-        if row is None:
-            raise StoreError(f"no charge {charge_id}")
-        device, seq, line_text, status = row
-        if status == "accepted":
-            return False
-        db.execute(
-            "UPDATE charges SET attempts = attempts + 1, status = 'accepted', ack_code = ?, his_ref = ?, "
-            "finished_at = ?, last_error = '' WHERE charge_id = ?",
-            (code, his_ref, now, charge_id),
-        )
-        credited = db.execute(
-            "SELECT charge_id, item_key, restocked FROM returns WHERE credit_id = ?", (charge_id,)
-        ).fetchone()
-        if credited is not None:
-            self._apply_credit(db, charge_id, credited[0], credited[1], bool(credited[2]), his_ref, now)
-            return True
-        line = json.loads(line_text)
-        self._insert_consumption(db, device, seq, charge_id, line, his_ref, now)
-        return True
+    def _accept_group(self, db: Transaction, accepted: Sequence[tuple[str, str | None, str | None]],
+                      now: float) -> int:
+        answers: dict[str, tuple[str | None, str | None]] = {}
+        for charge_id, code, his_ref in accepted:
+            answers.setdefault(charge_id, (code, his_ref))
+        rows: dict[str, Row] = {}
+        for part in _chunks(list(answers), GROUP_ROWS):
+            for row in db.execute(f"SELECT charge_id, device, seq, line, status FROM charges WHERE charge_id IN "
+                                  f"({_marks(len(part))})", part).fetchall():
+                rows[row[0]] = row
+        missing = [charge_id for charge_id in answers if charge_id not in rows]
+        if missing:
+            raise StoreError(f"no charge {missing[0]}")
+        new = [charge_id for charge_id in answers if rows[charge_id][4] != "accepted"]
+        credits: dict[str, Row] = {}
+        for part in _chunks(new, GROUP_ROWS):
+            for row in db.execute(f"SELECT credit_id, charge_id, item_key, restocked FROM returns WHERE credit_id IN "
+                                  f"({_marks(len(part))})", part).fetchall():
+                credits[row[0]] = row
+        for part in _chunks(new, GROUP_ROWS):
+            db.execute(
+                "UPDATE charges SET attempts = attempts + 1, status = 'accepted', ack_code = v.column2, "
+                "his_ref = v.column3, finished_at = ?, last_error = '' "
+                f"FROM (VALUES {_rows_of(3, len(part))}) AS v WHERE charges.charge_id = v.column1",
+                (now, *(x for charge_id in part for x in (charge_id, *answers[charge_id]))),
+            )
+        consumed = [charge_id for charge_id in new if charge_id not in credits]
+        for part in _chunks(consumed, GROUP_ROWS // 2):
+            values: list[Any] = []
+            for charge_id in part:
+                _, device, seq, line_text, _ = rows[charge_id]
+                values.extend(_consumption_values(device, seq, charge_id, json.loads(line_text),
+                                                  answers[charge_id][1], now))
+            db.execute(f"{INSERT_CONSUMPTION} VALUES {_rows_of(16, len(part))} ON CONFLICT DO NOTHING", values)
+        for charge_id in new:  # rare: a credit's acceptance marks its charge and gives the item back
+            if charge_id in credits:
+                _, original, item_key, restocked = credits[charge_id]
+                self._apply_credit(db, charge_id, original, item_key, bool(restocked), answers[charge_id][1], now)
+        return len(new)
 
     def _apply_credit(
         self, db: Transaction, credit_id: str, original: str, item_key: str, restocked: bool,
@@ -236,14 +285,8 @@ class ChargeStore:
         line: dict[str, Any], his_ref: str | None, now: float,
     ) -> None:
         db.execute(
-            "INSERT INTO consumption (device, seq, charge_id, admission, gtin, item_code, name, lot, serial, "
-            "expiry, price_fen, operator, dept, used_at_ms, his_ref, recorded_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (
-                device, seq, charge_id, line["admission"], line["gtin"], line["item_code"], line["name"],
-                line["lot"], line["serial"], line["expiry"], line["price_fen"], line["operator"], line["dept"],
-                line["ts_ms"], his_ref, now,
-            ),
+            f"{INSERT_CONSUMPTION} VALUES {_rows_of(16, 1)} ON CONFLICT DO NOTHING",
+            _consumption_values(device, seq, charge_id, line, his_ref, now),
         )
 
     def requeue_parked(self, charge_id: str) -> bool:
@@ -267,7 +310,7 @@ class ChargeStore:
     def batch(self) -> Iterator[ChargingBatch]:
         """One transaction for the charging worker's pass over a batch of events."""
         with self._engine.transaction() as db:
-            yield ChargingBatch(db)
+            yield ChargingBatch(db, lateral=self._engine.name == "postgresql")
 
 
 class StandingCharge(NamedTuple):
@@ -315,8 +358,10 @@ class LaterEvent(NamedTuple):
 class ChargingBatch:
     """The charging worker's reads and writes inside one transaction (see :meth:`ChargeStore.batch`)."""
 
-    def __init__(self, db: Transaction) -> None:
+    def __init__(self, db: Transaction, *, lateral: bool = False) -> None:
+        """``lateral``: the engine takes ``LATERAL`` subqueries (PostgreSQL; see :meth:`later_events`)."""
         self._db = db
+        self._lateral = lateral
 
     def add_charge(self, charge_id: str, device: str, seq: int, admission: str, item_key: str, line: str,
                    message: str, now: float) -> bool:
@@ -327,6 +372,25 @@ class ChargingBatch:
             (charge_id, device, seq, admission, item_key, line, message, now),
         )
         return cur.rowcount == 1
+
+    def add_charges(self, rows: Sequence[tuple[str, str, int, str, str, str, str, float]]) -> bool:
+        """Queue all these charges (:meth:`add_charge`'s arguments each) in a few multi-row inserts, or none of them:
+        False, with nothing written, when one of them is there already for its id, its event or its item (the
+        caller then queues them one by one and learns which)."""
+        self._db.execute("SAVEPOINT add_charges")
+        added = 0
+        for part in _chunks(list(rows), GROUP_ROWS):
+            added += self._db.execute(
+                "INSERT INTO charges (charge_id, device, seq, admission, item_key, line, message, created_at) "
+                f"VALUES {_rows_of(8, len(part))} ON CONFLICT DO NOTHING",
+                [x for row in part for x in row],
+            ).rowcount
+        if added == len(rows):
+            self._db.execute("RELEASE SAVEPOINT add_charges")
+            return True
+        self._db.execute("ROLLBACK TO SAVEPOINT add_charges")
+        self._db.execute("RELEASE SAVEPOINT add_charges")
+        return False
 
     def add_credit(self, credit_id: str, device: str, seq: int, admission: str, line: str, message: str,
                    now: float) -> None:
@@ -392,15 +456,31 @@ class ChargingBatch:
     def delete_return(self, device: str, seq: int) -> None:
         self._db.execute("DELETE FROM returns WHERE device = ? AND seq = ?", (device, seq))
 
-    def later_events(self, device: str, *, after_seq: int, before_id: int, kinds: tuple[str, ...]) -> list[LaterEvent]:
-        """Events of ``device`` with a seq after ``after_seq`` but stored before ``before_id``, by seq."""
-        marks = ", ".join("?" * len(kinds))
-        rows = self._db.execute(
-            f"SELECT id, seq, kind, body FROM events WHERE device = ? AND seq > ? AND id < ? AND kind IN ({marks}) "
-            "ORDER BY seq",
-            (device, after_seq, before_id, *kinds),
-        ).fetchall()
-        return [LaterEvent(*r) for r in rows]
+    def later_events(self, ranges: Sequence[tuple[str, int, int]], *,
+                     kinds: tuple[str, ...]) -> dict[str, list[LaterEvent]]:
+        """For each (device, after seq, before id): the events of the device with a seq after ``after seq`` but
+        stored before ``before id``, of ``kinds``, by seq; one read for many devices.
+
+        Each range must be read through ``events (device, seq)`` (a few rows: the device's events in this batch),
+        never through ``events (kind, id)``, which would read every return ever stored. SQLite keeps the join
+        order of a ``CROSS JOIN``; PostgreSQL is given the range read as a ``LATERAL`` subquery it cannot flatten
+        (``OFFSET 0``), with the kinds filtered outside it.
+        """
+        found: dict[str, list[LaterEvent]] = {}
+        for part in _chunks(list(ranges), GROUP_ROWS):
+            values = f"(VALUES {_rows_of(3, len(part))}) AS r"
+            if self._lateral:
+                sql = (f"SELECT r.column1, e.id, e.seq, e.kind, e.body FROM {values} CROSS JOIN LATERAL "
+                       "(SELECT id, seq, kind, body FROM events WHERE device = r.column1 AND seq > r.column2 "
+                       f"AND id < r.column3 OFFSET 0) AS e WHERE e.kind IN ({_marks(len(kinds))}) "
+                       "ORDER BY r.column1, e.seq")
+            else:
+                sql = (f"SELECT e.device, e.id, e.seq, e.kind, e.body FROM {values} CROSS JOIN events e "
+                       "WHERE e.device = r.column1 AND e.seq > r.column2 AND e.id < r.column3 "
+                       f"AND e.kind IN ({_marks(len(kinds))}) ORDER BY e.device, e.seq")
+            for device, *event in self._db.execute(sql, [*(x for r in part for x in r), *kinds]).fetchall():
+                found.setdefault(device, []).append(LaterEvent(*event))
+        return found
 
     def event_at(self, device: str, seq: int) -> Event:
         r = self._db.execute(

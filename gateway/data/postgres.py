@@ -63,6 +63,17 @@ def redacted(url: str) -> str:
     return f"postgresql://{info.get('user', '')}@{host}:{port}/{info.get('dbname', '')}"
 
 
+def _without_jit(url: str) -> str:
+    """The URL with ``jit=off`` added to the options its connections start with.
+
+    The gateway's statements each take milliseconds; PostgreSQL compiles a statement whose estimated cost is
+    high (a join over a few hundred rows of ``VALUES`` is enough), and the compiling alone took 165 ms
+    for a read that runs in 8 ms without it.
+    """
+    options = psycopg.conninfo.conninfo_to_dict(url).get("options") or ""
+    return psycopg.conninfo.make_conninfo(url, options=f"{options} -c jit=off".strip())
+
+
 class PgTransaction:
     """One transaction on one pooled connection; statements in the stores' ``?`` form."""
 
@@ -92,7 +103,7 @@ class PostgresEngine:
         self.url = url
         self.location = redacted(url)
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
-            url, min_size=min_size, max_size=max_size, timeout=timeout_s, open=False,
+            _without_jit(url), min_size=min_size, max_size=max_size, timeout=timeout_s, open=False,
             kwargs={"autocommit": False}, name="spd-gateway-store",
         )
         self._closed = threading.Event()

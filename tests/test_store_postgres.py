@@ -7,7 +7,6 @@ they are skipped, with the reason, only where no server answers.
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -168,55 +167,6 @@ def test_a_reader_by_id_never_steps_over_an_event_committed_late(pg_url: str) ->
     finally:
         a.close()
         b.close()
-
-
-def test_the_settled_horizon_waits_for_open_writers_holds_the_lock_briefly_and_is_shared(pg_url: str) -> None:
-    """A horizon is found once every transaction sharing the key has ended, and the lock is let go at once (a
-    writer's next transaction does not wait for the reader's read); a reader still below the last horizon
-    found reads up to it without waiting for the writers open now."""
-    store = GatewayStore(pg_url)
-    engine = store._engine
-    assert isinstance(engine, PostgresEngine)
-
-    def insert(db: object, device: str) -> None:
-        db.execute("INSERT INTO events (device, seq, site, ts_ms, kind, body, prev, hash, stored_at) "  # type: ignore[attr-defined]
-                   "VALUES (?, 1, 'H1', 1, 'consume', '{}', 'p', 'h', 1.0)", (device,))
-
-    try:
-        writer = engine.transaction()
-        db = writer.__enter__()
-        engine.share(db, "events")
-        insert(db, "HH-A")
-        found: list[int] = []
-        reader = threading.Thread(target=lambda: found.append(engine.settled_horizon("events", "events", after_id=0)))
-        reader.start()
-        reader.join(0.5)
-        assert reader.is_alive() and found == []  # it waits for the open writer
-        writer.__exit__(None, None, None)
-        reader.join(10)
-        (first,) = found
-        assert first == engine.query("SELECT MAX(id) FROM events")[0][0]
-        with engine.transaction() as db:  # the reader's lock is gone: a writer shares the key at once
-            engine.share(db, "events")
-            insert(db, "HH-B")
-        held = engine.transaction()
-        db = held.__enter__()
-        engine.share(db, "events")
-        insert(db, "HH-C")
-        started = time.monotonic()
-        assert engine.settled_horizon("events", "events", after_id=first - 1) == first  # shared, no wait
-        assert time.monotonic() - started < 0.5
-        late: list[int] = []
-        waiting = threading.Thread(target=lambda: late.append(engine.settled_horizon("events", "events",
-                                                                                     after_id=first)))
-        waiting.start()
-        waiting.join(0.5)
-        assert waiting.is_alive()  # past the known horizon: it waits for HH-C's transaction
-        held.__exit__(None, None, None)
-        waiting.join(10)
-        assert late == [engine.query("SELECT MAX(id) FROM events")[0][0]] and late[0] > first
-    finally:
-        store.close()
 
 
 def test_a_database_that_is_not_there_is_named_in_the_error(pg_server: str) -> None:

@@ -25,7 +25,7 @@ from spd_common.wire import Event
 log = logging.getLogger(__name__)
 
 RELEASES_WRITERS = "item_releases"
-"""The key the transactions that insert ``item_releases`` share (see ``Engine.settled_horizon``)."""
+"""The key the transactions that insert ``item_releases`` share (see ``Engine.read_settled``)."""
 
 GROUP_ROWS = 400
 """Rows in one multi-row statement at most: 400 rows of 16 columns stay far under SQLite's 32,766 parameters."""
@@ -134,9 +134,8 @@ class ChargeStore:
 
     def released_item_keys(self, *, after_id: int) -> list[tuple[int, str]]:
         """(release id, item key) of items given back to stock after ``after_id``, in release order."""
-        horizon = self._engine.settled_horizon(RELEASES_WRITERS, "item_releases", after_id=after_id)
-        rows = self._engine.query("SELECT id, item_key FROM item_releases WHERE id > ? AND id <= ? ORDER BY id",
-                                  (after_id, horizon))
+        rows = self._engine.read_settled(RELEASES_WRITERS, "SELECT id, item_key FROM item_releases WHERE id > ? "
+                                         "ORDER BY id", (after_id,))
         return [(int(r[0]), str(r[1])) for r in rows]
 
     def pending_charges(self, *, limit: int = 500) -> list[OutboxCharge]:

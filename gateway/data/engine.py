@@ -25,9 +25,6 @@ from gateway.data.fair_lock import FairRLock
 
 Row = tuple[Any, ...]
 
-NO_HORIZON = 2**63 - 1
-"""The largest id either engine stores: a reader's bound where every committed row is there to read."""
-
 
 class Cursor(Protocol):
     """What a statement run in a transaction gives back (a DB-API cursor: sqlite3's, psycopg's)."""
@@ -88,15 +85,13 @@ class Engine(Protocol):
         ...
 
     def share(self, db: Transaction, key: str) -> None:
-        """Hold ``key`` shared until the transaction ends (others may share it; :meth:`settled_horizon` waits)."""
+        """Hold ``key`` shared until the transaction ends (others may share it; :meth:`read_settled` waits)."""
         ...
 
-    def settled_horizon(self, key: str, table: str, *, after_id: int) -> int:
-        """An id of ``table`` (above ``after_id`` when it can) up to which every row numbered is there to read.
-
-        Rows numbered by transactions that share ``key`` are all there up to it: a reader that walks a table by
-        id and reads no further than this never steps over a row committed late (several gateways writing at
-        once number rows in one order and commit them in another)."""
+    def read_settled(self, key: str, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """A read after every transaction that shares ``key`` has ended, so rows they numbered from a sequence
+        are all there: a reader that walks a table by id never steps over a row committed late (several
+        gateways writing at once number rows in one order and commit them in another)."""
         ...
 
     def column_type(self, sqlite_type: str) -> str:
@@ -188,9 +183,8 @@ class SqliteEngine:
     def share(self, db: Transaction, key: str) -> None:
         """Nothing to do: writers to the file commit one at a time, in the order they number rows."""
 
-    def settled_horizon(self, key: str, table: str, *, after_id: int) -> int:
-        """No limit: one writer at a time, and each commits the rows it numbered before the next numbers any."""
-        return NO_HORIZON
+    def read_settled(self, key: str, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return self.query(sql, params)
 
     def column_type(self, sqlite_type: str) -> str:
         return sqlite_type

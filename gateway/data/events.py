@@ -134,7 +134,7 @@ class EventStore:
         at = time.time() if now is None else now
         results: list[IngestResult | Exception] = []
         with self._engine.transaction() as db:
-            self._engine.share(db, EVENTS_WRITERS)  # the readers by id wait for this group (settled_horizon)
+            self._engine.share(db, EVENTS_WRITERS)  # the readers by id wait for this group (read_settled)
             devices: dict[str, str] = {}
             for batch in batches:
                 devices.setdefault(batch.device, batch.site)
@@ -407,36 +407,35 @@ class EventStore:
             )
 
     def consumption_events(self, *, after_id: int, limit: int) -> list[StoredEvent]:
-        rows = self._engine.query(
+        rows = self._engine.read_settled(
+            EVENTS_WRITERS,
             "SELECT id, device, seq, ts_ms, kind, body, prev, hash FROM events "
-            "WHERE id > ? AND id <= ? AND kind = ? ORDER BY id LIMIT ?",
-            (after_id, self._settled(after_id), EventKind.CONSUME.value, limit),
+            "WHERE id > ? AND kind = ? ORDER BY id LIMIT ?",
+            (after_id, EventKind.CONSUME.value, limit),
         )
         return [StoredEvent(r[0], Event(r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7])) for r in rows]
-
-    def _settled(self, after_id: int) -> int:
-        """How far a reader by id may read: every event numbered up to there is committed (several gateways)."""
-        return self._engine.settled_horizon(EVENTS_WRITERS, "events", after_id=after_id)
 
     def last_event_id(self) -> int:
         return int(self._engine.query("SELECT COALESCE(MAX(id), 0) FROM events")[0][0])
 
     def charging_events(self, *, after_id: int, limit: int) -> list[StoredEvent]:
         """Consumptions, returns of unused items and items put back in a cabinet after ``after_id``, in store order."""
-        rows = self._engine.query(
+        rows = self._engine.read_settled(
+            EVENTS_WRITERS,
             "SELECT id, device, seq, ts_ms, kind, body, prev, hash FROM events "
-            "WHERE id > ? AND id <= ? AND kind IN (?, ?, ?, ?) ORDER BY id LIMIT ?",
-            (after_id, self._settled(after_id), EventKind.CONSUME.value, EventKind.RETURN_UNUSED.value,
-             EventKind.RETURNED.value, EventKind.RESTOCKED.value, limit),
+            "WHERE id > ? AND kind IN (?, ?, ?, ?) ORDER BY id LIMIT ?",
+            (after_id, EventKind.CONSUME.value, EventKind.RETURN_UNUSED.value, EventKind.RETURNED.value,
+             EventKind.RESTOCKED.value, limit),
         )
         return [StoredEvent(r[0], Event(r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7])) for r in rows]
 
     def events_of_kinds(self, kinds: tuple[str, ...], *, after_id: int, limit: int) -> list[EventRow]:
         """Events of these kinds stored after ``after_id``, in store order."""
         marks = ", ".join("?" * len(kinds))
-        rows = self._engine.query(
-            f"SELECT id, device, seq, ts_ms, kind, body, stored_at FROM events WHERE id > ? AND id <= ? "
-            f"AND kind IN ({marks}) ORDER BY id LIMIT ?", (after_id, self._settled(after_id), *kinds, limit))
+        rows = self._engine.read_settled(
+            EVENTS_WRITERS,
+            f"SELECT id, device, seq, ts_ms, kind, body, stored_at FROM events WHERE id > ? AND kind IN ({marks}) "
+            "ORDER BY id LIMIT ?", (after_id, *kinds, limit))
         return [EventRow(*r) for r in rows]
 
     def device_events(self, device: str, kind: str, *, first_seq: int, last_seq: int) -> list[EventRow]:

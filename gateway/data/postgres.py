@@ -107,8 +107,6 @@ class PostgresEngine:
             kwargs={"autocommit": False}, name="spd-gateway-store",
         )
         self._closed = threading.Event()
-        self._horizons: dict[str, int] = {}  # key → the last settled horizon found (settled_horizon)
-        self._horizons_lock = threading.Lock()
         try:
             self._pool.open(wait=True, timeout=timeout_s)
         except PoolTimeout as err:  # says only that the pool is incomplete: say where and what it could not do
@@ -133,26 +131,10 @@ class PostgresEngine:
     def share(self, db: Any, key: str) -> None:
         db.execute("SELECT pg_advisory_xact_lock_shared(?)", (zlib.crc32(key.encode()),))
 
-    def settled_horizon(self, key: str, table: str, *, after_id: int) -> int:
-        """The largest id of ``table`` at a moment when no transaction shared ``key``: every row numbered up to
-        it was committed (or rolled back) by then.
-
-        Finding one waits for the writers' transactions open at the time (an exclusive advisory lock) and holds
-        the lock for one index read, so the writers' next transaction hardly waits; the reader then reads at its
-        leisure without it. Readers of one gateway share what was found: while a reader's cursor is below the
-        last horizon found, it reads up to that one without waiting.
-        """
-        with self._horizons_lock:
-            known = self._horizons.get(key, 0)
-        if after_id < known:
-            return known
+    def read_settled(self, key: str, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         with self.transaction() as db:
-            self.serialize(db, key)  # waits until no transaction shares the key: every row they numbered is in
-            row = db.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}").fetchone()
-        top = int(row[0]) if row is not None else 0
-        with self._horizons_lock:
-            found = self._horizons[key] = max(self._horizons.get(key, 0), top)
-        return found
+            self.serialize(db, key)  # waits until no transaction shares the key: every row they wrote is in
+            return [tuple(r) for r in db.execute(sql, params).fetchall()]
 
     def column_type(self, sqlite_type: str) -> str:
         """A column type written for SQLite (``REAL``, ``INTEGER NOT NULL DEFAULT 0``) in PostgreSQL's terms."""

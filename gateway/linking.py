@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway import bridge
-from gateway.data.links import LinkBatch, TakeRow
+from gateway.data.links import ItemScan, LinkBatch, TakeRow
 from gateway.leader_loop import LeaderLoop
 from gateway.store import GatewayStore
 from spd_common.heartbeat import HeartbeatRegistry
@@ -130,16 +130,37 @@ class LinkWatch(LeaderLoop):
         if not rows:
             return 0
         with self.store.links.batch() as db:
+            scans: list[ItemScan] = []  # consecutive scans, written together before the next take or return
             for row in rows:
                 body = json.loads(row.body)
+                if row.kind == EventKind.CONSUME.value:
+                    scan = self._scanned(row.device, row.seq, row.ts_ms, body, row.stored_at)
+                    if scan is not None:
+                        scans.append(scan)
+                    continue
+                self._link(db, scans)
                 if row.kind == EventKind.TAKEN.value:
                     self._taken(db, row.device, row.seq, row.ts_ms, body, row.stored_at)
-                elif row.kind == EventKind.CONSUME.value:
-                    self._scanned(db, row.device, row.seq, row.ts_ms, body, row.stored_at)
                 else:
                     self._back(db, row.device, row.seq, body)
+            self._link(db, scans)
             db.set_cursor(CURSOR, rows[-1].id)
         return len(rows)
+
+    def _link(self, db: LinkBatch, scans: list[ItemScan]) -> None:
+        """Write a run of scans and link the open takes of their items, as one by one in order would, then
+        empty the list: the scans in one insert, and the takes closed only for the items that have open ones
+        (one read for the run; usually none)."""
+        if not scans:
+            return
+        db.add_scans(scans)
+        first_by: dict[str, ItemScan] = {}
+        for scan in scans:  # a second scan of an item finds its takes already linked by the first
+            first_by.setdefault(scan.item_key, scan)
+        for key in db.items_with_open_links(list(first_by)):
+            scan = first_by[key]
+            db.close_open_takes(key, "linked", f"charged by {scan.device} seq {scan.seq}", at=self._clock())
+        scans.clear()
 
     def _taken(self, db: LinkBatch, device: str, seq: int, ts_ms: int, body: dict[str, object],
                stored_at: float) -> None:
@@ -151,21 +172,20 @@ class LinkWatch(LeaderLoop):
         db.add_take(TakeRow(device, seq, key, _s(body.get("epc")), _s(body.get("user")), _s(body.get("session")),
                             _s(body.get("dept")), ts_ms, stored_at, state, closed_by))
 
-    def _scanned(self, db: LinkBatch, device: str, seq: int, ts_ms: int, body: dict[str, object],
-                 stored_at: float) -> None:
+    def _scanned(self, device: str, seq: int, ts_ms: int, body: dict[str, object],
+                 stored_at: float) -> ItemScan | None:
+        """The item scan a ``consume`` event records, if its UDI names one item."""
         udi = body.get("udi")
         if not isinstance(udi, str):
-            return
+            return None
         year = (dt.datetime(1970, 1, 1) + dt.timedelta(milliseconds=ts_ms + self.utc_offset_minutes * 60_000)).year
         try:
             item = bridge.read_item(udi, reference_year=year)
         except bridge.BridgeError:
-            return  # unreadable: refused by the bridge with its reason; it links nothing
+            return None  # unreadable: refused by the bridge with its reason; it links nothing
         if not item.serial:
-            return
-        key = f"{item.gtin}/{item.serial}"
-        db.add_scan(device, seq, key, stored_at)
-        db.close_open_takes(key, "linked", f"charged by {device} seq {seq}", at=self._clock())
+            return None
+        return ItemScan(device, seq, f"{item.gtin}/{item.serial}", stored_at)
 
     def _back(self, db: LinkBatch, device: str, seq: int, body: dict[str, object]) -> None:
         key = _cabinet_item_key(body)

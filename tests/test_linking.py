@@ -163,3 +163,41 @@ def test_the_cabinet_alarm_count_includes_not_linked(store: GatewayStore, clock:
     clock.t += WINDOW + 1
     w.run_once()
     assert device_alarm_counts(store) == {"CB01": 1}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[GatewayStore]:
+    location: Any = request.getfixturevalue("pg_store_url") if request.param == "postgresql" \
+        else tmp_path / "gateway.db"
+    s = GatewayStore(location, synchronous="OFF")
+    yield s
+    s.close()
+
+
+def test_one_pass_links_in_event_order_on_both_engines(any_store: GatewayStore, clock: Clock) -> None:
+    """Scans in one pass are written together, yet each take is linked by the first scan after it: a second
+    scan of the item in the same run does not re-link it, and a take between two scans is linked by the
+    scan stored before it (within the window) or left open until the next one."""
+    store = any_store
+    w = watch(store, clock)
+    cabinet, ward, theatre = Device(store, "CB01", clock), Device(store, "HH07", clock), Device(store, "HH08", clock)
+    cabinet.take("SN1")
+    cabinet.take("SN2")
+    ward.scan("SN1")
+    theatre.scan("SN1")  # the same item again in the same run: the take stays linked by HH07
+    ward.scan("SN3")  # no take of it: nothing to link
+    cabinet.take("SN3")  # a take after a scan of its item within the window: linked at once
+    cabinet.take("SN4")
+    cabinet.put_back("SN2")
+    theatre.scan("SN4")
+    assert w.run_once() == 9
+    assert store._engine.query("SELECT item_key, state, closed_by FROM cabinet_takes ORDER BY seq") == [
+        (f"{STENT}/SN1", "linked", "charged by HH07 seq 1"),
+        (f"{STENT}/SN2", "back", "put back into cabinet CB01 (seq 5)"),
+        (f"{STENT}/SN3", "linked", "charged by HH07 seq 2"),
+        (f"{STENT}/SN4", "linked", "charged by HH08 seq 2"),
+    ]
+    assert store._engine.query("SELECT COUNT(*) FROM item_scans")[0][0] == 4
+    clock.t += WINDOW * 3
+    w.run_once()
+    assert link_alarms(store) == []

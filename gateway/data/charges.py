@@ -20,15 +20,13 @@ from enum import StrEnum
 from typing import Any, NamedTuple
 
 from gateway.data.engine import Engine, Row, Transaction
+from gateway.data.multirow import GROUP_ROWS, chunks, marks, rows_of
 from spd_common.wire import Event
 
 log = logging.getLogger(__name__)
 
 RELEASES_WRITERS = "item_releases"
 """The key the transactions that insert ``item_releases`` share (see ``Engine.read_settled``)."""
-
-GROUP_ROWS = 400
-"""Rows in one multi-row statement at most: 400 rows of 16 columns stay far under SQLite's 32,766 parameters."""
 
 INSERT_CONSUMPTION = (
     "INSERT INTO consumption (device, seq, charge_id, admission, gtin, item_code, name, lot, serial, expiry, "
@@ -42,21 +40,6 @@ def _consumption_values(device: str, seq: int, charge_id: str | None, line: dict
     return (device, seq, charge_id, line["admission"], line["gtin"], line["item_code"], line["name"], line["lot"],
             line["serial"], line["expiry"], line["price_fen"], line["operator"], line["dept"], line["ts_ms"],
             his_ref, now)
-
-
-def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
-def _marks(n: int) -> str:
-    return ", ".join("?" * n)
-
-
-def _rows_of(width: int, n: int) -> str:
-    """``(?, ?), (?, ?)`` for ``n`` rows of ``width`` values: a multi-row ``VALUES`` both engines take."""
-    row = f"({_marks(width)})"
-    return ", ".join([row] * n)
 
 
 class ReturnOutcome(StrEnum):
@@ -223,34 +206,34 @@ class ChargeStore:
         for charge_id, code, his_ref in accepted:
             answers.setdefault(charge_id, (code, his_ref))
         rows: dict[str, Row] = {}
-        for part in _chunks(list(answers), GROUP_ROWS):
+        for part in chunks(list(answers), GROUP_ROWS):
             for row in db.execute(f"SELECT charge_id, device, seq, line, status FROM charges WHERE charge_id IN "
-                                  f"({_marks(len(part))})", part).fetchall():
+                                  f"({marks(len(part))})", part).fetchall():
                 rows[row[0]] = row
         missing = [charge_id for charge_id in answers if charge_id not in rows]
         if missing:
             raise StoreError(f"no charge {missing[0]}")
         new = [charge_id for charge_id in answers if rows[charge_id][4] != "accepted"]
         credits: dict[str, Row] = {}
-        for part in _chunks(new, GROUP_ROWS):
+        for part in chunks(new, GROUP_ROWS):
             for row in db.execute(f"SELECT credit_id, charge_id, item_key, restocked FROM returns WHERE credit_id IN "
-                                  f"({_marks(len(part))})", part).fetchall():
+                                  f"({marks(len(part))})", part).fetchall():
                 credits[row[0]] = row
-        for part in _chunks(new, GROUP_ROWS):
+        for part in chunks(new, GROUP_ROWS):
             db.execute(
                 "UPDATE charges SET attempts = attempts + 1, status = 'accepted', ack_code = v.column2, "
                 "his_ref = v.column3, finished_at = ?, last_error = '' "
-                f"FROM (VALUES {_rows_of(3, len(part))}) AS v WHERE charges.charge_id = v.column1",
+                f"FROM (VALUES {rows_of(3, len(part))}) AS v WHERE charges.charge_id = v.column1",
                 (now, *(x for charge_id in part for x in (charge_id, *answers[charge_id]))),
             )
         consumed = [charge_id for charge_id in new if charge_id not in credits]
-        for part in _chunks(consumed, GROUP_ROWS // 2):
+        for part in chunks(consumed, GROUP_ROWS // 2):
             values: list[Any] = []
             for charge_id in part:
                 _, device, seq, line_text, _ = rows[charge_id]
                 values.extend(_consumption_values(device, seq, charge_id, json.loads(line_text),
                                                   answers[charge_id][1], now))
-            db.execute(f"{INSERT_CONSUMPTION} VALUES {_rows_of(16, len(part))} ON CONFLICT DO NOTHING", values)
+            db.execute(f"{INSERT_CONSUMPTION} VALUES {rows_of(16, len(part))} ON CONFLICT DO NOTHING", values)
         for charge_id in new:  # rare: a credit's acceptance marks its charge and gives the item back
             if charge_id in credits:
                 _, original, item_key, restocked = credits[charge_id]
@@ -285,7 +268,7 @@ class ChargeStore:
         line: dict[str, Any], his_ref: str | None, now: float,
     ) -> None:
         db.execute(
-            f"{INSERT_CONSUMPTION} VALUES {_rows_of(16, 1)} ON CONFLICT DO NOTHING",
+            f"{INSERT_CONSUMPTION} VALUES {rows_of(16, 1)} ON CONFLICT DO NOTHING",
             _consumption_values(device, seq, charge_id, line, his_ref, now),
         )
 
@@ -379,10 +362,10 @@ class ChargingBatch:
         caller then queues them one by one and learns which)."""
         self._db.execute("SAVEPOINT add_charges")
         added = 0
-        for part in _chunks(list(rows), GROUP_ROWS):
+        for part in chunks(list(rows), GROUP_ROWS):
             added += self._db.execute(
                 "INSERT INTO charges (charge_id, device, seq, admission, item_key, line, message, created_at) "
-                f"VALUES {_rows_of(8, len(part))} ON CONFLICT DO NOTHING",
+                f"VALUES {rows_of(8, len(part))} ON CONFLICT DO NOTHING",
                 [x for row in part for x in row],
             ).rowcount
         if added == len(rows):
@@ -467,17 +450,17 @@ class ChargingBatch:
         (``OFFSET 0``), with the kinds filtered outside it.
         """
         found: dict[str, list[LaterEvent]] = {}
-        for part in _chunks(list(ranges), GROUP_ROWS):
-            values = f"(VALUES {_rows_of(3, len(part))}) AS r"
+        for part in chunks(list(ranges), GROUP_ROWS):
+            values = f"(VALUES {rows_of(3, len(part))}) AS r"
             if self._lateral:
                 sql = (f"SELECT r.column1, e.id, e.seq, e.kind, e.body FROM {values} CROSS JOIN LATERAL "
                        "(SELECT id, seq, kind, body FROM events WHERE device = r.column1 AND seq > r.column2 "
-                       f"AND id < r.column3 OFFSET 0) AS e WHERE e.kind IN ({_marks(len(kinds))}) "
+                       f"AND id < r.column3 OFFSET 0) AS e WHERE e.kind IN ({marks(len(kinds))}) "
                        "ORDER BY r.column1, e.seq")
             else:
                 sql = (f"SELECT e.device, e.id, e.seq, e.kind, e.body FROM {values} CROSS JOIN events e "
                        "WHERE e.device = r.column1 AND e.seq > r.column2 AND e.id < r.column3 "
-                       f"AND e.kind IN ({_marks(len(kinds))}) ORDER BY e.device, e.seq")
+                       f"AND e.kind IN ({marks(len(kinds))}) ORDER BY e.device, e.seq")
             for device, *event in self._db.execute(sql, [*(x for r in part for x in r), *kinds]).fetchall():
                 found.setdefault(device, []).append(LaterEvent(*event))
         return found

@@ -7,11 +7,12 @@ before the check). ``item_scans``: the item of every ``consume``. ``link_alarms`
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import NamedTuple
 
 from gateway.data.engine import Engine, Transaction
+from gateway.data.multirow import GROUP_ROWS, chunks, marks, rows_of
 
 
 class TakeRow(NamedTuple):
@@ -26,6 +27,15 @@ class TakeRow(NamedTuple):
     stored_at: float
     state: str = "open"
     closed_by: str = ""
+
+
+class ItemScan(NamedTuple):
+    """The item of one ``consume`` (a row of ``item_scans``)."""
+
+    device: str
+    seq: int
+    item_key: str
+    stored_at: float
 
 
 class LinkAlarmRow(NamedTuple):
@@ -61,10 +71,24 @@ class LinkBatch:
             "INSERT INTO cabinet_takes (device, seq, item_key, epc, \"user\", session, dept, taken_ms, "
             "stored_at, state, closed_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", tuple(take))
 
-    def add_scan(self, device: str, seq: int, item_key: str, stored_at: float) -> None:
-        self._db.execute("INSERT INTO item_scans (device, seq, item_key, stored_at) VALUES (?, ?, ?, ?) "
-                         "ON CONFLICT DO NOTHING",
-                         (device, seq, item_key, stored_at))
+    def add_scans(self, scans: Sequence[ItemScan]) -> None:
+        """Record these scans (multi-row inserts; one already there is left as it is)."""
+        for part in chunks(list(scans), GROUP_ROWS):
+            self._db.execute(f"INSERT INTO item_scans (device, seq, item_key, stored_at) "
+                             f"VALUES {rows_of(4, len(part))} ON CONFLICT DO NOTHING",
+                             [x for scan in part for x in scan])
+
+    def items_with_open_links(self, item_keys: Sequence[str]) -> set[str]:
+        """Those of these items with an open take or an unresolved alarm (what :meth:`close_open_takes` changes)."""
+        found: set[str] = set()
+        for part in chunks(list(item_keys), GROUP_ROWS):
+            keys = marks(len(part))
+            rows = self._db.execute(
+                f"SELECT item_key FROM cabinet_takes WHERE state = 'open' AND item_key IN ({keys}) UNION "
+                f"SELECT item_key FROM link_alarms WHERE resolved_by = '' AND item_key IN ({keys})",
+                [*part, *part]).fetchall()
+            found.update(str(r[0]) for r in rows)
+        return found
 
     def close_open_takes(self, item_key: str, state: str, by: str, *, at: float) -> None:
         """Close the open takes of this item (``linked`` or ``back``) and resolve its unresolved alarms."""

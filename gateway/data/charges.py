@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 RELEASES_WRITERS = "item_releases"
 """The key the transactions that insert ``item_releases`` share (see ``Engine.read_settled``)."""
 
-INSERT_CONSUMPTION = (
+_INSERT_CONSUMPTION = (
     "INSERT INTO consumption (device, seq, charge_id, admission, gtin, item_code, name, lot, serial, expiry, "
     "price_fen, operator, dept, used_at_ms, his_ref, recorded_at)"
 )
@@ -36,7 +36,7 @@ INSERT_CONSUMPTION = (
 
 def _consumption_values(device: str, seq: int, charge_id: str | None, line: dict[str, Any], his_ref: str | None,
                         now: float) -> tuple[Any, ...]:
-    """One consumption record's values in :data:`INSERT_CONSUMPTION`'s column order, from its charge line."""
+    """One consumption record's values in :data:`_INSERT_CONSUMPTION`'s column order, from its charge line."""
     return (device, seq, charge_id, line["admission"], line["gtin"], line["item_code"], line["name"], line["lot"],
             line["serial"], line["expiry"], line["price_fen"], line["operator"], line["dept"], line["ts_ms"],
             his_ref, now)
@@ -227,13 +227,13 @@ class ChargeStore:
                 (now, *(x for charge_id in part for x in (charge_id, *answers[charge_id]))),
             )
         consumed = [charge_id for charge_id in new if charge_id not in credits]
-        for part in chunks(consumed, GROUP_ROWS // 2):
+        for part in chunks(consumed, GROUP_ROWS):
             values: list[Any] = []
             for charge_id in part:
                 _, device, seq, line_text, _ = rows[charge_id]
                 values.extend(_consumption_values(device, seq, charge_id, json.loads(line_text),
                                                   answers[charge_id][1], now))
-            db.execute(f"{INSERT_CONSUMPTION} VALUES {rows_of(16, len(part))} ON CONFLICT DO NOTHING", values)
+            db.execute(f"{_INSERT_CONSUMPTION} VALUES {rows_of(16, len(part))} ON CONFLICT DO NOTHING", values)
         for charge_id in new:  # rare: a credit's acceptance marks its charge and gives the item back
             if charge_id in credits:
                 _, original, item_key, restocked = credits[charge_id]
@@ -262,15 +262,6 @@ class ChargeStore:
                     "ON CONFLICT DO NOTHING",
                     (item_key, credit_id, now),
                 )
-
-    def _insert_consumption(
-        self, db: Transaction, device: str, seq: int, charge_id: str | None,
-        line: dict[str, Any], his_ref: str | None, now: float,
-    ) -> None:
-        db.execute(
-            f"{INSERT_CONSUMPTION} VALUES {rows_of(16, 1)} ON CONFLICT DO NOTHING",
-            _consumption_values(device, seq, charge_id, line, his_ref, now),
-        )
 
     def requeue_parked(self, charge_id: str) -> bool:
         """Send a parked charge again; refused (False) for a charge whose item was given back."""
@@ -362,7 +353,7 @@ class ChargingBatch:
         caller then queues them one by one and learns which)."""
         self._db.execute("SAVEPOINT add_charges")
         added = 0
-        for part in chunks(list(rows), GROUP_ROWS):
+        for part in chunks(rows, GROUP_ROWS):
             added += self._db.execute(
                 "INSERT INTO charges (charge_id, device, seq, admission, item_key, line, message, created_at) "
                 f"VALUES {rows_of(8, len(part))} ON CONFLICT DO NOTHING",
@@ -450,7 +441,7 @@ class ChargingBatch:
         (``OFFSET 0``), with the kinds filtered outside it.
         """
         found: dict[str, list[LaterEvent]] = {}
-        for part in chunks(list(ranges), GROUP_ROWS):
+        for part in chunks(ranges, GROUP_ROWS):
             values = f"(VALUES {rows_of(3, len(part))}) AS r"
             if self._lateral:
                 sql = (f"SELECT r.column1, e.id, e.seq, e.kind, e.body FROM {values} CROSS JOIN LATERAL "

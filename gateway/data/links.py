@@ -73,7 +73,7 @@ class LinkBatch:
 
     def add_scans(self, scans: Sequence[ItemScan]) -> None:
         """Record these scans (multi-row inserts; one already there is left as it is)."""
-        for part in chunks(list(scans), GROUP_ROWS):
+        for part in chunks(scans, GROUP_ROWS):
             self._db.execute(f"INSERT INTO item_scans (device, seq, item_key, stored_at) "
                              f"VALUES {rows_of(4, len(part))} ON CONFLICT DO NOTHING",
                              [x for scan in part for x in scan])
@@ -81,7 +81,7 @@ class LinkBatch:
     def items_with_open_links(self, item_keys: Sequence[str]) -> set[str]:
         """Those of these items with an open take or an unresolved alarm (what :meth:`close_open_takes` changes)."""
         found: set[str] = set()
-        for part in chunks(list(item_keys), GROUP_ROWS):
+        for part in chunks(item_keys, GROUP_ROWS):
             keys = marks(len(part))
             rows = self._db.execute(
                 f"SELECT item_key FROM cabinet_takes WHERE state = 'open' AND item_key IN ({keys}) UNION "

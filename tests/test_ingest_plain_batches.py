@@ -186,3 +186,22 @@ def test_a_group_of_plain_batches_is_written_at_once_and_one_conflict_sends_it_b
     third = store.ingest_group([_batch(a["HH01"][6:8]), refused])
     assert [(r.new, r.quarantined) for r in third] == [(2, 0), (1, 1)]  # type: ignore[union-attr]
     assert groups == [9, -1, -1]  # a refused event: batch by batch
+
+
+def test_a_group_acks_past_the_seqs_stored_ahead_of_it_window_after_window(
+        all_histories: Histories, open_store: Callable[[], GatewayStore], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ack's advance reads the next seqs of every device of a group in one statement, a window of
+    ADVANCE_READ seqs each; a device whose window is all there (stored or quarantined) reads on alone."""
+    monkeypatch.setattr(events_module, "ADVANCE_READ", 3)
+    store = open_store()
+    a = {dev: h[0] for dev, h in all_histories.items()}
+    assert store.ingest(_batch(a["HH01"][1:4])).contiguous == 0  # seqs 2-4 ahead of the missing 1
+    doc = json.loads(encode_batch("H1", "HH01", a["HH01"][4:5]))
+    doc["events"][0]["body"]["udi"] = "altered"  # seq 5 refused: quarantined, and the ack passes it
+    assert store.ingest(decode_batch("spd/v1/H1/HH01/events", json.dumps(doc).encode())).quarantined == 1
+    assert store.ingest(_batch(a["HH01"][5:9])).contiguous == 0  # 6-9
+    assert store.ingest(_batch(a["HH02"][2:5])).contiguous == 0  # HH02: 3-5, its 2 still missing
+    group = store.ingest_group([_batch(a["HH01"][0:1]), _batch(a["HH02"][0:1]), _batch(a["HH03"][0:2])])
+    assert [r.contiguous for r in group] == [9, 1, 2]  # type: ignore[union-attr]
+    q = store._engine.query
+    assert q("SELECT device, contiguous_seq FROM devices ORDER BY device") == [("HH01", 9), ("HH02", 1), ("HH03", 2)]

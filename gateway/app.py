@@ -32,6 +32,9 @@ Threads and what each owns:
   supervisor's screen and its API over the same store (docs/web.md);
 * ``stock-ledger`` (:class:`~gateway.books.projection.StockProjection`) — turns stored events into stock
   movements from its cursor (lease holder only);
+* ``wake-inbox`` (:class:`~gateway.wake.WakeInbox`, one per part this process runs) — wake-ups from the
+  gateway's other parts when they run as processes of their own (``--part``, :mod:`gateway.parts`): a
+  process started as one part runs only that part's threads above;
 * the main thread — start-up, signals, shutdown.
 
 The store is shared; SQLite serialises the writers. Each of these threads
@@ -49,6 +52,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -77,7 +81,9 @@ from gateway.linking import DEFAULT_WINDOW_S, LinkWatch
 from gateway.metrics import DEFAULT_OFFLINE_AFTER_S, GatewayMetrics
 from gateway.notify import Notifier
 from gateway.notify_settings import NotifySettings
+from gateway.parts import SPLIT_PARTS, Part, runs
 from gateway.store import GatewayStore
+from gateway.wake import PartTaken, WakeInbox, Waker, inbox_name
 from gateway.web.settings import WEB_OFF, WebConfig
 from spd_common.heartbeat import HeartbeatRegistry
 from spd_common.mqtt import Address, TlsSettings
@@ -122,6 +128,7 @@ class GatewayConfig:
     notify: NotifySettings = field(default_factory=NotifySettings)  # incident checks and notice channels
     web: WebConfig = WEB_OFF  # the supervisor's screen; served by `run` too when web.enabled
     books: BooksSettings = field(default_factory=BooksSettings)  # [books]: stock alerts and replenishment
+    part: Part = "all"  # [run] part: the whole gateway, or one of its three parts (gateway.parts)
 
 
 def make_his_adapter(config: GatewayConfig) -> HisAdapter:
@@ -150,26 +157,79 @@ def make_fleet_link(store: GatewayStore, config: GatewayConfig, *,
 
 
 class Gateway:
-    """Assembles and runs the gateway's services."""
+    """Assembles and runs the gateway's services: all of them, or one part's (:mod:`gateway.parts`)."""
 
     def __init__(self, config: GatewayConfig, *, adapter: HisAdapter | None = None,
                  heartbeats: HeartbeatRegistry | None = None) -> None:
         self.config = config
+        part = config.part
+        self.part = part
         # every loop that must run beats here; the systemd watchdog pings only while all of them do
         self.heartbeats = heartbeats or HeartbeatRegistry()
         self.store = GatewayStore(config.db_path)
+        # the inboxes first: a second process of a part this one runs stops here, before it touches anything
+        self._inboxes: list[WakeInbox] = []
+        self._wakers: list[Waker] = []
+        try:
+            for piece in SPLIT_PARTS:
+                if runs(part, piece):
+                    self._inboxes.append(WakeInbox(self._inbox(piece), self._woken(piece), part=piece))
+        except PartTaken:
+            for inbox in self._inboxes:
+                inbox.close()
+            self.store.close()
+            raise
+        self._poke_books = self._waker("books")  # used only where that part runs in another process
+        self._poke_his = self._waker("his")
+        # the parts of one gateway hold its charging lease together (same holder): they act as one instance
         self.leadership = Leadership(self.store, config.client_id, ttl_s=config.lease_ttl_s,
-                                     heartbeats=self.heartbeats)
+                                     heartbeats=self.heartbeats) if part != "ingest" else None
+        his_here = runs(part, "his")
         # in a share group every live instance sends the charges it claimed; alone, the lease holder sends all
         self.membership = Leadership(self.store, config.client_id, ttl_s=config.lease_ttl_s,
                                      heartbeats=self.heartbeats, lease=member_lease(config.client_id),
-                                     role="sends its share of the outbox") if config.share_group else None
+                                     role="sends its share of the outbox") \
+            if config.share_group and his_here else None
+        self.metrics_store: GatewayStore | None = None
+        self.outbox_store: GatewayStore | None = None
+        self.metrics: GatewayMetrics | None = None
+        self.feed: OutboxFeed | None = None
+        self.recorder: AcceptRecorder | None = None
+        self.senders: list[HisSender] = []
+        self.notifier: Notifier | None = None
+        if his_here:
+            self._build_his(config, adapter)
+        self.charging: ChargingWorker | None = None
+        self.link_watch: LinkWatch | None = None
+        self.stock_ledger: StockProjection | None = None
+        self.fleet_link: FleetLink | None = None
+        self.publisher: CatalogPublisher | None = None
+        self.adt: AdtListener | None = None
+        self.web: WebServerType | None = None
+        if runs(part, "books"):
+            self._build_books(config)
+        self.ingest = IngestService(
+            self.store,
+            host=config.broker_host,
+            port=config.broker_port,
+            client_id=config.client_id,
+            share_group=config.share_group,
+            tls=config.tls,
+            on_stored=lambda n: self._charging_wake(),
+            heartbeats=self.heartbeats,
+            fallbacks=config.broker_fallbacks,
+            mqtt_version=config.mqtt_version,
+        ) if runs(part, "ingest") else None
+        if self.metrics is not None:
+            self.metrics.watch(self)
+        self._stopped = threading.Event()
+
+    def _build_his(self, config: GatewayConfig, adapter: HisAdapter | None) -> None:
+        """The HIS lanes, their outbox reader and recorder, the incident watch and the metrics."""
+        assert self.leadership is not None
         claims = self.store.claims
         due = (lambda limit: claims.claim_due(config.client_id, now=time.time(), limit=limit)) \
             if self.membership is not None else None
-        bridge_config = bridge.BridgeConfig(
-            sending_facility=config.sending_facility, receiving_facility=config.facility
-        )
         lanes = 1 if adapter is not None else config.his_lanes
         # a scrape reads on its own connection: in WAL mode it neither waits for nor holds up the loops' writes
         self.metrics_store = GatewayStore(config.db_path, synchronous="NORMAL")
@@ -195,21 +255,18 @@ class Gateway:
             )
             for lane in range(lanes)
         ]
-        self.charging = ChargingWorker(
-            self.store, bridge_config, on_charges=lambda n: self._notify_senders(), may_run=self.leadership.is_leader,
-            heartbeats=self.heartbeats, batch_size=LIVE_STEP,
+        self.notifier = Notifier(self.store, config.notify, gateway=config.client_id, his_lanes=lambda: self.senders,
+                                 may_run=self.leadership.is_leader, heartbeats=self.heartbeats)
+
+    def _build_books(self, config: GatewayConfig) -> None:
+        """The loops that follow the stored events, and the services that talk to devices and people."""
+        assert self.leadership is not None
+        bridge_config = bridge.BridgeConfig(
+            sending_facility=config.sending_facility, receiving_facility=config.facility
         )
-        self.ingest = IngestService(
-            self.store,
-            host=config.broker_host,
-            port=config.broker_port,
-            client_id=config.client_id,
-            share_group=config.share_group,
-            tls=config.tls,
-            on_stored=lambda n: self.charging.notify(),
-            heartbeats=self.heartbeats,
-            fallbacks=config.broker_fallbacks,
-            mqtt_version=config.mqtt_version,
+        self.charging = ChargingWorker(
+            self.store, bridge_config, on_charges=lambda n: self._senders_wake(), may_run=self.leadership.is_leader,
+            heartbeats=self.heartbeats, batch_size=LIVE_STEP,
         )
         self.fleet_link = (make_fleet_link(self.store, config, heartbeats=self.heartbeats)
                            if config.signing_key is not None else None)
@@ -219,14 +276,39 @@ class Gateway:
                                heartbeats=self.heartbeats) if config.adt_port is not None else None
         self.link_watch = LinkWatch(self.store, window_s=config.not_linked_within_s, batch_size=LIVE_STEP,
                                     may_run=self.leadership.is_leader, heartbeats=self.heartbeats)
-        self.notifier = Notifier(self.store, config.notify, gateway=config.client_id, his_lanes=lambda: self.senders,
-                                 may_run=self.leadership.is_leader, heartbeats=self.heartbeats)
-        self.metrics.watch(self)
-        self.web: WebServerType | None = None
         self.stock_ledger = StockProjection(self.store, utc_offset_minutes=config.books.utc_offset_minutes,
                                             batch_size=LIVE_STEP, may_run=self.leadership.is_leader,
                                             heartbeats=self.heartbeats)
-        self._stopped = threading.Event()
+
+    # ------------------------------------------------------------ wake-ups, in this process or another
+
+    def _inbox(self, piece: Part) -> str:
+        return inbox_name(str(self.config.db_path), self.config.client_id, piece)
+
+    def _woken(self, piece: Part) -> Callable[[], None]:
+        """What a datagram to ``piece``'s inbox does: wake that part's loop that waits for the others."""
+        if piece == "books":
+            return lambda: self.charging.notify() if self.charging is not None else None
+        if piece == "his":
+            return self._notify_senders
+        return lambda: None  # nothing wakes ingest: the devices do
+
+    def _waker(self, piece: Part) -> Callable[[], None]:
+        waker = Waker(self._inbox(piece))
+        self._wakers.append(waker)
+        return waker.poke
+
+    def _charging_wake(self) -> None:
+        if self.charging is not None:
+            self.charging.notify()
+        else:
+            self._poke_books()
+
+    def _senders_wake(self) -> None:
+        if self.senders:
+            self._notify_senders()
+        else:
+            self._poke_his()
 
     @property
     def fleet(self) -> Fleet | None:
@@ -242,26 +324,33 @@ class Gateway:
             sender.notify()
 
     def start(self) -> Gateway:
-        if self.config.metrics_listen is not None:  # first: a port taken stops the start before any loop runs
+        for inbox in self._inboxes:
+            inbox.start()
+        if self.config.metrics_listen is not None and self.metrics is not None:
+            # first: a port taken stops the start before any loop runs
             self.metrics.serve(self.config.metrics_listen)
-        self.leadership.start()
+        if self.leadership is not None:
+            self.leadership.start()
         if self.membership is not None:
             self.membership.start()
-        self.charging.start()
-        self.recorder.start()
+        if self.charging is not None:
+            self.charging.start()
+        if self.recorder is not None:
+            self.recorder.start()
         for sender in self.senders:
             sender.start()
-        self.link_watch.start()
-        self.notifier.start()
-        self.stock_ledger.start()
-        self.ingest.start()
+        for loop in (self.link_watch, self.notifier, self.stock_ledger):
+            if loop is not None:
+                loop.start()
+        if self.ingest is not None:
+            self.ingest.start()
         if self.fleet_link is not None:
             self.fleet_link.start()
         if self.publisher is not None:
             self.publisher.start()
         if self.adt is not None:
             self.adt.start()
-        if self.config.web.enabled:
+        if self.config.web.enabled and runs(self.part, "books"):
             from gateway.web.server import WebServer
             from gateway.web.unlock import fleet_unlock
 
@@ -272,7 +361,8 @@ class Gateway:
         return self
 
     def stop(self) -> None:
-        self.metrics.stop()
+        if self.metrics is not None:
+            self.metrics.stop()
         if self.web is not None:
             self.web.stop()
         if self.adt is not None:
@@ -281,23 +371,32 @@ class Gateway:
             self.publisher.stop()
         if self.fleet_link is not None:
             self.fleet_link.stop()
-        self.ingest.stop()
-        self.charging.stop()
+        if self.ingest is not None:
+            self.ingest.stop()
+        if self.charging is not None:
+            self.charging.stop()
         for sender in self.senders:
             sender.stop()
-        self.recorder.stop()  # after the lanes: what they were answered is written before the store closes
-        self.link_watch.stop()
-        self.notifier.stop()
-        self.stock_ledger.stop()
-        self.leadership.stop()
-        self.metrics_store.close()
-        self.outbox_store.close()
+        if self.recorder is not None:
+            self.recorder.stop()  # after the lanes: what they were answered is written before the store closes
+        for loop in (self.link_watch, self.notifier, self.stock_ledger):
+            if loop is not None:
+                loop.stop()
+        if self.leadership is not None:
+            self.leadership.stop()
+        for extra in (self.metrics_store, self.outbox_store):
+            if extra is not None:
+                extra.close()
         if self.membership is not None:
             self.membership.stop()
             try:
                 self.store.claims.release(self.config.client_id)
             except Exception:
                 log.exception("releasing the charge claims failed")
+        for inbox in self._inboxes:
+            inbox.close()
+        for waker in self._wakers:
+            waker.close()
         self.store.close()
         self._stopped.set()
 
@@ -317,7 +416,8 @@ class Gateway:
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
         self.start()
-        log.info("gateway: running (bridge: %s, fleet link %s, ADT listener %s, screen %s)", bridge.IMPLEMENTATION,
+        log.info("gateway: running %s (bridge: %s, fleet link %s, ADT listener %s, screen %s)",
+                 "all parts" if self.part == "all" else f"its {self.part} part", bridge.IMPLEMENTATION,
                  "on" if self.fleet_link is not None else "off",
                  f"on {self.config.adt_host}:{self.config.adt_port}" if self.adt is not None else "off",
                  f"on {self.web.url}" if self.web is not None else "off")

@@ -34,6 +34,7 @@ def _run(a: argparse.Namespace) -> int:
     from gateway.config import check_files, config_from_args, describe
     from gateway.his.adapter import HisConfigError
     from gateway.metrics import MetricsServeError
+    from gateway.wake import PartTaken
     from spd_common.toml_config import ConfigError
 
     try:
@@ -49,6 +50,9 @@ def _run(a: argparse.Namespace) -> int:
     except HisConfigError as err:
         print(f"configuration error: his: {err}", file=sys.stderr)
         return 2
+    except PartTaken as err:
+        print(f"not started: {err}", file=sys.stderr)
+        return 1
     try:
         gateway.run_forever()
     except MetricsServeError as err:

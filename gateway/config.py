@@ -14,6 +14,8 @@ to every user): the HIS bearer token comes from ``his.token_file`` or the
 environment variable named by ``his.token_env`` (``SPD_HIS_TOKEN`` when
 neither is set). Sections::
 
+    [run]         part ("all", the default | "ingest" | "books" | "his": one part of the gateway in this process,
+                  :mod:`gateway.parts`; the systemd template unit spd-gateway@.service gives it as --part)
     [store]       path (a SQLite file, the default) | url (postgresql://user@host:port/db: PostgreSQL)
     [broker]      host, port | hosts (a broker cluster's nodes, "host:port" each), mqtt_version ("5" | "3.1.1"),
                   client_id, share_group; [broker.tls] ca_file, cert_file, key_file
@@ -49,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from gateway.data.engine import is_postgres_url, store_location
+from gateway.parts import PARTS
 from spd_common.mqtt import MQTT_VERSIONS, Address, TlsSettings, parse_addresses
 from spd_common.toml_config import ConfigError, Section, parse_toml, read_config_text
 
@@ -102,6 +105,12 @@ def parse_gateway_config(doc: Mapping[str, Any], *, source: str = "<config>",
     base = base_dir or Path(".")
     top = Section(dict(doc), source=source)
     out: dict[str, Any] = {}
+
+    r = top.section("run", optional=True)
+    if r is not None:
+        if r.has("part"):
+            out["part"] = r.get_str("part", choices=PARTS)
+        r.done()
 
     s = top.section("store", optional=True)
     if s is not None:
@@ -373,6 +382,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the options below override its keys")
     p.add_argument("--check", action="store_true",
                    help="check the configuration, print the effective settings (secrets hidden) and exit")
+    p.add_argument("--part", choices=PARTS, default=None,
+                   help="run one part of the gateway in this process, or all of them ([run] part; default all): "
+                        "ingest (MQTT, group commit, acks), books (charging, the link watch, the stock ledger, the "
+                        "fleet link, ADT, the screen), his (the HIS lanes, incidents, /metrics); one process per "
+                        "part, all on one store and configuration file (docs/scale.md)")
     p.add_argument("--db", type=store_location, default=None,
                    help="the gateway store: a SQLite file ([store] path) or a postgresql:// URL ([store] url)")
     p.add_argument("--broker-host", default=None, help="MQTT broker host ([broker] host; default 127.0.0.1)")
@@ -475,7 +489,7 @@ def config_from_args(a: argparse.Namespace) -> GatewayConfig:
         "his_lanes": a.his_lanes, "facility": a.facility, "sending_facility": a.sending_facility,
         "lease_ttl_s": a.lease_ttl, "adt_host": a.adt_host, "adt_port": a.adt_port,
         "discharge_grace_s": a.discharge_grace, "not_linked_within_s": a.not_linked_within,
-        "metrics_listen": _listen_flag(a.metrics_listen),
+        "metrics_listen": _listen_flag(a.metrics_listen), "part": a.part,
     }
     if overrides["his_protocol"] == "mllp" and file_fields.get("his_protocol") == "http":
         # switching protocol on the command line drops the file's HTTP settings with it

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
     from gateway.app import Gateway
+    from gateway.ingest import IngestStats
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +201,32 @@ class ProcessCollector(Collector):
         return []
 
     def collect(self) -> Iterable[Metric]:
-        ingest = self.gateway.ingest.stats
+        """The counters of the services this process runs (a gateway run in parts serves its HIS part's)."""
+        if self.gateway.ingest is not None:
+            yield from self._ingest(self.gateway.ingest.stats)
+        if self.gateway.charging is not None:
+            charging = self.gateway.charging.stats
+            lines = CounterMetricFamily("spd_charging_lines", "Charge lines the charging worker put in the outbox")
+            lines.add_metric([], charging.lines)
+            rejects = CounterMetricFamily("spd_charging_rejects", "Consumption events the charging bridge refused")
+            rejects.add_metric([], charging.rejects)
+            yield from (lines, rejects)
+        sends = CounterMetricFamily("spd_his_sends", "Sends to the HIS by lane and outcome (accepted, parked: "
+                                    "refused for good, retry: no answer)", labels=["protocol", "lane", "outcome"])
+        for sender in self.gateway.senders:
+            lane = str(sender.lane)
+            sends.add_metric([self.protocol, lane, "accepted"], sender.stats.accepted)
+            sends.add_metric([self.protocol, lane, "parked"], sender.stats.parked)
+            sends.add_metric([self.protocol, lane, "retry"], sender.stats.retries)
+        yield sends
+        if self.gateway.leadership is not None:
+            leader = GaugeMetricFamily("spd_charging_leader", "1 while this process holds the charging lease (runs "
+                                       "charging, the HIS lanes and the incident checks)")
+            leader.add_metric([], 1 if self.gateway.leadership.is_leader() else 0)
+            yield leader
+
+    @staticmethod
+    def _ingest(ingest: IngestStats) -> Iterable[Metric]:
         batches = CounterMetricFamily("spd_ingest_batches", "Event batches received and stored by this process")
         batches.add_metric([], ingest.batches)
         events = CounterMetricFamily("spd_events_ingested", "Events received by this process, by outcome (new: "
@@ -214,22 +240,7 @@ class ProcessCollector(Collector):
         failures = CounterMetricFamily("spd_ingest_store_failures", "Batches not acknowledged because the store "
                                        "failed (the device resends)")
         failures.add_metric([], ingest.store_failures)
-        charging = self.gateway.charging.stats
-        lines = CounterMetricFamily("spd_charging_lines", "Charge lines the charging worker put in the outbox")
-        lines.add_metric([], charging.lines)
-        rejects = CounterMetricFamily("spd_charging_rejects", "Consumption events the charging bridge refused")
-        rejects.add_metric([], charging.rejects)
-        sends = CounterMetricFamily("spd_his_sends", "Sends to the HIS by lane and outcome (accepted, parked: "
-                                    "refused for good, retry: no answer)", labels=["protocol", "lane", "outcome"])
-        for sender in self.gateway.senders:
-            lane = str(sender.lane)
-            sends.add_metric([self.protocol, lane, "accepted"], sender.stats.accepted)
-            sends.add_metric([self.protocol, lane, "parked"], sender.stats.parked)
-            sends.add_metric([self.protocol, lane, "retry"], sender.stats.retries)
-        leader = GaugeMetricFamily("spd_charging_leader", "1 while this process holds the charging lease (runs "
-                                   "charging, the HIS lanes and the incident checks)")
-        leader.add_metric([], 1 if self.gateway.leadership.is_leader() else 0)
-        yield from (batches, events, quarantined, bad, failures, lines, rejects, sends, leader)
+        return (batches, events, quarantined, bad, failures)
 
 
 class GatewayMetrics:

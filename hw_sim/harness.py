@@ -305,6 +305,10 @@ class SpineHarness:
         self.device_db_paths: dict[str, Path] = {}
         self.env = dict(os.environ)
         self.his_lanes: int | None = None  # the gateways' [his] lanes; None: the gateway's default
+        # each gateway as three processes, one per part (`run --part`, gateway.parts): gateways[i] is the
+        # ingest part, gateway_parts[i] the books and his parts
+        self.parts = False
+        self.gateway_parts: dict[int, list[ManagedProcess]] = {}
 
     # ------------------------------------------------------------ parts
 
@@ -342,6 +346,14 @@ class SpineHarness:
         conf = self.workdir / f"gateway-{instance}.toml"
         conf.write_text(self.gateway_toml(instance, protocol=protocol), encoding="utf-8")
         argv = [sys.executable, "-m", "gateway.cli", "-v", "run", "--config", str(conf)]
+        if self.parts:
+            others = self.gateway_parts.setdefault(instance, [
+                ManagedProcess(f"gateway-{instance}-{part}", [*argv, "--part", part],
+                               self.workdir / f"gateway-{instance}-{part}.log", self.env)
+                for part in ("books", "his")])
+            for proc in others:
+                proc.start()
+            argv = [*argv, "--part", "ingest"]
         gw = self.gateways.get(instance)
         if gw is None:
             gw = ManagedProcess(f"gateway-{instance}", argv, self.workdir / f"gateway-{instance}.log", self.env)
@@ -367,7 +379,10 @@ class SpineHarness:
         )
 
     def kill_gateway(self, instance: int = 0) -> None:
+        """SIGKILL gateway ``instance``: its one process, or each of its parts."""
         self.gateways[instance].kill()
+        for proc in self.gateway_parts.get(instance, ()):
+            proc.kill()
 
     def start_handheld(
         self,
@@ -488,6 +503,8 @@ class SpineHarness:
             *((f"handheld runtime {name}", rt.stop) for name, rt in self.runtimes.items()),
             *((f"gateway {i}", functools.partial(gw.kill, signal.SIGTERM, grace_s=15.0))
               for i, gw in self.gateways.items()),
+            *((f"gateway {proc.name}", functools.partial(proc.kill, signal.SIGTERM, grace_s=15.0))
+              for procs in self.gateway_parts.values() for proc in procs),
             *((("simulated HIS (HTTP)", self.his_http.stop),) if self.his_http is not None else ()),
             ("simulated HIS", self.his.stop),
             ("broker", self.broker.close),

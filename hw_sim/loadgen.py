@@ -672,7 +672,7 @@ class HisProcess:
 def run_private(cfg: LoadConfig, workdir: Path, *, during: Callable[[SpineHarness], None] | None = None,
                 during_at_s: float = 0.0, store_url: str | None = None, gateways: int = 1,
                 kill_every_s: float = 0.0, his_process: bool = False, gateway_code: Path | None = None,
-                his_lanes: int | None = None) -> dict[str, Any]:
+                his_lanes: int | None = None, parts: bool = False) -> dict[str, Any]:
     """Start a private broker, simulated HIS and gateway(s), run the load against them, end them all.
 
     ``store_url``: the gateways' store is that PostgreSQL database (else a SQLite file); ``gateways``: instances
@@ -682,10 +682,12 @@ def run_private(cfg: LoadConfig, workdir: Path, *, during: Callable[[SpineHarnes
     ``gateway_code``: a source tree whose ``gateway`` package the gateway process runs instead of this
     one's (another version of the gateway, for a before/after comparison on the same load).
     ``his_lanes``: the gateway's HIS lanes (``[his] lanes``; default its own, 4).
+    ``parts``: each gateway runs as three processes, one per part (``run --part``, :mod:`gateway.parts`).
     """
     raise_fd_limit(2 * cfg.devices + 1024)
     h = SpineHarness(workdir, site=cfg.site, store_url=store_url, gateways=gateways, lease_ttl_s=2.0)
     h.his_lanes = his_lanes
+    h.parts = parts
     if his_process:
         h.his = HisProcess(h.his_db, workdir / "his.log")  # type: ignore[assignment]
     if gateway_code is not None:
@@ -707,6 +709,7 @@ def run_private(cfg: LoadConfig, workdir: Path, *, during: Callable[[SpineHarnes
         wait_gateway_connected(h)
         assert h.broker.pid is not None and h.gateway is not None and h.gateway.proc is not None
         more = {f"gateway-{i}": g.proc.pid for i, g in h.gateways.items() if i and g.proc is not None}
+        more.update({p.name: p.proc.pid for procs in h.gateway_parts.values() for p in procs if p.proc is not None})
         # the CPU of instances that are killed and started again is not measured (their processes change)
         target = Target(h.broker.host, h.broker.port, h.gateway_db, h.his_db,
                         gateway_pid=None if kill_every_s else h.gateway.proc.pid, broker_pid=h.broker.pid,
@@ -717,6 +720,8 @@ def run_private(cfg: LoadConfig, workdir: Path, *, during: Callable[[SpineHarnes
         killer_stop.set()
         out["store"] = "postgresql" if store_url else "sqlite"
         out["gateways"] = gateways
+        if parts:
+            out["gateway_parts"] = ["ingest", "books", "his"]
         if kill_every_s:
             out["gateway_kills"] = len(kills)
         out["gateway_broker_disconnects"] = h.gateway.output().count("gateway: disconnected from broker")
@@ -781,6 +786,9 @@ def main(argv: list[str] | None = None) -> int:
                         "version) instead of this one, to compare two versions under the same load")
     p.add_argument("--his-lanes", type=int, default=None, metavar="N",
                    help="the private gateway's HIS lanes ([his] lanes; default the gateway's own, 4)")
+    p.add_argument("--parts", action="store_true",
+                   help="run each private gateway as three processes, one per part (spd-gateway run --part "
+                        "ingest|books|his, as the spd-gateway@ units do), not as one")
     p.add_argument("--write-catalog", type=Path, default=None, metavar="CSV",
                    help="write the items the devices scan as a CSV for spd-gateway catalog-import, and exit")
     a = p.parse_args(argv)
@@ -802,7 +810,8 @@ def main(argv: list[str] | None = None) -> int:
             d = stack.enter_context(tempfile.TemporaryDirectory(prefix="spd-load-"))
             url = stack.enter_context(scratch_database(prefix="spd_load")) if a.store == "postgresql" else None
             out = run_private(cfg, Path(d), store_url=url, gateways=a.gateways, kill_every_s=a.kill_gateway_every,
-                              his_process=a.his_process, gateway_code=a.gateway_code, his_lanes=a.his_lanes)
+                              his_process=a.his_process, gateway_code=a.gateway_code, his_lanes=a.his_lanes,
+                              parts=a.parts)
     else:
         raise_fd_limit(a.devices + 1024)
         out = run_load(cfg, Target(a.broker[0], a.broker[1], a.gateway_db, a.his_db))

@@ -15,6 +15,8 @@ live in the migrations (``Sql(sqlite=..., postgresql=...)``).
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -142,6 +144,12 @@ class SqliteEngine:
     SQLite serialises writers anyway; the lock keeps one Python connection usable from several threads.
     ``BEGIN IMMEDIATE`` takes the write lock at the start of a transaction, so two gateways sharing a
     file never deadlock on a lock upgrade.
+
+    Between processes (the gateway's parts, :mod:`gateway.parts`; several gateways on one file) a writer
+    first takes an ``flock`` on ``<file>-writers``. A writer that finds SQLite's lock taken sleeps in
+    SQLite's busy handler for 1, 2, 5, 10 ... up to 100 ms before it looks again, however soon the
+    lock was let go; one blocked on the ``flock`` is woken by the kernel the moment it is released, so
+    three processes writing short transactions take turns without sleeping past them.
     """
 
     name = "sqlite"
@@ -161,17 +169,24 @@ class SqliteEngine:
             self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.execute("PRAGMA foreign_keys=ON")
+        self._writers = _writers_lock(self.path) if wal else None
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            if self._writers is not None:
+                fcntl.flock(self._writers, fcntl.LOCK_EX)
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            finally:
+                if self._writers is not None:
+                    fcntl.flock(self._writers, fcntl.LOCK_UN)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         with self._lock:
@@ -210,6 +225,17 @@ class SqliteEngine:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            if self._writers is not None:
+                os.close(self._writers)
+                self._writers = None
+
+
+def _writers_lock(path: Path) -> int | None:
+    """The descriptor of the file writers to ``path`` take turns on; None where it cannot be opened (read-only)."""
+    try:
+        return os.open(f"{path}-writers", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return None
 
 
 def statements(script: str) -> tuple[str, ...]:

@@ -5,6 +5,8 @@
 #   sudo deploy/install.sh --role device --kind handheld   a nurse's scanning station (screen on tty1)
 #   sudo deploy/install.sh --role device --extras camera,wedge   ... with a camera / keyboard-wedge scanner
 #   sudo deploy/install.sh --role gateway --site H1 the hospital gateway (with its Mosquitto)
+#   sudo deploy/install.sh --role gateway --site H1 --parts   ... as three processes, one per part
+#                                                   (spd-gateway@ingest, @books, @his; docs/scale.md)
 #
 # Safe to run again (upgrades the venv, keeps configuration, keys and data).
 set -euo pipefail
@@ -13,6 +15,7 @@ ROLE=""
 SITE=""
 KIND=cabinet
 EXTRAS=""
+PARTS=0
 PREFIX=/opt/spd-edge
 SRC="$(cd "$(dirname "$0")/.." && pwd)"
 
@@ -23,6 +26,7 @@ while [ $# -gt 0 ]; do
         --kind) KIND="$2"; shift 2 ;;
         --prefix) PREFIX="$2"; shift 2 ;;
         --extras) EXTRAS="$2"; shift 2 ;;
+        --parts) PARTS=1; shift ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -163,12 +167,19 @@ runuser -u spd-gateway -- "$BIN" run --config "$GW/gateway.toml" --check >/dev/n
 
 log "units and logrotate"
 install -m 0644 "$SRC/deploy/logrotate/spd" /etc/logrotate.d/spd
-for unit in spd-gateway.service spd-enrol.service; do
+for unit in spd-gateway.service spd-gateway@.service spd-enrol.service; do
     install -m 0644 "$SRC/deploy/systemd/$unit" "/etc/systemd/system/$unit"
 done
 systemctl daemon-reload
 systemctl restart mosquitto
-systemctl enable --now spd-gateway.service
+GATEWAY_PARTS=(spd-gateway@ingest.service spd-gateway@books.service spd-gateway@his.service)
+if [ "$PARTS" = 1 ]; then  # one gateway, three processes; the one-process unit is stopped (Conflicts=)
+    systemctl disable --now spd-gateway.service 2>/dev/null || true
+    systemctl enable --now "${GATEWAY_PARTS[@]}"
+else
+    systemctl disable --now "${GATEWAY_PARTS[@]}" 2>/dev/null || true
+    systemctl enable --now spd-gateway.service
+fi
 log "done. CA fingerprint (give it to technicians with each token):"
 runuser -u spd-gateway -- "$PREFIX/venv/bin/python" -c \
     "from gateway.pki import SiteCA; print(SiteCA.load('$GW/ca').fingerprint)"

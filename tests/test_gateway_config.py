@@ -212,3 +212,17 @@ def test_the_fleet_link_has_its_own_certificate_over_tls(tmp_path: Path) -> None
     cfg = _config("--config", str(p), "--signing-key", str(tmp_path / "k"))
     with pytest.raises(ConfigError, match=r"fleet\.cert_file"):
         check_files(cfg, source=str(p))  # type: ignore[arg-type]
+
+
+def test_the_systemd_part_units_run_the_tested_command_and_exclude_the_one_process_unit() -> None:
+    unit = (EXAMPLE.parent.parent / "systemd" / "spd-gateway@.service").read_text()
+    exec_start = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
+    assert exec_start == ["ExecStart=/opt/spd-edge/venv/bin/spd-gateway run --config /etc/spd-gateway/gateway.toml "
+                          "--part %i"]
+    assert "Conflicts=spd-gateway.service" in unit.splitlines()
+    one = (EXAMPLE.parent.parent / "systemd" / "spd-gateway.service").read_text()
+    # the rest of the unit (sandbox, watchdog, user) is the one-process unit's
+    assert [x for x in one.splitlines() if not x.startswith(("#", "Description=", "ExecStart="))] == \
+        [x for x in unit.splitlines() if not x.startswith(("#", "Description=", "ExecStart=", "Conflicts="))]
+    args = build_parser().parse_args(["run", "--config", "/etc/spd-gateway/gateway.toml", "--part", "his"])
+    assert args.part == "his"

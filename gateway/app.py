@@ -167,7 +167,7 @@ class Gateway:
         # every loop that must run beats here; the systemd watchdog pings only while all of them do
         self.heartbeats = heartbeats or HeartbeatRegistry()
         self.store = GatewayStore(config.db_path)
-        # the inboxes first: a second process of a part this one runs stops here, before it touches anything
+        # the inboxes before any service: a second process of a part that runs already stops here, started nothing
         self._inboxes: list[WakeInbox] = []
         self._wakers: list[Waker] = []
         try:

@@ -786,6 +786,9 @@ def main(argv: list[str] | None = None) -> int:
                         "version) instead of this one, to compare two versions under the same load")
     p.add_argument("--his-lanes", type=int, default=None, metavar="N",
                    help="the private gateway's HIS lanes ([his] lanes; default the gateway's own, 4)")
+    p.add_argument("--keep", type=Path, default=None, metavar="DIR",
+                   help="run in DIR (made if missing) and keep it: the gateway's SQLite store, the HIS's database and "
+                        "every process's log, to look at afterwards (a PostgreSQL store is dropped all the same)")
     p.add_argument("--parts", action="store_true",
                    help="run each private gateway as three processes, one per part (spd-gateway run --part "
                         "ingest|books|his, as the spd-gateway@ units do), not as one")
@@ -807,7 +810,8 @@ def main(argv: list[str] | None = None) -> int:
                      drop_acks=a.drop_acks, settle_timeout_s=a.settle_timeout)
     if a.broker is None:
         with contextlib.ExitStack() as stack:
-            d = stack.enter_context(tempfile.TemporaryDirectory(prefix="spd-load-"))
+            d = str(a.keep) if a.keep is not None else stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="spd-load-"))
             url = stack.enter_context(scratch_database(prefix="spd_load")) if a.store == "postgresql" else None
             out = run_private(cfg, Path(d), store_url=url, gateways=a.gateways, kill_every_s=a.kill_gateway_every,
                               his_process=a.his_process, gateway_code=a.gateway_code, his_lanes=a.his_lanes,

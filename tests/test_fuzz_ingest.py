@@ -66,12 +66,12 @@ def test_the_fuzz_command_runs_the_ingest_target(tmp_path: Path, capsys: pytest.
 
 
 def test_an_ack_beyond_what_is_stored_is_caught(fuzzer: IngestFuzzer, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = EventStore._advance_from
+    real = EventStore._advance_all
 
-    def over(self: EventStore, db: sqlite3.Connection, device: str, contiguous: int) -> int:
-        return real(self, db, device, contiguous) + 1
+    def over(self: EventStore, db: sqlite3.Connection, devices: list[str]) -> dict[str, int]:
+        return {device: seq + 1 for device, seq in real(self, db, devices).items()}
 
-    monkeypatch.setattr(EventStore, "_advance_from", over)
+    monkeypatch.setattr(EventStore, "_advance_all", over)
     with pytest.raises(FuzzCheckFailed, match=r"ack|committed"):
         _run(fuzzer, 200, seed=2)
 

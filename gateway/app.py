@@ -67,6 +67,7 @@ from gateway.catalog_publish import CatalogPublisher
 from gateway.charging import ChargingWorker
 from gateway.commands import CommandSigner, load_signing_key
 from gateway.data.claims import member_lease
+from gateway.data.engine import is_postgres_url
 from gateway.fleet import Fleet, FleetLink
 from gateway.his.adapter import HisAdapter, HisConfigError
 from gateway.his.feed import OutboxFeed
@@ -169,6 +170,7 @@ class Gateway:
         self.store = GatewayStore(config.db_path)
         # the inboxes before any service: a second process of a part that runs already stops here, started nothing
         self._inboxes: list[WakeInbox] = []
+        self._own_stores: list[GatewayStore] = []  # connections of this part's loops (_derived_store)
         self._wakers: list[Waker] = []
         try:
             for piece in SPLIT_PARTS:
@@ -182,11 +184,19 @@ class Gateway:
         self._poke_books = self._waker("books")  # used only where that part runs in another process
         self._poke_his = self._waker("his")
         # the parts of one gateway hold its charging lease together (same holder): they act as one instance
-        self.leadership = Leadership(self.store, config.client_id, ttl_s=config.lease_ttl_s,
-                                     heartbeats=self.heartbeats) if part != "ingest" else None
+        # on SQLite the leases are renewed on a connection of their own: behind the other loops' turns on the
+        # shared one a renewal came late under load, and the holder paused (no fsync: a renewal lost to a
+        # power cut only lets the lease run out sooner)
+        self.lease_store = None if is_postgres_url(config.db_path) else GatewayStore(config.db_path,
+                                                                                    synchronous="NORMAL")
+        lease_store = self.lease_store or self.store
+        # (parts do not give it back at stop: the other part may still act on it)
+        self.leadership = Leadership(lease_store, config.client_id, ttl_s=config.lease_ttl_s,
+                                     heartbeats=self.heartbeats, release_at_stop=part == "all") \
+            if part != "ingest" else None
         his_here = runs(part, "his")
         # in a share group every live instance sends the charges it claimed; alone, the lease holder sends all
-        self.membership = Leadership(self.store, config.client_id, ttl_s=config.lease_ttl_s,
+        self.membership = Leadership(lease_store, config.client_id, ttl_s=config.lease_ttl_s,
                                      heartbeats=self.heartbeats, lease=member_lease(config.client_id),
                                      role="sends its share of the outbox") \
             if config.share_group and his_here else None
@@ -240,7 +250,7 @@ class Gateway:
         self.outbox_store = GatewayStore(config.db_path, synchronous="NORMAL")
         self.feed = OutboxFeed(self.outbox_store, lanes, due=due)
         # what the HIS accepted, written for every lane by one thread, so a lane never waits for the store
-        self.recorder = AcceptRecorder(self.store, self.feed, heartbeats=self.heartbeats)
+        self.recorder = AcceptRecorder(self._derived_store() or self.store, self.feed, heartbeats=self.heartbeats)
         self.senders = [
             HisSender(
                 self.store,
@@ -268,10 +278,12 @@ class Gateway:
         # in a process of its own, charging has a connection of its own too: on SQLite one connection serves
         # one thread at a time, and charging, the part's one loop on the scans' way to the HIS, waited 60 % of
         # its time there for the stock ledger and the link watch at 1,000 scans/s
-        self.charging_store = GatewayStore(config.db_path) if self.part == "books" else None
+        self.charging_store = self._derived_store()
+        followers = self._derived_store() or self.store  # the link watch and the stock ledger
         self.charging = ChargingWorker(
             self.charging_store or self.store, bridge_config, on_charges=lambda n: self._senders_wake(),
-            may_run=self.leadership.is_leader, heartbeats=self.heartbeats, batch_size=LIVE_STEP,
+            may_run=self.leadership.is_leader, lease_term=lambda: self._term(), heartbeats=self.heartbeats,
+            batch_size=LIVE_STEP,
         )
         self.fleet_link = (make_fleet_link(self.store, config, heartbeats=self.heartbeats)
                            if config.signing_key is not None else None)
@@ -279,11 +291,32 @@ class Gateway:
                                           heartbeats=self.heartbeats) if self.fleet_link is not None else None
         self.adt = AdtListener(self.store, host=config.adt_host, port=config.adt_port, on_change=self._census_changed,
                                heartbeats=self.heartbeats) if config.adt_port is not None else None
-        self.link_watch = LinkWatch(self.store, window_s=config.not_linked_within_s, batch_size=LIVE_STEP,
+        self.link_watch = LinkWatch(followers, window_s=config.not_linked_within_s, batch_size=LIVE_STEP,
                                     may_run=self.leadership.is_leader, heartbeats=self.heartbeats)
-        self.stock_ledger = StockProjection(self.store, utc_offset_minutes=config.books.utc_offset_minutes,
+        self.stock_ledger = StockProjection(followers, utc_offset_minutes=config.books.utc_offset_minutes,
                                             batch_size=LIVE_STEP, may_run=self.leadership.is_leader,
                                             heartbeats=self.heartbeats)
+
+    def _derived_store(self) -> GatewayStore | None:
+        """A SQLite connection of its own, without an fsync at each commit, for a loop of a part process that
+        writes only what it derives from the stored events (charging, the HIS recorder, the link watch, the
+        stock ledger); None elsewhere (one process: its loops share the store; PostgreSQL: a pool already).
+
+        On SQLite the three parts take turns on the file's one writer, and at 1,000 scans/s half of the
+        time they held it went on the fsync of each commit. Without it (``synchronous=NORMAL``, WAL) a
+        commit is atomic and in order, and durable at the next fsync of the file: the next ingest commit,
+        a few tens of milliseconds later, or a checkpoint. What a power cut can take is the last of these
+        loops' transactions, never an event (ingest commits with an fsync before it acks), and each is
+        done again from the events and its cursor, which went with it: the same charges under the same
+        ids (a charge id is its event's device and seq, and the HIS books a charge id once, as it does a
+        resend after a lost answer: docs/his.md), the same acceptances when the HIS answers again, the
+        same links and stock movements.
+        """
+        if self.part == "all" or is_postgres_url(self.config.db_path):
+            return None
+        store = GatewayStore(self.config.db_path, synchronous="NORMAL")
+        self._own_stores.append(store)
+        return store
 
     # ------------------------------------------------------------ wake-ups, in this process or another
 
@@ -319,6 +352,10 @@ class Gateway:
     def fleet(self) -> Fleet | None:
         """Pushes, unlocks and the device listing; None when the gateway runs without a signing key."""
         return self.fleet_link.fleet if self.fleet_link is not None else None
+
+    def _term(self) -> int:
+        assert self.leadership is not None
+        return self.leadership.term
 
     def _census_changed(self) -> None:
         if self.publisher is not None:
@@ -389,7 +426,7 @@ class Gateway:
                 loop.stop()
         if self.leadership is not None:
             self.leadership.stop()
-        for extra in (self.metrics_store, self.outbox_store, self.charging_store):
+        for extra in (self.metrics_store, self.outbox_store, *self._own_stores):
             if extra is not None:
                 extra.close()
         if self.membership is not None:
@@ -398,6 +435,8 @@ class Gateway:
                 self.store.claims.release(self.config.client_id)
             except Exception:
                 log.exception("releasing the charge claims failed")
+        if self.lease_store is not None:
+            self.lease_store.close()
         for inbox in self._inboxes:
             inbox.close()
         for waker in self._wakers:

@@ -67,8 +67,12 @@ class ChargingWorker:
         idle_wait_s: float = 0.2,
         on_charges: Callable[[int], None] | None = None,
         may_run: Callable[[], bool] = lambda: True,
+        lease_term: Callable[[], int] | None = None,
         heartbeats: HeartbeatRegistry | None = None,
     ) -> None:
+        """``lease_term``: the charging lease's term (:attr:`gateway.lease.Leadership.term`); the consumed items
+        are read again when charging resumes in a new term, not after a pause within one (without it: after
+        every pause)."""
         self.store = store
         self.config = config
         self.batch_size = batch_size
@@ -76,6 +80,8 @@ class ChargingWorker:
         self.stats = ChargingStats()
         self._on_charges = on_charges
         self._may_run = may_run
+        self._lease_term = lease_term
+        self._loaded_term: int | None = None
         self._catalog = load_catalog(store)
         self._release_cursor = store.last_release_id()  # before the keys: a release in between is applied twice
         self._consumed = bridge.new_consumed_set(store.charged_item_keys())
@@ -344,9 +350,12 @@ class ChargingWorker:
                 leading = False
                 self._stop.wait(0.5)
                 continue
-            if not leading:  # (re)gained the right to charge: another instance may have charged meanwhile
+            if not leading:  # (re)gained the right to charge: in a new term another instance may have charged
                 leading = True
-                self._consumed = bridge.new_consumed_set(self.store.charged_item_keys())
+                term = self._lease_term() if self._lease_term is not None else None
+                if term is None or term != self._loaded_term:
+                    self._consumed = bridge.new_consumed_set(self.store.charged_item_keys())
+                    self._loaded_term = term
                 self.reload_catalog()
             try:
                 n = self.run_once()

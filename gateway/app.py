@@ -210,7 +210,6 @@ class Gateway:
         if his_here:
             self._build_his(config, adapter)
         self.charging: ChargingWorker | None = None
-        self.charging_store: GatewayStore | None = None
         self.link_watch: LinkWatch | None = None
         self.stock_ledger: StockProjection | None = None
         self.fleet_link: FleetLink | None = None
@@ -271,20 +270,20 @@ class Gateway:
 
     def _build_books(self, config: GatewayConfig) -> None:
         """The loops that follow the stored events, and the services that talk to devices and people."""
-        assert self.leadership is not None
+        leadership = self.leadership
+        assert leadership is not None
         bridge_config = bridge.BridgeConfig(
             sending_facility=config.sending_facility, receiving_facility=config.facility
         )
         # in a process of its own, charging has a connection of its own too: on SQLite one connection serves
         # one thread at a time, and charging, the part's one loop on the scans' way to the HIS, waited 60 % of
         # its time there for the stock ledger and the link watch at 1,000 scans/s
-        self.charging_store = self._derived_store()
-        followers = self._derived_store() or self.store  # the link watch and the stock ledger
         self.charging = ChargingWorker(
-            self.charging_store or self.store, bridge_config, on_charges=lambda n: self._senders_wake(),
-            may_run=self.leadership.is_leader, lease_term=lambda: self._term(), heartbeats=self.heartbeats,
+            self._derived_store() or self.store, bridge_config, on_charges=lambda n: self._senders_wake(),
+            may_run=leadership.is_leader, lease_term=lambda: leadership.term, heartbeats=self.heartbeats,
             batch_size=LIVE_STEP,
         )
+        followers = self._derived_store() or self.store  # the link watch and the stock ledger
         self.fleet_link = (make_fleet_link(self.store, config, heartbeats=self.heartbeats)
                            if config.signing_key is not None else None)
         self.publisher = CatalogPublisher(self.store, lambda: self.fleet, discharge_grace_s=config.discharge_grace_s,
@@ -292,9 +291,9 @@ class Gateway:
         self.adt = AdtListener(self.store, host=config.adt_host, port=config.adt_port, on_change=self._census_changed,
                                heartbeats=self.heartbeats) if config.adt_port is not None else None
         self.link_watch = LinkWatch(followers, window_s=config.not_linked_within_s, batch_size=LIVE_STEP,
-                                    may_run=self.leadership.is_leader, heartbeats=self.heartbeats)
+                                    may_run=leadership.is_leader, heartbeats=self.heartbeats)
         self.stock_ledger = StockProjection(followers, utc_offset_minutes=config.books.utc_offset_minutes,
-                                            batch_size=LIVE_STEP, may_run=self.leadership.is_leader,
+                                            batch_size=LIVE_STEP, may_run=leadership.is_leader,
                                             heartbeats=self.heartbeats)
 
     def _derived_store(self) -> GatewayStore | None:
@@ -352,10 +351,6 @@ class Gateway:
     def fleet(self) -> Fleet | None:
         """Pushes, unlocks and the device listing; None when the gateway runs without a signing key."""
         return self.fleet_link.fleet if self.fleet_link is not None else None
-
-    def _term(self) -> int:
-        assert self.leadership is not None
-        return self.leadership.term
 
     def _census_changed(self) -> None:
         if self.publisher is not None:

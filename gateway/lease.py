@@ -46,8 +46,7 @@ class Leadership:
         self.role = role
         self.release_at_stop = release_at_stop  # False for a lease held together with another process
         self.term = 0
-        self._valid_until = 0.0
-        self._last_start: float | None = None  # when the last renewal that held the lease started
+        self._valid_until = 0.0  # the start of the last renewal that held the lease, plus the ttl; 0: not held
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # renewals every ttl/4; one may wait 30 s on a busy store
@@ -68,10 +67,9 @@ class Leadership:
         t1 = time.monotonic()
         was = self.is_leader()
         # the row written by the last renewal had not run out when this one was written: the same term
-        same_term = held and self._last_start is not None and t1 < self._last_start + self.ttl_s
+        same_term = held and t1 < self._valid_until
         if held and not same_term:
             self.term += 1
-        self._last_start = t0 if held else None
         self._valid_until = t0 + self.ttl_s if held else 0.0
         if held and not was:
             if same_term:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway.catalog import write_catalog_csv
+from gateway.parts import SPLIT_PARTS
 from hw_sim import reaper
 from hw_sim.broker import MosquittoBroker
 from hw_sim.catalog import sim_catalog
@@ -350,7 +351,7 @@ class SpineHarness:
             others = self.gateway_parts.setdefault(instance, [
                 ManagedProcess(f"gateway-{instance}-{part}", [*argv, "--part", part],
                                self.workdir / f"gateway-{instance}-{part}.log", self.env)
-                for part in ("books", "his")])
+                for part in SPLIT_PARTS if part != "ingest"])
             for proc in others:
                 proc.start()
             argv = [*argv, "--part", "ingest"]

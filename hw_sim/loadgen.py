@@ -72,6 +72,7 @@ from gmqtt import Message
 
 from device import __version__
 from gateway.catalog import write_catalog_csv
+from gateway.parts import SPLIT_PARTS
 from hw_sim import reaper
 from hw_sim.broker import free_port
 from hw_sim.catalog import SimCatalogItem, sim_catalog
@@ -721,7 +722,7 @@ def run_private(cfg: LoadConfig, workdir: Path, *, during: Callable[[SpineHarnes
         out["store"] = "postgresql" if store_url else "sqlite"
         out["gateways"] = gateways
         if parts:
-            out["gateway_parts"] = ["ingest", "books", "his"]
+            out["gateway_parts"] = list(SPLIT_PARTS)
         if kill_every_s:
             out["gateway_kills"] = len(kills)
         out["gateway_broker_disconnects"] = h.gateway.output().count("gateway: disconnected from broker")

@@ -55,8 +55,8 @@ back, no ack goes out and the devices resend. The drivers' ``DatabaseError`` is 
 ``IntegrityError`` and the like, which :meth:`EventStore._store_event` takes as event faults first."""
 
 ADVANCE_READ = 1000
-ADVANCE_DEVICES = 250  # devices whose next seqs one statement reads: 6 parameters each, well within SQLite's limit
 """How many seqs after a device's contiguous seq one read of :meth:`EventStore._advance_from` looks at."""
+ADVANCE_DEVICES = 250  # devices whose next seqs one statement reads: 6 parameters each, well within SQLite's limit
 
 MAX_RAW_CHARS = 65536
 """Longest raw form of a quarantined event or refused payload that is kept (a valid body is at most 16 KiB)."""

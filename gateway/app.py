@@ -76,7 +76,7 @@ from gateway.his.mllp_adapter import MllpAdapter
 from gateway.his.recorder import AcceptRecorder
 from gateway.his.sender import HisSender
 from gateway.ingest import IngestService
-from gateway.leader_loop import LIVE_STEP
+from gateway.leader_loop import FOLLOW_STEP, LIVE_STEP
 from gateway.lease import Leadership
 from gateway.linking import DEFAULT_WINDOW_S, LinkWatch
 from gateway.metrics import DEFAULT_OFFLINE_AFTER_S, GatewayMetrics
@@ -85,6 +85,7 @@ from gateway.notify_settings import NotifySettings
 from gateway.parts import SPLIT_PARTS, Part, runs
 from gateway.store import GatewayStore
 from gateway.wake import PartTaken, WakeInbox, Waker, inbox_name
+from gateway.wal_checkpoint import WalCheckpointer
 from gateway.web.settings import WEB_OFF, WebConfig
 from spd_common.heartbeat import HeartbeatRegistry
 from spd_common.mqtt import Address, TlsSettings
@@ -230,6 +231,9 @@ class Gateway:
             fallbacks=config.broker_fallbacks,
             mqtt_version=config.mqtt_version,
         ) if runs(part, "ingest") else None
+        # on SQLite the part that writes the events copies the log into the database outside the writers' turns
+        self.checkpointer = WalCheckpointer(config.db_path, heartbeats=self.heartbeats) \
+            if self.ingest is not None and not is_postgres_url(config.db_path) else None
         if self.metrics is not None:
             self.metrics.watch(self)
         self._stopped = threading.Event()
@@ -290,10 +294,10 @@ class Gateway:
                                           heartbeats=self.heartbeats) if self.fleet_link is not None else None
         self.adt = AdtListener(self.store, host=config.adt_host, port=config.adt_port, on_change=self._census_changed,
                                heartbeats=self.heartbeats) if config.adt_port is not None else None
-        self.link_watch = LinkWatch(followers, window_s=config.not_linked_within_s, batch_size=LIVE_STEP,
+        self.link_watch = LinkWatch(followers, window_s=config.not_linked_within_s, batch_size=FOLLOW_STEP,
                                     may_run=leadership.is_leader, heartbeats=self.heartbeats)
         self.stock_ledger = StockProjection(followers, utc_offset_minutes=config.books.utc_offset_minutes,
-                                            batch_size=LIVE_STEP, may_run=leadership.is_leader,
+                                            batch_size=FOLLOW_STEP, may_run=leadership.is_leader,
                                             heartbeats=self.heartbeats)
 
     def _derived_store(self) -> GatewayStore | None:
@@ -379,6 +383,8 @@ class Gateway:
         for loop in (self.link_watch, self.notifier, self.stock_ledger):
             if loop is not None:
                 loop.start()
+        if self.checkpointer is not None:
+            self.checkpointer.start()
         if self.ingest is not None:
             self.ingest.start()
         if self.fleet_link is not None:
@@ -421,6 +427,8 @@ class Gateway:
                 loop.stop()
         if self.leadership is not None:
             self.leadership.stop()
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
         for extra in (self.metrics_store, self.outbox_store, *self._own_stores):
             if extra is not None:
                 extra.close()

@@ -25,6 +25,13 @@ stock ledger's 5,000 events a step (every 5 s, at 1,000 scans a second) held it 
 the scans stored meanwhile waited that long (scan → stored p99 1.4 s at 500 scans/s, the gateway's CPU at
 77 %). Catching up from the command line keeps the larger steps."""
 
+FOLLOW_STEP = 100
+"""Events the stock ledger and the not-linked watch take per transaction while the gateway ingests. Neither
+is on a scan's way to the HIS, and every writer of the store waits while they hold it: in the gateway's
+three processes at 1,000 scans/s a step of :data:`LIVE_STEP` held the store's one writer's turn for 50 to
+80 ms, and each scan then waiting behind it that much longer. They run their steps back to back until they
+have caught up, so smaller steps cost a few more transactions, not a growing backlog."""
+
 
 class LeaderLoop:
     """Subclasses give :meth:`run_once` and call ``super().__init__`` with the thread's name."""

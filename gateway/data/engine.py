@@ -138,6 +138,17 @@ def open_engine(location: str | Path, **sqlite_options: Any) -> Engine:
     return SqliteEngine(location, **sqlite_options)
 
 
+BACKSTOP_PAGES = 40_000
+"""``wal_autocheckpoint`` of the gateway store's connections: a writer checkpoints inside its own turn only
+once the log holds this many pages (160 MB at 4 KiB). The checkpointer of :mod:`gateway.wal_checkpoint` keeps
+the log far below that; without one (a command line tool) the writers still bound it."""
+
+CACHE_KIB = 16_384
+"""Page cache of a gateway store connection. Charging writes a batch of charges into eight b-trees (the
+table and its indexes); with SQLite's default 2 MiB the batch's dirty pages overflowed the cache and were
+written to the log in the middle of the transaction, and again at its commit when touched again."""
+
+
 class SqliteEngine:
     """One SQLite connection in WAL mode guarded by a lock; the gateway's threads share it.
 
@@ -169,6 +180,9 @@ class SqliteEngine:
             self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.execute("PRAGMA foreign_keys=ON")
+        if wal:
+            self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+            self._db.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
         self._writers = _writers_lock(self.path) if wal else None
 
     @contextmanager

@@ -18,6 +18,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -53,9 +54,11 @@ class GroupWriter(Generic[M]):
         idle_wait_s: float = 0.5,
         weight: Callable[[M], int] | None = None,
         max_group_weight: int = 0,
+        turn: Callable[[], AbstractContextManager[None]] | None = None,
     ) -> None:
         """``weight``, ``max_group_weight``: a group also ends once its messages weigh this much (e.g. bytes),
-        so a group of many small batches can be large and one of large batches stays bounded."""
+        so a group of many small batches can be large and one of large batches stays bounded. ``turn``:
+        what the writer waits for before it takes a group (see :meth:`run_once`)."""
         if capacity < 1 or max_group < 1:
             raise ValueError("capacity and max_group must be at least 1")
         self.capacity = capacity
@@ -64,6 +67,7 @@ class GroupWriter(Generic[M]):
         self.max_group_weight = max_group_weight
         self.stats = WriterStats()
         self._handle = handle
+        self._turn = turn
         self._queue: queue.Queue[M] = queue.Queue(maxsize=capacity)
         self._idle_wait_s = idle_wait_s
         self._name = name
@@ -91,9 +95,13 @@ class GroupWriter(Generic[M]):
         """What is queued now, at most ``max_group`` messages (and ``max_group_weight``); waits up to ``timeout_s``
         for the first."""
         try:
-            group = [self._queue.get(timeout=timeout_s)]
+            first = self._queue.get(timeout=timeout_s)
         except queue.Empty:
             return []
+        return self._group_from(first)
+
+    def _group_from(self, first: M) -> list[M]:
+        group = [first]
         weighed = self._weight is not None and self.max_group_weight > 0
         load = self._weight(group[0]) if self._weight is not None and weighed else 0
         while len(group) < self.max_group and (not weighed or load < self.max_group_weight):
@@ -106,14 +114,21 @@ class GroupWriter(Generic[M]):
         return group
 
     def run_once(self, timeout_s: float = 0.0) -> int:
-        """Hand one group to the handler; the number of messages in it."""
-        group = self.take_group(timeout_s)
-        if not group:
-            return 0
+        """Hand one group to the handler; the number of messages in it.
+
+        With a ``turn`` (the store's writers' turn), the writer waits for it once the first message is
+        there, and takes the group when it has it: what came meanwhile is in the group, not left for
+        the next turn."""
         try:
-            self._handle(group)
-        except Exception:  # a bug in the handler: logged; its messages are left unacknowledged
-            log.exception("%s: a group of %d messages failed", self._name, len(group))
+            first = self._queue.get(timeout=timeout_s)
+        except queue.Empty:
+            return 0
+        with self._turn() if self._turn is not None else nullcontext():
+            group = self._group_from(first)
+            try:
+                self._handle(group)
+            except Exception:  # a bug in the handler: logged; its messages are left unacknowledged
+                log.exception("%s: a group of %d messages failed", self._name, len(group))
         self.stats.groups += 1
         self.stats.messages += len(group)
         self.stats.largest_group = max(self.stats.largest_group, len(group))

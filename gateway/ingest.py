@@ -145,7 +145,8 @@ class IngestService:
         self.writer: GroupWriter[Inbound] = GroupWriter(self.handle_group, capacity=QUEUE_SLACK * queue_size,
                                                          max_group=max_group, heartbeats=heartbeats,
                                                          weight=lambda m: len(m.payload),
-                                                         max_group_weight=MAX_GROUP_BYTES)
+                                                         max_group_weight=MAX_GROUP_BYTES,
+                                                         turn=store.writers_turn)
         self._session = 0  # the broker connection a queued message came on (its mid means nothing on another)
         client = make_client(client_id, tls=tls, on_connect=self._on_connect, on_disconnect=self._on_disconnect,
                              on_message=self._on_message, heartbeat=self._beat, version=mqtt_version,

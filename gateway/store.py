@@ -17,6 +17,7 @@ connections; several gateways may share the database, see docs/scale.md).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,11 @@ class GatewayStore:
 
     def ingest(self, batch: Batch, *, now: float | None = None) -> IngestResult:
         return self.events.ingest(batch, now=now)
+
+    def writers_turn(self) -> AbstractContextManager[None]:
+        """Wait for the store's writers' turn; the next transaction of this thread runs in it
+        (:meth:`gateway.data.engine.Engine.writers_turn`)."""
+        return self._engine.writers_turn()
 
     def ingest_group(self, batches: Sequence[Batch], *, now: float | None = None) -> list[IngestResult | Exception]:
         """Many batches in one transaction (group commit); see :meth:`EventStore.ingest_group`."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -65,6 +66,12 @@ class Engine(Protocol):
 
     def transaction(self) -> AbstractContextManager[Transaction]:
         """One write transaction: committed when the block ends, rolled back if it raises."""
+        ...
+
+    def writers_turn(self) -> AbstractContextManager[None]:
+        """Wait for the writers' turn now, before knowing what to write: this thread's next transaction in
+        the block runs in it and gives it back when it ends. Where writers do not take turns (PostgreSQL)
+        nothing is waited for."""
         ...
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
@@ -174,6 +181,7 @@ class SqliteEngine:
         self.location = str(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = FairRLock()  # first come first served: a looping writer cannot keep the store to itself
+        self._turn_of: int | None = None  # the thread whose writers_turn waits for its transaction
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                    timeout=busy_timeout_s)
         if wal:  # the gateway store; the CA index and the token file keep SQLite's rollback journal
@@ -188,7 +196,8 @@ class SqliteEngine:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            if self._writers is not None:
+            in_turn = self._turn_of == threading.get_ident()  # taken by writers_turn for this transaction
+            if self._writers is not None and not in_turn:
                 fcntl.flock(self._writers, fcntl.LOCK_EX)
             try:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -199,8 +208,34 @@ class SqliteEngine:
                     raise
                 self._db.execute("COMMIT")
             finally:
-                if self._writers is not None:
+                if in_turn:
+                    self._end_turn()
+                elif self._writers is not None:
                     fcntl.flock(self._writers, fcntl.LOCK_UN)
+
+    @contextmanager
+    def writers_turn(self) -> Iterator[None]:
+        """Hold the connection and the writers' ``flock`` from now until this thread's next transaction ends
+        (or the block, if none runs in it).
+
+        The ingest writer waits here before it takes its group from the queue: what arrived while the other
+        parts held the file joins the group, so the busier the file, the fewer and larger the transactions
+        (and their fsyncs); the devices' acks, sent after the commit, are outside the turn."""
+        self._lock.acquire()
+        if self._writers is not None:
+            fcntl.flock(self._writers, fcntl.LOCK_EX)
+        self._turn_of = threading.get_ident()
+        try:
+            yield
+        finally:
+            if self._turn_of == threading.get_ident():  # no transaction ran in it
+                self._end_turn()
+
+    def _end_turn(self) -> None:
+        self._turn_of = None
+        if self._writers is not None:
+            fcntl.flock(self._writers, fcntl.LOCK_UN)
+        self._lock.release()  # the level writers_turn took
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         with self._lock:

@@ -15,7 +15,7 @@ import logging
 import threading
 import zlib
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import psycopg
@@ -119,6 +119,10 @@ class PostgresEngine:
         # the pool's connection() commits at the end of the block and rolls back if it raises
         with self._pool.connection() as conn:
             yield PgTransaction(conn)
+
+    def writers_turn(self) -> AbstractContextManager[None]:
+        """Nothing to wait for: PostgreSQL's writers do not take turns on the whole database."""
+        return nullcontext()
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         with self._pool.connection() as conn:

@@ -230,6 +230,9 @@ class Gateway:
             heartbeats=self.heartbeats,
             fallbacks=config.broker_fallbacks,
             mqtt_version=config.mqtt_version,
+            # the ingest part waits for the file's writers' turn before it takes a group: what queued while
+            # the other parts wrote joins it (one process serves its loops on one connection instead)
+            group_in_turn=part == "ingest",
         ) if runs(part, "ingest") else None
         # on SQLite the part that writes the events copies the log into the database outside the writers' turns
         self.checkpointer = WalCheckpointer(config.db_path, heartbeats=self.heartbeats) \

@@ -117,6 +117,7 @@ class IngestService:
         mqtt_version: str = "5",
         queue_size: int = DEFAULT_QUEUE_SIZE,
         max_group: int = DEFAULT_MAX_GROUP,
+        group_in_turn: bool = False,
     ) -> None:
         """``publish(topic, payload)`` sends an ack; by default on this service's MQTT client at QoS 1.
 
@@ -125,7 +126,10 @@ class IngestService:
 
         ``queue_size``: messages the broker may hand the gateway before they are stored and acknowledged
         (the MQTT 5 Receive Maximum; the writer's queue holds as many). ``max_group``: most messages stored
-        in one transaction.
+        in one transaction. ``group_in_turn``: take each group once the store's writers' turn is had
+        (:meth:`gateway.data.engine.Engine.writers_turn`), for a process that shares a SQLite file with
+        other writing processes (the gateway's ``ingest`` part); it holds the store's connection from then
+        on, so where other loops share that connection (one process) they would wait on a group's decoding.
         """
         if share_group is not None and mqtt_version != "5":
             raise ValueError("a shared subscription (share_group) needs MQTT 5")
@@ -146,7 +150,7 @@ class IngestService:
                                                          max_group=max_group, heartbeats=heartbeats,
                                                          weight=lambda m: len(m.payload),
                                                          max_group_weight=MAX_GROUP_BYTES,
-                                                         turn=store.writers_turn)
+                                                         turn=store.writers_turn if group_in_turn else None)
         self._session = 0  # the broker connection a queued message came on (its mid means nothing on another)
         client = make_client(client_id, tls=tls, on_connect=self._on_connect, on_disconnect=self._on_disconnect,
                              on_message=self._on_message, heartbeat=self._beat, version=mqtt_version,

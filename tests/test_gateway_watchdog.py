@@ -51,7 +51,7 @@ def notify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[NotifySo
 
 
 LOOPS = ["ingest-mqtt", "ingest-writer", "fleet-mqtt", "charging", "his-sender-0", "lease", "link-watch", "adt-accept",
-         "catalog-publisher", "notify-watch", "stock-ledger", "his-recorder"]
+         "catalog-publisher", "notify-watch", "stock-ledger", "his-recorder", "wal-checkpoint"]
 
 
 def one_event_batch() -> bytes:
@@ -98,6 +98,8 @@ def test_a_wedged_gateway_loop_stops_the_pings_and_is_named(loop: str, tmp_path:
     gw.link_watch.run_once = wedge.hang_if("link-watch", gw.link_watch.run_once)  # type: ignore[method-assign]
     gw.notifier.watch.run_once = wedge.hang_if("notify-watch", gw.notifier.watch.run_once)  # type: ignore[method-assign]
     gw.stock_ledger.run_once = wedge.hang_if("stock-ledger", gw.stock_ledger.run_once)  # type: ignore[method-assign]
+    assert gw.checkpointer is not None  # SQLite: the log copied outside the writers' turns
+    gw.checkpointer.run_once = wedge.hang_if("wal-checkpoint", gw.checkpointer.run_once)  # type: ignore[method-assign]
     assert gw.publisher is not None and gw.adt is not None
     gw.publisher._due_in = wedge.hang_if("catalog-publisher", gw.publisher._due_in)  # type: ignore[method-assign]
     gw.start()
@@ -178,7 +180,7 @@ def test_the_gateway_process_pings_until_stopped(tmp_path: Path, broker: Mosquit
         notify.wait_for(lambda m: m == "WATCHDOG=1")
         assert sorted(gw.heartbeats.names()) == ["charging", "his-recorder", "his-sender-0", "ingest-mqtt",
                                                  "ingest-writer", "lease", "link-watch", "notify-watch",
-                                                 "stock-ledger"]
+                                                 "stock-ledger", "wal-checkpoint"]
     finally:
         gw._stopped.set()
         t.join(20)

@@ -100,3 +100,15 @@ def test_what_is_queued_while_the_writer_waits_for_its_turn_joins_its_group() ->
     thread.join(5.0)
     assert groups == [[1, 2, 3]]
     assert writer.run_once(0.0) == 0
+
+
+@pytest.mark.parametrize(("part", "in_turn"), [("ingest", True), ("all", False)])
+def test_the_ingest_part_takes_its_groups_in_the_turn(tmp_path: Path, part: str, in_turn: bool) -> None:
+    from gateway.app import Gateway, GatewayConfig
+
+    gateway = Gateway(GatewayConfig(db_path=tmp_path / "gw.db", part=part))  # type: ignore[arg-type]
+    try:
+        assert gateway.ingest is not None
+        assert (gateway.ingest.writer._turn is not None) is in_turn  # one process: its loops share a connection
+    finally:
+        gateway.stop()

@@ -223,7 +223,11 @@ class SqliteEngine:
         (and their fsyncs); the devices' acks, sent after the commit, are outside the turn."""
         self._lock.acquire()
         if self._writers is not None:
-            fcntl.flock(self._writers, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(self._writers, fcntl.LOCK_EX)
+            except BaseException:
+                self._lock.release()
+                raise
         self._turn_of = threading.get_ident()
         try:
             yield

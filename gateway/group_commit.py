@@ -91,16 +91,8 @@ class GroupWriter(Generic[M]):
     def queued(self) -> int:
         return self._queue.qsize()
 
-    def take_group(self, timeout_s: float) -> list[M]:
-        """What is queued now, at most ``max_group`` messages (and ``max_group_weight``); waits up to ``timeout_s``
-        for the first."""
-        try:
-            first = self._queue.get(timeout=timeout_s)
-        except queue.Empty:
-            return []
-        return self._group_from(first)
-
     def _group_from(self, first: M) -> list[M]:
+        """``first`` and what is queued now, at most ``max_group`` messages (and ``max_group_weight``)."""
         group = [first]
         weighed = self._weight is not None and self.max_group_weight > 0
         load = self._weight(group[0]) if self._weight is not None and weighed else 0

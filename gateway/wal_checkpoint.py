@@ -23,17 +23,14 @@ connection), and a checkpoint only moves pages that are already there.
 from __future__ import annotations
 
 import fcntl
-import logging
 import os
 import sqlite3
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.data.engine import writers_lock
 from gateway.leader_loop import LeaderLoop
 from spd_common.heartbeat import HeartbeatRegistry
-
-log = logging.getLogger(__name__)
 
 FINISH_BELOW_PAGES = 400
 """The checkpointer takes a writers' turn to finish the log when at most this many pages are left to copy."""
@@ -52,7 +49,6 @@ class CheckpointStep:
     log_pages: int
     copied_pages: int
     finished: bool
-    turn_s: float = 0.0  # how long the writers' turn was held
 
 
 class WalCheckpointer(LeaderLoop):
@@ -64,31 +60,26 @@ class WalCheckpointer(LeaderLoop):
         self.path = Path(path)
         self.finish_below = finish_below
         self.min_log = min_log
-        self.passes = 0
         self.finishes = 0
-        self.longest_turn_s = 0.0
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA synchronous=NORMAL")  # a checkpoint syncs the log, then the database
-        self._writers = os.open(f"{self.path}-writers", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._writers = writers_lock(self.path)  # None: a file no one may write, whose log never grows
 
     def run_once(self) -> CheckpointStep:
         """Copy what the log holds; finish it inside a writers' turn if it is large and little is left, or
         if it is twice that large whatever is left (writers faster than the copy, as in a drain after an
         outage, would otherwise take it to the writers' own backstop)."""
         log_pages, copied = self._checkpoint()
-        self.passes += 1
-        if log_pages < self.min_log or (log_pages - copied > self.finish_below and log_pages < 2 * self.min_log):
+        if self._writers is None or log_pages < self.min_log or \
+                (log_pages - copied > self.finish_below and log_pages < 2 * self.min_log):
             return CheckpointStep(log_pages, copied, finished=False)
-        started = time.monotonic()
         fcntl.flock(self._writers, fcntl.LOCK_EX)
         try:  # no writer of the gateway is inside a transaction: this pass copies the log to its end
             log_pages, copied = self._checkpoint()
         finally:
             fcntl.flock(self._writers, fcntl.LOCK_UN)
-        turn_s = time.monotonic() - started
         self.finishes += 1
-        self.longest_turn_s = max(self.longest_turn_s, turn_s)
-        return CheckpointStep(log_pages, copied, finished=log_pages == copied, turn_s=turn_s)
+        return CheckpointStep(log_pages, copied, finished=log_pages == copied)
 
     def _checkpoint(self) -> tuple[int, int]:
         _busy, log_pages, copied = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
@@ -97,4 +88,5 @@ class WalCheckpointer(LeaderLoop):
     def stop(self) -> None:
         super().stop()
         self._db.close()
-        os.close(self._writers)
+        if self._writers is not None:
+            os.close(self._writers)

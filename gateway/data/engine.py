@@ -191,7 +191,7 @@ class SqliteEngine:
         if wal:
             self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             self._db.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
-        self._writers = _writers_lock(self.path) if wal else None
+        self._writers = writers_lock(self.path) if wal else None
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -283,7 +283,7 @@ class SqliteEngine:
                 self._writers = None
 
 
-def _writers_lock(path: Path) -> int | None:
+def writers_lock(path: Path) -> int | None:
     """The descriptor of the file writers to ``path`` take turns on; None where it cannot be opened (read-only)."""
     try:
         return os.open(f"{path}-writers", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)

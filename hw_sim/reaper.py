@@ -11,7 +11,10 @@ price is that nothing ends them when the harness dies. So:
 * an ``atexit`` hook kills every group still recorded, for the paths no
   ``finally`` covers (an exception out of ``main``, ``sys.exit`` anywhere);
 * :func:`exit_on_signals` turns SIGTERM and SIGHUP into ``SystemExit`` in a
-  harness's ``main``, so ``finally`` blocks and the hook run then too.
+  harness's ``main``, so ``finally`` blocks and the hook run then too. A signal
+  that lands while the main thread is in :func:`spawn` waits until the child is
+  recorded: raised between the fork and the record, the exit would leave that
+  child running with nothing to end it.
 
 A SIGKILL of the harness itself cannot be caught; its children then outlive
 it (they hold their work directory path in their command line, see the tests).
@@ -36,12 +39,29 @@ log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _live: dict[int, subprocess.Popen[Any]] = {}
+_spawning_in_main = False  # the main thread is between fork and record: a signal's exit waits
+_held_signal: int | None = None
 
 
 def spawn(argv: Sequence[str], **popen_kw: Any) -> subprocess.Popen[Any]:
-    """``subprocess.Popen`` in a new session (its own process group), recorded until :func:`stop` reaps it."""
-    proc: subprocess.Popen[Any] = subprocess.Popen(list(argv), start_new_session=True, **popen_kw)
-    track(proc)
+    """``subprocess.Popen`` in a new session (its own process group), recorded until :func:`stop` reaps it.
+
+    In the main thread, a SIGTERM or SIGHUP that arrives meanwhile (see :func:`exit_on_signals`) is
+    raised once the child is recorded, so the unwinding ends it too.
+    """
+    global _spawning_in_main, _held_signal
+    in_main = threading.current_thread() is threading.main_thread()
+    if in_main:
+        _spawning_in_main = True
+    try:
+        proc: subprocess.Popen[Any] = subprocess.Popen(list(argv), start_new_session=True, **popen_kw)
+        track(proc)
+    finally:
+        if in_main:
+            _spawning_in_main = False
+            if _held_signal is not None:  # the exit asked for wins over a failed start
+                signum, _held_signal = _held_signal, None
+                raise SystemExit(128 + signum)
     return proc
 
 
@@ -120,6 +140,10 @@ def exit_on_signals(*signals: int) -> None:
     """In a harness's main thread: SIGTERM and SIGHUP (or ``signals``) raise ``SystemExit(128 + signum)``."""
 
     def _exit(signum: int, frame: FrameType | None) -> None:
+        global _held_signal
+        if _spawning_in_main:  # raised once the child is recorded: see spawn()
+            _held_signal = signum
+            return
         raise SystemExit(128 + signum)
 
     for sig in signals or (signal.SIGTERM, signal.SIGHUP):

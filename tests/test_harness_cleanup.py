@@ -165,3 +165,31 @@ def test_harness_close_goes_on_when_a_part_fails_to_stop(tmp_path: Path, monkeyp
         h.his.stop()
         left = end_leftovers(tmp_path)
     assert left == {}
+
+
+def test_a_sigterm_while_a_child_is_being_started_still_ends_that_child(tmp_path: Path) -> None:
+    # the signal lands after the fork and before the child is recorded: the exit must wait for the record
+    script = textwrap.dedent(f"""
+        import os, signal, subprocess, sys
+        from hw_sim import reaper
+        reaper.exit_on_signals()
+        real_popen = subprocess.Popen
+
+        def popen_then_sigterm(*a, **kw):
+            proc = real_popen(*a, **kw)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return proc
+
+        subprocess.Popen = popen_then_sigterm
+        reaper.spawn([sys.executable, "-c", "import time; time.sleep(300)", {str(tmp_path)!r}])
+        print("not reached", flush=True)
+    """)
+    try:
+        r = subprocess.run([sys.executable, "-c", script], env=env_with_tmp(tmp_path), capture_output=True,
+                           text=True, timeout=60, cwd=ROOT)
+        assert r.returncode == 128 + signal.SIGTERM, r.stderr
+        assert "not reached" not in r.stdout
+        assert "ended 1 child process(es)" in r.stderr
+    finally:
+        left = end_leftovers(tmp_path)
+    assert left == {}

@@ -1,5 +1,5 @@
-"""A plain batch — new events and resends whose links are all known — is written in one ``executemany``, and
-a group of them (one per device) in one ``executemany`` after one read of all their links; whatever the
+"""A plain batch — new events and resends whose links are all known — is written in one multi-row insert, and
+a group of them (of one batch or several per device) after one read of all their links; whatever the
 batches, the store ends as it ends when every event is written one by one.
 
 :func:`gateway.data.events._plain_rows` plans such a batch from the links read before it and hands anything
@@ -98,7 +98,7 @@ def test_planned_batches_end_as_the_event_by_event_path_ends(
     assert want_planned == want_one_by_one
 
 
-# a group: one batch per device, mostly (two of one device make the group not plain), each as _runs draws
+# a group: one batch per device, or a few batches of a device or several (planned on one set of links each)
 _group = st.one_of(
     st.permutations(DEVICES).flatmap(lambda devs: st.tuples(*(
         st.tuples(st.just(dev), st.one_of(_stretch, _stretch, _picks)) for dev in devs))).map(list),
@@ -186,6 +186,14 @@ def test_a_group_of_plain_batches_is_written_at_once_and_one_conflict_sends_it_b
     third = store.ingest_group([_batch(a["HH01"][6:8]), refused])
     assert [(r.new, r.quarantined) for r in third] == [(2, 0), (1, 1)]  # type: ignore[union-attr]
     assert groups == [9, -1, -1]  # a refused event: batch by batch
+    # two batches of one device (as a backlog is sent, a window of them) are planned together, in order
+    fourth = store.ingest_group([_batch(a["HH01"][8:10]), _batch(a["HH03"][5:7]), _batch(a["HH01"][10:12])])
+    assert [(r.new, r.contiguous) for r in fourth] == [(2, 12), (2, 7), (2, 12)]  # type: ignore[union-attr]
+    fifth = store.ingest_group([_batch(a["HH01"][13:14]), _batch(a["HH01"][11:13])])  # the later batch first
+    assert [(r.new, r.duplicates, r.contiguous) for r in fifth] == [  # type: ignore[union-attr]
+        (1, 0, 14), (1, 1, 14)]
+    assert groups == [9, -1, -1, 6, 2]
+    assert not store._engine.query("SELECT * FROM chain_breaks WHERE device = 'HH01'")
 
 
 def test_a_group_acks_past_the_seqs_stored_ahead_of_it_window_after_window(

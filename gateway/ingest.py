@@ -1,7 +1,7 @@
 """Gateway ingest: MQTT events in, stored once in a group commit, then a cumulative ack out.
 
-paho's network thread only queues each message (:mod:`gateway.group_commit`, bounded); the
-``ingest-writer`` thread takes what is queued — many batches from many devices — decodes it, stores every
+paho's network thread decodes each message and queues it (:mod:`gateway.group_commit`, bounded); the
+``ingest-writer`` thread takes what is queued — many batches from many devices — stores every
 event batch in ONE transaction (:meth:`EventStore.ingest_group`: group commit, a bad event still
 quarantined alone), commits, and only then publishes each batch's ack with the highest contiguous sequence
 stored for its device, and acknowledges the messages to the broker (MQTT PUBACK, manual ack). The broker
@@ -69,14 +69,36 @@ class IngestStats:
     reasons: dict[str, int] = field(default_factory=dict)
 
 
+Decoded = Batch | DeviceState | Exception | None
+"""What a message carries (:func:`decode_inbound`): an event batch, a device state, nothing to store (an empty
+retained state), or the fault found decoding it."""
+
+
+def decode_inbound(topic_text: str, payload: bytes) -> Decoded:
+    """Decode a message from the broker; never raises. A fault of the payload is returned as its
+    :class:`WireError`, a fault of the decoder itself (a bug) as whatever it raised: the writer handles both,
+    as it handles the messages it decodes itself."""
+    try:
+        addr = parse_topic(topic_text)
+        if addr.channel is Channel.EVENTS:
+            return decode_batch(topic_text, payload)
+        if addr.channel is Channel.STATE and payload:  # an empty retained message clears state
+            return decode_state(topic_text, payload)
+        return None
+    except Exception as err:
+        return err
+
+
 @dataclass(frozen=True, slots=True)
 class Inbound:
-    """One message from the broker, queued for the writer; ``settle`` acknowledges it to the broker."""
+    """One message from the broker, queued for the writer; ``settle`` acknowledges it to the broker.
+    ``decoded``: ``(what it carries,)`` when decoded before it was queued, else None (the writer decodes it)."""
 
     topic: str
     payload: bytes
     retained: bool = False
     settle: Callable[[], None] | None = None
+    decoded: tuple[Decoded] | None = None
 
 
 DEFAULT_QUEUE_SIZE = 1024
@@ -209,7 +231,10 @@ class IngestService:
                 if session == self._session:  # on a new connection the broker redelivers it anyway
                     client.ack(mid, qos)
 
-        self.writer.put(Inbound(msg.topic, bytes(msg.payload), bool(msg.retain), settle))
+        payload = bytes(msg.payload)
+        # decoded here, in paho's network thread: the writer's thread then only stores, and a group's
+        # decoding runs while the writer waits for the store with the previous one
+        self.writer.put(Inbound(msg.topic, payload, bool(msg.retain), settle, (decode_inbound(msg.topic, payload),)))
 
     def handle(self, topic_text: str, payload: bytes, *, retained: bool = False) -> None:
         """One message from the broker, handled at once as a group of one (see :meth:`handle_group`).
@@ -230,16 +255,17 @@ class IngestService:
         """
         batches: list[tuple[str, Batch]] = []
         states: list[tuple[str, DeviceState, bool]] = []
-        for m in messages:
-            try:
-                addr = parse_topic(m.topic)
-                if addr.channel is Channel.EVENTS:
-                    batches.append((m.topic, decode_batch(m.topic, m.payload)))
-                elif addr.channel is Channel.STATE and m.payload:  # an empty retained message clears state
-                    states.append((addr.site, decode_state(m.topic, m.payload), not m.retained))
-            except WireError as err:
-                self._bad(m.topic, err.reason, err.detail, m.payload)
         try:
+            for m in messages:
+                decoded = m.decoded[0] if m.decoded is not None else decode_inbound(m.topic, m.payload)
+                if isinstance(decoded, Batch):
+                    batches.append((m.topic, decoded))
+                elif isinstance(decoded, DeviceState):
+                    states.append((parse_topic(m.topic).site, decoded, not m.retained))
+                elif isinstance(decoded, WireError):
+                    self._bad(m.topic, decoded.reason, decoded.detail, m.payload)
+                elif decoded is not None:  # the decoder failed (a bug): the group fails, as it did in the writer
+                    raise decoded
             if batches:
                 self._store_and_ack(batches)
             if states:  # after the events' acks; the group's states in one transaction

@@ -213,3 +213,38 @@ def test_back_pressure_keeps_the_batches_at_the_broker_and_loses_or_doubles_noth
         dev.disconnect()
         service.stop()
         store.close()
+
+
+def _message(topic_text: str, payload: bytes) -> mqtt.MQTTMessage:
+    msg = mqtt.MQTTMessage(topic=topic_text.encode())
+    msg.payload = payload
+    return msg
+
+
+def test_messages_are_decoded_in_the_network_thread_and_the_writer_only_stores_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "gw.db"
+    store = GatewayStore(path)
+    acks = Acks(path)
+    service = IngestService(store, host="127.0.0.1", port=1, publish=acks.publish)
+    (good_topic, good), = device_batches("HH01", 1, 5)
+    bad_topic = topic(SITE, "HH02", Channel.EVENTS)
+    service._on_message(None, None, _message(good_topic, good))  # type: ignore[arg-type]
+    service._on_message(None, None, _message(bad_topic, b"{not json"))  # type: ignore[arg-type]
+    decoded = [m.decoded for m in list(service.writer._queue.queue)]
+    assert [type(d[0]).__name__ for d in decoded if d is not None] == ["Batch", "WireError"]
+
+    def no_decoding(*args: object) -> None:
+        raise AssertionError("the writer decoded a message again")
+
+    monkeypatch.setattr("gateway.ingest.decode_batch", no_decoding)
+    assert service.writer.run_once() == 2
+    assert count_events(path) == 5 and acks.last() == {"HH01": 5}
+    assert service.stats.bad_payloads == 1
+    assert store._engine.query("SELECT COUNT(*) FROM bad_payloads")[0][0] == 1
+
+    # a fault of the decoder itself (a bug) never escapes into paho's thread: the writer's group fails with it
+    service._on_message(None, None, _message(good_topic, good))  # type: ignore[arg-type]
+    with pytest.raises(AssertionError, match="decoded a message again"):
+        service.handle_group(list(service.writer._queue.queue))
+    store.close()

@@ -541,15 +541,14 @@ def _plain_span(seqs: list[object]) -> tuple[int, int] | None:
     return lo, hi
 
 
-INSERT_EVENT = ("INSERT INTO events (device, seq, site, ts_ms, kind, body, prev, hash, stored_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device, seq) DO NOTHING")
-
-
 @functools.lru_cache(maxsize=64)
 def _insert_events(n: int) -> str:
-    """:data:`INSERT_EVENT` for ``n`` rows in one statement."""
+    """The insert of ``n`` events in one statement; a resent ``(device, seq)`` is left as stored."""
     return ("INSERT INTO events (device, seq, site, ts_ms, kind, body, prev, hash, stored_at) "
             f"VALUES {rows_of(9, n)} ON CONFLICT (device, seq) DO NOTHING")
+
+
+INSERT_EVENT = _insert_events(1)
 
 
 def _plain_rows(batch: Batch, links: _Links, res: IngestResult, at: float) -> list[tuple[object, ...]] | None:
